@@ -1,0 +1,899 @@
+//! `compile`: from the objects users wrote to a [`Snapshot`] the proxy can enforce.
+//!
+//! Pure and deterministic: same objects in, same snapshot and diagnostics out. The schema and CEL
+//! rules reject most mistakes at admission, but standalone mode has no API server, and some errors
+//! are only visible across objects (a missing Secret, two routes claiming the same match, an unknown
+//! time zone). Each such error excludes only the offending object and yields a [`Diagnostic`]
+//! naming the object and the field; every other object compiles as if it were not there.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::str::FromStr;
+
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use rust_decimal::Decimal;
+
+use crate::duration::parse_duration;
+use crate::resources::{
+    self, ApiRoute, Approval, Metric, QuotaPolicy, SubscriptionState, SubscriptionStatus,
+};
+use crate::snapshot::{
+    HostMatch, KeyDigest, ModelPrice, ObjectKey, PathMatch, Plan, Pricing, Quota, RateLimit, Route,
+    RouteBackend, Snapshot, Tenant, TenantSubscription,
+};
+
+/// Namespace of objects that do not name one (standalone manifests).
+pub const DEFAULT_NAMESPACE: &str = "default";
+/// Backend timeout when the route sets none.
+pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+const DEFAULT_DIRECT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+
+/// Everything `compile` reads. Secrets not referenced by a Tenant are ignored.
+#[derive(Debug, Default, Clone)]
+pub struct Objects<'a> {
+    /// ApiRoutes.
+    pub routes: Vec<&'a ApiRoute>,
+    /// Tenants.
+    pub tenants: Vec<&'a resources::Tenant>,
+    /// QuotaPolicies.
+    pub plans: Vec<&'a QuotaPolicy>,
+    /// Secrets holding API keys.
+    pub secrets: Vec<&'a Secret>,
+}
+
+/// The result of a compile.
+#[derive(Debug, Clone, Default)]
+pub struct Compiled {
+    /// What proxies enforce.
+    pub snapshot: Snapshot,
+    /// One entry per excluded object (an object may have several).
+    pub diagnostics: Vec<Diagnostic>,
+    /// Subscription states per compiled tenant (for Tenant status).
+    pub subscriptions: BTreeMap<ObjectKey, Vec<SubscriptionStatus>>,
+}
+
+impl Compiled {
+    /// Diagnostics about one object.
+    pub fn diagnostics_for(
+        &self,
+        kind: ObjectKind,
+        key: &ObjectKey,
+    ) -> impl Iterator<Item = &Diagnostic> {
+        let key = key.clone();
+        self.diagnostics
+            .iter()
+            .filter(move |d| d.kind == kind && d.object == key)
+    }
+}
+
+/// The kinds `compile` reports on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectKind {
+    /// ApiRoute.
+    ApiRoute,
+    /// Tenant.
+    Tenant,
+    /// QuotaPolicy.
+    QuotaPolicy,
+}
+
+/// Why an object was excluded; becomes the condition reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// A field has a value the schema should have rejected (standalone mode) or cannot be used.
+    Invalid,
+    /// The route's match is already claimed by an older route.
+    Conflict,
+    /// The referenced QuotaPolicy does not exist.
+    PlanNotFound,
+    /// The referenced QuotaPolicy exists but was not accepted.
+    PlanNotAccepted,
+    /// The referenced Secret does not exist.
+    SecretNotFound,
+    /// The Secret exists but lacks the key, or the key is empty.
+    SecretKeyNotFound,
+    /// Another tenant already uses the same API key.
+    DuplicateApiKey,
+    /// spec.timezone is not an IANA zone.
+    UnknownTimeZone,
+}
+
+impl Reason {
+    /// CamelCase, for condition reasons and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Invalid => "Invalid",
+            Self::Conflict => "Conflict",
+            Self::PlanNotFound => "PlanNotFound",
+            Self::PlanNotAccepted => "PlanNotAccepted",
+            Self::SecretNotFound => "SecretNotFound",
+            Self::SecretKeyNotFound => "SecretKeyNotFound",
+            Self::DuplicateApiKey => "DuplicateApiKey",
+            Self::UnknownTimeZone => "UnknownTimeZone",
+        }
+    }
+}
+
+/// Why one object is not in the snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// Kind of the object.
+    pub kind: ObjectKind,
+    /// The object.
+    pub object: ObjectKey,
+    /// JSON path of the field at fault, for example `spec.quotas[0].limit`.
+    pub field: String,
+    /// Machine-readable reason.
+    pub reason: Reason,
+    /// A sentence a person can act on.
+    pub message: String,
+}
+
+impl std::fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?} {}: {}: {}",
+            self.kind, self.object, self.field, self.message
+        )
+    }
+}
+
+type FieldError = (String, Reason, String);
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+    (field.into(), Reason::Invalid, message.into())
+}
+
+/// The namespace/name of any object, with standalone's default namespace.
+pub fn object_key<K: kube::Resource>(obj: &K) -> ObjectKey {
+    ObjectKey::new(
+        obj.namespace()
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
+        obj.name_any(),
+    )
+}
+
+fn creation<K: kube::Resource>(obj: &K) -> Option<Timestamp> {
+    obj.meta().creation_timestamp.as_ref().map(|t| t.0)
+}
+
+/// Compiles `objects` into a snapshot and diagnostics.
+pub fn compile(objects: &Objects<'_>) -> Compiled {
+    let mut out = Compiled::default();
+
+    let mut plans: Vec<&QuotaPolicy> = objects.plans.clone();
+    plans.sort_by_key(|p| object_key(*p));
+    let mut plan_state: HashMap<ObjectKey, bool> = HashMap::new();
+    for plan in plans {
+        let key = object_key(plan);
+        match compile_plan(&key, plan) {
+            Ok(compiled) => {
+                plan_state.insert(key, true);
+                out.snapshot.plans.push(compiled);
+            }
+            Err(errors) => {
+                plan_state.insert(key.clone(), false);
+                push_all(&mut out.diagnostics, ObjectKind::QuotaPolicy, &key, errors);
+            }
+        }
+    }
+
+    compile_routes(objects, &mut out);
+    compile_tenants(objects, &plan_state, &mut out);
+    out.snapshot.sort_routes();
+    out
+}
+
+fn push_all(
+    diags: &mut Vec<Diagnostic>,
+    kind: ObjectKind,
+    key: &ObjectKey,
+    errors: Vec<FieldError>,
+) {
+    for (field, reason, message) in errors {
+        diags.push(Diagnostic {
+            kind,
+            object: key.clone(),
+            field,
+            reason,
+            message,
+        });
+    }
+}
+
+fn compile_plan(key: &ObjectKey, plan: &QuotaPolicy) -> Result<Plan, Vec<FieldError>> {
+    let spec = &plan.spec;
+    let mut errors = Vec::new();
+
+    let mut names = BTreeSet::new();
+    let mut rate_limits = Vec::new();
+    for (i, rl) in spec.rate_limits.iter().enumerate() {
+        let field = format!("spec.rateLimits[{i}]");
+        if let Err(e) = check_label(&rl.name) {
+            errors.push(invalid(format!("{field}.name"), e));
+        }
+        if !names.insert(rl.name.as_str()) {
+            errors.push(invalid(
+                format!("{field}.name"),
+                format!("rate limit name {:?} is used twice", rl.name),
+            ));
+        }
+        if rl.requests == 0 {
+            errors.push(invalid(
+                format!("{field}.requests"),
+                "requests must be at least 1",
+            ));
+        }
+        match parse_duration(&rl.window) {
+            Ok(window)
+                if window.as_secs() >= 1
+                    && window.as_secs() <= 3600
+                    && window.as_millis() <= 3_600_000 =>
+            {
+                rate_limits.push(RateLimit {
+                    name: rl.name.clone(),
+                    requests: rl.requests,
+                    window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+                });
+            }
+            Ok(_) => errors.push(invalid(
+                format!("{field}.window"),
+                "window must be between 1s and 1h",
+            )),
+            Err(e) => errors.push(invalid(format!("{field}.window"), e)),
+        }
+    }
+
+    let mut quota_names = BTreeSet::new();
+    let mut quotas = Vec::new();
+    for (i, q) in spec.quotas.iter().enumerate() {
+        let field = format!("spec.quotas[{i}]");
+        if let Err(e) = check_label(&q.name) {
+            errors.push(invalid(format!("{field}.name"), e));
+        }
+        if !quota_names.insert(q.name.as_str()) {
+            errors.push(invalid(
+                format!("{field}.name"),
+                format!("quota name {:?} is used twice", q.name),
+            ));
+        }
+        match parse_decimal(&q.limit) {
+            Ok(limit) if q.metric != Metric::Cost && !limit.fract().is_zero() => {
+                errors.push(invalid(
+                    format!("{field}.limit"),
+                    format!(
+                        "limit {:?} must be a whole number for metric {:?}",
+                        q.limit, q.metric
+                    ),
+                ))
+            }
+            Ok(limit) => quotas.push(Quota {
+                name: q.name.clone(),
+                metric: q.metric,
+                limit,
+                period: q.period,
+            }),
+            Err(e) => errors.push(invalid(format!("{field}.limit"), e)),
+        }
+        if q.metric == Metric::Cost && spec.pricing.is_none() {
+            errors.push(invalid(
+                "spec.pricing",
+                format!(
+                    "quota {:?} uses metric Cost, which needs spec.pricing",
+                    q.name
+                ),
+            ));
+        }
+    }
+
+    if TimeZone::get(&spec.timezone).is_err() {
+        errors.push((
+            "spec.timezone".to_owned(),
+            Reason::UnknownTimeZone,
+            format!(
+                "{:?} is not an IANA time zone name (for example UTC or Europe/Berlin)",
+                spec.timezone
+            ),
+        ));
+    }
+
+    let pricing = match &spec.pricing {
+        None => None,
+        Some(p) => match compile_pricing(p) {
+            Ok(p) => Some(p),
+            Err(mut e) => {
+                errors.append(&mut e);
+                None
+            }
+        },
+    };
+
+    if let Some(url) = &spec.payment_url
+        && !(url.starts_with("https://") || url.starts_with("http://"))
+    {
+        errors.push(invalid(
+            "spec.paymentUrl",
+            format!("{url:?} must be an http:// or https:// URL"),
+        ));
+    }
+
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Plan {
+        key: key.clone(),
+        rate_limits,
+        quotas,
+        timezone: spec.timezone.clone(),
+        pricing,
+        payment_url: spec.payment_url.clone(),
+        failure_policy: spec.failure_policy,
+    })
+}
+
+fn compile_pricing(p: &resources::Pricing) -> Result<Pricing, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    if p.currency.len() != 3 || !p.currency.bytes().all(|b| b.is_ascii_uppercase()) {
+        errors.push(invalid(
+            "spec.pricing.currency",
+            format!("{:?} is not an ISO 4217 code like USD", p.currency),
+        ));
+    }
+    let per_request = match p.per_request.as_deref().map(parse_decimal).transpose() {
+        Ok(v) => v,
+        Err(e) => {
+            errors.push(invalid("spec.pricing.perRequest", e));
+            None
+        }
+    };
+    let mut models = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, m) in p.models.iter().enumerate() {
+        let field = format!("spec.pricing.models[{i}]");
+        if !seen.insert(m.model.as_str()) {
+            errors.push(invalid(
+                format!("{field}.model"),
+                format!("model {:?} is priced twice", m.model),
+            ));
+        }
+        let input = parse_decimal(&m.input_per_million_tokens)
+            .map_err(|e| errors.push(invalid(format!("{field}.inputPerMillionTokens"), e)));
+        let output = parse_decimal(&m.output_per_million_tokens)
+            .map_err(|e| errors.push(invalid(format!("{field}.outputPerMillionTokens"), e)));
+        if let (Ok(input), Ok(output)) = (input, output) {
+            models.push(ModelPrice {
+                model: m.model.clone(),
+                input_per_million_tokens: input,
+                output_per_million_tokens: output,
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(Pricing {
+            currency: p.currency.clone(),
+            per_request,
+            models,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+/// Parses a non-negative decimal string with at most 6 fractional digits.
+pub fn parse_decimal(text: &str) -> Result<Decimal, String> {
+    let well_formed = {
+        let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+        !whole.is_empty()
+            && whole.len() <= 15
+            && whole.bytes().all(|b| b.is_ascii_digit())
+            && fraction.len() <= 6
+            && fraction.bytes().all(|b| b.is_ascii_digit())
+            && !(text.contains('.') && fraction.is_empty())
+    };
+    if !well_formed {
+        return Err(format!(
+            "{text:?} is not a decimal amount: use digits with at most 6 decimals, as a string (\"50.00\")"
+        ));
+    }
+    Decimal::from_str(text).map_err(|e| format!("{text:?} is not a decimal amount: {e}"))
+}
+
+fn check_label(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} must be 1-63 lower-case letters, digits or '-', starting and ending with a letter or digit"
+        ))
+    }
+}
+
+/// Keys under which a route claims traffic; two accepted routes never share one.
+fn claims(route: &Route) -> Vec<(Option<HostMatch>, PathMatch, Option<resources::HttpMethod>)> {
+    let hosts: Vec<Option<HostMatch>> = if route.hosts.is_empty() {
+        vec![None]
+    } else {
+        route.hosts.iter().cloned().map(Some).collect()
+    };
+    let methods: Vec<Option<resources::HttpMethod>> = if route.methods.is_empty() {
+        vec![None]
+    } else {
+        route.methods.iter().copied().map(Some).collect()
+    };
+    let mut out = Vec::new();
+    for host in &hosts {
+        for method in &methods {
+            out.push((host.clone(), route.path.clone(), *method));
+        }
+    }
+    out
+}
+
+fn compile_routes(objects: &Objects<'_>, out: &mut Compiled) {
+    // Oldest first, so that on a conflict the older route keeps its traffic.
+    let mut routes: Vec<&ApiRoute> = objects.routes.clone();
+    routes.sort_by(|a, b| {
+        creation(*a)
+            .cmp(&creation(*b))
+            .then_with(|| object_key(*a).cmp(&object_key(*b)))
+    });
+    type Claim = (Option<HostMatch>, PathMatch, Option<resources::HttpMethod>);
+    let mut claimed: HashMap<Claim, ObjectKey> = HashMap::new();
+    for route in routes {
+        let key = object_key(route);
+        let compiled = match compile_route(&key, route) {
+            Ok(r) => r,
+            Err(errors) => {
+                push_all(&mut out.diagnostics, ObjectKind::ApiRoute, &key, errors);
+                continue;
+            }
+        };
+        let route_claims = claims(&compiled);
+        if let Some(owner) = route_claims.iter().find_map(|c| claimed.get(c)) {
+            out.diagnostics.push(Diagnostic {
+                kind: ObjectKind::ApiRoute,
+                object: key,
+                field: "spec.match".to_owned(),
+                reason: Reason::Conflict,
+                message: format!(
+                    "ApiRoute {owner} already serves the same host, path and method; the older route wins. \
+                     Change spec.hosts or spec.match, or delete one of them"
+                ),
+            });
+            continue;
+        }
+        for c in route_claims {
+            claimed.insert(c, key.clone());
+        }
+        out.snapshot.routes.push(compiled);
+    }
+}
+
+fn compile_route(key: &ObjectKey, route: &ApiRoute) -> Result<Route, Vec<FieldError>> {
+    let spec = &route.spec;
+    let mut errors = Vec::new();
+
+    let mut hosts = Vec::new();
+    for (i, host) in spec.hosts.iter().enumerate() {
+        let lower = host.to_ascii_lowercase();
+        let (wildcard, name) = match lower.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, lower.as_str()),
+        };
+        let valid = !name.is_empty()
+            && name.split('.').all(|label| {
+                check_label(label).is_ok() || label.bytes().all(|b| b.is_ascii_digit())
+            });
+        if !valid {
+            errors.push(invalid(
+                format!("spec.hosts[{i}]"),
+                format!("{host:?} is not a host name or a wildcard like *.example.com"),
+            ));
+        } else if wildcard {
+            hosts.push(HostMatch::Wildcard(format!(".{name}")));
+        } else {
+            hosts.push(HostMatch::Exact(name.to_owned()));
+        }
+    }
+
+    let m = &spec.route_match;
+    let path = match (&m.path_prefix, &m.path) {
+        (Some(prefix), None) if prefix.starts_with('/') => {
+            let trimmed = prefix.trim_end_matches('/');
+            Some(PathMatch::Prefix(if trimmed.is_empty() {
+                "/".to_owned()
+            } else {
+                trimmed.to_owned()
+            }))
+        }
+        (None, Some(path)) if path.starts_with('/') => Some(PathMatch::Exact(path.clone())),
+        (Some(_), None) => {
+            errors.push(invalid(
+                "spec.match.pathPrefix",
+                "pathPrefix must start with '/'",
+            ));
+            None
+        }
+        (None, Some(_)) => {
+            errors.push(invalid("spec.match.path", "path must start with '/'"));
+            None
+        }
+        _ => {
+            errors.push(invalid(
+                "spec.match",
+                "exactly one of match.pathPrefix or match.path must be set",
+            ));
+            None
+        }
+    };
+
+    let b = &spec.backend;
+    let set = usize::from(b.service.is_some())
+        + usize::from(b.url.is_some())
+        + usize::from(b.direct_response.is_some());
+    let backend = if set != 1 {
+        errors.push(invalid(
+            "spec.backend",
+            "exactly one of backend.service, backend.url or backend.directResponse must be set",
+        ));
+        None
+    } else if let Some(svc) = &b.service {
+        if svc.port == 0 {
+            errors.push(invalid(
+                "spec.backend.service.port",
+                "port must be between 1 and 65535",
+            ));
+        }
+        Some(RouteBackend::Http {
+            base_url: format!("http://{}.{}.svc:{}", svc.name, key.namespace, svc.port),
+        })
+    } else if let Some(url) = &b.url {
+        match normalize_base_url(url) {
+            Ok(base_url) => Some(RouteBackend::Http { base_url }),
+            Err(e) => {
+                errors.push(invalid("spec.backend.url", e));
+                None
+            }
+        }
+    } else if let Some(direct) = &b.direct_response {
+        if !(200..=599).contains(&direct.status) {
+            errors.push(invalid(
+                "spec.backend.directResponse.status",
+                "status must be between 200 and 599",
+            ));
+        }
+        Some(RouteBackend::Direct {
+            status: direct.status,
+            content_type: direct
+                .content_type
+                .clone()
+                .unwrap_or_else(|| DEFAULT_DIRECT_CONTENT_TYPE.to_owned()),
+            body: direct.body.clone().unwrap_or_default(),
+        })
+    } else {
+        None
+    };
+
+    let timeout_ms = match b.timeout.as_deref().map(parse_duration) {
+        None => DEFAULT_TIMEOUT_MS,
+        Some(Ok(d)) if !d.is_zero() && d.as_secs() <= 3600 => {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+        }
+        Some(Ok(_)) => {
+            errors.push(invalid(
+                "spec.backend.timeout",
+                "timeout must be more than 0s and at most 1h",
+            ));
+            DEFAULT_TIMEOUT_MS
+        }
+        Some(Err(e)) => {
+            errors.push(invalid("spec.backend.timeout", e));
+            DEFAULT_TIMEOUT_MS
+        }
+    };
+
+    if spec.approval == Approval::Automatic {
+        if !spec.approved_tenants.is_empty() {
+            errors.push(invalid(
+                "spec.approvedTenants",
+                "approvedTenants is only allowed with approval: Manual",
+            ));
+        }
+        if !spec.rejected_tenants.is_empty() {
+            errors.push(invalid(
+                "spec.rejectedTenants",
+                "rejectedTenants is only allowed with approval: Manual",
+            ));
+        }
+    }
+
+    let sunset = match spec
+        .lifecycle
+        .sunset
+        .as_deref()
+        .map(Timestamp::from_str)
+        .transpose()
+    {
+        Ok(t) => t,
+        Err(e) => {
+            errors.push(invalid(
+                "spec.lifecycle.sunset",
+                format!("not an RFC 3339 time: {e}"),
+            ));
+            None
+        }
+    };
+
+    let mut methods = spec.route_match.methods.clone();
+    methods.sort();
+    methods.dedup();
+
+    match (path, backend, errors.is_empty()) {
+        (Some(path), Some(backend), true) => Ok(Route {
+            key: key.clone(),
+            generation: route.metadata.generation.unwrap_or(0),
+            hosts,
+            path,
+            methods,
+            backend,
+            timeout_ms,
+            metering: spec.metering,
+            approval: spec.approval,
+            approved_tenants: spec.approved_tenants.clone(),
+            rejected_tenants: spec.rejected_tenants.clone(),
+            lifecycle: spec.lifecycle.state,
+            sunset,
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// `http(s)://authority[/path]`, returned without a trailing slash.
+fn normalize_base_url(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("{url:?} must start with http:// or https://"))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() || rest.contains(['?', '#', ' ']) {
+        return Err(format!(
+            "{url:?} must be a base URL like http://127.0.0.1:9000 or https://api.example.com/v2"
+        ));
+    }
+    if authority.parse::<http_authority::Authority>().is_err() {
+        return Err(format!("{url:?} has an invalid host or port"));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// Minimal authority check (host[:port]) without pulling an HTTP stack into this crate.
+mod http_authority {
+    pub struct Authority;
+    impl std::str::FromStr for Authority {
+        type Err = ();
+        fn from_str(s: &str) -> Result<Self, ()> {
+            let (host, port) = match s.rsplit_once(':') {
+                Some((h, p)) if !h.ends_with(']') && !h.contains(':') => (h, Some(p)),
+                Some((h, p)) if h.ends_with(']') => (h, Some(p)),
+                _ => (s, None),
+            };
+            if host.is_empty() || host.contains('@') {
+                return Err(());
+            }
+            match port {
+                Some(p) if p.parse::<u16>().map(|p| p > 0).unwrap_or(false) => Ok(Self),
+                Some(_) => Err(()),
+                None => Ok(Self),
+            }
+        }
+    }
+}
+
+fn compile_tenants(
+    objects: &Objects<'_>,
+    plan_state: &HashMap<ObjectKey, bool>,
+    out: &mut Compiled,
+) {
+    let secrets: HashMap<ObjectKey, &Secret> = objects
+        .secrets
+        .iter()
+        .map(|s| (object_key(*s), *s))
+        .collect();
+    let mut tenants: Vec<&resources::Tenant> = objects.tenants.clone();
+    // Oldest first: when two tenants present the same key, the older one keeps it.
+    tenants.sort_by(|a, b| {
+        creation(*a)
+            .cmp(&creation(*b))
+            .then_with(|| object_key(*a).cmp(&object_key(*b)))
+    });
+    let mut key_owner: HashMap<KeyDigest, ObjectKey> = HashMap::new();
+
+    for tenant in tenants {
+        let key = object_key(tenant);
+        let spec = &tenant.spec;
+        let mut errors: Vec<FieldError> = Vec::new();
+
+        let plan_ref = |field: String,
+                        name: &str,
+                        errors: &mut Vec<FieldError>|
+         -> Option<ObjectKey> {
+            let plan_key = key.sibling(name);
+            match plan_state.get(&plan_key) {
+                Some(true) => Some(plan_key),
+                Some(false) => {
+                    errors.push((
+                        field,
+                        Reason::PlanNotAccepted,
+                        format!("QuotaPolicy {name:?} is not accepted; see its status conditions"),
+                    ));
+                    None
+                }
+                None => {
+                    errors.push((
+                        field,
+                        Reason::PlanNotFound,
+                        format!(
+                            "QuotaPolicy {name:?} not found in namespace {}",
+                            key.namespace
+                        ),
+                    ));
+                    None
+                }
+            }
+        };
+
+        let plan = spec
+            .quota_policy_ref
+            .as_ref()
+            .and_then(|r| plan_ref("spec.quotaPolicyRef.name".to_owned(), &r.name, &mut errors));
+
+        let mut digests = Vec::new();
+        for (i, api_key) in spec.api_keys.iter().enumerate() {
+            let secret_ref = &api_key.secret_ref;
+            let Some(secret) = secrets.get(&key.sibling(&secret_ref.name)) else {
+                errors.push((
+                    format!("spec.apiKeys[{i}].secretRef.name"),
+                    Reason::SecretNotFound,
+                    format!(
+                        "Secret {:?} not found in namespace {}",
+                        secret_ref.name, key.namespace
+                    ),
+                ));
+                continue;
+            };
+            match secret_value(secret, &secret_ref.key) {
+                Some(value) => {
+                    let digest = KeyDigest::of(value);
+                    match key_owner.get(&digest) {
+                        Some(owner) if owner != &key => errors.push((
+                            format!("spec.apiKeys[{i}]"),
+                            Reason::DuplicateApiKey,
+                            format!("the key in Secret {:?} is already used by Tenant {owner}; every tenant needs its own keys", secret_ref.name),
+                        )),
+                        _ => digests.push(digest),
+                    }
+                }
+                None => errors.push((
+                    format!("spec.apiKeys[{i}].secretRef.key"),
+                    Reason::SecretKeyNotFound,
+                    format!(
+                        "Secret {:?} has no non-empty key {:?}",
+                        secret_ref.name, secret_ref.key
+                    ),
+                )),
+            }
+        }
+
+        let paid_through = match spec
+            .billing
+            .paid_through
+            .as_deref()
+            .map(Timestamp::from_str)
+            .transpose()
+        {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(invalid(
+                    "spec.billing.paidThrough",
+                    format!("not an RFC 3339 time: {e}"),
+                ));
+                None
+            }
+        };
+
+        let mut subscriptions = Vec::new();
+        let mut seen_routes = BTreeSet::new();
+        for (i, sub) in spec.subscriptions.iter().enumerate() {
+            if !seen_routes.insert(sub.api_route_ref.name.as_str()) {
+                errors.push(invalid(
+                    format!("spec.subscriptions[{i}].apiRouteRef.name"),
+                    format!(
+                        "ApiRoute {:?} appears twice in subscriptions",
+                        sub.api_route_ref.name
+                    ),
+                ));
+                continue;
+            }
+            let sub_plan = match &sub.quota_policy_ref {
+                Some(r) => match plan_ref(
+                    format!("spec.subscriptions[{i}].quotaPolicyRef.name"),
+                    &r.name,
+                    &mut errors,
+                ) {
+                    Some(p) => Some(p),
+                    None => continue,
+                },
+                None => None,
+            };
+            subscriptions.push(TenantSubscription {
+                route: sub.api_route_ref.name.clone(),
+                plan: sub_plan,
+            });
+        }
+
+        if !errors.is_empty() {
+            push_all(&mut out.diagnostics, ObjectKind::Tenant, &key, errors);
+            continue;
+        }
+        digests.sort();
+        digests.dedup();
+        for d in &digests {
+            key_owner.insert(d.clone(), key.clone());
+        }
+        let states = subscriptions
+            .iter()
+            .map(|s| SubscriptionStatus {
+                api_route: s.route.clone(),
+                state: out
+                    .snapshot
+                    .route(&key.sibling(&s.route))
+                    .map_or(SubscriptionState::RouteNotFound, |r| {
+                        r.subscription_state(&key.name)
+                    }),
+            })
+            .collect();
+        out.subscriptions.insert(key.clone(), states);
+        out.snapshot.tenants.push(Tenant {
+            key,
+            display_name: spec.display_name.clone(),
+            key_digests: digests,
+            plan,
+            billing_state: spec.billing.state,
+            paid_through,
+            subscriptions,
+        });
+    }
+    out.snapshot.tenants.sort_by(|a, b| a.key.cmp(&b.key));
+}
+
+/// The bytes of `key` in a Secret (data, or stringData in standalone manifests), with surrounding
+/// whitespace removed (a key written with `echo` carries a newline). `None` when absent or empty.
+fn secret_value<'s>(secret: &'s Secret, key: &str) -> Option<&'s [u8]> {
+    let raw: &[u8] = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.as_slice())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|s| s.as_bytes())
+        })?;
+    let trimmed = raw.trim_ascii();
+    (!trimmed.is_empty()).then_some(trimmed)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,470 @@
+use k8s_openapi::api::core::v1::Secret;
+
+use super::*;
+use crate::resources::{BillingState, Tenant as TenantCr};
+
+/// Objects parsed from YAML, as users write them.
+#[derive(Default)]
+struct World {
+    routes: Vec<ApiRoute>,
+    tenants: Vec<TenantCr>,
+    plans: Vec<QuotaPolicy>,
+    secrets: Vec<Secret>,
+}
+
+impl World {
+    fn parse(yaml: &str) -> Self {
+        let mut w = World::default();
+        for doc in serde_yaml::Deserializer::from_str(yaml) {
+            let value = serde_yaml::Value::deserialize(doc).expect("yaml");
+            let kind = value
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .expect("kind")
+                .to_owned();
+            match kind.as_str() {
+                "ApiRoute" => w
+                    .routes
+                    .push(serde_yaml::from_value(value).expect("ApiRoute")),
+                "Tenant" => w
+                    .tenants
+                    .push(serde_yaml::from_value(value).expect("Tenant")),
+                "QuotaPolicy" => w
+                    .plans
+                    .push(serde_yaml::from_value(value).expect("QuotaPolicy")),
+                "Secret" => w
+                    .secrets
+                    .push(serde_yaml::from_value(value).expect("Secret")),
+                other => panic!("unexpected kind {other}"),
+            }
+        }
+        w
+    }
+
+    fn with(mut self, yaml: &str) -> Self {
+        let more = World::parse(yaml);
+        self.routes.extend(more.routes);
+        self.tenants.extend(more.tenants);
+        self.plans.extend(more.plans);
+        self.secrets.extend(more.secrets);
+        self
+    }
+
+    fn compile(&self) -> Compiled {
+        compile(&Objects {
+            routes: self.routes.iter().collect(),
+            tenants: self.tenants.iter().collect(),
+            plans: self.plans.iter().collect(),
+            secrets: self.secrets.iter().collect(),
+        })
+    }
+}
+
+use serde::Deserialize;
+
+const BASE: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {name: pro, namespace: shop}
+spec:
+  rateLimits: [{name: per-second, requests: 50, window: 1s}]
+  quotas: [{name: monthly-requests, metric: Requests, limit: "100000", period: Month}]
+  timezone: Europe/Berlin
+  paymentUrl: https://billing.example.com/upgrade
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {name: chat, namespace: shop, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec:
+  hosts: [api.example.com]
+  match: {pathPrefix: /v1/chat/, methods: [POST]}
+  backend: {url: "http://127.0.0.1:9000/", timeout: 5s}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: acme-key, namespace: shop}
+stringData: {apiKey: "acme-secret-1\n"}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Tenant
+metadata: {name: acme, namespace: shop, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec:
+  quotaPolicyRef: {name: pro}
+  apiKeys: [{secretRef: {name: acme-key}}]
+  subscriptions: [{apiRouteRef: {name: chat}}]
+"#;
+
+fn only_diagnostic(c: &Compiled) -> &Diagnostic {
+    assert_eq!(
+        c.diagnostics.len(),
+        1,
+        "expected one diagnostic, got {:#?}",
+        c.diagnostics
+    );
+    &c.diagnostics[0]
+}
+
+#[test]
+fn a_valid_world_compiles_completely() {
+    let c = World::parse(BASE).compile();
+    assert!(c.diagnostics.is_empty(), "{:#?}", c.diagnostics);
+    let s = &c.snapshot;
+    assert_eq!(s.plans.len(), 1);
+    assert_eq!(s.plans[0].quotas[0].limit, Decimal::from(100_000));
+    assert_eq!(s.plans[0].rate_limits[0].window_ms, 1000);
+    assert_eq!(s.routes.len(), 1);
+    let route = &s.routes[0];
+    assert_eq!(
+        route.path,
+        PathMatch::Prefix("/v1/chat".into()),
+        "trailing slash dropped"
+    );
+    assert_eq!(
+        route.backend,
+        RouteBackend::Http {
+            base_url: "http://127.0.0.1:9000".into()
+        }
+    );
+    assert_eq!(route.timeout_ms, 5000);
+    let tenant = &s.tenants[0];
+    // The key's trailing newline is not part of the key.
+    assert_eq!(tenant.key_digests, vec![KeyDigest::of(b"acme-secret-1")]);
+    assert_eq!(tenant.plan, Some(ObjectKey::new("shop", "pro")));
+    assert_eq!(
+        c.subscriptions[&tenant.key][0].state,
+        SubscriptionState::Active
+    );
+}
+
+#[test]
+fn snapshot_never_contains_key_material() {
+    let c = World::parse(BASE).compile();
+    let json = serde_json::to_string(&c.snapshot).expect("serializable");
+    assert!(!json.contains("acme-secret-1"));
+}
+
+#[test]
+fn objects_without_namespace_are_in_default() {
+    let c = World::parse(
+        r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {name: free}
+spec: {}
+"#,
+    )
+    .compile();
+    assert_eq!(c.snapshot.plans[0].key, ObjectKey::new("default", "free"));
+    assert_eq!(c.snapshot.plans[0].timezone, "UTC");
+}
+
+fn plan_diagnostic(spec: &str) -> Diagnostic {
+    let yaml = format!(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: QuotaPolicy\nmetadata: {{name: bad, namespace: shop}}\nspec: {spec}\n"
+    );
+    let c = World::parse(BASE).with(&yaml).compile();
+    assert_eq!(c.snapshot.plans.len(), 1, "the good plan stays");
+    let d = only_diagnostic(&c).clone();
+    assert_eq!(
+        (d.kind, d.object.name.as_str()),
+        (ObjectKind::QuotaPolicy, "bad")
+    );
+    d
+}
+
+#[test]
+fn unknown_time_zone_is_reported_on_the_field() {
+    let d = plan_diagnostic("{timezone: Mars/Olympus_Mons}");
+    assert_eq!(
+        (d.field.as_str(), d.reason),
+        ("spec.timezone", Reason::UnknownTimeZone)
+    );
+    assert!(d.message.contains("Mars/Olympus_Mons"));
+}
+
+#[test]
+fn malformed_decimal_is_reported_on_the_field() {
+    let d = plan_diagnostic(r#"{quotas: [{name: q, limit: "1,000", period: Month}]}"#);
+    assert_eq!(
+        (d.field.as_str(), d.reason),
+        ("spec.quotas[0].limit", Reason::Invalid)
+    );
+    let d = plan_diagnostic(
+        r#"{quotas: [{name: q, metric: Cost, limit: "1.1234567", period: Month}], pricing: {currency: USD}}"#,
+    );
+    assert_eq!(d.field, "spec.quotas[0].limit");
+}
+
+#[test]
+fn count_quotas_need_whole_numbers() {
+    let d = plan_diagnostic(
+        r#"{quotas: [{name: q, metric: InputTokens, limit: "10.5", period: Day}]}"#,
+    );
+    assert_eq!(d.field, "spec.quotas[0].limit");
+    assert!(d.message.contains("whole number"), "{}", d.message);
+}
+
+#[test]
+fn cost_quota_without_pricing_is_reported() {
+    let d = plan_diagnostic(
+        r#"{quotas: [{name: budget, metric: Cost, limit: "50.00", period: Month}]}"#,
+    );
+    assert_eq!(d.field, "spec.pricing");
+}
+
+#[test]
+fn rate_limit_window_must_be_between_1s_and_1h() {
+    let d = plan_diagnostic("{rateLimits: [{name: r, requests: 5, window: 2h}]}");
+    assert_eq!(d.field, "spec.rateLimits[0].window");
+    let d = plan_diagnostic("{rateLimits: [{name: r, requests: 5, window: 500ms}]}");
+    assert_eq!(d.field, "spec.rateLimits[0].window");
+    let d = plan_diagnostic("{rateLimits: [{name: r, requests: 5, window: soon}]}");
+    assert_eq!(d.field, "spec.rateLimits[0].window");
+}
+
+#[test]
+fn duplicate_limit_names_are_reported() {
+    let d = plan_diagnostic(
+        r#"{quotas: [{name: q, limit: "1", period: Day}, {name: q, limit: "2", period: Month}]}"#,
+    );
+    assert_eq!(d.field, "spec.quotas[1].name");
+}
+
+fn route_yaml(name: &str, created: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {{name: {name}, namespace: shop, creationTimestamp: \"{created}\"}}\nspec: {spec}\n"
+    )
+}
+
+fn route_diagnostic(spec: &str) -> Diagnostic {
+    let c = World::parse(BASE)
+        .with(&route_yaml("bad", "2026-02-01T00:00:00Z", spec))
+        .compile();
+    assert_eq!(c.snapshot.routes.len(), 1, "the good route stays");
+    let d = only_diagnostic(&c).clone();
+    assert_eq!(
+        (d.kind, d.object.name.as_str()),
+        (ObjectKind::ApiRoute, "bad")
+    );
+    d
+}
+
+#[test]
+fn route_needs_exactly_one_of_path_and_prefix() {
+    let d = route_diagnostic("{match: {pathPrefix: /a, path: /a}, backend: {url: 'http://x:1'}}");
+    assert_eq!(d.field, "spec.match");
+    let d = route_diagnostic("{match: {}, backend: {url: 'http://x:1'}}");
+    assert_eq!(d.field, "spec.match");
+}
+
+#[test]
+fn route_needs_exactly_one_backend() {
+    let d = route_diagnostic(
+        "{match: {path: /a}, backend: {url: 'http://x:1', service: {name: s, port: 80}}}",
+    );
+    assert_eq!(d.field, "spec.backend");
+    let d = route_diagnostic("{match: {path: /a}, backend: {}}");
+    assert_eq!(d.field, "spec.backend");
+}
+
+#[test]
+fn route_url_must_be_a_base_url() {
+    let d = route_diagnostic("{match: {path: /a}, backend: {url: 'ftp://x'}}");
+    assert_eq!(d.field, "spec.backend.url");
+    let d = route_diagnostic("{match: {path: /a}, backend: {url: 'http://x:99999'}}");
+    assert_eq!(d.field, "spec.backend.url");
+}
+
+#[test]
+fn approved_tenants_need_manual_approval() {
+    let d = route_diagnostic(
+        "{match: {path: /a}, backend: {url: 'http://x:1'}, approvedTenants: [acme]}",
+    );
+    assert_eq!(d.field, "spec.approvedTenants");
+}
+
+#[test]
+fn conflicting_routes_older_wins() {
+    // Same host, same prefix, overlapping method: the newer route is excluded, whatever its name.
+    let c = World::parse(BASE)
+        .with(&route_yaml("aaa-newer", "2026-03-01T00:00:00Z", "{hosts: [API.example.com], match: {pathPrefix: /v1/chat, methods: [POST, GET]}, backend: {url: 'http://y:1'}}"))
+        .compile();
+    let d = only_diagnostic(&c);
+    assert_eq!(
+        (d.object.name.as_str(), d.reason, d.field.as_str()),
+        ("aaa-newer", Reason::Conflict, "spec.match")
+    );
+    assert!(
+        d.message.contains("shop/chat"),
+        "names the winner: {}",
+        d.message
+    );
+    assert_eq!(c.snapshot.routes.len(), 1);
+    assert_eq!(c.snapshot.routes[0].key.name, "chat");
+}
+
+#[test]
+fn same_path_on_different_methods_or_hosts_is_no_conflict() {
+    let c = World::parse(BASE)
+        .with(&route_yaml("chat-get", "2026-03-01T00:00:00Z", "{hosts: [api.example.com], match: {pathPrefix: /v1/chat, methods: [GET]}, backend: {url: 'http://y:1'}}"))
+        .with(&route_yaml("chat-other-host", "2026-03-01T00:00:00Z", "{hosts: [other.example.com], match: {pathPrefix: /v1/chat}, backend: {url: 'http://y:1'}}"))
+        .compile();
+    assert!(c.diagnostics.is_empty(), "{:#?}", c.diagnostics);
+    assert_eq!(c.snapshot.routes.len(), 3);
+}
+
+#[test]
+fn routes_are_in_match_order() {
+    let c = World::default()
+        .with(&route_yaml("any-host", "2026-01-01T00:00:00Z", "{match: {pathPrefix: /}, backend: {url: 'http://y:1'}}"))
+        .with(&route_yaml("wild", "2026-01-01T00:00:00Z", "{hosts: ['*.example.com'], match: {pathPrefix: /}, backend: {url: 'http://y:1'}}"))
+        .with(&route_yaml("exact-prefix", "2026-01-01T00:00:00Z", "{hosts: [api.example.com], match: {pathPrefix: /v1}, backend: {url: 'http://y:1'}}"))
+        .with(&route_yaml("exact-long-prefix", "2026-01-01T00:00:00Z", "{hosts: [api.example.com], match: {pathPrefix: /v1/chat}, backend: {url: 'http://y:1'}}"))
+        .with(&route_yaml("exact-path", "2026-01-01T00:00:00Z", "{hosts: [api.example.com], match: {path: /v1}, backend: {url: 'http://y:1'}}"))
+        .compile();
+    let order: Vec<&str> = c
+        .snapshot
+        .routes
+        .iter()
+        .map(|r| r.key.name.as_str())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "exact-path",
+            "exact-long-prefix",
+            "exact-prefix",
+            "wild",
+            "any-host"
+        ]
+    );
+}
+
+fn tenant_diagnostic(spec: &str) -> Diagnostic {
+    let yaml = format!(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: bad, namespace: shop, creationTimestamp: \"2026-05-01T00:00:00Z\"}}\nspec: {spec}\n"
+    );
+    let c = World::parse(BASE)
+        .with("apiVersion: v1\nkind: Secret\nmetadata: {name: bad-key, namespace: shop}\nstringData: {apiKey: bad-secret, empty: '  '}\n")
+        .with(&yaml)
+        .compile();
+    assert_eq!(c.snapshot.tenants.len(), 1, "the good tenant stays");
+    assert_eq!(c.snapshot.tenants[0].key.name, "acme");
+    let d = only_diagnostic(&c).clone();
+    assert_eq!(
+        (d.kind, d.object.name.as_str()),
+        (ObjectKind::Tenant, "bad")
+    );
+    d
+}
+
+#[test]
+fn tenant_with_missing_plan_is_excluded() {
+    let d = tenant_diagnostic("{quotaPolicyRef: {name: enterprise}}");
+    assert_eq!(
+        (d.field.as_str(), d.reason),
+        ("spec.quotaPolicyRef.name", Reason::PlanNotFound)
+    );
+    let d = tenant_diagnostic(
+        "{subscriptions: [{apiRouteRef: {name: chat}, quotaPolicyRef: {name: nope}}]}",
+    );
+    assert_eq!(
+        (d.field.as_str(), d.reason),
+        (
+            "spec.subscriptions[0].quotaPolicyRef.name",
+            Reason::PlanNotFound
+        )
+    );
+}
+
+#[test]
+fn tenant_on_a_rejected_plan_is_excluded() {
+    let c = World::parse(BASE)
+        .with("apiVersion: tollgate.dev/v1alpha1\nkind: QuotaPolicy\nmetadata: {name: broken, namespace: shop}\nspec: {timezone: Nowhere/Here}\n")
+        .with("apiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {name: bad, namespace: shop}\nspec: {quotaPolicyRef: {name: broken}}\n")
+        .compile();
+    let reasons: Vec<Reason> = c.diagnostics.iter().map(|d| d.reason).collect();
+    assert_eq!(reasons, [Reason::UnknownTimeZone, Reason::PlanNotAccepted]);
+}
+
+#[test]
+fn tenant_with_missing_secret_or_key_is_excluded() {
+    let d = tenant_diagnostic("{apiKeys: [{secretRef: {name: nope}}]}");
+    assert_eq!(
+        (d.field.as_str(), d.reason),
+        ("spec.apiKeys[0].secretRef.name", Reason::SecretNotFound)
+    );
+    let d = tenant_diagnostic("{apiKeys: [{secretRef: {name: bad-key, key: token}}]}");
+    assert_eq!(
+        (d.field.as_str(), d.reason),
+        ("spec.apiKeys[0].secretRef.key", Reason::SecretKeyNotFound)
+    );
+    let d = tenant_diagnostic("{apiKeys: [{secretRef: {name: bad-key, key: empty}}]}");
+    assert_eq!(d.reason, Reason::SecretKeyNotFound);
+}
+
+#[test]
+fn a_key_shared_by_two_tenants_stays_with_the_older() {
+    let d = tenant_diagnostic("{apiKeys: [{secretRef: {name: acme-key}}]}");
+    assert_eq!(
+        (d.field.as_str(), d.reason),
+        ("spec.apiKeys[0]", Reason::DuplicateApiKey)
+    );
+    assert!(d.message.contains("shop/acme"));
+}
+
+#[test]
+fn malformed_paid_through_is_reported() {
+    let d = tenant_diagnostic("{billing: {state: Active, paidThrough: next-tuesday}}");
+    assert_eq!(d.field, "spec.billing.paidThrough");
+}
+
+#[test]
+fn subscription_states_follow_route_approval() {
+    let c = World::parse(BASE)
+        .with(&route_yaml("manual", "2026-01-01T00:00:00Z", "{match: {path: /m}, backend: {url: 'http://y:1'}, approval: Manual, approvedTenants: [someone-else]}"))
+        .with(&route_yaml("closed", "2026-01-01T00:00:00Z", "{match: {path: /c}, backend: {url: 'http://y:1'}, approval: Manual, approvedTenants: [t], rejectedTenants: [t]}"))
+        .with("apiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {name: t, namespace: shop}\nspec: {billing: {state: PastDue}, subscriptions: [{apiRouteRef: {name: manual}}, {apiRouteRef: {name: closed}}, {apiRouteRef: {name: gone}}]}\n")
+        .compile();
+    assert!(c.diagnostics.is_empty(), "{:#?}", c.diagnostics);
+    let states: Vec<SubscriptionState> = c.subscriptions[&ObjectKey::new("shop", "t")]
+        .iter()
+        .map(|s| s.state)
+        .collect();
+    assert_eq!(
+        states,
+        [
+            SubscriptionState::PendingApproval,
+            SubscriptionState::Rejected,
+            SubscriptionState::RouteNotFound
+        ]
+    );
+    let t = c
+        .snapshot
+        .tenants
+        .iter()
+        .find(|t| t.key.name == "t")
+        .expect("compiled");
+    assert_eq!(t.billing_state, BillingState::PastDue);
+}
+
+#[test]
+fn one_bad_object_of_each_kind_never_affects_the_others() {
+    let good = World::parse(BASE).compile();
+    let with_bad = World::parse(BASE)
+        .with("apiVersion: tollgate.dev/v1alpha1\nkind: QuotaPolicy\nmetadata: {name: zz-bad, namespace: shop}\nspec: {timezone: Bad/Zone}\n")
+        .with(&route_yaml("zz-bad", "2020-01-01T00:00:00Z", "{match: {path: relative}, backend: {url: 'http://y:1'}}"))
+        .with("apiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {name: zz-bad, namespace: shop}\nspec: {apiKeys: [{secretRef: {name: missing}}]}\n")
+        .compile();
+    assert_eq!(with_bad.diagnostics.len(), 3, "{:#?}", with_bad.diagnostics);
+    assert_eq!(with_bad.snapshot, good.snapshot);
+}
+
+#[test]
+fn parse_decimal_accepts_money_and_rejects_floats() {
+    assert_eq!(parse_decimal("50.00"), Ok(Decimal::new(5000, 2)));
+    assert_eq!(parse_decimal("0.000150"), Ok(Decimal::new(150, 6)));
+    for bad in ["", "1e3", "-1", "1.", ".5", "1.1234567", "NaN"] {
+        assert!(parse_decimal(bad).is_err(), "{bad}");
+    }
+}

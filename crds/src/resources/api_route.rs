@@ -1,0 +1,275 @@
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, DURATION_PATTERN, OBJECT_NAME_PATTERN};
+
+/// An API that tenants subscribe to and call through the Tollgate proxy.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "tollgate.dev",
+    version = "v1alpha1",
+    kind = "ApiRoute",
+    shortname = "ar",
+    category = "tollgate",
+    namespaced,
+    status = "ApiRouteStatus",
+    printcolumn(name = "Hosts", type_ = "string", json_path = ".spec.hosts"),
+    printcolumn(
+        name = "Prefix",
+        type_ = "string",
+        json_path = ".spec.match.pathPrefix"
+    ),
+    printcolumn(name = "Path", type_ = "string", json_path = ".spec.match.path"),
+    printcolumn(
+        name = "Service",
+        type_ = "string",
+        json_path = ".spec.backend.service.name"
+    ),
+    printcolumn(name = "URL", type_ = "string", json_path = ".spec.backend.url"),
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
+        name = "Programmed",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Programmed\")].message"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new(
+    "(has(self.approval) && self.approval == 'Manual') || !has(self.approvedTenants) || size(self.approvedTenants) == 0"
+).message("approvedTenants is only allowed with approval: Manual").field_path(".approvedTenants"))]
+#[x_kube(validation = Rule::new(
+    "(has(self.approval) && self.approval == 'Manual') || !has(self.rejectedTenants) || size(self.rejectedTenants) == 0"
+).message("rejectedTenants is only allowed with approval: Manual").field_path(".rejectedTenants"))]
+#[serde(rename_all = "camelCase")]
+pub struct ApiRouteSpec {
+    /// Host names this route serves: exact names (api.example.com) or one leading wildcard label
+    /// (*.example.com, which does not match example.com itself). Empty means any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 16),
+        inner(regex(
+            pattern = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+        ))
+    )]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub hosts: Vec<String>,
+
+    /// Which requests this route takes: a path prefix or an exact path, optionally limited to methods.
+    #[serde(rename = "match")]
+    pub route_match: RouteMatch,
+
+    /// Where admitted requests go: exactly one of service, url or directResponse.
+    pub backend: Backend,
+
+    /// How usage is metered: Requests (default) counts requests; OpenAI also reads token counts from
+    /// the `usage` object of JSON and streamed (SSE) responses, for token and Cost quotas.
+    #[serde(default)]
+    pub metering: Metering,
+
+    /// Automatic (default): any tenant that subscribes is served. Manual: only tenants listed in
+    /// approvedTenants; others get 403 approval-pending.
+    #[serde(default)]
+    pub approval: Approval,
+
+    /// Manual approval: tenant names (same namespace) the route owner approved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000), inner(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub approved_tenants: Vec<String>,
+
+    /// Manual approval: tenant names turned down; they get 403 subscription-rejected. A tenant in
+    /// both lists is rejected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000), inner(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub rejected_tenants: Vec<String>,
+
+    /// Published (default), Deprecated (served with Deprecation and Sunset headers) or Retired (410).
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
+}
+
+/// Request matching.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.pathPrefix) != has(self.path)")
+    .message("exactly one of match.pathPrefix or match.path must be set"))]
+pub struct RouteMatch {
+    /// Path prefix, matched on whole segments: /v1/chat matches /v1/chat and /v1/chat/completions,
+    /// not /v1/chatter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/[^?#\s]*$"))]
+    pub path_prefix: Option<String>,
+    /// Exact path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/[^?#\s]*$"))]
+    pub path: Option<String>,
+    /// HTTP methods this route takes. Empty means any method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 9))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub methods: Vec<HttpMethod>,
+}
+
+/// An HTTP method.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum HttpMethod {
+    GET,
+    HEAD,
+    POST,
+    PUT,
+    PATCH,
+    DELETE,
+    OPTIONS,
+    CONNECT,
+    TRACE,
+}
+
+impl HttpMethod {
+    /// The method as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::GET => "GET",
+            Self::HEAD => "HEAD",
+            Self::POST => "POST",
+            Self::PUT => "PUT",
+            Self::PATCH => "PATCH",
+            Self::DELETE => "DELETE",
+            Self::OPTIONS => "OPTIONS",
+            Self::CONNECT => "CONNECT",
+            Self::TRACE => "TRACE",
+        }
+    }
+}
+
+/// Where admitted requests go.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "(has(self.service) ? 1 : 0) + (has(self.url) ? 1 : 0) + (has(self.directResponse) ? 1 : 0) == 1"
+).message("exactly one of backend.service, backend.url or backend.directResponse must be set"))]
+pub struct Backend {
+    /// A Service in this namespace; requests go to http://NAME.NAMESPACE.svc:PORT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceBackend>,
+    /// An explicit base URL (http:// or https://), for standalone mode and external APIs. The
+    /// request path is appended to the URL's path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 2048),
+        regex(pattern = r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    )]
+    pub url: Option<String>,
+    /// Answer from the proxy itself, without a backend (mock endpoints, maintenance pages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<DirectResponse>,
+    /// How long to wait for the backend's response headers, from 1ms to 1h. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new(
+        "!self.matches('^([0-9]+(\\\\.[0-9]+)?(ms|s|m|h))+$') || (duration(self) > duration('0s') && duration(self) <= duration('1h'))"
+    ).message("timeout must be more than 0s and at most 1h"))]
+    pub timeout: Option<String>,
+}
+
+/// A Service backend.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceBackend {
+    /// Service name, in the route's namespace.
+    #[schemars(length(min = 1, max = 63), regex(pattern = super::DNS_LABEL_PATTERN))]
+    pub name: String,
+    /// Service port number.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+}
+
+/// A fixed response served by the proxy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectResponse {
+    /// HTTP status code, 200..599.
+    #[schemars(range(min = 200, max = 599))]
+    pub status: u16,
+    /// Content-Type of the body. Defaults to text/plain; charset=utf-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub content_type: Option<String>,
+    /// Response body (at most 64 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub body: Option<String>,
+}
+
+/// How usage is metered.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Metering {
+    /// Count requests only.
+    #[default]
+    Requests,
+    /// Also count tokens from OpenAI-style `usage` in JSON and SSE responses.
+    OpenAI,
+}
+
+/// Subscription approval mode.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Approval {
+    /// Every subscribed tenant is served.
+    #[default]
+    Automatic,
+    /// Only tenants in approvedTenants are served.
+    Manual,
+}
+
+/// Lifecycle of the route.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.sunset) || (has(self.state) && self.state != 'Published')")
+    .message("sunset applies to Deprecated or Retired routes only").field_path(".sunset"))]
+pub struct Lifecycle {
+    /// Published (default) | Deprecated | Retired.
+    #[serde(default)]
+    pub state: LifecycleState,
+    /// RFC 3339 time after which a Deprecated route goes away; sent in the Sunset header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub sunset: Option<String>,
+}
+
+/// Lifecycle states.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum LifecycleState {
+    /// Served normally.
+    #[default]
+    Published,
+    /// Served, with Deprecation (and Sunset) headers.
+    Deprecated,
+    /// Answered 410 route-retired.
+    Retired,
+}
+
+/// Observed state of an ApiRoute.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiRouteStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Accepted` (False with reason Conflict or Invalid naming the field) and `Programmed`
+    /// ("3/3 proxies at version N").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}

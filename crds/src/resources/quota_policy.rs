@@ -1,0 +1,205 @@
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, DECIMAL_PATTERN, DNS_LABEL_PATTERN, DURATION_PATTERN};
+
+/// A plan: what a tenant may use in a billing period, its short-window rate limits, and what usage costs.
+///
+/// Exceeding a rate limit answers 429 Too Many Requests; exhausting a quota answers 402 Payment Required.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "tollgate.dev",
+    version = "v1alpha1",
+    kind = "QuotaPolicy",
+    plural = "quotapolicies",
+    shortname = "qp",
+    category = "tollgate",
+    namespaced,
+    status = "QuotaPolicyStatus",
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].reason",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new(
+    "!has(self.quotas) || !self.quotas.exists(q, q.metric == 'Cost') || has(self.pricing)"
+).message("a quota with metric Cost needs spec.pricing (currency and prices)").field_path(".pricing"))]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaPolicySpec {
+    /// Short-window limits (for example 50 requests per second). Exceeding one answers 429 Too Many
+    /// Requests with Retry-After. Names are unique in the list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub rate_limits: Vec<RateLimit>,
+
+    /// Allowances per calendar billing period. Exhausting one answers 402 Payment Required until the
+    /// period ends (Retry-After says when). Names are unique in the list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub quotas: Vec<Quota>,
+
+    /// IANA time zone in which calendar periods start and end (for example Europe/Berlin). Weeks start
+    /// on Monday. Defaults to UTC.
+    #[serde(default = "default_timezone")]
+    #[schemars(length(min = 1, max = 64))]
+    pub timezone: String,
+
+    /// Prices, required when a quota uses metric Cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<Pricing>,
+
+    /// Where a tenant can pay or upgrade; copied into every 402 response body as `paymentUrl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://"))]
+    pub payment_url: Option<String>,
+
+    /// What proxies do when the shared counter store cannot be reached: FailClosed (default) answers
+    /// 503 quota-store-unavailable; FailOpen keeps serving, counts locally and reconciles later.
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+}
+
+fn default_timezone() -> String {
+    "UTC".to_owned()
+}
+
+/// A short-window limit on requests.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Name shown in RateLimit headers and problem bodies: lower-case letters, digits and '-', at most 63.
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
+    pub name: String,
+    /// Requests allowed per window (at least 1).
+    #[schemars(range(min = 1, max = 1_000_000_000))]
+    pub requests: u64,
+    /// Window length, from 1s to 1h, for example `1s` or `10m`.
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new(
+        "!self.matches('^([0-9]+(\\\\.[0-9]+)?(ms|s|m|h))+$') || (duration(self) >= duration('1s') && duration(self) <= duration('1h'))"
+    ).message("window must be between 1s and 1h"))]
+    pub window: String,
+}
+
+/// An allowance per calendar period.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "self.metric == 'Cost' || self.limit.matches('^[0-9]+$')"
+).message("limit must be a whole number unless metric is Cost").field_path(".limit"))]
+pub struct Quota {
+    /// Name shown in RateLimit headers and problem bodies: lower-case letters, digits and '-', at most 63.
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
+    pub name: String,
+    /// What is counted: Requests, InputTokens, OutputTokens, TotalTokens, or Cost (in pricing.currency).
+    #[serde(default)]
+    pub metric: Metric,
+    /// Allowance per period, as a decimal string: a whole number for counts, up to 6 decimals for Cost.
+    #[schemars(regex(pattern = DECIMAL_PATTERN))]
+    pub limit: String,
+    /// Calendar period in spec.timezone: Hour, Day, Week (from Monday), Month or Year.
+    pub period: Period,
+}
+
+/// What a quota counts.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Metric {
+    /// Admitted requests.
+    #[default]
+    Requests,
+    /// Prompt tokens reported by the backend (metering: OpenAI).
+    InputTokens,
+    /// Completion tokens reported by the backend (metering: OpenAI).
+    OutputTokens,
+    /// Prompt plus completion tokens reported by the backend (metering: OpenAI).
+    TotalTokens,
+    /// Money, priced with spec.pricing.
+    Cost,
+}
+
+/// A calendar billing period.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Period {
+    /// From minute 0 of each wall-clock hour.
+    Hour,
+    /// From local midnight.
+    Day,
+    /// From Monday, local midnight.
+    Week,
+    /// From the first of the month, local midnight.
+    Month,
+    /// From January 1st, local midnight.
+    Year,
+}
+
+/// Prices used by Cost quotas.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Pricing {
+    /// ISO 4217 currency code, for example USD.
+    #[schemars(regex(pattern = r"^[A-Z]{3}$"))]
+    pub currency: String,
+    /// Price of one admitted request, as a decimal string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DECIMAL_PATTERN))]
+    pub per_request: Option<String>,
+    /// Token prices for routes with `metering: OpenAI`, matched against the response's `model`
+    /// (exact name first, then the longest prefix).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 512))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["model".into()]))]
+    pub models: Vec<ModelPrice>,
+}
+
+/// Token prices of one model.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelPrice {
+    /// Model name or prefix, matched against the response's `model`.
+    #[schemars(length(min = 1, max = 256))]
+    pub model: String,
+    /// Price per million prompt tokens, as a decimal string.
+    #[schemars(regex(pattern = DECIMAL_PATTERN))]
+    pub input_per_million_tokens: String,
+    /// Price per million completion tokens, as a decimal string.
+    #[schemars(regex(pattern = DECIMAL_PATTERN))]
+    pub output_per_million_tokens: String,
+}
+
+/// Behaviour when the shared counter store is unreachable.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum FailurePolicy {
+    /// Keep serving, count locally, reconcile into the store when it is back.
+    FailOpen,
+    /// Answer 503 quota-store-unavailable.
+    #[default]
+    FailClosed,
+}
+
+/// Observed state of a QuotaPolicy.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaPolicyStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Accepted`: the plan is valid and in the compiled configuration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}

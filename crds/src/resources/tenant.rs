@@ -1,0 +1,190 @@
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, LocalObjectReference, OBJECT_NAME_PATTERN};
+
+/// A customer or team that calls APIs through Tollgate with its own API keys, under a plan.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "tollgate.dev",
+    version = "v1alpha1",
+    kind = "Tenant",
+    shortname = "tn",
+    category = "tollgate",
+    namespaced,
+    status = "TenantStatus",
+    printcolumn(
+        name = "Plan",
+        type_ = "string",
+        json_path = ".spec.quotaPolicyRef.name"
+    ),
+    printcolumn(name = "Billing", type_ = "string", json_path = ".spec.billing.state"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSpec {
+    /// Human-readable name, for dashboards and problem bodies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub display_name: Option<String>,
+
+    /// The tenant's plan (a QuotaPolicy in this namespace). No plan means no limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_policy_ref: Option<LocalObjectReference>,
+
+    /// Secrets holding the tenant's API keys. Key material lives only in Secrets; proxies receive
+    /// SHA-256 digests. Several keys allow rotation without downtime.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub api_keys: Vec<ApiKeyRef>,
+
+    /// Billing standing. Anything but Active answers 402.
+    #[serde(default)]
+    pub billing: Billing,
+
+    /// The ApiRoutes this tenant may call, each optionally with its own plan (and own counters).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128))]
+    #[x_kube(validation = Rule::new(
+        "self.all(s, self.exists_one(t, t.apiRouteRef.name == s.apiRouteRef.name))"
+    ).message("each ApiRoute may appear only once in subscriptions"))]
+    pub subscriptions: Vec<Subscription>,
+}
+
+/// Where one API key is stored.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyRef {
+    /// The Secret (same namespace) and the key in its data that holds the API key.
+    pub secret_ref: SecretKeyRef,
+}
+
+/// A key in a Secret of the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
+    pub name: String,
+    /// Key within the Secret's data. Defaults to `apiKey`.
+    #[serde(default = "default_secret_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+fn default_secret_key() -> String {
+    "apiKey".to_owned()
+}
+
+/// The tenant's billing standing.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Billing {
+    /// Active (default) | PastDue | Suspended | Cancelled. Anything but Active answers 402.
+    #[serde(default)]
+    pub state: BillingState,
+    /// RFC 3339 time until which the subscription is paid; after it requests answer 402
+    /// subscription-expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub paid_through: Option<String>,
+}
+
+/// Billing states.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum BillingState {
+    /// In good standing.
+    #[default]
+    Active,
+    /// Payment overdue: 402 account-past-due.
+    PastDue,
+    /// Suspended by the operator of the API: 402 account-suspended.
+    Suspended,
+    /// Subscription cancelled: 402 subscription-cancelled.
+    Cancelled,
+}
+
+/// A subscription to one ApiRoute.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Subscription {
+    /// The ApiRoute (same namespace).
+    pub api_route_ref: LocalObjectReference,
+    /// A plan just for this route, with its own counters. Defaults to the tenant's plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_policy_ref: Option<LocalObjectReference>,
+}
+
+/// Observed state of a Tenant.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`: False names the missing Secret, key or plan.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// State of each subscription.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<SubscriptionStatus>,
+    /// Usage in the current period, per plan and quota.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub usage: Vec<UsageStatus>,
+}
+
+/// Observed state of one subscription.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionStatus {
+    /// ApiRoute name.
+    pub api_route: String,
+    /// Active | PendingApproval | Rejected | RouteNotFound.
+    pub state: SubscriptionState,
+}
+
+/// Whether a tenant can call a subscribed route.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum SubscriptionState {
+    /// Calls are served.
+    Active,
+    /// The route needs manual approval and the route owner has not approved this tenant yet (403).
+    PendingApproval,
+    /// The route owner rejected this tenant (403).
+    Rejected,
+    /// No ApiRoute of that name in the namespace (or it is invalid).
+    RouteNotFound,
+}
+
+/// Usage of one quota in its current period.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageStatus {
+    /// The QuotaPolicy (plan) the counter belongs to.
+    pub quota_policy: String,
+    /// The quota name within the plan.
+    pub quota: String,
+    /// Start of the current period, RFC 3339.
+    pub period_start: String,
+    /// Amount used, as a decimal string.
+    pub used: String,
+    /// Allowance, as a decimal string.
+    pub limit: String,
+}

@@ -1,0 +1,409 @@
+//! The compiled configuration: what the operator streams to proxies and what a proxy enforces.
+//!
+//! A snapshot holds only validated, resolved objects: durations in milliseconds, decimals parsed,
+//! Services turned into URLs, and API keys as SHA-256 digests (key material never leaves Secrets).
+//! It is plain data (serde) so it can be pushed over the wire and persisted in a proxy's state dir.
+
+use std::fmt;
+
+use jiff::Timestamp;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::resources::{
+    Approval, BillingState, FailurePolicy, HttpMethod, LifecycleState, Metering, Metric, Period,
+    SubscriptionState,
+};
+
+/// Namespace and name of an object. Displayed as `namespace/name`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    /// Namespace (`default` for standalone objects without one).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// `namespace/name`.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Another object of the same namespace.
+    pub fn sibling(&self, name: impl Into<String>) -> Self {
+        Self::new(self.namespace.clone(), name)
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// SHA-256 digest of an API key, hex-encoded. Proxies look tenants up by the digest of the presented key.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(transparent)]
+pub struct KeyDigest(pub String);
+
+impl KeyDigest {
+    /// Digest of the key as presented by a client.
+    pub fn of(key: &[u8]) -> Self {
+        Self(hex::encode(Sha256::digest(key)))
+    }
+}
+
+/// A complete, consistent configuration.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    /// Accepted routes, most specific first (see [`Route::specificity`]).
+    pub routes: Vec<Route>,
+    /// Tenants whose keys, plan and subscriptions resolved.
+    pub tenants: Vec<Tenant>,
+    /// Accepted plans.
+    pub plans: Vec<Plan>,
+}
+
+impl Snapshot {
+    /// The plan `key`, if accepted.
+    pub fn plan(&self, key: &ObjectKey) -> Option<&Plan> {
+        self.plans.iter().find(|p| &p.key == key)
+    }
+
+    /// The route `key`, if accepted.
+    pub fn route(&self, key: &ObjectKey) -> Option<&Route> {
+        self.routes.iter().find(|r| &r.key == key)
+    }
+
+    /// Puts routes in match order; call after changing `routes`.
+    pub fn sort_routes(&mut self) {
+        self.routes.sort_by(|a, b| {
+            a.specificity()
+                .cmp(&b.specificity())
+                .then_with(|| a.key.cmp(&b.key))
+        });
+    }
+}
+
+/// An accepted ApiRoute.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Route {
+    /// The ApiRoute.
+    pub key: ObjectKey,
+    /// metadata.generation of the compiled spec.
+    pub generation: i64,
+    /// Hosts; empty matches any host.
+    pub hosts: Vec<HostMatch>,
+    /// Path match.
+    pub path: PathMatch,
+    /// Methods; empty matches any method.
+    pub methods: Vec<HttpMethod>,
+    /// Where admitted requests go.
+    pub backend: RouteBackend,
+    /// Time to wait for backend response headers.
+    pub timeout_ms: u64,
+    /// Request or token metering.
+    pub metering: Metering,
+    /// Approval mode.
+    pub approval: Approval,
+    /// Manual approval: approved tenant names.
+    pub approved_tenants: Vec<String>,
+    /// Manual approval: rejected tenant names (rejection wins over approval).
+    pub rejected_tenants: Vec<String>,
+    /// Lifecycle state.
+    pub lifecycle: LifecycleState,
+    /// Sunset time of a deprecated route.
+    pub sunset: Option<Timestamp>,
+}
+
+/// How specific a route's match is; smaller sorts first and wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Specificity {
+    host_rank: u8,
+    host_len: std::cmp::Reverse<usize>,
+    path_rank: u8,
+    path_len: std::cmp::Reverse<usize>,
+    any_method: bool,
+}
+
+impl Route {
+    /// Host (exact, then wildcard, then any; longer first), then path (exact before prefix, longer
+    /// prefixes first), then routes that name methods before routes that take any method.
+    pub fn specificity(&self) -> Specificity {
+        let (host_rank, host_len) = self
+            .hosts
+            .iter()
+            .map(|h| match h {
+                HostMatch::Exact(name) => (0, std::cmp::Reverse(name.len())),
+                HostMatch::Wildcard(suffix) => (1, std::cmp::Reverse(suffix.len())),
+            })
+            .min()
+            .unwrap_or((2, std::cmp::Reverse(0)));
+        let (path_rank, path_len) = match &self.path {
+            PathMatch::Exact(p) => (0, p.len()),
+            PathMatch::Prefix(p) => (1, p.len()),
+        };
+        Specificity {
+            host_rank,
+            host_len,
+            path_rank,
+            path_len: std::cmp::Reverse(path_len),
+            any_method: self.methods.is_empty(),
+        }
+    }
+
+    /// Whether `tenant` (a name in the route's namespace) may call this route, given it subscribed.
+    pub fn subscription_state(&self, tenant: &str) -> SubscriptionState {
+        if self.approval == Approval::Automatic {
+            return SubscriptionState::Active;
+        }
+        if self.rejected_tenants.iter().any(|t| t == tenant) {
+            SubscriptionState::Rejected
+        } else if self.approved_tenants.iter().any(|t| t == tenant) {
+            SubscriptionState::Active
+        } else {
+            SubscriptionState::PendingApproval
+        }
+    }
+}
+
+/// A host match.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum HostMatch {
+    /// Exact host name, lower-case.
+    Exact(String),
+    /// `*.example.com`, stored as the suffix `.example.com`; needs at least one more label.
+    Wildcard(String),
+}
+
+impl HostMatch {
+    /// Whether `host` (lower-case, without port) matches.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            Self::Exact(name) => name == host,
+            Self::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+        }
+    }
+}
+
+/// A path match.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum PathMatch {
+    /// Exact path.
+    Exact(String),
+    /// Prefix on whole segments; stored without a trailing slash (except the root prefix `/`).
+    Prefix(String),
+}
+
+impl PathMatch {
+    /// Whether the request `path` (without query) matches.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            Self::Exact(p) => p == path,
+            Self::Prefix(p) if p == "/" => true,
+            Self::Prefix(p) => {
+                path.starts_with(p.as_str())
+                    && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
+            }
+        }
+    }
+}
+
+/// A resolved backend.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum RouteBackend {
+    /// Forward to this base URL (scheme, authority and optional path prefix, no trailing slash).
+    Http {
+        /// Base URL.
+        base_url: String,
+    },
+    /// Answer from the proxy.
+    Direct {
+        /// Status code.
+        status: u16,
+        /// Content-Type.
+        content_type: String,
+        /// Body.
+        body: String,
+    },
+}
+
+/// A tenant whose keys and plans resolved.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Tenant {
+    /// The Tenant.
+    pub key: ObjectKey,
+    /// Display name.
+    pub display_name: Option<String>,
+    /// Digests of the tenant's API keys.
+    pub key_digests: Vec<KeyDigest>,
+    /// The tenant's default plan.
+    pub plan: Option<ObjectKey>,
+    /// Billing state.
+    pub billing_state: BillingState,
+    /// Paid-through time.
+    pub paid_through: Option<Timestamp>,
+    /// Subscriptions.
+    pub subscriptions: Vec<TenantSubscription>,
+}
+
+impl Tenant {
+    /// The subscription to `route`, if any.
+    pub fn subscription(&self, route: &ObjectKey) -> Option<&TenantSubscription> {
+        if route.namespace != self.key.namespace {
+            return None;
+        }
+        self.subscriptions.iter().find(|s| s.route == route.name)
+    }
+}
+
+/// One subscription of a tenant.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSubscription {
+    /// Route name (same namespace as the tenant).
+    pub route: String,
+    /// Plan for this route; `None` uses the tenant's plan.
+    pub plan: Option<ObjectKey>,
+}
+
+/// An accepted plan.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    /// The QuotaPolicy.
+    pub key: ObjectKey,
+    /// Rate limits.
+    pub rate_limits: Vec<RateLimit>,
+    /// Quotas.
+    pub quotas: Vec<Quota>,
+    /// IANA zone of the calendar periods.
+    pub timezone: String,
+    /// Prices.
+    pub pricing: Option<Pricing>,
+    /// Payment URL for 402 bodies.
+    pub payment_url: Option<String>,
+    /// Behaviour when the counter store is unreachable.
+    pub failure_policy: FailurePolicy,
+}
+
+/// A short-window rate limit.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Name.
+    pub name: String,
+    /// Requests per window.
+    pub requests: u64,
+    /// Window length in milliseconds.
+    pub window_ms: u64,
+}
+
+/// A calendar quota.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct Quota {
+    /// Name.
+    pub name: String,
+    /// What is counted.
+    pub metric: Metric,
+    /// Allowance per period.
+    pub limit: Decimal,
+    /// Period.
+    pub period: Period,
+}
+
+/// Prices.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Pricing {
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Price per admitted request.
+    pub per_request: Option<Decimal>,
+    /// Token prices per model.
+    pub models: Vec<ModelPrice>,
+}
+
+impl Pricing {
+    /// The price of `model`: exact name first, then the longest matching prefix.
+    pub fn model(&self, model: &str) -> Option<&ModelPrice> {
+        self.models.iter().find(|m| m.model == model).or_else(|| {
+            self.models
+                .iter()
+                .filter(|m| model.starts_with(m.model.as_str()))
+                .max_by_key(|m| m.model.len())
+        })
+    }
+}
+
+/// Token prices of a model.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelPrice {
+    /// Model name or prefix.
+    pub model: String,
+    /// Price per million prompt tokens.
+    pub input_per_million_tokens: Decimal,
+    /// Price per million completion tokens.
+    pub output_per_million_tokens: Decimal,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_matches_whole_segments() {
+        let p = PathMatch::Prefix("/v1/chat".into());
+        assert!(p.matches("/v1/chat"));
+        assert!(p.matches("/v1/chat/completions"));
+        assert!(!p.matches("/v1/chatter"));
+        assert!(!p.matches("/v1"));
+        assert!(PathMatch::Prefix("/".into()).matches("/anything"));
+    }
+
+    #[test]
+    fn wildcard_needs_one_more_label() {
+        let w = HostMatch::Wildcard(".example.com".into());
+        assert!(w.matches("api.example.com"));
+        assert!(!w.matches("example.com"));
+        assert!(!w.matches("badexample.com"));
+    }
+
+    #[test]
+    fn model_price_prefers_exact_then_longest_prefix() {
+        let price = |m: &str| ModelPrice {
+            model: m.into(),
+            input_per_million_tokens: Decimal::ONE,
+            output_per_million_tokens: Decimal::ONE,
+        };
+        let pricing = Pricing {
+            currency: "USD".into(),
+            per_request: None,
+            models: vec![price("gpt-4o"), price("gpt-4o-mini")],
+        };
+        assert_eq!(
+            pricing.model("gpt-4o").map(|m| m.model.as_str()),
+            Some("gpt-4o")
+        );
+        assert_eq!(
+            pricing
+                .model("gpt-4o-mini-2024-07-18")
+                .map(|m| m.model.as_str()),
+            Some("gpt-4o-mini")
+        );
+        assert_eq!(pricing.model("claude"), None);
+    }
+}

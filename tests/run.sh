@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Tollgate's whole test suite, from a fresh machine: installs what the tests need (Debian packages,
+# the Kubernetes control plane built from Go modules, cached outside the checkout), then runs the
+# format and lint gates and every test. `.ci/run` calls this.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { echo "== $*" >&2; }
+
+# Debian packages: real Redis, nginx and wrk for tests and benchmarks, Prometheus' promtool.
+need_pkgs=()
+for pair in redis-server:redis-server nginx:nginx wrk:wrk promtool:prometheus h2load:nghttp2-client; do
+    command -v "${pair%%:*}" >/dev/null || need_pkgs+=("${pair#*:}")
+done
+if ((${#need_pkgs[@]})); then
+    log "installing ${need_pkgs[*]}"
+    if [[ $(id -u) -eq 0 ]]; then SUDO=(); else SUDO=(sudo); fi
+    "${SUDO[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+# Debian starts these as services on install; the tests start their own on free ports.
+for svc in nginx redis-server prometheus; do
+    (command -v systemctl >/dev/null && systemctl stop "$svc") >/dev/null 2>&1 || true
+done
+
+if [[ -z "${TOLLGATE_TEST_KUBECONFIG:-}" ]]; then
+    log "provisioning kube-apiserver, etcd and helm"
+    TOLLGATE_TESTENV_BIN="$(tests/testenv/provision.sh)"
+    export TOLLGATE_TESTENV_BIN
+fi
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+log "cargo test"
+cargo test --workspace --locked "$@"

@@ -1,0 +1,12 @@
+//go:build tools
+
+// Package tools pins the Kubernetes control-plane binaries the Tollgate test
+// environment builds. k8s.io/kubernetes cannot be `go install`ed because its
+// go.mod replaces the k8s.io staging modules with ./staging paths; this module
+// replaces them with their published v0.X.Y versions instead.
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+)

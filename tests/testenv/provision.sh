@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Builds the real Kubernetes control plane used by Tollgate's end-to-end tests, once, into a cache
+# outside the checkout (keyed by version), and prints the directory that holds the binaries.
+#
+#   kube-apiserver  from k8s.io/kubernetes (module in tests/testenv/kube: staging modules replaced
+#                   with their published versions, since k8s.io/kubernetes cannot be `go install`ed)
+#   etcd            from go.etcd.io/etcd/server/v3 (module in tests/testenv/etcd)
+#   helm            `go install helm.sh/helm/v3/cmd/helm`
+#
+# A second run finds the binaries and returns in well under a second.
+set -euo pipefail
+
+KUBE_VERSION=v1.34.4
+ETCD_VERSION=v3.6.6
+HELM_VERSION=v3.19.0
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cache="${TOLLGATE_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tollgate/testenv}"
+bin="$cache/k8s-$KUBE_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION"
+mkdir -p "$bin"
+
+log() { echo "provision: $*" >&2; }
+
+if ! command -v go >/dev/null; then
+    log "Go is required to build the control plane (https://go.dev/doc/install); not found on PATH"
+    exit 1
+fi
+
+build() { # name, module dir, package, extra ldflags
+    local name=$1 dir=$2 pkg=$3 ldflags=${4:-}
+    if [[ -x "$bin/$name" ]]; then return; fi
+    log "building $name (first run only; a few minutes on 2 cores)"
+    local started=$SECONDS
+    (cd "$dir" && go build -trimpath -ldflags "-s -w $ldflags" -o "$bin/$name.tmp" "$pkg")
+    mv "$bin/$name.tmp" "$bin/$name"
+    log "built $name in $((SECONDS - started))s"
+}
+
+minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
+build kube-apiserver "$here/kube" k8s.io/kubernetes/cmd/kube-apiserver \
+    "-X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
+build etcd "$here/etcd" tollgate.dev/testenv/etcd
+
+if [[ ! -x "$bin/helm" ]]; then
+    log "building helm $HELM_VERSION"
+    started=$SECONDS
+    GOBIN="$bin" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+    log "built helm in $((SECONDS - started))s"
+fi
+
+echo "$bin"
