@@ -177,7 +177,7 @@ pub struct Backend {
     pub direct_response: Option<DirectResponse>,
     /// How long to wait for the backend's response headers, from 1ms to 1h. Default 30s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
     #[x_kube(validation = Rule::new(
         "!self.matches('^([0-9]+(\\\\.[0-9]+)?(ms|s|m|h))+$') || (duration(self) > duration('0s') && duration(self) <= duration('1h'))"
     ).message("timeout must be more than 0s and at most 1h"))]

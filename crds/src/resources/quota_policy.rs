@@ -89,7 +89,7 @@ pub struct RateLimit {
     #[schemars(range(min = 1, max = 1_000_000_000))]
     pub requests: u64,
     /// Window length, from 1s to 1h, for example `1s` or `10m`.
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
     #[x_kube(validation = Rule::new(
         "!self.matches('^([0-9]+(\\\\.[0-9]+)?(ms|s|m|h))+$') || (duration(self) >= duration('1s') && duration(self) <= duration('1h'))"
     ).message("window must be between 1s and 1h"))]
@@ -110,7 +110,7 @@ pub struct Quota {
     #[serde(default)]
     pub metric: Metric,
     /// Allowance per period, as a decimal string: a whole number for counts, up to 6 decimals for Cost.
-    #[schemars(regex(pattern = DECIMAL_PATTERN))]
+    #[schemars(length(max = 22), regex(pattern = DECIMAL_PATTERN))]
     pub limit: String,
     /// Calendar period in spec.timezone: Hour, Day, Week (from Monday), Month or Year.
     pub period: Period,
@@ -156,7 +156,7 @@ pub struct Pricing {
     pub currency: String,
     /// Price of one admitted request, as a decimal string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DECIMAL_PATTERN))]
+    #[schemars(length(max = 22), regex(pattern = DECIMAL_PATTERN))]
     pub per_request: Option<String>,
     /// Token prices for routes with `metering: OpenAI`, matched against the response's `model`
     /// (exact name first, then the longest prefix).
@@ -174,10 +174,10 @@ pub struct ModelPrice {
     #[schemars(length(min = 1, max = 256))]
     pub model: String,
     /// Price per million prompt tokens, as a decimal string.
-    #[schemars(regex(pattern = DECIMAL_PATTERN))]
+    #[schemars(length(max = 22), regex(pattern = DECIMAL_PATTERN))]
     pub input_per_million_tokens: String,
     /// Price per million completion tokens, as a decimal string.
-    #[schemars(regex(pattern = DECIMAL_PATTERN))]
+    #[schemars(length(max = 22), regex(pattern = DECIMAL_PATTERN))]
     pub output_per_million_tokens: String,
 }
 

@@ -1,0 +1,234 @@
+//! Harness for Tollgate's end-to-end tests.
+//!
+//! [`cluster()`] is one Kubernetes control plane per test binary: a real etcd + kube-apiserver
+//! started on free loopback ports (binaries from `tests/testenv/provision.sh`, found through
+//! `TOLLGATE_TESTENV_BIN`), or the existing cluster named by `TOLLGATE_TEST_KUBECONFIG`.
+//! Each test takes a fresh namespace with [`TestNamespace::new`]. Servers die with the test
+//! binary, whatever way it ends.
+
+pub mod control_plane;
+pub mod pki;
+pub mod process;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use control_plane::LocalControlPlane;
+
+/// Environment variable naming an existing cluster's kubeconfig to test against instead.
+pub const EXTERNAL_KUBECONFIG_ENV: &str = "TOLLGATE_TEST_KUBECONFIG";
+/// Environment variable naming the directory with kube-apiserver, etcd and helm.
+pub const TESTENV_BIN_ENV: &str = "TOLLGATE_TESTENV_BIN";
+
+/// The cluster a test binary runs against.
+#[derive(Debug)]
+pub enum Cluster {
+    /// etcd + kube-apiserver started by this test binary.
+    Local(Box<LocalControlPlane>),
+    /// An existing cluster (kind, k3d...).
+    External {
+        /// Its kubeconfig.
+        kubeconfig: PathBuf,
+    },
+}
+
+static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+
+/// The shared cluster, started on first use. Panics with the start-up error (a test cannot run
+/// without it, and the message says how to fix it).
+pub fn cluster() -> &'static Cluster {
+    let started = CLUSTER.get_or_init(|| start_cluster().map_err(|e| format!("{e:#}")));
+    match started {
+        Ok(cluster) => cluster,
+        Err(e) => panic!("test cluster unavailable: {e}"),
+    }
+}
+
+fn start_cluster() -> Result<Cluster> {
+    if let Ok(path) = std::env::var(EXTERNAL_KUBECONFIG_ENV) {
+        return Ok(Cluster::External {
+            kubeconfig: PathBuf::from(path),
+        });
+    }
+    let bin = match std::env::var(TESTENV_BIN_ENV) {
+        Ok(bin) => PathBuf::from(bin),
+        Err(_) => provision()?,
+    };
+    let cluster = Cluster::Local(Box::new(LocalControlPlane::start(&bin)?));
+    install_crds(&cluster)?;
+    Ok(cluster)
+}
+
+/// Runs the provisioning script (cached builds return at once) and returns its bin directory.
+fn provision() -> Result<PathBuf> {
+    let script = repo_root().join("tests/testenv/provision.sh");
+    let out = Command::new(&script)
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed:\n{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn install_crds(cluster: &Cluster) -> Result<()> {
+    let crds = repo_root().join("deploy/crds.yaml");
+    cluster.kubectl_ok(&["apply", "--server-side", "-f", &crds.display().to_string()])?;
+    cluster.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/apiroutes.tollgate.dev",
+        "crd/tenants.tollgate.dev",
+        "crd/quotapolicies.tollgate.dev",
+    ])?;
+    Ok(())
+}
+
+impl Cluster {
+    /// The admin kubeconfig.
+    pub fn kubeconfig(&self) -> &Path {
+        match self {
+            Self::Local(plane) => &plane.admin_kubeconfig,
+            Self::External { kubeconfig } => kubeconfig,
+        }
+    }
+
+    /// `kubectl --kubeconfig ADMIN args...`.
+    pub fn kubectl(&self, args: &[&str]) -> Result<Output> {
+        kubectl_with(self.kubeconfig(), args, None)
+    }
+
+    /// Like [`Self::kubectl`], failing with kubectl's stderr unless it succeeds; returns stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.kubectl(args)?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A kube client acting as admin. Create one per test: clients belong to a tokio runtime.
+    pub async fn client(&self) -> Result<kube::Client> {
+        client_for(self.kubeconfig()).await
+    }
+
+    /// A kubeconfig for a user with only the permissions RBAC grants it (local clusters only: it
+    /// is signed by the test CA).
+    pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> Result<PathBuf> {
+        match self {
+            Self::Local(plane) => plane.user_kubeconfig(user, groups),
+            Self::External { .. } => {
+                bail!("minting client certificates needs the local test control plane")
+            }
+        }
+    }
+}
+
+/// `kubectl --kubeconfig CONFIG args...`, optionally with `stdin` piped in.
+pub fn kubectl_with(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Result<Output> {
+    use std::io::Write;
+    let mut cmd = Command::new("kubectl");
+    cmd.arg("--kubeconfig").arg(kubeconfig).args(args);
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd.stdin(if stdin.is_some() {
+        std::process::Stdio::piped()
+    } else {
+        std::process::Stdio::null()
+    });
+    let mut child = cmd.spawn().context("running kubectl (is it installed?)")?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())?;
+    }
+    Ok(child.wait_with_output()?)
+}
+
+/// A kube client from a kubeconfig file.
+pub async fn client_for(kubeconfig: &Path) -> Result<kube::Client> {
+    let kc = Kubeconfig::read_from(kubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// A namespace of its own for one test, and an admin client.
+#[derive(Clone)]
+pub struct TestNamespace {
+    /// Namespace name.
+    pub name: String,
+    /// Admin client.
+    pub client: kube::Client,
+}
+
+impl std::fmt::Debug for TestNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestNamespace")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+static NAMESPACE_SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl TestNamespace {
+    /// Creates `PREFIX-PID-N`.
+    pub async fn new(prefix: &str) -> Result<Self> {
+        let cluster = cluster();
+        let client = cluster.client().await?;
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            NAMESPACE_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let ns: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
+        Ok(Self { name, client })
+    }
+
+    /// `kubectl -n NS args...` as admin, with optional stdin.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        kubectl_with(cluster().kubeconfig(), &full, stdin)
+    }
+
+    /// `kubectl -n NS apply -f -` with `yaml`; returns the output, successful or not.
+    pub fn apply(&self, yaml: &str) -> Result<Output> {
+        self.kubectl(&["apply", "-f", "-"], Some(yaml))
+    }
+
+    /// Applies `yaml` and fails with kubectl's message unless it was accepted.
+    pub fn apply_ok(&self, yaml: &str) -> Result<String> {
+        let out = self.apply(yaml)?;
+        if !out.status.success() {
+            bail!(
+                "kubectl apply rejected:\n{}\n---\n{yaml}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}

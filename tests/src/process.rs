@@ -1,0 +1,108 @@
+//! Child processes that cannot outlive the test binary.
+//!
+//! A test binary's statics are never dropped and a panicking or killed test skips destructors, so
+//! each server runs under a tiny shell watchdog: when the test process is gone (for any reason) the
+//! watchdog stops the server, waits for it, and removes its scratch directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, Result};
+
+const WATCHDOG: &str = r#"
+parent=$1; scratch=$2; log=$3; shift 3
+"$@" >>"$log" 2>&1 &
+child=$!
+trap 'kill -TERM $child 2>/dev/null' TERM INT
+while kill -0 "$parent" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 0.2; done
+kill -TERM "$child" 2>/dev/null
+for _ in $(seq 1 50); do kill -0 "$child" 2>/dev/null || break; sleep 0.1; done
+kill -KILL "$child" 2>/dev/null
+wait "$child" 2>/dev/null
+echo "== exited" >>"$log"
+# Keep logs for the error message while the tests run; clean up once the test binary is gone.
+while kill -0 "$parent" 2>/dev/null; do sleep 0.5; done
+[ -n "$scratch" ] && rm -rf "$scratch"
+"#;
+
+const EXIT_MARKER: &str = "== exited\n";
+
+/// A server process watched by a watchdog.
+#[derive(Debug)]
+pub struct Supervised {
+    name: String,
+    watchdog: Child,
+    log: PathBuf,
+}
+
+impl Supervised {
+    /// Starts `program args` with output appended to `log`; `scratch` (if any) is deleted once it exits.
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        scratch: Option<&Path>,
+    ) -> Result<Self> {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(WATCHDOG)
+            .arg("watchdog")
+            .arg(std::process::id().to_string())
+            .arg(scratch.map(|p| p.display().to_string()).unwrap_or_default())
+            .arg(log)
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let watchdog = cmd
+            .spawn()
+            .with_context(|| format!("starting {name} ({})", program.display()))?;
+        Ok(Self {
+            name: name.to_owned(),
+            watchdog,
+            log: log.to_owned(),
+        })
+    }
+
+    /// The last lines of the process's log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Whether the server is still running (its watchdog writes `exited` to the log when it ends).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.watchdog.try_wait(), Ok(None))
+            && !std::fs::read_to_string(&self.log)
+                .unwrap_or_default()
+                .ends_with(EXIT_MARKER)
+    }
+
+    /// Name given at spawn.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Stops the server (its scratch directory goes when the test binary exits).
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.watchdog.id().to_string())
+            .status();
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released; fine for tests on one machine).
+pub fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
