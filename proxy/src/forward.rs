@@ -1,0 +1,192 @@
+//! Forwarding to backends over a pooled hyper client, bodies streamed both ways.
+//!
+//! Rewrites the request as a reverse proxy must (RFC 9110 section 7.6): hop-by-hop headers and the
+//! headers named in `Connection` are dropped, the API key header is removed, client-sent
+//! `X-Tollgate-*` headers are stripped (a caller can never impersonate a tenant), and
+//! `X-Tollgate-Tenant`, `X-Forwarded-For`, `-Proto` and `-Host` are set.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::auth::{KeySource, X_API_KEY};
+use crate::config::Upstream;
+
+/// The pooled client used for every backend.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+
+/// Header with the authenticated tenant, for backends.
+pub const X_TOLLGATE_TENANT: HeaderName = HeaderName::from_static("x-tollgate-tenant");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Builds the client: keep-alive pool, HTTP/1.1 to backends, TLS with the Mozilla root store.
+pub fn client() -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .build(https)
+}
+
+/// What the rewrite needs to know about the request.
+#[derive(Debug)]
+pub struct ForwardContext<'a> {
+    /// Backend.
+    pub upstream: &'a Upstream,
+    /// `X-Tollgate-Tenant` value.
+    pub tenant: Option<&'a HeaderValue>,
+    /// Where the API key came from.
+    pub key_source: Option<KeySource>,
+    /// Client IP.
+    pub client_ip: IpAddr,
+    /// Whether the client connection is TLS.
+    pub tls: bool,
+}
+
+/// Rewrites a client request into the backend request.
+pub fn upstream_request(
+    mut req: Request<Incoming>,
+    cx: &ForwardContext<'_>,
+) -> Result<Request<Incoming>, http::Error> {
+    let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let uri = Uri::builder()
+        .scheme(cx.upstream.scheme.clone())
+        .authority(cx.upstream.authority.clone())
+        .path_and_query(format!("{}{}", cx.upstream.base_path, path_and_query))
+        .build()?;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+
+    let headers = req.headers_mut();
+    let original_host = headers.get(header::HOST).cloned();
+    remove_hop_by_hop(headers);
+    strip_tollgate_headers(headers);
+    match cx.key_source {
+        Some(KeySource::Authorization) => {
+            headers.remove(header::AUTHORIZATION);
+        }
+        Some(KeySource::XApiKey) => {
+            headers.remove(X_API_KEY);
+        }
+        None => {}
+    }
+    if let Some(tenant) = cx.tenant {
+        headers.insert(X_TOLLGATE_TENANT, tenant.clone());
+    }
+    let client_ip = cx.client_ip.to_string();
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {client_ip}"),
+        None => client_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if cx.tls { "https" } else { "http" }),
+    );
+    if let Some(host) = original_host {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+    headers.insert(header::HOST, cx.upstream.host_header.clone());
+    Ok(req)
+}
+
+/// Drops hop-by-hop headers from a backend response before it goes to the client.
+pub fn downstream_response<B>(mut resp: Response<B>) -> Response<B> {
+    remove_hop_by_hop(resp.headers_mut());
+    resp
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+];
+
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    // Transfer-Encoding is recomputed by hyper for the next hop.
+    headers.remove(header::TRANSFER_ENCODING);
+}
+
+fn strip_tollgate_headers(headers: &mut HeaderMap) {
+    let ours: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-tollgate-"))
+        .cloned()
+        .collect();
+    for name in ours {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+    }
+
+    #[test]
+    fn client_tollgate_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-tollgate-tenant",
+            HeaderValue::from_static("victim/tenant"),
+        );
+        h.insert("X-Tollgate-Anything", HeaderValue::from_static("x"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        strip_tollgate_headers(&mut h);
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["x-other"]
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! Tollgate's proxy: authenticates API callers by key and enforces their plans at the ingress.
+//!
+//! - [`proxy`]: the request path (route, key, subscription, billing, quotas, rate limits, forward).
+//! - [`quota`]: the quota engine and its counter stores.
+//! - [`config`], [`router`]: a snapshot indexed for the hot path.
+//! - [`standalone`]: manifests from a directory (no cluster).
+//! - [`server`], [`admin`]: the API and admin listeners.
+#![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod admin;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod forward;
+pub mod metrics;
+pub mod problem;
+pub mod proxy;
+pub mod quota;
+pub mod ratelimit_headers;
+pub mod router;
+pub mod server;
+pub mod standalone;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use prometheus::Registry;
+
+use crate::access_log::AccessLog;
+use crate::admin::Admin;
+use crate::cli::{Cli, LogFormat};
+use crate::config::ProxyConfig;
+use crate::metrics::ProxyMetrics;
+use crate::proxy::Proxy;
+use crate::quota::{CounterStore, MemoryStore, persist};
+use crate::standalone::ManifestDir;
+
+/// Sets up logging on stderr (`RUST_LOG` filters; default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Runs the proxy until SIGTERM or SIGINT.
+pub fn run(cli: Cli) -> Result<()> {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = cli.worker_threads {
+        runtime.worker_threads(usize::from(n));
+    }
+    runtime
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(cli))
+}
+
+async fn serve(cli: Cli) -> Result<()> {
+    let Some(manifest_dir) = cli.manifests.clone() else {
+        bail!("nothing to serve: pass --manifests DIR to run standalone from YAML manifests");
+    };
+    let registry = Registry::new();
+    let metrics = ProxyMetrics::new(&registry).context("registering metrics")?;
+
+    let store = Arc::new(MemoryStore::new());
+    let restored = persist::load(&cli.state_dir)?;
+    tracing::info!(state_dir = %cli.state_dir.display(), counters = restored.len(), "restored quota counters");
+    store.restore(restored);
+
+    let access_log = AccessLog::start(cli.access_log, metrics.access_log_dropped.clone());
+    let proxy = Arc::new(Proxy::new(
+        store.clone(),
+        forward::client(),
+        metrics.clone(),
+        access_log,
+    ));
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let mut manifests = ManifestDir::new(&manifest_dir)?;
+    let version = Arc::new(AtomicU64::new(0));
+    reload(&mut manifests, &proxy, &metrics, &version, &ready);
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = spawn_watcher(
+        manifests,
+        proxy.clone(),
+        metrics.clone(),
+        version,
+        ready.clone(),
+        stop.clone(),
+        cli.reload_interval,
+    )?;
+
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", cli.listen))?;
+    let admin_listener = tokio::net::TcpListener::bind(cli.admin_listen)
+        .await
+        .with_context(|| format!("binding --admin-listen {}", cli.admin_listen))?;
+    tracing::info!(
+        listen = %admin::bound(&listener, cli.listen),
+        admin = %admin::bound(&admin_listener, cli.admin_listen),
+        tls = tls.is_some(),
+        manifests = %manifest_dir.display(),
+        "tollgate-proxy serving"
+    );
+    let admin = Arc::new(Admin {
+        proxy: proxy.clone(),
+        registry,
+        ready,
+    });
+    let admin_task = tokio::spawn(admin::serve(admin_listener, admin));
+    let flusher = tokio::spawn(flush_periodically(
+        store.clone(),
+        cli.state_dir.clone(),
+        metrics.clone(),
+    ));
+
+    let opts = server::ServerOptions {
+        max_header_bytes: cli.max_header_bytes,
+        drain_timeout: cli.drain_timeout,
+    };
+    server::serve(
+        listener,
+        proxy.clone(),
+        tls,
+        metrics.clone(),
+        opts,
+        shutdown_signal(),
+    )
+    .await;
+
+    stop.store(true, Ordering::Release);
+    flusher.abort();
+    admin_task.abort();
+    let _ = watcher.join();
+    let rows = store.usage();
+    persist::save(&cli.state_dir, rows).context("saving quota counters on shutdown")?;
+    tracing::info!(state_dir = %cli.state_dir.display(), "counters saved; bye");
+    Ok(())
+}
+
+fn reload(
+    manifests: &mut ManifestDir,
+    proxy: &Proxy<MemoryStore>,
+    metrics: &ProxyMetrics,
+    version: &AtomicU64,
+    ready: &AtomicBool,
+) {
+    let load = match manifests.load() {
+        Ok(load) => load,
+        Err(e) => {
+            metrics.config_reloads.with_label_values(&["error"]).inc();
+            tracing::error!(error = %format!("{e:#}"), "cannot read manifests; keeping the current configuration");
+            return;
+        }
+    };
+    for warning in &load.warnings {
+        tracing::warn!("{warning}");
+    }
+    for error in &load.file_errors {
+        tracing::error!(file = %error.file.display(), line = error.line, "{error}; keeping this file's last good version");
+    }
+    for d in &load.compiled.diagnostics {
+        tracing::warn!(kind = ?d.kind, object = %d.object, field = %d.field, reason = d.reason.as_str(), "{}; object left out", d.message);
+    }
+    let result = if load.file_errors.is_empty() {
+        "success"
+    } else {
+        "error"
+    };
+    metrics.config_reloads.with_label_values(&[result]).inc();
+    metrics
+        .config_rejected_objects
+        .set(i64::try_from(load.compiled.diagnostics.len()).unwrap_or(i64::MAX));
+    let v = version.fetch_add(1, Ordering::AcqRel) + 1;
+    let snapshot = Arc::new(load.compiled.snapshot);
+    tracing::info!(
+        version = v,
+        routes = snapshot.routes.len(),
+        tenants = snapshot.tenants.len(),
+        plans = snapshot.plans.len(),
+        "configuration applied"
+    );
+    proxy.apply(ProxyConfig::build(v, snapshot));
+    ready.store(true, Ordering::Release);
+}
+
+fn spawn_watcher(
+    mut manifests: ManifestDir,
+    proxy: Arc<Proxy<MemoryStore>>,
+    metrics: ProxyMetrics,
+    version: Arc<AtomicU64>,
+    ready: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    interval: Duration,
+) -> Result<std::thread::JoinHandle<()>> {
+    // Polling is deliberate: it sees edits, renames and Kubernetes' ConfigMap symlink swaps alike.
+    std::thread::Builder::new()
+        .name("manifest-watch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                std::thread::sleep(interval);
+                if manifests.changed() {
+                    reload(&mut manifests, &proxy, &metrics, &version, &ready);
+                }
+            }
+        })
+        .context("starting the manifest watcher")
+}
+
+async fn flush_periodically(
+    store: Arc<MemoryStore>,
+    state_dir: std::path::PathBuf,
+    metrics: ProxyMetrics,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if !store.take_dirty() {
+            continue;
+        }
+        let rows = store.usage();
+        let dir = state_dir.clone();
+        match tokio::task::spawn_blocking(move || persist::save(&dir, rows)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                metrics.state_flush_errors.inc();
+                tracing::error!(error = %format!("{e:#}"), "cannot save quota counters; will retry");
+            }
+            Err(e) => tracing::error!(error = %e, "counter flush task failed"),
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutdown signal received; no longer accepting connections");
+}
+
+/// Compile-time check that the memory store satisfies the store interface.
+const _: fn() = || {
+    fn assert_store<S: CounterStore>() {}
+    assert_store::<MemoryStore>();
+};

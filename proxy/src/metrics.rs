@@ -1,0 +1,112 @@
+//! Prometheus metrics of the proxy, registered into a registry passed down from `main`.
+//!
+//! Label sets are bounded: `route` is a configured ApiRoute (or `none`), `reason` a problem slug or
+//! `ok`, `status` an HTTP status code. Tenants are not a label (unbounded); `/usage` serves them.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+/// Every metric the proxy exports.
+#[derive(Debug, Clone)]
+pub struct ProxyMetrics {
+    /// Requests by route, status and reason.
+    pub requests: IntCounterVec,
+    /// Requests answered with a problem, by status and reason (402s, 429s, 403s...).
+    pub rejections: IntCounterVec,
+    /// Request latency by route, from the first byte read to the response head written.
+    pub duration: HistogramVec,
+    /// Backend response time.
+    pub upstream_duration: Histogram,
+    /// Version of the applied configuration.
+    pub config_version: IntGauge,
+    /// Configuration loads by result.
+    pub config_reloads: IntCounterVec,
+    /// Objects left out of the configuration (invalid or conflicting).
+    pub config_rejected_objects: IntGauge,
+    /// Open client connections.
+    pub active_connections: IntGauge,
+    /// Access-log lines dropped because the writer could not keep up.
+    pub access_log_dropped: IntCounter,
+    /// Counter persistence failures.
+    pub state_flush_errors: IntCounter,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl ProxyMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_proxy_requests_total",
+                    "Requests handled, by route, HTTP status and reason (a problem type, or ok).",
+                ),
+                &["route", "status", "reason"],
+            )?,
+            rejections: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_proxy_rejections_total",
+                    "Requests answered with a problem (401, 402, 403, 404, 429, 5xx), by status and reason.",
+                ),
+                &["status", "reason"],
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "tollgate_proxy_request_duration_seconds",
+                    "Time from request to response head, by route.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["route"],
+            )?,
+            upstream_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tollgate_proxy_upstream_duration_seconds",
+                    "Time until the backend's response head.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )?,
+            config_version: IntGauge::new(
+                "tollgate_proxy_config_version",
+                "Version of the configuration being enforced.",
+            )?,
+            config_reloads: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_proxy_config_reloads_total",
+                    "Configuration loads, by result (success or error).",
+                ),
+                &["result"],
+            )?,
+            config_rejected_objects: IntGauge::new(
+                "tollgate_proxy_config_rejected_objects",
+                "Objects left out of the current configuration because they are invalid or conflict.",
+            )?,
+            active_connections: IntGauge::new(
+                "tollgate_proxy_active_connections",
+                "Open client connections.",
+            )?,
+            access_log_dropped: IntCounter::new(
+                "tollgate_proxy_access_log_dropped_total",
+                "Access-log lines dropped because stdout could not keep up.",
+            )?,
+            state_flush_errors: IntCounter::new(
+                "tollgate_proxy_state_flush_errors_total",
+                "Failures writing counters to the state dir.",
+            )?,
+        };
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.rejections.clone()))?;
+        registry.register(Box::new(m.duration.clone()))?;
+        registry.register(Box::new(m.upstream_duration.clone()))?;
+        registry.register(Box::new(m.config_version.clone()))?;
+        registry.register(Box::new(m.config_reloads.clone()))?;
+        registry.register(Box::new(m.config_rejected_objects.clone()))?;
+        registry.register(Box::new(m.active_connections.clone()))?;
+        registry.register(Box::new(m.access_log_dropped.clone()))?;
+        registry.register(Box::new(m.state_flush_errors.clone()))?;
+        Ok(m)
+    }
+}

@@ -1,0 +1,515 @@
+//! The request path: match route -> authenticate -> subscription -> billing state -> quotas (402)
+//! -> rate limits (429) -> forward -> headers, metrics and the access-log line.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use jiff::Timestamp;
+use rust_decimal::Decimal;
+use serde_json::Value;
+use tollgate_crds::resources::{BillingState, SubscriptionState};
+
+use crate::access_log::{AccessLog, AccessRecord};
+use crate::auth::{KeySource, presented_key};
+use crate::config::{PlanEntry, ProxyConfig, RouteEntry, TenantEntry};
+use crate::forward::{ForwardContext, UpstreamClient, downstream_response, upstream_request};
+use crate::metrics::ProxyMetrics;
+use crate::problem::{self, Problem, ProblemKind};
+use crate::quota::{Admission, CounterStore, LimitState, Subject};
+use crate::ratelimit_headers;
+use crate::router::request_host;
+
+/// Response body: a buffered body made by the proxy, or the backend's streamed body.
+pub type ProxyBody = Either<Full<Bytes>, Incoming>;
+
+/// The proxy: current configuration, counters, the backend client and telemetry.
+#[derive(Debug)]
+pub struct Proxy<S> {
+    config: ArcSwap<ProxyConfig>,
+    store: Arc<S>,
+    client: UpstreamClient,
+    metrics: ProxyMetrics,
+    access_log: AccessLog,
+}
+
+/// What was decided about a request before forwarding.
+struct Verdict {
+    route: Option<Arc<RouteEntry>>,
+    tenant: Option<Arc<TenantEntry>>,
+    plan: Option<Arc<PlanEntry>>,
+    key_source: Option<KeySource>,
+    /// Limit states for RateLimit headers.
+    limits: Option<(Vec<LimitState>, Vec<LimitState>)>,
+    /// Admission charged one request (refunded if forwarding fails).
+    charged: bool,
+}
+
+impl<S: CounterStore> Proxy<S> {
+    /// A proxy with an empty configuration (404 for everything until one is applied).
+    pub fn new(
+        store: Arc<S>,
+        client: UpstreamClient,
+        metrics: ProxyMetrics,
+        access_log: AccessLog,
+    ) -> Self {
+        Self {
+            config: ArcSwap::from_pointee(ProxyConfig::empty()),
+            store,
+            client,
+            metrics,
+            access_log,
+        }
+    }
+
+    /// Swaps in a new configuration; in-flight requests finish with the one they loaded.
+    pub fn apply(&self, config: ProxyConfig) {
+        self.metrics
+            .config_version
+            .set(i64::try_from(config.version).unwrap_or(i64::MAX));
+        self.config.store(Arc::new(config));
+    }
+
+    /// The configuration being enforced.
+    pub fn config(&self) -> Arc<ProxyConfig> {
+        self.config.load_full()
+    }
+
+    /// The counter store.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    /// Handles one request end to end.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        tls: bool,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let now = Timestamp::now();
+        let config = self.config.load_full();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+
+        let mut verdict = Verdict {
+            route: None,
+            tenant: None,
+            plan: None,
+            key_source: None,
+            limits: None,
+            charged: false,
+        };
+        let decided = self.decide(&config, &req, now, &mut verdict).await;
+        if decided.is_err()
+            && verdict.limits.is_none()
+            && let (Some(tenant), Some(plan)) = (&verdict.tenant, &verdict.plan)
+        {
+            // Refused before the quota check: the tenant still learns where its limits stand.
+            verdict.limits = Some(self.store.peek(Subject { tenant, plan }, now).await);
+        }
+        let (mut response, problem_kind) = match decided {
+            Err(problem) => {
+                let kind = problem.kind;
+                (problem_response(&problem, &path), Some(kind))
+            }
+            Ok(()) => self.respond(req, &verdict, client, tls, now).await,
+        };
+        self.decorate(&mut response, &verdict, problem_kind);
+
+        let status = response.status();
+        let route_label = verdict.route.as_ref().map_or("none", |r| &r.id);
+        let reason = problem_kind.map_or("ok", ProblemKind::slug);
+        self.metrics
+            .requests
+            .with_label_values(&[route_label, status.as_str(), reason])
+            .inc();
+        if problem_kind.is_some() {
+            self.metrics
+                .rejections
+                .with_label_values(&[status.as_str(), reason])
+                .inc();
+        }
+        let elapsed = started.elapsed();
+        self.metrics
+            .duration
+            .with_label_values(&[route_label])
+            .observe(elapsed.as_secs_f64());
+        let client_ip = client.ip().to_string();
+        self.access_log.record(&AccessRecord {
+            time: now,
+            client: &client_ip,
+            method: method.as_str(),
+            path: &path,
+            route: verdict.route.as_ref().map(|r| &*r.id),
+            tenant: verdict.tenant.as_ref().map(|t| &*t.id),
+            status: status.as_u16(),
+            problem: problem_kind.map(ProblemKind::slug),
+            latency_seconds: elapsed.as_secs_f64(),
+            bytes: http_body::Body::size_hint(response.body()).exact(),
+        });
+        response
+    }
+
+    /// Runs the checks in api.md's order; `Err` is the first that fails.
+    async fn decide(
+        &self,
+        config: &ProxyConfig,
+        req: &Request<Incoming>,
+        now: Timestamp,
+        v: &mut Verdict,
+    ) -> Result<(), Problem> {
+        let host = request_host(req.uri(), req.headers());
+        let path = req.uri().path();
+
+        let Some(route) = config.routes.route_for(&host, path, req.method()).cloned() else {
+            return Err(Problem::new(
+                ProblemKind::RouteNotFound,
+                format!(
+                    "No API is configured for {} {host}{path}. Check the host, path and method.",
+                    req.method()
+                ),
+            ));
+        };
+        v.route = Some(route.clone());
+        let route_name = &route.route.key.name;
+
+        if route.route.lifecycle == tollgate_crds::resources::LifecycleState::Retired {
+            return Err(Problem::new(
+                ProblemKind::RouteRetired,
+                format!("The API {route_name} has been retired and no longer serves requests; move to its successor."),
+            )
+            .with("apiRoute", route_name.as_str()));
+        }
+
+        let Some((digest, source)) = presented_key(req.headers()) else {
+            return Err(Problem::new(
+                ProblemKind::Unauthorized,
+                "No API key was sent. Send it as `Authorization: Bearer <key>` or `X-Api-Key: <key>`.",
+            ));
+        };
+        v.key_source = Some(source);
+        let Some(tenant) = config.tenants_by_key.get(&digest).cloned() else {
+            return Err(Problem::new(
+                ProblemKind::Unauthorized,
+                "The API key is not valid. Check it for typos, or ask your API provider for a new one.",
+            ));
+        };
+        v.tenant = Some(tenant.clone());
+        v.plan = tenant.plan.clone();
+        let tenant_name = tenant.tenant.key.name.as_str();
+
+        let subscription = (tenant.tenant.key.namespace == route.route.key.namespace)
+            .then(|| tenant.subscriptions.get(route_name.as_str()))
+            .flatten();
+        let Some(sub_plan) = subscription else {
+            return Err(Problem::new(
+                ProblemKind::NotSubscribed,
+                format!("Tenant {tenant_name} is not subscribed to the API {route_name}. Subscribe to it to call it."),
+            )
+            .with("tenant", &*tenant.id)
+            .with("apiRoute", route_name.as_str()));
+        };
+        v.plan = sub_plan.clone();
+        match route.route.subscription_state(tenant_name) {
+            SubscriptionState::Active | SubscriptionState::RouteNotFound => {}
+            SubscriptionState::PendingApproval => {
+                return Err(Problem::new(
+                    ProblemKind::ApprovalPending,
+                    format!("The subscription of {tenant_name} to {route_name} is waiting for the API owner's approval."),
+                )
+                .with("tenant", &*tenant.id)
+                .with("apiRoute", route_name.as_str()));
+            }
+            SubscriptionState::Rejected => {
+                return Err(Problem::new(
+                    ProblemKind::SubscriptionRejected,
+                    format!(
+                        "The API owner rejected the subscription of {tenant_name} to {route_name}."
+                    ),
+                )
+                .with("tenant", &*tenant.id)
+                .with("apiRoute", route_name.as_str()));
+            }
+        }
+
+        let payment_url = v.plan.as_ref().and_then(|p| p.plan.payment_url.clone());
+        let billing_problem = match tenant.tenant.billing_state {
+            BillingState::Active => None,
+            BillingState::PastDue => Some((
+                ProblemKind::AccountPastDue,
+                "The account has an overdue payment. Settle the balance to resume calls.",
+            )),
+            BillingState::Suspended => Some((
+                ProblemKind::AccountSuspended,
+                "The account is suspended. Contact the API provider to restore it.",
+            )),
+            BillingState::Cancelled => Some((
+                ProblemKind::SubscriptionCancelled,
+                "The subscription was cancelled. Subscribe again to resume calls.",
+            )),
+        };
+        if let Some((kind, detail)) = billing_problem {
+            return Err(Problem::new(kind, detail)
+                .with("tenant", &*tenant.id)
+                .with("apiRoute", route_name.as_str())
+                .with_opt("paymentUrl", payment_url));
+        }
+        if let Some(paid_through) = tenant.tenant.paid_through
+            && now > paid_through
+        {
+            return Err(Problem::new(
+                ProblemKind::SubscriptionExpired,
+                format!(
+                    "The subscription was paid through {paid_through}. Renew it to resume calls."
+                ),
+            )
+            .with("tenant", &*tenant.id)
+            .with("apiRoute", route_name.as_str())
+            .with("paidThrough", paid_through.to_string())
+            .with_opt("paymentUrl", payment_url));
+        }
+
+        let Some(plan) = v.plan.clone() else {
+            return Ok(());
+        };
+        let subject = Subject {
+            tenant: &tenant,
+            plan: &plan,
+        };
+        match self.store.admit(subject, now).await {
+            Admission::Admitted { rate_limits, quotas } => {
+                v.limits = Some((rate_limits, quotas));
+                v.charged = true;
+                Ok(())
+            }
+            Admission::QuotaExhausted { exhausted, rate_limits, quotas } => {
+                v.limits = Some((rate_limits, quotas));
+                let quota = &plan.plan.quotas[exhausted.index];
+                let window = exhausted.window;
+                Err(Problem::new(
+                    ProblemKind::QuotaExhausted,
+                    format!(
+                        "Tenant {tenant_name} used its {} allowance of {} ({:?}) for this {:?}. Upgrade the plan{} or wait for the next period.",
+                        quota.name,
+                        quota.limit,
+                        quota.metric,
+                        quota.period,
+                        if plan.plan.payment_url.is_some() { " at paymentUrl" } else { "" }
+                    ),
+                )
+                .with("tenant", &*tenant.id)
+                .with("apiRoute", route_name.as_str())
+                .with("quota", quota.name.as_str())
+                .with("metric", format!("{:?}", quota.metric))
+                .with("limit", decimal_json(quota.limit))
+                .with("used", decimal_json(exhausted.used))
+                .with_opt("periodStart", window.map(|w| w.start.to_string()))
+                .with_opt("resetsAt", window.map(|w| w.end.to_string()))
+                .with_opt("paymentUrl", payment_url)
+                .with("retryAfter", exhausted.reset_seconds))
+            }
+            Admission::RateLimited { exceeded, rate_limits, quotas } => {
+                v.limits = Some((rate_limits, quotas));
+                let rl = &plan.plan.rate_limits[exceeded.index];
+                let resets_at = now.checked_add(Duration::from_secs(exceeded.reset_seconds)).ok();
+                Err(Problem::new(
+                    ProblemKind::RateLimited,
+                    format!(
+                        "Tenant {tenant_name} exceeded {} requests per {}s ({}). Retry after {} s.",
+                        rl.requests,
+                        rl.window_ms / 1000,
+                        rl.name,
+                        exceeded.reset_seconds
+                    ),
+                )
+                .with("tenant", &*tenant.id)
+                .with("apiRoute", route_name.as_str())
+                .with("quota", rl.name.as_str())
+                .with("metric", "Requests")
+                .with("limit", rl.requests)
+                .with_opt("resetsAt", resets_at.map(|t| t.to_string()))
+                .with("retryAfter", exceeded.reset_seconds))
+            }
+            Admission::StoreUnavailable => Err(Problem::new(
+                ProblemKind::QuotaStoreUnavailable,
+                "Usage cannot be checked right now and this plan does not allow unchecked calls. Retry shortly.",
+            )
+            .with("tenant", &*tenant.id)
+            .with("apiRoute", route_name.as_str())),
+        }
+    }
+
+    /// Serves an admitted request: a direct response, or the backend's.
+    async fn respond(
+        &self,
+        req: Request<Incoming>,
+        v: &Verdict,
+        client: SocketAddr,
+        tls: bool,
+        now: Timestamp,
+    ) -> (Response<ProxyBody>, Option<ProblemKind>) {
+        let Some(route) = v.route.as_ref() else {
+            return (
+                problem_response(
+                    &Problem::new(ProblemKind::RouteNotFound, "No route."),
+                    req.uri().path(),
+                ),
+                None,
+            );
+        };
+        if let Some(direct) = &route.direct {
+            let mut resp = Response::new(Either::Left(Full::new(direct.body.clone())));
+            *resp.status_mut() = direct.status;
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, direct.content_type.clone());
+            return (resp, None);
+        }
+        let Some(upstream) = route.upstream.as_ref() else {
+            return self
+                .failed(
+                    v,
+                    now,
+                    ProblemKind::BackendUnavailable,
+                    "The API's backend URL is unusable.",
+                    req.uri().path(),
+                )
+                .await;
+        };
+        let path = req.uri().path().to_owned();
+        let cx = ForwardContext {
+            upstream,
+            tenant: v.tenant.as_ref().map(|t| &t.header),
+            key_source: v.key_source,
+            client_ip: client.ip(),
+            tls,
+        };
+        let upstream_req = match upstream_request(req, &cx) {
+            Ok(r) => r,
+            Err(_) => {
+                return self
+                    .failed(
+                        v,
+                        now,
+                        ProblemKind::BadRequest,
+                        "The request target cannot be forwarded.",
+                        &path,
+                    )
+                    .await;
+            }
+        };
+        let started = Instant::now();
+        let timeout = Duration::from_millis(route.route.timeout_ms);
+        match tokio::time::timeout(timeout, self.client.request(upstream_req)).await {
+            Ok(Ok(resp)) => {
+                self.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
+                (downstream_response(resp).map(Either::Right), None)
+            }
+            Ok(Err(err)) => {
+                tracing::debug!(route = %route.id, error = %err, "backend request failed");
+                self.failed(
+                    v,
+                    now,
+                    ProblemKind::BackendUnavailable,
+                    "The API's backend could not be reached. The request was not charged; retry later.",
+                    &path,
+                )
+                .await
+            }
+            Err(_) => {
+                self.failed(
+                    v,
+                    now,
+                    ProblemKind::BackendTimeout,
+                    &format!(
+                        "The API's backend did not answer within {} ms. The request was not charged.",
+                        route.route.timeout_ms
+                    ),
+                    &path,
+                )
+                .await
+            }
+        }
+    }
+
+    /// A request the proxy failed: refund the charge, answer with a problem.
+    async fn failed(
+        &self,
+        v: &Verdict,
+        now: Timestamp,
+        kind: ProblemKind,
+        detail: &str,
+        path: &str,
+    ) -> (Response<ProxyBody>, Option<ProblemKind>) {
+        if v.charged
+            && let (Some(tenant), Some(plan)) = (&v.tenant, &v.plan)
+        {
+            self.store.refund(Subject { tenant, plan }, now).await;
+        }
+        let mut problem = Problem::new(kind, detail);
+        if let Some(route) = &v.route {
+            problem = problem.with("apiRoute", route.route.key.name.as_str());
+        }
+        (problem_response(&problem, path), Some(kind))
+    }
+
+    /// RateLimit, Retry-After, Deprecation and Sunset headers.
+    fn decorate(&self, resp: &mut Response<ProxyBody>, v: &Verdict, problem: Option<ProblemKind>) {
+        let headers = resp.headers_mut();
+        if let (Some(plan), Some((rate_limits, quotas))) = (&v.plan, &v.limits)
+            && let Some((policy, state)) = ratelimit_headers::headers(plan, rate_limits, quotas)
+        {
+            headers.insert(RATELIMIT_POLICY, policy);
+            headers.insert(RATELIMIT, state);
+        }
+        if problem == Some(ProblemKind::Unauthorized) {
+            let (name, value) = problem::www_authenticate();
+            headers.insert(name, value);
+        }
+        if let Some(route) = &v.route {
+            if let Some(d) = &route.deprecation {
+                headers.insert(DEPRECATION, d.clone());
+            }
+            if let Some(s) = &route.sunset {
+                headers.insert(SUNSET, s.clone());
+            }
+        }
+    }
+}
+
+const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
+const DEPRECATION: http::HeaderName = http::HeaderName::from_static("deprecation");
+const SUNSET: http::HeaderName = http::HeaderName::from_static("sunset");
+
+/// A decimal as a JSON number when it is whole (counts), else a string (money stays exact).
+fn decimal_json(d: Decimal) -> Value {
+    use rust_decimal::prelude::ToPrimitive;
+    if d.fract().is_zero()
+        && let Some(n) = d.to_u64()
+    {
+        return Value::from(n);
+    }
+    Value::String(d.normalize().to_string())
+}
+
+/// A problem as an HTTP response (Retry-After from the `retryAfter` member).
+pub fn problem_response(problem: &Problem, instance: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Left(Full::new(problem.body(instance))));
+    *resp.status_mut() = problem.kind.status();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, problem::content_type());
+    if let Some(secs) = problem.members.get("retryAfter").and_then(Value::as_u64)
+        && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+    {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
+}

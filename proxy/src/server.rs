@@ -1,0 +1,151 @@
+//! The API listener: plain TCP or TLS (rustls, ALPN h2 and http/1.1), HTTP/1.1 and HTTP/2
+//! (also h2c with prior knowledge), bounded request heads, slow-client timeouts, and a graceful
+//! drain on shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::metrics::ProxyMetrics;
+use crate::proxy::Proxy;
+use crate::quota::CounterStore;
+
+/// Listener settings.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Largest request head.
+    pub max_header_bytes: usize,
+    /// How long in-flight requests may take after shutdown starts.
+    pub drain_timeout: Duration,
+}
+
+/// A TLS acceptor from PEM files, offering HTTP/2 and HTTP/1.1 by ALPN.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading TLS certificate {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing TLS certificate {}", cert.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("{} holds no PEM certificate", cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading TLS key {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("TLS certificate and key do not match")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+fn builder(opts: &ServerOptions) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(opts.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(opts.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+}
+
+/// Serves API traffic until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve<S: CounterStore>(
+    listener: TcpListener,
+    proxy: Arc<Proxy<S>>,
+    tls: Option<TlsAcceptor>,
+    metrics: ProxyMetrics,
+    opts: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) {
+    let builder = Arc::new(builder(&opts));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let builder = builder.clone();
+        let metrics = metrics.clone();
+        let tls = tls.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            metrics.active_connections.inc();
+            let is_tls = tls.is_some();
+            let service = service_fn(move |req: hyper::Request<Incoming>| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(proxy.handle(req, client, is_tls).await) }
+            });
+            let result = match tls {
+                Some(acceptor) => {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls_stream)) => {
+                            watcher
+                                .watch(
+                                    builder
+                                        .serve_connection(TokioIo::new(tls_stream), service)
+                                        .into_owned(),
+                                )
+                                .await
+                        }
+                        Ok(Err(e)) => Err(e.into()),
+                        Err(_) => Err("TLS handshake timed out".into()),
+                    }
+                }
+                None => {
+                    watcher
+                        .watch(
+                            builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .into_owned(),
+                        )
+                        .await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%client, error = %e, "connection ended with an error");
+            }
+            metrics.active_connections.dec();
+        });
+    }
+    drop(listener);
+    tracing::info!(timeout = ?opts.drain_timeout, "draining in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(opts.drain_timeout) => tracing::warn!("drain timeout reached; closing remaining connections"),
+    }
+}

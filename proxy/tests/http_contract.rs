@@ -1,0 +1,713 @@
+//! api.md's HTTP contract, over real sockets, against the `tollgate-proxy` binary in standalone mode.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Backend, ProxyProcess};
+
+const PLANS: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {name: roomy, namespace: shop}
+spec:
+  rateLimits: [{name: per-second, requests: 1000, window: 1s}]
+  quotas: [{name: monthly-requests, limit: "1000000", period: Month}]
+  paymentUrl: https://billing.example.com/roomy
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {name: tiny, namespace: shop}
+spec:
+  quotas: [{name: monthly-requests, limit: "3", period: Month}]
+  paymentUrl: https://billing.example.com/tiny
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {name: burst, namespace: shop}
+spec:
+  rateLimits: [{name: per-hour, requests: 2, window: 1h}]
+"#;
+
+fn routes(backend: &str) -> String {
+    format!(
+        r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {{name: echo, namespace: shop}}
+spec:
+  hosts: [api.example.com]
+  match: {{pathPrefix: /echo}}
+  backend: {{url: "{backend}"}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {{name: slow, namespace: shop}}
+spec:
+  match: {{pathPrefix: /slow}}
+  backend: {{url: "{backend}", timeout: 300ms}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {{name: patient, namespace: shop}}
+spec:
+  match: {{pathPrefix: /slow/1000}}
+  backend: {{url: "{backend}", timeout: 10s}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {{name: dead, namespace: shop}}
+spec:
+  match: {{pathPrefix: /dead}}
+  backend: {{url: "http://127.0.0.1:1"}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {{name: direct, namespace: shop}}
+spec:
+  match: {{path: /direct, methods: [GET]}}
+  backend: {{directResponse: {{status: 201, contentType: application/json, body: '{{"direct":true}}'}}}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {{name: retired, namespace: shop}}
+spec:
+  match: {{pathPrefix: /old}}
+  backend: {{url: "{backend}"}}
+  lifecycle: {{state: Retired}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {{name: deprecated, namespace: shop}}
+spec:
+  match: {{pathPrefix: /deprecated}}
+  backend: {{directResponse: {{status: 200, body: still here}}}}
+  lifecycle: {{state: Deprecated, sunset: "2027-01-01T00:00:00Z"}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {{name: manual, namespace: shop}}
+spec:
+  match: {{pathPrefix: /manual}}
+  backend: {{directResponse: {{status: 200, body: approved}}}}
+  approval: Manual
+  approvedTenants: [acme]
+  rejectedTenants: [evil]
+"#
+    )
+}
+
+fn tenant(name: &str, plan: Option<&str>, billing: &str, subscriptions: &[&str]) -> String {
+    let plan = plan
+        .map(|p| format!("  quotaPolicyRef: {{name: {p}}}\n"))
+        .unwrap_or_default();
+    let subs: Vec<String> = subscriptions
+        .iter()
+        .map(|r| format!("{{apiRouteRef: {{name: {r}}}}}"))
+        .collect();
+    format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}-key, namespace: shop}}\nstringData: {{apiKey: key-{name}}}\n\
+         ---\napiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n{plan}  \
+         apiKeys: [{{secretRef: {{name: {name}-key}}}}]\n  billing: {billing}\n  subscriptions: [{}]\n",
+        subs.join(", ")
+    )
+}
+
+const ALL_ROUTES: &[&str] = &[
+    "echo",
+    "slow",
+    "patient",
+    "dead",
+    "direct",
+    "retired",
+    "deprecated",
+    "manual",
+];
+
+fn tenants() -> String {
+    [
+        tenant("acme", Some("roomy"), "{state: Active}", ALL_ROUTES),
+        tenant("tiny", Some("tiny"), "{}", &["echo", "dead", "slow"]),
+        tenant("bursty", Some("burst"), "{}", &["direct"]),
+        tenant("pastdue", Some("roomy"), "{state: PastDue}", &["direct"]),
+        tenant(
+            "suspended",
+            Some("roomy"),
+            "{state: Suspended}",
+            &["direct"],
+        ),
+        tenant(
+            "cancelled",
+            Some("roomy"),
+            "{state: Cancelled}",
+            &["direct"],
+        ),
+        tenant(
+            "expired",
+            Some("roomy"),
+            "{paidThrough: '2020-01-01T00:00:00Z'}",
+            &["direct"],
+        ),
+        tenant("pending", Some("roomy"), "{}", &["manual"]),
+        tenant("evil", Some("roomy"), "{}", &["manual"]),
+        tenant("loner", Some("roomy"), "{}", &[]),
+        tenant("free", None, "{}", &["direct"]),
+    ]
+    .concat()
+}
+
+async fn start() -> (Backend, ProxyProcess) {
+    let backend = Backend::start().await;
+    let proxy = ProxyProcess::start(&[
+        ("plans.yaml", PLANS.to_owned()),
+        ("routes.yaml", routes(&backend.url())),
+        ("tenants.yaml", tenants()),
+    ])
+    .await;
+    (backend, proxy)
+}
+
+fn key(name: &str) -> (&'static str, String) {
+    ("authorization", format!("Bearer key-{name}"))
+}
+
+const HOST: (&str, &str) = ("host", "api.example.com");
+
+#[tokio::test]
+async fn no_route_is_404_route_not_found() {
+    let (_b, p) = start().await;
+    let r = p.get("/nowhere", &[]).await;
+    p.problem_check(&r, 404, "route-not-found");
+    // Host matters: /echo exists only on api.example.com.
+    let r = p.get("/echo/x", &[("host", "other.example.com")]).await;
+    p.problem_check(&r, 404, "route-not-found");
+    // Method matters.
+    let r = p.post("/direct", &[], "").await;
+    p.problem_check(&r, 404, "route-not-found");
+}
+
+#[tokio::test]
+async fn retired_route_is_410() {
+    let (_b, p) = start().await;
+    let body = p.problem_check(&p.get("/old/thing", &[]).await, 410, "route-retired");
+    assert_eq!(body["apiRoute"], "retired");
+}
+
+#[tokio::test]
+async fn missing_or_unknown_key_is_401_with_www_authenticate() {
+    let (_b, p) = start().await;
+    for headers in [
+        vec![HOST],
+        vec![HOST, ("authorization", "Bearer nope")],
+        vec![HOST, ("x-api-key", "nope")],
+    ] {
+        let r = p.get("/echo/x", &headers).await;
+        p.problem_check(&r, 401, "unauthorized");
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Bearer realm=\"tollgate\"")
+        );
+        assert!(
+            r.header("ratelimit").is_none(),
+            "no tenant, no RateLimit headers"
+        );
+    }
+}
+
+#[tokio::test]
+async fn subscription_problems_are_403() {
+    let (_b, p) = start().await;
+    let (k, v) = key("loner");
+    let body = p.problem_check(&p.get("/direct", &[(k, &v)]).await, 403, "not-subscribed");
+    assert_eq!(
+        (body["tenant"].as_str(), body["apiRoute"].as_str()),
+        (Some("shop/loner"), Some("direct"))
+    );
+    let (k, v) = key("pending");
+    let r = p.get("/manual", &[(k, &v)]).await;
+    p.problem_check(&r, 403, "approval-pending");
+    assert!(
+        r.header("ratelimit").is_some(),
+        "authenticated tenants always get RateLimit headers"
+    );
+    let (k, v) = key("evil");
+    p.problem_check(
+        &p.get("/manual", &[(k, &v)]).await,
+        403,
+        "subscription-rejected",
+    );
+    let (k, v) = key("acme");
+    assert_eq!(p.get("/manual", &[(k, &v)]).await.status, 200);
+}
+
+#[tokio::test]
+async fn billing_states_are_402_with_payment_url() {
+    let (_b, p) = start().await;
+    for (tenant, slug) in [
+        ("pastdue", "account-past-due"),
+        ("suspended", "account-suspended"),
+        ("cancelled", "subscription-cancelled"),
+        ("expired", "subscription-expired"),
+    ] {
+        let (k, v) = key(tenant);
+        let body = p.problem_check(&p.get("/direct", &[(k, &v)]).await, 402, slug);
+        assert_eq!(
+            body["paymentUrl"], "https://billing.example.com/roomy",
+            "{tenant}"
+        );
+        assert_eq!(body["tenant"], format!("shop/{tenant}"));
+    }
+}
+
+#[tokio::test]
+async fn exhausted_quota_is_402_with_retry_after_and_members() {
+    let (_b, p) = start().await;
+    let (k, v) = key("tiny");
+    for remaining in [2, 1, 0] {
+        let r = p.get("/echo/x", &[HOST, (k, &v)]).await;
+        assert_eq!(r.status, 200);
+        let policy = r.header("ratelimit-policy").expect("policy header");
+        assert!(
+            policy.starts_with("\"monthly-requests\";q=3;w="),
+            "{policy}"
+        );
+        let state = r.header("ratelimit").expect("state header");
+        assert!(
+            state.starts_with(&format!("\"monthly-requests\";r={remaining};t=")),
+            "{state}"
+        );
+    }
+    let r = p.get("/echo/x", &[HOST, (k, &v)]).await;
+    let body = p.problem_check(&r, 402, "quota-exhausted");
+    assert_eq!(body["quota"], "monthly-requests");
+    assert_eq!(body["metric"], "Requests");
+    assert_eq!(body["limit"], 3);
+    assert_eq!(body["used"], 3);
+    assert_eq!(body["tenant"], "shop/tiny");
+    assert_eq!(body["apiRoute"], "echo");
+    assert_eq!(body["paymentUrl"], "https://billing.example.com/tiny");
+    let period_start: jiff::Timestamp = body["periodStart"]
+        .as_str()
+        .expect("periodStart")
+        .parse()
+        .expect("RFC 3339");
+    let resets_at: jiff::Timestamp = body["resetsAt"]
+        .as_str()
+        .expect("resetsAt")
+        .parse()
+        .expect("RFC 3339");
+    assert!(period_start < jiff::Timestamp::now() && resets_at > jiff::Timestamp::now());
+    let retry_after: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
+    let t: u64 = r
+        .header("ratelimit")
+        .and_then(|s| s.rsplit("t=").next())
+        .and_then(|t| t.parse().ok())
+        .expect("t");
+    assert!(
+        retry_after >= t && retry_after > 0,
+        "Retry-After {retry_after} vs t {t}"
+    );
+    let policy = r.header("ratelimit-policy").expect("policy");
+    let w: u64 = policy
+        .rsplit("w=")
+        .next()
+        .and_then(|w| w.parse().ok())
+        .expect("w");
+    assert!(
+        (28 * 86_400..=31 * 86_400).contains(&w),
+        "w is the calendar month's length: {w}"
+    );
+}
+
+#[tokio::test]
+async fn exceeded_rate_limit_is_429_with_retry_after() {
+    let (_b, p) = start().await;
+    let (k, v) = key("bursty");
+    for _ in 0..2 {
+        assert_eq!(p.get("/direct", &[(k, &v)]).await.status, 201);
+    }
+    let r = p.get("/direct", &[(k, &v)]).await;
+    let body = p.problem_check(&r, 429, "rate-limited");
+    assert_eq!(body["quota"], "per-hour");
+    let retry_after: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
+    assert!(
+        (1700..=1800).contains(&retry_after),
+        "one request per 30 min frees up: {retry_after}"
+    );
+    assert_eq!(
+        r.header("ratelimit-policy"),
+        Some("\"per-hour\";q=2;w=3600")
+    );
+    assert_eq!(
+        r.header("ratelimit"),
+        Some(format!("\"per-hour\";r=0;t={retry_after}").as_str())
+    );
+}
+
+#[tokio::test]
+async fn tenant_without_plan_has_no_limits_and_no_ratelimit_headers() {
+    let (_b, p) = start().await;
+    let (k, v) = key("free");
+    for _ in 0..20 {
+        let r = p.get("/direct", &[(k, &v)]).await;
+        assert_eq!(r.status, 201);
+        assert!(r.header("ratelimit").is_none());
+    }
+}
+
+#[tokio::test]
+async fn unreachable_backend_is_502_and_not_charged() {
+    let (_b, p) = start().await;
+    let (k, v) = key("tiny");
+    for _ in 0..5 {
+        let body = p.problem_check(
+            &p.get("/dead/x", &[(k, &v)]).await,
+            502,
+            "backend-unavailable",
+        );
+        assert_eq!(body["apiRoute"], "dead");
+    }
+    // None of the five 502s was charged: the whole quota of 3 is still there.
+    for _ in 0..3 {
+        assert_eq!(p.get("/echo/x", &[HOST, (k, &v)]).await.status, 200);
+    }
+    p.problem_check(
+        &p.get("/echo/x", &[HOST, (k, &v)]).await,
+        402,
+        "quota-exhausted",
+    );
+}
+
+#[tokio::test]
+async fn slow_backend_is_504_and_not_charged() {
+    let (_b, p) = start().await;
+    let (k, v) = key("tiny");
+    p.problem_check(
+        &p.get("/slow/2000", &[(k, &v)]).await,
+        504,
+        "backend-timeout",
+    );
+    for _ in 0..3 {
+        assert_eq!(p.get("/echo/x", &[HOST, (k, &v)]).await.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn forwarded_request_is_rewritten_like_a_reverse_proxy_should() {
+    let (_b, p) = start().await;
+    let r = p
+        .post(
+            "/echo/items?page=2&q=a%20b",
+            &[
+                HOST,
+                ("x-api-key", "key-acme"),
+                ("x-tollgate-tenant", "shop/tiny"),
+                ("x-tollgate-whatever", "spoofed"),
+                ("connection", "keep-alive, x-client-hop"),
+                ("x-client-hop", "hop"),
+                ("x-forwarded-for", "203.0.113.7"),
+                ("x-custom", "kept"),
+            ],
+            "hello body",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let echo = r.json();
+    let h = &echo["headers"];
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["uri"], "/echo/items?page=2&q=a%20b");
+    assert_eq!(echo["body"], "hello body");
+    assert_eq!(
+        h["x-tollgate-tenant"], "shop/acme",
+        "the proxy's tenant, never the client's"
+    );
+    assert!(h.get("x-tollgate-whatever").is_none());
+    assert!(h.get("x-api-key").is_none(), "the key is not forwarded");
+    assert!(
+        h.get("x-client-hop").is_none(),
+        "headers named in Connection are hop-by-hop"
+    );
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "api.example.com");
+    assert_eq!(h["x-custom"], "kept");
+    // And on the way back, the backend's hop-by-hop headers stop at the proxy.
+    assert!(r.header("x-backend-hop").is_none());
+    assert!(r.header("ratelimit").is_some());
+
+    let r = p
+        .get("/echo/x", &[HOST, ("authorization", "Bearer key-acme")])
+        .await;
+    assert!(
+        r.json()["headers"].get("authorization").is_none(),
+        "Authorization with the key is removed"
+    );
+}
+
+#[tokio::test]
+async fn direct_and_deprecated_routes() {
+    let (_b, p) = start().await;
+    let (k, v) = key("acme");
+    let r = p.get("/direct", &[(k, &v)]).await;
+    assert_eq!(
+        (r.status, r.header("content-type")),
+        (201, Some("application/json"))
+    );
+    assert_eq!(&r.body[..], br#"{"direct":true}"#);
+    let r = p.get("/deprecated", &[(k, &v)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("deprecation"), Some("?1"));
+    assert_eq!(r.header("sunset"), Some("Fri, 01 Jan 2027 00:00:00 GMT"));
+}
+
+#[tokio::test]
+async fn tenants_cannot_touch_each_others_counters() {
+    let (_b, p) = start().await;
+    let (k, tiny) = key("tiny");
+    for _ in 0..3 {
+        assert_eq!(p.get("/echo/x", &[HOST, (k, &tiny)]).await.status, 200);
+    }
+    // Whatever headers tiny sends, it is tiny: still exhausted.
+    let spoof = [
+        HOST,
+        (k, tiny.as_str()),
+        ("x-tollgate-tenant", "shop/acme"),
+        ("x-api-key", "key-acme"),
+    ];
+    p.problem_check(&p.get("/echo/x", &spoof).await, 402, "quota-exhausted");
+    // And acme, even claiming to be tiny, draws on its own allowance.
+    let (k, acme) = key("acme");
+    let r = p
+        .get(
+            "/echo/x",
+            &[HOST, (k, &acme), ("x-tollgate-tenant", "shop/tiny")],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("ratelimit")
+            .is_some_and(|h| h.contains("\"monthly-requests\";r=999999")),
+        "{:?}",
+        r.header("ratelimit")
+    );
+}
+
+#[tokio::test]
+async fn restart_keeps_counters() {
+    let (_b, mut p) = start().await;
+    let (k, v) = key("tiny");
+    for _ in 0..2 {
+        assert_eq!(p.get("/echo/x", &[HOST, (k, &v)]).await.status, 200);
+    }
+    p.restart().await;
+    assert_eq!(p.get("/echo/x", &[HOST, (k, &v)]).await.status, 200);
+    p.problem_check(
+        &p.get("/echo/x", &[HOST, (k, &v)]).await,
+        402,
+        "quota-exhausted",
+    );
+}
+
+#[tokio::test]
+async fn reload_applies_a_new_limit_and_keeps_counts() {
+    let (_b, p) = start().await;
+    let (k, v) = key("tiny");
+    for _ in 0..3 {
+        assert_eq!(p.get("/echo/x", &[HOST, (k, &v)]).await.status, 200);
+    }
+    p.problem_check(
+        &p.get("/echo/x", &[HOST, (k, &v)]).await,
+        402,
+        "quota-exhausted",
+    );
+    let before = p.config_version().await;
+    p.write_manifest(
+        "plans.yaml",
+        &PLANS.replace(r#"limit: "3""#, r#"limit: "5""#),
+    );
+    p.wait_for_version_above(before).await;
+    // The 3 already used still count: 2 more, then 402.
+    for _ in 0..2 {
+        assert_eq!(p.get("/echo/x", &[HOST, (k, &v)]).await.status, 200);
+    }
+    let body = p.problem_check(
+        &p.get("/echo/x", &[HOST, (k, &v)]).await,
+        402,
+        "quota-exhausted",
+    );
+    assert_eq!(body["limit"], 5);
+}
+
+#[tokio::test]
+async fn a_broken_file_keeps_the_last_good_config() {
+    let (_b, p) = start().await;
+    let (k, v) = key("acme");
+    let before = p.config_version().await;
+    p.write_manifest(
+        "tenants.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: x\n  broken: [\n",
+    );
+    p.wait_for_version_above(before).await;
+    assert_eq!(
+        p.get("/direct", &[(k, &v)]).await.status,
+        201,
+        "acme is still known"
+    );
+    let stderr = p.stderr();
+    assert!(
+        stderr.contains("tenants.yaml:"),
+        "the error names the file and line:\n{stderr}"
+    );
+    assert!(stderr.contains("last good version"), "{stderr}");
+    // A valid new version is picked up again.
+    let before = p.config_version().await;
+    p.write_manifest(
+        "tenants.yaml",
+        &tenants().replace("key-acme", "key-acme-rotated"),
+    );
+    p.wait_for_version_above(before).await;
+    p.problem_check(&p.get("/direct", &[(k, &v)]).await, 401, "unauthorized");
+    assert_eq!(
+        p.get("/direct", &[("x-api-key", "key-acme-rotated")])
+            .await
+            .status,
+        201
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_object_is_left_out_and_the_rest_keeps_working() {
+    let (_b, p) = start().await;
+    let before = p.config_version().await;
+    let bad = "---\napiVersion: tollgate.dev/v1alpha1\nkind: QuotaPolicy\nmetadata: {name: roomy, namespace: shop}\nspec: {timezone: Mars/Base}\n";
+    p.write_manifest("zz-override.yaml", bad);
+    p.wait_for_version_above(before).await;
+    // roomy is now invalid, so its tenants are out; tiny is unaffected.
+    let (k, v) = key("acme");
+    p.problem_check(&p.get("/direct", &[(k, &v)]).await, 401, "unauthorized");
+    let (k, v) = key("tiny");
+    assert_eq!(p.get("/echo/x", &[HOST, (k, &v)]).await.status, 200);
+    assert!(p.stderr().contains("Mars/Base"), "the diagnostic is logged");
+}
+
+#[tokio::test]
+async fn a_64_kib_header_gets_a_clean_431() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_b, p) = start().await;
+    let mut stream = tokio::net::TcpStream::connect(p.listen)
+        .await
+        .expect("connect");
+    let big = "a".repeat(64 * 1024);
+    let req = format!("GET /direct HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n");
+    let _ = stream.write_all(req.as_bytes()).await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 431"), "got: {text:?}");
+    // The proxy is fine afterwards.
+    let (k, v) = key("acme");
+    assert_eq!(p.get("/direct", &[(k, &v)]).await.status, 201);
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_and_saves_counters() {
+    let (_b, mut p) = start().await;
+    let listen = p.listen;
+    // The backend takes 1 s to answer; SIGTERM arrives 300 ms into it.
+    let in_flight = tokio::spawn(async move {
+        support::request(
+            listen,
+            "GET",
+            "/slow/1000/x",
+            &[("authorization", "Bearer key-acme")],
+            bytes::Bytes::new(),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = p.terminate().await;
+    assert!(status.success(), "clean exit: {status}");
+    let reply = in_flight.await.expect("join");
+    assert_eq!(
+        reply.status, 200,
+        "the in-flight request completes: {:?}",
+        reply.body
+    );
+    assert_eq!(reply.json()["uri"], "/slow/1000/x");
+    let saved =
+        std::fs::read_to_string(p.state.join("counters.json")).expect("counters saved on shutdown");
+    assert!(saved.contains("shop/acme"), "{saved}");
+}
+
+#[tokio::test]
+async fn metrics_health_and_usage_endpoints() {
+    let (_b, p) = start().await;
+    let (k, v) = key("tiny");
+    p.get("/echo/x", &[HOST, (k, &v)]).await;
+    p.get("/nowhere", &[]).await;
+    let (status, _, body) = support::get_raw(p.admin, "/metrics", &[])
+        .await
+        .expect("metrics");
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&body);
+    for needle in [
+        r#"tollgate_proxy_requests_total{reason="ok",route="shop/echo",status="200"} 1"#,
+        r#"tollgate_proxy_rejections_total{reason="route-not-found",status="404"} 1"#,
+        "tollgate_proxy_request_duration_seconds_bucket",
+        "tollgate_proxy_config_version 1",
+        r#"tollgate_proxy_config_reloads_total{result="success"} 1"#,
+        "tollgate_proxy_active_connections",
+    ] {
+        assert!(text.contains(needle), "missing {needle}:\n{text}");
+    }
+    if let Ok(out) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().expect("stdin").write_all(&body)?;
+            child.wait_with_output()
+        })
+    {
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        support::get_raw(p.admin, "/healthz", &[])
+            .await
+            .expect("healthz")
+            .0,
+        200
+    );
+    let (_, _, usage) = support::get_raw(p.admin, "/usage", &[])
+        .await
+        .expect("usage");
+    let usage: serde_json::Value = serde_json::from_slice(&usage).expect("json");
+    let row = usage["usage"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["tenant"] == "shop/tiny"))
+        .expect("tiny row");
+    assert_eq!(
+        (
+            row["used"].as_str(),
+            row["limit"].as_str(),
+            row["quota"].as_str()
+        ),
+        (Some("1"), Some("3"), Some("monthly-requests"))
+    );
+}

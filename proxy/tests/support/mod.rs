@@ -1,0 +1,396 @@
+//! Real sockets, real processes: a test backend (hyper), the `tollgate-proxy` binary on free
+//! ports with its own manifest and state directories, and a small HTTP client.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+
+/// A backend that answers every request with a JSON echo of what it received. `/slow/<ms>`
+/// waits that long first; `/status/<code>` answers with that status.
+pub struct Backend {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Backend {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service_fn(echo))
+                        .await;
+                });
+            }
+        });
+        Self { addr, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let mut status = 200;
+    if let Some(ms) = path
+        .strip_prefix("/slow/")
+        .and_then(|s| s.split('/').next())
+        .and_then(|s| s.parse().ok())
+    {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(code) = path
+        .strip_prefix("/echo/status/")
+        .and_then(|s| s.parse().ok())
+    {
+        status = code;
+    }
+    let mut headers = BTreeMap::new();
+    for (name, value) in req.headers() {
+        headers.insert(
+            name.as_str().to_owned(),
+            String::from_utf8_lossy(value.as_bytes()).into_owned(),
+        );
+    }
+    let method = req.method().to_string();
+    let uri = req.uri().to_string();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let doc = json!({"method": method, "uri": uri, "headers": headers, "body": String::from_utf8_lossy(&body)});
+    let mut resp = Response::new(Full::new(Bytes::from(doc.to_string())));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().expect("value"));
+    resp.headers_mut().insert(
+        "connection",
+        "keep-alive, x-backend-hop".parse().expect("value"),
+    );
+    resp.headers_mut().insert(
+        "x-backend-hop",
+        "must-not-reach-client".parse().expect("value"),
+    );
+    Ok(resp)
+}
+
+/// A running `tollgate-proxy`.
+pub struct ProxyProcess {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+    pub manifests: PathBuf,
+    pub state: PathBuf,
+    pub stderr_path: PathBuf,
+    child: Option<Child>,
+    _dir: tempfile::TempDir,
+    extra_args: Vec<String>,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+impl ProxyProcess {
+    /// Writes `manifests` (file name -> YAML) and starts the proxy on them.
+    pub async fn start(manifests: &[(&str, String)]) -> Self {
+        Self::start_with(manifests, &[]).await
+    }
+
+    pub async fn start_with(manifests: &[(&str, String)], args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let manifest_dir = dir.path().join("manifests");
+        std::fs::create_dir_all(&manifest_dir).expect("mkdir");
+        for (name, yaml) in manifests {
+            std::fs::write(manifest_dir.join(name), yaml).expect("write manifest");
+        }
+        let mut p = Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            manifests: manifest_dir,
+            state: dir.path().join("state"),
+            stderr_path: dir.path().join("proxy.stderr"),
+            child: None,
+            _dir: dir,
+            extra_args: args.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        p.spawn().await;
+        p
+    }
+
+    async fn spawn(&mut self) {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_path)
+            .expect("stderr file");
+        let child = Command::new(env!("CARGO_BIN_EXE_tollgate-proxy"))
+            .arg("--manifests")
+            .arg(&self.manifests)
+            .arg("--listen")
+            .arg(self.listen.to_string())
+            .arg("--admin-listen")
+            .arg(self.admin.to_string())
+            .arg("--state-dir")
+            .arg(&self.state)
+            .arg("--reload-interval")
+            .arg("100ms")
+            .arg("--worker-threads")
+            .arg("2")
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start tollgate-proxy");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, _, _)) = get_raw(self.admin, "/readyz", &[]).await {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("tollgate-proxy exited with {status}:\n{}", self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tollgate-proxy not ready:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait for the exit, without blocking the test's runtime (the test backend
+    /// runs on it and may be serving the requests being drained).
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        let status = self.terminate().await;
+        assert!(
+            status.success(),
+            "proxy exited with {status}:\n{}",
+            self.stderr()
+        );
+        self.spawn().await;
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or_default()
+    }
+
+    pub fn write_manifest(&self, name: &str, yaml: &str) {
+        // Write then rename so the watcher never sees a half-written file.
+        let tmp = self.manifests.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, yaml).expect("write");
+        std::fs::rename(&tmp, self.manifests.join(name)).expect("rename");
+    }
+
+    pub async fn config_version(&self) -> u64 {
+        let (_, _, body) = get_raw(self.admin, "/usage", &[]).await.expect("usage");
+        serde_json::from_slice::<Value>(&body).expect("json")["configVersion"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Waits until the configuration version is above `previous`.
+    pub async fn wait_for_version_above(&self, previous: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let v = self.config_version().await;
+            if v > previous {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no reload within 5 s:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Asserts `reply` is the RFC 9457 problem `slug` with `status`; returns its body.
+    pub fn problem_check(&self, reply: &Reply, status: u16, slug: &str) -> Value {
+        reply.problem(status, slug)
+    }
+
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        request(self.listen, "GET", path, headers, Bytes::new()).await
+    }
+
+    pub async fn post(&self, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+        request(
+            self.listen,
+            "POST",
+            path,
+            headers,
+            Bytes::from(body.to_owned()),
+        )
+        .await
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts an RFC 9457 problem of `slug` with `status`; returns the body.
+    pub fn problem(&self, status: u16, slug: &str) -> Value {
+        assert_eq!(self.status, status, "status; body: {:?}", self.body);
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json")
+        );
+        let body = self.json();
+        assert_eq!(
+            body["type"],
+            format!("https://tollgate.dev/problems/{slug}"),
+            "{body}"
+        );
+        assert_eq!(body["status"], status);
+        assert!(
+            body["title"].as_str().is_some_and(|t| !t.is_empty()),
+            "{body}"
+        );
+        assert!(
+            body["detail"].as_str().is_some_and(|t| t.len() > 10),
+            "{body}"
+        );
+        assert!(
+            body["instance"]
+                .as_str()
+                .is_some_and(|t| t.starts_with('/')),
+            "{body}"
+        );
+        body
+    }
+}
+
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Reply {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client
+        .request(req.body(Full::new(body)).expect("request"))
+        .await
+        .expect("send request");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get_raw(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, http::HeaderMap, Bytes), String> {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let mut req = Request::builder().uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client
+        .request(
+            req.body(Full::new(Bytes::new()))
+                .map_err(|e| e.to_string())?,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((parts.status.as_u16(), parts.headers, body))
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}

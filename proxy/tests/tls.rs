@@ -1,0 +1,123 @@
+//! TLS termination with rustls: HTTP/2 and HTTP/1.1 by ALPN, and h2c with prior knowledge.
+
+mod support;
+
+use std::process::Command;
+
+use support::ProxyProcess;
+
+const WORLD: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {name: hello}
+spec:
+  match: {pathPrefix: /hello}
+  backend: {directResponse: {status: 200, body: hi}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: k}
+stringData: {apiKey: tls-key-1}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Tenant
+metadata: {name: t}
+spec:
+  apiKeys: [{secretRef: {name: k}}]
+  subscriptions: [{apiRouteRef: {name: hello}}]
+"#;
+
+/// `curl` with the given flags; returns (http_version, status, body).
+fn curl(args: &[&str]) -> (String, String, String) {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_version} %{http_code}",
+            "-H",
+            "x-api-key: tls-key-1",
+        ])
+        .args(args)
+        .output()
+        .expect("curl is installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, meta) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let (version, status) = meta.split_once(' ').unwrap_or((meta, ""));
+    (version.to_owned(), status.to_owned(), body.to_owned())
+}
+
+#[tokio::test]
+async fn tls_serves_http2_and_http11_by_alpn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert_path, cert.pem()).expect("write cert");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    let p = ProxyProcess::start_with(
+        &[("world.yaml", WORLD.to_owned())],
+        &[
+            "--tls-cert",
+            &cert_path.display().to_string(),
+            "--tls-key",
+            &key_path.display().to_string(),
+        ],
+    )
+    .await;
+    let url = format!("https://localhost:{}/hello", p.listen.port());
+    let ca = cert_path.display().to_string();
+    assert_eq!(
+        curl(&["--cacert", &ca, "--http2", &url]),
+        ("2".into(), "200".into(), "hi".into())
+    );
+    assert_eq!(
+        curl(&["--cacert", &ca, "--http1.1", &url]),
+        ("1.1".into(), "200".into(), "hi".into())
+    );
+}
+
+#[tokio::test]
+async fn plaintext_serves_h2c_with_prior_knowledge() {
+    let p = ProxyProcess::start(&[("world.yaml", WORLD.to_owned())]).await;
+    let url = format!("http://127.0.0.1:{}/hello", p.listen.port());
+    assert_eq!(
+        curl(&["--http2-prior-knowledge", &url]),
+        ("2".into(), "200".into(), "hi".into())
+    );
+}
+
+#[tokio::test]
+async fn bad_tls_files_fail_with_a_clear_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing.crt");
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate-proxy"))
+        .args([
+            "--manifests",
+            &dir.path().display().to_string(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--tls-cert",
+            &missing.display().to_string(),
+            "--tls-key",
+            &missing.display().to_string(),
+        ])
+        .args([
+            "--state-dir",
+            &dir.path().join("state").display().to_string(),
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("reading TLS certificate") && stderr.contains("missing.crt"),
+        "{stderr}"
+    );
+}
