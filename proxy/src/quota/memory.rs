@@ -124,7 +124,7 @@ impl MemoryStore {
 
     fn peek_now(&self, subject: Subject<'_>, now: Timestamp) -> (Vec<LimitState>, Vec<LimitState>) {
         let plan = subject.plan;
-        let now_ms = now.as_millisecond();
+        let now_ns = i64::try_from(now.as_nanosecond()).unwrap_or(i64::MAX);
         let counters = self.counters(subject);
         let mut c = counters.lock();
         let quotas = plan
@@ -151,7 +151,7 @@ impl MemoryStore {
             .map(|(i, rl)| {
                 let (remaining, reset_ms) =
                     c.rate(&rl.name)
-                        .remaining(rl.requests, rl.window_ms, now_ms);
+                        .remaining(rl.requests, rl.window_ms, now_ns);
                 LimitState {
                     index: i,
                     remaining: Decimal::from(remaining),
@@ -166,7 +166,7 @@ impl MemoryStore {
 
     fn admit_now(&self, subject: Subject<'_>, now: Timestamp) -> Admission {
         let plan = subject.plan;
-        let now_ms = now.as_millisecond();
+        let now_ns = i64::try_from(now.as_nanosecond()).unwrap_or(i64::MAX);
         let counters = self.counters(subject);
         let mut c = counters.lock();
 
@@ -197,8 +197,8 @@ impl MemoryStore {
         let mut new_tats = Vec::with_capacity(plan.plan.rate_limits.len());
         for (i, rl) in plan.plan.rate_limits.iter().enumerate() {
             let gcra = c.rate(&rl.name);
-            let decision = gcra.check(rl.requests, rl.window_ms, now_ms);
-            let (remaining, reset_ms) = gcra.remaining(rl.requests, rl.window_ms, now_ms);
+            let decision = gcra.check(rl.requests, rl.window_ms, now_ns);
+            let (remaining, reset_ms) = gcra.remaining(rl.requests, rl.window_ms, now_ns);
             let mut state = LimitState {
                 index: i,
                 remaining: Decimal::from(remaining),
@@ -207,7 +207,7 @@ impl MemoryStore {
                 window: None,
             };
             match decision {
-                GcraDecision::Allow { new_tat_ms } => new_tats.push(new_tat_ms),
+                GcraDecision::Allow { new_tat_ns } => new_tats.push(new_tat_ns),
                 GcraDecision::Deny { retry_after_ms } => {
                     state.remaining = Decimal::ZERO;
                     state.reset_seconds = retry_after_ms.div_ceil(1000).max(1);
@@ -244,7 +244,7 @@ impl MemoryStore {
         for (i, rl) in plan.plan.rate_limits.iter().enumerate() {
             let gcra = c.rate(&rl.name);
             gcra.commit(new_tats[i]);
-            let (remaining, reset_ms) = gcra.remaining(rl.requests, rl.window_ms, now_ms);
+            let (remaining, reset_ms) = gcra.remaining(rl.requests, rl.window_ms, now_ns);
             rate_limits[i].remaining = Decimal::from(remaining);
             rate_limits[i].used = Decimal::from(rl.requests - remaining);
             rate_limits[i].reset_seconds = reset_ms.div_ceil(1000);

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Tollgate vs nginx at the ingress, on one machine, in one run.
+#
+#   direct        wrk -> nginx upstream (static 2-byte answer)
+#   nginx-proxy   wrk -> nginx reverse proxy (worker_processes 1, keepalive upstream) -> upstream
+#   tollgate      wrk -> tollgate-proxy (1 worker thread; API key auth, a per-second rate limit,
+#                 a monthly quota, metrics and the JSON access log all on) -> upstream
+#
+# wrk runs pinned to CPU 0; the server under test is pinned to CPU 1 (the upstream shares CPU 0 with
+# wrk in the proxy runs, the same for nginx and Tollgate). ROUNDS rounds alternate the targets; the
+# report gives each target's median and the median ratios.
+#
+#   bench/run.sh                     # 3 rounds of 10 s, 64 connections, HTTP/1.1 keep-alive
+#   ROUNDS=5 DURATION=20s bench/run.sh
+#   H2=1 bench/run.sh                # also h2load over h2c against nginx (http2) and Tollgate
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+H2=${H2:-0}
+for tool in nginx wrk taskset; do
+    command -v $tool >/dev/null || { echo "bench: $tool not found (apt-get install nginx wrk util-linux)" >&2; exit 1; }
+done
+if [[ $(nproc) -lt 2 ]]; then echo "bench: needs 2 CPUs to pin client and server apart" >&2; exit 1; fi
+
+cargo build --release -q -p tollgate-proxy
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(port); NGX=$(port); NGX_H2=$(port); TG=$(port); TG_ADMIN=$(port)
+user_line=""; [[ $(id -u) -eq 0 ]] && user_line="user root;"
+
+nginx_conf() { # name, listen block
+    cat >"$work/$1.conf" <<NGINX
+$user_line
+worker_processes 1;
+daemon off;
+pid $work/$1.pid;
+error_log $work/$1.error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $work/$1-body;
+    proxy_temp_path $work/$1-proxy;
+    upstream backend { server 127.0.0.1:$UP; keepalive 128; }
+    $2
+}
+NGINX
+}
+nginx_conf upstream "server { listen 127.0.0.1:$UP; location / { return 200 'ok'; } }"
+nginx_conf proxy "server { listen 127.0.0.1:$NGX; listen 127.0.0.1:$NGX_H2 http2;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+
+mkdir -p "$work/manifests"
+cat >"$work/manifests/bench.yaml" <<YAML
+apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {name: bench}
+spec:
+  rateLimits: [{name: per-second, requests: 100000000, window: 1s}]
+  quotas: [{name: monthly-requests, metric: Requests, limit: "1000000000000", period: Month}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {name: bench}
+spec:
+  match: {pathPrefix: /}
+  backend: {url: "http://127.0.0.1:$UP"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: bench-key}
+stringData: {apiKey: tg_bench_key_0001}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Tenant
+metadata: {name: bench}
+spec:
+  quotaPolicyRef: {name: bench}
+  apiKeys: [{secretRef: {name: bench-key}}]
+  subscriptions: [{apiRouteRef: {name: bench}}]
+YAML
+
+taskset -c 0 nginx -c "$work/upstream.conf" & pids+=($!)
+taskset -c 1 nginx -c "$work/proxy.conf" & pids+=($!)
+taskset -c 1 target/release/tollgate-proxy --manifests "$work/manifests" --listen "127.0.0.1:$TG" \
+    --admin-listen "127.0.0.1:$TG_ADMIN" --state-dir "$work/state" --worker-threads 1 \
+    >/dev/null 2>"$work/tollgate.log" & pids+=($!)
+for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$TG_ADMIN/readyz" >/dev/null && curl -sf "http://127.0.0.1:$NGX/" >/dev/null && break
+    sleep 0.1
+done
+
+KEY='Authorization: Bearer tg_bench_key_0001'
+# wrk --latency prints "99%  1.23ms"; normalise to microseconds.
+to_us() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000000}}'; }
+run_wrk() { # target url -> "rps p50_us p99_us non2xx"
+    local out; out=$(taskset -c 0 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "$KEY" "$1")
+    local rps p50 p99 bad
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    p50=$(awk '$1=="50%" {print $2}' <<<"$out" | to_us)
+    p99=$(awk '$1=="99%" {print $2}' <<<"$out" | to_us)
+    bad=$(awk '/Non-2xx/ {print $5}' <<<"$out"); bad=${bad:-0}
+    echo "$rps $p50 $p99 $bad"
+}
+declare -A results
+targets=(direct nginx-proxy tollgate)
+declare -A urls=([direct]="http://127.0.0.1:$UP/" [nginx-proxy]="http://127.0.0.1:$NGX/" [tollgate]="http://127.0.0.1:$TG/")
+# Warm-up: fill connection pools and caches.
+for t in "${targets[@]}"; do taskset -c 0 wrk -t1 -c"$CONNECTIONS" -d2s -H "$KEY" "${urls[$t]}" >/dev/null; done
+for round in $(seq 1 "$ROUNDS"); do
+    for t in "${targets[@]}"; do
+        r=$(run_wrk "${urls[$t]}")
+        results[$t]+="$r;"
+        echo "round $round  $t: $r  (req/s p50_us p99_us non2xx)" >&2
+    done
+done
+
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+field() { tr ';' '\n' <<<"${results[$1]}" | awk -v f="$2" 'NF {print $f}' | median; }
+echo
+echo "HTTP/1.1 keep-alive, wrk -t1 -c$CONNECTIONS, $ROUNDS x $DURATION, medians ($(date -u +%F), $(nproc) CPUs)"
+printf "%-12s %12s %10s %10s %8s\n" target "req/s" "p50 ms" "p99 ms" non2xx
+for t in "${targets[@]}"; do
+    printf "%-12s %12.0f %10.3f %10.3f %8d\n" "$t" "$(field "$t" 1)" "$(awk "BEGIN{print $(field "$t" 2)/1000}")" \
+        "$(awk "BEGIN{print $(field "$t" 3)/1000}")" "$(field "$t" 4)"
+done
+tg=$(field tollgate 1); ng=$(field nginx-proxy 1); tg99=$(field tollgate 3); ng99=$(field nginx-proxy 3)
+awk -v a="$tg" -v b="$ng" -v c="$tg99" -v d="$ng99" 'BEGIN {printf "ratio tollgate/nginx-proxy: throughput %.2fx, p99 %.2fx\n", a/b, c/d}'
+
+if [[ "$H2" == 1 ]] && command -v h2load >/dev/null; then
+    echo
+    echo "HTTP/2 (h2c prior knowledge), h2load -c$CONNECTIONS -m10, $DURATION"
+    for t in nginx-proxy tollgate; do
+        port=$([[ $t == tollgate ]] && echo "$TG" || echo "$NGX_H2")
+        out=$(taskset -c 0 h2load -c"$CONNECTIONS" -m10 -D"${DURATION%s}" -H "$KEY" "http://127.0.0.1:$port/" 2>&1)
+        rps=$(awk '/finished in/ {print $4}' <<<"$out")
+        ok=$(awk '/status codes:/ {print $3}' <<<"$out")
+        bad=$(awk '/status codes:/ {s=$5+$7+$9; print s}' <<<"$out")
+        printf "%-12s %12s req/s   2xx %s  non-2xx %s\n" "$t" "$rps" "$ok" "$bad"
+    done
+fi
