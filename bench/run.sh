@@ -26,6 +26,7 @@ done
 if [[ $(nproc) -lt 2 ]]; then echo "bench: needs 2 CPUs to pin client and server apart" >&2; exit 1; fi
 
 cargo build --release -q -p tollgate-proxy
+bin="${CARGO_TARGET_DIR:-target}/release/tollgate-proxy"
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -88,7 +89,7 @@ YAML
 
 taskset -c 0 nginx -c "$work/upstream.conf" & pids+=($!)
 taskset -c 1 nginx -c "$work/proxy.conf" & pids+=($!)
-taskset -c 1 target/release/tollgate-proxy --manifests "$work/manifests" --listen "127.0.0.1:$TG" \
+taskset -c 1 "$bin" --manifests "$work/manifests" --listen "127.0.0.1:$TG" \
     --admin-listen "127.0.0.1:$TG_ADMIN" --state-dir "$work/state" --worker-threads 1 \
     >/dev/null 2>"$work/tollgate.log" & pids+=($!)
 for _ in $(seq 1 100); do

@@ -29,6 +29,9 @@ if [[ -z "${TOLLGATE_TEST_KUBECONFIG:-}" ]]; then
     export TOLLGATE_TESTENV_BIN
 fi
 
+# Build artifacts live outside the checkout so that CI's fresh clones reuse them.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tollgate/cargo-target}"
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"

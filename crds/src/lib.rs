@@ -33,3 +33,4 @@ pub mod compile;
 pub mod duration;
 
 pub use compile::{Compiled, Diagnostic, ObjectKind, Objects, Reason, compile};
+pub mod stream;

@@ -19,8 +19,46 @@ use clap::{ArgAction, Parser, ValueEnum};
 pub struct Cli {
     /// Standalone mode: serve the ApiRoute, Tenant, QuotaPolicy and Secret manifests in DIR (every
     /// *.yaml, multi-document), reloading within a second of any change.
-    #[arg(long, env = "TOLLGATE_MANIFESTS", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "TOLLGATE_MANIFESTS",
+        value_name = "DIR",
+        conflicts_with = "control_plane"
+    )]
     pub manifests: Option<PathBuf>,
+
+    /// Fleet mode: subscribe to the operator's configuration stream at these URLs (comma-separated,
+    /// tried in turn), e.g. https://tollgate-operator.tollgate-system.svc:8443.
+    #[arg(
+        long,
+        env = "TOLLGATE_CONTROL_PLANE",
+        value_delimiter = ',',
+        value_name = "URL,..."
+    )]
+    pub control_plane: Vec<String>,
+
+    /// PEM CA that signed the operator's serving certificate (its Secret's ca.crt).
+    #[arg(
+        long,
+        env = "TOLLGATE_CONTROL_PLANE_CA",
+        value_name = "FILE",
+        default_value = "/var/run/secrets/tollgate/ca.crt"
+    )]
+    pub control_plane_ca: PathBuf,
+
+    /// File with the ServiceAccount token presented to the operator (a projected token with
+    /// audience `tollgate`; re-read on every connect).
+    #[arg(
+        long,
+        env = "TOLLGATE_CONTROL_PLANE_TOKEN_FILE",
+        value_name = "FILE",
+        default_value = "/var/run/secrets/tollgate/token"
+    )]
+    pub control_plane_token_file: PathBuf,
+
+    /// This proxy's name towards the operator [default: the host name].
+    #[arg(long, env = "POD_NAME", value_name = "NAME")]
+    pub proxy_name: Option<String>,
 
     /// Address for API traffic.
     #[arg(

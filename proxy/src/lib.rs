@@ -12,6 +12,7 @@ pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod control_plane;
 pub mod forward;
 pub mod metrics;
 pub mod problem;
@@ -65,9 +66,11 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 async fn serve(cli: Cli) -> Result<()> {
-    let Some(manifest_dir) = cli.manifests.clone() else {
-        bail!("nothing to serve: pass --manifests DIR to run standalone from YAML manifests");
-    };
+    if cli.manifests.is_none() && cli.control_plane.is_empty() {
+        bail!(
+            "nothing to serve: pass --manifests DIR (standalone, from YAML manifests) or --control-plane URL (fleet, from the operator)"
+        );
+    }
     let registry = Registry::new();
     let metrics = ProxyMetrics::new(&registry).context("registering metrics")?;
 
@@ -85,19 +88,55 @@ async fn serve(cli: Cli) -> Result<()> {
     ));
     let ready = Arc::new(AtomicBool::new(false));
 
-    let mut manifests = ManifestDir::new(&manifest_dir)?;
-    let version = Arc::new(AtomicU64::new(0));
-    reload(&mut manifests, &proxy, &metrics, &version, &ready);
     let stop = Arc::new(AtomicBool::new(false));
-    let watcher = spawn_watcher(
-        manifests,
-        proxy.clone(),
-        metrics.clone(),
-        version,
-        ready.clone(),
-        stop.clone(),
-        cli.reload_interval,
-    )?;
+    let mut watcher = None;
+    let mut subscription = None;
+    let source = if let Some(manifest_dir) = &cli.manifests {
+        let mut manifests = ManifestDir::new(manifest_dir)?;
+        let version = Arc::new(AtomicU64::new(0));
+        reload(&mut manifests, &proxy, &metrics, &version, &ready);
+        watcher = Some(spawn_watcher(
+            manifests,
+            proxy.clone(),
+            metrics.clone(),
+            version,
+            ready.clone(),
+            stop.clone(),
+            cli.reload_interval,
+        )?);
+        manifest_dir.display().to_string()
+    } else {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        match control_plane::load_persisted(&cli.state_dir) {
+            Ok(Some((version, snapshot))) => {
+                tracing::info!(
+                    version,
+                    "serving the persisted configuration until the operator answers"
+                );
+                proxy.apply(ProxyConfig::build(version, Arc::new(snapshot)));
+                ready.store(true, Ordering::Release);
+            }
+            Ok(None) => {
+                tracing::info!("no persisted configuration; not ready until the operator sends one")
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "ignoring the persisted configuration")
+            }
+        }
+        let plane = control_plane::ControlPlane {
+            urls: cli.control_plane.clone(),
+            ca_file: cli.control_plane_ca.clone(),
+            token_file: cli.control_plane_token_file.clone(),
+            name: cli.proxy_name.clone().unwrap_or_else(host_name),
+            state_dir: cli.state_dir.clone(),
+        };
+        subscription = Some(tokio::spawn(plane.run(
+            proxy.clone(),
+            metrics.clone(),
+            ready.clone(),
+        )));
+        cli.control_plane.join(",")
+    };
 
     let tls = match (&cli.tls_cert, &cli.tls_key) {
         (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
@@ -113,7 +152,7 @@ async fn serve(cli: Cli) -> Result<()> {
         listen = %admin::bound(&listener, cli.listen),
         admin = %admin::bound(&admin_listener, cli.admin_listen),
         tls = tls.is_some(),
-        manifests = %manifest_dir.display(),
+        config = %source,
         "tollgate-proxy serving"
     );
     let admin = Arc::new(Admin {
@@ -145,7 +184,12 @@ async fn serve(cli: Cli) -> Result<()> {
     stop.store(true, Ordering::Release);
     flusher.abort();
     admin_task.abort();
-    let _ = watcher.join();
+    if let Some(watcher) = watcher {
+        let _ = watcher.join();
+    }
+    if let Some(subscription) = subscription {
+        subscription.abort();
+    }
     let rows = store.usage();
     persist::save(&cli.state_dir, rows).context("saving quota counters on shutdown")?;
     tracing::info!(state_dir = %cli.state_dir.display(), "counters saved; bye");
@@ -242,6 +286,16 @@ async fn flush_periodically(
             }
             Err(e) => tracing::error!(error = %e, "counter flush task failed"),
         }
+    }
+}
+
+fn host_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim();
+    if host.is_empty() {
+        format!("tollgate-proxy-{}", std::process::id())
+    } else {
+        host.to_owned()
     }
 }
 

@@ -28,8 +28,10 @@ pub struct ProxyMetrics {
     pub active_connections: IntGauge,
     /// Access-log lines dropped because the writer could not keep up.
     pub access_log_dropped: IntCounter,
-    /// Counter persistence failures.
+    /// Counter or snapshot persistence failures.
     pub state_flush_errors: IntCounter,
+    /// 1 while subscribed to the operator's configuration stream (fleet mode).
+    pub control_plane_connected: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -94,7 +96,11 @@ impl ProxyMetrics {
             )?,
             state_flush_errors: IntCounter::new(
                 "tollgate_proxy_state_flush_errors_total",
-                "Failures writing counters to the state dir.",
+                "Failures writing counters or the configuration snapshot to the state dir.",
+            )?,
+            control_plane_connected: IntGauge::new(
+                "tollgate_proxy_control_plane_connected",
+                "1 while subscribed to the operator's configuration stream (fleet mode).",
             )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
@@ -107,6 +113,7 @@ impl ProxyMetrics {
         registry.register(Box::new(m.active_connections.clone()))?;
         registry.register(Box::new(m.access_log_dropped.clone()))?;
         registry.register(Box::new(m.state_flush_errors.clone()))?;
+        registry.register(Box::new(m.control_plane_connected.clone()))?;
         Ok(m)
     }
 }

@@ -1,0 +1,227 @@
+//! The configuration stream between the operator and its proxies.
+//!
+//! Newline-delimited JSON over one long-lived HTTPS response: a proxy first receives the full
+//! snapshot, then one [`Delta`] per compile that changed anything, carrying only the objects that
+//! changed (one tenant's edit with 10,000 tenants loaded sends one tenant). Each delta names the
+//! version it applies on (`base`); a proxy that is not at `base` reconnects and gets a full snapshot.
+//! Proxies acknowledge each applied version with a separate request, which the operator reports in
+//! `Programmed` conditions.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+use serde::{Deserialize, Serialize};
+
+use crate::snapshot::{ObjectKey, Plan, Route, Snapshot, Tenant};
+
+/// One line of the stream.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum ConfigMessage {
+    /// The whole configuration.
+    Full {
+        /// Its version.
+        version: u64,
+        /// The snapshot.
+        snapshot: Snapshot,
+    },
+    /// What changed since `base`.
+    Delta(Delta),
+    /// Keep-alive, so both ends notice a dead connection.
+    Ping,
+}
+
+/// The changes between two versions.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Delta {
+    /// Version this delta applies on.
+    pub base: u64,
+    /// Version after applying it.
+    pub version: u64,
+    /// Added or changed routes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
+    /// Added or changed tenants.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<Tenant>,
+    /// Added or changed plans.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plans: Vec<Plan>,
+    /// Removed routes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_routes: Vec<ObjectKey>,
+    /// Removed tenants.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_tenants: Vec<ObjectKey>,
+    /// Removed plans.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_plans: Vec<ObjectKey>,
+}
+
+impl Delta {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+            && self.tenants.is_empty()
+            && self.plans.is_empty()
+            && self.removed_routes.is_empty()
+            && self.removed_tenants.is_empty()
+            && self.removed_plans.is_empty()
+    }
+}
+
+fn diff_items<T: Clone + PartialEq, K: Eq + Hash + Clone>(
+    old: &[T],
+    new: &[T],
+    key: impl Fn(&T) -> &K,
+) -> (Vec<T>, Vec<K>) {
+    let before: HashMap<&K, &T> = old.iter().map(|t| (key(t), t)).collect();
+    let after: HashMap<&K, &T> = new.iter().map(|t| (key(t), t)).collect();
+    let changed = new
+        .iter()
+        .filter(|t| before.get(key(t)).is_none_or(|o| *o != *t))
+        .cloned()
+        .collect();
+    let removed = old
+        .iter()
+        .filter(|t| !after.contains_key(key(t)))
+        .map(|t| key(t).clone())
+        .collect();
+    (changed, removed)
+}
+
+/// The delta that turns `old` (at `base`) into `new` (at `version`).
+pub fn diff(old: &Snapshot, new: &Snapshot, base: u64, version: u64) -> Delta {
+    let (routes, removed_routes) = diff_items(&old.routes, &new.routes, |r| &r.key);
+    let (tenants, removed_tenants) = diff_items(&old.tenants, &new.tenants, |t| &t.key);
+    let (plans, removed_plans) = diff_items(&old.plans, &new.plans, |p| &p.key);
+    Delta {
+        base,
+        version,
+        routes,
+        tenants,
+        plans,
+        removed_routes,
+        removed_tenants,
+        removed_plans,
+    }
+}
+
+fn apply_items<T, K: Eq + Hash>(
+    items: &mut Vec<T>,
+    changed: &[T],
+    removed: &[K],
+    key: impl Fn(&T) -> &K,
+) where
+    T: Clone,
+{
+    let drop: std::collections::HashSet<&K> =
+        removed.iter().chain(changed.iter().map(&key)).collect();
+    items.retain(|t| !drop.contains(key(t)));
+    items.extend(changed.iter().cloned());
+}
+
+impl Snapshot {
+    /// Applies `delta` in place (the caller checks `delta.base`).
+    pub fn apply(&mut self, delta: &Delta) {
+        apply_items(
+            &mut self.routes,
+            &delta.routes,
+            &delta.removed_routes,
+            |r| &r.key,
+        );
+        apply_items(
+            &mut self.tenants,
+            &delta.tenants,
+            &delta.removed_tenants,
+            |t| &t.key,
+        );
+        apply_items(&mut self.plans, &delta.plans, &delta.removed_plans, |p| {
+            &p.key
+        });
+        self.sort_routes();
+        self.tenants.sort_by(|a, b| a.key.cmp(&b.key));
+        self.plans.sort_by(|a, b| a.key.cmp(&b.key));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::{BillingState, FailurePolicy};
+    use crate::snapshot::KeyDigest;
+
+    fn tenant(name: &str, state: BillingState) -> Tenant {
+        Tenant {
+            key: ObjectKey::new("ns", name),
+            display_name: None,
+            key_digests: vec![KeyDigest::of(name.as_bytes())],
+            plan: None,
+            billing_state: state,
+            paid_through: None,
+            subscriptions: vec![],
+        }
+    }
+
+    fn plan(name: &str) -> Plan {
+        Plan {
+            key: ObjectKey::new("ns", name),
+            rate_limits: vec![],
+            quotas: vec![],
+            timezone: "UTC".into(),
+            pricing: None,
+            payment_url: None,
+            failure_policy: FailurePolicy::FailClosed,
+        }
+    }
+
+    #[test]
+    fn one_changed_tenant_among_many_sends_one_tenant() {
+        let mut old = Snapshot::default();
+        for i in 0..10_000 {
+            old.tenants
+                .push(tenant(&format!("t{i:05}"), BillingState::Active));
+        }
+        old.plans.push(plan("p"));
+        let mut new = old.clone();
+        new.tenants[4242].billing_state = BillingState::Suspended;
+        new.plans.clear();
+        let delta = diff(&old, &new, 1, 2);
+        assert_eq!(delta.tenants.len(), 1);
+        assert_eq!(delta.tenants[0].key.name, "t04242");
+        assert_eq!(delta.removed_plans, vec![ObjectKey::new("ns", "p")]);
+        let bytes = serde_json::to_vec(&ConfigMessage::Delta(delta.clone())).expect("json");
+        assert!(
+            bytes.len() < 1024,
+            "one tenant's change is small on the wire: {} bytes",
+            bytes.len()
+        );
+        let mut applied = old.clone();
+        applied.apply(&delta);
+        assert_eq!(applied, new);
+    }
+
+    #[test]
+    fn identical_snapshots_have_an_empty_delta() {
+        let s = Snapshot {
+            tenants: vec![tenant("a", BillingState::Active)],
+            ..Default::default()
+        };
+        assert!(diff(&s, &s, 1, 2).is_empty());
+    }
+
+    #[test]
+    fn messages_round_trip_as_one_json_line() {
+        let msg = ConfigMessage::Full {
+            version: 7,
+            snapshot: Snapshot::default(),
+        };
+        let line = serde_json::to_string(&msg).expect("json");
+        assert!(!line.contains('\n'));
+        assert_eq!(
+            serde_json::from_str::<ConfigMessage>(&line).expect("parse"),
+            msg
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! Command-line flags (each also settable by environment variable).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Tollgate operator: watches ApiRoute, Tenant and QuotaPolicy (and the Secrets with API keys),
+/// compiles them, streams the configuration to tollgate-proxy pods over HTTPS, and reports status.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "tollgate-operator", version)]
+pub struct Cli {
+    /// Namespaces to watch (comma-separated). Empty: all namespaces.
+    #[arg(
+        long,
+        env = "TOLLGATE_NAMESPACES",
+        value_delimiter = ',',
+        value_name = "NS,..."
+    )]
+    pub namespace: Vec<String>,
+
+    /// The operator's own namespace (Lease, serving-certificate Secret). Defaults to the pod's.
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        default_value = "tollgate-system",
+        value_name = "NS"
+    )]
+    pub operator_namespace: String,
+
+    /// This replica's identity in leader election. Defaults to the pod name.
+    #[arg(long, env = "POD_NAME", value_name = "NAME")]
+    pub identity: Option<String>,
+
+    /// Address of the configuration stream for proxies (HTTPS).
+    #[arg(
+        long,
+        env = "TOLLGATE_CONFIG_LISTEN",
+        default_value = "0.0.0.0:8443",
+        value_name = "ADDR"
+    )]
+    pub config_listen: SocketAddr,
+
+    /// Address for /metrics, /healthz and /readyz (ready = leader with a synced cache).
+    #[arg(
+        long,
+        env = "TOLLGATE_ADMIN_LISTEN",
+        default_value = "0.0.0.0:9091",
+        value_name = "ADDR"
+    )]
+    pub admin_listen: SocketAddr,
+
+    /// Secret (in --operator-namespace) with the stream's serving certificate (tls.crt, tls.key,
+    /// ca.crt). Created with a self-signed certificate when missing.
+    #[arg(
+        long,
+        env = "TOLLGATE_TLS_SECRET",
+        default_value = "tollgate-operator-tls",
+        value_name = "NAME"
+    )]
+    pub tls_secret: String,
+
+    /// Extra DNS names or IPs for a generated serving certificate (the Service names are always in).
+    #[arg(
+        long,
+        env = "TOLLGATE_TLS_SANS",
+        value_delimiter = ',',
+        value_name = "NAME,..."
+    )]
+    pub tls_san: Vec<String>,
+
+    /// ServiceAccounts (namespace:name) whose tokens may subscribe to the configuration stream.
+    /// Tokens are verified with a TokenReview for --token-audience.
+    #[arg(
+        long,
+        env = "TOLLGATE_PROXY_SERVICE_ACCOUNTS",
+        value_delimiter = ',',
+        default_value = "tollgate-system:tollgate-proxy",
+        value_name = "NS:NAME,..."
+    )]
+    pub proxy_service_account: Vec<String>,
+
+    /// Audience proxies request for their tokens.
+    #[arg(
+        long,
+        env = "TOLLGATE_TOKEN_AUDIENCE",
+        default_value = "tollgate",
+        value_name = "AUD"
+    )]
+    pub token_audience: String,
+
+    /// Lease name for leader election.
+    #[arg(
+        long,
+        env = "TOLLGATE_LEASE_NAME",
+        default_value = "tollgate-operator",
+        value_name = "NAME"
+    )]
+    pub lease_name: String,
+
+    /// How long a leader's lease lasts without renewal (failover time).
+    #[arg(long, env = "TOLLGATE_LEASE_DURATION", default_value = "15s", value_parser = duration, value_name = "DURATION")]
+    pub lease_duration: Duration,
+
+    /// Quiet time after a change before compiling (batches bursts of edits).
+    #[arg(long, env = "TOLLGATE_DEBOUNCE", default_value = "100ms", value_parser = duration, value_name = "DURATION")]
+    pub debounce: Duration,
+
+    /// Format of the operator's logs (stderr; RUST_LOG filters, default info).
+    #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    tollgate_crds::duration::parse_duration(text)
+}

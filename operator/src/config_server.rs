@@ -1,0 +1,357 @@
+//! The configuration stream (HTTPS): `GET /v1/config/stream?proxy=NAME` answers with
+//! newline-delimited JSON, the full snapshot first and then one delta per new version;
+//! `POST /v1/config/ack` records the version a proxy applied. Only the leader serves (followers
+//! answer 503 and are not ready, so the Service sends proxies to the leader).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tollgate_crds::snapshot::Snapshot;
+use tollgate_crds::stream::{Delta, diff};
+
+use crate::metrics::OperatorMetrics;
+use crate::proxy_auth::ProxyAuthenticator;
+use crate::publisher::Published;
+
+const PING_EVERY: Duration = Duration::from_secs(15);
+
+/// A proxy subscribed to the stream.
+#[derive(Debug, Clone)]
+pub struct ConnectedProxy {
+    /// Its ServiceAccount.
+    pub identity: String,
+    /// The last version it acknowledged.
+    pub acked_version: u64,
+    conn: u64,
+}
+
+/// The proxies connected to this replica.
+#[derive(Debug, Default)]
+pub struct ProxyRegistry {
+    proxies: Mutex<HashMap<String, ConnectedProxy>>,
+    seq: AtomicU64,
+    /// Notified on connect, disconnect and ack.
+    pub changed: Notify,
+}
+
+impl ProxyRegistry {
+    fn connect(&self, name: &str, identity: &str) -> u64 {
+        let conn = self.seq.fetch_add(1, Ordering::Relaxed);
+        self.proxies.lock().insert(
+            name.to_owned(),
+            ConnectedProxy {
+                identity: identity.to_owned(),
+                acked_version: 0,
+                conn,
+            },
+        );
+        self.changed.notify_one();
+        conn
+    }
+
+    fn disconnect(&self, name: &str, conn: u64) {
+        let mut proxies = self.proxies.lock();
+        // A reconnect may already have replaced this entry.
+        if proxies.get(name).is_some_and(|p| p.conn == conn) {
+            proxies.remove(name);
+        }
+        drop(proxies);
+        self.changed.notify_one();
+    }
+
+    fn ack(&self, name: &str, version: u64) -> bool {
+        let mut proxies = self.proxies.lock();
+        let Some(p) = proxies.get_mut(name) else {
+            return false;
+        };
+        p.acked_version = p.acked_version.max(version);
+        drop(proxies);
+        self.changed.notify_one();
+        true
+    }
+
+    /// Name and acknowledged version of every connected proxy.
+    pub fn list(&self) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = self
+            .proxies
+            .lock()
+            .iter()
+            .map(|(n, p)| (n.clone(), p.acked_version))
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+/// One line of the stream, serialized without cloning the snapshot.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+enum Outgoing<'a> {
+    Full {
+        version: u64,
+        snapshot: &'a Snapshot,
+    },
+    Delta(&'a Delta),
+    Ping,
+}
+
+#[derive(Deserialize)]
+struct Ack {
+    proxy: String,
+    version: u64,
+}
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Shared state of the config server.
+#[derive(Debug)]
+pub struct ConfigServer {
+    /// Latest publication.
+    pub published: watch::Receiver<Arc<Published>>,
+    /// Whether this replica leads.
+    pub leading: watch::Receiver<bool>,
+    /// Token verification.
+    pub auth: ProxyAuthenticator,
+    /// Connected proxies.
+    pub registry: Arc<ProxyRegistry>,
+    /// Metrics.
+    pub metrics: OperatorMetrics,
+}
+
+fn json_response(status: StatusCode, detail: &str) -> Response<Body> {
+    let body = serde_json::json!({"status": status.as_u16(), "detail": detail}).to_string();
+    let mut resp = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn encode(msg: &Outgoing<'_>) -> Bytes {
+    let mut line = serde_json::to_vec(msg).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+impl ConfigServer {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let token = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_owned();
+        if token.is_empty() {
+            return json_response(
+                StatusCode::UNAUTHORIZED,
+                "send the proxy's ServiceAccount token as a Bearer token",
+            );
+        }
+        let identity = match self.auth.verify(&token).await {
+            Ok(identity) => identity,
+            Err(why) => {
+                tracing::warn!(reason = %why, "refused a proxy");
+                return json_response(StatusCode::UNAUTHORIZED, &why);
+            }
+        };
+        if !*self.leading.borrow() {
+            return json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this operator replica is not the leader; retry",
+            );
+        }
+        match (req.method(), req.uri().path()) {
+            (&Method::GET, "/v1/config/stream") => {
+                let name = req
+                    .uri()
+                    .query()
+                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("proxy=")))
+                    .filter(|n| !n.is_empty() && n.len() <= 253)
+                    .map(str::to_owned);
+                match name {
+                    Some(name) => self.stream(name, identity),
+                    None => json_response(StatusCode::BAD_REQUEST, "missing ?proxy=NAME"),
+                }
+            }
+            (&Method::POST, "/v1/config/ack") => {
+                let body = match Limited::new(req.into_body(), 4096).collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(_) => {
+                        return json_response(
+                            StatusCode::BAD_REQUEST,
+                            "ack body too large or unreadable",
+                        );
+                    }
+                };
+                let Ok(ack) = serde_json::from_slice::<Ack>(&body) else {
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        "expected {\"proxy\": NAME, \"version\": N}",
+                    );
+                };
+                if !self.registry.ack(&ack.proxy, ack.version) {
+                    return json_response(StatusCode::NOT_FOUND, "no stream open for this proxy");
+                }
+                let published = self.published.borrow().clone();
+                if ack.version == published.version
+                    && let Some(at) = published.published_at
+                {
+                    self.metrics.propagation.observe(at.elapsed().as_secs_f64());
+                }
+                let mut resp = Response::new(Full::new(Bytes::new()).boxed_unsync());
+                *resp.status_mut() = StatusCode::NO_CONTENT;
+                resp
+            }
+            _ => json_response(
+                StatusCode::NOT_FOUND,
+                "try GET /v1/config/stream or POST /v1/config/ack",
+            ),
+        }
+    }
+
+    fn stream(self: Arc<Self>, name: String, identity: String) -> Response<Body> {
+        let (tx, rx) = mpsc::channel::<Bytes>(8);
+        let server = self.clone();
+        tokio::spawn(async move {
+            let conn = server.registry.connect(&name, &identity);
+            server
+                .metrics
+                .connected_proxies
+                .set(i64::try_from(server.registry.list().len()).unwrap_or(0));
+            tracing::info!(proxy = %name, %identity, "proxy subscribed");
+            server.feed(&name, tx).await;
+            server.registry.disconnect(&name, conn);
+            server
+                .metrics
+                .connected_proxies
+                .set(i64::try_from(server.registry.list().len()).unwrap_or(0));
+            tracing::info!(proxy = %name, "proxy stream ended");
+        });
+        let frames = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|bytes| (Ok::<_, Infallible>(Frame::data(bytes)), rx))
+        });
+        let mut resp = Response::new(StreamBody::new(frames.boxed()).boxed_unsync());
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/x-ndjson"),
+        );
+        resp.headers_mut().insert(
+            header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        );
+        resp
+    }
+
+    async fn send(&self, tx: &mpsc::Sender<Bytes>, kind: &str, line: Bytes) -> bool {
+        self.metrics
+            .push_bytes
+            .with_label_values(&[kind])
+            .inc_by(line.len() as u64);
+        tx.send(line).await.is_ok()
+    }
+
+    /// Writes the stream until the proxy goes away or this replica stops leading.
+    async fn feed(&self, name: &str, tx: mpsc::Sender<Bytes>) {
+        let mut published = self.published.clone();
+        let mut leading = self.leading.clone();
+        let mut last = published.borrow_and_update().clone();
+        while last.version == 0 {
+            if published.changed().await.is_err() {
+                return;
+            }
+            last = published.borrow_and_update().clone();
+        }
+        let full = encode(&Outgoing::Full {
+            version: last.version,
+            snapshot: &last.snapshot,
+        });
+        tracing::debug!(proxy = %name, version = last.version, bytes = full.len(), "sending full snapshot");
+        if !self.send(&tx, "full", full).await {
+            return;
+        }
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                changed = published.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let next = published.borrow_and_update().clone();
+                    if next.version == last.version {
+                        continue;
+                    }
+                    let line = match &next.delta {
+                        Some(delta) if delta.base == last.version => encode(&Outgoing::Delta(delta)),
+                        // This stream missed a version: send the difference from what it has.
+                        _ => encode(&Outgoing::Delta(&diff(&last.snapshot, &next.snapshot, last.version, next.version))),
+                    };
+                    if !self.send(&tx, "delta", line).await {
+                        return;
+                    }
+                    last = next;
+                }
+                _ = ping.tick() => {
+                    if !self.send(&tx, "ping", encode(&Outgoing::Ping)).await {
+                        return;
+                    }
+                }
+                changed = leading.changed() => {
+                    if changed.is_err() || !*leading.borrow() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Serves the stream over TLS until the task is dropped.
+pub async fn serve(listener: TcpListener, tls: TlsAcceptor, server: Arc<ConfigServer>) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (tls, server) = (tls.clone(), server.clone());
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(Duration::from_secs(10), tls.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    _ => {
+                        tracing::debug!(%peer, "TLS handshake failed");
+                        return;
+                    }
+                };
+            let service = service_fn(move |req| {
+                let server = server.clone();
+                async move { Ok::<_, Infallible>(server.handle(req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

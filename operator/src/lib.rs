@@ -1,0 +1,228 @@
+//! Tollgate's operator: watches ApiRoute, Tenant, QuotaPolicy and API-key Secrets, compiles them
+//! into versioned snapshots, streams them to proxies, and reports status.
+//!
+//! - [`watch`]: reflector caches; [`publisher`]: debounced compile into versions and deltas.
+//! - [`config_server`]: the HTTPS stream to proxies; [`proxy_auth`]: who may subscribe.
+//! - [`leader`]: Lease election; [`status`]: conditions and events, written by the leader.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config_server;
+pub mod leader;
+pub mod metrics;
+pub mod proxy_auth;
+pub mod publisher;
+pub mod serving_cert;
+pub mod status;
+pub mod watch;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use kube::runtime::events::{Recorder, Reporter};
+use prometheus::{Encoder, Registry, TextEncoder};
+use tokio::sync::{Notify, watch as channel};
+
+use crate::cli::{Cli, LogFormat};
+use crate::config_server::{ConfigServer, ProxyRegistry};
+use crate::metrics::OperatorMetrics;
+use crate::proxy_auth::ProxyAuthenticator;
+use crate::publisher::Published;
+use crate::status::StatusWriter;
+
+/// Sets up logging on stderr (`RUST_LOG` filters; default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Runs the operator until SIGTERM or SIGINT.
+pub async fn run(cli: Cli) -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (kubeconfig or in-cluster)")?;
+    let identity = cli.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let registry = Registry::new();
+    let metrics = OperatorMetrics::new(&registry).context("registering metrics")?;
+
+    let changed = Arc::new(Notify::new());
+    let caches = watch::start(&client, &cli.namespace, changed.clone(), &metrics);
+    let (published_tx, published_rx) = channel::channel(Arc::new(Published::default()));
+    tokio::spawn(publisher::run(
+        caches.clone(),
+        changed,
+        cli.debounce,
+        published_tx,
+        metrics.clone(),
+    ));
+
+    let (leading_tx, leading_rx) = channel::channel(false);
+    let leader_flag = Arc::new(AtomicBool::new(false));
+    tokio::spawn(leader::run(
+        client.clone(),
+        leader::Election {
+            namespace: cli.operator_namespace.clone(),
+            name: cli.lease_name.clone(),
+            identity: identity.clone(),
+            duration: cli.lease_duration,
+        },
+        leading_tx,
+        leader_flag.clone(),
+    ));
+
+    let cert = serving_cert::load_or_create(
+        client.clone(),
+        &cli.operator_namespace,
+        &cli.tls_secret,
+        &cli.tls_san,
+    )
+    .await?;
+    let tls = tokio_rustls::TlsAcceptor::from(serving_cert::server_config(&cert)?);
+    let proxies = Arc::new(ProxyRegistry::default());
+    let server = Arc::new(ConfigServer {
+        published: published_rx.clone(),
+        leading: leading_rx.clone(),
+        auth: ProxyAuthenticator::new(
+            client.clone(),
+            cli.token_audience.clone(),
+            &cli.proxy_service_account,
+        ),
+        registry: proxies.clone(),
+        metrics: metrics.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(cli.config_listen)
+        .await
+        .with_context(|| format!("binding --config-listen {}", cli.config_listen))?;
+    let admin = tokio::net::TcpListener::bind(cli.admin_listen)
+        .await
+        .with_context(|| format!("binding --admin-listen {}", cli.admin_listen))?;
+    tracing::info!(
+        config = %listener.local_addr().unwrap_or(cli.config_listen),
+        admin = %admin.local_addr().unwrap_or(cli.admin_listen),
+        %identity,
+        namespaces = ?cli.namespace,
+        "tollgate-operator starting"
+    );
+    tokio::spawn(config_server::serve(listener, tls, server));
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "tollgate-operator".into(),
+            instance: Some(identity),
+        },
+    );
+    tokio::spawn(
+        StatusWriter {
+            client: client.clone(),
+            caches,
+            published: published_rx.clone(),
+            registry: proxies,
+            leading: leading_rx,
+            metrics: metrics.clone(),
+            recorder,
+        }
+        .run(),
+    );
+    tokio::spawn(serve_admin(
+        admin,
+        registry,
+        metrics,
+        leader_flag,
+        published_rx,
+    ));
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    registry: Registry,
+    metrics: OperatorMetrics,
+    leader: Arc<AtomicBool>,
+    published: channel::Receiver<Arc<Published>>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (registry, metrics, leader, published) = (
+            registry.clone(),
+            metrics.clone(),
+            leader.clone(),
+            published.clone(),
+        );
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let leading = leader.load(Ordering::Acquire);
+                metrics.leader.set(i64::from(leading));
+                let synced = published.borrow().version != 0;
+                let (status, body, content_type) = match req.uri().path() {
+                    "/metrics" => {
+                        let mut out = Vec::new();
+                        let _ = TextEncoder::new().encode(&registry.gather(), &mut out);
+                        (StatusCode::OK, out, "text/plain; version=0.0.4")
+                    }
+                    "/healthz" => (StatusCode::OK, b"ok\n".to_vec(), "text/plain"),
+                    // Only the leader serves proxies, so only the leader is ready (the Service
+                    // then routes proxies to it).
+                    "/readyz" if leading && synced => {
+                        (StatusCode::OK, b"ready\n".to_vec(), "text/plain")
+                    }
+                    "/readyz" => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        b"not the leader, or caches not synced\n".to_vec(),
+                        "text/plain",
+                    ),
+                    _ => (
+                        StatusCode::NOT_FOUND,
+                        b"try /metrics, /healthz or /readyz\n".to_vec(),
+                        "text/plain",
+                    ),
+                };
+                let mut resp = Response::new(Full::new(Bytes::from(body)));
+                *resp.status_mut() = status;
+                if let Ok(v) = content_type.parse() {
+                    resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
+                }
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}

@@ -1,0 +1,128 @@
+//! Prometheus metrics of the operator, registered into a registry passed down from `main`.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Every metric the operator exports.
+#[derive(Debug, Clone)]
+pub struct OperatorMetrics {
+    /// Objects compiled, by kind.
+    pub reconciles: IntCounterVec,
+    /// Objects left out of a compile, by kind and reason.
+    pub reconcile_errors: IntCounterVec,
+    /// Compile time.
+    pub compile_duration: Histogram,
+    /// Version of the latest snapshot.
+    pub snapshot_version: IntGauge,
+    /// Proxies subscribed to the stream.
+    pub connected_proxies: IntGauge,
+    /// Bytes pushed to proxies, by message type (full, delta, ping).
+    pub push_bytes: IntCounterVec,
+    /// Time from publishing a version to a proxy acknowledging it.
+    pub propagation: Histogram,
+    /// 1 when this replica is the leader.
+    pub leader: IntGauge,
+    /// Status writes, by kind.
+    pub status_writes: IntCounterVec,
+    /// Failed status writes.
+    pub status_write_errors: IntCounter,
+    /// Watch events, by kind.
+    pub watch_events: IntCounterVec,
+    /// Watch errors, by kind.
+    pub watch_errors: IntCounterVec,
+}
+
+impl OperatorMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let buckets = vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let m = Self {
+            reconciles: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_operator_reconciles_total",
+                    "Objects compiled into a configuration, by kind.",
+                ),
+                &["kind"],
+            )?,
+            reconcile_errors: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_operator_reconcile_errors_total",
+                    "Objects left out of a configuration, by kind and reason.",
+                ),
+                &["kind", "reason"],
+            )?,
+            compile_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tollgate_operator_compile_duration_seconds",
+                    "Time to compile all objects into a snapshot.",
+                )
+                .buckets(buckets.clone()),
+            )?,
+            snapshot_version: IntGauge::new(
+                "tollgate_operator_snapshot_version",
+                "Version of the latest configuration snapshot.",
+            )?,
+            connected_proxies: IntGauge::new(
+                "tollgate_operator_connected_proxies",
+                "Proxies subscribed to the configuration stream.",
+            )?,
+            push_bytes: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_operator_push_bytes_total",
+                    "Bytes pushed to proxies, by message type (full, delta, ping).",
+                ),
+                &["type"],
+            )?,
+            propagation: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tollgate_operator_config_propagation_seconds",
+                    "Time from publishing a configuration version to a proxy acknowledging it.",
+                )
+                .buckets(buckets),
+            )?,
+            leader: IntGauge::new(
+                "tollgate_operator_leader",
+                "1 when this replica holds the leader Lease.",
+            )?,
+            status_writes: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_operator_status_writes_total",
+                    "Status updates written (server-side apply), by kind.",
+                ),
+                &["kind"],
+            )?,
+            status_write_errors: IntCounter::new(
+                "tollgate_operator_status_write_errors_total",
+                "Failed status updates.",
+            )?,
+            watch_events: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_operator_watch_events_total",
+                    "Watch events received, by kind.",
+                ),
+                &["kind"],
+            )?,
+            watch_errors: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_operator_watch_errors_total",
+                    "Watch errors (retried with backoff), by kind.",
+                ),
+                &["kind"],
+            )?,
+        };
+        registry.register(Box::new(m.reconciles.clone()))?;
+        registry.register(Box::new(m.reconcile_errors.clone()))?;
+        registry.register(Box::new(m.compile_duration.clone()))?;
+        registry.register(Box::new(m.snapshot_version.clone()))?;
+        registry.register(Box::new(m.connected_proxies.clone()))?;
+        registry.register(Box::new(m.push_bytes.clone()))?;
+        registry.register(Box::new(m.propagation.clone()))?;
+        registry.register(Box::new(m.leader.clone()))?;
+        registry.register(Box::new(m.status_writes.clone()))?;
+        registry.register(Box::new(m.status_write_errors.clone()))?;
+        registry.register(Box::new(m.watch_events.clone()))?;
+        registry.register(Box::new(m.watch_errors.clone()))?;
+        Ok(m)
+    }
+}

@@ -1,0 +1,159 @@
+//! Compiles the cached objects into versioned snapshots, after a short quiet period so a burst of
+//! edits (a `kubectl apply -f dir/`) becomes one version.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use tokio::sync::{Notify, watch};
+use tollgate_crds::compile::{Diagnostic, Objects, compile};
+use tollgate_crds::resources::SubscriptionStatus;
+use tollgate_crds::snapshot::{ObjectKey, Snapshot};
+use tollgate_crds::stream::{Delta, diff};
+
+use crate::metrics::OperatorMetrics;
+use crate::watch::{Caches, all};
+
+/// One compiled configuration and what status writers need to know about it.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// Version (microseconds since the epoch at compile time, strictly increasing).
+    pub version: u64,
+    /// When it was published.
+    pub published_at: Option<Instant>,
+    /// The snapshot.
+    pub snapshot: Arc<Snapshot>,
+    /// The delta from the previous version, when the snapshot changed.
+    pub delta: Option<Arc<Delta>>,
+    /// Why objects were left out.
+    pub diagnostics: Vec<Diagnostic>,
+    /// Subscription states per compiled tenant.
+    pub subscriptions: BTreeMap<ObjectKey, Vec<SubscriptionStatus>>,
+    /// The version in which each route last changed (for Programmed).
+    pub route_versions: HashMap<ObjectKey, u64>,
+}
+
+/// Compiles on every change, forever.
+pub async fn run(
+    caches: Caches,
+    changed: Arc<Notify>,
+    debounce: Duration,
+    out: watch::Sender<Arc<Published>>,
+    metrics: OperatorMetrics,
+) {
+    caches.wait_until_ready().await;
+    tracing::info!("caches synced; compiling");
+    loop {
+        let previous = out.borrow().clone();
+        let next = compile_caches(&caches, &previous, &metrics);
+        if let Some(next) = next {
+            metrics
+                .snapshot_version
+                .set(i64::try_from(next.version).unwrap_or(i64::MAX));
+            let _ = out.send(Arc::new(next));
+        }
+        changed.notified().await;
+        tokio::time::sleep(debounce).await;
+    }
+}
+
+/// Compiles and returns the next publication, or `None` when nothing at all changed.
+fn compile_caches(
+    caches: &Caches,
+    previous: &Published,
+    metrics: &OperatorMetrics,
+) -> Option<Published> {
+    let started = Instant::now();
+    let (routes, tenants, plans, secrets) = (
+        all(&caches.routes),
+        all(&caches.tenants),
+        all(&caches.plans),
+        all(&caches.secrets),
+    );
+    let compiled = compile(&Objects {
+        routes: routes.iter().map(AsRef::as_ref).collect(),
+        tenants: tenants.iter().map(AsRef::as_ref).collect(),
+        plans: plans.iter().map(AsRef::as_ref).collect(),
+        secrets: secrets.iter().map(AsRef::as_ref).collect(),
+    });
+    metrics
+        .compile_duration
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .reconciles
+        .with_label_values(&["ApiRoute"])
+        .inc_by(routes.len() as u64);
+    metrics
+        .reconciles
+        .with_label_values(&["Tenant"])
+        .inc_by(tenants.len() as u64);
+    metrics
+        .reconciles
+        .with_label_values(&["QuotaPolicy"])
+        .inc_by(plans.len() as u64);
+    for d in &compiled.diagnostics {
+        metrics
+            .reconcile_errors
+            .with_label_values(&[&format!("{:?}", d.kind), d.reason.as_str()])
+            .inc();
+    }
+
+    let snapshot_changed = previous.version == 0 || *previous.snapshot != compiled.snapshot;
+    if !snapshot_changed
+        && previous.diagnostics == compiled.diagnostics
+        && previous.subscriptions == compiled.subscriptions
+    {
+        return None;
+    }
+    if !snapshot_changed {
+        return Some(Published {
+            version: previous.version,
+            published_at: previous.published_at,
+            snapshot: previous.snapshot.clone(),
+            delta: previous.delta.clone(),
+            diagnostics: compiled.diagnostics,
+            subscriptions: compiled.subscriptions,
+            route_versions: previous.route_versions.clone(),
+        });
+    }
+    let now = u64::try_from(Timestamp::now().as_microsecond()).unwrap_or(0);
+    let version = now.max(previous.version + 1);
+    let delta = (previous.version != 0).then(|| {
+        Arc::new(diff(
+            &previous.snapshot,
+            &compiled.snapshot,
+            previous.version,
+            version,
+        ))
+    });
+    let mut route_versions = previous.route_versions.clone();
+    route_versions.retain(|k, _| compiled.snapshot.route(k).is_some());
+    for route in &compiled.snapshot.routes {
+        let unchanged = previous
+            .snapshot
+            .route(&route.key)
+            .is_some_and(|old| old == route);
+        if !unchanged || !route_versions.contains_key(&route.key) {
+            route_versions.insert(route.key.clone(), version);
+        }
+    }
+    tracing::info!(
+        version,
+        routes = compiled.snapshot.routes.len(),
+        tenants = compiled.snapshot.tenants.len(),
+        plans = compiled.snapshot.plans.len(),
+        excluded = compiled.diagnostics.len(),
+        compile_ms = started.elapsed().as_millis() as u64,
+        "published a new configuration"
+    );
+    Some(Published {
+        version,
+        published_at: Some(Instant::now()),
+        snapshot: Arc::new(compiled.snapshot),
+        delta,
+        diagnostics: compiled.diagnostics,
+        subscriptions: compiled.subscriptions,
+        route_versions,
+    })
+}

@@ -1,0 +1,335 @@
+//! Status of every object, written by the leader only, with server-side apply under one field
+//! manager. Desired status is computed from the latest compile and the proxies' acknowledgements,
+//! and written only when it differs from what the object shows (no write storms on resync).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::watch;
+use tollgate_crds::compile::{Diagnostic, ObjectKind, object_key};
+use tollgate_crds::resources::{
+    ApiRoute, Condition, QuotaPolicy, SubscriptionState, SubscriptionStatus, Tenant, conditions,
+};
+use tollgate_crds::snapshot::ObjectKey;
+
+use crate::config_server::ProxyRegistry;
+use crate::metrics::OperatorMetrics;
+use crate::publisher::Published;
+use crate::watch::{Caches, all};
+
+/// The field manager of every status the operator writes.
+pub const FIELD_MANAGER: &str = "tollgate-operator";
+const RESYNC: Duration = Duration::from_secs(60);
+
+/// Inputs of the status writer.
+pub struct StatusWriter {
+    /// API client.
+    pub client: kube::Client,
+    /// Object caches (for current status and generation).
+    pub caches: Caches,
+    /// Latest publication.
+    pub published: watch::Receiver<Arc<Published>>,
+    /// Connected proxies.
+    pub registry: Arc<ProxyRegistry>,
+    /// Leadership.
+    pub leading: watch::Receiver<bool>,
+    /// Metrics.
+    pub metrics: OperatorMetrics,
+    /// Event recorder.
+    pub recorder: Recorder,
+}
+
+impl std::fmt::Debug for StatusWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusWriter").finish_non_exhaustive()
+    }
+}
+
+/// A condition as it should be (lastTransitionTime is filled in from the current one).
+#[derive(Debug, Clone, PartialEq)]
+struct Desired {
+    type_: &'static str,
+    status: bool,
+    reason: String,
+    message: String,
+}
+
+fn condition(
+    d: &Desired,
+    generation: Option<i64>,
+    current: &[Condition],
+    now: Timestamp,
+) -> Condition {
+    let status = if d.status { "True" } else { "False" }.to_owned();
+    let since = current
+        .iter()
+        .find(|c| c.type_ == d.type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: d.type_.to_owned(),
+        status,
+        reason: d.reason.clone(),
+        message: d.message.clone(),
+        last_transition_time: since,
+        observed_generation: generation,
+    }
+}
+
+fn same(current: &[Condition], wanted: &[Condition]) -> bool {
+    wanted.iter().all(|w| {
+        current.iter().any(|c| {
+            c.type_ == w.type_
+                && c.status == w.status
+                && c.reason == w.reason
+                && c.message == w.message
+                && c.observed_generation == w.observed_generation
+        })
+    })
+}
+
+fn from_diagnostics(
+    type_: &'static str,
+    ok_reason: &str,
+    ok_message: &str,
+    diags: &[&Diagnostic],
+) -> Desired {
+    match diags.first() {
+        None => Desired {
+            type_,
+            status: true,
+            reason: ok_reason.to_owned(),
+            message: ok_message.to_owned(),
+        },
+        Some(first) => Desired {
+            type_,
+            status: false,
+            reason: first.reason.as_str().to_owned(),
+            message: diags
+                .iter()
+                .map(|d| format!("{}: {}", d.field, d.message))
+                .collect::<Vec<_>>()
+                .join("; "),
+        },
+    }
+}
+
+impl StatusWriter {
+    /// Writes statuses while leading, forever.
+    pub async fn run(mut self) {
+        let mut emitted: HashSet<(ObjectKey, String)> = HashSet::new();
+        loop {
+            if !*self.leading.borrow() {
+                if self.leading.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            let published = self.published.borrow_and_update().clone();
+            if published.version != 0 {
+                self.write_all(&published, &mut emitted).await;
+            }
+            tokio::select! {
+                _ = self.published.changed() => {}
+                () = self.registry.changed.notified() => {}
+                _ = self.leading.changed() => {}
+                () = tokio::time::sleep(RESYNC) => {}
+            }
+            // Batch acknowledgements from many proxies into one round of writes.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn write_all(&self, p: &Published, emitted: &mut HashSet<(ObjectKey, String)>) {
+        let now = Timestamp::now();
+        let diags = |kind: ObjectKind, key: &ObjectKey| -> Vec<&Diagnostic> {
+            p.diagnostics
+                .iter()
+                .filter(|d| d.kind == kind && &d.object == key)
+                .collect()
+        };
+
+        for plan in all(&self.caches.plans) {
+            let key = object_key(plan.as_ref());
+            let desired = [from_diagnostics(
+                conditions::ACCEPTED,
+                "Accepted",
+                "The plan is valid and part of the configuration.",
+                &diags(ObjectKind::QuotaPolicy, &key),
+            )];
+            let current = plan
+                .status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default();
+            self.apply::<QuotaPolicy>(&plan, &key, &desired, &current, now, None)
+                .await;
+        }
+
+        let proxies = self.registry.list();
+        for route in all(&self.caches.routes) {
+            let key = object_key(route.as_ref());
+            let route_diags = diags(ObjectKind::ApiRoute, &key);
+            let accepted = from_diagnostics(
+                conditions::ACCEPTED,
+                "Accepted",
+                "The route is valid and part of the configuration.",
+                &route_diags,
+            );
+            let programmed = match p.route_versions.get(&key) {
+                Some(&since) if accepted.status => {
+                    let total = proxies.len();
+                    let at = proxies.iter().filter(|(_, acked)| *acked >= since).count();
+                    Desired {
+                        type_: conditions::PROGRAMMED,
+                        status: total > 0 && at == total,
+                        reason: if total == 0 {
+                            "NoProxies"
+                        } else if at == total {
+                            "Programmed"
+                        } else {
+                            "Pending"
+                        }
+                        .to_owned(),
+                        message: format!("{at}/{total} proxies at version {}", p.version),
+                    }
+                }
+                _ => Desired {
+                    type_: conditions::PROGRAMMED,
+                    status: false,
+                    reason: "NotAccepted".to_owned(),
+                    message: "The route is not part of the configuration.".to_owned(),
+                },
+            };
+            let current = route
+                .status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default();
+            self.apply::<ApiRoute>(&route, &key, &[accepted, programmed], &current, now, None)
+                .await;
+        }
+
+        for tenant in all(&self.caches.tenants) {
+            let key = object_key(tenant.as_ref());
+            let ready = from_diagnostics(
+                conditions::READY,
+                "Ready",
+                "Keys, plan and subscriptions resolved; the tenant can call its APIs.",
+                &diags(ObjectKind::Tenant, &key),
+            );
+            let subscriptions = p.subscriptions.get(&key).cloned().unwrap_or_default();
+            let current = tenant
+                .status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default();
+            let current_subs = tenant
+                .status
+                .as_ref()
+                .map(|s| s.subscriptions.clone())
+                .unwrap_or_default();
+            self.apply::<Tenant>(
+                &tenant,
+                &key,
+                &[ready],
+                &current,
+                now,
+                Some((&subscriptions, &current_subs)),
+            )
+            .await;
+            self.announce_pending(&tenant, &key, &subscriptions, emitted)
+                .await;
+        }
+    }
+
+    async fn apply<K>(
+        &self,
+        obj: &K,
+        key: &ObjectKey,
+        desired: &[Desired],
+        current: &[Condition],
+        now: Timestamp,
+        subscriptions: Option<(&Vec<SubscriptionStatus>, &Vec<SubscriptionStatus>)>,
+    ) where
+        K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        K: Resource<Scope = kube::core::NamespaceResourceScope>,
+    {
+        let generation = obj.meta().generation;
+        let wanted: Vec<Condition> = desired
+            .iter()
+            .map(|d| condition(d, generation, current, now))
+            .collect();
+        let subs_same = subscriptions.is_none_or(|(want, have)| want == have);
+        if same(current, &wanted) && subs_same {
+            return;
+        }
+        let kind = K::kind(&()).to_string();
+        let mut status = json!({"observedGeneration": generation, "conditions": wanted});
+        if let Some((subs, _)) = subscriptions {
+            status["subscriptions"] = json!(subs);
+        }
+        let patch = json!({"apiVersion": K::api_version(&()), "kind": kind, "status": status});
+        let api: Api<K> = Api::namespaced(self.client.clone(), &key.namespace);
+        match api
+            .patch_status(
+                &key.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
+            Ok(_) => self.metrics.status_writes.with_label_values(&[&kind]).inc(),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => {
+                self.metrics.status_write_errors.inc();
+                tracing::warn!(%kind, object = %key, error = %e, "cannot write status");
+            }
+        }
+    }
+
+    /// An Event on the ApiRoute for each tenant waiting for approval: the route owner must act.
+    async fn announce_pending(
+        &self,
+        tenant: &Tenant,
+        key: &ObjectKey,
+        subscriptions: &[SubscriptionStatus],
+        emitted: &mut HashSet<(ObjectKey, String)>,
+    ) {
+        for sub in subscriptions
+            .iter()
+            .filter(|s| s.state == SubscriptionState::PendingApproval)
+        {
+            let route_key = key.sibling(&sub.api_route);
+            if !emitted.insert((route_key.clone(), tenant.name_any())) {
+                continue;
+            }
+            let Some(route) = all(&self.caches.routes)
+                .into_iter()
+                .find(|r| object_key(r.as_ref()) == route_key)
+            else {
+                continue;
+            };
+            let event = Event {
+                type_: EventType::Normal,
+                reason: "SubscriptionPendingApproval".into(),
+                note: Some(format!(
+                    "Tenant {} subscribed and waits for approval: add it to spec.approvedTenants (or spec.rejectedTenants)",
+                    tenant.name_any()
+                )),
+                action: "Subscribe".into(),
+                secondary: Some(tenant.object_ref(&())),
+            };
+            if let Err(e) = self.recorder.publish(&event, &route.object_ref(&())).await {
+                tracing::debug!(error = %e, "cannot publish event");
+            }
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Fleet mode: configuration streamed from the operator.
+//!
+//! The proxy subscribes over HTTPS (trusting only the operator's CA, authenticated by its
+//! ServiceAccount token), applies the full snapshot and then each delta atomically, acknowledges
+//! every version it applied, and persists the last applied snapshot in the state dir so that a
+//! restart while the operator is away serves the last known configuration. Lost connections are
+//! retried with capped exponential backoff across the configured operator URLs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use tollgate_crds::snapshot::Snapshot;
+use tollgate_crds::stream::ConfigMessage;
+
+use crate::config::ProxyConfig;
+use crate::metrics::ProxyMetrics;
+use crate::proxy::Proxy;
+use crate::quota::CounterStore;
+
+/// No message (not even a ping) for this long means the connection is dead.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+const SNAPSHOT_FILE: &str = "snapshot.json";
+
+/// Where and how to subscribe.
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    /// Operator base URLs (`https://tollgate-operator.tollgate-system.svc:8443`), tried in turn.
+    pub urls: Vec<String>,
+    /// PEM file with the operator's CA.
+    pub ca_file: PathBuf,
+    /// File with the bearer token (re-read on every connect: projected tokens rotate).
+    pub token_file: PathBuf,
+    /// This proxy's name in acknowledgements and operator status (the pod name).
+    pub name: String,
+    /// Where the last applied snapshot is persisted.
+    pub state_dir: PathBuf,
+}
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PersistedSnapshot {
+    version: u64,
+    snapshot: Snapshot,
+}
+
+/// Loads the persisted snapshot, if any.
+pub fn load_persisted(state_dir: &Path) -> Result<Option<(u64, Snapshot)>> {
+    let file = state_dir.join(SNAPSHOT_FILE);
+    match std::fs::read(&file) {
+        Ok(bytes) => {
+            let p: PersistedSnapshot = serde_json::from_slice(&bytes)
+                .with_context(|| format!("parsing {}", file.display()))?;
+            Ok(Some((p.version, p.snapshot)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
+    }
+}
+
+fn persist(state_dir: &Path, version: u64, snapshot: &Snapshot) -> Result<()> {
+    std::fs::create_dir_all(state_dir)?;
+    let tmp = state_dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    let body = serde_json::to_vec(&PersistedSnapshot {
+        version,
+        snapshot: snapshot.clone(),
+    })?;
+    std::fs::write(&tmp, body)?;
+    std::fs::rename(&tmp, state_dir.join(SNAPSHOT_FILE))?;
+    Ok(())
+}
+
+fn client(ca_file: &Path) -> Result<HttpsClient> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_file)
+        .with_context(|| format!("reading {}", ca_file.display()))?
+    {
+        roots.add(cert.with_context(|| format!("parsing {}", ca_file.display()))?)?;
+    }
+    if roots.is_empty() {
+        bail!("{} holds no PEM certificate", ca_file.display());
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(https))
+}
+
+impl ControlPlane {
+    /// Subscribes forever.
+    pub async fn run<S: CounterStore>(
+        self,
+        proxy: Arc<Proxy<S>>,
+        metrics: ProxyMetrics,
+        ready: Arc<AtomicBool>,
+    ) {
+        let mut backoff = Duration::from_millis(250);
+        let mut attempt = 0usize;
+        loop {
+            let url = &self.urls[attempt % self.urls.len()];
+            attempt += 1;
+            let result = match client(&self.ca_file) {
+                Ok(http) => {
+                    self.subscribe(&http, url, &proxy, &metrics, &ready, &mut backoff)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            metrics.control_plane_connected.set(0);
+            if let Err(e) = result {
+                tracing::warn!(operator = %url, error = %format!("{e:#}"), retry_in = ?backoff, "configuration stream lost; serving the last configuration");
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    async fn subscribe<S: CounterStore>(
+        &self,
+        http: &HttpsClient,
+        url: &str,
+        proxy: &Arc<Proxy<S>>,
+        metrics: &ProxyMetrics,
+        ready: &AtomicBool,
+        backoff: &mut Duration,
+    ) -> Result<()> {
+        let token = std::fs::read_to_string(&self.token_file)
+            .with_context(|| format!("reading the token file {}", self.token_file.display()))?;
+        let req = Request::get(format!("{url}/v1/config/stream?proxy={}", self.name))
+            .header(header::AUTHORIZATION, format!("Bearer {}", token.trim()))
+            .body(Full::new(Bytes::new()))?;
+        let resp = tokio::time::timeout(Duration::from_secs(10), http.request(req))
+            .await
+            .context("connect timed out")??;
+        if resp.status() != StatusCode::OK {
+            let status = resp.status();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            bail!(
+                "operator answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        tracing::info!(operator = %url, "subscribed to the configuration stream");
+        metrics.control_plane_connected.set(1);
+        let mut body = resp.into_body();
+        let mut buf = BytesMut::new();
+        let mut current: Option<(u64, Arc<Snapshot>)> = None;
+        loop {
+            let frame = match tokio::time::timeout(IDLE_TIMEOUT, body.frame()).await {
+                Err(_) => bail!("no message for {IDLE_TIMEOUT:?}"),
+                Ok(None) => bail!("the operator closed the stream"),
+                Ok(Some(frame)) => frame?,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buf.extend_from_slice(&data);
+            while let Some(newline) = buf.iter().position(|b| *b == b'\n') {
+                let line = buf.split_to(newline + 1);
+                let message: ConfigMessage = serde_json::from_slice(&line[..line.len() - 1])
+                    .context("malformed configuration message")?;
+                let next = match message {
+                    ConfigMessage::Ping => continue,
+                    ConfigMessage::Full { version, snapshot } => (version, Arc::new(snapshot)),
+                    ConfigMessage::Delta(delta) => {
+                        let Some((version, snapshot)) = &current else {
+                            bail!("delta before the full snapshot")
+                        };
+                        if delta.base != *version {
+                            bail!(
+                                "delta for version {} but at {version}; resubscribing",
+                                delta.base
+                            );
+                        }
+                        let mut next = Snapshot::clone(snapshot);
+                        next.apply(&delta);
+                        (delta.version, Arc::new(next))
+                    }
+                };
+                let (version, snapshot) = next.clone();
+                proxy.apply(ProxyConfig::build(version, snapshot.clone()));
+                metrics.config_reloads.with_label_values(&["success"]).inc();
+                ready.store(true, Ordering::Release);
+                *backoff = Duration::from_millis(250);
+                current = Some(next);
+                tracing::info!(
+                    version,
+                    routes = snapshot.routes.len(),
+                    tenants = snapshot.tenants.len(),
+                    "configuration applied"
+                );
+                let state_dir = self.state_dir.clone();
+                let persisted =
+                    tokio::task::spawn_blocking(move || persist(&state_dir, version, &snapshot))
+                        .await;
+                if !matches!(persisted, Ok(Ok(()))) {
+                    metrics.state_flush_errors.inc();
+                    tracing::warn!("cannot persist the configuration snapshot");
+                }
+                self.ack(http, url, token.trim(), version).await;
+            }
+        }
+    }
+
+    async fn ack(&self, http: &HttpsClient, url: &str, token: &str, version: u64) {
+        let body = serde_json::json!({"proxy": self.name, "version": version}).to_string();
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{url}/v1/config/ack"))
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)));
+        let Ok(req) = req else { return };
+        match tokio::time::timeout(Duration::from_secs(5), http.request(req)).await {
+            Ok(Ok(resp)) if resp.status().is_success() => {}
+            Ok(Ok(resp)) => {
+                tracing::warn!(status = %resp.status(), version, "operator refused the acknowledgement")
+            }
+            _ => tracing::warn!(version, "cannot acknowledge the configuration version"),
+        }
+    }
+}
