@@ -7,6 +7,7 @@
 //! binary, whatever way it ends.
 
 pub mod control_plane;
+pub mod fleet;
 pub mod pki;
 pub mod process;
 
@@ -220,6 +221,18 @@ impl TestNamespace {
         self.kubectl(&["apply", "-f", "-"], Some(yaml))
     }
 
+    /// `kubectl patch TARGET --type merge -p PATCH`, failing with kubectl's message.
+    pub fn kubectl_ok_patch(&self, target: &str, patch: &str) -> Result<String> {
+        let out = self.kubectl(&["patch", target, "--type", "merge", "-p", patch], None)?;
+        if !out.status.success() {
+            bail!(
+                "kubectl patch {target} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Applies `yaml` and fails with kubectl's message unless it was accepted.
     pub fn apply_ok(&self, yaml: &str) -> Result<String> {
         let out = self.apply(yaml)?;
@@ -230,5 +243,45 @@ impl TestNamespace {
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// The directory with this workspace's binaries (`target/debug`), building `tollgate-operator` and
+/// `tollgate-proxy` first if a test needs them and they are not there.
+pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        // target/debug/deps/<test binary>
+        let debug = exe
+            .parent()
+            .and_then(Path::parent)
+            .ok_or("unexpected test binary location")?
+            .to_path_buf();
+        let target = debug.parent().ok_or("unexpected target dir")?.to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "--bins",
+                "-p",
+                "tollgate-operator",
+                "-p",
+                "tollgate-proxy",
+                "--target-dir",
+            ])
+            .arg(&target)
+            .current_dir(repo_root())
+            .status()
+            .map_err(|e| format!("running cargo build: {e}"))?;
+        if !status.success() {
+            return Err(format!("cargo build of the binaries failed: {status}"));
+        }
+        Ok(debug)
+    });
+    match dir {
+        Ok(dir) => Ok(dir.join(name)),
+        Err(e) => bail!("{e}"),
     }
 }

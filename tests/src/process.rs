@@ -44,7 +44,22 @@ impl Supervised {
         log: &Path,
         scratch: Option<&Path>,
     ) -> Result<Self> {
+        Self::spawn_with_env(name, program, args, log, scratch, &[])
+    }
+
+    /// Like [`Supervised::spawn`], with extra environment variables.
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        scratch: Option<&Path>,
+        env: &[(&str, String)],
+    ) -> Result<Self> {
         let mut cmd = Command::new("sh");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         cmd.arg("-c")
             .arg(WATCHDOG)
             .arg("watchdog")
@@ -84,6 +99,25 @@ impl Supervised {
     /// Name given at spawn.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Stops the server and waits until it has exited (up to 10 s).
+    pub fn stop_and_wait(&mut self) {
+        self.stop();
+        for _ in 0..200 {
+            if std::fs::read_to_string(&self.log)
+                .unwrap_or_default()
+                .ends_with(EXIT_MARKER)
+            {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Path of the log file.
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     /// Stops the server (its scratch directory goes when the test binary exits).

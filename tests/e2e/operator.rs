@@ -1,0 +1,359 @@
+//! The operator end to end on the real kube-apiserver: objects applied with kubectl, the operator
+//! (bound only to deploy/operator-rbac.yaml) and proxies as local processes.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use kube::api::Api;
+use tollgate_crds::resources::{ApiRoute, QuotaPolicy, SubscriptionState, Tenant};
+use tollgate_tests::fleet::{Fleet, eventually};
+
+const WORLD: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {name: quota3}
+spec:
+  quotas: [{name: monthly-requests, limit: "3", period: Month}]
+  paymentUrl: https://billing.example.com/pay
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {name: rate2}
+spec:
+  rateLimits: [{name: per-hour, requests: 2, window: 1h}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {name: hello}
+spec:
+  match: {pathPrefix: /hello}
+  backend: {directResponse: {status: 200, body: hello}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {name: manual}
+spec:
+  match: {path: /manual}
+  backend: {directResponse: {status: 200, body: approved}}
+  approval: Manual
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: keys}
+stringData: {probe: key-probe, alice: key-alice, bob: key-bob, carol: key-carol}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Tenant
+metadata: {name: probe}
+spec:
+  apiKeys: [{secretRef: {name: keys, key: probe}}]
+  subscriptions: [{apiRouteRef: {name: hello}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Tenant
+metadata: {name: alice}
+spec:
+  quotaPolicyRef: {name: quota3}
+  apiKeys: [{secretRef: {name: keys, key: alice}}]
+  subscriptions: [{apiRouteRef: {name: hello}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Tenant
+metadata: {name: bob}
+spec:
+  quotaPolicyRef: {name: rate2}
+  apiKeys: [{secretRef: {name: keys, key: bob}}]
+  subscriptions: [{apiRouteRef: {name: hello}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Tenant
+metadata: {name: carol}
+spec:
+  quotaPolicyRef: {name: quota3}
+  apiKeys: [{secretRef: {name: keys, key: carol}}]
+  subscriptions: [{apiRouteRef: {name: manual}}]
+"#;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn condition<'a>(
+    conditions: &'a [tollgate_crds::resources::Condition],
+    type_: &str,
+) -> Option<&'a tollgate_crds::resources::Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Operator (leader) + world + two proxies serving it.
+async fn fleet_with_world(prefix: &str) -> Result<Fleet> {
+    let mut fleet = Fleet::new(prefix).await?;
+    fleet.start_operator().await?;
+    fleet.wait_leader(0).await?;
+    fleet.ns.apply_ok(WORLD)?;
+    fleet.start_proxy("proxy-a")?;
+    fleet.start_proxy("proxy-b")?;
+    for i in 0..2 {
+        fleet.wait_status(i, "/hello", "key-probe", 200).await?;
+    }
+    Ok(fleet)
+}
+
+#[tokio::test]
+async fn the_fleet_enforces_plans_and_follows_every_edit() -> Result<()> {
+    let fleet = fleet_with_world("op-edits").await?;
+    let ns = &fleet.ns;
+
+    // 402 after the quota, 429 over the rate (counters are per proxy without Redis).
+    for _ in 0..3 {
+        assert_eq!(fleet.call(0, "/hello", "key-alice").await?.status, 200);
+    }
+    let r = fleet.call(0, "/hello", "key-alice").await?;
+    assert_eq!(
+        (r.status, r.json()["type"].as_str()),
+        (402, Some("https://tollgate.dev/problems/quota-exhausted"))
+    );
+    assert_eq!(r.json()["paymentUrl"], "https://billing.example.com/pay");
+    for _ in 0..2 {
+        assert_eq!(fleet.call(0, "/hello", "key-bob").await?.status, 200);
+    }
+    assert_eq!(fleet.call(0, "/hello", "key-bob").await?.status, 429);
+
+    // Status: routes accepted and programmed on both proxies, tenants ready with subscriptions.
+    let routes: Api<ApiRoute> = Api::namespaced(ns.client.clone(), &ns.name);
+    let tenants: Api<Tenant> = Api::namespaced(ns.client.clone(), &ns.name);
+    let plans: Api<QuotaPolicy> = Api::namespaced(ns.client.clone(), &ns.name);
+    let programmed = eventually(WAIT, "hello Programmed on 2/2 proxies", || async {
+        let r = routes.get("hello").await.ok()?;
+        let status = r.status?;
+        let p = condition(&status.conditions, "Programmed")?;
+        (p.status == "True" && p.message.starts_with("2/2 proxies at version"))
+            .then(|| (status.clone(), r.metadata.generation))
+    })
+    .await?;
+    assert_eq!(
+        condition(&programmed.0.conditions, "Accepted").map(|c| c.status.as_str()),
+        Some("True")
+    );
+    assert_eq!(programmed.0.observed_generation, programmed.1);
+    let alice = eventually(WAIT, "alice Ready", || async {
+        let t = tenants.get("alice").await.ok()?;
+        let s = t.status?;
+        (condition(&s.conditions, "Ready")?.status == "True").then_some(s)
+    })
+    .await?;
+    assert_eq!(
+        alice
+            .subscriptions
+            .first()
+            .map(|s| (s.api_route.as_str(), s.state)),
+        Some(("hello", SubscriptionState::Active))
+    );
+    let carol = eventually(WAIT, "carol's subscription pending", || async {
+        let s = tenants.get("carol").await.ok()?.status?;
+        s.subscriptions
+            .first()
+            .filter(|s| s.state == SubscriptionState::PendingApproval)
+            .cloned()
+    })
+    .await?;
+    assert_eq!(carol.api_route, "manual");
+    let events = ns.kubectl(
+        &[
+            "get",
+            "events.events.k8s.io",
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ],
+        None,
+    )?;
+    assert!(
+        String::from_utf8_lossy(&events.stdout).contains("SubscriptionPendingApproval"),
+        "an admin is told to act"
+    );
+
+    // Manual approval: 403 until the route owner approves, then served without a restart.
+    let r = fleet.call(0, "/manual", "key-carol").await?;
+    assert_eq!(
+        (r.status, r.json()["type"].as_str()),
+        (403, Some("https://tollgate.dev/problems/approval-pending"))
+    );
+    ns.kubectl_ok_patch(
+        "apiroute/manual",
+        r#"{"spec":{"approvedTenants":["carol"]}}"#,
+    )?;
+    fleet.wait_status(0, "/manual", "key-carol", 200).await?;
+    fleet.wait_status(1, "/manual", "key-carol", 200).await?;
+
+    // Edit the plan: the new limit is enforced, the counts so far still count.
+    ns.apply_ok(&WORLD.replace(r#"limit: "3""#, r#"limit: "5""#))?;
+    fleet.wait_status(0, "/hello", "key-alice", 200).await?;
+    assert_eq!(fleet.call(0, "/hello", "key-alice").await?.status, 200);
+    let r = fleet.call(0, "/hello", "key-alice").await?;
+    assert_eq!((r.status, r.json()["limit"].as_u64()), (402, Some(5)));
+
+    // An invalid object gets its condition; everything else keeps working.
+    ns.apply_ok(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: QuotaPolicy\nmetadata: {name: broken}\nspec: {timezone: Mars/Olympus}\n---\n\
+         apiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {name: dave}\nspec: {quotaPolicyRef: {name: broken}}\n",
+    )?;
+    let broken = eventually(WAIT, "broken Accepted=False", || async {
+        let s = plans.get("broken").await.ok()?.status?;
+        condition(&s.conditions, "Accepted")
+            .filter(|c| c.status == "False")
+            .cloned()
+    })
+    .await?;
+    assert_eq!(broken.reason, "UnknownTimeZone");
+    assert!(
+        broken.message.contains("spec.timezone") && broken.message.contains("Mars/Olympus"),
+        "{}",
+        broken.message
+    );
+    let dave = eventually(WAIT, "dave Ready=False", || async {
+        let s = tenants.get("dave").await.ok()?.status?;
+        condition(&s.conditions, "Ready")
+            .filter(|c| c.status == "False")
+            .cloned()
+    })
+    .await?;
+    assert_eq!(dave.reason, "PlanNotAccepted");
+    assert_eq!(fleet.call(1, "/hello", "key-probe").await?.status, 200);
+
+    // A conflicting route: the newer one is refused with reason Conflict.
+    ns.apply_ok("apiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {name: hello-copy}\nspec: {match: {pathPrefix: /hello}, backend: {directResponse: {status: 200}}}\n")?;
+    let conflict = eventually(WAIT, "hello-copy Accepted=False", || async {
+        let s = routes.get("hello-copy").await.ok()?.status?;
+        condition(&s.conditions, "Accepted")
+            .filter(|c| c.status == "False")
+            .cloned()
+    })
+    .await?;
+    assert_eq!(conflict.reason, "Conflict");
+
+    // Delete a route: both proxies answer 404.
+    ns.kubectl(&["delete", "apiroute", "hello", "hello-copy"], None)?;
+    fleet.wait_status(0, "/hello", "key-probe", 404).await?;
+    fleet.wait_status(1, "/hello", "key-probe", 404).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn proxies_keep_serving_without_the_operator_and_restart_from_their_snapshot() -> Result<()> {
+    let mut fleet = fleet_with_world("op-down").await?;
+    fleet.stop_operator(0);
+    for i in 0..2 {
+        assert_eq!(
+            fleet.call(i, "/hello", "key-probe").await?.status,
+            200,
+            "proxy {i} serves with the operator gone"
+        );
+    }
+    fleet.restart_proxy(0)?;
+    fleet
+        .wait_status(0, "/hello", "key-probe", 200)
+        .await
+        .context("the restarted proxy serves its persisted snapshot")?;
+    assert!(
+        fleet
+            .proxy_log(0)
+            .contains("serving the persisted configuration"),
+        "{}",
+        fleet.proxy_log(0)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn only_the_leader_writes_status_and_a_follower_takes_over() -> Result<()> {
+    let mut fleet = Fleet::new("op-leader").await?;
+    fleet.start_operator().await?;
+    fleet.wait_leader(0).await?;
+    fleet.start_operator().await?;
+    fleet.ns.apply_ok(WORLD)?;
+    fleet.start_proxy("proxy-a")?;
+    fleet.wait_status(0, "/hello", "key-probe", 200).await?;
+    let routes: Api<ApiRoute> = Api::namespaced(fleet.ns.client.clone(), &fleet.ns.name);
+    eventually(WAIT, "hello Programmed", || async {
+        let s = routes.get("hello").await.ok()?.status?;
+        condition(&s.conditions, "Programmed")
+            .filter(|c| c.status == "True")
+            .cloned()
+    })
+    .await?;
+    let (leader, follower) = (fleet.operators[0].admin, fleet.operators[1].admin);
+    assert_eq!(
+        Fleet::metric(leader, "tollgate_operator_leader").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        Fleet::metric(follower, "tollgate_operator_leader").await,
+        Some(0.0)
+    );
+    let leader_writes = Fleet::metric(leader, "tollgate_operator_status_writes_total")
+        .await
+        .unwrap_or(0.0);
+    assert!(leader_writes > 0.0, "the leader wrote status");
+    assert_eq!(
+        Fleet::metric(follower, "tollgate_operator_status_writes_total")
+            .await
+            .unwrap_or(0.0),
+        0.0,
+        "the follower wrote none"
+    );
+    assert_eq!(
+        tollgate_tests::fleet::get(follower, "/readyz", &[])
+            .await?
+            .status,
+        503,
+        "a follower is not ready"
+    );
+
+    // The leader goes away: the follower takes over and the proxy follows it.
+    fleet.stop_operator(0);
+    fleet.wait_leader(1).await?;
+    fleet.ns.apply_ok("apiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {name: late}\nspec: {match: {path: /late}, backend: {directResponse: {status: 200}}}\n---\napiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {name: probe}\nspec:\n  apiKeys: [{secretRef: {name: keys, key: probe}}]\n  subscriptions: [{apiRouteRef: {name: hello}}, {apiRouteRef: {name: late}}]\n")?;
+    fleet.wait_status(0, "/late", "key-probe", 200).await?;
+    assert!(
+        Fleet::metric(follower, "tollgate_operator_status_writes_total")
+            .await
+            .unwrap_or(0.0)
+            > 0.0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn operator_metrics_pass_promtool() -> Result<()> {
+    let fleet = fleet_with_world("op-metrics").await?;
+    let body = tollgate_tests::fleet::get(fleet.operators[0].admin, "/metrics", &[])
+        .await?
+        .body;
+    let text = String::from_utf8_lossy(&body);
+    for name in [
+        "tollgate_operator_reconciles_total",
+        "tollgate_operator_compile_duration_seconds_bucket",
+        "tollgate_operator_snapshot_version",
+        "tollgate_operator_connected_proxies 2",
+        "tollgate_operator_push_bytes_total",
+        "tollgate_operator_leader 1",
+    ] {
+        assert!(text.contains(name), "missing {name}:\n{text}");
+    }
+    if let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        child.stdin.take().context("stdin")?.write_all(&body)?;
+        let out = child.wait_with_output()?;
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
