@@ -34,3 +34,4 @@ pub mod duration;
 
 pub use compile::{Compiled, Diagnostic, ObjectKind, Objects, Reason, compile};
 pub mod stream;
+pub mod synthetic;

@@ -76,14 +76,15 @@ pub async fn run(cli: Cli) -> Result<()> {
 
     let (leading_tx, leading_rx) = channel::channel(false);
     let leader_flag = Arc::new(AtomicBool::new(false));
-    tokio::spawn(leader::run(
+    let election = leader::Election {
+        namespace: cli.operator_namespace.clone(),
+        name: cli.lease_name.clone(),
+        identity: identity.clone(),
+        duration: cli.lease_duration,
+    };
+    let election_task = tokio::spawn(leader::run(
         client.clone(),
-        leader::Election {
-            namespace: cli.operator_namespace.clone(),
-            name: cli.lease_name.clone(),
-            identity: identity.clone(),
-            duration: cli.lease_duration,
-        },
+        election.clone(),
         leading_tx,
         leader_flag.clone(),
     ));
@@ -146,12 +147,16 @@ pub async fn run(cli: Cli) -> Result<()> {
         admin,
         registry,
         metrics,
-        leader_flag,
+        leader_flag.clone(),
         published_rx,
     ));
 
     shutdown_signal().await;
     tracing::info!("shutting down");
+    election_task.abort();
+    if leader_flag.load(Ordering::Acquire) {
+        leader::release(client, &election).await;
+    }
     Ok(())
 }
 

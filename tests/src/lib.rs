@@ -260,6 +260,11 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
             .to_path_buf();
         let target = debug.parent().ok_or("unexpected target dir")?.to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        // Build with the profile of the running tests (target/debug or target/release).
+        let profile = match debug.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev",
+            Some(other) => other,
+        };
         let status = Command::new(cargo)
             .args([
                 "build",
@@ -269,8 +274,10 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
                 "tollgate-operator",
                 "-p",
                 "tollgate-proxy",
-                "--target-dir",
+                "--profile",
+                profile,
             ])
+            .arg("--target-dir")
             .arg(&target)
             .current_dir(repo_root())
             .status()

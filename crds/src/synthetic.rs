@@ -1,0 +1,170 @@
+//! Synthetic configurations of a given size, for benchmarks and memory checks (10,000 tenants and
+//! 1,000 routes is the reference size).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::resources::{
+    ApiKeyRef, ApiRoute, ApiRouteSpec, Backend, LocalObjectReference, Period, Quota, QuotaPolicy,
+    QuotaPolicySpec, RateLimit, RouteMatch, SecretKeyRef, Subscription, Tenant, TenantSpec,
+};
+
+/// Objects of a synthetic configuration.
+#[derive(Debug, Default)]
+pub struct Synthetic {
+    /// Routes `route-00000`.. on `/api/NNNNN`.
+    pub routes: Vec<ApiRoute>,
+    /// Tenants `tenant-00000`.., each subscribed to 3 routes, keys `key-tenant-NNNNN`.
+    pub tenants: Vec<Tenant>,
+    /// Plans `plan-0`..`plan-9`.
+    pub plans: Vec<QuotaPolicy>,
+    /// One key Secret per tenant.
+    pub secrets: Vec<Secret>,
+}
+
+fn meta(namespace: &str, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(namespace.to_owned()),
+        ..Default::default()
+    }
+}
+
+/// `tenants` tenants and `routes` routes in `namespace`, with 10 plans.
+pub fn synthetic(namespace: &str, tenants: usize, routes: usize) -> Synthetic {
+    let mut s = Synthetic::default();
+    for i in 0..10 {
+        s.plans.push(QuotaPolicy {
+            metadata: meta(namespace, format!("plan-{i}")),
+            spec: QuotaPolicySpec {
+                rate_limits: vec![RateLimit {
+                    name: "per-second".into(),
+                    requests: 10 + i,
+                    window: "1s".into(),
+                }],
+                quotas: vec![Quota {
+                    name: "monthly-requests".into(),
+                    metric: Default::default(),
+                    limit: format!("{}", 1000 * (i + 1)),
+                    period: Period::Month,
+                }],
+                timezone: "UTC".into(),
+                ..Default::default()
+            },
+            status: None,
+        });
+    }
+    for i in 0..routes {
+        s.routes.push(ApiRoute {
+            metadata: meta(namespace, format!("route-{i:05}")),
+            spec: ApiRouteSpec {
+                route_match: RouteMatch {
+                    path_prefix: Some(format!("/api/{i:05}")),
+                    ..Default::default()
+                },
+                backend: Backend {
+                    url: Some("http://127.0.0.1:9000".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            status: None,
+        });
+    }
+    for i in 0..tenants {
+        let name = format!("tenant-{i:05}");
+        s.secrets.push(Secret {
+            metadata: meta(namespace, format!("{name}-key")),
+            string_data: Some(BTreeMap::from([(
+                "apiKey".to_owned(),
+                format!("key-{name}"),
+            )])),
+            ..Default::default()
+        });
+        let subscriptions = (0..3.min(routes))
+            .map(|k| Subscription {
+                api_route_ref: LocalObjectReference::new(format!(
+                    "route-{:05}",
+                    (i * 3 + k) % routes.max(1)
+                )),
+                quota_policy_ref: None,
+            })
+            .collect();
+        s.tenants.push(Tenant {
+            metadata: meta(namespace, name.clone()),
+            spec: TenantSpec {
+                quota_policy_ref: Some(LocalObjectReference::new(format!("plan-{}", i % 10))),
+                api_keys: vec![ApiKeyRef {
+                    secret_ref: SecretKeyRef {
+                        name: format!("{name}-key"),
+                        key: "apiKey".into(),
+                    },
+                }],
+                subscriptions,
+                ..Default::default()
+            },
+            status: None,
+        });
+    }
+    s
+}
+
+impl Synthetic {
+    /// The objects as `compile` input.
+    pub fn objects(&self) -> crate::compile::Objects<'_> {
+        crate::compile::Objects {
+            routes: self.routes.iter().collect(),
+            tenants: self.tenants.iter().collect(),
+            plans: self.plans.iter().collect(),
+            secrets: self.secrets.iter().collect(),
+        }
+    }
+
+    /// All objects as one multi-document YAML stream (for standalone mode).
+    pub fn to_yaml(&self) -> Result<String, serde_yaml::Error> {
+        let mut out = String::new();
+        let mut push = |value: serde_yaml::Value| -> Result<(), serde_yaml::Error> {
+            out.push_str("---\n");
+            out.push_str(&serde_yaml::to_string(&value)?);
+            Ok(())
+        };
+        for p in &self.plans {
+            push(serde_yaml::to_value(p)?)?;
+        }
+        for r in &self.routes {
+            push(serde_yaml::to_value(r)?)?;
+        }
+        for t in &self.tenants {
+            push(serde_yaml::to_value(t)?)?;
+        }
+        for sec in &self.secrets {
+            let mut v = serde_yaml::to_value(sec)?;
+            if let Some(m) = v.as_mapping_mut() {
+                m.insert("apiVersion".into(), "v1".into());
+                m.insert("kind".into(), "Secret".into());
+            }
+            push(v)?;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_synthetic_world_compiles_without_diagnostics() {
+        let s = super::synthetic("bench", 100, 20);
+        let c = crate::compile(&s.objects());
+        assert!(c.diagnostics.is_empty(), "{:#?}", c.diagnostics);
+        assert_eq!(
+            (
+                c.snapshot.tenants.len(),
+                c.snapshot.routes.len(),
+                c.snapshot.plans.len()
+            ),
+            (100, 20, 10)
+        );
+    }
+}

@@ -1,0 +1,110 @@
+//! Operator benchmark (ignored by default; bench/operator.sh runs it):
+//! - compile time and full-snapshot bytes with 10,000 tenants and 1,000 routes, and the bytes
+//!   pushed for one tenant's change;
+//! - time from `kubectl apply` to enforcement at every proxy, p50/p99 over 20 changes.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use tollgate_crds::resources::BillingState;
+use tollgate_crds::stream::{ConfigMessage, diff};
+use tollgate_crds::synthetic::synthetic;
+use tollgate_tests::fleet::{Fleet, get};
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+#[tokio::test]
+#[ignore = "benchmark: bench/operator.sh"]
+async fn compile_size_and_propagation() -> Result<()> {
+    // Compile and wire sizes, in process.
+    let mut world = synthetic("bench", 10_000, 1_000);
+    let mut compile_ms = Vec::new();
+    let mut compiled = None;
+    for _ in 0..5 {
+        let started = Instant::now();
+        compiled = Some(tollgate_crds::compile(&world.objects()));
+        compile_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    compile_ms.sort_by(f64::total_cmp);
+    let before = compiled.map(|c| c.snapshot).unwrap_or_default();
+    let full = serde_json::to_vec(&ConfigMessage::Full {
+        version: 1,
+        snapshot: before.clone(),
+    })?;
+    world.tenants[4242].spec.billing.state = BillingState::Suspended;
+    let after = tollgate_crds::compile(&world.objects()).snapshot;
+    let delta = serde_json::to_vec(&ConfigMessage::Delta(diff(&before, &after, 1, 2)))?;
+    println!("10,000 tenants, 1,000 routes, 10 plans:");
+    println!(
+        "  compile: median {:.1} ms (5 runs, min {:.1}, max {:.1})",
+        percentile(&compile_ms, 0.5),
+        compile_ms[0],
+        compile_ms[4]
+    );
+    println!(
+        "  full snapshot on the wire: {} bytes ({:.1} MiB)",
+        full.len(),
+        full.len() as f64 / 1048576.0
+    );
+    println!("  one tenant's change on the wire: {} bytes", delta.len());
+
+    // Propagation: kubectl apply -> every proxy enforces the new limit.
+    let mut fleet = Fleet::new("op-bench").await?;
+    fleet.start_operator().await?;
+    fleet.wait_leader(0).await?;
+    let plan = |limit: u32| {
+        format!(
+            "apiVersion: tollgate.dev/v1alpha1\nkind: QuotaPolicy\nmetadata: {{name: bench}}\n\
+             spec: {{quotas: [{{name: monthly-requests, limit: \"{limit}\", period: Month}}]}}\n"
+        )
+    };
+    fleet.ns.apply_ok(&plan(1000))?;
+    fleet.ns.apply_ok(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {name: hello}\nspec: {match: {pathPrefix: /hello}, backend: {directResponse: {status: 200}}}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {name: k}\nstringData: {apiKey: key-bench}\n---\n\
+         apiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {name: bench}\n\
+         spec: {quotaPolicyRef: {name: bench}, apiKeys: [{secretRef: {name: k}}], subscriptions: [{apiRouteRef: {name: hello}}]}\n",
+    )?;
+    fleet.start_proxy("proxy-a")?;
+    fleet.start_proxy("proxy-b")?;
+    for i in 0..2 {
+        fleet.wait_status(i, "/hello", "key-bench", 200).await?;
+    }
+    let mut samples = Vec::new();
+    for change in 1..=20u32 {
+        let limit = 1000 + change;
+        let want = format!("q={limit};");
+        let started = Instant::now();
+        fleet.ns.apply_ok(&plan(limit))?;
+        for i in 0..2 {
+            let addr = fleet.proxies[i].listen;
+            loop {
+                let r = get(addr, "/hello", &[("authorization", "Bearer key-bench")]).await?;
+                if r.headers
+                    .get("ratelimit-policy")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains(&want))
+                {
+                    break;
+                }
+                anyhow::ensure!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "change {change} not enforced in 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    samples.sort_by(f64::total_cmp);
+    println!(
+        "kubectl apply -> enforced at 2/2 proxies, 20 changes: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        percentile(&samples, 0.5),
+        percentile(&samples, 0.99),
+        samples[samples.len() - 1]
+    );
+    Ok(())
+}
