@@ -54,11 +54,17 @@ pub fn init_logging(format: LogFormat) {
 
 /// Runs the proxy until SIGTERM or SIGINT.
 pub fn run(cli: Cli) -> Result<()> {
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime (no work-stealing bookkeeping, no cross-thread wakes).
+    let mut runtime = match cli.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(usize::from(n));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     runtime.enable_all();
-    if let Some(n) = cli.worker_threads {
-        runtime.worker_threads(usize::from(n));
-    }
     runtime
         .build()
         .context("starting the async runtime")?
