@@ -66,12 +66,20 @@ impl AccessLog {
     /// Starts the writer thread (`enabled`), or a no-op log.
     pub fn start(enabled: bool, dropped: IntCounter) -> Self {
         if !enabled {
-            return Self { shared: None, dropped };
+            return Self {
+                shared: None,
+                dropped,
+            };
         }
         let shared = Arc::new(Shared::default());
         let writer = shared.clone();
-        let spawned = std::thread::Builder::new().name("access-log".into()).spawn(move || write_lines(&writer));
-        Self { shared: spawned.ok().map(|_| shared), dropped }
+        let spawned = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_lines(&writer));
+        Self {
+            shared: spawned.ok().map(|_| shared),
+            dropped,
+        }
     }
 
     /// Queues one record.

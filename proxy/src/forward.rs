@@ -60,17 +60,34 @@ pub struct ForwardContext<'a> {
     pub tls: bool,
 }
 
-/// Rewrites a client request into the backend request.
+/// Rewrites a client request into the backend request. The URI is origin-form (`/path?query`) for
+/// a direct HTTP/1.1 connection, or absolute (`https://host/path`) for the generic client.
 pub fn upstream_request(
     mut req: Request<Incoming>,
     cx: &ForwardContext<'_>,
+    absolute: bool,
 ) -> Result<Request<Incoming>, http::Error> {
     let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let uri = Uri::builder()
-        .scheme(cx.upstream.scheme.clone())
-        .authority(cx.upstream.authority.clone())
-        .path_and_query(format!("{}{}", cx.upstream.base_path, path_and_query))
-        .build()?;
+    let uri = if absolute {
+        Uri::builder()
+            .scheme(cx.upstream.scheme.clone())
+            .authority(cx.upstream.authority.clone())
+            .path_and_query(format!("{}{}", cx.upstream.base_path, path_and_query))
+            .build()?
+    } else if cx.upstream.base_path.is_empty() {
+        // The client's path and query as they came (a reference-counted clone, no copy).
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = None;
+        parts.authority = None;
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        Uri::from_parts(parts).map_err(http::Error::from)?
+    } else {
+        Uri::builder()
+            .path_and_query(format!("{}{}", cx.upstream.base_path, path_and_query))
+            .build()?
+    };
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
 

@@ -22,6 +22,7 @@ pub mod ratelimit_headers;
 pub mod router;
 pub mod server;
 pub mod standalone;
+pub mod upstream_pool;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

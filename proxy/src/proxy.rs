@@ -25,9 +25,10 @@ use crate::problem::{self, Problem, ProblemKind};
 use crate::quota::{Admission, CounterStore, LimitState, Subject};
 use crate::ratelimit_headers;
 use crate::router::request_host;
+use crate::upstream_pool::{UpstreamBody, UpstreamPool};
 
 /// Response body: a buffered body made by the proxy, or the backend's streamed body.
-pub type ProxyBody = Either<Full<Bytes>, Incoming>;
+pub type ProxyBody = Either<Full<Bytes>, UpstreamBody>;
 
 /// The proxy: current configuration, counters, the backend client and telemetry.
 #[derive(Debug)]
@@ -35,6 +36,7 @@ pub struct Proxy<S> {
     config: ArcSwap<ProxyConfig>,
     store: Arc<S>,
     client: UpstreamClient,
+    pool: Arc<UpstreamPool>,
     metrics: ProxyMetrics,
     access_log: AccessLog,
 }
@@ -63,6 +65,7 @@ impl<S: CounterStore> Proxy<S> {
             config: ArcSwap::from_pointee(ProxyConfig::empty()),
             store,
             client,
+            pool: UpstreamPool::new(),
             metrics,
             access_log,
         }
@@ -391,7 +394,8 @@ impl<S: CounterStore> Proxy<S> {
             client_ip: client.ip(),
             tls,
         };
-        let upstream_req = match upstream_request(req, &cx) {
+        let plain_http = upstream.scheme == http::uri::Scheme::HTTP;
+        let upstream_req = match upstream_request(req, &cx, !plain_http) {
             Ok(r) => r,
             Err(_) => {
                 return self
@@ -407,7 +411,26 @@ impl<S: CounterStore> Proxy<S> {
         };
         let started = Instant::now();
         let timeout = Duration::from_millis(route.route.timeout_ms);
-        match tokio::time::timeout(timeout, self.client.request(upstream_req)).await {
+        let sent = if plain_http {
+            tokio::time::timeout(timeout, self.pool.send(&upstream.authority, upstream_req)).await
+        } else {
+            tokio::time::timeout(timeout, async {
+                let resp = self
+                    .client
+                    .request(upstream_req)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok::<_, String>(resp.map(UpstreamBody::detached))
+            })
+            .await
+            .map(|r| {
+                r.map_err(|e| crate::upstream_pool::UpstreamError::Connect {
+                    authority: upstream.authority.clone(),
+                    reason: e,
+                })
+            })
+        };
+        match sent {
             Ok(Ok(resp)) => {
                 self.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
                 (downstream_response(resp).map(Either::Right), None)

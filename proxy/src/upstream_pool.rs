@@ -1,0 +1,194 @@
+//! Keep-alive HTTP/1.1 connections to plain-HTTP backends, without the generic client's machinery.
+//!
+//! A connection is checked out for one request and checked back in when the response body has been
+//! read to the end ([`UpstreamBody`]); a response abandoned half-way closes its connection instead
+//! (HTTP/1.1 cannot reuse it). A request that fails before any byte was written (the backend
+//! closed an idle connection) is retried once on a fresh connection. HTTPS backends use the
+//! pooled hyper-util client instead (`forward::client`).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+
+type Sender = SendRequest<Incoming>;
+
+/// Idle connections per backend authority.
+#[derive(Debug, Default)]
+pub struct UpstreamPool {
+    idle: Mutex<HashMap<Authority, Vec<Sender>>>,
+}
+
+/// Why a request did not get a response head.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// TCP connect failed or timed out.
+    #[error("connecting to {authority}: {reason}")]
+    Connect {
+        /// Backend.
+        authority: Authority,
+        /// What failed.
+        reason: String,
+    },
+    /// The exchange failed.
+    #[error("backend request failed: {0}")]
+    Request(#[from] hyper::Error),
+}
+
+const MAX_IDLE_PER_BACKEND: usize = 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl UpstreamPool {
+    /// An empty pool.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn checkout(&self, authority: &Authority) -> Option<Sender> {
+        let mut idle = self.idle.lock();
+        let list = idle.get_mut(authority)?;
+        list.retain(|s| !s.is_closed());
+        // Most recently used first. A connection checked in a moment ago may still be finishing its
+        // previous exchange (its task has not run yet): skip it, do not drop it.
+        let ready = list.iter().rposition(SendRequest::is_ready)?;
+        Some(list.swap_remove(ready))
+    }
+
+    fn checkin(&self, authority: Authority, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock();
+        let list = idle.entry(authority).or_default();
+        if list.len() < MAX_IDLE_PER_BACKEND {
+            list.push(sender);
+        }
+    }
+
+    async fn connect(&self, authority: &Authority) -> Result<Sender, UpstreamError> {
+        let port = authority.port_u16().unwrap_or(80);
+        let err = |reason: String| UpstreamError::Connect {
+            authority: authority.clone(),
+            reason,
+        };
+        let stream = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect((authority.host(), port)),
+        )
+        .await
+        .map_err(|_| err(format!("timed out after {CONNECT_TIMEOUT:?}")))?
+        .map_err(|e| err(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+
+    /// Sends `req` (origin-form URI, Host set) to `authority`.
+    pub async fn send(
+        self: &Arc<Self>,
+        authority: &Authority,
+        req: Request<Incoming>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let (mut sender, pooled) = match self.checkout(authority) {
+            Some(sender) => (sender, true),
+            None => (self.connect(authority).await?, false),
+        };
+        let resp = match sender.try_send_request(req).await {
+            Ok(resp) => resp,
+            Err(mut failed) => match failed.take_message() {
+                // Nothing was sent: a pooled connection the backend had closed. Retry once, fresh.
+                Some(req) if pooled => {
+                    sender = self.connect(authority).await?;
+                    sender.send_request(req).await?
+                }
+                _ => return Err(failed.into_error().into()),
+            },
+        };
+        let checkin = Some(Checkin {
+            pool: self.clone(),
+            authority: authority.clone(),
+            sender,
+        });
+        Ok(resp.map(|inner| UpstreamBody { inner, checkin }))
+    }
+}
+
+#[derive(Debug)]
+struct Checkin {
+    pool: Arc<UpstreamPool>,
+    authority: Authority,
+    sender: Sender,
+}
+
+/// A backend response body; its connection returns to the pool when the body ends.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    inner: Incoming,
+    checkin: Option<Checkin>,
+}
+
+impl UpstreamBody {
+    /// A body with no connection to return (from the generic client).
+    pub fn detached(inner: Incoming) -> Self {
+        Self {
+            inner,
+            checkin: None,
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(c) = self.checkin.take() {
+            c.pool.checkin(c.authority, c.sender);
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.finish(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(),
+            Poll::Ready(Some(Err(_))) => self.checkin = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A body the server never polled because it was empty still frees its connection.
+        if self.inner.is_end_stream() {
+            self.finish();
+        }
+    }
+}
