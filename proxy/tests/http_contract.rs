@@ -711,3 +711,30 @@ async fn metrics_health_and_usage_endpoints() {
         (Some("1"), Some("3"), Some("monthly-requests"))
     );
 }
+
+#[tokio::test]
+async fn backend_connections_are_kept_alive_and_reused() {
+    let (backend, p) = start().await;
+    let (k, v) = key("acme");
+    for _ in 0..50 {
+        let r = p.get("/echo/x", &[HOST, (k, &v)]).await;
+        assert_eq!(r.status, 200);
+    }
+    // Sequential requests: one backend connection, perhaps two if a check-in raced a checkout.
+    let used = backend.connections.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(used <= 2, "50 sequential requests opened {used} backend connections");
+}
+
+#[tokio::test]
+async fn a_backend_that_closed_an_idle_connection_is_retried_transparently() {
+    let (backend, p) = start().await;
+    let (k, v) = key("acme");
+    assert_eq!(p.get("/echo/x", &[HOST, (k, &v)]).await.status, 200);
+    // The backend goes away and comes back on the same port: the pooled connection is dead.
+    let addr = backend.addr;
+    drop(backend);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let again = support::Backend::start_on(addr).await;
+    assert_eq!(p.get("/echo/x", &[HOST, (k, &v)]).await.status, 200, "the request is retried on a new connection");
+    drop(again);
+}

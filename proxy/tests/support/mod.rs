@@ -23,34 +23,46 @@ use serde_json::{Value, json};
 /// waits that long first; `/status/<code>` answers with that status.
 pub struct Backend {
     pub addr: SocketAddr,
+    /// TCP connections accepted so far.
+    pub connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
         self.task.abort();
+        for conn in self.open.lock().expect("lock").drain(..) {
+            conn.abort();
+        }
     }
 }
 
 impl Backend {
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind backend");
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// A backend on `addr`; dropping it closes its listener and every open connection.
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind backend");
         let addr = listener.local_addr().expect("addr");
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (counter, tracked) = (connections.clone(), open.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                tokio::spawn(async move {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let conn = tokio::spawn(async move {
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service_fn(echo))
                         .await;
                 });
+                tracked.lock().expect("lock").push(conn.abort_handle());
             }
         });
-        Self { addr, task }
+        Self { addr, connections, open, task }
     }
 
     pub fn url(&self) -> String {
