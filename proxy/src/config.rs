@@ -89,6 +89,8 @@ pub struct RouteEntry {
     pub deprecation: Option<HeaderValue>,
     /// `Sunset` header (RFC 8594 HTTP-date).
     pub sunset: Option<HeaderValue>,
+    /// Metric children of this route.
+    pub telemetry: crate::metrics::RouteTelemetry,
 }
 
 /// A parsed backend base URL.
@@ -147,6 +149,7 @@ impl RouteEntry {
             direct,
             deprecation,
             sunset,
+            telemetry: Default::default(),
         }
     }
 }

@@ -5,7 +5,6 @@
 //! `X-Tollgate-*` headers are stripped (a caller can never impersonate a tenant), and
 //! `X-Tollgate-Tenant`, `X-Forwarded-For`, `-Proto` and `-Host` are set.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -54,8 +53,8 @@ pub struct ForwardContext<'a> {
     pub tenant: Option<&'a HeaderValue>,
     /// Where the API key came from.
     pub key_source: Option<KeySource>,
-    /// Client IP.
-    pub client_ip: IpAddr,
+    /// Client IP, as text.
+    pub client_ip: &'a str,
     /// Whether the client connection is TLS.
     pub tls: bool,
 }
@@ -107,10 +106,10 @@ pub fn upstream_request(
     if let Some(tenant) = cx.tenant {
         headers.insert(X_TOLLGATE_TENANT, tenant.clone());
     }
-    let client_ip = cx.client_ip.to_string();
+    let client_ip = cx.client_ip;
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) => format!("{prior}, {client_ip}"),
-        None => client_ip,
+        None => client_ip.to_owned(),
     };
     if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(X_FORWARDED_FOR, v);

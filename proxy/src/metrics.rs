@@ -3,6 +3,9 @@
 //! Label sets are bounded: `route` is a configured ApiRoute (or `none`), `reason` a problem slug or
 //! `ok`, `status` an HTTP status code. Tenants are not a label (unbounded); `/usage` serves them.
 
+use std::sync::OnceLock;
+
+use parking_lot::Mutex;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
@@ -115,5 +118,42 @@ impl ProxyMetrics {
         registry.register(Box::new(m.state_flush_errors.clone()))?;
         registry.register(Box::new(m.control_plane_connected.clone()))?;
         Ok(m)
+    }
+}
+
+/// One route's metric children, resolved on first use so that the hot path does not hash label
+/// values on every request.
+#[derive(Debug, Default)]
+pub struct RouteTelemetry {
+    duration: OnceLock<Histogram>,
+    requests: Mutex<Vec<(u16, &'static str, IntCounter)>>,
+}
+
+impl RouteTelemetry {
+    /// Counts one request of `route` with `status` and `reason`, and its latency.
+    pub fn observe(
+        &self,
+        metrics: &ProxyMetrics,
+        route: &str,
+        status: u16,
+        reason: &'static str,
+        seconds: f64,
+    ) {
+        self.duration
+            .get_or_init(|| metrics.duration.with_label_values(&[route]))
+            .observe(seconds);
+        let mut requests = self.requests.lock();
+        if let Some((_, _, counter)) = requests
+            .iter()
+            .find(|(s, r, _)| *s == status && *r == reason)
+        {
+            counter.inc();
+            return;
+        }
+        let counter = metrics
+            .requests
+            .with_label_values(&[route, &status.to_string(), reason]);
+        counter.inc();
+        requests.push((status, reason, counter));
     }
 }

@@ -41,6 +41,28 @@ pub struct Proxy<S> {
     access_log: AccessLog,
 }
 
+/// The client end of a connection, described once per connection.
+#[derive(Debug, Clone)]
+pub struct ClientConn {
+    /// Peer address.
+    pub addr: SocketAddr,
+    /// Peer IP as text (access log, X-Forwarded-For), formatted once.
+    pub ip: Arc<str>,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+impl ClientConn {
+    /// Describes a new connection.
+    pub fn new(addr: SocketAddr, tls: bool) -> Self {
+        Self {
+            addr,
+            ip: Arc::from(addr.ip().to_string()),
+            tls,
+        }
+    }
+}
+
 /// What was decided about a request before forwarding.
 struct Verdict {
     route: Option<Arc<RouteEntry>>,
@@ -90,12 +112,8 @@ impl<S: CounterStore> Proxy<S> {
     }
 
     /// Handles one request end to end.
-    pub async fn handle(
-        &self,
-        req: Request<Incoming>,
-        client: SocketAddr,
-        tls: bool,
-    ) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>, client: &ClientConn) -> Response<ProxyBody> {
+        let tls = client.tls;
         let started = Instant::now();
         let now = Timestamp::now();
         let config = self.config.load_full();
@@ -128,27 +146,36 @@ impl<S: CounterStore> Proxy<S> {
         self.decorate(&mut response, &verdict, problem_kind);
 
         let status = response.status();
-        let route_label = verdict.route.as_ref().map_or("none", |r| &r.id);
         let reason = problem_kind.map_or("ok", ProblemKind::slug);
-        self.metrics
-            .requests
-            .with_label_values(&[route_label, status.as_str(), reason])
-            .inc();
+        let elapsed = started.elapsed();
+        match &verdict.route {
+            Some(route) => route.telemetry.observe(
+                &self.metrics,
+                &route.id,
+                status.as_u16(),
+                reason,
+                elapsed.as_secs_f64(),
+            ),
+            None => {
+                self.metrics
+                    .requests
+                    .with_label_values(&["none", status.as_str(), reason])
+                    .inc();
+                self.metrics
+                    .duration
+                    .with_label_values(&["none"])
+                    .observe(elapsed.as_secs_f64());
+            }
+        }
         if problem_kind.is_some() {
             self.metrics
                 .rejections
                 .with_label_values(&[status.as_str(), reason])
                 .inc();
         }
-        let elapsed = started.elapsed();
-        self.metrics
-            .duration
-            .with_label_values(&[route_label])
-            .observe(elapsed.as_secs_f64());
-        let client_ip = client.ip().to_string();
         self.access_log.record(&AccessRecord {
             time: now,
-            client: &client_ip,
+            client: &client.ip,
             method: method.as_str(),
             path: &path,
             route: verdict.route.as_ref().map(|r| &*r.id),
@@ -355,7 +382,7 @@ impl<S: CounterStore> Proxy<S> {
         &self,
         req: Request<Incoming>,
         v: &Verdict,
-        client: SocketAddr,
+        client: &ClientConn,
         tls: bool,
         now: Timestamp,
     ) -> (Response<ProxyBody>, Option<ProblemKind>) {
@@ -391,7 +418,7 @@ impl<S: CounterStore> Proxy<S> {
             upstream,
             tenant: v.tenant.as_ref().map(|t| &t.header),
             key_source: v.key_source,
-            client_ip: client.ip(),
+            client_ip: &client.ip,
             tls,
         };
         let plain_http = upstream.scheme == http::uri::Scheme::HTTP;

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::ProxyMetrics;
-use crate::proxy::Proxy;
+use crate::proxy::{ClientConn, Proxy};
 use crate::quota::CounterStore;
 
 /// Listener settings.
@@ -103,10 +103,10 @@ pub async fn serve<S: CounterStore>(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             metrics.active_connections.inc();
-            let is_tls = tls.is_some();
+            let conn = Arc::new(ClientConn::new(client, tls.is_some()));
             let service = service_fn(move |req: hyper::Request<Incoming>| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(proxy.handle(req, client, is_tls).await) }
+                let (proxy, conn) = (proxy.clone(), conn.clone());
+                async move { Ok::<_, Infallible>(proxy.handle(req, &conn).await) }
             });
             let result = match tls {
                 Some(acceptor) => {

@@ -721,8 +721,13 @@ async fn backend_connections_are_kept_alive_and_reused() {
         assert_eq!(r.status, 200);
     }
     // Sequential requests: one backend connection, perhaps two if a check-in raced a checkout.
-    let used = backend.connections.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(used <= 2, "50 sequential requests opened {used} backend connections");
+    let used = backend
+        .connections
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        used <= 2,
+        "50 sequential requests opened {used} backend connections"
+    );
 }
 
 #[tokio::test]
@@ -735,6 +740,10 @@ async fn a_backend_that_closed_an_idle_connection_is_retried_transparently() {
     drop(backend);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let again = support::Backend::start_on(addr).await;
-    assert_eq!(p.get("/echo/x", &[HOST, (k, &v)]).await.status, 200, "the request is retried on a new connection");
+    assert_eq!(
+        p.get("/echo/x", &[HOST, (k, &v)]).await.status,
+        200,
+        "the request is retried on a new connection"
+    );
     drop(again);
 }

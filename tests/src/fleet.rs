@@ -13,7 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::process::{Supervised, free_port};
+use crate::process::Supervised;
 use crate::{TestNamespace, cluster, repo_root, workspace_binary};
 
 /// A running operator.
@@ -174,14 +174,14 @@ impl Fleet {
     /// Starts an operator scoped to the namespace; waits until it serves /healthz.
     pub async fn start_operator(&mut self) -> Result<usize> {
         let index = self.operators.len();
-        let (config_port, admin_port) = (free_port()?, free_port()?);
         let log = self.dir.path().join(format!("operator-{index}.log"));
         let args = vec![
             format!("--namespace={}", self.ns.name),
             format!("--operator-namespace={}", self.ns.name),
             format!("--identity=operator-{index}"),
-            format!("--config-listen=127.0.0.1:{config_port}"),
-            format!("--admin-listen=127.0.0.1:{admin_port}"),
+            // Port 0: the operator picks free ports and logs them; parallel tests never collide.
+            "--config-listen=127.0.0.1:0".to_owned(),
+            "--admin-listen=127.0.0.1:0".to_owned(),
             format!("--proxy-service-account={}:tollgate-proxy", self.ns.name),
             "--lease-duration=3s".to_owned(),
             "--debounce=50ms".to_owned(),
@@ -198,9 +198,14 @@ impl Fleet {
                 ("RUST_LOG", "info".into()),
             ],
         )?;
-        let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+        let addresses =
+            logged_addresses(&log, "tollgate-operator starting", &["config=", "admin="]);
+        let (config, admin) = match addresses {
+            Ok(a) => (a[0], a[1]),
+            Err(e) => return Err(e.context(process.log_tail())),
+        };
         let mut op = OperatorProcess {
-            url: format!("https://127.0.0.1:{config_port}"),
+            url: format!("https://{config}"),
             admin,
             process,
         };
@@ -267,8 +272,8 @@ impl Fleet {
         let state_dir = self.dir.path().join(format!("proxy-{name}-state"));
         let mut proxy = ProxyProcess {
             name: name.to_owned(),
-            listen: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
-            admin: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             state_dir,
             process: None,
         };
@@ -291,6 +296,7 @@ impl Fleet {
             "--access-log=false".to_owned(),
         ];
         let log = self.dir.path().join(format!("proxy-{}.log", proxy.name));
+        let _ = std::fs::remove_file(&log);
         let program = workspace_binary("tollgate-proxy")?;
         proxy.process = Some(Supervised::spawn_with_env(
             "tollgate-proxy",
@@ -300,6 +306,9 @@ impl Fleet {
             None,
             &[("RUST_LOG", "info".into())],
         )?);
+        // A first start binds port 0 and logs the ports it got; a restart reuses them.
+        let addresses = logged_addresses(&log, "tollgate-proxy serving", &["listen=", "admin="])?;
+        (proxy.listen, proxy.admin) = (addresses[0], addresses[1]);
         Ok(())
     }
 
@@ -368,6 +377,38 @@ impl Fleet {
             .find(|l| l.starts_with(series))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
+    }
+}
+
+/// Waits (up to 30 s) for a log line containing `marker` and parses the `name=ADDR` fields of it.
+fn logged_addresses(
+    log: &std::path::Path,
+    marker: &str,
+    fields: &[&str],
+) -> Result<Vec<SocketAddr>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().rev().find(|l| l.contains(marker)) {
+            let parsed: Option<Vec<SocketAddr>> = fields
+                .iter()
+                .map(|f| {
+                    line.split_whitespace()
+                        .find_map(|w| w.strip_prefix(f))
+                        .and_then(|v| v.parse().ok())
+                })
+                .collect();
+            if let Some(addresses) = parsed {
+                return Ok(addresses);
+            }
+        }
+        if text.contains("== exited") || Instant::now() > deadline {
+            bail!(
+                "no \"{marker}\" line with {fields:?} in {}:\n{text}",
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

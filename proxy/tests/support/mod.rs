@@ -45,14 +45,18 @@ impl Backend {
 
     /// A backend on `addr`; dropping it closes its listener and every open connection.
     pub async fn start_on(addr: SocketAddr) -> Self {
-        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind backend");
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind backend");
         let addr = listener.local_addr().expect("addr");
         let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (counter, tracked) = (connections.clone(), open.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let conn = tokio::spawn(async move {
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -62,7 +66,12 @@ impl Backend {
                 tracked.lock().expect("lock").push(conn.abort_handle());
             }
         });
-        Self { addr, connections, open, task }
+        Self {
+            addr,
+            connections,
+            open,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -151,8 +160,8 @@ impl ProxyProcess {
             std::fs::write(manifest_dir.join(name), yaml).expect("write manifest");
         }
         let mut p = Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            admin: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             manifests: manifest_dir,
             state: dir.path().join("state"),
             stderr_path: dir.path().join("proxy.stderr"),
@@ -170,19 +179,15 @@ impl ProxyProcess {
             .append(true)
             .open(&self.stderr_path)
             .expect("stderr file");
+        let log_start = stderr.metadata().map(|m| m.len() as usize).unwrap_or(0);
+        // Port 0: the proxy picks free ports and logs them, so parallel tests never collide.
         let child = Command::new(env!("CARGO_BIN_EXE_tollgate-proxy"))
             .arg("--manifests")
             .arg(&self.manifests)
-            .arg("--listen")
-            .arg(self.listen.to_string())
-            .arg("--admin-listen")
-            .arg(self.admin.to_string())
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .arg("--state-dir")
             .arg(&self.state)
-            .arg("--reload-interval")
-            .arg("100ms")
-            .arg("--worker-threads")
-            .arg("2")
+            .args(["--reload-interval", "100ms", "--worker-threads", "2"])
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -192,8 +197,12 @@ impl ProxyProcess {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok((200, _, _)) = get_raw(self.admin, "/readyz", &[]).await {
-                return;
+            let log = self.stderr();
+            if let Some((listen, admin)) = log.get(log_start..).and_then(bound_addresses) {
+                (self.listen, self.admin) = (listen, admin);
+                if let Ok((200, _, _)) = get_raw(self.admin, "/readyz", &[]).await {
+                    return;
+                }
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("tollgate-proxy exited with {status}:\n{}", self.stderr());
@@ -203,7 +212,7 @@ impl ProxyProcess {
                 "tollgate-proxy not ready:\n{}",
                 self.stderr()
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -405,4 +414,15 @@ pub async fn get_raw(
 
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// The `listen=` and `admin=` addresses of the proxy's "serving" log line.
+pub fn bound_addresses(log: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let line = log.lines().find(|l| l.contains("tollgate-proxy serving"))?;
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|v| v.parse::<SocketAddr>().ok())
+    };
+    Some((field("listen=")?, field("admin=")?))
 }
