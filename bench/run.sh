@@ -46,9 +46,12 @@ error_log $work/$1.error.log warn;
 events { worker_connections 4096; }
 http {
     access_log off;
+    # nginx closes keep-alive (and HTTP/2) connections after 1000 requests by default; a
+    # benchmark should not measure reconnects.
+    keepalive_requests 100000000;
     client_body_temp_path $work/$1-body;
     proxy_temp_path $work/$1-proxy;
-    upstream backend { server 127.0.0.1:$UP; keepalive 128; }
+    upstream backend { server 127.0.0.1:$UP; keepalive 128; keepalive_requests 100000000; }
     $2
 }
 NGINX

@@ -42,7 +42,9 @@ fn admission(c: &mut Criterion) {
     let key = sha2_key("key-tenant-04242");
     c.bench_function("authenticate/key digest + lookup (10k tenants)", |b| {
         b.iter(|| {
-            config.tenants_by_key.contains_key(&sha2_key(black_box("key-tenant-04242")))
+            config
+                .tenants_by_key
+                .contains_key(&sha2_key(black_box("key-tenant-04242")))
         })
     });
     assert!(config.tenants_by_key.contains_key(&key));

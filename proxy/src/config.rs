@@ -185,6 +185,8 @@ pub struct PlanEntry {
     /// Indexes into `plan.quotas` of quotas that count requests (charged on admission and shown in
     /// RateLimit headers).
     pub request_quotas: Vec<usize>,
+    /// Whether responses must be metered: a token or Cost quota is charged after the response.
+    pub meters_usage: bool,
 }
 
 impl PlanEntry {
@@ -197,11 +199,13 @@ impl PlanEntry {
             .filter(|(_, q)| q.metric == Metric::Requests)
             .map(|(i, _)| i)
             .collect();
+        let meters_usage = plan.quotas.iter().any(|q| q.metric != Metric::Requests);
         Self {
             id: Arc::from(plan.key.to_string()),
             plan,
             tz,
             request_quotas,
+            meters_usage,
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::access_log::{AccessLog, AccessRecord};
 use crate::auth::{KeySource, presented_key};
 use crate::config::{PlanEntry, ProxyConfig, RouteEntry, TenantEntry};
 use crate::forward::{ForwardContext, UpstreamClient, downstream_response, upstream_request};
+use crate::metering::{Meter, MeteredBody};
 use crate::metrics::ProxyMetrics;
 use crate::problem::{self, Problem, ProblemKind};
 use crate::quota::{Admission, CounterStore, LimitState, Subject};
@@ -28,7 +29,7 @@ use crate::router::request_host;
 use crate::upstream_pool::{UpstreamBody, UpstreamPool};
 
 /// Response body: a buffered body made by the proxy, or the backend's streamed body.
-pub type ProxyBody = Either<Full<Bytes>, UpstreamBody>;
+pub type ProxyBody = Either<Full<Bytes>, MeteredBody>;
 
 /// The proxy: current configuration, counters, the backend client and telemetry.
 #[derive(Debug)]
@@ -396,6 +397,10 @@ impl<S: CounterStore> Proxy<S> {
             );
         };
         if let Some(direct) = &route.direct {
+            // Nothing to read in a direct response, but a per-request price still applies.
+            if let Some(mut meter) = self.meter_for(v, route, &http::HeaderMap::new(), now) {
+                meter.finish();
+            }
             let mut resp = Response::new(Either::Left(Full::new(direct.body.clone())));
             *resp.status_mut() = direct.status;
             resp.headers_mut()
@@ -460,7 +465,8 @@ impl<S: CounterStore> Proxy<S> {
         match sent {
             Ok(Ok(resp)) => {
                 self.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
-                (downstream_response(resp).map(Either::Right), None)
+                let meter = self.meter_for(v, route, resp.headers(), now);
+                (downstream_response(resp).map(|body| Either::Right(MeteredBody::new(body, meter))), None)
             }
             Ok(Err(err)) => {
                 tracing::debug!(route = %route.id, error = %err, "backend request failed");
@@ -487,6 +493,41 @@ impl<S: CounterStore> Proxy<S> {
                 .await
             }
         }
+    }
+
+    /// A meter for the response when the plan has token or Cost quotas.
+    fn meter_for(
+        &self,
+        v: &Verdict,
+        route: &RouteEntry,
+        headers: &http::HeaderMap,
+        now: Timestamp,
+    ) -> Option<Meter> {
+        let (tenant, plan) = (v.tenant.clone()?, v.plan.clone()?);
+        if !plan.meters_usage {
+            return None;
+        }
+        let tokens = route.route.metering == tollgate_crds::resources::Metering::OpenAI;
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let store = self.store.clone();
+        let pricing = plan.plan.pricing.clone();
+        let charge = Box::new(move |metered| {
+            tokio::spawn(async move {
+                store
+                    .charge(
+                        Subject {
+                            tenant: &tenant,
+                            plan: &plan,
+                        },
+                        metered,
+                        now,
+                    )
+                    .await
+            });
+        });
+        Some(Meter::new(tokens, content_type, pricing, charge))
     }
 
     /// A request the proxy failed: refund the charge, answer with a problem.
