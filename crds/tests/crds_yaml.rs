@@ -3,13 +3,15 @@
 
 #[test]
 fn committed_crds_yaml_is_up_to_date() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/crds.yaml");
-    let committed = std::fs::read_to_string(path).expect("deploy/crds.yaml exists");
     let generated = tollgate_crds::crds_yaml().expect("CRDs render");
-    assert!(
-        committed == generated,
-        "deploy/crds.yaml is stale: run `cargo run -p tollgate-crds --bin crdgen` and commit the result"
-    );
+    for file in ["deploy/crds.yaml", "charts/tollgate/crds/crds.yaml"] {
+        let path = format!("{}/../{file}", env!("CARGO_MANIFEST_DIR"));
+        let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(
+            committed == generated,
+            "{file} is stale: run `cargo run -p tollgate-crds --bin crdgen` and commit the result"
+        );
+    }
 }
 
 #[test]

@@ -37,6 +37,7 @@ pub struct ProxyProcess {
     pub admin: SocketAddr,
     /// State directory (persisted snapshot and counters).
     pub state_dir: PathBuf,
+    token_file: Option<PathBuf>,
     process: Option<Supervised>,
 }
 
@@ -173,19 +174,41 @@ impl Fleet {
 
     /// Starts an operator scoped to the namespace; waits until it serves /healthz.
     pub async fn start_operator(&mut self) -> Result<usize> {
+        let kubeconfig = self.operator_kubeconfig.clone();
+        self.start_operator_as(&kubeconfig, &[]).await
+    }
+
+    /// Starts an operator with `kubeconfig` (its identity) and flags that override the defaults
+    /// (`("--tls-secret", "x")`).
+    pub async fn start_operator_as(
+        &mut self,
+        kubeconfig: &std::path::Path,
+        overrides: &[(&str, &str)],
+    ) -> Result<usize> {
         let index = self.operators.len();
         let log = self.dir.path().join(format!("operator-{index}.log"));
-        let args = vec![
-            format!("--namespace={}", self.ns.name),
-            format!("--operator-namespace={}", self.ns.name),
-            format!("--identity=operator-{index}"),
+        let mut flags: std::collections::BTreeMap<String, String> = [
+            ("--namespace", self.ns.name.clone()),
+            ("--operator-namespace", self.ns.name.clone()),
+            ("--identity", format!("operator-{index}")),
             // Port 0: the operator picks free ports and logs them; parallel tests never collide.
-            "--config-listen=127.0.0.1:0".to_owned(),
-            "--admin-listen=127.0.0.1:0".to_owned(),
-            format!("--proxy-service-account={}:tollgate-proxy", self.ns.name),
-            "--lease-duration=3s".to_owned(),
-            "--debounce=50ms".to_owned(),
-        ];
+            ("--config-listen", "127.0.0.1:0".to_owned()),
+            ("--admin-listen", "127.0.0.1:0".to_owned()),
+            (
+                "--proxy-service-account",
+                format!("{}:tollgate-proxy", self.ns.name),
+            ),
+            ("--lease-duration", "3s".to_owned()),
+            ("--debounce", "50ms".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        for (k, v) in overrides {
+            flags.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let args: Vec<String> = flags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let kubeconfig = kubeconfig.to_path_buf();
         let program = workspace_binary("tollgate-operator")?;
         let process = Supervised::spawn_with_env(
             "tollgate-operator",
@@ -194,7 +217,7 @@ impl Fleet {
             &log,
             None,
             &[
-                ("KUBECONFIG", self.operator_kubeconfig.display().to_string()),
+                ("KUBECONFIG", kubeconfig.display().to_string()),
                 ("RUST_LOG", "info".into()),
             ],
         )?;
@@ -222,14 +245,11 @@ impl Fleet {
         .await
         .with_context(|| op.process.log_tail())?;
         if !self.ca_file.exists() {
+            let secret = flags
+                .get("--tls-secret")
+                .map_or("tollgate-operator-tls", String::as_str);
             let ca = ok(self.ns.kubectl(
-                &[
-                    "get",
-                    "secret",
-                    "tollgate-operator-tls",
-                    "-o",
-                    "jsonpath={.data.ca\\.crt}",
-                ],
+                &["get", "secret", secret, "-o", "jsonpath={.data.ca\\.crt}"],
                 None,
             )?)?;
             use base64::Engine;
@@ -268,6 +288,10 @@ impl Fleet {
 
     /// Starts a proxy subscribed to every operator started so far (in order); does not wait.
     pub fn start_proxy(&mut self, name: &str) -> Result<usize> {
+        self.add_proxy(name, None)
+    }
+
+    fn add_proxy(&mut self, name: &str, token_file: Option<PathBuf>) -> Result<usize> {
         let index = self.proxies.len();
         let state_dir = self.dir.path().join(format!("proxy-{name}-state"));
         let mut proxy = ProxyProcess {
@@ -275,6 +299,7 @@ impl Fleet {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             state_dir,
+            token_file,
             process: None,
         };
         self.spawn_proxy(&mut proxy)?;
@@ -287,7 +312,14 @@ impl Fleet {
         let args = vec![
             format!("--control-plane={}", urls.join(",")),
             format!("--control-plane-ca={}", self.ca_file.display()),
-            format!("--control-plane-token-file={}", self.token_file.display()),
+            format!(
+                "--control-plane-token-file={}",
+                proxy
+                    .token_file
+                    .as_ref()
+                    .unwrap_or(&self.token_file)
+                    .display()
+            ),
             format!("--proxy-name={}", proxy.name),
             format!("--listen={}", proxy.listen),
             format!("--admin-listen={}", proxy.admin),
@@ -310,6 +342,16 @@ impl Fleet {
         let addresses = logged_addresses(&log, "tollgate-proxy serving", &["listen=", "admin="])?;
         (proxy.listen, proxy.admin) = (addresses[0], addresses[1]);
         Ok(())
+    }
+
+    /// Starts a proxy that presents the token in `token_file` (another ServiceAccount's).
+    pub fn start_proxy_with_token(&mut self, name: &str, token_file: PathBuf) -> Result<usize> {
+        self.add_proxy(name, Some(token_file))
+    }
+
+    /// The directory for this fleet's files.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// Stops proxy `index` and starts it again with the same name, ports and state dir.

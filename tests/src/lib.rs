@@ -292,3 +292,50 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
         Err(e) => bail!("{e}"),
     }
 }
+
+impl Cluster {
+    /// A kubeconfig that authenticates with a bearer `token` (a ServiceAccount's), against the
+    /// same server and CA as the admin kubeconfig.
+    pub fn token_kubeconfig(&self, name: &str, token: &str) -> Result<PathBuf> {
+        let server = self.kubectl_ok(&[
+            "config",
+            "view",
+            "--raw",
+            "--minify",
+            "-o",
+            "jsonpath={.clusters[0].cluster.server}",
+        ])?;
+        let ca = self.kubectl_ok(&[
+            "config",
+            "view",
+            "--raw",
+            "--minify",
+            "-o",
+            "jsonpath={.clusters[0].cluster.certificate-authority-data}",
+        ])?;
+        // Inside the control plane's scratch dir, which goes away with it.
+        let dir = match self {
+            Self::Local(plane) => plane.dir.clone(),
+            Self::External { .. } => std::env::temp_dir(),
+        };
+        let path = dir.join(format!("{name}.kubeconfig"));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: {server}, certificate-authority-data: {ca}}}\n\
+                 users:\n- name: u\n  user: {{token: {token}}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n",
+                token = token.trim()
+            ),
+        )?;
+        Ok(path)
+    }
+}
+
+/// The helm binary of the test environment.
+pub fn helm() -> Result<PathBuf> {
+    let bin = match std::env::var(TESTENV_BIN_ENV) {
+        Ok(bin) => PathBuf::from(bin),
+        Err(_) => provision()?,
+    };
+    Ok(bin.join("helm"))
+}

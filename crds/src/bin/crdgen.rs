@@ -1,10 +1,8 @@
-//! Writes the Tollgate CRDs to `deploy/crds.yaml` (or the path given as the only argument, `-` for stdout).
+//! Writes the Tollgate CRDs to `deploy/crds.yaml` and `charts/tollgate/crds/crds.yaml` (or to the
+//! path given as the only argument, `-` for stdout).
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let target = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/crds.yaml").to_owned());
     let yaml = match tollgate_crds::crds_yaml() {
         Ok(yaml) => yaml,
         Err(err) => {
@@ -12,15 +10,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if target == "-" {
-        print!("{yaml}");
-        return ExitCode::SUCCESS;
-    }
-    match std::fs::write(&target, yaml) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
+    let targets: Vec<String> = match std::env::args().nth(1) {
+        Some(target) => vec![target],
+        None => vec![
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/crds.yaml").to_owned(),
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../charts/tollgate/crds/crds.yaml"
+            )
+            .to_owned(),
+        ],
+    };
+    for target in targets {
+        if target == "-" {
+            print!("{yaml}");
+            continue;
+        }
+        if let Err(err) = std::fs::write(&target, &yaml) {
             eprintln!("crdgen: cannot write {target}: {err}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
     }
+    ExitCode::SUCCESS
 }

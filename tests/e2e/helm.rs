@@ -1,0 +1,335 @@
+//! The Helm chart: lint, render for every documented option, schema validation, deploy/ kept in
+//! sync, and a real `helm install` into the test API server whose RBAC the operator then runs on.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use kube::api::Api;
+use tollgate_crds::resources::QuotaPolicy;
+use tollgate_tests::fleet::{Fleet, eventually};
+use tollgate_tests::{cluster, helm, repo_root};
+
+fn chart() -> String {
+    repo_root().join("charts/tollgate").display().to_string()
+}
+
+fn run_helm(args: &[&str]) -> Result<std::process::Output> {
+    Ok(Command::new(helm()?).args(args).output()?)
+}
+
+fn helm_ok(args: &[&str]) -> Result<String> {
+    let out = run_helm(args)?;
+    if !out.status.success() {
+        bail!(
+            "helm {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn kinds(rendered: &str) -> Vec<String> {
+    let mut kinds: Vec<String> = rendered
+        .lines()
+        .filter_map(|l| l.strip_prefix("kind: "))
+        .map(str::to_owned)
+        .collect();
+    kinds.sort();
+    kinds
+}
+
+#[test]
+fn helm_lint_is_clean() -> Result<()> {
+    let out = helm_ok(&["lint", &chart()])?;
+    assert!(out.contains("0 chart(s) failed"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn the_chart_renders_for_defaults_and_every_documented_option() -> Result<()> {
+    let defaults = kinds(&helm_ok(&["template", "t", &chart()])?);
+    for kind in [
+        "ClusterRole",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "Role",
+        "Service",
+        "ServiceAccount",
+    ] {
+        assert!(
+            defaults.iter().any(|k| k == kind),
+            "default render lacks {kind}: {defaults:?}"
+        );
+    }
+    let cases: &[(&str, &str)] = &[
+        ("metrics.serviceMonitor.enabled=true", "ServiceMonitor"),
+        ("metrics.prometheusRule.enabled=true", "PrometheusRule"),
+        ("metrics.dashboard.enabled=true", "ConfigMap"),
+        ("networkPolicy.enabled=true", "NetworkPolicy"),
+    ];
+    for (set, kind) in cases {
+        let rendered = kinds(&helm_ok(&["template", "t", &chart(), "--set", set])?);
+        assert!(
+            rendered.iter().any(|k| k == kind),
+            "--set {set} renders no {kind}"
+        );
+    }
+    let no_hpa = helm_ok(&[
+        "template",
+        "t",
+        &chart(),
+        "--set",
+        "proxy.autoscaling.enabled=false",
+        "--set",
+        "proxy.replicas=5",
+    ])?;
+    assert!(!no_hpa.contains("kind: HorizontalPodAutoscaler") && no_hpa.contains("replicas: 5"));
+    let lb = helm_ok(&[
+        "template",
+        "t",
+        &chart(),
+        "--set",
+        "proxy.service.type=LoadBalancer",
+    ])?;
+    assert!(lb.contains("type: LoadBalancer"));
+    let scoped = helm_ok(&[
+        "template",
+        "t",
+        &chart(),
+        "--set",
+        "operator.watchNamespaces={shop,billing}",
+    ])?;
+    assert!(scoped.contains("--namespace=shop,billing"));
+    // The PrometheusRule carries files/alerts.yaml, the file promtool tests.
+    let rules = helm_ok(&[
+        "template",
+        "t",
+        &chart(),
+        "--set",
+        "metrics.prometheusRule.enabled=true",
+    ])?;
+    assert!(rules.contains("alert: TollgateNoOperatorLeader"));
+    Ok(())
+}
+
+#[test]
+fn values_schema_rejects_a_wrong_type_with_a_clear_message() -> Result<()> {
+    let out = run_helm(&["template", "t", &chart(), "--set", "proxy.replicas=many"])?;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/proxy/replicas") && err.contains("want integer"),
+        "{err}"
+    );
+    let out = run_helm(&[
+        "template",
+        "t",
+        &chart(),
+        "--set",
+        "proxy.service.type=Ingress",
+    ])?;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/proxy/service/type"));
+    let out = run_helm(&["template", "t", &chart(), "--set", "operator.replica=2"])?;
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("additional properties 'replica' not allowed"),
+        "typos are caught"
+    );
+    Ok(())
+}
+
+#[test]
+fn deploy_manifests_are_rendered_from_the_chart() -> Result<()> {
+    let committed = std::fs::read_to_string(repo_root().join("deploy/tollgate.yaml"))?;
+    let rendered = helm_ok(&[
+        "template",
+        "tollgate",
+        &chart(),
+        "--namespace",
+        "tollgate-system",
+        "--skip-crds",
+    ])?;
+    let body = committed
+        .lines()
+        .skip_while(|l| l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(
+        body.trim(),
+        rendered.trim(),
+        "deploy/tollgate.yaml is stale: run deploy/render.sh"
+    );
+    Ok(())
+}
+
+#[test]
+fn chart_rbac_is_the_documented_least_privilege() -> Result<()> {
+    let rendered = helm_ok(&[
+        "template",
+        "tollgate",
+        &chart(),
+        "--namespace",
+        "tollgate-system",
+    ])?;
+    let rules_of = |yaml: &str, kind: &str| -> Result<serde_json::Value> {
+        for doc in yaml.split("\n---") {
+            let value: serde_json::Value =
+                serde_yaml::from_str(doc).unwrap_or(serde_json::Value::Null);
+            if value["kind"] == kind
+                && value["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("operator"))
+            {
+                return Ok(value["rules"].clone());
+            }
+        }
+        bail!("no {kind} in the rendering")
+    };
+    let documented = std::fs::read_to_string(repo_root().join("deploy/operator-rbac.yaml"))?;
+    for kind in ["ClusterRole", "Role"] {
+        assert_eq!(
+            rules_of(&rendered, kind)?,
+            rules_of(&documented, kind)?,
+            "{kind} rules differ from deploy/operator-rbac.yaml"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn helm_install_creates_the_release_and_the_operator_reconciles_with_its_rbac() -> Result<()>
+{
+    let mut fleet = Fleet::new("helm").await?;
+    let ns = fleet.ns.name.clone();
+    let kubeconfig = cluster().kubeconfig().display().to_string();
+    helm_ok(&[
+        "install",
+        "tg",
+        &chart(),
+        "--namespace",
+        &ns,
+        "--kubeconfig",
+        &kubeconfig,
+        "--skip-crds",
+        "--wait=false",
+    ])?;
+    let created = fleet.ns.kubectl(
+        &[
+            "get",
+            "deploy,svc,sa,pdb,hpa,role,rolebinding",
+            "-o",
+            "name",
+        ],
+        None,
+    )?;
+    let created = String::from_utf8_lossy(&created.stdout).into_owned();
+    for name in [
+        "deployment.apps/tg-tollgate-operator",
+        "deployment.apps/tg-tollgate-proxy",
+        "service/tg-tollgate-operator",
+        "service/tg-tollgate-proxy",
+        "serviceaccount/tg-tollgate-operator",
+        "serviceaccount/tg-tollgate-proxy",
+        "poddisruptionbudget.policy/tg-tollgate-proxy",
+        "horizontalpodautoscaler.autoscaling/tg-tollgate-proxy",
+        "role.rbac.authorization.k8s.io/tg-tollgate-operator",
+    ] {
+        assert!(
+            created.contains(name),
+            "helm install did not create {name}:\n{created}"
+        );
+    }
+    let pod = cluster().kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "deploy/tg-tollgate-proxy",
+        "-o",
+        "jsonpath={.spec.template.spec}",
+    ])?;
+    assert!(
+        pod.contains("\"runAsNonRoot\":true") && pod.contains("\"readOnlyRootFilesystem\":true"),
+        "{pod}"
+    );
+
+    // Run the operator as the chart's ServiceAccount, with exactly the chart's RBAC.
+    let token = cluster().kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "token",
+        "tg-tollgate-operator",
+        "--duration",
+        "1h",
+    ])?;
+    let operator_kubeconfig = cluster().token_kubeconfig(&format!("{ns}-operator"), &token)?;
+    let proxy_sa = format!("{ns}:tg-tollgate-proxy");
+    fleet
+        .start_operator_as(
+            &operator_kubeconfig,
+            &[
+                ("--tls-secret", "tg-tollgate-operator-tls"),
+                ("--lease-name", "tg-tollgate-operator"),
+                ("--proxy-service-account", &proxy_sa),
+            ],
+        )
+        .await?;
+    fleet
+        .wait_leader(0)
+        .await
+        .with_context(|| fleet.operator_log(0))?;
+    fleet.ns.apply_ok(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: QuotaPolicy\nmetadata: {name: plan}\nspec: {quotas: [{name: q, limit: '5', period: Day}]}\n---\n\
+         apiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {name: hello}\nspec: {match: {pathPrefix: /hello}, backend: {directResponse: {status: 200}}}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {name: k}\nstringData: {apiKey: key-helm}\n---\n\
+         apiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {name: t}\nspec: {quotaPolicyRef: {name: plan}, apiKeys: [{secretRef: {name: k}}], subscriptions: [{apiRouteRef: {name: hello}}]}\n",
+    )?;
+    let plans: Api<QuotaPolicy> = Api::namespaced(fleet.ns.client.clone(), &ns);
+    eventually(
+        Duration::from_secs(20),
+        "the operator to write status with the chart's RBAC",
+        || async {
+            let s = plans.get("plan").await.ok()?.status?;
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "Accepted" && c.status == "True")
+                .cloned()
+        },
+    )
+    .await
+    .with_context(|| fleet.operator_log(0))?;
+
+    // A proxy with the chart's proxy ServiceAccount token (audience tollgate) gets the config.
+    let token = cluster().kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "token",
+        "tg-tollgate-proxy",
+        "--audience",
+        "tollgate",
+        "--duration",
+        "1h",
+    ])?;
+    let token_file = fleet.dir().join("chart-proxy-token");
+    std::fs::write(&token_file, token.trim())?;
+    fleet.start_proxy_with_token("chart-proxy", token_file)?;
+    fleet.wait_status(0, "/hello", "key-helm", 200).await?;
+    assert!(
+        !fleet.operator_log(0).contains("forbidden"),
+        "no RBAC denial:\n{}",
+        fleet.operator_log(0)
+    );
+    helm_ok(&[
+        "uninstall",
+        "tg",
+        "--namespace",
+        &ns,
+        "--kubeconfig",
+        &kubeconfig,
+    ])?;
+    Ok(())
+}
