@@ -146,6 +146,35 @@ impl Snapshot {
     }
 }
 
+/// One proxy's counters, reported to the operator, which sums them across proxies into
+/// `Tenant.status.usage`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageReport {
+    /// The reporting proxy.
+    pub proxy: String,
+    /// Its counters (all of them: a report replaces the previous one).
+    pub counters: Vec<UsageRecord>,
+}
+
+/// One counter: a tenant's use of one quota of one plan in one period.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageRecord {
+    /// `namespace/name` of the tenant.
+    pub tenant: String,
+    /// `namespace/name` of the plan.
+    pub plan: String,
+    /// Quota name.
+    pub quota: String,
+    /// Period start.
+    pub period_start: jiff::Timestamp,
+    /// Period end.
+    pub period_end: jiff::Timestamp,
+    /// Used in the period.
+    pub used: rust_decimal::Decimal,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! The configuration stream (HTTPS): `GET /v1/config/stream?proxy=NAME` answers with
 //! newline-delimited JSON, the full snapshot first and then one delta per new version;
-//! `POST /v1/config/ack` records the version a proxy applied. Only the leader serves (followers
+//! `POST /v1/config/ack` records the version a proxy applied; `POST /v1/usage` takes a proxy's
+//! counters, summed across proxies into `Tenant.status.usage`. Only the leader serves (followers
 //! answer 503 and are not ready, so the Service sends proxies to the leader).
 
 use std::collections::HashMap;
@@ -23,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tollgate_crds::snapshot::Snapshot;
-use tollgate_crds::stream::{Delta, diff};
+use tollgate_crds::stream::{Delta, UsageRecord, UsageReport, diff};
 
 use crate::metrics::OperatorMetrics;
 use crate::proxy_auth::ProxyAuthenticator;
@@ -45,6 +46,9 @@ pub struct ConnectedProxy {
 #[derive(Debug, Default)]
 pub struct ProxyRegistry {
     proxies: Mutex<HashMap<String, ConnectedProxy>>,
+    /// Each proxy's last usage report. Kept after a disconnect: its counts still belong to the
+    /// period (a restarted proxy keeps its counters and reports under the same name).
+    usage: Mutex<HashMap<String, Vec<UsageRecord>>>,
     seq: AtomicU64,
     /// Notified on connect, disconnect and ack.
     pub changed: Notify,
@@ -84,6 +88,31 @@ impl ProxyRegistry {
         drop(proxies);
         self.changed.notify_one();
         true
+    }
+
+    fn report(&self, report: UsageReport) {
+        self.usage.lock().insert(report.proxy, report.counters);
+        self.changed.notify_one();
+    }
+
+    /// A tenant's usage summed over every proxy's last report, per (plan, quota, period), for the
+    /// periods that have not ended at `now`.
+    pub fn usage_of(&self, tenant: &str, now: jiff::Timestamp) -> Vec<UsageRecord> {
+        let mut sums: std::collections::BTreeMap<(String, String, jiff::Timestamp), UsageRecord> =
+            Default::default();
+        for record in self.usage.lock().values().flatten() {
+            if record.tenant != tenant || record.period_end <= now {
+                continue;
+            }
+            sums.entry((
+                record.plan.clone(),
+                record.quota.clone(),
+                record.period_start,
+            ))
+            .and_modify(|sum| sum.used += record.used)
+            .or_insert_with(|| record.clone());
+        }
+        sums.into_values().collect()
     }
 
     /// Name and acknowledged version of every connected proxy.
@@ -222,9 +251,33 @@ impl ConfigServer {
                 *resp.status_mut() = StatusCode::NO_CONTENT;
                 resp
             }
+            (&Method::POST, "/v1/usage") => {
+                let body = match Limited::new(req.into_body(), 64 * 1024 * 1024)
+                    .collect()
+                    .await
+                {
+                    Ok(b) => b.to_bytes(),
+                    Err(_) => {
+                        return json_response(
+                            StatusCode::BAD_REQUEST,
+                            "usage report too large or unreadable",
+                        );
+                    }
+                };
+                let Ok(report) = serde_json::from_slice::<UsageReport>(&body) else {
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        "expected {\"proxy\": NAME, \"counters\": [...]}",
+                    );
+                };
+                self.registry.report(report);
+                let mut resp = Response::new(Full::new(Bytes::new()).boxed_unsync());
+                *resp.status_mut() = StatusCode::NO_CONTENT;
+                resp
+            }
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                "try GET /v1/config/stream or POST /v1/config/ack",
+                "try GET /v1/config/stream, POST /v1/config/ack or POST /v1/usage",
             ),
         }
     }

@@ -15,7 +15,8 @@ use serde_json::json;
 use tokio::sync::watch;
 use tollgate_crds::compile::{Diagnostic, ObjectKind, object_key};
 use tollgate_crds::resources::{
-    ApiRoute, Condition, QuotaPolicy, SubscriptionState, SubscriptionStatus, Tenant, conditions,
+    ApiRoute, Condition, QuotaPolicy, SubscriptionState, SubscriptionStatus, Tenant, UsageStatus,
+    conditions,
 };
 use tollgate_crds::snapshot::ObjectKey;
 
@@ -226,23 +227,17 @@ impl StatusWriter {
                 &diags(ObjectKind::Tenant, &key),
             );
             let subscriptions = p.subscriptions.get(&key).cloned().unwrap_or_default();
-            let current = tenant
-                .status
-                .as_ref()
-                .map(|s| s.conditions.clone())
-                .unwrap_or_default();
-            let current_subs = tenant
-                .status
-                .as_ref()
-                .map(|s| s.subscriptions.clone())
-                .unwrap_or_default();
+            let usage = self.usage_of(&key, p, now);
+            let status = tenant.status.clone().unwrap_or_default();
+            let extra = json!({"subscriptions": subscriptions, "usage": usage});
+            let same_extra = status.subscriptions == subscriptions && status.usage == usage;
             self.apply::<Tenant>(
                 &tenant,
                 &key,
                 &[ready],
-                &current,
+                &status.conditions,
                 now,
-                Some((&subscriptions, &current_subs)),
+                Some((extra, same_extra)),
             )
             .await;
             self.announce_pending(&tenant, &key, &subscriptions, emitted)
@@ -257,7 +252,7 @@ impl StatusWriter {
         desired: &[Desired],
         current: &[Condition],
         now: Timestamp,
-        subscriptions: Option<(&Vec<SubscriptionStatus>, &Vec<SubscriptionStatus>)>,
+        extra: Option<(serde_json::Value, bool)>,
     ) where
         K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
         K: Resource<Scope = kube::core::NamespaceResourceScope>,
@@ -267,14 +262,16 @@ impl StatusWriter {
             .iter()
             .map(|d| condition(d, generation, current, now))
             .collect();
-        let subs_same = subscriptions.is_none_or(|(want, have)| want == have);
-        if same(current, &wanted) && subs_same {
+        let extra_same = extra.as_ref().is_none_or(|(_, same)| *same);
+        if same(current, &wanted) && extra_same {
             return;
         }
         let kind = K::kind(&()).to_string();
         let mut status = json!({"observedGeneration": generation, "conditions": wanted});
-        if let Some((subs, _)) = subscriptions {
-            status["subscriptions"] = json!(subs);
+        if let Some((serde_json::Value::Object(fields), _)) = extra {
+            for (k, v) in fields {
+                status[k] = v;
+            }
         }
         let patch = json!({"apiVersion": K::api_version(&()), "kind": kind, "status": status});
         let api: Api<K> = Api::namespaced(self.client.clone(), &key.namespace);
@@ -293,6 +290,27 @@ impl StatusWriter {
                 tracing::warn!(%kind, object = %key, error = %e, "cannot write status");
             }
         }
+    }
+
+    /// The tenant's usage in the current periods, summed over the proxies' reports, with limits
+    /// from the current plans (counters of quotas that no longer exist are left out).
+    fn usage_of(&self, key: &ObjectKey, p: &Published, now: Timestamp) -> Vec<UsageStatus> {
+        self.registry
+            .usage_of(&key.to_string(), now)
+            .into_iter()
+            .filter_map(|record| {
+                let (namespace, name) = record.plan.split_once('/')?;
+                let plan = p.snapshot.plan(&ObjectKey::new(namespace, name))?;
+                let quota = plan.quotas.iter().find(|q| q.name == record.quota)?;
+                Some(UsageStatus {
+                    quota_policy: name.to_owned(),
+                    quota: record.quota,
+                    period_start: record.period_start.to_string(),
+                    used: record.used.normalize().to_string(),
+                    limit: quota.limit.normalize().to_string(),
+                })
+            })
+            .collect()
     }
 
     /// An Event on the ApiRoute for each tenant waiting for approval: the route owner must act.

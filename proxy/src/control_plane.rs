@@ -22,13 +22,15 @@ use hyper_util::rt::TokioExecutor;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tollgate_crds::snapshot::Snapshot;
-use tollgate_crds::stream::ConfigMessage;
+use tollgate_crds::stream::{ConfigMessage, UsageReport};
 
 use crate::config::ProxyConfig;
 use crate::metrics::ProxyMetrics;
 use crate::proxy::Proxy;
 use crate::quota::CounterStore;
 
+/// How often counters are reported to the operator (api.md: status usage at least every 30 s).
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// No message (not even a ping) for this long means the connection is dead.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 const SNAPSHOT_FILE: &str = "snapshot.json";
@@ -170,8 +172,17 @@ impl ControlPlane {
         let mut body = resp.into_body();
         let mut buf = BytesMut::new();
         let mut current: Option<(u64, Arc<Snapshot>)> = None;
+        let mut report = tokio::time::interval(REPORT_EVERY);
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let frame = match tokio::time::timeout(IDLE_TIMEOUT, body.frame()).await {
+            let read = tokio::select! {
+                read = tokio::time::timeout(IDLE_TIMEOUT, body.frame()) => read,
+                _ = report.tick() => {
+                    self.report_usage(http, url, token.trim(), proxy.store().usage()).await;
+                    continue;
+                }
+            };
+            let frame = match read {
                 Err(_) => bail!("no message for {IDLE_TIMEOUT:?}"),
                 Ok(None) => bail!("the operator closed the stream"),
                 Ok(Some(frame)) => frame?,
@@ -224,6 +235,37 @@ impl ControlPlane {
                 }
                 self.ack(http, url, token.trim(), version).await;
             }
+        }
+    }
+
+    /// Sends this proxy's counters; the operator sums them across proxies into Tenant status.
+    async fn report_usage(
+        &self,
+        http: &HttpsClient,
+        url: &str,
+        token: &str,
+        counters: Vec<crate::quota::UsageRow>,
+    ) {
+        let report = UsageReport {
+            proxy: self.name.clone(),
+            counters,
+        };
+        let Ok(body) = serde_json::to_vec(&report) else {
+            return;
+        };
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{url}/v1/usage"))
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)));
+        let Ok(req) = req else { return };
+        match tokio::time::timeout(Duration::from_secs(5), http.request(req)).await {
+            Ok(Ok(resp)) if resp.status().is_success() => {}
+            Ok(Ok(resp)) => {
+                tracing::debug!(status = %resp.status(), "operator refused the usage report")
+            }
+            _ => tracing::debug!("cannot send the usage report"),
         }
     }
 

@@ -170,6 +170,28 @@ async fn the_fleet_enforces_plans_and_follows_every_edit() -> Result<()> {
         "an admin is told to act"
     );
 
+    // Usage: each proxy reports its counters; Tenant status shows the sum over the fleet (3 on
+    // proxy-a, 1 on proxy-b: without Redis, every proxy counts on its own).
+    assert_eq!(fleet.call(1, "/hello", "key-alice").await?.status, 200);
+    let usage = eventually(WAIT, "alice's usage summed over both proxies", || async {
+        let s = tenants.get("alice").await.ok()?.status?;
+        s.usage.first().filter(|u| u.used == "4").cloned()
+    })
+    .await?;
+    assert_eq!(
+        (
+            usage.quota_policy.as_str(),
+            usage.quota.as_str(),
+            usage.limit.as_str()
+        ),
+        ("quota3", "monthly-requests", "3")
+    );
+    assert!(
+        usage.period_start.ends_with("-01T00:00:00Z"),
+        "calendar month: {}",
+        usage.period_start
+    );
+
     // Manual approval: 403 until the route owner approves, then served without a restart.
     let r = fleet.call(0, "/manual", "key-carol").await?;
     assert_eq!(

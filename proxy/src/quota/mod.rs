@@ -92,23 +92,9 @@ pub struct Metered {
     pub cost: Decimal,
 }
 
-/// One counter, for `/usage`, persistence and status roll-ups.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UsageRow {
-    /// `namespace/name` of the tenant.
-    pub tenant: String,
-    /// `namespace/name` of the plan.
-    pub plan: String,
-    /// Quota name.
-    pub quota: String,
-    /// Period start.
-    pub period_start: Timestamp,
-    /// Period end.
-    pub period_end: Timestamp,
-    /// Used in the period.
-    pub used: Decimal,
-}
+/// One counter, for `/usage`, persistence and the operator's status roll-ups (the wire type of
+/// usage reports).
+pub use tollgate_crds::stream::UsageRecord as UsageRow;
 
 /// Where counters live.
 pub trait CounterStore: Send + Sync + 'static {
