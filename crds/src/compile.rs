@@ -634,6 +634,23 @@ fn compile_route(key: &ObjectKey, route: &ApiRoute) -> Result<Route, Vec<FieldEr
         }
     };
 
+    let deprecated_at = match spec
+        .lifecycle
+        .deprecated_at
+        .as_deref()
+        .map(Timestamp::from_str)
+        .transpose()
+    {
+        Ok(t) => t,
+        Err(e) => {
+            errors.push(invalid(
+                "spec.lifecycle.deprecatedAt",
+                format!("not an RFC 3339 time: {e}"),
+            ));
+            None
+        }
+    };
+
     let mut methods = spec.route_match.methods.clone();
     methods.sort();
     methods.dedup();
@@ -653,6 +670,7 @@ fn compile_route(key: &ObjectKey, route: &ApiRoute) -> Result<Route, Vec<FieldEr
             rejected_tenants: spec.rejected_tenants.clone(),
             lifecycle: spec.lifecycle.state,
             sunset,
+            deprecated_at,
         }),
         _ => Err(errors),
     }

@@ -121,6 +121,9 @@ pub struct Route {
     pub lifecycle: LifecycleState,
     /// Sunset time of a deprecated route.
     pub sunset: Option<Timestamp>,
+    /// When the route was deprecated (RFC 9745 Deprecation header).
+    #[serde(default)]
+    pub deprecated_at: Option<Timestamp>,
 }
 
 /// How specific a route's match is; smaller sorts first and wins.

@@ -85,7 +85,7 @@ pub struct RouteEntry {
     pub upstream: Option<Upstream>,
     /// A fixed response, if the backend is directResponse.
     pub direct: Option<DirectResponse>,
-    /// `Deprecation` header for deprecated routes (RFC 9745: `@<unix seconds>`, or `?1`).
+    /// `Deprecation` header for deprecated routes (RFC 9745: `@<unix seconds>`).
     pub deprecation: Option<HeaderValue>,
     /// `Sunset` header (RFC 8594 HTTP-date).
     pub sunset: Option<HeaderValue>,
@@ -141,7 +141,12 @@ impl RouteEntry {
             .sunset
             .filter(|_| deprecated)
             .and_then(|t| HeaderValue::from_str(&http_date(t)).ok());
-        let deprecation = deprecated.then(|| HeaderValue::from_static("?1"));
+        // RFC 9745: a Structured Field Date, "@<seconds since the epoch>".
+        let deprecation = deprecated.then(|| {
+            let since = route.deprecated_at.unwrap_or_else(jiff::Timestamp::now);
+            HeaderValue::from_str(&format!("@{}", since.as_second()))
+                .unwrap_or_else(|_| HeaderValue::from_static("@0"))
+        });
         Self {
             route,
             id,

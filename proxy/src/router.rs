@@ -152,6 +152,7 @@ mod tests {
             rejected_tenants: vec![],
             lifecycle: Default::default(),
             sunset: None,
+            deprecated_at: None,
         }
     }
 

@@ -82,7 +82,7 @@ metadata: {{name: deprecated, namespace: shop}}
 spec:
   match: {{pathPrefix: /deprecated}}
   backend: {{directResponse: {{status: 200, body: still here}}}}
-  lifecycle: {{state: Deprecated, sunset: "2027-01-01T00:00:00Z"}}
+  lifecycle: {{state: Deprecated, sunset: "2027-01-01T00:00:00Z", deprecatedAt: "2026-06-01T00:00:00Z"}}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: ApiRoute
@@ -464,7 +464,8 @@ async fn direct_and_deprecated_routes() {
     assert_eq!(&r.body[..], br#"{"direct":true}"#);
     let r = p.get("/deprecated", &[(k, &v)]).await;
     assert_eq!(r.status, 200);
-    assert_eq!(r.header("deprecation"), Some("?1"));
+    // RFC 9745 Date: 2026-06-01T00:00:00Z.
+    assert_eq!(r.header("deprecation"), Some("@1780272000"));
     assert_eq!(r.header("sunset"), Some("Fri, 01 Jan 2027 00:00:00 GMT"));
 }
 

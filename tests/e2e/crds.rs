@@ -273,7 +273,7 @@ spec:
   approval: Manual
   approvedTenants: [acme]
   rejectedTenants: [initech]
-  lifecycle: {state: Deprecated, sunset: "2027-01-01T00:00:00Z"}
+  lifecycle: {state: Deprecated, sunset: "2027-01-01T00:00:00Z", deprecatedAt: "2026-06-01T00:00:00Z"}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: QuotaPolicy

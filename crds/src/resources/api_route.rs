@@ -246,6 +246,11 @@ pub struct Lifecycle {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "date-time"))]
     pub sunset: Option<String>,
+    /// RFC 3339 time the route was (or will be) deprecated, sent in the Deprecation header
+    /// (RFC 9745). Defaults to when a proxy loads the deprecated route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
+    pub deprecated_at: Option<String>,
 }
 
 /// Lifecycle states.
