@@ -78,6 +78,16 @@ pub struct Cli {
     )]
     pub admin_listen: SocketAddr,
 
+    /// Where quota counters live: `memory` (this proxy only, persisted in --state-dir) or
+    /// `redis://HOST:PORT` to share them across a fleet of proxies.
+    #[arg(
+        long,
+        env = "TOLLGATE_STORE",
+        default_value = "memory",
+        value_name = "memory|URL"
+    )]
+    pub store: String,
+
     /// Directory for state that must survive restarts (quota counters). Created if missing.
     #[arg(
         long,

@@ -84,11 +84,53 @@ async fn serve(cli: Cli) -> Result<()> {
     let registry = Registry::new();
     let metrics = ProxyMetrics::new(&registry).context("registering metrics")?;
 
-    let store = Arc::new(MemoryStore::new());
-    let restored = persist::load(&cli.state_dir)?;
-    tracing::info!(state_dir = %cli.state_dir.display(), counters = restored.len(), "restored quota counters");
-    store.restore(restored);
+    if cli.store == "memory" {
+        let store = Arc::new(MemoryStore::new());
+        let restored = persist::load(&cli.state_dir)?;
+        tracing::info!(state_dir = %cli.state_dir.display(), counters = restored.len(), "restored quota counters");
+        store.restore(restored);
+        let flusher = tokio::spawn(flush_periodically(
+            store.clone(),
+            cli.state_dir.clone(),
+            metrics.clone(),
+        ));
+        serve_with(&cli, store.clone(), registry, metrics).await?;
+        flusher.abort();
+        persist::save(&cli.state_dir, store.usage())
+            .context("saving quota counters on shutdown")?;
+        tracing::info!(state_dir = %cli.state_dir.display(), "counters saved; bye");
+    } else {
+        let store = quota::redis::RedisStore::connect(&cli.store).with_context(|| {
+            format!(
+                "--store {}: expected memory or redis://HOST:PORT",
+                cli.store
+            )
+        })?;
+        tracing::info!(store = %cli.store, "counting quotas in Redis");
+        let settler = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    store.settle(false).await;
+                }
+            })
+        };
+        serve_with(&cli, store.clone(), registry, metrics).await?;
+        settler.abort();
+        store.settle(true).await;
+        tracing::info!("unused quota slices returned to Redis; bye");
+    }
+    Ok(())
+}
 
+async fn serve_with<S: CounterStore>(
+    cli: &Cli,
+    store: Arc<S>,
+    registry: Registry,
+    metrics: ProxyMetrics,
+) -> Result<()> {
     let access_log = AccessLog::start(cli.access_log, metrics.access_log_dropped.clone());
     let proxy = Arc::new(Proxy::new(
         store.clone(),
@@ -171,11 +213,6 @@ async fn serve(cli: Cli) -> Result<()> {
         ready,
     });
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin));
-    let flusher = tokio::spawn(flush_periodically(
-        store.clone(),
-        cli.state_dir.clone(),
-        metrics.clone(),
-    ));
 
     let opts = server::ServerOptions {
         max_header_bytes: cli.max_header_bytes,
@@ -192,7 +229,6 @@ async fn serve(cli: Cli) -> Result<()> {
     .await;
 
     stop.store(true, Ordering::Release);
-    flusher.abort();
     admin_task.abort();
     if let Some(watcher) = watcher {
         let _ = watcher.join();
@@ -200,15 +236,12 @@ async fn serve(cli: Cli) -> Result<()> {
     if let Some(subscription) = subscription {
         subscription.abort();
     }
-    let rows = store.usage();
-    persist::save(&cli.state_dir, rows).context("saving quota counters on shutdown")?;
-    tracing::info!(state_dir = %cli.state_dir.display(), "counters saved; bye");
     Ok(())
 }
 
-fn reload(
+fn reload<S: CounterStore>(
     manifests: &mut ManifestDir,
-    proxy: &Proxy<MemoryStore>,
+    proxy: &Proxy<S>,
     metrics: &ProxyMetrics,
     version: &AtomicU64,
     ready: &AtomicBool,
@@ -252,9 +285,9 @@ fn reload(
     ready.store(true, Ordering::Release);
 }
 
-fn spawn_watcher(
+fn spawn_watcher<S: CounterStore>(
     mut manifests: ManifestDir,
-    proxy: Arc<Proxy<MemoryStore>>,
+    proxy: Arc<Proxy<S>>,
     metrics: ProxyMetrics,
     version: Arc<AtomicU64>,
     ready: Arc<AtomicBool>,

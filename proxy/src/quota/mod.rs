@@ -124,3 +124,4 @@ pub trait CounterStore: Send + Sync + 'static {
     /// Current counters.
     fn usage(&self) -> Vec<UsageRow>;
 }
+pub mod redis;

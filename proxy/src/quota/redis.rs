@@ -1,0 +1,506 @@
+//! Fleet-wide quotas in Redis, without a Redis round trip per request while a tenant is far from
+//! its limit, and exact near it.
+//!
+//! Each counter is one Redis key per (tenant, plan, quota, period start), expiring a week after
+//! the period ends (a month stays countable to its last second). A proxy does not increment it per
+//! request: it *leases* a slice of the remaining allowance with one atomic Lua call and spends the
+//! slice locally. Slices are 1/64 of what remains (at most 1000), so they shrink to a single unit
+//! near the limit, where every admission asks Redis. Redis never grants past the limit, so while it
+//! is reachable the fleet never admits more than the limit (overshoot 0); a proxy may refuse while
+//! another still holds unused units (at most one slice per proxy), and idle slices go back to
+//! Redis after 2 s and on shutdown. A proxy killed with SIGKILL loses at most its current slices.
+//!
+//! Token and Cost quotas are charged with INCRBY after the response (Cost in millionths) and
+//! admitted while the last known total is below the limit.
+//!
+//! When Redis cannot be reached: FailClosed plans answer 503; FailOpen plans admit, count locally,
+//! and add what they admitted to Redis when it is back (nothing lost).
+//!
+//! Rate limits stay per proxy (GCRA, as in memory): a fleet of N proxies admits up to N times a
+//! short-window limit. Fleet-wide rate limits are not implemented yet.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use parking_lot::Mutex;
+use redis::aio::ConnectionManager;
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+use tollgate_crds::period::{PeriodWindow, window};
+use tollgate_crds::resources::{FailurePolicy, Metric};
+
+use super::gcra::{Gcra, GcraDecision};
+use super::{Admission, CounterStore, LimitState, Metered, Subject, UsageRow};
+use crate::config::PlanEntry;
+
+const LEASE: &str = r"
+local limit = tonumber(ARGV[1])
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local remaining = limit - used
+if remaining <= 0 then return {0, used} end
+local grant = math.floor(remaining / 64)
+if grant < 1 then grant = 1 end
+if grant > 1000 then grant = 1000 end
+used = redis.call('INCRBY', KEYS[1], grant)
+redis.call('EXPIREAT', KEYS[1], ARGV[2])
+return {grant, used}
+";
+
+const GIVE_BACK: &str = r"
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local back = math.min(tonumber(ARGV[1]), used)
+if back > 0 then redis.call('DECRBY', KEYS[1], back) end
+return back
+";
+
+/// (tenant, plan, rate limit name).
+type RateKey = (Arc<str>, Arc<str>, String);
+
+const KEEP_AFTER_PERIOD: i64 = 7 * 86_400;
+const IDLE_RETURN: Duration = Duration::from_secs(2);
+
+/// One counter as this proxy sees it.
+#[derive(Debug)]
+struct Counter {
+    tenant: Arc<str>,
+    plan: Arc<str>,
+    quota: String,
+    window: PeriodWindow,
+    /// Units leased from Redis and not spent yet.
+    leased: u64,
+    /// The Redis total after our last call (for headers and Token/Cost admission).
+    redis_used: i64,
+    /// What this proxy admitted or charged in the period (its share, for usage reports).
+    spent: Decimal,
+    /// Admitted while Redis was unreachable (FailOpen), to add when it is back.
+    debt: i64,
+    last_used: Instant,
+}
+
+/// Counters in Redis, leased in slices.
+pub struct RedisStore {
+    conn: ConnectionManager,
+    lease: redis::Script,
+    give_back: redis::Script,
+    counters: Mutex<HashMap<String, Counter>>,
+    rates: Mutex<HashMap<RateKey, Gcra>>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").finish_non_exhaustive()
+    }
+}
+
+fn key(tenant: &str, plan: &str, quota: &str, start: Timestamp) -> String {
+    // One hash tag per (tenant, plan) keeps a tenant's counters on one Redis Cluster slot.
+    format!("tollgate:{{{tenant}|{plan}}}:{quota}:{}", start.as_second())
+}
+
+/// Amount a metric counts, in the integer unit stored in Redis (Cost in millionths).
+fn units(metric: Metric, amount: Decimal) -> i64 {
+    let scaled = if metric == Metric::Cost {
+        amount * Decimal::from(1_000_000)
+    } else {
+        amount
+    };
+    scaled.ceil().to_i64().unwrap_or(i64::MAX)
+}
+
+fn from_units(metric: Metric, units: i64) -> Decimal {
+    let d = Decimal::from(units);
+    if metric == Metric::Cost {
+        d / Decimal::from(1_000_000)
+    } else {
+        d
+    }
+}
+
+impl RedisStore {
+    /// Connects lazily to `url` (`redis://host:port`, `rediss://` for TLS): the proxy starts and
+    /// serves (per failure policy) even when Redis is down.
+    pub fn connect(url: &str) -> anyhow::Result<Arc<Self>> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(Duration::from_millis(250)))
+            .set_number_of_retries(1);
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Arc::new(Self {
+            conn,
+            lease: redis::Script::new(LEASE),
+            give_back: redis::Script::new(GIVE_BACK),
+            counters: Mutex::new(HashMap::new()),
+            rates: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn window_key(subject: &Subject<'_>, index: usize, now: Timestamp) -> (String, PeriodWindow) {
+        let quota = &subject.plan.plan.quotas[index];
+        let w = window(quota.period, &subject.plan.tz, now);
+        (
+            key(&subject.tenant.id, &subject.plan.id, &quota.name, w.start),
+            w,
+        )
+    }
+
+    fn counter<'a>(
+        counters: &'a mut HashMap<String, Counter>,
+        subject: &Subject<'_>,
+        index: usize,
+        key: &str,
+        w: PeriodWindow,
+    ) -> &'a mut Counter {
+        counters.entry(key.to_owned()).or_insert_with(|| Counter {
+            tenant: subject.tenant.id.clone(),
+            plan: subject.plan.id.clone(),
+            quota: subject.plan.plan.quotas[index].name.clone(),
+            window: w,
+            leased: 0,
+            redis_used: 0,
+            spent: Decimal::ZERO,
+            debt: 0,
+            last_used: Instant::now(),
+        })
+    }
+
+    async fn lease_from_redis(
+        &self,
+        key: &str,
+        limit: i64,
+        expire_at: i64,
+    ) -> redis::RedisResult<(i64, i64)> {
+        let mut conn = self.conn.clone();
+        self.lease
+            .key(key)
+            .arg(limit)
+            .arg(expire_at)
+            .invoke_async(&mut conn)
+            .await
+    }
+
+    fn state(
+        c: &Counter,
+        limit: Decimal,
+        metric: Metric,
+        index: usize,
+        now: Timestamp,
+    ) -> LimitState {
+        let used = from_units(
+            metric,
+            c.redis_used - i64::try_from(c.leased).unwrap_or(0) + c.debt,
+        );
+        LimitState {
+            index,
+            remaining: (limit - used).max(Decimal::ZERO),
+            used: used.max(Decimal::ZERO),
+            reset_seconds: c.window.seconds_until_end(now),
+            window: Some(c.window),
+        }
+    }
+
+    async fn admit_inner(&self, subject: Subject<'_>, now: Timestamp) -> Admission {
+        let plan: &PlanEntry = subject.plan;
+        let fail_open = plan.plan.failure_policy == FailurePolicy::FailOpen;
+        // 1. Reserve one unit of every Requests quota, leasing from Redis where none is left.
+        let mut reserved: Vec<String> = Vec::new();
+        let mut exhausted = None;
+        for (i, quota) in plan.plan.quotas.iter().enumerate() {
+            let (key, w) = Self::window_key(&subject, i, now);
+            let limit = units(quota.metric, quota.limit);
+            if quota.metric != Metric::Requests {
+                let over = {
+                    let mut counters = self.counters.lock();
+                    let c = Self::counter(&mut counters, &subject, i, &key, w);
+                    c.redis_used + c.debt >= limit
+                };
+                if over && exhausted.is_none() {
+                    exhausted = Some(i);
+                }
+                continue;
+            }
+            let have = {
+                let mut counters = self.counters.lock();
+                let c = Self::counter(&mut counters, &subject, i, &key, w);
+                if c.leased > 0 {
+                    c.leased -= 1;
+                    true
+                } else {
+                    false
+                }
+            };
+            if !have {
+                match self
+                    .lease_from_redis(&key, limit, w.end.as_second() + KEEP_AFTER_PERIOD)
+                    .await
+                {
+                    Ok((0, used)) => {
+                        let mut counters = self.counters.lock();
+                        Self::counter(&mut counters, &subject, i, &key, w).redis_used = used;
+                        exhausted.get_or_insert(i);
+                        continue;
+                    }
+                    Ok((grant, used)) => {
+                        let mut counters = self.counters.lock();
+                        let c = Self::counter(&mut counters, &subject, i, &key, w);
+                        c.redis_used = used;
+                        c.leased += u64::try_from(grant - 1).unwrap_or(0);
+                    }
+                    Err(e) if fail_open => {
+                        tracing::debug!(error = %e, "Redis unreachable; FailOpen admits and counts locally");
+                        let mut counters = self.counters.lock();
+                        Self::counter(&mut counters, &subject, i, &key, w).debt += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Redis unreachable; FailClosed refuses");
+                        self.unreserve(&reserved);
+                        return Admission::StoreUnavailable;
+                    }
+                }
+            }
+            reserved.push(key);
+        }
+        // 2. Rate limits, per proxy.
+        let mut exceeded = None;
+        let now_ns = i64::try_from(now.as_nanosecond()).unwrap_or(i64::MAX);
+        let mut rate_limits = Vec::with_capacity(plan.plan.rate_limits.len());
+        {
+            let mut rates = self.rates.lock();
+            let mut new_tats = Vec::new();
+            for (i, rl) in plan.plan.rate_limits.iter().enumerate() {
+                let gcra = rates
+                    .entry((subject.tenant.id.clone(), plan.id.clone(), rl.name.clone()))
+                    .or_default();
+                let decision = gcra.check(rl.requests, rl.window_ms, now_ns);
+                let (remaining, reset_ms) = gcra.remaining(rl.requests, rl.window_ms, now_ns);
+                let mut state = LimitState {
+                    index: i,
+                    remaining: Decimal::from(remaining),
+                    used: Decimal::from(rl.requests - remaining),
+                    reset_seconds: reset_ms.div_ceil(1000),
+                    window: None,
+                };
+                match decision {
+                    GcraDecision::Allow { new_tat_ns } => new_tats.push((i, new_tat_ns)),
+                    GcraDecision::Deny { retry_after_ms } => {
+                        state.remaining = Decimal::ZERO;
+                        state.reset_seconds = retry_after_ms.div_ceil(1000).max(1);
+                        exceeded.get_or_insert(state.clone());
+                    }
+                }
+                rate_limits.push(state);
+            }
+            if exhausted.is_none() && exceeded.is_none() {
+                for (i, tat) in new_tats {
+                    let rl = &plan.plan.rate_limits[i];
+                    if let Some(g) = rates.get_mut(&(
+                        subject.tenant.id.clone(),
+                        plan.id.clone(),
+                        rl.name.clone(),
+                    )) {
+                        g.commit(tat);
+                        let (remaining, reset_ms) = g.remaining(rl.requests, rl.window_ms, now_ns);
+                        rate_limits[i].remaining = Decimal::from(remaining);
+                        rate_limits[i].reset_seconds = reset_ms.div_ceil(1000);
+                    }
+                }
+            }
+        }
+        if exhausted.is_some() || exceeded.is_some() {
+            self.unreserve(&reserved);
+        }
+        // 3. Decide, and account what this proxy spent.
+        let mut counters = self.counters.lock();
+        let mut quotas = Vec::with_capacity(plan.plan.quotas.len());
+        for (i, quota) in plan.plan.quotas.iter().enumerate() {
+            let (key, w) = Self::window_key(&subject, i, now);
+            let c = Self::counter(&mut counters, &subject, i, &key, w);
+            if exhausted.is_none() && exceeded.is_none() && quota.metric == Metric::Requests {
+                c.spent += Decimal::ONE;
+                c.last_used = Instant::now();
+            }
+            quotas.push(Self::state(c, quota.limit, quota.metric, i, now));
+        }
+        drop(counters);
+        if let Some(i) = exhausted {
+            let mut state = quotas[i].clone();
+            state.used = state.used.max(plan.plan.quotas[i].limit);
+            state.remaining = Decimal::ZERO;
+            return Admission::QuotaExhausted {
+                exhausted: state,
+                rate_limits,
+                quotas,
+            };
+        }
+        if let Some(exceeded) = exceeded {
+            return Admission::RateLimited {
+                exceeded,
+                rate_limits,
+                quotas,
+            };
+        }
+        Admission::Admitted {
+            rate_limits,
+            quotas,
+        }
+    }
+
+    fn unreserve(&self, keys: &[String]) {
+        let mut counters = self.counters.lock();
+        for key in keys {
+            if let Some(c) = counters.get_mut(key) {
+                c.leased += 1;
+            }
+        }
+    }
+
+    /// Gives back idle slices (or all of them), and adds FailOpen debts to Redis.
+    pub async fn settle(&self, all: bool) {
+        let now = Timestamp::now();
+        let work: Vec<(String, u64, i64)> = {
+            let mut counters = self.counters.lock();
+            counters.retain(|_, c| c.window.end > now || c.debt > 0);
+            counters
+                .iter_mut()
+                .filter(|(_, c)| {
+                    c.debt > 0 || (c.leased > 0 && (all || c.last_used.elapsed() > IDLE_RETURN))
+                })
+                .map(|(k, c)| {
+                    let back = std::mem::take(&mut c.leased);
+                    (k.clone(), back, c.debt)
+                })
+                .collect()
+        };
+        for (key, back, debt) in work {
+            let mut conn = self.conn.clone();
+            if back > 0 {
+                let returned: redis::RedisResult<i64> = self
+                    .give_back
+                    .key(&key)
+                    .arg(back)
+                    .invoke_async(&mut conn)
+                    .await;
+                if returned.is_err() {
+                    // Keep the slice; try again next time.
+                    if let Some(c) = self.counters.lock().get_mut(&key) {
+                        c.leased += back;
+                    }
+                }
+            }
+            if debt > 0 {
+                let added: redis::RedisResult<i64> = redis::cmd("INCRBY")
+                    .arg(&key)
+                    .arg(debt)
+                    .query_async(&mut conn)
+                    .await;
+                if let Ok(total) = added
+                    && let Some(c) = self.counters.lock().get_mut(&key)
+                {
+                    c.debt -= debt;
+                    c.redis_used = total;
+                }
+            }
+        }
+    }
+}
+
+impl CounterStore for RedisStore {
+    async fn admit(&self, subject: Subject<'_>, now: Timestamp) -> Admission {
+        self.admit_inner(subject, now).await
+    }
+
+    async fn peek(
+        &self,
+        subject: Subject<'_>,
+        now: Timestamp,
+    ) -> (Vec<LimitState>, Vec<LimitState>) {
+        let mut counters = self.counters.lock();
+        let quotas = subject
+            .plan
+            .plan
+            .quotas
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let (key, w) = Self::window_key(&subject, i, now);
+                Self::state(
+                    Self::counter(&mut counters, &subject, i, &key, w),
+                    q.limit,
+                    q.metric,
+                    i,
+                    now,
+                )
+            })
+            .collect();
+        (Vec::new(), quotas)
+    }
+
+    async fn refund(&self, subject: Subject<'_>, now: Timestamp) {
+        let mut counters = self.counters.lock();
+        for &i in &subject.plan.request_quotas {
+            let (key, w) = Self::window_key(&subject, i, now);
+            let c = Self::counter(&mut counters, &subject, i, &key, w);
+            c.leased += 1;
+            c.spent = (c.spent - Decimal::ONE).max(Decimal::ZERO);
+        }
+    }
+
+    async fn charge(&self, subject: Subject<'_>, metered: Metered, now: Timestamp) {
+        let plan = subject.plan;
+        for (i, quota) in plan.plan.quotas.iter().enumerate() {
+            let amount = match quota.metric {
+                Metric::Requests => continue,
+                Metric::InputTokens => Decimal::from(metered.input_tokens),
+                Metric::OutputTokens => Decimal::from(metered.output_tokens),
+                Metric::TotalTokens => Decimal::from(metered.input_tokens + metered.output_tokens),
+                Metric::Cost => metered.cost,
+            };
+            if amount.is_zero() {
+                continue;
+            }
+            let (key, w) = Self::window_key(&subject, i, now);
+            let delta = units(quota.metric, amount);
+            let mut conn = self.conn.clone();
+            let result: redis::RedisResult<i64> = redis::pipe()
+                .atomic()
+                .cmd("INCRBY")
+                .arg(&key)
+                .arg(delta)
+                .cmd("EXPIREAT")
+                .arg(&key)
+                .arg(w.end.as_second() + KEEP_AFTER_PERIOD)
+                .ignore()
+                .query_async::<(i64,)>(&mut conn)
+                .await
+                .map(|(total,)| total);
+            let mut counters = self.counters.lock();
+            let c = Self::counter(&mut counters, &subject, i, &key, w);
+            c.spent += amount;
+            match result {
+                Ok(total) => c.redis_used = total,
+                // Usage already happened: whatever the failure policy, it is kept and added later.
+                Err(_) => c.debt += delta,
+            }
+        }
+    }
+
+    fn usage(&self) -> Vec<UsageRow> {
+        let counters = self.counters.lock();
+        let mut rows: Vec<UsageRow> = counters
+            .values()
+            .filter(|c| !c.spent.is_zero())
+            .map(|c| UsageRow {
+                tenant: c.tenant.to_string(),
+                plan: c.plan.to_string(),
+                quota: c.quota.clone(),
+                period_start: c.window.start,
+                period_end: c.window.end,
+                used: c.spent,
+            })
+            .collect();
+        rows.sort_by(|a, b| (&a.tenant, &a.plan, &a.quota).cmp(&(&b.tenant, &b.plan, &b.quota)));
+        rows
+    }
+}

@@ -1,0 +1,226 @@
+//! Fleet-wide quotas on a real redis-server: several proxies, one tenant, an exact total.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::ProxyProcess;
+
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) is needed");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The sum of every tollgate counter key matching `pattern`.
+    fn total(&self, pattern: &str) -> i64 {
+        let keys = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "--scan", "--pattern", pattern])
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&keys.stdout)
+            .lines()
+            .map(|k| {
+                let v = Command::new("redis-cli")
+                    .args(["-p", &self.port.to_string(), "GET", k])
+                    .output()
+                    .expect("redis-cli");
+                String::from_utf8_lossy(&v.stdout)
+                    .trim()
+                    .parse::<i64>()
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn world(limit: u32, policy: &str) -> String {
+    format!(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: QuotaPolicy\nmetadata: {{name: plan}}\n\
+         spec: {{quotas: [{{name: monthly, limit: \"{limit}\", period: Month}}], failurePolicy: {policy}}}\n---\n\
+         apiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {{name: api}}\n\
+         spec: {{match: {{pathPrefix: /api}}, backend: {{directResponse: {{status: 200, body: ok}}}}}}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {{name: k}}\nstringData: {{apiKey: key-fleet}}\n---\n\
+         apiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: t}}\n\
+         spec: {{quotaPolicyRef: {{name: plan}}, apiKeys: [{{secretRef: {{name: k}}}}], subscriptions: [{{apiRouteRef: {{name: api}}}}]}}\n"
+    )
+}
+
+async fn fleet(redis: &Redis, limit: u32, policy: &str, size: usize) -> Vec<ProxyProcess> {
+    let mut proxies = Vec::new();
+    for _ in 0..size {
+        proxies.push(
+            ProxyProcess::start_with(
+                &[("world.yaml", world(limit, policy))],
+                &["--store", &redis.url()],
+            )
+            .await,
+        );
+    }
+    proxies
+}
+
+/// Sends `per_proxy` requests to every proxy at once; returns (admitted, refused with 402, other).
+async fn drive(proxies: &[ProxyProcess], per_proxy: usize) -> (usize, usize, usize) {
+    let mut tasks = Vec::new();
+    for p in proxies {
+        let listen = p.listen;
+        for _ in 0..4 {
+            tasks.push(tokio::spawn(async move {
+                let mut counts = (0, 0, 0);
+                for _ in 0..per_proxy / 4 {
+                    let r = support::request(
+                        listen,
+                        "GET",
+                        "/api/x",
+                        &[("x-api-key", "key-fleet")],
+                        bytes::Bytes::new(),
+                    )
+                    .await;
+                    match r.status {
+                        200 => counts.0 += 1,
+                        402 => counts.1 += 1,
+                        _ => counts.2 += 1,
+                    }
+                }
+                counts
+            }));
+        }
+    }
+    let mut total = (0, 0, 0);
+    for t in tasks {
+        let c = t.await.expect("join");
+        total = (total.0 + c.0, total.1 + c.1, total.2 + c.2);
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_proxies_admit_exactly_a_small_limit() {
+    let redis = Redis::start(support::free_port());
+    let proxies = fleet(&redis, 10, "FailClosed", 4).await;
+    let (admitted, refused, other) = drive(&proxies, 40).await;
+    assert_eq!((admitted, refused, other), (10, 150, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_proxies_never_exceed_a_large_limit_and_redis_agrees() {
+    let redis = Redis::start(support::free_port());
+    let proxies = fleet(&redis, 1000, "FailClosed", 4).await;
+    let (admitted, refused, other) = drive(&proxies, 320).await;
+    assert_eq!(other, 0);
+    assert!(
+        admitted <= 1000,
+        "overshoot: {admitted} admitted for a limit of 1000"
+    );
+    // Refusals while another proxy still held unused units: at most a slice each.
+    assert!(admitted >= 1000 - 4 * 16, "under-admission: {admitted}");
+    assert_eq!(admitted + refused, 1280);
+    // Idle slices go back within about 2 s: Redis then holds exactly what was admitted.
+    let mut in_redis = 0;
+    for _ in 0..50 {
+        in_redis = redis.total("tollgate:*");
+        if in_redis == admitted as i64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(in_redis, admitted as i64, "Redis total vs admitted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_down_fail_closed_answers_503_and_fail_open_reconciles() {
+    let port = support::free_port();
+    let mut redis = Redis::start(port);
+    let closed = fleet(&redis, 100, "FailClosed", 1).await;
+    let open = ProxyProcess::start_with(
+        &[(
+            "world.yaml",
+            world(100, "FailOpen")
+                .replace("name: plan", "name: plan")
+                .replace("key-fleet", "key-open")
+                .replace("name: t}", "name: t2}"),
+        )],
+        &["--store", &redis.url()],
+    )
+    .await;
+    assert_eq!(
+        closed[0]
+            .get("/api/x", &[("x-api-key", "key-fleet")])
+            .await
+            .status,
+        200
+    );
+    redis.stop();
+    let r = closed[0].get("/api/x", &[("x-api-key", "key-fleet")]).await;
+    r.problem(503, "quota-store-unavailable");
+    for _ in 0..3 {
+        assert_eq!(
+            open.get("/api/x", &[("x-api-key", "key-open")])
+                .await
+                .status,
+            200,
+            "FailOpen keeps serving"
+        );
+    }
+    // Redis comes back (empty: no persistence in this test): FailOpen's admissions are added.
+    let redis = Redis::start(port);
+    let mut total = 0;
+    for _ in 0..60 {
+        total = redis.total("tollgate:{default/t2|*");
+        if total >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        total, 3,
+        "the 3 requests admitted during the outage are in Redis"
+    );
+}
