@@ -183,7 +183,6 @@ async fn redis_down_fail_closed_answers_503_and_fail_open_reconciles() {
         &[(
             "world.yaml",
             world(100, "FailOpen")
-                .replace("name: plan", "name: plan")
                 .replace("key-fleet", "key-open")
                 .replace("name: t}", "name: t2}"),
         )],
