@@ -88,6 +88,11 @@ pub struct Cli {
     )]
     pub store: String,
 
+    /// With a Redis store, lease quota units in slices (default). `false` makes every admission a
+    /// Redis round trip, like a naive INCR-per-request limiter (for comparison in benchmarks).
+    #[arg(long, env = "TOLLGATE_STORE_SLICES", default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
+    pub store_slices: bool,
+
     /// Directory for state that must survive restarts (quota counters). Created if missing.
     #[arg(
         long,

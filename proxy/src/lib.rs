@@ -100,12 +100,15 @@ async fn serve(cli: Cli) -> Result<()> {
             .context("saving quota counters on shutdown")?;
         tracing::info!(state_dir = %cli.state_dir.display(), "counters saved; bye");
     } else {
-        let store = quota::redis::RedisStore::connect(&cli.store).with_context(|| {
-            format!(
-                "--store {}: expected memory or redis://HOST:PORT",
-                cli.store
-            )
-        })?;
+        let store_metrics =
+            metrics::StoreMetrics::new(&registry).context("registering store metrics")?;
+        let store = quota::redis::RedisStore::connect(&cli.store, cli.store_slices, store_metrics)
+            .with_context(|| {
+                format!(
+                    "--store {}: expected memory or redis://HOST:PORT",
+                    cli.store
+                )
+            })?;
         tracing::info!(store = %cli.store, "counting quotas in Redis");
         let settler = {
             let store = store.clone();

@@ -157,3 +157,72 @@ impl RouteTelemetry {
         requests.push((status, reason, counter));
     }
 }
+
+/// Metrics of the Redis counter store.
+#[derive(Debug, Clone)]
+pub struct StoreMetrics {
+    /// Redis calls, by operation and result.
+    pub round_trips: IntCounterVec,
+    /// Redis call latency.
+    pub latency: Histogram,
+    /// Units leased from Redis.
+    pub leased_units: IntCounter,
+    /// Units given back to Redis (idle or on shutdown).
+    pub returned_units: IntCounter,
+    /// Admissions served from a local slice, without a Redis call.
+    pub local_admissions: IntCounter,
+    /// Admissions counted locally because Redis was unreachable (FailOpen), not yet reconciled.
+    pub unreconciled_units: IntGauge,
+    /// 1 while the last Redis call failed.
+    pub partitioned: IntGauge,
+}
+
+impl StoreMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            round_trips: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_proxy_store_round_trips_total",
+                    "Calls to the shared counter store, by operation and result.",
+                ),
+                &["op", "result"],
+            )?,
+            latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tollgate_proxy_store_latency_seconds",
+                    "Latency of calls to the shared counter store.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )?,
+            leased_units: IntCounter::new(
+                "tollgate_proxy_store_leased_units_total",
+                "Quota units leased from the shared store.",
+            )?,
+            returned_units: IntCounter::new(
+                "tollgate_proxy_store_returned_units_total",
+                "Unused quota units given back to the shared store.",
+            )?,
+            local_admissions: IntCounter::new(
+                "tollgate_proxy_store_local_admissions_total",
+                "Admissions served from a locally leased slice, without a store round trip.",
+            )?,
+            unreconciled_units: IntGauge::new(
+                "tollgate_proxy_store_unreconciled_units",
+                "Units admitted or charged while the store was unreachable, not yet added to it.",
+            )?,
+            partitioned: IntGauge::new(
+                "tollgate_proxy_store_partitioned",
+                "1 while the shared counter store is unreachable.",
+            )?,
+        };
+        registry.register(Box::new(m.round_trips.clone()))?;
+        registry.register(Box::new(m.latency.clone()))?;
+        registry.register(Box::new(m.leased_units.clone()))?;
+        registry.register(Box::new(m.returned_units.clone()))?;
+        registry.register(Box::new(m.local_admissions.clone()))?;
+        registry.register(Box::new(m.unreconciled_units.clone()))?;
+        registry.register(Box::new(m.partitioned.clone()))?;
+        Ok(m)
+    }
+}

@@ -223,3 +223,42 @@ async fn redis_down_fail_closed_answers_503_and_fail_open_reconciles() {
         "the 3 requests admitted during the outage are in Redis"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_proxy_killed_with_sigkill_loses_at_most_its_slice() {
+    let redis = Redis::start(support::free_port());
+    let first = fleet(&redis, 1000, "FailClosed", 1).await.remove(0);
+    for _ in 0..10 {
+        assert_eq!(
+            first
+                .get("/api/x", &[("x-api-key", "key-fleet")])
+                .await
+                .status,
+            200
+        );
+    }
+    // Far from the limit, one slice served all ten: one Redis call, nine local admissions.
+    let (_, _, metrics) = support::get_raw(first.admin, "/metrics", &[])
+        .await
+        .expect("metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("tollgate_proxy_store_local_admissions_total 9"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"tollgate_proxy_store_round_trips_total{op="lease",result="ok"} 1"#),
+        "{metrics}"
+    );
+    let slice = redis.total("tollgate:*");
+    assert_eq!(slice, 15, "a slice is 1/64 of the remaining 1000");
+    drop(first); // SIGKILL: its 5 unused units are not returned.
+    let second = fleet(&redis, 1000, "FailClosed", 1).await.remove(0);
+    let (admitted, refused, _) = drive(std::slice::from_ref(&second), 1000).await;
+    assert_eq!(
+        admitted,
+        1000 - 15,
+        "lost exactly the unused part of the killed proxy's slice"
+    );
+    assert_eq!(refused, 15);
+}

@@ -34,6 +34,7 @@ use tollgate_crds::resources::{FailurePolicy, Metric};
 use super::gcra::{Gcra, GcraDecision};
 use super::{Admission, CounterStore, LimitState, Metered, Subject, UsageRow};
 use crate::config::PlanEntry;
+use crate::metrics::StoreMetrics;
 
 const LEASE: &str = r"
 local limit = tonumber(ARGV[1])
@@ -41,7 +42,7 @@ local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 local remaining = limit - used
 if remaining <= 0 then return {0, used} end
 local grant = math.floor(remaining / 64)
-if grant < 1 then grant = 1 end
+if ARGV[3] == '0' or grant < 1 then grant = 1 end
 if grant > 1000 then grant = 1000 end
 used = redis.call('INCRBY', KEYS[1], grant)
 redis.call('EXPIREAT', KEYS[1], ARGV[2])
@@ -82,6 +83,10 @@ struct Counter {
 /// Counters in Redis, leased in slices.
 pub struct RedisStore {
     conn: ConnectionManager,
+    metrics: StoreMetrics,
+    /// Lease slices (false: one Redis call per admission, as a naive INCR-per-request store does;
+    /// for comparison in benchmarks).
+    slices: bool,
     lease: redis::Script,
     give_back: redis::Script,
     counters: Mutex<HashMap<String, Counter>>,
@@ -121,7 +126,7 @@ fn from_units(metric: Metric, units: i64) -> Decimal {
 impl RedisStore {
     /// Connects lazily to `url` (`redis://host:port`, `rediss://` for TLS): the proxy starts and
     /// serves (per failure policy) even when Redis is down.
-    pub fn connect(url: &str) -> anyhow::Result<Arc<Self>> {
+    pub fn connect(url: &str, slices: bool, metrics: StoreMetrics) -> anyhow::Result<Arc<Self>> {
         let client = redis::Client::open(url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(500)))
@@ -130,6 +135,8 @@ impl RedisStore {
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(Arc::new(Self {
             conn,
+            metrics,
+            slices,
             lease: redis::Script::new(LEASE),
             give_back: redis::Script::new(GIVE_BACK),
             counters: Mutex::new(HashMap::new()),
@@ -173,12 +180,33 @@ impl RedisStore {
         expire_at: i64,
     ) -> redis::RedisResult<(i64, i64)> {
         let mut conn = self.conn.clone();
-        self.lease
+        let started = Instant::now();
+        let result: redis::RedisResult<(i64, i64)> = self
+            .lease
             .key(key)
             .arg(limit)
             .arg(expire_at)
+            .arg(i64::from(self.slices))
             .invoke_async(&mut conn)
-            .await
+            .await;
+        self.observe("lease", started, result.is_ok());
+        if let Ok((grant, _)) = &result {
+            self.metrics
+                .leased_units
+                .inc_by(u64::try_from(*grant).unwrap_or(0));
+        }
+        result
+    }
+
+    fn observe(&self, op: &str, started: Instant, ok: bool) {
+        self.metrics
+            .latency
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .round_trips
+            .with_label_values(&[op, if ok { "ok" } else { "error" }])
+            .inc();
+        self.metrics.partitioned.set(i64::from(!ok));
     }
 
     fn state(
@@ -226,6 +254,7 @@ impl RedisStore {
                 let c = Self::counter(&mut counters, &subject, i, &key, w);
                 if c.leased > 0 {
                     c.leased -= 1;
+                    self.metrics.local_admissions.inc();
                     true
                 } else {
                     false
@@ -252,6 +281,7 @@ impl RedisStore {
                         tracing::debug!(error = %e, "Redis unreachable; FailOpen admits and counts locally");
                         let mut counters = self.counters.lock();
                         Self::counter(&mut counters, &subject, i, &key, w).debt += 1;
+                        self.metrics.unreconciled_units.inc();
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "Redis unreachable; FailClosed refuses");
@@ -463,6 +493,7 @@ impl CounterStore for RedisStore {
             let (key, w) = Self::window_key(&subject, i, now);
             let delta = units(quota.metric, amount);
             let mut conn = self.conn.clone();
+            let started = Instant::now();
             let result: redis::RedisResult<i64> = redis::pipe()
                 .atomic()
                 .cmd("INCRBY")
@@ -475,13 +506,17 @@ impl CounterStore for RedisStore {
                 .query_async::<(i64,)>(&mut conn)
                 .await
                 .map(|(total,)| total);
+            self.observe("charge", started, result.is_ok());
             let mut counters = self.counters.lock();
             let c = Self::counter(&mut counters, &subject, i, &key, w);
             c.spent += amount;
             match result {
                 Ok(total) => c.redis_used = total,
                 // Usage already happened: whatever the failure policy, it is kept and added later.
-                Err(_) => c.debt += delta,
+                Err(_) => {
+                    c.debt += delta;
+                    self.metrics.unreconciled_units.add(delta);
+                }
             }
         }
     }
