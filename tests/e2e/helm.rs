@@ -69,6 +69,7 @@ fn the_chart_renders_for_defaults_and_every_documented_option() -> Result<()> {
         ("metrics.prometheusRule.enabled=true", "PrometheusRule"),
         ("metrics.dashboard.enabled=true", "ConfigMap"),
         ("networkPolicy.enabled=true", "NetworkPolicy"),
+        ("redis.deploy=true", "StatefulSet"),
     ];
     for (set, kind) in cases {
         let rendered = kinds(&helm_ok(&["template", "t", &chart(), "--set", set])?);
