@@ -132,6 +132,11 @@ pub struct Cli {
     #[arg(long, env = "TOLLGATE_ACCESS_LOG", default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
     pub access_log: bool,
 
+    /// Export tollgate_proxy_tenant_requests_total with a `tenant` label: one series per tenant,
+    /// so only where Prometheus can take that many.
+    #[arg(long, env = "TOLLGATE_TENANT_METRICS", default_value_t = false, action = ArgAction::Set, value_name = "BOOL")]
+    pub tenant_metrics: bool,
+
     /// On SIGTERM, how long in-flight requests may take to finish before the proxy exits.
     #[arg(long, env = "TOLLGATE_DRAIN_TIMEOUT", default_value = "30s", value_parser = duration, value_name = "DURATION")]
     pub drain_timeout: Duration,

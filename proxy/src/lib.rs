@@ -82,7 +82,8 @@ async fn serve(cli: Cli) -> Result<()> {
         );
     }
     let registry = Registry::new();
-    let metrics = ProxyMetrics::new(&registry).context("registering metrics")?;
+    let metrics =
+        ProxyMetrics::new(&registry, cli.tenant_metrics).context("registering metrics")?;
 
     if cli.store == "memory" {
         let store = Arc::new(MemoryStore::new());

@@ -35,6 +35,8 @@ pub struct ProxyMetrics {
     pub state_flush_errors: IntCounter,
     /// 1 while subscribed to the operator's configuration stream (fleet mode).
     pub control_plane_connected: IntGauge,
+    /// Requests per tenant and status class (opt-in: one series per tenant).
+    pub tenant_requests: Option<IntCounterVec>,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -42,9 +44,24 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 impl ProxyMetrics {
-    /// Creates the metrics and registers them in `registry`.
-    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+    /// Creates the metrics and registers them in `registry`; `per_tenant` adds the per-tenant
+    /// series (as many as there are tenants: opt in only when your Prometheus can take it).
+    pub fn new(registry: &Registry, per_tenant: bool) -> prometheus::Result<Self> {
+        let tenant_requests = if per_tenant {
+            let c = IntCounterVec::new(
+                Opts::new(
+                    "tollgate_proxy_tenant_requests_total",
+                    "Requests per tenant and outcome (ok, or the problem type).",
+                ),
+                &["tenant", "reason"],
+            )?;
+            registry.register(Box::new(c.clone()))?;
+            Some(c)
+        } else {
+            None
+        };
         let m = Self {
+            tenant_requests,
             requests: IntCounterVec::new(
                 Opts::new(
                     "tollgate_proxy_requests_total",

@@ -748,3 +748,41 @@ async fn a_backend_that_closed_an_idle_connection_is_retried_transparently() {
     );
     drop(again);
 }
+
+#[tokio::test]
+async fn per_tenant_metrics_are_opt_in() {
+    let backend = Backend::start().await;
+    let files = [
+        ("plans.yaml", PLANS.to_owned()),
+        ("routes.yaml", routes(&backend.url())),
+        ("tenants.yaml", tenants()),
+    ];
+    let off = ProxyProcess::start(&files).await;
+    let on = ProxyProcess::start_with(&files, &["--tenant-metrics=true"]).await;
+    for p in [&off, &on] {
+        let (k, v) = key("tiny");
+        assert_eq!(p.get("/echo/x", &[HOST, (k, &v)]).await.status, 200);
+    }
+    let text = |p: &ProxyProcess| {
+        let admin = p.admin;
+        async move {
+            String::from_utf8_lossy(
+                &support::get_raw(admin, "/metrics", &[])
+                    .await
+                    .expect("metrics")
+                    .2,
+            )
+            .into_owned()
+        }
+    };
+    assert!(
+        !text(&off)
+            .await
+            .contains("tollgate_proxy_tenant_requests_total")
+    );
+    assert!(
+        text(&on)
+            .await
+            .contains(r#"tollgate_proxy_tenant_requests_total{reason="ok",tenant="shop/tiny"} 1"#)
+    );
+}
