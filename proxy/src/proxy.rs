@@ -174,6 +174,9 @@ impl<S: CounterStore> Proxy<S> {
                 .with_label_values(&[status.as_str(), reason])
                 .inc();
         }
+        if let (Some(per_tenant), Some(tenant)) = (&self.metrics.tenant_requests, &verdict.tenant) {
+            per_tenant.with_label_values(&[&tenant.id, reason]).inc();
+        }
         self.access_log.record(&AccessRecord {
             time: now,
             client: &client.ip,

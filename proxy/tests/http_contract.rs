@@ -780,9 +780,10 @@ async fn per_tenant_metrics_are_opt_in() {
             .await
             .contains("tollgate_proxy_tenant_requests_total")
     );
+    let on_text = text(&on).await;
     assert!(
-        text(&on)
-            .await
-            .contains(r#"tollgate_proxy_tenant_requests_total{reason="ok",tenant="shop/tiny"} 1"#)
+        on_text
+            .contains(r#"tollgate_proxy_tenant_requests_total{reason="ok",tenant="shop/tiny"} 1"#),
+        "{on_text}"
     );
 }
