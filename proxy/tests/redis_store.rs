@@ -262,3 +262,34 @@ async fn a_proxy_killed_with_sigkill_loses_at_most_its_slice() {
     );
     assert_eq!(refused, 15);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_proxies_share_a_rate_limit_window() {
+    // Fixed windows: stay clear of an hour boundary, where two windows would both count.
+    let into_hour = jiff::Timestamp::now().as_second().rem_euclid(3600);
+    if into_hour > 3590 {
+        tokio::time::sleep(Duration::from_secs(
+            u64::try_from(3601 - into_hour).unwrap_or(11),
+        ))
+        .await;
+    }
+    let redis = Redis::start(support::free_port());
+    let world = world(1_000_000, "FailClosed").replace(
+        "quotas: [{name: monthly, limit: \"1000000\", period: Month}]",
+        "rateLimits: [{name: per-hour, requests: 20, window: 1h}]",
+    );
+    assert!(world.contains("per-hour"));
+    let mut proxies = Vec::new();
+    for _ in 0..4 {
+        proxies.push(
+            ProxyProcess::start_with(&[("world.yaml", world.clone())], &["--store", &redis.url()])
+                .await,
+        );
+    }
+    let (admitted, _, other) = drive(&proxies, 40).await;
+    assert_eq!(
+        (admitted, other),
+        (20, 140),
+        "20 per hour across the fleet; the rest 429"
+    );
+}

@@ -16,8 +16,9 @@
 //! When Redis cannot be reached: FailClosed plans answer 503; FailOpen plans admit, count locally,
 //! and add what they admitted to Redis when it is back (nothing lost).
 //!
-//! Rate limits stay per proxy (GCRA, as in memory): a fleet of N proxies admits up to N times a
-//! short-window limit. Fleet-wide rate limits are not implemented yet.
+//! Rate limits are fleet-wide too, as fixed windows counted the same way (one key per window):
+//! at most the limit per window across the fleet, so a client can get up to twice the limit in
+//! the two windows around a boundary (in memory, GCRA never allows that).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,7 +32,6 @@ use rust_decimal::prelude::ToPrimitive;
 use tollgate_crds::period::{PeriodWindow, window};
 use tollgate_crds::resources::{FailurePolicy, Metric};
 
-use super::gcra::{Gcra, GcraDecision};
 use super::{Admission, CounterStore, LimitState, Metered, Subject, UsageRow};
 use crate::config::PlanEntry;
 use crate::metrics::StoreMetrics;
@@ -56,9 +56,6 @@ if back > 0 then redis.call('DECRBY', KEYS[1], back) end
 return back
 ";
 
-/// (tenant, plan, rate limit name).
-type RateKey = (Arc<str>, Arc<str>, String);
-
 const KEEP_AFTER_PERIOD: i64 = 7 * 86_400;
 const IDLE_RETURN: Duration = Duration::from_secs(2);
 
@@ -78,6 +75,8 @@ struct Counter {
     /// Admitted while Redis was unreachable (FailOpen), to add when it is back.
     debt: i64,
     last_used: Instant,
+    /// A rate-limit window (not reported as quota usage).
+    rate: bool,
 }
 
 /// Counters in Redis, leased in slices.
@@ -90,7 +89,6 @@ pub struct RedisStore {
     lease: redis::Script,
     give_back: redis::Script,
     counters: Mutex<HashMap<String, Counter>>,
-    rates: Mutex<HashMap<RateKey, Gcra>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -140,7 +138,6 @@ impl RedisStore {
             lease: redis::Script::new(LEASE),
             give_back: redis::Script::new(GIVE_BACK),
             counters: Mutex::new(HashMap::new()),
-            rates: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -170,6 +167,7 @@ impl RedisStore {
             spent: Decimal::ZERO,
             debt: 0,
             last_used: Instant::now(),
+            rate: false,
         })
     }
 
@@ -292,51 +290,83 @@ impl RedisStore {
             }
             reserved.push(key);
         }
-        // 2. Rate limits, per proxy.
+        // 2. Rate limits, fleet-wide: fixed windows counted in Redis with the same slices.
         let mut exceeded = None;
-        let now_ns = i64::try_from(now.as_nanosecond()).unwrap_or(i64::MAX);
         let mut rate_limits = Vec::with_capacity(plan.plan.rate_limits.len());
-        {
-            let mut rates = self.rates.lock();
-            let mut new_tats = Vec::new();
-            for (i, rl) in plan.plan.rate_limits.iter().enumerate() {
-                let gcra = rates
-                    .entry((subject.tenant.id.clone(), plan.id.clone(), rl.name.clone()))
-                    .or_default();
-                let decision = gcra.check(rl.requests, rl.window_ms, now_ns);
-                let (remaining, reset_ms) = gcra.remaining(rl.requests, rl.window_ms, now_ns);
-                let mut state = LimitState {
-                    index: i,
-                    remaining: Decimal::from(remaining),
-                    used: Decimal::from(rl.requests - remaining),
-                    reset_seconds: reset_ms.div_ceil(1000),
-                    window: None,
-                };
-                match decision {
-                    GcraDecision::Allow { new_tat_ns } => new_tats.push((i, new_tat_ns)),
-                    GcraDecision::Deny { retry_after_ms } => {
-                        state.remaining = Decimal::ZERO;
-                        state.reset_seconds = retry_after_ms.div_ceil(1000).max(1);
-                        exceeded.get_or_insert(state.clone());
-                    }
-                }
-                rate_limits.push(state);
-            }
+        let now_ms = now.as_millisecond();
+        for (i, rl) in plan.plan.rate_limits.iter().enumerate() {
+            let window_ms = i64::try_from(rl.window_ms.max(1)).unwrap_or(i64::MAX);
+            let index = now_ms.div_euclid(window_ms);
+            let start = Timestamp::from_millisecond(index * window_ms).unwrap_or(now);
+            let end = Timestamp::from_millisecond((index + 1) * window_ms).unwrap_or(now);
+            let w = PeriodWindow { start, end };
+            let key = format!(
+                "tollgate:{{{}|{}}}:rate:{}:{index}",
+                subject.tenant.id, plan.id, rl.name
+            );
+            let limit = i64::try_from(rl.requests).unwrap_or(i64::MAX);
+            let mut denied = false;
             if exhausted.is_none() && exceeded.is_none() {
-                for (i, tat) in new_tats {
-                    let rl = &plan.plan.rate_limits[i];
-                    if let Some(g) = rates.get_mut(&(
-                        subject.tenant.id.clone(),
-                        plan.id.clone(),
-                        rl.name.clone(),
-                    )) {
-                        g.commit(tat);
-                        let (remaining, reset_ms) = g.remaining(rl.requests, rl.window_ms, now_ns);
-                        rate_limits[i].remaining = Decimal::from(remaining);
-                        rate_limits[i].reset_seconds = reset_ms.div_ceil(1000);
+                let have = {
+                    let mut counters = self.counters.lock();
+                    let c = Self::rate_counter(&mut counters, &subject, &rl.name, &key, w);
+                    if c.leased > 0 {
+                        c.leased -= 1;
+                        self.metrics.local_admissions.inc();
+                        true
+                    } else {
+                        false
                     }
+                };
+                if !have {
+                    match self
+                        .lease_from_redis(&key, limit, end.as_second() + 1 + window_ms / 1000)
+                        .await
+                    {
+                        Ok((0, used)) => {
+                            denied = true;
+                            let mut counters = self.counters.lock();
+                            Self::rate_counter(&mut counters, &subject, &rl.name, &key, w)
+                                .redis_used = used;
+                        }
+                        Ok((grant, used)) => {
+                            let mut counters = self.counters.lock();
+                            let c = Self::rate_counter(&mut counters, &subject, &rl.name, &key, w);
+                            c.redis_used = used;
+                            c.leased += u64::try_from(grant - 1).unwrap_or(0);
+                        }
+                        // FailOpen: the window is admitted locally; there is nothing to reconcile.
+                        Err(_) if fail_open => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Redis unreachable; FailClosed refuses");
+                            self.unreserve(&reserved);
+                            return Admission::StoreUnavailable;
+                        }
+                    }
+                    if !denied {
+                        reserved.push(key.clone());
+                    }
+                } else {
+                    reserved.push(key.clone());
                 }
             }
+            let counters = self.counters.lock();
+            let (used, leased) = counters
+                .get(&key)
+                .map_or((0, 0), |c| (c.redis_used, c.leased));
+            let remaining = (limit - used + i64::try_from(leased).unwrap_or(0)).clamp(0, limit);
+            let reset = w.seconds_until_end(now).max(1);
+            let state = LimitState {
+                index: i,
+                remaining: Decimal::from(if denied { 0 } else { remaining }),
+                used: Decimal::from(limit - remaining),
+                reset_seconds: reset,
+                window: None,
+            };
+            if denied {
+                exceeded.get_or_insert(state.clone());
+            }
+            rate_limits.push(state);
         }
         if exhausted.is_some() || exceeded.is_some() {
             self.unreserve(&reserved);
@@ -375,6 +405,27 @@ impl RedisStore {
             rate_limits,
             quotas,
         }
+    }
+
+    fn rate_counter<'a>(
+        counters: &'a mut HashMap<String, Counter>,
+        subject: &Subject<'_>,
+        name: &str,
+        key: &str,
+        w: PeriodWindow,
+    ) -> &'a mut Counter {
+        counters.entry(key.to_owned()).or_insert_with(|| Counter {
+            tenant: subject.tenant.id.clone(),
+            plan: subject.plan.id.clone(),
+            quota: name.to_owned(),
+            window: w,
+            leased: 0,
+            redis_used: 0,
+            spent: Decimal::ZERO,
+            debt: 0,
+            last_used: Instant::now(),
+            rate: true,
+        })
     }
 
     fn unreserve(&self, keys: &[String]) {
@@ -525,7 +576,7 @@ impl CounterStore for RedisStore {
         let counters = self.counters.lock();
         let mut rows: Vec<UsageRow> = counters
             .values()
-            .filter(|c| !c.spent.is_zero())
+            .filter(|c| !c.rate && !c.spent.is_zero())
             .map(|c| UsageRow {
                 tenant: c.tenant.to_string(),
                 plan: c.plan.to_string(),
