@@ -14,6 +14,10 @@ struct Redis {
 
 impl Redis {
     fn start(port: u16) -> Self {
+        Self::start_with(port, &["--appendonly", "no"])
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> Self {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -22,9 +26,8 @@ impl Redis {
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -291,5 +294,50 @@ async fn four_proxies_share_a_rate_limit_window() {
         (admitted, other),
         (20, 140),
         "20 per hour across the fleet; the rest 429"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_restart_with_aof_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let aof = [
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--dir",
+        dir.path().to_str().expect("utf-8 path"),
+    ];
+    let port = support::free_port();
+    let mut redis = Redis::start_with(port, &aof);
+    // A small limit: every admission is a Redis call, so every admitted request is in the AOF.
+    let proxy = fleet(&redis, 30, "FailClosed", 1).await.remove(0);
+    for _ in 0..10 {
+        assert_eq!(
+            proxy
+                .get("/api/x", &[("x-api-key", "key-fleet")])
+                .await
+                .status,
+            200
+        );
+    }
+    redis.stop();
+    let _redis = Redis::start_with(port, &aof);
+    let mut admitted = 10;
+    for _ in 0..40 {
+        match proxy
+            .get("/api/x", &[("x-api-key", "key-fleet")])
+            .await
+            .status
+        {
+            200 => admitted += 1,
+            402 => {}
+            503 => tokio::time::sleep(Duration::from_millis(100)).await, // reconnecting
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(
+        admitted, 30,
+        "the 10 admitted before the restart still count"
     );
 }
