@@ -38,3 +38,10 @@ log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
 cargo test --workspace --locked "$@"
+
+# The last test binary's control plane stops within seconds of it; wait so that nothing outlives
+# the suite.
+for _ in $(seq 1 40); do
+    pgrep -f "tollgate-testenv-" >/dev/null || break
+    sleep 0.5
+done
