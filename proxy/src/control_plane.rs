@@ -250,40 +250,38 @@ impl ControlPlane {
             proxy: self.name.clone(),
             counters,
         };
-        let Ok(body) = serde_json::to_vec(&report) else {
-            return;
-        };
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(format!("{url}/v1/usage"))
-            .header(header::AUTHORIZATION, format!("Bearer {token}"))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)));
-        let Ok(req) = req else { return };
-        match tokio::time::timeout(Duration::from_secs(5), http.request(req)).await {
-            Ok(Ok(resp)) if resp.status().is_success() => {}
-            Ok(Ok(resp)) => {
-                tracing::debug!(status = %resp.status(), "operator refused the usage report")
-            }
-            _ => tracing::debug!("cannot send the usage report"),
+        if let Err(why) = post_json(http, &format!("{url}/v1/usage"), token, &report).await {
+            tracing::debug!(%why, "usage report not delivered; the next one replaces it");
         }
     }
 
     async fn ack(&self, http: &HttpsClient, url: &str, token: &str, version: u64) {
-        let body = serde_json::json!({"proxy": self.name, "version": version}).to_string();
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(format!("{url}/v1/config/ack"))
-            .header(header::AUTHORIZATION, format!("Bearer {token}"))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)));
-        let Ok(req) = req else { return };
-        match tokio::time::timeout(Duration::from_secs(5), http.request(req)).await {
-            Ok(Ok(resp)) if resp.status().is_success() => {}
-            Ok(Ok(resp)) => {
-                tracing::warn!(status = %resp.status(), version, "operator refused the acknowledgement")
-            }
-            _ => tracing::warn!(version, "cannot acknowledge the configuration version"),
+        let ack = serde_json::json!({"proxy": self.name, "version": version});
+        if let Err(why) = post_json(http, &format!("{url}/v1/config/ack"), token, &ack).await {
+            tracing::warn!(%why, version, "cannot acknowledge the configuration version");
         }
+    }
+}
+
+/// POSTs `body` as JSON with the proxy's token; `Err` says why it did not succeed.
+async fn post_json(
+    http: &HttpsClient,
+    uri: &str,
+    token: &str,
+    body: &impl serde::Serialize,
+) -> Result<(), String> {
+    let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(Duration::from_secs(5), http.request(req)).await {
+        Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
+        Ok(Ok(resp)) => Err(format!("operator answered {}", resp.status())),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out after 5 s".to_owned()),
     }
 }

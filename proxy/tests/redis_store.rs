@@ -341,3 +341,49 @@ async fn a_redis_restart_with_aof_loses_nothing_acknowledged() {
         "the 10 admitted before the restart still count"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_request_during_an_outage_leaves_no_debt() {
+    // Regression: with FailOpen and Redis down, a request that took a Requests unit "on credit"
+    // and was then refused by another quota still added that unit to Redis later.
+    let backend = support::Backend::start().await;
+    let port = support::free_port();
+    let mut redis = Redis::start(port);
+    let world = format!(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: QuotaPolicy\nmetadata: {{name: plan}}\n\
+         spec: {{failurePolicy: FailOpen, quotas: [{{name: calls, limit: \"100\", period: Month}}, {{name: tokens, metric: TotalTokens, limit: \"1\", period: Month}}]}}\n---\n\
+         apiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {{name: chat}}\n\
+         spec: {{match: {{pathPrefix: /v1/chat}}, backend: {{url: \"{}\"}}, metering: OpenAI}}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {{name: k}}\nstringData: {{apiKey: key-debt}}\n---\n\
+         apiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: t}}\n\
+         spec: {{quotaPolicyRef: {{name: plan}}, apiKeys: [{{secretRef: {{name: k}}}}], subscriptions: [{{apiRouteRef: {{name: chat}}}}]}}\n",
+        backend.url()
+    );
+    let proxy =
+        ProxyProcess::start_with(&[("world.yaml", world)], &["--store", &redis.url()]).await;
+    let auth = ("x-api-key", "key-debt");
+    assert_eq!(
+        proxy
+            .post("/v1/chat/completions", &[auth], "{}")
+            .await
+            .status,
+        200,
+        "30 tokens charged"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.stop();
+    for _ in 0..3 {
+        proxy
+            .post("/v1/chat/completions", &[auth], "{}")
+            .await
+            .problem(402, "quota-exhausted");
+    }
+    let redis = Redis::start(port);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Redis restarted empty (no persistence here): nothing may have been added for the refusals.
+    assert_eq!(
+        redis.total("tollgate:*:calls:*"),
+        0,
+        "refused requests left debt behind"
+    );
+}

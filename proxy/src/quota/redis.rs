@@ -79,6 +79,15 @@ struct Counter {
     rate: bool,
 }
 
+/// What a request took from a counter.
+#[derive(Debug, Clone, Copy)]
+enum Taken {
+    /// A unit of a slice.
+    Unit,
+    /// A unit counted locally while Redis was unreachable (FailOpen).
+    Debt,
+}
+
 /// Counters in Redis, leased in slices.
 pub struct RedisStore {
     conn: ConnectionManager,
@@ -227,68 +236,95 @@ impl RedisStore {
         }
     }
 
+    /// Takes one unit of the counter `key` (which must exist): from this proxy's slice, or from a
+    /// new slice leased from Redis. `Ok(false)`: Redis has nothing left to grant.
+    async fn take_one(&self, key: &str, limit: i64, expire_at: i64) -> redis::RedisResult<bool> {
+        {
+            let mut counters = self.counters.lock();
+            if let Some(c) = counters.get_mut(key)
+                && c.leased > 0
+            {
+                c.leased -= 1;
+                self.metrics.local_admissions.inc();
+                return Ok(true);
+            }
+        }
+        let (grant, used) = self.lease_from_redis(key, limit, expire_at).await?;
+        if let Some(c) = self.counters.lock().get_mut(key) {
+            c.redis_used = used;
+            c.leased += u64::try_from(grant - 1).unwrap_or(0);
+        }
+        Ok(grant > 0)
+    }
+
+    /// Takes one unit of `key` for this request, per the plan's failure policy; records what was
+    /// taken in `taken` so a later refusal can put it back. `Err(())`: Redis is unreachable and
+    /// the plan is FailClosed.
+    async fn take_for_request(
+        &self,
+        key: &str,
+        limit: i64,
+        expire_at: i64,
+        fail_open: bool,
+        counts_debt: bool,
+        taken: &mut Vec<(String, Taken)>,
+    ) -> Result<bool, ()> {
+        match self.take_one(key, limit, expire_at).await {
+            Ok(true) => {
+                taken.push((key.to_owned(), Taken::Unit));
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) if fail_open => {
+                tracing::debug!(error = %e, "Redis unreachable; FailOpen admits and counts locally");
+                if counts_debt && let Some(c) = self.counters.lock().get_mut(key) {
+                    c.debt += 1;
+                    self.metrics.unreconciled_units.inc();
+                    taken.push((key.to_owned(), Taken::Debt));
+                }
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Redis unreachable; FailClosed refuses");
+                Err(())
+            }
+        }
+    }
+
     async fn admit_inner(&self, subject: Subject<'_>, now: Timestamp) -> Admission {
         let plan: &PlanEntry = subject.plan;
         let fail_open = plan.plan.failure_policy == FailurePolicy::FailOpen;
-        // 1. Reserve one unit of every Requests quota, leasing from Redis where none is left.
-        let mut reserved: Vec<String> = Vec::new();
+        let mut taken: Vec<(String, Taken)> = Vec::new();
         let mut exhausted = None;
+        // 1. Quotas: one unit of every Requests quota; token and Cost quotas by their last total.
         for (i, quota) in plan.plan.quotas.iter().enumerate() {
             let (key, w) = Self::window_key(&subject, i, now);
             let limit = units(quota.metric, quota.limit);
-            if quota.metric != Metric::Requests {
-                let over = {
-                    let mut counters = self.counters.lock();
-                    let c = Self::counter(&mut counters, &subject, i, &key, w);
-                    c.redis_used + c.debt >= limit
-                };
-                if over && exhausted.is_none() {
-                    exhausted = Some(i);
+            let over = {
+                let mut counters = self.counters.lock();
+                let c = Self::counter(&mut counters, &subject, i, &key, w);
+                quota.metric != Metric::Requests && c.redis_used + c.debt >= limit
+            };
+            if quota.metric != Metric::Requests || exhausted.is_some() {
+                if over {
+                    exhausted.get_or_insert(i);
                 }
                 continue;
             }
-            let have = {
-                let mut counters = self.counters.lock();
-                let c = Self::counter(&mut counters, &subject, i, &key, w);
-                if c.leased > 0 {
-                    c.leased -= 1;
-                    self.metrics.local_admissions.inc();
-                    true
-                } else {
-                    false
+            let expire_at = w.end.as_second() + KEEP_AFTER_PERIOD;
+            match self
+                .take_for_request(&key, limit, expire_at, fail_open, true, &mut taken)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    exhausted = Some(i);
                 }
-            };
-            if !have {
-                match self
-                    .lease_from_redis(&key, limit, w.end.as_second() + KEEP_AFTER_PERIOD)
-                    .await
-                {
-                    Ok((0, used)) => {
-                        let mut counters = self.counters.lock();
-                        Self::counter(&mut counters, &subject, i, &key, w).redis_used = used;
-                        exhausted.get_or_insert(i);
-                        continue;
-                    }
-                    Ok((grant, used)) => {
-                        let mut counters = self.counters.lock();
-                        let c = Self::counter(&mut counters, &subject, i, &key, w);
-                        c.redis_used = used;
-                        c.leased += u64::try_from(grant - 1).unwrap_or(0);
-                    }
-                    Err(e) if fail_open => {
-                        tracing::debug!(error = %e, "Redis unreachable; FailOpen admits and counts locally");
-                        let mut counters = self.counters.lock();
-                        Self::counter(&mut counters, &subject, i, &key, w).debt += 1;
-                        self.metrics.unreconciled_units.inc();
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Redis unreachable; FailClosed refuses");
-                        self.unreserve(&reserved);
-                        return Admission::StoreUnavailable;
-                    }
+                Err(()) => {
+                    self.put_back(&taken);
+                    return Admission::StoreUnavailable;
                 }
             }
-            reserved.push(key);
         }
         // 2. Rate limits, fleet-wide: fixed windows counted in Redis with the same slices.
         let mut exceeded = None;
@@ -305,49 +341,20 @@ impl RedisStore {
                 subject.tenant.id, plan.id, rl.name
             );
             let limit = i64::try_from(rl.requests).unwrap_or(i64::MAX);
+            Self::rate_counter(&mut self.counters.lock(), &subject, &rl.name, &key, w);
             let mut denied = false;
             if exhausted.is_none() && exceeded.is_none() {
-                let have = {
-                    let mut counters = self.counters.lock();
-                    let c = Self::rate_counter(&mut counters, &subject, &rl.name, &key, w);
-                    if c.leased > 0 {
-                        c.leased -= 1;
-                        self.metrics.local_admissions.inc();
-                        true
-                    } else {
-                        false
+                // FailOpen admits the window locally; there is nothing to reconcile for it.
+                let expire_at = end.as_second() + 1 + window_ms / 1000;
+                match self
+                    .take_for_request(&key, limit, expire_at, fail_open, false, &mut taken)
+                    .await
+                {
+                    Ok(admitted) => denied = !admitted,
+                    Err(()) => {
+                        self.put_back(&taken);
+                        return Admission::StoreUnavailable;
                     }
-                };
-                if !have {
-                    match self
-                        .lease_from_redis(&key, limit, end.as_second() + 1 + window_ms / 1000)
-                        .await
-                    {
-                        Ok((0, used)) => {
-                            denied = true;
-                            let mut counters = self.counters.lock();
-                            Self::rate_counter(&mut counters, &subject, &rl.name, &key, w)
-                                .redis_used = used;
-                        }
-                        Ok((grant, used)) => {
-                            let mut counters = self.counters.lock();
-                            let c = Self::rate_counter(&mut counters, &subject, &rl.name, &key, w);
-                            c.redis_used = used;
-                            c.leased += u64::try_from(grant - 1).unwrap_or(0);
-                        }
-                        // FailOpen: the window is admitted locally; there is nothing to reconcile.
-                        Err(_) if fail_open => {}
-                        Err(e) => {
-                            tracing::warn!(error = %e, "Redis unreachable; FailClosed refuses");
-                            self.unreserve(&reserved);
-                            return Admission::StoreUnavailable;
-                        }
-                    }
-                    if !denied {
-                        reserved.push(key.clone());
-                    }
-                } else {
-                    reserved.push(key.clone());
                 }
             }
             let counters = self.counters.lock();
@@ -355,12 +362,11 @@ impl RedisStore {
                 .get(&key)
                 .map_or((0, 0), |c| (c.redis_used, c.leased));
             let remaining = (limit - used + i64::try_from(leased).unwrap_or(0)).clamp(0, limit);
-            let reset = w.seconds_until_end(now).max(1);
             let state = LimitState {
                 index: i,
                 remaining: Decimal::from(if denied { 0 } else { remaining }),
                 used: Decimal::from(limit - remaining),
-                reset_seconds: reset,
+                reset_seconds: w.seconds_until_end(now).max(1),
                 window: None,
             };
             if denied {
@@ -369,7 +375,7 @@ impl RedisStore {
             rate_limits.push(state);
         }
         if exhausted.is_some() || exceeded.is_some() {
-            self.unreserve(&reserved);
+            self.put_back(&taken);
         }
         // 3. Decide, and account what this proxy spent.
         let mut counters = self.counters.lock();
@@ -428,11 +434,18 @@ impl RedisStore {
         })
     }
 
-    fn unreserve(&self, keys: &[String]) {
+    /// Returns what a refused request took: units to the local slice, FailOpen debt un-counted.
+    fn put_back(&self, taken: &[(String, Taken)]) {
         let mut counters = self.counters.lock();
-        for key in keys {
+        for (key, what) in taken {
             if let Some(c) = counters.get_mut(key) {
-                c.leased += 1;
+                match what {
+                    Taken::Unit => c.leased += 1,
+                    Taken::Debt => {
+                        c.debt -= 1;
+                        self.metrics.unreconciled_units.dec();
+                    }
+                }
             }
         }
     }
