@@ -379,3 +379,64 @@ async fn operator_metrics_pass_promtool() -> Result<()> {
     }
     Ok(())
 }
+
+/// `curl` status code for `url` with an optional bearer token, trusting the operator's CA.
+fn stream_status(fleet: &Fleet, url: &str, token: Option<&str>) -> Result<String> {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "5",
+        "--cacert",
+    ])
+    .arg(fleet.ca_file());
+    if let Some(token) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
+    }
+    Ok(String::from_utf8_lossy(&cmd.arg(url).output()?.stdout).into_owned())
+}
+
+#[tokio::test]
+async fn the_config_stream_refuses_callers_that_are_not_proxies() -> Result<()> {
+    let mut fleet = Fleet::new("op-auth").await?;
+    fleet.start_operator().await?;
+    fleet.wait_leader(0).await?;
+    let url = format!("{}/v1/config/stream?proxy=intruder", fleet.operators[0].url);
+    assert_eq!(stream_status(&fleet, &url, None)?, "401", "no token");
+    assert_eq!(
+        stream_status(&fleet, &url, Some("not-a-token"))?,
+        "401",
+        "garbage token"
+    );
+    // A real token, but of a ServiceAccount that is not the proxies'.
+    fleet
+        .ns
+        .apply_ok("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: someone-else}\n")?;
+    let other = fleet.ns.kubectl(
+        &["create", "token", "someone-else", "--audience", "tollgate"],
+        None,
+    )?;
+    let other = String::from_utf8_lossy(&other.stdout).trim().to_owned();
+    assert_eq!(
+        stream_status(&fleet, &url, Some(&other))?,
+        "401",
+        "another ServiceAccount"
+    );
+    // The proxies' ServiceAccount, but for the wrong audience (the Kubernetes API's).
+    let wrong_audience = fleet
+        .ns
+        .kubectl(&["create", "token", "tollgate-proxy"], None)?;
+    let wrong_audience = String::from_utf8_lossy(&wrong_audience.stdout)
+        .trim()
+        .to_owned();
+    assert_eq!(
+        stream_status(&fleet, &url, Some(&wrong_audience))?,
+        "401",
+        "wrong audience"
+    );
+    Ok(())
+}

@@ -349,6 +349,11 @@ impl Fleet {
         self.add_proxy(name, Some(token_file))
     }
 
+    /// The operator's CA certificate (PEM file), once an operator has started.
+    pub fn ca_file(&self) -> &std::path::Path {
+        &self.ca_file
+    }
+
     /// The directory for this fleet's files.
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
