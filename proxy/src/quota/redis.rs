@@ -296,13 +296,17 @@ impl RedisStore {
         let fail_open = plan.plan.failure_policy == FailurePolicy::FailOpen;
         let mut taken: Vec<(String, Taken)> = Vec::new();
         let mut exhausted = None;
+        // Each quota's period and Redis key, computed once per request (time-zone arithmetic).
+        let windows: Vec<(String, PeriodWindow)> = (0..plan.plan.quotas.len())
+            .map(|i| Self::window_key(&subject, i, now))
+            .collect();
         // 1. Quotas: one unit of every Requests quota; token and Cost quotas by their last total.
         for (i, quota) in plan.plan.quotas.iter().enumerate() {
-            let (key, w) = Self::window_key(&subject, i, now);
+            let (key, w) = (&windows[i].0, windows[i].1);
             let limit = units(quota.metric, quota.limit);
             let over = {
                 let mut counters = self.counters.lock();
-                let c = Self::counter(&mut counters, &subject, i, &key, w);
+                let c = Self::counter(&mut counters, &subject, i, key, w);
                 quota.metric != Metric::Requests && c.redis_used + c.debt >= limit
             };
             if quota.metric != Metric::Requests || exhausted.is_some() {
@@ -313,7 +317,7 @@ impl RedisStore {
             }
             let expire_at = w.end.as_second() + KEEP_AFTER_PERIOD;
             match self
-                .take_for_request(&key, limit, expire_at, fail_open, true, &mut taken)
+                .take_for_request(key, limit, expire_at, fail_open, true, &mut taken)
                 .await
             {
                 Ok(true) => {}
@@ -381,8 +385,8 @@ impl RedisStore {
         let mut counters = self.counters.lock();
         let mut quotas = Vec::with_capacity(plan.plan.quotas.len());
         for (i, quota) in plan.plan.quotas.iter().enumerate() {
-            let (key, w) = Self::window_key(&subject, i, now);
-            let c = Self::counter(&mut counters, &subject, i, &key, w);
+            let (key, w) = (&windows[i].0, windows[i].1);
+            let c = Self::counter(&mut counters, &subject, i, key, w);
             if exhausted.is_none() && exceeded.is_none() && quota.metric == Metric::Requests {
                 c.spent += Decimal::ONE;
                 c.last_used = Instant::now();
