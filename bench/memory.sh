@@ -12,7 +12,8 @@ pid=""
 trap '[[ -n "$pid" ]] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
 mkdir -p "$work/manifests"
 "$bin/synthetic" "$TENANTS" "$ROUTES" >"$work/manifests/world.yaml"
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/common.sh
+source bench/common.sh
 LISTEN=$(port); ADMIN=$(port)
 "$bin/tollgate-proxy" --manifests "$work/manifests" --listen "127.0.0.1:$LISTEN" --admin-listen "127.0.0.1:$ADMIN" \
     --state-dir "$work/state" --worker-threads 1 >/dev/null 2>"$work/proxy.log" &

@@ -13,7 +13,8 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/common.sh
+source bench/common.sh
 UP=$(port); REDIS=$(port)
 user_line=""; [[ $(id -u) -eq 0 ]] && user_line="user root;"
 cat >"$work/upstream.conf" <<NGINX
@@ -27,29 +28,7 @@ http { access_log off; keepalive_requests 100000000; server { listen 127.0.0.1:$
 NGINX
 taskset -c 0 nginx -c "$work/upstream.conf" & pids+=($!)
 taskset -c 0 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no >/dev/null & pids+=($!)
-mkdir -p "$work/manifests"
-cat >"$work/manifests/bench.yaml" <<YAML
-apiVersion: tollgate.dev/v1alpha1
-kind: QuotaPolicy
-metadata: {name: bench}
-spec:
-  quotas: [{name: monthly-requests, metric: Requests, limit: "1000000000000", period: Month}]
----
-apiVersion: tollgate.dev/v1alpha1
-kind: ApiRoute
-metadata: {name: bench}
-spec: {match: {pathPrefix: /}, backend: {url: "http://127.0.0.1:$UP"}}
----
-apiVersion: v1
-kind: Secret
-metadata: {name: bench-key}
-stringData: {apiKey: tg_bench_key_0001}
----
-apiVersion: tollgate.dev/v1alpha1
-kind: Tenant
-metadata: {name: bench}
-spec: {quotaPolicyRef: {name: bench}, apiKeys: [{secretRef: {name: bench-key}}], subscriptions: [{apiRouteRef: {name: bench}}]}
-YAML
+bench_manifests "$work/manifests" "$UP"
 sleep 0.3
 declare -A args=([memory]="--store memory" [redis]="--store redis://127.0.0.1:$REDIS" [redis-naive]="--store redis://127.0.0.1:$REDIS --store-slices=false")
 declare -A results

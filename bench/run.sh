@@ -32,7 +32,8 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/common.sh
+source bench/common.sh
 UP=$(port); NGX=$(port); NGX_H2=$(port); TG=$(port); TG_ADMIN=$(port)
 user_line=""; [[ $(id -u) -eq 0 ]] && user_line="user root;"
 
@@ -60,35 +61,7 @@ nginx_conf upstream "server { listen 127.0.0.1:$UP; location / { return 200 'ok'
 nginx_conf proxy "server { listen 127.0.0.1:$NGX; listen 127.0.0.1:$NGX_H2 http2;
     location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 
-mkdir -p "$work/manifests"
-cat >"$work/manifests/bench.yaml" <<YAML
-apiVersion: tollgate.dev/v1alpha1
-kind: QuotaPolicy
-metadata: {name: bench}
-spec:
-  rateLimits: [{name: per-second, requests: 100000000, window: 1s}]
-  quotas: [{name: monthly-requests, metric: Requests, limit: "1000000000000", period: Month}]
----
-apiVersion: tollgate.dev/v1alpha1
-kind: ApiRoute
-metadata: {name: bench}
-spec:
-  match: {pathPrefix: /}
-  backend: {url: "http://127.0.0.1:$UP"}
----
-apiVersion: v1
-kind: Secret
-metadata: {name: bench-key}
-stringData: {apiKey: tg_bench_key_0001}
----
-apiVersion: tollgate.dev/v1alpha1
-kind: Tenant
-metadata: {name: bench}
-spec:
-  quotaPolicyRef: {name: bench}
-  apiKeys: [{secretRef: {name: bench-key}}]
-  subscriptions: [{apiRouteRef: {name: bench}}]
-YAML
+bench_manifests "$work/manifests" "$UP" 'rateLimits: [{name: per-second, requests: 100000000, window: 1s}]'
 
 taskset -c 0 nginx -c "$work/upstream.conf" & pids+=($!)
 taskset -c 1 nginx -c "$work/proxy.conf" & pids+=($!)
