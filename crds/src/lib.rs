@@ -4,6 +4,7 @@
 //! - [`snapshot`]: the compiled, validated configuration the operator pushes and the proxy enforces.
 //! - [`compile()`]: the pure function from the first to the second, with per-object diagnostics.
 //! - [`period`]: calendar billing periods in IANA time zones.
+//! - `counter_store` (feature `redis`): the fleet counters' Redis key layout and connection.
 #![forbid(unsafe_code)]
 // kube's `printcolumn(...)` repeats `type_ = "string"` on purpose; clippy mistakes that for duplicates.
 #![allow(clippy::duplicated_attributes)]
@@ -30,6 +31,8 @@ pub mod period;
 pub mod snapshot;
 
 pub mod compile;
+#[cfg(feature = "redis")]
+pub mod counter_store;
 pub mod duration;
 
 pub use compile::{Compiled, Diagnostic, ObjectKind, Objects, Reason, compile};

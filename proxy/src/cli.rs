@@ -78,8 +78,10 @@ pub struct Cli {
     )]
     pub admin_listen: SocketAddr,
 
-    /// Where quota counters live: `memory` (this proxy only, persisted in --state-dir) or
-    /// `redis://HOST:PORT` to share them across a fleet of proxies.
+    /// Where quota counters live: `memory` (this proxy only, persisted in --state-dir), or Redis
+    /// to share them across a fleet of proxies: `redis://[USER:PASS@]HOST:PORT[/DB]`,
+    /// `rediss://...` (TLS), or `redis+cluster://HOST:PORT,HOST:PORT,...` (`rediss+cluster://`)
+    /// naming seed nodes of a Redis Cluster.
     #[arg(
         long,
         env = "TOLLGATE_STORE",
@@ -92,6 +94,9 @@ pub struct Cli {
     /// Redis round trip, like a naive INCR-per-request limiter (for comparison in benchmarks).
     #[arg(long, env = "TOLLGATE_STORE_SLICES", default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
     pub store_slices: bool,
+
+    #[command(flatten)]
+    pub store_tls: tollgate_crds::counter_store::StoreTlsArgs,
 
     /// Directory for state that must survive restarts (quota counters). Created if missing.
     #[arg(

@@ -32,6 +32,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use prometheus::Registry;
 
+use tollgate_crds::counter_store::StoreTarget;
+
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::cli::{Cli, LogFormat};
@@ -103,14 +105,13 @@ async fn serve(cli: Cli) -> Result<()> {
     } else {
         let store_metrics =
             metrics::StoreMetrics::new(&registry).context("registering store metrics")?;
-        let store = quota::redis::RedisStore::connect(&cli.store, cli.store_slices, store_metrics)
-            .with_context(|| {
-                format!(
-                    "--store {}: expected memory or redis://HOST:PORT",
-                    cli.store
-                )
-            })?;
-        tracing::info!(store = %cli.store, "counting quotas in Redis");
+        let target = StoreTarget {
+            url: cli.store.clone(),
+            tls: cli.store_tls.clone(),
+        };
+        let store = quota::redis::RedisStore::connect(&target, cli.store_slices, store_metrics)
+            .context("--store: expected memory or a Redis URL")?;
+        tracing::info!(store = %target.redacted_url(), "counting quotas in Redis");
         let settler = {
             let store = store.clone();
             tokio::spawn(async move {

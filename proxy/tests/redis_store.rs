@@ -2,86 +2,10 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use support::ProxyProcess;
-
-struct Redis {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Redis {
-    fn start(port: u16) -> Self {
-        Self::start_with(port, &["--appendonly", "no"])
-    }
-
-    fn start_with(port: u16, extra: &[&str]) -> Self {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian package redis-server) is needed");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self {
-            port,
-            child: Some(child),
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// The sum of every tollgate counter key matching `pattern`.
-    fn total(&self, pattern: &str) -> i64 {
-        let keys = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "--scan", "--pattern", pattern])
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&keys.stdout)
-            .lines()
-            .map(|k| {
-                let v = Command::new("redis-cli")
-                    .args(["-p", &self.port.to_string(), "GET", k])
-                    .output()
-                    .expect("redis-cli");
-                String::from_utf8_lossy(&v.stdout)
-                    .trim()
-                    .parse::<i64>()
-                    .unwrap_or(0)
-            })
-            .sum()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+use support::redis::Redis;
 
 fn world(limit: u32, policy: &str) -> String {
     format!(
@@ -96,14 +20,15 @@ fn world(limit: u32, policy: &str) -> String {
 }
 
 async fn fleet(redis: &Redis, limit: u32, policy: &str, size: usize) -> Vec<ProxyProcess> {
+    fleet_on(&["--store", &redis.url()], limit, policy, size).await
+}
+
+/// `size` proxies started with `store_args`, one tenant with a monthly quota of `limit`.
+async fn fleet_on(store_args: &[&str], limit: u32, policy: &str, size: usize) -> Vec<ProxyProcess> {
     let mut proxies = Vec::new();
     for _ in 0..size {
         proxies.push(
-            ProxyProcess::start_with(
-                &[("world.yaml", world(limit, policy))],
-                &["--store", &redis.url()],
-            )
-            .await,
+            ProxyProcess::start_with(&[("world.yaml", world(limit, policy))], store_args).await,
         );
     }
     proxies
@@ -386,4 +311,83 @@ async fn a_refused_request_during_an_outage_leaves_no_debt() {
         0,
         "refused requests left debt behind"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_cluster_counts_exactly_like_one_server() {
+    let cluster = support::redis::RedisCluster::start();
+    let proxies = fleet_on(&["--store", &cluster.url()], 10, "FailClosed", 4).await;
+    let (admitted, refused, other) = drive(&proxies, 40).await;
+    assert_eq!((admitted, refused, other), (10, 150, 0));
+    assert_eq!(
+        cluster.total("tollgate:*"),
+        10,
+        "the counter is in the cluster"
+    );
+}
+
+/// A CA, and a server certificate it signed for 127.0.0.1, written to `dir` as PEM files.
+fn write_ca_and_server_cert(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    // A subject of its own: OpenSSL (redis-server, redis-cli) takes a leaf whose issuer equals its
+    // subject for self-signed.
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tollgate test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("cert");
+    let paths = ["ca.pem", "redis.pem", "redis.key"].map(|name| dir.join(name));
+    std::fs::write(&paths[0], ca_cert.pem()).expect("write");
+    std::fs::write(&paths[1], cert.pem()).expect("write");
+    std::fs::write(&paths[2], key.serialize_pem()).expect("write");
+    paths
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rediss_with_a_private_ca_counts_and_an_untrusted_server_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let [ca, cert, key] = write_ca_and_server_cert(dir.path());
+    let redis = Redis::start_tls(support::free_port(), &ca, &cert, &key);
+    let ca_arg = ca.display().to_string();
+    let proxies = fleet_on(
+        &["--store", &redis.url(), "--store-ca-file", &ca_arg],
+        10,
+        "FailClosed",
+        2,
+    )
+    .await;
+    let (admitted, refused, other) = drive(&proxies, 40).await;
+    assert_eq!((admitted, refused, other), (10, 70, 0));
+    assert_eq!(redis.total("tollgate:*"), 10);
+
+    // Without the CA the server's certificate is not trusted: no counting there, so FailClosed.
+    let untrusting = fleet_on(&["--store", &redis.url()], 10, "FailClosed", 1).await;
+    untrusting[0]
+        .get("/api/x", &[("x-api-key", "key-fleet")])
+        .await
+        .problem(503, "quota-store-unavailable");
+}
+
+#[tokio::test]
+async fn tls_files_without_a_tls_url_stop_the_proxy_with_a_clear_message() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate-proxy"))
+        .args([
+            "--manifests",
+            "/nonexistent",
+            "--store",
+            "redis://127.0.0.1:1",
+        ])
+        .args(["--store-ca-file", "/nonexistent/ca.pem"])
+        .output()
+        .expect("run tollgate-proxy");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("need a TLS URL (rediss://"), "{stderr}");
 }

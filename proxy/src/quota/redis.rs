@@ -26,9 +26,10 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use parking_lot::Mutex;
-use redis::aio::ConnectionManager;
 use rust_decimal::Decimal;
-use rust_decimal::prelude::ToPrimitive;
+use tollgate_crds::counter_store::{
+    StoreConnection, StoreError, StoreTarget, Timeouts, counter_key, from_units, to_units as units,
+};
 use tollgate_crds::period::{PeriodWindow, window};
 use tollgate_crds::resources::{FailurePolicy, Metric};
 
@@ -90,7 +91,7 @@ enum Taken {
 
 /// Counters in Redis, leased in slices.
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: StoreConnection,
     metrics: StoreMetrics,
     /// Lease slices (false: one Redis call per admission, as a naive INCR-per-request store does;
     /// for comparison in benchmarks).
@@ -106,40 +107,19 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-fn key(tenant: &str, plan: &str, quota: &str, start: Timestamp) -> String {
-    // One hash tag per (tenant, plan) keeps a tenant's counters on one Redis Cluster slot.
-    format!("tollgate:{{{tenant}|{plan}}}:{quota}:{}", start.as_second())
-}
-
-/// Amount a metric counts, in the integer unit stored in Redis (Cost in millionths).
-fn units(metric: Metric, amount: Decimal) -> i64 {
-    let scaled = if metric == Metric::Cost {
-        amount * Decimal::from(1_000_000)
-    } else {
-        amount
-    };
-    scaled.ceil().to_i64().unwrap_or(i64::MAX)
-}
-
-fn from_units(metric: Metric, units: i64) -> Decimal {
-    let d = Decimal::from(units);
-    if metric == Metric::Cost {
-        d / Decimal::from(1_000_000)
-    } else {
-        d
-    }
-}
-
 impl RedisStore {
-    /// Connects lazily to `url` (`redis://host:port`, `rediss://` for TLS): the proxy starts and
-    /// serves (per failure policy) even when Redis is down.
-    pub fn connect(url: &str, slices: bool, metrics: StoreMetrics) -> anyhow::Result<Arc<Self>> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_millis(250)))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+    /// Connects lazily to `target` (one server, TLS or a cluster): the proxy starts and serves
+    /// (per failure policy) even when Redis is down.
+    pub fn connect(
+        target: &StoreTarget,
+        slices: bool,
+        metrics: StoreMetrics,
+    ) -> Result<Arc<Self>, StoreError> {
+        let conn = target.connect(Timeouts {
+            connect: Duration::from_millis(500),
+            // A request near its limit waits on this; a slow Redis is treated as a down one.
+            response: Duration::from_millis(250),
+        })?;
         Ok(Arc::new(Self {
             conn,
             metrics,
@@ -154,7 +134,7 @@ impl RedisStore {
         let quota = &subject.plan.plan.quotas[index];
         let w = window(quota.period, &subject.plan.tz, now);
         (
-            key(&subject.tenant.id, &subject.plan.id, &quota.name, w.start),
+            counter_key(&subject.tenant.id, &subject.plan.id, &quota.name, w.start),
             w,
         )
     }

@@ -2,6 +2,8 @@
 //! ports with its own manifest and state directories, and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;

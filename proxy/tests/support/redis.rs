@@ -1,0 +1,180 @@
+//! Real redis-server processes (Debian's package) on free ports: one server, one with TLS, or a
+//! three-node Redis Cluster.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+    /// What redis-cli needs to reach this server (TLS options included).
+    cli: Vec<String>,
+    scheme: &'static str,
+}
+
+fn wait_for_port(port: u16) {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("redis-server did not listen on {port}");
+}
+
+impl Redis {
+    pub fn start(port: u16) -> Self {
+        Self::start_with(port, &["--appendonly", "no"])
+    }
+
+    pub fn start_with(port: u16, extra: &[&str]) -> Self {
+        let mut args = vec!["--port".to_owned(), port.to_string()];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        Self::spawn(port, &args, vec![], "redis")
+    }
+
+    /// A TLS-only server (`--port 0`) with `cert`/`key` signed by `ca`; clients need no
+    /// certificate of their own.
+    pub fn start_tls(port: u16, ca: &Path, cert: &Path, key: &Path) -> Self {
+        let path = |p: &Path| p.display().to_string();
+        let args = vec![
+            "--port".to_owned(),
+            "0".to_owned(),
+            "--tls-port".to_owned(),
+            port.to_string(),
+            "--tls-cert-file".to_owned(),
+            path(cert),
+            "--tls-key-file".to_owned(),
+            path(key),
+            "--tls-ca-cert-file".to_owned(),
+            path(ca),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
+        let cli = vec!["--tls".to_owned(), "--cacert".to_owned(), path(ca)];
+        Self::spawn(port, &args, cli, "rediss")
+    }
+
+    fn spawn(port: u16, args: &[String], cli: Vec<String>, scheme: &'static str) -> Self {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--save", ""])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) is needed");
+        wait_for_port(port);
+        let mut cli = cli;
+        cli.extend(["-p".to_owned(), port.to_string()]);
+        Self {
+            port,
+            child: Some(child),
+            cli,
+            scheme,
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
+    }
+
+    /// Runs redis-cli against this server with `args`; its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(&self.cli)
+            .args(args)
+            .output()
+            .expect("redis-cli (Debian package redis-tools) is needed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The sum of every tollgate counter key matching `pattern`.
+    pub fn total(&self, pattern: &str) -> i64 {
+        self.cli(&["--scan", "--pattern", pattern])
+            .lines()
+            .map(|k| self.cli(&["GET", k]).trim().parse::<i64>().unwrap_or(0))
+            .sum()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A Redis Cluster of three primaries (no replicas), every slot assigned.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nodes: Vec<Redis> = (0..3)
+            .map(|i| {
+                let port = super::free_port();
+                let node_dir = dir.path().join(format!("node{i}"));
+                std::fs::create_dir_all(&node_dir).expect("mkdir");
+                Redis::start_with(
+                    port,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                        node_dir.to_str().expect("utf-8 path"),
+                    ],
+                )
+            })
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            created.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        for _ in 0..200 {
+            if nodes
+                .iter()
+                .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+            {
+                return Self { nodes, _dir: dir };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the Redis Cluster never reached cluster_state:ok");
+    }
+
+    /// A `redis+cluster://` URL naming the first two nodes as seeds (the third is discovered).
+    pub fn url(&self) -> String {
+        format!(
+            "redis+cluster://127.0.0.1:{},127.0.0.1:{}",
+            self.nodes[0].port, self.nodes[1].port
+        )
+    }
+
+    /// The sum over every node of the counter keys matching `pattern`.
+    pub fn total(&self, pattern: &str) -> i64 {
+        self.nodes.iter().map(|n| n.total(pattern)).sum()
+    }
+}
