@@ -9,7 +9,7 @@ log() { echo "== $*" >&2; }
 
 # Debian packages: real Redis, nginx and wrk for tests and benchmarks, Prometheus and promtool, curl.
 need_pkgs=()
-for pair in curl:curl redis-server:redis-server redis-cli:redis-tools nginx:nginx wrk:wrk promtool:prometheus h2load:nghttp2-client; do
+for pair in curl:curl redis-server:redis-server redis-cli:redis-tools nginx:nginx wrk:wrk promtool:prometheus h2load:nghttp2-client faketime:faketime; do
     command -v "${pair%%:*}" >/dev/null || need_pkgs+=("${pair#*:}")
 done
 if ((${#need_pkgs[@]})); then

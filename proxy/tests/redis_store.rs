@@ -391,3 +391,79 @@ async fn tls_files_without_a_tls_url_stop_the_proxy_with_a_clear_message() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("need a TLS URL (rediss://"), "{stderr}");
 }
+
+/// libfaketime (Debian package faketime): the proxy's wall clock starts at a chosen instant and
+/// runs on from there; its monotonic clock (timers) stays real.
+fn fake_clock(start: &str) -> [(&'static str, String); 4] {
+    [
+        (
+            "LD_PRELOAD",
+            "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1".to_owned(),
+        ),
+        ("FAKETIME", format!("@{start}")),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+        ("TZ", "UTC".to_owned()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_monthly_quota_starts_over_at_midnight_in_the_plans_time_zone() {
+    assert!(
+        std::path::Path::new("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1").exists(),
+        "libfaketime (Debian package faketime) is needed"
+    );
+    let redis = Redis::start(support::free_port());
+    // 02:59:52 UTC on 1 December is 23:59:52 on 30 November in Sao Paulo (UTC-3): the
+    // November period has 8 seconds left.
+    let world = world(3, "FailClosed").replace(
+        "failurePolicy: FailClosed}",
+        "failurePolicy: FailClosed, timezone: America/Sao_Paulo}",
+    );
+    assert!(world.contains("Sao_Paulo"));
+    let clock = fake_clock("2026-12-01 02:59:52");
+    let env: Vec<(&str, &str)> = clock.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let proxies = [
+        ProxyProcess::start_with_env(
+            &[("world.yaml", world.clone())],
+            &["--store", &redis.url()],
+            &env,
+        )
+        .await,
+        ProxyProcess::start_with_env(&[("world.yaml", world)], &["--store", &redis.url()], &env)
+            .await,
+    ];
+    let key = ("x-api-key", "key-fleet");
+    let november = "tollgate:{default/t|default/plan}:monthly:1793502000"; // 2026-11-01T03:00Z
+    let december = "tollgate:{default/t|default/plan}:monthly:1796094000"; // 2026-12-01T03:00Z
+
+    for p in proxies.iter().cycle().take(3) {
+        assert_eq!(p.get("/api/x", &[key]).await.status, 200);
+    }
+    let refused = proxies[1].get("/api/x", &[key]).await;
+    refused.problem(402, "quota-exhausted");
+    let reset: u64 = refused
+        .header("ratelimit")
+        .and_then(|h| h.rsplit("t=").next())
+        .and_then(|t| t.trim().parse().ok())
+        .expect("RateLimit header with t=");
+    assert!(reset <= 8, "November ends within 8 s, reset says {reset}");
+    assert_eq!(redis.total(november), 3, "November's key holds the month");
+
+    // Local midnight passes: a new period, a new key, the full allowance again.
+    tokio::time::sleep(Duration::from_secs(reset + 1)).await;
+    for p in proxies.iter().cycle().take(3) {
+        assert_eq!(p.get("/api/x", &[key]).await.status, 200, "December");
+    }
+    proxies[0]
+        .get("/api/x", &[key])
+        .await
+        .problem(402, "quota-exhausted");
+    assert_eq!(redis.total(november), 3, "November is kept as it was");
+    assert_eq!(redis.total(december), 3);
+    // Both months stay countable well after they end (a week after the period).
+    let ttl: i64 = redis.cli(&["TTL", november]).trim().parse().unwrap_or(-1);
+    assert!(
+        ttl > 6 * 86_400,
+        "November's key expires too early: TTL {ttl}"
+    );
+}

@@ -170,6 +170,7 @@ pub struct ProxyProcess {
     child: Option<Child>,
     _dir: tempfile::TempDir,
     extra_args: Vec<String>,
+    extra_env: Vec<(String, String)>,
 }
 
 pub fn free_port() -> u16 {
@@ -187,6 +188,15 @@ impl ProxyProcess {
     }
 
     pub async fn start_with(manifests: &[(&str, String)], args: &[&str]) -> Self {
+        Self::start_with_env(manifests, args, &[]).await
+    }
+
+    /// Like `start_with`, with extra environment variables for the proxy process.
+    pub async fn start_with_env(
+        manifests: &[(&str, String)],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let manifest_dir = dir.path().join("manifests");
         std::fs::create_dir_all(&manifest_dir).expect("mkdir");
@@ -202,6 +212,10 @@ impl ProxyProcess {
             child: None,
             _dir: dir,
             extra_args: args.iter().map(|s| (*s).to_owned()).collect(),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         p.spawn().await;
         p
@@ -224,6 +238,7 @@ impl ProxyProcess {
             .args(["--reload-interval", "100ms", "--worker-threads", "2"])
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
