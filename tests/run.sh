@@ -7,7 +7,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 log() { echo "== $*" >&2; }
 
-# Debian packages: real Redis, nginx and wrk for tests and benchmarks, Prometheus and promtool, curl.
+# Debian packages: real Redis, nginx and wrk for tests and benchmarks, Prometheus and promtool, curl,
+# libfaketime (a proxy clock at a period boundary).
 need_pkgs=()
 for pair in curl:curl redis-server:redis-server redis-cli:redis-tools nginx:nginx wrk:wrk promtool:prometheus h2load:nghttp2-client faketime:faketime; do
     command -v "${pair%%:*}" >/dev/null || need_pkgs+=("${pair#*:}")

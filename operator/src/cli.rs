@@ -106,6 +106,20 @@ pub struct Cli {
     #[arg(long, env = "TOLLGATE_DEBOUNCE", default_value = "100ms", value_parser = duration, value_name = "DURATION")]
     pub debounce: Duration,
 
+    /// The Redis the proxies count quotas in (their --store), to roll usage up into
+    /// Tenant.status.usage from the counters themselves. Without it, usage is the sum of the
+    /// proxies' reports. Same URL forms as the proxy: redis://, rediss://, redis+cluster://.
+    #[arg(long, env = "TOLLGATE_STORE", value_name = "URL")]
+    pub store: Option<String>,
+
+    #[command(flatten)]
+    pub store_tls: tollgate_crds::counter_store::StoreTlsArgs,
+
+    /// How often the leader reads usage from --store (Tenant.status.usage is promised at least
+    /// every 30 s). One MGET per tenant and plan.
+    #[arg(long, env = "TOLLGATE_USAGE_REFRESH", default_value = "10s", value_parser = duration, value_name = "DURATION")]
+    pub usage_refresh: Duration,
+
     /// Format of the operator's logs (stderr; RUST_LOG filters, default info).
     #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -14,6 +14,7 @@ pub mod proxy_auth;
 pub mod publisher;
 pub mod serving_cert;
 pub mod status;
+pub mod usage;
 pub mod watch;
 
 use std::convert::Infallible;
@@ -29,6 +30,7 @@ use hyper_util::rt::TokioIo;
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::sync::{Notify, watch as channel};
+use tollgate_crds::counter_store::StoreTarget;
 
 use crate::cli::{Cli, LogFormat};
 use crate::config_server::{ConfigServer, ProxyRegistry};
@@ -36,6 +38,7 @@ use crate::metrics::OperatorMetrics;
 use crate::proxy_auth::ProxyAuthenticator;
 use crate::publisher::Published;
 use crate::status::StatusWriter;
+use crate::usage::{RedisUsage, UsageSource};
 
 /// Sets up logging on stderr (`RUST_LOG` filters; default `info`).
 pub fn init_logging(format: LogFormat) {
@@ -126,6 +129,27 @@ pub async fn run(cli: Cli) -> Result<()> {
     );
     tokio::spawn(config_server::serve(listener, tls, server));
 
+    let usage = match &cli.store {
+        Some(url) => {
+            let target = StoreTarget {
+                url: url.clone(),
+                tls: cli.store_tls.clone(),
+            };
+            let redis = Arc::new(
+                RedisUsage::connect(&target, metrics.clone())
+                    .context("--store: expected a Redis URL")?,
+            );
+            tracing::info!(store = %target.redacted_url(), "reading tenants' usage from Redis");
+            tokio::spawn(redis.clone().run(
+                cli.usage_refresh,
+                published_rx.clone(),
+                leading_rx.clone(),
+            ));
+            UsageSource::Redis(redis)
+        }
+        None => UsageSource::Reports(proxies.clone()),
+    };
+
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -139,6 +163,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             caches,
             published: published_rx.clone(),
             registry: proxies,
+            usage,
             leading: leading_rx,
             metrics: metrics.clone(),
             recorder,

@@ -29,6 +29,10 @@ pub struct OperatorMetrics {
     pub watch_events: IntCounterVec,
     /// Watch errors, by kind.
     pub watch_errors: IntCounterVec,
+    /// Rounds of reading usage from Redis, by result (ok, error: some tenants not read).
+    pub usage_reads: IntCounterVec,
+    /// Time to read every tenant's usage from Redis.
+    pub usage_read_duration: Histogram,
 }
 
 impl OperatorMetrics {
@@ -79,7 +83,7 @@ impl OperatorMetrics {
                     "tollgate_operator_config_propagation_seconds",
                     "Time from publishing a configuration version to a proxy acknowledging it.",
                 )
-                .buckets(buckets),
+                .buckets(buckets.clone()),
             )?,
             leader: IntGauge::new(
                 "tollgate_operator_leader",
@@ -110,6 +114,20 @@ impl OperatorMetrics {
                 ),
                 &["kind"],
             )?,
+            usage_reads: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_operator_usage_reads_total",
+                    "Rounds of reading tenants' usage from Redis, by result (error: some tenants not read).",
+                ),
+                &["result"],
+            )?,
+            usage_read_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tollgate_operator_usage_read_duration_seconds",
+                    "Time to read every tenant's current-period usage from Redis.",
+                )
+                .buckets(buckets),
+            )?,
         };
         registry.register(Box::new(m.reconciles.clone()))?;
         registry.register(Box::new(m.reconcile_errors.clone()))?;
@@ -122,6 +140,8 @@ impl OperatorMetrics {
         registry.register(Box::new(m.status_writes.clone()))?;
         registry.register(Box::new(m.status_write_errors.clone()))?;
         registry.register(Box::new(m.watch_events.clone()))?;
+        registry.register(Box::new(m.usage_reads.clone()))?;
+        registry.register(Box::new(m.usage_read_duration.clone()))?;
         registry.register(Box::new(m.watch_errors.clone()))?;
         Ok(m)
     }

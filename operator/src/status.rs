@@ -23,6 +23,7 @@ use tollgate_crds::snapshot::ObjectKey;
 use crate::config_server::ProxyRegistry;
 use crate::metrics::OperatorMetrics;
 use crate::publisher::Published;
+use crate::usage::UsageSource;
 use crate::watch::{Caches, all};
 
 /// The field manager of every status the operator writes.
@@ -39,6 +40,8 @@ pub struct StatusWriter {
     pub published: watch::Receiver<Arc<Published>>,
     /// Connected proxies.
     pub registry: Arc<ProxyRegistry>,
+    /// Where tenants' usage comes from.
+    pub usage: UsageSource,
     /// Leadership.
     pub leading: watch::Receiver<bool>,
     /// Metrics.
@@ -140,6 +143,7 @@ impl StatusWriter {
             tokio::select! {
                 _ = self.published.changed() => {}
                 () = self.registry.changed.notified() => {}
+                () = self.usage.refreshed() => {}
                 _ = self.leading.changed() => {}
                 () = tokio::time::sleep(RESYNC) => {}
             }
@@ -292,10 +296,10 @@ impl StatusWriter {
         }
     }
 
-    /// The tenant's usage in the current periods, summed over the proxies' reports, with limits
-    /// from the current plans (counters of quotas that no longer exist are left out).
+    /// The tenant's usage in the current periods, with limits from the current plans (counters
+    /// of quotas that no longer exist are left out).
     fn usage_of(&self, key: &ObjectKey, p: &Published, now: Timestamp) -> Vec<UsageStatus> {
-        self.registry
+        self.usage
             .usage_of(&key.to_string(), now)
             .into_iter()
             .filter_map(|record| {

@@ -440,3 +440,60 @@ async fn the_config_stream_refuses_callers_that_are_not_proxies() -> Result<()> 
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn with_redis_the_fleet_shares_a_quota_and_status_shows_the_redis_counter() -> Result<()> {
+    let mut fleet = Fleet::new("redis-usage").await?;
+    let redis = fleet.start_redis()?;
+    fleet.proxy_args = vec![format!("--store={redis}")];
+    let kubeconfig = fleet.operator_kubeconfig().to_path_buf();
+    fleet
+        .start_operator_as(
+            &kubeconfig,
+            &[("--store", redis.as_str()), ("--usage-refresh", "1s")],
+        )
+        .await?;
+    fleet.wait_leader(0).await?;
+    fleet.ns.apply_ok(WORLD)?;
+    fleet.start_proxy("proxy-a")?;
+    fleet.start_proxy("proxy-b")?;
+    for i in 0..2 {
+        fleet.wait_status(i, "/hello", "key-probe", 200).await?;
+    }
+
+    // One allowance for the fleet: 3 admitted across both proxies, then 402 on either.
+    for i in [0, 1, 0] {
+        assert_eq!(fleet.call(i, "/hello", "key-alice").await?.status, 200);
+    }
+    for i in [1, 0] {
+        assert_eq!(fleet.call(i, "/hello", "key-alice").await?.status, 402);
+    }
+
+    let tenants: Api<Tenant> = Api::namespaced(fleet.ns.client.clone(), &fleet.ns.name);
+    let usage = eventually(WAIT, "alice's usage read from Redis", || async {
+        let s = tenants.get("alice").await.ok()?.status?;
+        s.usage.first().filter(|u| u.used == "3").cloned()
+    })
+    .await?;
+    assert_eq!(
+        (usage.quota.as_str(), usage.limit.as_str()),
+        ("monthly-requests", "3")
+    );
+
+    // The status follows the counter itself, not what proxies remember: a support engineer
+    // credits alice one request in Redis, and both the proxies and the status agree.
+    let pattern = format!("tollgate:{{{}/alice|*", fleet.ns.name);
+    let keys = fleet.redis_cli(&["--scan", "--pattern", &pattern])?;
+    let key = keys.lines().next().context("alice's counter in Redis")?;
+    assert_eq!(fleet.redis_cli(&["DECRBY", key, "1"])?.trim(), "2");
+    eventually(WAIT, "alice's usage back to 2", || async {
+        let s = tenants.get("alice").await.ok()?.status?;
+        s.usage.first().filter(|u| u.used == "2").map(|_| ())
+    })
+    .await?;
+    assert_eq!(fleet.call(1, "/hello", "key-alice").await?.status, 200);
+    let admin = fleet.operators[0].admin;
+    let reads = Fleet::metric(admin, "tollgate_operator_usage_reads_total{result=\"ok\"}").await;
+    assert!(reads.is_some_and(|n| n >= 1.0), "usage reads: {reads:?}");
+    Ok(())
+}

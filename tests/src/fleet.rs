@@ -54,6 +54,10 @@ pub struct Fleet {
     pub operators: Vec<OperatorProcess>,
     /// Proxies, in start order.
     pub proxies: Vec<ProxyProcess>,
+    /// Extra flags for every proxy started after they are set (`--store=redis://...`).
+    pub proxy_args: Vec<String>,
+    redis: Option<Supervised>,
+    redis_port: u16,
 }
 
 /// A response, fully read.
@@ -169,6 +173,9 @@ impl Fleet {
             ca_file,
             operators: Vec::new(),
             proxies: Vec::new(),
+            proxy_args: Vec::new(),
+            redis: None,
+            redis_port: 0,
         })
     }
 
@@ -176,6 +183,11 @@ impl Fleet {
     pub async fn start_operator(&mut self) -> Result<usize> {
         let kubeconfig = self.operator_kubeconfig.clone();
         self.start_operator_as(&kubeconfig, &[]).await
+    }
+
+    /// The kubeconfig of the user bound to the operator's RBAC.
+    pub fn operator_kubeconfig(&self) -> &std::path::Path {
+        &self.operator_kubeconfig
     }
 
     /// Starts an operator with `kubeconfig` (its identity) and flags that override the defaults
@@ -309,7 +321,7 @@ impl Fleet {
 
     fn spawn_proxy(&self, proxy: &mut ProxyProcess) -> Result<()> {
         let urls: Vec<&str> = self.operators.iter().map(|o| o.url.as_str()).collect();
-        let args = vec![
+        let mut args = vec![
             format!("--control-plane={}", urls.join(",")),
             format!("--control-plane-ca={}", self.ca_file.display()),
             format!(
@@ -327,6 +339,7 @@ impl Fleet {
             "--worker-threads=1".to_owned(),
             "--access-log=false".to_owned(),
         ];
+        args.extend(self.proxy_args.iter().cloned());
         let log = self.dir.path().join(format!("proxy-{}.log", proxy.name));
         let _ = std::fs::remove_file(&log);
         let program = workspace_binary("tollgate-proxy")?;
@@ -342,6 +355,51 @@ impl Fleet {
         let addresses = logged_addresses(&log, "tollgate-proxy serving", &["listen=", "admin="])?;
         (proxy.listen, proxy.admin) = (addresses[0], addresses[1]);
         Ok(())
+    }
+
+    /// Starts a redis-server on a free port, stopped with the fleet; its URL.
+    pub fn start_redis(&mut self) -> Result<String> {
+        let port = crate::process::free_port()?;
+        let log = self.dir.path().join("redis.log");
+        let args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        self.redis = Some(Supervised::spawn(
+            "redis-server",
+            std::path::Path::new("/usr/bin/redis-server"),
+            &args,
+            &log,
+            None,
+        )?);
+        self.redis_port = port;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "redis-server did not start: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(format!("redis://127.0.0.1:{port}"))
+    }
+
+    /// Runs redis-cli against the fleet's redis-server; its output.
+    pub fn redis_cli(&self, args: &[&str]) -> Result<String> {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &self.redis_port.to_string()])
+            .args(args)
+            .output()
+            .context("redis-cli (Debian package redis-tools)")?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Starts a proxy that presents the token in `token_file` (another ServiceAccount's).
@@ -476,6 +534,9 @@ impl Drop for Fleet {
         }
         for op in &mut self.operators {
             op.process.stop_and_wait();
+        }
+        if let Some(redis) = self.redis.as_mut() {
+            redis.stop_and_wait();
         }
     }
 }
