@@ -104,6 +104,31 @@ fn the_chart_renders_for_defaults_and_every_documented_option() -> Result<()> {
         "operator.watchNamespaces={shop,billing}",
     ])?;
     assert!(scoped.contains("--namespace=shop,billing"));
+    // One Redis for the fleet: proxies count there and the operator reads usage from it, with
+    // the same URL and CA.
+    let tls_cluster = helm_ok(&[
+        "template",
+        "t",
+        &chart(),
+        "--set-string",
+        r"redis.url=rediss+cluster://r1:6379\,r2:6379",
+        "--set",
+        "redis.caSecret=redis-ca",
+    ])?;
+    assert_eq!(
+        tls_cluster
+            .matches("- --store=rediss+cluster://r1:6379,r2:6379")
+            .count(),
+        2,
+        "proxy and operator"
+    );
+    assert_eq!(
+        tls_cluster
+            .matches("--store-ca-file=/etc/tollgate/redis-ca/ca.crt")
+            .count(),
+        2
+    );
+    assert_eq!(tls_cluster.matches("secretName: redis-ca").count(), 2);
     // The PrometheusRule carries files/alerts.yaml, the file promtool tests.
     let rules = helm_ok(&[
         "template",

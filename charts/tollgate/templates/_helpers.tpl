@@ -46,3 +46,39 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: [ALL]
 {{- end -}}
+
+{{/*
+The counter store, for proxies (--store) and the operator (usage roll-up): the same Redis.
+*/}}
+{{- define "tollgate.store.args" -}}
+{{- if .Values.redis.deploy }}
+- --store=redis://{{ include "tollgate.fullname" . }}-redis.{{ .Release.Namespace }}.svc:6379
+{{- else if .Values.redis.url }}
+- --store={{ .Values.redis.url }}
+{{- end }}
+{{- if .Values.redis.caSecret }}
+- --store-ca-file=/etc/tollgate/redis-ca/ca.crt
+{{- end }}
+{{- end }}
+
+{{- define "tollgate.store.env" -}}
+{{- if and .Values.redis.existingSecret (not .Values.redis.deploy) (not .Values.redis.url) }}
+- name: TOLLGATE_STORE
+  valueFrom: {secretKeyRef: {name: {{ .Values.redis.existingSecret }}, key: url}}
+{{- end }}
+{{- end }}
+
+{{- define "tollgate.store.volumeMounts" -}}
+{{- if .Values.redis.caSecret }}
+- {name: redis-ca, mountPath: /etc/tollgate/redis-ca, readOnly: true}
+{{- end }}
+{{- end }}
+
+{{- define "tollgate.store.volumes" -}}
+{{- if .Values.redis.caSecret }}
+- name: redis-ca
+  secret:
+    secretName: {{ .Values.redis.caSecret }}
+    items: [{key: ca.crt, path: ca.crt}]
+{{- end }}
+{{- end }}
