@@ -27,6 +27,13 @@ pub fn counter_key(tenant: &str, plan: &str, quota: &str, period_start: Timestam
     )
 }
 
+/// The record of one write to `counter` (a lease's grant, or the id of an applied change), in the
+/// counter's Redis Cluster slot: `tollgate-op:{tenant|plan}:quota:start:id`.
+pub fn op_record_key(counter: &str, id: &str) -> String {
+    let rest = counter.strip_prefix("tollgate:").unwrap_or(counter);
+    format!("tollgate-op:{rest}:{id}")
+}
+
 /// An amount of `metric` in the integer unit stored in Redis (Cost in millionths), rounded up.
 pub fn to_units(metric: Metric, amount: Decimal) -> i64 {
     let scaled = if metric == Metric::Cost {

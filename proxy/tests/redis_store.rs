@@ -36,6 +36,16 @@ async fn fleet_on(store_args: &[&str], limit: u32, policy: &str, size: usize) ->
 
 /// Sends `per_proxy` requests to every proxy at once; returns (admitted, refused with 402, other).
 async fn drive(proxies: &[ProxyProcess], per_proxy: usize) -> (usize, usize, usize) {
+    drive_paced(proxies, per_proxy, Duration::ZERO).await
+}
+
+/// Like `drive`, with `pause` after each request of each of the 4 clients per proxy (so the
+/// run lasts long enough to break things in the middle of it).
+async fn drive_paced(
+    proxies: &[ProxyProcess],
+    per_proxy: usize,
+    pause: Duration,
+) -> (usize, usize, usize) {
     let mut tasks = Vec::new();
     for p in proxies {
         let listen = p.listen;
@@ -55,6 +65,9 @@ async fn drive(proxies: &[ProxyProcess], per_proxy: usize) -> (usize, usize, usi
                         200 => counts.0 += 1,
                         402 => counts.1 += 1,
                         _ => counts.2 += 1,
+                    }
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
                     }
                 }
                 counts
@@ -100,6 +113,15 @@ async fn four_proxies_never_exceed_a_large_limit_and_redis_agrees() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(in_redis, admitted as i64, "Redis total vs admitted");
+    // The proxies' own account agrees: leased minus returned is what they admitted.
+    // (Regression: the returned-units counter never moved.)
+    let leased = metric_total(&proxies, "tollgate_proxy_store_leased_units_total", "").await;
+    let returned = metric_total(&proxies, "tollgate_proxy_store_returned_units_total", "").await;
+    assert_eq!(
+        leased - returned,
+        admitted as f64,
+        "leased {leased}, returned {returned}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -465,5 +487,119 @@ async fn a_monthly_quota_starts_over_at_midnight_in_the_plans_time_zone() {
     assert!(
         ttl > 6 * 86_400,
         "November's key expires too early: TTL {ttl}"
+    );
+}
+
+/// The sum over `proxies` of the samples of `series` whose line contains `filter`.
+async fn metric_total(proxies: &[ProxyProcess], series: &str, filter: &str) -> f64 {
+    let mut total = 0.0;
+    for p in proxies {
+        let (_, _, metrics) = support::get_raw(p.admin, "/metrics", &[])
+            .await
+            .expect("metrics");
+        total += String::from_utf8_lossy(&metrics)
+            .lines()
+            .filter(|l| l.starts_with(series) && l.contains(filter))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    total
+}
+
+/// Redis with an append-only file fsynced on every write, in `dir`.
+fn aof_args(dir: &std::path::Path) -> [&str; 6] {
+    [
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--dir",
+        dir.to_str().expect("utf-8 path"),
+    ]
+}
+
+/// The sum of Redis's counters once idle slices have gone back (about 2 s after the last use).
+async fn settled_total(redis: &Redis, expected: i64) -> i64 {
+    let mut total = redis.total("tollgate:*");
+    for _ in 0..60 {
+        if total == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        total = redis.total("tollgate:*");
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_proxies_through_a_redis_restart_fail_closed_never_over_admit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = support::free_port();
+    let mut redis = Redis::start_with(port, &aof_args(dir.path()));
+    let proxies = fleet(&redis, 300, "FailClosed", 4).await;
+    let driving = drive_paced(&proxies, 160, Duration::from_millis(10));
+    let outage = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        redis.stop();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Redis::start_with(port, &aof_args(dir.path()))
+    };
+    let ((admitted, refused, unavailable), redis) = tokio::join!(driving, outage);
+    // Regression: a lease that Redis applied (and wrote to its AOF) but never answered, because
+    // it died first, stayed counted in Redis without being admitted (Redis 300, admitted 299).
+    // Leases now leave a record that the proxy asks for once Redis is back.
+    assert_eq!(admitted + refused + unavailable, 640);
+    assert!(
+        unavailable > 0,
+        "FailClosed answers 503 while Redis is down"
+    );
+    assert!(
+        admitted <= 300,
+        "over-admitted: {admitted} for a limit of 300"
+    );
+    assert_eq!(
+        settled_total(&redis, admitted as i64).await,
+        admitted as i64,
+        "Redis counts exactly what was admitted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_proxies_through_a_redis_restart_fail_open_lose_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = support::free_port();
+    let mut redis = Redis::start_with(port, &aof_args(dir.path()));
+    // Small slices (a limit near the traffic): proxies ask Redis often, also during the outage.
+    let proxies = fleet(&redis, 700, "FailOpen", 4).await;
+    let driving = drive_paced(&proxies, 160, Duration::from_millis(10));
+    let outage = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        redis.stop();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Redis::start_with(port, &aof_args(dir.path()))
+    };
+    let ((admitted, refused, other), redis) = tokio::join!(driving, outage);
+    assert_eq!(
+        (admitted, refused, other),
+        (640, 0, 0),
+        "FailOpen keeps serving"
+    );
+    let failed_calls = metric_total(
+        &proxies,
+        "tollgate_proxy_store_round_trips_total",
+        r#"result="error""#,
+    )
+    .await;
+    assert!(
+        failed_calls > 0.0,
+        "the outage happened while proxies needed Redis"
+    );
+    // What was admitted during the outage is added when Redis is back; slices go back.
+    // Regression: a lease applied but unanswered was counted twice (its grant in Redis, and the
+    // request as FailOpen debt): 647 for 640.
+    assert_eq!(
+        settled_total(&redis, 640).await,
+        640,
+        "every admission is in Redis"
     );
 }

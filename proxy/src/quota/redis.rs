@@ -16,6 +16,13 @@
 //! When Redis cannot be reached: FailClosed plans answer 503; FailOpen plans admit, count locally,
 //! and add what they admitted to Redis when it is back (nothing lost).
 //!
+//! A call can fail after Redis applied it (Redis dies before answering, or answers after the
+//! timeout). So every write is applied at most once and can be asked about: a lease leaves a
+//! record of its grant, and every other change (giving units back, adding FailOpen debt, charging
+//! tokens) carries an operation id that Redis remembers. A proxy retries an unanswered change with
+//! the same id, and after an unanswered lease it asks for the record and keeps the grant if there
+//! is one. Records live 10 minutes (an outage longer than that may count a lost lease's slice).
+//!
 //! Rate limits are fleet-wide too, as fixed windows counted the same way (one key per window):
 //! at most the limit per window across the fleet, so a client can get up to twice the limit in
 //! the two windows around a boundary (in memory, GCRA never allows that).
@@ -28,7 +35,8 @@ use jiff::Timestamp;
 use parking_lot::Mutex;
 use rust_decimal::Decimal;
 use tollgate_crds::counter_store::{
-    StoreConnection, StoreError, StoreTarget, Timeouts, counter_key, from_units, to_units as units,
+    StoreConnection, StoreError, StoreTarget, Timeouts, counter_key, from_units, op_record_key,
+    to_units as units,
 };
 use tollgate_crds::period::{PeriodWindow, window};
 use tollgate_crds::resources::{FailurePolicy, Metric};
@@ -47,17 +55,36 @@ if ARGV[3] == '0' or grant < 1 then grant = 1 end
 if grant > 1000 then grant = 1000 end
 used = redis.call('INCRBY', KEYS[1], grant)
 redis.call('EXPIREAT', KEYS[1], ARGV[2])
+if KEYS[2] then redis.call('SET', KEYS[2], grant, 'EX', ARGV[4]) end
 return {grant, used}
 ";
 
-const GIVE_BACK: &str = r"
+/// Adds ARGV[1] (negative: gives units back, never below 0) unless operation KEYS[2] was applied
+/// already. Returns the counter's total.
+const ADJUST_ONCE: &str = r"
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then
+  return tonumber(redis.call('GET', KEYS[1]) or '0')
+end
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-local back = math.min(tonumber(ARGV[1]), used)
-if back > 0 then redis.call('DECRBY', KEYS[1], back) end
-return back
+local delta = tonumber(ARGV[1])
+if used + delta < 0 then delta = -used end
+used = redis.call('INCRBY', KEYS[1], delta)
+redis.call('EXPIREAT', KEYS[1], ARGV[2])
+return used
 ";
 
+/// How long Redis remembers a lease's grant and an applied operation id.
+const RECORD_SECONDS: i64 = 600;
+
 const KEEP_AFTER_PERIOD: i64 = 7 * 86_400;
+
+/// A process-unique id: operation ids must not collide across proxies or restarts.
+fn instance_id() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{nanos:x}{:x}", std::process::id())
+}
 const IDLE_RETURN: Duration = Duration::from_secs(2);
 
 /// One counter as this proxy sees it.
@@ -75,9 +102,30 @@ struct Counter {
     spent: Decimal,
     /// Admitted while Redis was unreachable (FailOpen), to add when it is back.
     debt: i64,
+    /// Changes sent without an answer, retried with the same id until one comes.
+    unanswered: Vec<Adjustment>,
+    /// Leases sent without an answer: their records, to ask for the grant.
+    unanswered_leases: Vec<String>,
+    /// When the counter's key expires (kept with every write).
+    expire_at: i64,
     last_used: Instant,
     /// A rate-limit window (not reported as quota usage).
     rate: bool,
+}
+
+/// A change to a counter, applied at most once (see [`ADJUST_ONCE`]).
+#[derive(Debug, Clone)]
+struct Adjustment {
+    /// Operation record key.
+    op: String,
+    delta: i64,
+}
+
+impl Counter {
+    /// Units this proxy counted that Redis has not confirmed (FailOpen debt, unanswered changes).
+    fn unconfirmed(&self) -> i64 {
+        self.debt + self.unanswered.iter().map(|a| a.delta).sum::<i64>()
+    }
 }
 
 /// What a request took from a counter.
@@ -97,8 +145,11 @@ pub struct RedisStore {
     /// for comparison in benchmarks).
     slices: bool,
     lease: redis::Script,
-    give_back: redis::Script,
+    adjust_once: redis::Script,
     counters: Mutex<HashMap<String, Counter>>,
+    /// Unique per process: operation and lease ids are `{instance}-{sequence}`.
+    instance: String,
+    sequence: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -125,8 +176,10 @@ impl RedisStore {
             metrics,
             slices,
             lease: redis::Script::new(LEASE),
-            give_back: redis::Script::new(GIVE_BACK),
+            adjust_once: redis::Script::new(ADJUST_ONCE),
             counters: Mutex::new(HashMap::new()),
+            instance: instance_id(),
+            sequence: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -155,6 +208,9 @@ impl RedisStore {
             redis_used: 0,
             spent: Decimal::ZERO,
             debt: 0,
+            unanswered: Vec::new(),
+            unanswered_leases: Vec::new(),
+            expire_at: w.end.as_second() + KEEP_AFTER_PERIOD,
             last_used: Instant::now(),
             rate: false,
         })
@@ -168,20 +224,62 @@ impl RedisStore {
     ) -> redis::RedisResult<(i64, i64)> {
         let mut conn = self.conn.clone();
         let started = Instant::now();
-        let result: redis::RedisResult<(i64, i64)> = self
-            .lease
-            .key(key)
+        let mut call = self.lease.key(key);
+        // The naive comparison mode (a call per admission) keeps no records.
+        let record = self.slices.then(|| self.record_key(key));
+        if let Some(record) = &record {
+            call.key(record);
+        }
+        let result: redis::RedisResult<(i64, i64)> = call
             .arg(limit)
             .arg(expire_at)
             .arg(i64::from(self.slices))
+            .arg(RECORD_SECONDS)
             .invoke_async(&mut conn)
             .await;
         self.observe("lease", started, result.is_ok());
+        if result.is_err()
+            && let Some(record) = record
+            && let Some(c) = self.counters.lock().get_mut(key)
+        {
+            c.unanswered_leases.push(record);
+        }
         if let Ok((grant, _)) = &result {
             self.metrics
                 .leased_units
                 .inc_by(u64::try_from(*grant).unwrap_or(0));
         }
+        result
+    }
+
+    /// A fresh record key for an operation on `counter`, in the counter's Redis Cluster slot.
+    fn record_key(&self, counter: &str) -> String {
+        let n = self
+            .sequence
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        op_record_key(counter, &format!("{}-{n}", self.instance))
+    }
+
+    /// Applies `a` to `counter` at most once; the counter's new total.
+    async fn adjust(
+        &self,
+        counter: &str,
+        a: &Adjustment,
+        expire_at: i64,
+        label: &str,
+    ) -> redis::RedisResult<i64> {
+        let mut conn = self.conn.clone();
+        let started = Instant::now();
+        let result = self
+            .adjust_once
+            .key(counter)
+            .key(&a.op)
+            .arg(a.delta)
+            .arg(expire_at)
+            .arg(RECORD_SECONDS)
+            .invoke_async(&mut conn)
+            .await;
+        self.observe(label, started, result.is_ok());
         result
     }
 
@@ -205,7 +303,7 @@ impl RedisStore {
     ) -> LimitState {
         let used = from_units(
             metric,
-            c.redis_used - i64::try_from(c.leased).unwrap_or(0) + c.debt,
+            c.redis_used - i64::try_from(c.leased).unwrap_or(0) + c.unconfirmed(),
         );
         LimitState {
             index,
@@ -287,7 +385,7 @@ impl RedisStore {
             let over = {
                 let mut counters = self.counters.lock();
                 let c = Self::counter(&mut counters, &subject, i, key, w);
-                quota.metric != Metric::Requests && c.redis_used + c.debt >= limit
+                quota.metric != Metric::Requests && c.redis_used + c.unconfirmed() >= limit
             };
             if quota.metric != Metric::Requests || exhausted.is_some() {
                 if over {
@@ -413,6 +511,9 @@ impl RedisStore {
             redis_used: 0,
             spent: Decimal::ZERO,
             debt: 0,
+            unanswered: Vec::new(),
+            unanswered_leases: Vec::new(),
+            expire_at: w.end.as_second() + KEEP_AFTER_PERIOD,
             last_used: Instant::now(),
             rate: true,
         })
@@ -434,50 +535,85 @@ impl RedisStore {
         }
     }
 
-    /// Gives back idle slices (or all of them), and adds FailOpen debts to Redis.
+    /// Brings Redis up to date: keeps the grants of unanswered leases, gives back idle slices (or
+    /// all of them), adds FailOpen debts, and retries unanswered changes (with their ids).
     pub async fn settle(&self, all: bool) {
+        self.recover_unanswered_leases().await;
         let now = Timestamp::now();
-        let work: Vec<(String, u64, i64)> = {
+        let work: Vec<(String, i64, Vec<Adjustment>)> = {
             let mut counters = self.counters.lock();
-            counters.retain(|_, c| c.window.end > now || c.debt > 0);
-            counters
-                .iter_mut()
-                .filter(|(_, c)| {
-                    c.debt > 0 || (c.leased > 0 && (all || c.last_used.elapsed() > IDLE_RETURN))
-                })
-                .map(|(k, c)| {
-                    let back = std::mem::take(&mut c.leased);
-                    (k.clone(), back, c.debt)
-                })
-                .collect()
-        };
-        for (key, back, debt) in work {
-            let mut conn = self.conn.clone();
-            if back > 0 {
-                let returned: redis::RedisResult<i64> = self
-                    .give_back
-                    .key(&key)
-                    .arg(back)
-                    .invoke_async(&mut conn)
-                    .await;
-                if returned.is_err() {
-                    // Keep the slice; try again next time.
-                    if let Some(c) = self.counters.lock().get_mut(&key) {
-                        c.leased += back;
-                    }
+            // An ended period is done with, unless Redis still misses some of its usage.
+            counters.retain(|_, c| c.window.end > now || c.debt != 0 || !c.unanswered.is_empty());
+            let mut work = Vec::new();
+            for (key, c) in counters.iter_mut() {
+                if c.leased > 0 && (all || c.last_used.elapsed() > IDLE_RETURN) {
+                    let back = i64::try_from(std::mem::take(&mut c.leased)).unwrap_or(i64::MAX);
+                    c.unanswered.push(Adjustment {
+                        op: self.record_key(key),
+                        delta: -back,
+                    });
+                }
+                if c.debt != 0 {
+                    c.unanswered.push(Adjustment {
+                        op: self.record_key(key),
+                        delta: std::mem::take(&mut c.debt),
+                    });
+                }
+                if !c.unanswered.is_empty() {
+                    work.push((key.clone(), c.expire_at, c.unanswered.clone()));
                 }
             }
-            if debt > 0 {
-                let added: redis::RedisResult<i64> = redis::cmd("INCRBY")
-                    .arg(&key)
-                    .arg(debt)
+            work
+        };
+        for (key, expire_at, changes) in work {
+            for a in changes {
+                let Ok(total) = self.adjust(&key, &a, expire_at, "settle").await else {
+                    continue; // Unanswered: retried with the same id next time.
+                };
+                if a.delta < 0 {
+                    self.metrics.returned_units.inc_by(a.delta.unsigned_abs());
+                } else {
+                    self.metrics.unreconciled_units.sub(a.delta);
+                }
+                if let Some(c) = self.counters.lock().get_mut(&key) {
+                    c.unanswered.retain(|u| u.op != a.op);
+                    c.redis_used = total;
+                }
+            }
+        }
+    }
+
+    /// Asks Redis whether leases sent without an answer were granted; keeps what was.
+    async fn recover_unanswered_leases(&self) {
+        let work: Vec<(String, Vec<String>)> = self
+            .counters
+            .lock()
+            .iter_mut()
+            .filter(|(_, c)| !c.unanswered_leases.is_empty())
+            .map(|(k, c)| (k.clone(), std::mem::take(&mut c.unanswered_leases)))
+            .collect();
+        for (key, records) in work {
+            for record in records {
+                let mut conn = self.conn.clone();
+                let grant: redis::RedisResult<Option<i64>> = redis::cmd("GETDEL")
+                    .arg(&record)
                     .query_async(&mut conn)
                     .await;
-                if let Ok(total) = added
-                    && let Some(c) = self.counters.lock().get_mut(&key)
-                {
-                    c.debt -= debt;
-                    c.redis_used = total;
+                let mut counters = self.counters.lock();
+                let Some(c) = counters.get_mut(&key) else {
+                    continue;
+                };
+                match grant {
+                    // Granted: the units are this proxy's, to spend or give back.
+                    Ok(Some(units)) => {
+                        c.leased += u64::try_from(units).unwrap_or(0);
+                        self.metrics
+                            .leased_units
+                            .inc_by(u64::try_from(units).unwrap_or(0));
+                    }
+                    // Never applied (or forgotten after RECORD_SECONDS).
+                    Ok(None) => {}
+                    Err(_) => c.unanswered_leases.push(record),
                 }
             }
         }
@@ -540,29 +676,21 @@ impl CounterStore for RedisStore {
             }
             let (key, w) = Self::window_key(&subject, i, now);
             let delta = units(quota.metric, amount);
-            let mut conn = self.conn.clone();
-            let started = Instant::now();
-            let result: redis::RedisResult<i64> = redis::pipe()
-                .atomic()
-                .cmd("INCRBY")
-                .arg(&key)
-                .arg(delta)
-                .cmd("EXPIREAT")
-                .arg(&key)
-                .arg(w.end.as_second() + KEEP_AFTER_PERIOD)
-                .ignore()
-                .query_async::<(i64,)>(&mut conn)
-                .await
-                .map(|(total,)| total);
-            self.observe("charge", started, result.is_ok());
+            let change = Adjustment {
+                op: self.record_key(&key),
+                delta,
+            };
+            let expire_at = w.end.as_second() + KEEP_AFTER_PERIOD;
+            let result = self.adjust(&key, &change, expire_at, "charge").await;
             let mut counters = self.counters.lock();
             let c = Self::counter(&mut counters, &subject, i, &key, w);
             c.spent += amount;
             match result {
                 Ok(total) => c.redis_used = total,
-                // Usage already happened: whatever the failure policy, it is kept and added later.
+                // Usage already happened: whatever the failure policy, it is kept and retried
+                // (with the same id: if Redis did apply it, it is not counted twice).
                 Err(_) => {
-                    c.debt += delta;
+                    c.unanswered.push(change);
                     self.metrics.unreconciled_units.add(delta);
                 }
             }
