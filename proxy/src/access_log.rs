@@ -122,3 +122,68 @@ fn write_lines(shared: &Shared) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(record: &AccessRecord<'_>) -> serde_json::Value {
+        let mut out = serde_json::to_vec(record).expect("serializes");
+        out.push(b'\n');
+        assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1, "one line");
+        serde_json::from_slice(&out)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out)))
+    }
+
+    #[test]
+    fn a_record_is_one_json_line_with_every_field() {
+        let time: jiff::Timestamp = "2026-11-25T21:03:04.000120500Z".parse().expect("time");
+        let v = line(&AccessRecord {
+            time,
+            client: "10.0.0.7",
+            method: "POST",
+            path: "/v1/chat/completions",
+            route: Some("shop/chat"),
+            tenant: Some("shop/acme"),
+            status: 402,
+            problem: Some("quota-exhausted"),
+            latency_seconds: 1.234567,
+            bytes: Some(311),
+        });
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "time": v["time"], "client": "10.0.0.7", "method": "POST",
+                "path": "/v1/chat/completions", "route": "shop/chat", "tenant": "shop/acme",
+                "status": 402, "problem": "quota-exhausted", "latencySeconds": 1.234567, "bytes": 311
+            })
+        );
+        let parsed: jiff::Timestamp = v["time"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .expect("RFC 3339");
+        assert_eq!(parsed, time);
+    }
+
+    #[test]
+    fn strings_from_the_request_are_escaped_and_absent_fields_are_null() {
+        let nasty = "/a\"b\\c\nd\u{1}e\u{7f}\u{e9}";
+        let v = line(&AccessRecord {
+            time: jiff::Timestamp::UNIX_EPOCH,
+            client: "::1",
+            method: "GET",
+            path: nasty,
+            route: None,
+            tenant: None,
+            status: 404,
+            problem: None,
+            latency_seconds: 0.0,
+            bytes: None,
+        });
+        assert_eq!(v["path"], nasty);
+        assert_eq!(v["time"], "1970-01-01T00:00:00Z");
+        assert_eq!(v["latencySeconds"], 0.0);
+        assert!(v["route"].is_null() && v["tenant"].is_null() && v["bytes"].is_null());
+    }
+}
