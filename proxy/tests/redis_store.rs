@@ -348,8 +348,9 @@ async fn a_redis_cluster_counts_exactly_like_one_server() {
     );
 }
 
-/// A CA, and a server certificate it signed for 127.0.0.1, written to `dir` as PEM files.
-fn write_ca_and_server_cert(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
+/// A CA, a server certificate it signed for 127.0.0.1 and a client certificate, written to `dir`
+/// as PEM files: [CA, server cert, server key, client cert, client key].
+fn write_ca_and_certs(dir: &std::path::Path) -> [std::path::PathBuf; 5] {
     let ca_key = rcgen::KeyPair::generate().expect("key");
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -365,18 +366,35 @@ fn write_ca_and_server_cert(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
         .expect("params")
         .signed_by(&key, &issuer)
         .expect("cert");
-    let paths = ["ca.pem", "redis.pem", "redis.key"].map(|name| dir.join(name));
+    let client_key = rcgen::KeyPair::generate().expect("key");
+    let mut client_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    client_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "tollgate-proxy");
+    let client = client_params
+        .signed_by(&client_key, &issuer)
+        .expect("client cert");
+    let paths = [
+        "ca.pem",
+        "redis.pem",
+        "redis.key",
+        "client.pem",
+        "client.key",
+    ]
+    .map(|name| dir.join(name));
     std::fs::write(&paths[0], ca_cert.pem()).expect("write");
     std::fs::write(&paths[1], cert.pem()).expect("write");
     std::fs::write(&paths[2], key.serialize_pem()).expect("write");
+    std::fs::write(&paths[3], client.pem()).expect("write");
+    std::fs::write(&paths[4], client_key.serialize_pem()).expect("write");
     paths
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rediss_with_a_private_ca_counts_and_an_untrusted_server_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let [ca, cert, key] = write_ca_and_server_cert(dir.path());
-    let redis = Redis::start_tls(support::free_port(), &ca, &cert, &key);
+    let [ca, cert, key, _, _] = write_ca_and_certs(dir.path());
+    let redis = Redis::start_tls(support::free_port(), &ca, &cert, &key, None);
     let ca_arg = ca.display().to_string();
     let proxies = fleet_on(
         &["--store", &redis.url(), "--store-ca-file", &ca_arg],
@@ -602,4 +620,51 @@ async fn four_proxies_through_a_redis_restart_fail_open_lose_nothing() {
         640,
         "every admission is in Redis"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mutual_tls_counts_with_a_client_certificate_and_refuses_without() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let [ca, cert, key, client_cert, client_key] = write_ca_and_certs(dir.path());
+    let redis = Redis::start_tls(
+        support::free_port(),
+        &ca,
+        &cert,
+        &key,
+        Some((&client_cert, &client_key)),
+    );
+    let arg = |p: &std::path::Path| p.display().to_string();
+    let (ca, client_cert, client_key) = (arg(&ca), arg(&client_cert), arg(&client_key));
+    let url = redis.url();
+    let with_cert = fleet_on(
+        &[
+            "--store",
+            &url,
+            "--store-ca-file",
+            &ca,
+            "--store-client-cert-file",
+            &client_cert,
+            "--store-client-key-file",
+            &client_key,
+        ],
+        3,
+        "FailClosed",
+        1,
+    )
+    .await;
+    let (admitted, refused, other) = drive(&with_cert, 8).await;
+    assert_eq!((admitted, refused, other), (3, 5, 0));
+    assert_eq!(redis.total("tollgate:*"), 3);
+
+    let without_cert = fleet_on(
+        &["--store", &url, "--store-ca-file", &ca],
+        3,
+        "FailClosed",
+        1,
+    )
+    .await;
+    without_cert[0]
+        .get("/api/x", &[("x-api-key", "key-fleet")])
+        .await
+        .problem(503, "quota-store-unavailable");
 }

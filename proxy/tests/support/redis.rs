@@ -34,9 +34,16 @@ impl Redis {
         Self::spawn(port, &args, vec![], "redis")
     }
 
-    /// A TLS-only server (`--port 0`) with `cert`/`key` signed by `ca`; clients need no
-    /// certificate of their own.
-    pub fn start_tls(port: u16, ca: &Path, cert: &Path, key: &Path) -> Self {
+    /// A TLS-only server (`--port 0`) with `cert`/`key` signed by `ca`. With `client` (a
+    /// certificate and key signed by `ca`), clients must present a certificate (mutual TLS) and
+    /// redis-cli uses that one.
+    pub fn start_tls(
+        port: u16,
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        client: Option<(&Path, &Path)>,
+    ) -> Self {
         let path = |p: &Path| p.display().to_string();
         let args = vec![
             "--port".to_owned(),
@@ -50,9 +57,17 @@ impl Redis {
             "--tls-ca-cert-file".to_owned(),
             path(ca),
             "--tls-auth-clients".to_owned(),
-            "no".to_owned(),
+            if client.is_some() { "yes" } else { "no" }.to_owned(),
         ];
-        let cli = vec!["--tls".to_owned(), "--cacert".to_owned(), path(ca)];
+        let mut cli = vec!["--tls".to_owned(), "--cacert".to_owned(), path(ca)];
+        if let Some((cert, key)) = client {
+            cli.extend([
+                "--cert".to_owned(),
+                path(cert),
+                "--key".to_owned(),
+                path(key),
+            ]);
+        }
         Self::spawn(port, &args, cli, "rediss")
     }
 
