@@ -549,12 +549,21 @@ async fn settled_total(redis: &Redis, expected: i64) -> i64 {
     total
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn four_proxies_through_a_redis_restart_fail_closed_never_over_admit() {
+/// What a run through a Redis restart leaves: the counts, the restarted Redis, the proxies.
+struct RestartRun {
+    counts: (usize, usize, usize),
+    redis: Redis,
+    proxies: Vec<ProxyProcess>,
+    _dir: tempfile::TempDir,
+}
+
+/// 4 proxies (one tenant, a monthly `limit`, `policy`) driven with 4 x 160 paced requests, while
+/// Redis (AOF, fsync always) is killed 150 ms in and restarted 300 ms later.
+async fn through_a_redis_restart(limit: u32, policy: &str) -> RestartRun {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = support::free_port();
     let mut redis = Redis::start_with(port, &aof_args(dir.path()));
-    let proxies = fleet(&redis, 300, "FailClosed", 4).await;
+    let proxies = fleet(&redis, limit, policy, 4).await;
     let driving = drive_paced(&proxies, 160, Duration::from_millis(10));
     let outage = async {
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -562,7 +571,19 @@ async fn four_proxies_through_a_redis_restart_fail_closed_never_over_admit() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         Redis::start_with(port, &aof_args(dir.path()))
     };
-    let ((admitted, refused, unavailable), redis) = tokio::join!(driving, outage);
+    let (counts, redis) = tokio::join!(driving, outage);
+    RestartRun {
+        counts,
+        redis,
+        proxies,
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_proxies_through_a_redis_restart_fail_closed_never_over_admit() {
+    let run = through_a_redis_restart(300, "FailClosed").await;
+    let ((admitted, refused, unavailable), redis) = (run.counts, &run.redis);
     // Regression: a lease that Redis applied (and wrote to its AOF) but never answered, because
     // it died first, stayed counted in Redis without being admitted (Redis 300, admitted 299).
     // Leases now leave a record that the proxy asks for once Redis is back.
@@ -576,7 +597,7 @@ async fn four_proxies_through_a_redis_restart_fail_closed_never_over_admit() {
         "over-admitted: {admitted} for a limit of 300"
     );
     assert_eq!(
-        settled_total(&redis, admitted as i64).await,
+        settled_total(redis, admitted as i64).await,
         admitted as i64,
         "Redis counts exactly what was admitted"
     );
@@ -584,26 +605,16 @@ async fn four_proxies_through_a_redis_restart_fail_closed_never_over_admit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn four_proxies_through_a_redis_restart_fail_open_lose_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = support::free_port();
-    let mut redis = Redis::start_with(port, &aof_args(dir.path()));
     // Small slices (a limit near the traffic): proxies ask Redis often, also during the outage.
-    let proxies = fleet(&redis, 700, "FailOpen", 4).await;
-    let driving = drive_paced(&proxies, 160, Duration::from_millis(10));
-    let outage = async {
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        redis.stop();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        Redis::start_with(port, &aof_args(dir.path()))
-    };
-    let ((admitted, refused, other), redis) = tokio::join!(driving, outage);
+    let run = through_a_redis_restart(700, "FailOpen").await;
+    let ((admitted, refused, other), redis, proxies) = (run.counts, &run.redis, &run.proxies);
     assert_eq!(
         (admitted, refused, other),
         (640, 0, 0),
         "FailOpen keeps serving"
     );
     let failed_calls = metric_total(
-        &proxies,
+        proxies,
         "tollgate_proxy_store_round_trips_total",
         r#"result="error""#,
     )
@@ -616,7 +627,7 @@ async fn four_proxies_through_a_redis_restart_fail_open_lose_nothing() {
     // Regression: a lease applied but unanswered was counted twice (its grant in Redis, and the
     // request as FailOpen debt): 647 for 640.
     assert_eq!(
-        settled_total(&redis, 640).await,
+        settled_total(redis, 640).await,
         640,
         "every admission is in Redis"
     );
