@@ -7,10 +7,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use std::sync::Arc;
+
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, TlsCertificates, Value};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, TlsCertificates, Value};
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 
@@ -57,9 +62,11 @@ pub fn from_units(metric: Metric, units: i64) -> Decimal {
 /// Where the counters are and how to reach them.
 #[derive(Debug, Clone, Default)]
 pub struct StoreTarget {
-    /// `redis://[user:pass@]host:port[/db]`, `rediss://...` for TLS, or
+    /// `redis://[user:pass@]host:port[/db]`, `rediss://...` for TLS,
     /// `redis+cluster://[user:pass@]host:port,host:port,...` (`rediss+cluster://` for TLS) with
-    /// any reachable seed nodes of a Redis Cluster.
+    /// any reachable seed nodes of a Redis Cluster, or
+    /// `redis+sentinel://[user:pass@]host:port,host:port/MASTER[/db]` (`rediss+sentinel://`: TLS to
+    /// the master) with the Sentinels that watch MASTER; the credentials are the master's.
     pub url: String,
     pub tls: StoreTlsArgs,
 }
@@ -101,8 +108,9 @@ pub struct Timeouts {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(
-        "--store {0:?}: expected redis://, rediss://, redis+cluster:// or rediss+cluster:// \
-         followed by host:port"
+        "--store {0:?}: expected redis://, rediss://, redis+cluster://, rediss+cluster://, \
+         redis+sentinel:// or rediss+sentinel:// followed by host:port (Sentinel: \
+         host:port,.../MASTER_NAME)"
     )]
     Scheme(String),
     #[error("--store: {0}")]
@@ -126,6 +134,53 @@ pub enum StoreError {
 pub enum StoreConnection {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(Arc<SentinelConnection>),
+}
+
+/// The current master of a Sentinel-watched group. On a connection error, or a READONLY answer
+/// (the old master was demoted), the connection is dropped and the next command asks the
+/// Sentinels for the master again.
+pub struct SentinelConnection {
+    sentinels: tokio::sync::Mutex<SentinelClient>,
+    master: parking_lot::Mutex<Option<MultiplexedConnection>>,
+    config: AsyncConnectionConfig,
+}
+
+impl std::fmt::Debug for SentinelConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelConnection").finish_non_exhaustive()
+    }
+}
+
+impl SentinelConnection {
+    async fn master(&self) -> redis::RedisResult<MultiplexedConnection> {
+        if let Some(c) = self.master.lock().clone() {
+            return Ok(c);
+        }
+        let mut sentinels = self.sentinels.lock().await;
+        if let Some(c) = self.master.lock().clone() {
+            return Ok(c); // Another caller connected while this one waited.
+        }
+        let connection = sentinels
+            .async_get_client()
+            .await?
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        *self.master.lock() = Some(connection.clone());
+        Ok(connection)
+    }
+
+    fn check<T>(&self, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+        if let Err(e) = &result
+            && (e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_timeout()
+                || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly))
+        {
+            *self.master.lock() = None;
+        }
+        result
+    }
 }
 
 impl std::fmt::Debug for StoreConnection {
@@ -133,6 +188,7 @@ impl std::fmt::Debug for StoreConnection {
         f.write_str(match self {
             Self::Single(_) => "StoreConnection::Single",
             Self::Cluster(_) => "StoreConnection::Cluster",
+            Self::Sentinel(_) => "StoreConnection::Sentinel",
         })
     }
 }
@@ -152,32 +208,79 @@ impl StoreTarget {
         }
     }
 
-    /// The seed URLs of a cluster URL (`None`: a single server).
-    fn cluster_seeds(&self) -> Result<Option<Vec<String>>, StoreError> {
-        let (scheme, rest) = self
-            .url
-            .split_once("://")
-            .ok_or_else(|| StoreError::Scheme(self.url.clone()))?;
-        let node_scheme = match scheme {
-            "redis" | "rediss" => return Ok(None),
-            "redis+cluster" => "redis",
-            "rediss+cluster" => "rediss",
-            _ => return Err(StoreError::Scheme(self.url.clone())),
+    /// How the URL says to reach the counters.
+    fn topology(&self) -> Result<Topology, StoreError> {
+        let bad = || StoreError::Scheme(self.url.clone());
+        let (scheme, rest) = self.url.split_once("://").ok_or_else(bad)?;
+        let (tls, sentinel) = match scheme {
+            "redis" | "rediss" => return Ok(Topology::Single),
+            "redis+cluster" => (false, false),
+            "rediss+cluster" => (true, false),
+            "redis+sentinel" => (false, true),
+            "rediss+sentinel" => (true, true),
+            _ => return Err(bad()),
         };
         // Credentials apply to every node; the last '@' ends them (a password may hold '@').
         let (userinfo, hosts) = match rest.rsplit_once('@') {
-            Some((user, hosts)) => (format!("{user}@"), hosts),
-            None => (String::new(), rest),
+            Some((user, hosts)) => (Some(user), hosts),
+            None => (None, rest),
         };
-        let seeds: Vec<String> = hosts
+        let (hosts, path) = hosts.split_once('/').unwrap_or((hosts, ""));
+        let hosts: Vec<&str> = hosts
             .split(',')
-            .filter(|h| !h.trim().is_empty())
-            .map(|h| format!("{node_scheme}://{userinfo}{}", h.trim()))
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
             .collect();
-        if seeds.is_empty() {
-            return Err(StoreError::Scheme(self.url.clone()));
+        if hosts.is_empty() {
+            return Err(bad());
         }
-        Ok(Some(seeds))
+        if !sentinel {
+            let node_scheme = if tls { "rediss" } else { "redis" };
+            let user = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+            let path = if path.is_empty() {
+                String::new()
+            } else {
+                format!("/{path}")
+            };
+            return Ok(Topology::Cluster(
+                hosts
+                    .iter()
+                    .map(|h| format!("{node_scheme}://{user}{h}{path}"))
+                    .collect(),
+            ));
+        }
+        let mut sentinels = Vec::new();
+        for host in hosts {
+            let (name, port) = match host.rsplit_once(':') {
+                Some((name, port)) => (name, port.parse::<u16>().map_err(|_| bad())?),
+                None => (host, 26379),
+            };
+            sentinels.push(redis::ConnectionAddr::Tcp(name.to_owned(), port));
+        }
+        let mut path = path.split('/');
+        let master = path.next().filter(|m| !m.is_empty()).ok_or_else(bad)?;
+        let db = match path.next() {
+            Some(db) if !db.is_empty() => db.parse::<i64>().map_err(|_| bad())?,
+            _ => 0,
+        };
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|s| s.into_owned())
+                .map_err(|_| bad())
+        };
+        let (username, password) = match userinfo.map(|u| u.split_once(':').unwrap_or((u, ""))) {
+            Some((user, pass)) => (decode(user)?, decode(pass)?),
+            None => (String::new(), String::new()),
+        };
+        Ok(Topology::Sentinel {
+            sentinels,
+            master: master.to_owned(),
+            username,
+            password,
+            db,
+            tls,
+        })
     }
 
     /// The certificates to use instead of the defaults, if any file is given.
@@ -215,8 +318,8 @@ impl StoreTarget {
     /// policy) instead of failing to start.
     pub fn connect(&self, timeouts: Timeouts) -> Result<StoreConnection, StoreError> {
         let certificates = self.certificates()?;
-        match self.cluster_seeds()? {
-            None => {
+        match self.topology()? {
+            Topology::Single => {
                 let client = match certificates {
                     Some(certs) => redis::Client::build_with_tls(self.url.as_str(), certs)?,
                     None => redis::Client::open(self.url.as_str())?,
@@ -229,7 +332,7 @@ impl StoreTarget {
                     ConnectionManager::new_lazy_with_config(client, config)?,
                 ))
             }
-            Some(seeds) => {
+            Topology::Cluster(seeds) => {
                 let mut builder = ClusterClient::builder(seeds).retries(1);
                 if let Some(certs) = certificates {
                     builder = builder.certs(certs);
@@ -242,8 +345,55 @@ impl StoreTarget {
                     client.get_pending_async_connection_with_config(config),
                 ))
             }
+            Topology::Sentinel {
+                sentinels,
+                master,
+                username,
+                password,
+                db,
+                tls,
+            } => {
+                let mut builder =
+                    SentinelClientBuilder::new(sentinels, master, SentinelServerType::Master)?
+                        .set_client_to_redis_db(db);
+                if !username.is_empty() {
+                    builder = builder.set_client_to_redis_username(username);
+                }
+                if !password.is_empty() {
+                    builder = builder.set_client_to_redis_password(password);
+                }
+                if tls {
+                    builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+                    if let Some(certs) = certificates {
+                        builder = builder.set_client_to_redis_certificates(certs);
+                    }
+                }
+                Ok(StoreConnection::Sentinel(Arc::new(SentinelConnection {
+                    sentinels: tokio::sync::Mutex::new(builder.build()?),
+                    master: parking_lot::Mutex::new(None),
+                    config: AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(timeouts.connect))
+                        .set_response_timeout(Some(timeouts.response)),
+                })))
+            }
         }
     }
+}
+
+/// The shape of the store a URL names.
+#[derive(Debug, PartialEq)]
+enum Topology {
+    Single,
+    /// Seed node URLs.
+    Cluster(Vec<String>),
+    Sentinel {
+        sentinels: Vec<redis::ConnectionAddr>,
+        master: String,
+        username: String,
+        password: String,
+        db: i64,
+        tls: bool,
+    },
 }
 
 impl ConnectionLike for StoreConnection {
@@ -251,6 +401,10 @@ impl ConnectionLike for StoreConnection {
         match self {
             Self::Single(c) => c.req_packed_command(cmd),
             Self::Cluster(c) => c.req_packed_command(cmd),
+            Self::Sentinel(s) => Box::pin(async move {
+                let mut master = s.master().await?;
+                s.check(master.req_packed_command(cmd).await)
+            }),
         }
     }
 
@@ -263,6 +417,10 @@ impl ConnectionLike for StoreConnection {
         match self {
             Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Sentinel(s) => Box::pin(async move {
+                let mut master = s.master().await?;
+                s.check(master.req_packed_commands(pipeline, offset, count).await)
+            }),
         }
     }
 
@@ -270,6 +428,7 @@ impl ConnectionLike for StoreConnection {
         match self {
             Self::Single(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
+            Self::Sentinel(s) => s.master.lock().as_ref().map_or(0, ConnectionLike::get_db),
         }
     }
 }
@@ -287,19 +446,48 @@ mod tests {
 
     #[test]
     fn cluster_urls_become_one_seed_per_node_with_the_credentials() {
-        assert_eq!(target("redis://h:1").cluster_seeds().ok(), Some(None));
         assert_eq!(
-            target("rediss+cluster://u:p@ss@a:1, b:2,")
-                .cluster_seeds()
-                .ok(),
-            Some(Some(vec![
+            target("redis://h:1").topology().ok(),
+            Some(Topology::Single)
+        );
+        assert_eq!(
+            target("rediss+cluster://u:p@ss@a:1, b:2,").topology().ok(),
+            Some(Topology::Cluster(vec![
                 "rediss://u:p@ss@a:1".to_owned(),
                 "rediss://u:p@ss@b:2".to_owned()
             ]))
         );
-        assert!(target("http://h:1").cluster_seeds().is_err());
-        assert!(target("redis+cluster://").cluster_seeds().is_err());
-        assert!(target("localhost:6379").cluster_seeds().is_err());
+        assert!(target("http://h:1").topology().is_err());
+        assert!(target("redis+cluster://").topology().is_err());
+        assert!(target("localhost:6379").topology().is_err());
+    }
+
+    #[test]
+    fn sentinel_urls_name_the_sentinels_the_master_and_its_credentials() {
+        assert_eq!(
+            target("rediss+sentinel://app:p%40ss@s1:26380,s2/orders/3")
+                .topology()
+                .ok(),
+            Some(Topology::Sentinel {
+                sentinels: vec![
+                    redis::ConnectionAddr::Tcp("s1".into(), 26380),
+                    redis::ConnectionAddr::Tcp("s2".into(), 26379),
+                ],
+                master: "orders".into(),
+                username: "app".into(),
+                password: "p@ss".into(),
+                db: 3,
+                tls: true,
+            })
+        );
+        for bad in [
+            "redis+sentinel://s1:26379",
+            "redis+sentinel://s1:26379/",
+            "redis+sentinel://s1:port/m",
+            "redis+sentinel://s1/m/db",
+        ] {
+            assert!(target(bad).topology().is_err(), "{bad}");
+        }
     }
 
     #[test]

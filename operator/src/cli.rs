@@ -108,7 +108,8 @@ pub struct Cli {
 
     /// The Redis the proxies count quotas in (their --store), to roll usage up into
     /// Tenant.status.usage from the counters themselves. Without it, usage is the sum of the
-    /// proxies' reports. Same URL forms as the proxy: redis://, rediss://, redis+cluster://.
+    /// proxies' reports. Same URL forms as the proxy: redis://, rediss://, redis+cluster://,
+    /// redis+sentinel://.
     #[arg(long, env = "TOLLGATE_STORE", value_name = "URL")]
     pub store: Option<String>,
 

@@ -80,8 +80,9 @@ pub struct Cli {
 
     /// Where quota counters live: `memory` (this proxy only, persisted in --state-dir), or Redis
     /// to share them across a fleet of proxies: `redis://[USER:PASS@]HOST:PORT[/DB]`,
-    /// `rediss://...` (TLS), or `redis+cluster://HOST:PORT,HOST:PORT,...` (`rediss+cluster://`)
-    /// naming seed nodes of a Redis Cluster.
+    /// `rediss://...` (TLS), `redis+cluster://HOST:PORT,HOST:PORT,...` (`rediss+cluster://`)
+    /// naming seed nodes of a Redis Cluster, or `redis+sentinel://HOST:PORT,.../MASTER[/DB]`
+    /// (`rediss+sentinel://`) naming the Sentinels that watch MASTER.
     #[arg(
         long,
         env = "TOLLGATE_STORE",

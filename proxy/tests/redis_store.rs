@@ -679,3 +679,44 @@ async fn mutual_tls_counts_with_a_client_certificate_and_refuses_without() {
         .await
         .problem(503, "quota-store-unavailable");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sentinel_failover_moves_the_count_to_the_new_master() {
+    let mut group = support::redis::RedisSentinel::start();
+    let proxies = fleet_on(&["--store", &group.url()], 20, "FailClosed", 2).await;
+    let key = ("x-api-key", "key-fleet");
+    for p in proxies.iter().cycle().take(6) {
+        assert_eq!(p.get("/api/x", &[key]).await.status, 200);
+    }
+    // Wait until the replica has every acknowledged write (replication is asynchronous: Redis
+    // loses what the master acknowledged and never sent, whatever the client does).
+    for _ in 0..100 {
+        if group.replica.total("tollgate:*") == group.master.total("tollgate:*") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    group.master.stop();
+
+    // FailClosed answers 503 until the Sentinel has promoted the replica, then counting goes on.
+    let mut admitted = 6;
+    let mut unavailable = 0;
+    for _ in 0..300 {
+        match proxies[admitted % 2].get("/api/x", &[key]).await.status {
+            200 => admitted += 1,
+            503 => {
+                unavailable += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            402 => break,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(unavailable > 0, "the failover was noticed");
+    assert_eq!(admitted, 20, "exactly the limit across the failover");
+    assert_eq!(
+        settled_total(&group.replica, 20).await,
+        20,
+        "the promoted replica holds the count"
+    );
+}

@@ -8,6 +8,8 @@ use std::time::Duration;
 pub struct Redis {
     pub port: u16,
     child: Option<Child>,
+    /// Its working directory: Redis loads a dump.rdb it finds there, so never the test's cwd.
+    _dir: Option<tempfile::TempDir>,
     /// What redis-cli needs to reach this server (TLS options included).
     cli: Vec<String>,
     scheme: &'static str,
@@ -72,8 +74,11 @@ impl Redis {
     }
 
     fn spawn(port: u16, args: &[String], cli: Vec<String>, scheme: &'static str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--save", ""])
+            .arg("--dir")
+            .arg(dir.path())
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -85,6 +90,7 @@ impl Redis {
         Self {
             port,
             child: Some(child),
+            _dir: Some(dir),
             cli,
             scheme,
         }
@@ -191,5 +197,73 @@ impl RedisCluster {
     /// The sum over every node of the counter keys matching `pattern`.
     pub fn total(&self, pattern: &str) -> i64 {
         self.nodes.iter().map(|n| n.total(pattern)).sum()
+    }
+}
+
+/// A master, one replica and one Sentinel watching them (master name `tollgate`), with a fast
+/// failover (down after 500 ms).
+pub struct RedisSentinel {
+    pub master: Redis,
+    pub replica: Redis,
+    pub sentinel: Redis,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisSentinel {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let master = Redis::start(super::free_port());
+        let replica_port = super::free_port();
+        let replica = Redis::start_with(
+            replica_port,
+            &["--replicaof", "127.0.0.1", &master.port.to_string()],
+        );
+        let sentinel_port = super::free_port();
+        let config = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "port {sentinel_port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor tollgate 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds tollgate 500\n\
+                 sentinel failover-timeout tollgate 2000\n",
+                dir.path().display(),
+                master.port
+            ),
+        )
+        .expect("write sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&config)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel");
+        wait_for_port(sentinel_port);
+        let sentinel = Redis {
+            port: sentinel_port,
+            child: Some(child),
+            _dir: None,
+            cli: vec!["-p".to_owned(), sentinel_port.to_string()],
+            scheme: "redis",
+        };
+        // The Sentinel learns about the replica from the master's INFO (at most 10 s).
+        for _ in 0..300 {
+            let replicas = sentinel.cli(&["SENTINEL", "REPLICAS", "tollgate"]);
+            if replicas.contains(&replica_port.to_string()) {
+                return Self {
+                    master,
+                    replica,
+                    sentinel,
+                    _dir: dir,
+                };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the Sentinel never saw the replica");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis+sentinel://127.0.0.1:{}/tollgate", self.sentinel.port)
     }
 }
