@@ -129,6 +129,19 @@ fn the_chart_renders_for_defaults_and_every_documented_option() -> Result<()> {
         2
     );
     assert_eq!(tls_cluster.matches("secretName: redis-ca").count(), 2);
+    let sentinel = helm_ok(&[
+        "template",
+        "t",
+        &chart(),
+        "--set-string",
+        r"redis.url=redis+sentinel://s1:26379\,s2/orders",
+    ])?;
+    assert_eq!(
+        sentinel
+            .matches("- --store=redis+sentinel://s1:26379,s2/orders")
+            .count(),
+        2
+    );
     // The PrometheusRule carries files/alerts.yaml, the file promtool tests.
     let rules = helm_ok(&[
         "template",
