@@ -1,7 +1,8 @@
 //! Operator benchmark (ignored by default; bench/operator.sh runs it):
 //! - compile time and full-snapshot bytes with 10,000 tenants and 1,000 routes, and the bytes
 //!   pushed for one tenant's change;
-//! - time from `kubectl apply` to enforcement at every proxy, p50/p99 over 20 changes.
+//! - time from `kubectl apply` to enforcement at every proxy, p50/p99 over 20 changes;
+//! - one round of reading every tenant's usage from Redis (the leader's roll-up), 10,000 tenants.
 
 use std::time::{Duration, Instant};
 
@@ -105,6 +106,56 @@ async fn compile_size_and_propagation() -> Result<()> {
         percentile(&samples, 0.5),
         percentile(&samples, 0.99),
         samples[samples.len() - 1]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "benchmark: bench/operator.sh"]
+async fn usage_roll_up_from_redis() -> Result<()> {
+    use tollgate_crds::counter_store::StoreTarget;
+    let dir = tempfile::tempdir()?;
+    let port = tollgate_tests::process::free_port()?;
+    let _redis = tollgate_tests::process::Supervised::spawn(
+        "redis-server",
+        std::path::Path::new("/usr/bin/redis-server"),
+        &[
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ]
+        .map(str::to_owned),
+        &dir.path().join("redis.log"),
+        None,
+    )?;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let snapshot = tollgate_crds::compile(&synthetic("bench", 10_000, 1_000).objects()).snapshot;
+    let metrics = tollgate_operator::metrics::OperatorMetrics::new(&prometheus::Registry::new())?;
+    let target = StoreTarget {
+        url: format!("redis://127.0.0.1:{port}"),
+        tls: Default::default(),
+    };
+    let usage = tollgate_operator::usage::RedisUsage::connect(&target, metrics)?;
+    // No counters exist yet: MGET answers nil; the cost measured is the round trips.
+    let mut rounds = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let failed = usage.refresh(&snapshot, jiff::Timestamp::now()).await;
+        anyhow::ensure!(failed == 0, "{failed} reads failed");
+        rounds.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    rounds.sort_by(f64::total_cmp);
+    println!(
+        "usage roll-up from Redis, {} tenants: median {:.0} ms per round (5 rounds, min {:.0}, max {:.0})",
+        snapshot.tenants.len(),
+        percentile(&rounds, 0.5),
+        rounds[0],
+        rounds[4]
     );
     Ok(())
 }
