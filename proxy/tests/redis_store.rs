@@ -720,3 +720,53 @@ async fn sentinel_failover_moves_the_count_to_the_new_master() {
         "the promoted replica holds the count"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slice_held_when_the_period_ends_goes_back_to_that_period() {
+    // Regression: at a period boundary the proxy dropped its counter for the ended period with
+    // the unspent part of its slice, leaving the ended month's total inflated in Redis.
+    use tollgate_proxy::quota::{CounterStore, Subject, redis::RedisStore};
+    let redis = Redis::start(support::free_port());
+    let world = tollgate_crds::synthetic::synthetic("shop", 10, 1);
+    let config = tollgate_proxy::config::ProxyConfig::build(
+        1,
+        std::sync::Arc::new(tollgate_crds::compile(&world.objects()).snapshot),
+    );
+    // plan-9: a monthly quota of 10,000 (UTC), so a slice is 10,000 / 64 = 156 units.
+    let tenant = config
+        .tenants_by_key
+        .values()
+        .find(|t| t.plan.as_ref().is_some_and(|p| p.id.ends_with("/plan-9")))
+        .expect("a tenant on plan-9")
+        .clone();
+    let plan = tenant.plan.clone().expect("plan");
+    let metrics =
+        tollgate_proxy::metrics::StoreMetrics::new(&prometheus::Registry::new()).expect("metrics");
+    let target = tollgate_crds::counter_store::StoreTarget {
+        url: redis.url(),
+        tls: Default::default(),
+    };
+    let store = RedisStore::connect(&target, true, metrics).expect("store");
+    let last_second: jiff::Timestamp = "2026-11-30T23:59:59Z".parse().expect("time");
+    let subject = Subject {
+        tenant: &tenant,
+        plan: &plan,
+    };
+    assert!(matches!(
+        store.admit(subject, last_second).await,
+        tollgate_proxy::quota::Admission::Admitted { .. }
+    ));
+    let november = format!(
+        "tollgate:{{{}|{}}}:monthly-requests:1793491200",
+        tenant.id, plan.id
+    );
+    assert_eq!(redis.total(&november), 156, "one slice leased");
+    // Three seconds into December, before the slice is idle for 2 s by the monotonic clock.
+    let december: jiff::Timestamp = "2026-12-01T00:00:02Z".parse().expect("time");
+    store.settle_at(december, false).await;
+    assert_eq!(
+        redis.total(&november),
+        1,
+        "November counts what was admitted"
+    );
+}

@@ -538,15 +538,22 @@ impl RedisStore {
     /// Brings Redis up to date: keeps the grants of unanswered leases, gives back idle slices (or
     /// all of them), adds FailOpen debts, and retries unanswered changes (with their ids).
     pub async fn settle(&self, all: bool) {
+        self.settle_at(Timestamp::now(), all).await;
+    }
+
+    /// [`RedisStore::settle`] as of `now` (for tests at a period boundary).
+    pub async fn settle_at(&self, now: Timestamp, all: bool) {
         self.recover_unanswered_leases().await;
-        let now = Timestamp::now();
         let work: Vec<(String, i64, Vec<Adjustment>)> = {
             let mut counters = self.counters.lock();
-            // An ended period is done with, unless Redis still misses some of its usage.
-            counters.retain(|_, c| c.window.end > now || c.debt != 0 || !c.unanswered.is_empty());
+            // An ended period is done with once Redis has its usage and its unspent slice back.
+            counters.retain(|_, c| {
+                c.window.end > now || c.leased > 0 || c.debt != 0 || !c.unanswered.is_empty()
+            });
             let mut work = Vec::new();
             for (key, c) in counters.iter_mut() {
-                if c.leased > 0 && (all || c.last_used.elapsed() > IDLE_RETURN) {
+                let ended = c.window.end <= now;
+                if c.leased > 0 && (all || ended || c.last_used.elapsed() > IDLE_RETURN) {
                     let back = i64::try_from(std::mem::take(&mut c.leased)).unwrap_or(i64::MAX);
                     c.unanswered.push(Adjustment {
                         op: self.record_key(key),
