@@ -23,6 +23,7 @@ pub mod ratelimit_headers;
 pub mod router;
 pub mod server;
 pub mod standalone;
+pub mod upstream_h1;
 pub mod upstream_pool;
 
 use std::sync::Arc;

@@ -5,6 +5,9 @@
 //! (HTTP/1.1 cannot reuse it). A request that fails before any byte was written (the backend
 //! closed an idle connection) is retried once on a fresh connection. HTTPS backends use the
 //! pooled hyper-util client instead (`forward::client`).
+//!
+//! Requests without a body and with an idempotent method are exchanged inline by the request's
+//! task ([`crate::upstream_h1`]); the others through a hyper client connection.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -21,12 +24,18 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 
+use crate::upstream_h1::{self, Conn, ExchangeError, InlineBody};
+
 type Sender = SendRequest<Incoming>;
+
+/// What a response body yields on failure.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Idle connections per backend authority.
 #[derive(Debug, Default)]
 pub struct UpstreamPool {
     idle: Mutex<HashMap<Authority, Vec<Sender>>>,
+    idle_inline: Mutex<HashMap<Authority, Vec<Conn>>>,
 }
 
 /// Why a request did not get a response head.
@@ -43,6 +52,9 @@ pub enum UpstreamError {
     /// The exchange failed.
     #[error("backend request failed: {0}")]
     Request(#[from] hyper::Error),
+    /// The inline exchange failed.
+    #[error("backend request failed: {0}")]
+    Exchange(#[from] ExchangeError),
 }
 
 const MAX_IDLE_PER_BACKEND: usize = 1024;
@@ -75,7 +87,29 @@ impl UpstreamPool {
         }
     }
 
+    fn checkout_inline(&self, authority: &Authority) -> Option<Conn> {
+        self.idle_inline.lock().get_mut(authority)?.pop()
+    }
+
+    fn checkin_inline(&self, authority: Authority, conn: Conn) {
+        let mut idle = self.idle_inline.lock();
+        let list = idle.entry(authority).or_default();
+        if list.len() < MAX_IDLE_PER_BACKEND {
+            list.push(conn);
+        }
+    }
+
     async fn connect(&self, authority: &Authority) -> Result<Sender, UpstreamError> {
+        let stream = Self::connect_tcp(authority).await?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+
+    async fn connect_tcp(authority: &Authority) -> Result<tokio::net::TcpStream, UpstreamError> {
         let port = authority.port_u16().unwrap_or(80);
         let err = |reason: String| UpstreamError::Connect {
             authority: authority.clone(),
@@ -89,12 +123,38 @@ impl UpstreamPool {
         .map_err(|_| err(format!("timed out after {CONNECT_TIMEOUT:?}")))?
         .map_err(|e| err(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(sender)
+        Ok(stream)
+    }
+
+    /// The inline exchange of a bodiless idempotent request; a pooled connection that turns out
+    /// closed is replaced once.
+    async fn send_inline(
+        self: &Arc<Self>,
+        authority: &Authority,
+        req: &Request<Incoming>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let head = upstream_h1::request_head(req);
+        let (conn, pooled) = match self.checkout_inline(authority) {
+            Some(conn) => (conn, true),
+            None => (Conn::new(Self::connect_tcp(authority).await?), false),
+        };
+        let resp = match upstream_h1::exchange(conn, &head, req.method()).await {
+            Ok(resp) => resp,
+            Err(ExchangeError::ClosedBeforeAnswer | ExchangeError::Io(_)) if pooled => {
+                let conn = Conn::new(Self::connect_tcp(authority).await?);
+                upstream_h1::exchange(conn, &head, req.method()).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let pool = self.clone();
+        let authority = authority.clone();
+        Ok(resp.map(|inner| UpstreamBody {
+            kind: Kind::Inline {
+                inner,
+                pool,
+                authority,
+            },
+        }))
     }
 
     /// Sends `req` (origin-form URI, Host set) to `authority`.
@@ -103,6 +163,9 @@ impl UpstreamPool {
         authority: &Authority,
         req: Request<Incoming>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        if upstream_h1::eligible(&req) {
+            return self.send_inline(authority, &req).await;
+        }
         let (mut sender, pooled) = match self.checkout(authority) {
             Some(sender) => (sender, true),
             None => (self.connect(authority).await?, false),
@@ -123,7 +186,9 @@ impl UpstreamPool {
             authority: authority.clone(),
             sender,
         });
-        Ok(resp.map(|inner| UpstreamBody { inner, checkin }))
+        Ok(resp.map(|inner| UpstreamBody {
+            kind: Kind::Hyper { inner, checkin },
+        }))
     }
 }
 
@@ -137,57 +202,102 @@ struct Checkin {
 /// A backend response body; its connection returns to the pool when the body ends.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    inner: Incoming,
-    checkin: Option<Checkin>,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    /// From a hyper client connection (or the generic client: no checkin).
+    Hyper {
+        inner: Incoming,
+        checkin: Option<Checkin>,
+    },
+    /// Read inline from the backend socket.
+    Inline {
+        inner: InlineBody,
+        pool: Arc<UpstreamPool>,
+        authority: Authority,
+    },
 }
 
 impl UpstreamBody {
     /// A body with no connection to return (from the generic client).
     pub fn detached(inner: Incoming) -> Self {
         Self {
-            inner,
-            checkin: None,
+            kind: Kind::Hyper {
+                inner,
+                checkin: None,
+            },
         }
     }
 
     fn finish(&mut self) {
-        if let Some(c) = self.checkin.take() {
-            c.pool.checkin(c.authority, c.sender);
+        match &mut self.kind {
+            Kind::Hyper { checkin, .. } => {
+                if let Some(c) = checkin.take() {
+                    c.pool.checkin(c.authority, c.sender);
+                }
+            }
+            Kind::Inline {
+                inner,
+                pool,
+                authority,
+            } => {
+                if let Some(conn) = inner.take_reusable() {
+                    pool.checkin_inline(authority.clone(), conn);
+                }
+            }
         }
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let polled: Poll<Option<Result<Frame<Bytes>, BodyError>>> = match &mut self.kind {
+            Kind::Hyper { inner, checkin } => {
+                let polled = Pin::new(&mut *inner).poll_frame(cx);
+                if let Poll::Ready(Some(Err(_))) = &polled {
+                    *checkin = None;
+                }
+                polled.map(|o| o.map(|r| r.map_err(BodyError::from)))
+            }
+            Kind::Inline { inner, .. } => inner
+                .poll_data(cx)
+                .map(|o| o.map(|r| r.map(Frame::data).map_err(BodyError::from))),
+        };
         match &polled {
             Poll::Ready(None) => self.finish(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(),
-            Poll::Ready(Some(Err(_))) => self.checkin = None,
+            Poll::Ready(Some(Ok(_))) if self.is_end_stream() => self.finish(),
             _ => {}
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.kind {
+            Kind::Hyper { inner, .. } => inner.is_end_stream(),
+            Kind::Inline { inner, .. } => inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.kind {
+            Kind::Hyper { inner, .. } => inner.size_hint(),
+            Kind::Inline { inner, .. } => inner.size_hint(),
+        }
     }
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
         // A body the server never polled because it was empty still frees its connection.
-        if self.inner.is_end_stream() {
+        if self.is_end_stream() {
             self.finish();
         }
     }

@@ -1,0 +1,519 @@
+//! HTTP/1.1 exchanges with plain-HTTP backends driven by the request's own task.
+//!
+//! hyper's client connection runs in a task of its own: every request crosses to it and back
+//! through channels, and its response body through another (three task hand-offs per request).
+//! Here the task serving the client writes the request head and reads the response itself; the
+//! response body is read from the socket as the server polls it. Only requests without a body
+//! and with an idempotent method take this path (a stale pooled connection is retried once,
+//! which is safe only for those); the others go through hyper's client connection.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// A response head larger than this is refused (the same bound as hyper's default).
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEADERS: usize = 128;
+const READ_SIZE: usize = 16 * 1024;
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("backend I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("backend closed the connection before answering")]
+    ClosedBeforeAnswer,
+    #[error("malformed backend response: {0}")]
+    Malformed(&'static str),
+}
+
+/// An open connection to a backend, with what was read ahead of the current message.
+#[derive(Debug)]
+pub struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    /// A fresh connection.
+    pub fn new(io: TcpStream) -> Self {
+        Self {
+            io,
+            buf: BytesMut::with_capacity(READ_SIZE),
+        }
+    }
+}
+
+/// Whether `req` can take the inline path: no body, and a method that may be retried.
+pub fn eligible<B: http_body::Body>(req: &Request<B>) -> bool {
+    req.body().size_hint().exact() == Some(0)
+        && matches!(
+            *req.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::DELETE
+        )
+}
+
+/// The request head as bytes (origin-form target, headers as they are).
+pub fn request_head<B>(req: &Request<B>) -> Vec<u8> {
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(req.method().as_str().as_bytes());
+    head.push(b' ');
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in req.headers() {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// How the response body is delimited.
+#[derive(Debug)]
+enum Framing {
+    Length(u64),
+    Chunked(Chunked),
+    /// Until the backend closes (HTTP/1.0 style); the connection cannot be reused.
+    UntilClose,
+}
+
+/// Sends `head` on `conn` and reads the response head. `Err(ClosedBeforeAnswer)`: nothing came
+/// back (a pooled connection the backend had closed).
+pub async fn exchange(
+    mut conn: Conn,
+    head: &[u8],
+    method: &Method,
+) -> Result<Response<InlineBody>, ExchangeError> {
+    conn.io.write_all(head).await?;
+    loop {
+        let parsed = parse_head(&mut conn.buf)?;
+        let Some((status, headers, version)) = parsed else {
+            if conn.buf.len() > MAX_HEAD {
+                return Err(ExchangeError::Malformed("response head too large"));
+            }
+            conn.buf.reserve(READ_SIZE);
+            let before = conn.buf.len();
+            let n = read_more(&mut conn).await?;
+            if n == 0 {
+                return Err(if before == 0 {
+                    ExchangeError::ClosedBeforeAnswer
+                } else {
+                    ExchangeError::Malformed("connection closed inside the response head")
+                });
+            }
+            continue;
+        };
+        // 1xx interim responses (100 Continue, 103 Early Hints) precede the real one.
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(ExchangeError::Malformed(
+                    "protocol upgrades are not proxied",
+                ));
+            }
+            continue;
+        }
+        let framing = framing(method, status, &headers)?;
+        let keep_alive = version == Version::HTTP_11
+            && !matches!(framing, Framing::UntilClose)
+            && !connection_close(&headers);
+        let mut resp = Response::new(InlineBody {
+            conn: Some(conn),
+            framing,
+            keep_alive,
+            ended: None,
+        });
+        *resp.status_mut() = status;
+        *resp.version_mut() = version;
+        *resp.headers_mut() = headers;
+        if resp.body().framing_done() {
+            resp.body_mut().end();
+        }
+        return Ok(resp);
+    }
+}
+
+async fn read_more(conn: &mut Conn) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf)
+    })
+    .await
+}
+
+type Head = (StatusCode, HeaderMap, Version);
+
+/// Parses a complete response head at the start of `buf` (and consumes it), or `None` when more
+/// bytes are needed.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(ExchangeError::Malformed("unparseable response head")),
+    };
+    let status = parsed
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(ExchangeError::Malformed("bad status code"))?;
+    let version = if parsed.version == Some(1) {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| ExchangeError::Malformed("bad header name"))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| ExchangeError::Malformed("bad header value"))?;
+        headers.append(name, value);
+    }
+    buf.advance(len);
+    Ok(Some((status, headers, version)))
+}
+
+fn framing(
+    method: &Method,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Result<Framing, ExchangeError> {
+    if *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Framing::Length(0));
+    }
+    if let Some(te) = headers.get(http::header::TRANSFER_ENCODING) {
+        // RFC 9112 6.3: chunked must be the last coding; anything else is read to the close.
+        let chunked = te
+            .to_str()
+            .ok()
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        return Ok(if chunked {
+            Framing::Chunked(Chunked::Size)
+        } else {
+            Framing::UntilClose
+        });
+    }
+    let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    match (lengths.next(), lengths.next()) {
+        (None, _) => Ok(Framing::UntilClose),
+        (Some(v), None) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Framing::Length)
+            .ok_or(ExchangeError::Malformed("bad Content-Length")),
+        (Some(_), Some(_)) => Err(ExchangeError::Malformed("several Content-Length headers")),
+    }
+}
+
+fn connection_close(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("close"))
+}
+
+/// Where a chunked body's decoder is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Chunked {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk, this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+    Done,
+}
+
+enum Step {
+    Data(Bytes),
+    NeedMore,
+    End,
+}
+
+const MAX_LINE: usize = 4096;
+
+impl Chunked {
+    fn step(&mut self, buf: &mut BytesMut) -> Result<Step, ExchangeError> {
+        loop {
+            match *self {
+                Self::Size | Self::Trailers => {
+                    let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
+                        if buf.len() > MAX_LINE {
+                            return Err(ExchangeError::Malformed("chunk line too long"));
+                        }
+                        return Ok(Step::NeedMore);
+                    };
+                    let line = buf.split_to(eol + 2);
+                    let line = &line[..eol];
+                    if *self == Self::Trailers {
+                        if line.is_empty() {
+                            *self = Self::Done;
+                        }
+                        continue;
+                    }
+                    let size = line.split(|&b| b == b';').next().unwrap_or_default();
+                    let size = std::str::from_utf8(size)
+                        .ok()
+                        .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
+                        .ok_or(ExchangeError::Malformed("bad chunk size"))?;
+                    *self = if size == 0 {
+                        Self::Trailers
+                    } else {
+                        Self::Data(size)
+                    };
+                }
+                Self::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Step::NeedMore);
+                    }
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    let data = buf.split_to(take).freeze();
+                    let left = left - take as u64;
+                    *self = if left == 0 {
+                        Self::DataEnd
+                    } else {
+                        Self::Data(left)
+                    };
+                    return Ok(Step::Data(data));
+                }
+                Self::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Step::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(ExchangeError::Malformed("chunk not followed by CRLF"));
+                    }
+                    buf.advance(2);
+                    *self = Self::Size;
+                }
+                Self::Done => return Ok(Step::End),
+            }
+        }
+    }
+}
+
+/// A response body read from the backend socket as it is polled. When it ends cleanly on a
+/// reusable connection, the connection is handed to `on_end` (the pool).
+#[derive(Debug)]
+pub struct InlineBody {
+    conn: Option<Conn>,
+    framing: Framing,
+    keep_alive: bool,
+    /// The connection, back for reuse, once the body has ended (taken by the pool).
+    ended: Option<Conn>,
+}
+
+impl InlineBody {
+    fn framing_done(&self) -> bool {
+        matches!(self.framing, Framing::Length(0))
+    }
+
+    /// The body is complete: keep the connection for reuse if it can be.
+    fn end(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && self.keep_alive
+            && conn.buf.is_empty()
+        {
+            self.ended = Some(conn);
+        }
+    }
+
+    /// The connection, if the body ended cleanly and the connection can serve another request.
+    pub fn take_reusable(&mut self) -> Option<Conn> {
+        self.ended.take()
+    }
+
+    /// Whether the whole body has been read.
+    pub fn is_end_stream(&self) -> bool {
+        self.conn.is_none()
+    }
+
+    /// Exact length when the backend gave one.
+    pub fn size_hint(&self) -> http_body::SizeHint {
+        match (&self.framing, &self.conn) {
+            (_, None) => http_body::SizeHint::with_exact(0),
+            (Framing::Length(n), Some(_)) => http_body::SizeHint::with_exact(*n),
+            _ => http_body::SizeHint::default(),
+        }
+    }
+
+    /// The next piece of the body; `None` at its end.
+    pub fn poll_data(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, ExchangeError>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let step = match &mut self.framing {
+                Framing::Length(0) => Step::End,
+                Framing::Length(left) => {
+                    if conn.buf.is_empty() {
+                        Step::NeedMore
+                    } else {
+                        let take = usize::try_from(*left)
+                            .unwrap_or(usize::MAX)
+                            .min(conn.buf.len());
+                        *left -= take as u64;
+                        Step::Data(conn.buf.split_to(take).freeze())
+                    }
+                }
+                Framing::Chunked(state) => match state.step(&mut conn.buf) {
+                    Ok(step) => step,
+                    Err(e) => {
+                        self.conn = None;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                },
+                Framing::UntilClose => {
+                    if conn.buf.is_empty() {
+                        Step::NeedMore
+                    } else {
+                        Step::Data(conn.buf.split().freeze())
+                    }
+                }
+            };
+            match step {
+                Step::Data(data) => {
+                    if matches!(self.framing, Framing::Length(0)) {
+                        self.end();
+                    }
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Step::End => {
+                    self.end();
+                    return Poll::Ready(None);
+                }
+                Step::NeedMore => {
+                    conn.buf.reserve(READ_SIZE);
+                    let read = ready!(tokio_util::io::poll_read_buf(
+                        Pin::new(&mut conn.io),
+                        cx,
+                        &mut conn.buf
+                    ));
+                    match read {
+                        Ok(0) if matches!(self.framing, Framing::UntilClose) => {
+                            self.conn = None;
+                            return Poll::Ready(None);
+                        }
+                        Ok(0) => {
+                            self.conn = None;
+                            return Poll::Ready(Some(Err(ExchangeError::Malformed(
+                                "connection closed inside the response body",
+                            ))));
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            self.conn = None;
+                            return Poll::Ready(Some(Err(e.into())));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(wire: &[u8], split: usize) -> Result<Vec<u8>, ExchangeError> {
+        let mut state = Chunked::Size;
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for piece in wire.chunks(split) {
+            buf.extend_from_slice(piece);
+            loop {
+                match state.step(&mut buf)? {
+                    Step::Data(d) => out.extend_from_slice(&d),
+                    Step::NeedMore => break,
+                    Step::End => return Ok(out),
+                }
+            }
+        }
+        Err(ExchangeError::Malformed("incomplete"))
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_read_boundaries() {
+        let wire = b"5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: 1\r\n\r\n";
+        for split in 1..wire.len() {
+            assert_eq!(
+                decode_all(wire, split).ok().as_deref(),
+                Some(&b"hello, world"[..]),
+                "split {split}"
+            );
+        }
+        assert!(decode_all(b"zz\r\n", 4).is_err());
+        assert!(decode_all(b"2\r\nabXY", 8).is_err());
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(
+                    HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                    HeaderValue::from_str(v).expect("value"),
+                );
+            }
+            m
+        };
+        let ok = StatusCode::OK;
+        assert!(matches!(
+            framing(&Method::GET, ok, &h(&[("content-length", "12")])),
+            Ok(Framing::Length(12))
+        ));
+        assert!(matches!(
+            framing(&Method::HEAD, ok, &h(&[("content-length", "12")])),
+            Ok(Framing::Length(0))
+        ));
+        assert!(matches!(
+            framing(&Method::GET, StatusCode::NO_CONTENT, &h(&[])),
+            Ok(Framing::Length(0))
+        ));
+        assert!(matches!(
+            framing(
+                &Method::GET,
+                ok,
+                &h(&[("transfer-encoding", "gzip, chunked")])
+            ),
+            Ok(Framing::Chunked(_))
+        ));
+        assert!(matches!(
+            framing(&Method::GET, ok, &h(&[("transfer-encoding", "gzip")])),
+            Ok(Framing::UntilClose)
+        ));
+        assert!(matches!(
+            framing(&Method::GET, ok, &h(&[])),
+            Ok(Framing::UntilClose)
+        ));
+        assert!(
+            framing(
+                &Method::GET,
+                ok,
+                &h(&[("content-length", "1"), ("content-length", "2")])
+            )
+            .is_err()
+        );
+        assert!(framing(&Method::GET, ok, &h(&[("content-length", "x")])).is_err());
+    }
+}
