@@ -13,6 +13,7 @@
 #   bench/run.sh                     # 3 rounds of 10 s, 64 connections, HTTP/1.1 keep-alive
 #   ROUNDS=5 DURATION=20s bench/run.sh
 #   H2=1 bench/run.sh                # also h2load over h2c against nginx (http2) and Tollgate
+#   TOLLGATE_BIN=/tmp/old bench/run.sh   # another build of tollgate-proxy
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -25,8 +26,9 @@ for tool in nginx wrk taskset; do
 done
 if [[ $(nproc) -lt 2 ]]; then echo "bench: needs 2 CPUs to pin client and server apart" >&2; exit 1; fi
 
-cargo build --release -q -p tollgate-proxy
-bin="${CARGO_TARGET_DIR:-target}/release/tollgate-proxy"
+# TOLLGATE_BIN=path: benchmark that binary (an A/B against an older build) instead of building.
+if [[ -z "${TOLLGATE_BIN:-}" ]]; then cargo build --release -q -p tollgate-proxy; fi
+bin="${TOLLGATE_BIN:-${CARGO_TARGET_DIR:-target}/release/tollgate-proxy}"
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
