@@ -87,6 +87,12 @@ fn condition<'a>(
 async fn fleet_with_world(prefix: &str) -> Result<Fleet> {
     let mut fleet = Fleet::new(prefix).await?;
     fleet.start_operator().await?;
+    serve_world(&mut fleet).await?;
+    Ok(fleet)
+}
+
+/// Once operator 0 leads: applies the world and starts two proxies serving it.
+async fn serve_world(fleet: &mut Fleet) -> Result<()> {
     fleet.wait_leader(0).await?;
     fleet.ns.apply_ok(WORLD)?;
     fleet.start_proxy("proxy-a")?;
@@ -94,7 +100,7 @@ async fn fleet_with_world(prefix: &str) -> Result<Fleet> {
     for i in 0..2 {
         fleet.wait_status(i, "/hello", "key-probe", 200).await?;
     }
-    Ok(fleet)
+    Ok(())
 }
 
 #[tokio::test]
@@ -453,13 +459,7 @@ async fn with_redis_the_fleet_shares_a_quota_and_status_shows_the_redis_counter(
             &[("--store", redis.as_str()), ("--usage-refresh", "1s")],
         )
         .await?;
-    fleet.wait_leader(0).await?;
-    fleet.ns.apply_ok(WORLD)?;
-    fleet.start_proxy("proxy-a")?;
-    fleet.start_proxy("proxy-b")?;
-    for i in 0..2 {
-        fleet.wait_status(i, "/hello", "key-probe", 200).await?;
-    }
+    serve_world(&mut fleet).await?;
 
     // One allowance for the fleet: 3 admitted across both proxies, then 402 on either.
     for i in [0, 1, 0] {

@@ -115,25 +115,7 @@ async fn compile_size_and_propagation() -> Result<()> {
 async fn usage_roll_up_from_redis() -> Result<()> {
     use tollgate_crds::counter_store::StoreTarget;
     let dir = tempfile::tempdir()?;
-    let port = tollgate_tests::process::free_port()?;
-    let _redis = tollgate_tests::process::Supervised::spawn(
-        "redis-server",
-        std::path::Path::new("/usr/bin/redis-server"),
-        &[
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ]
-        .map(str::to_owned),
-        &dir.path().join("redis.log"),
-        None,
-    )?;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (_redis, port) = tollgate_tests::process::redis_server(dir.path())?;
     let snapshot = tollgate_crds::compile(&synthetic("bench", 10_000, 1_000).objects()).snapshot;
     let metrics = tollgate_operator::metrics::OperatorMetrics::new(&prometheus::Registry::new())?;
     let target = StoreTarget {

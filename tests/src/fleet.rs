@@ -359,36 +359,11 @@ impl Fleet {
 
     /// Starts a redis-server on a free port, stopped with the fleet; its URL.
     pub fn start_redis(&mut self) -> Result<String> {
-        let port = crate::process::free_port()?;
-        let log = self.dir.path().join("redis.log");
-        let args: Vec<String> = [
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        self.redis = Some(Supervised::spawn(
-            "redis-server",
-            std::path::Path::new("/usr/bin/redis-server"),
-            &args,
-            &log,
-            None,
-        )?);
+        let dir = self.dir.path().join("redis");
+        std::fs::create_dir_all(&dir)?;
+        let (server, port) = crate::process::redis_server(&dir)?;
+        self.redis = Some(server);
         self.redis_port = port;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!(
-                    "redis-server did not start: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
         Ok(format!("redis://127.0.0.1:{port}"))
     }
 
