@@ -46,6 +46,13 @@ impl Conn {
             buf: BytesMut::with_capacity(READ_SIZE),
         }
     }
+
+    /// Whether an idle connection can carry a new request: nothing arrived on it since its last
+    /// response (no unsolicited 408, no close). Asks the reactor's cached readiness, no syscall.
+    pub fn is_clean(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.io.poll_read_ready(&mut cx).is_pending()
+    }
 }
 
 /// Whether `req` can take the inline path: no body, and a method that may be retried.

@@ -87,8 +87,17 @@ impl UpstreamPool {
         }
     }
 
+    /// The most recently used idle connection that nothing arrived on while idle (a backend may
+    /// send a 408 or close an idle connection; those are dropped).
     fn checkout_inline(&self, authority: &Authority) -> Option<Conn> {
-        self.idle_inline.lock().get_mut(authority)?.pop()
+        let mut idle = self.idle_inline.lock();
+        let list = idle.get_mut(authority)?;
+        while let Some(conn) = list.pop() {
+            if conn.is_clean() {
+                return Some(conn);
+            }
+        }
+        None
     }
 
     fn checkin_inline(&self, authority: Authority, conn: Conn) {

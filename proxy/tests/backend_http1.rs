@@ -227,3 +227,49 @@ async fn a_body_cut_short_never_reaches_the_client_as_whole_and_is_not_reused() 
         "a broken connection is not reused"
     );
 }
+
+#[tokio::test]
+async fn an_idle_connection_the_backend_timed_out_is_not_reused() {
+    // Some servers answer an idle keep-alive connection with a 408 before closing it. That
+    // unsolicited response sits in the socket; it must never be taken as the next answer.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+                // Keep the connection open a while: the proxy must notice the 408 by itself.
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            });
+        }
+    });
+    let p = ProxyProcess::start(&[("world.yaml", world(addr))]).await;
+    for i in 0..3 {
+        let r = p.get("/x", &[KEY]).await;
+        assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]), "request {i}");
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        3,
+        "each timed-out connection was replaced"
+    );
+    task.abort();
+}
