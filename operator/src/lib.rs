@@ -140,6 +140,12 @@ pub async fn run(cli: Cli) -> Result<()> {
                     .context("--store: expected a Redis URL")?,
             );
             tracing::info!(store = %target.redacted_url(), "reading tenants' usage from Redis");
+            if cli.usage_refresh > std::time::Duration::from_secs(30) {
+                tracing::warn!(
+                    usage_refresh = ?cli.usage_refresh,
+                    "--usage-refresh is over 30 s: Tenant.status.usage will lag more than the API promises"
+                );
+            }
             tokio::spawn(redis.clone().run(
                 cli.usage_refresh,
                 published_rx.clone(),
