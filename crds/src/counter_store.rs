@@ -108,22 +108,24 @@ pub struct Timeouts {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(
-        "--store {0:?}: expected redis://, rediss://, redis+cluster://, rediss+cluster://, \
+        "--store {0:?} is not a Redis URL: expected redis://, rediss://, redis+cluster://, rediss+cluster://, \
          redis+sentinel:// or rediss+sentinel:// followed by host:port (Sentinel: \
          host:port,.../MASTER_NAME)"
     )]
     Scheme(String),
     #[error("--store: {0}")]
     Url(#[from] redis::RedisError),
-    #[error("cannot read {path}: {source}")]
+    #[error("{flag} {path}: cannot read it")]
     File {
+        flag: &'static str,
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     #[error("--store-client-cert-file and --store-client-key-file go together")]
     HalfClientCert,
     #[error(
-        "--store-ca-file and --store-client-*-file need a TLS URL (rediss:// or rediss+cluster://)"
+        "--store-ca-file and --store-client-*-file need a TLS URL (rediss://, rediss+cluster:// or rediss+sentinel://)"
     )]
     TlsFilesWithoutTls,
 }
@@ -293,23 +295,28 @@ impl StoreTarget {
         if !self.url.starts_with("rediss") {
             return Err(StoreError::TlsFilesWithoutTls);
         }
-        let read = |path: &PathBuf| {
+        let read = |flag: &'static str, path: &PathBuf| {
             std::fs::read(path).map_err(|source| StoreError::File {
+                flag,
                 path: path.clone(),
                 source,
             })
         };
         let client_tls = match (&tls.client_cert_file, &tls.client_key_file) {
             (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
-                client_cert: read(cert)?,
-                client_key: read(key)?,
+                client_cert: read("--store-client-cert-file", cert)?,
+                client_key: read("--store-client-key-file", key)?,
             }),
             (None, None) => None,
             _ => return Err(StoreError::HalfClientCert),
         };
         Ok(Some(TlsCertificates {
             client_tls,
-            root_cert: tls.ca_file.as_ref().map(read).transpose()?,
+            root_cert: tls
+                .ca_file
+                .as_ref()
+                .map(|ca| read("--store-ca-file", ca))
+                .transpose()?,
         }))
     }
 

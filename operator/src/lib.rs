@@ -137,7 +137,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             };
             let redis = Arc::new(
                 RedisUsage::connect(&target, metrics.clone())
-                    .context("--store: expected a Redis URL")?,
+                    .context("the counter store (--store)")?,
             );
             tracing::info!(store = %target.redacted_url(), "reading tenants' usage from Redis");
             if cli.usage_refresh > std::time::Duration::from_secs(30) {

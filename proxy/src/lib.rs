@@ -111,7 +111,7 @@ async fn serve(cli: Cli) -> Result<()> {
             tls: cli.store_tls.clone(),
         };
         let store = quota::redis::RedisStore::connect(&target, cli.store_slices, store_metrics)
-            .context("--store: expected memory or a Redis URL")?;
+            .context("the counter store (--store memory, or a Redis URL)")?;
         tracing::info!(store = %target.redacted_url(), "counting quotas in Redis");
         let settler = {
             let store = store.clone();
