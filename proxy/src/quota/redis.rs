@@ -122,6 +122,25 @@ struct Adjustment {
 }
 
 impl Counter {
+    /// A counter this proxy has not used yet: quota or rate-limit window `name` of `subject`.
+    fn new(subject: &Subject<'_>, name: &str, window: PeriodWindow, rate: bool) -> Self {
+        Self {
+            tenant: subject.tenant.id.clone(),
+            plan: subject.plan.id.clone(),
+            quota: name.to_owned(),
+            window,
+            leased: 0,
+            redis_used: 0,
+            spent: Decimal::ZERO,
+            debt: 0,
+            unanswered: Vec::new(),
+            unanswered_leases: Vec::new(),
+            expire_at: window.end.as_second() + KEEP_AFTER_PERIOD,
+            last_used: Instant::now(),
+            rate,
+        }
+    }
+
     /// Units this proxy counted that Redis has not confirmed (FailOpen debt, unanswered changes).
     fn unconfirmed(&self) -> i64 {
         self.debt + self.unanswered.iter().map(|a| a.delta).sum::<i64>()
@@ -199,20 +218,8 @@ impl RedisStore {
         key: &str,
         w: PeriodWindow,
     ) -> &'a mut Counter {
-        counters.entry(key.to_owned()).or_insert_with(|| Counter {
-            tenant: subject.tenant.id.clone(),
-            plan: subject.plan.id.clone(),
-            quota: subject.plan.plan.quotas[index].name.clone(),
-            window: w,
-            leased: 0,
-            redis_used: 0,
-            spent: Decimal::ZERO,
-            debt: 0,
-            unanswered: Vec::new(),
-            unanswered_leases: Vec::new(),
-            expire_at: w.end.as_second() + KEEP_AFTER_PERIOD,
-            last_used: Instant::now(),
-            rate: false,
+        counters.entry(key.to_owned()).or_insert_with(|| {
+            Counter::new(subject, &subject.plan.plan.quotas[index].name, w, false)
         })
     }
 
@@ -502,21 +509,9 @@ impl RedisStore {
         key: &str,
         w: PeriodWindow,
     ) -> &'a mut Counter {
-        counters.entry(key.to_owned()).or_insert_with(|| Counter {
-            tenant: subject.tenant.id.clone(),
-            plan: subject.plan.id.clone(),
-            quota: name.to_owned(),
-            window: w,
-            leased: 0,
-            redis_used: 0,
-            spent: Decimal::ZERO,
-            debt: 0,
-            unanswered: Vec::new(),
-            unanswered_leases: Vec::new(),
-            expire_at: w.end.as_second() + KEEP_AFTER_PERIOD,
-            last_used: Instant::now(),
-            rate: true,
-        })
+        counters
+            .entry(key.to_owned())
+            .or_insert_with(|| Counter::new(subject, name, w, true))
     }
 
     /// Returns what a refused request took: units to the local slice, FailOpen debt un-counted.
@@ -547,12 +542,20 @@ impl RedisStore {
         let work: Vec<(String, i64, Vec<Adjustment>)> = {
             let mut counters = self.counters.lock();
             // An ended period is done with once Redis has its usage and its unspent slice back.
+            // An ended rate-limit window's unspent slice changes nothing (the window is over and
+            // its key expires): it is dropped, not sent back.
             counters.retain(|_, c| {
-                c.window.end > now || c.leased > 0 || c.debt != 0 || !c.unanswered.is_empty()
+                c.window.end > now
+                    || (c.leased > 0 && !c.rate)
+                    || c.debt != 0
+                    || !c.unanswered.is_empty()
             });
             let mut work = Vec::new();
             for (key, c) in counters.iter_mut() {
                 let ended = c.window.end <= now;
+                if ended && c.rate {
+                    c.leased = 0;
+                }
                 if c.leased > 0 && (all || ended || c.last_used.elapsed() > IDLE_RETURN) {
                     let back = i64::try_from(std::mem::take(&mut c.leased)).unwrap_or(i64::MAX);
                     c.unanswered.push(Adjustment {
