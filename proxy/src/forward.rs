@@ -5,8 +5,11 @@
 //! `X-Tollgate-*` headers are stripped (a caller can never impersonate a tenant), and
 //! `X-Tollgate-Tenant`, `X-Forwarded-For`, `-Proto` and `-Host` are set.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -19,7 +22,45 @@ use crate::auth::{KeySource, X_API_KEY};
 use crate::config::Upstream;
 
 /// The pooled client used for every backend.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Incoming>;
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+
+/// A client's request body on its way to the backend.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// No body: the requests Tollgate's own HTTP/1.1 engine serves (`server_h1`).
+    Empty,
+    /// A body streamed from a connection hyper serves.
+    Streaming(Incoming),
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Empty => Poll::Ready(None),
+            Self::Streaming(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Empty => true,
+            Self::Streaming(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Self::Empty => http_body::SizeHint::with_exact(0),
+            Self::Streaming(body) => body.size_hint(),
+        }
+    }
+}
 
 /// Header with the authenticated tenant, for backends.
 pub const X_TOLLGATE_TENANT: HeaderName = HeaderName::from_static("x-tollgate-tenant");
@@ -62,10 +103,10 @@ pub struct ForwardContext<'a> {
 /// Rewrites a client request into the backend request. The URI is origin-form (`/path?query`) for
 /// a direct HTTP/1.1 connection, or absolute (`https://host/path`) for the generic client.
 pub fn upstream_request(
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     cx: &ForwardContext<'_>,
     absolute: bool,
-) -> Result<Request<Incoming>, http::Error> {
+) -> Result<Request<RequestBody>, http::Error> {
     let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let uri = if absolute {
         Uri::builder()

@@ -22,6 +22,7 @@ pub mod quota;
 pub mod ratelimit_headers;
 pub mod router;
 pub mod server;
+pub mod server_h1;
 pub mod standalone;
 pub mod upstream_h1;
 pub mod upstream_pool;

@@ -10,7 +10,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use jiff::Timestamp;
 use rust_decimal::Decimal;
 use serde_json::Value;
@@ -19,7 +18,9 @@ use tollgate_crds::resources::{BillingState, SubscriptionState};
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::auth::{KeySource, presented_key};
 use crate::config::{PlanEntry, ProxyConfig, RouteEntry, TenantEntry};
-use crate::forward::{ForwardContext, UpstreamClient, downstream_response, upstream_request};
+use crate::forward::{
+    ForwardContext, RequestBody, UpstreamClient, downstream_response, upstream_request,
+};
 use crate::metering::{Meter, MeteredBody};
 use crate::metrics::ProxyMetrics;
 use crate::problem::{self, Problem, ProblemKind};
@@ -113,7 +114,11 @@ impl<S: CounterStore> Proxy<S> {
     }
 
     /// Handles one request end to end.
-    pub async fn handle(&self, req: Request<Incoming>, client: &ClientConn) -> Response<ProxyBody> {
+    pub async fn handle(
+        &self,
+        req: Request<RequestBody>,
+        client: &ClientConn,
+    ) -> Response<ProxyBody> {
         let tls = client.tls;
         let started = Instant::now();
         let now = Timestamp::now();
@@ -196,7 +201,7 @@ impl<S: CounterStore> Proxy<S> {
     async fn decide(
         &self,
         config: &ProxyConfig,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         now: Timestamp,
         v: &mut Verdict,
     ) -> Result<(), Problem> {
@@ -384,7 +389,7 @@ impl<S: CounterStore> Proxy<S> {
     /// Serves an admitted request: a direct response, or the backend's.
     async fn respond(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         v: &Verdict,
         client: &ClientConn,
         tls: bool,

@@ -1,6 +1,7 @@
 //! The API listener: plain TCP or TLS (rustls, ALPN h2 and http/1.1), HTTP/1.1 and HTTP/2
 //! (also h2c with prior knowledge), bounded request heads, slow-client timeouts, and a graceful
-//! drain on shutdown.
+//! drain on shutdown. Bodiless HTTP/1.1 requests are served by [`server_h1`]; a connection moves
+//! to hyper at its first request that engine does not serve (a body, HTTP/2, an upgrade...).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,15 +14,19 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use crate::forward::RequestBody;
 use crate::metrics::ProxyMetrics;
 use crate::proxy::{ClientConn, Proxy};
 use crate::quota::CounterStore;
+use crate::server_h1;
 
 /// Listener settings.
 #[derive(Debug, Clone)]
@@ -58,7 +63,7 @@ fn builder(opts: &ServerOptions) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(opts.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
@@ -80,7 +85,15 @@ pub async fn serve<S: CounterStore>(
     shutdown: impl Future<Output = ()>,
 ) {
     let builder = Arc::new(builder(&opts));
+    // Connections hyper serves drain through `graceful`; those the HTTP/1.1 engine serves watch
+    // `stop` and hold a receiver each: `stop.closed()` resolves when the last one has closed.
     let graceful = GracefulShutdown::new();
+    let (stop, stopped) = watch::channel(false);
+    let limits = server_h1::Limits {
+        max_head: opts.max_header_bytes,
+        header_timeout: HEADER_TIMEOUT,
+        idle_timeout: IDLE_TIMEOUT,
+    };
     tokio::pin!(shutdown);
     loop {
         let (stream, client) = tokio::select! {
@@ -96,45 +109,27 @@ pub async fn serve<S: CounterStore>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        let builder = builder.clone();
+        let session = Session {
+            proxy: proxy.clone(),
+            conn: Arc::new(ClientConn::new(client, tls.is_some())),
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+            stopped: stopped.clone(),
+            limits,
+        };
         let metrics = metrics.clone();
         let tls = tls.clone();
-        let watcher = graceful.watcher();
         tokio::spawn(async move {
             metrics.active_connections.inc();
-            let conn = Arc::new(ClientConn::new(client, tls.is_some()));
-            let service = service_fn(move |req: hyper::Request<Incoming>| {
-                let (proxy, conn) = (proxy.clone(), conn.clone());
-                async move { Ok::<_, Infallible>(proxy.handle(req, &conn).await) }
-            });
             let result = match tls {
                 Some(acceptor) => {
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls_stream)) => {
-                            watcher
-                                .watch(
-                                    builder
-                                        .serve_connection(TokioIo::new(tls_stream), service)
-                                        .into_owned(),
-                                )
-                                .await
-                        }
+                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => session.run(tls_stream).await,
                         Ok(Err(e)) => Err(e.into()),
                         Err(_) => Err("TLS handshake timed out".into()),
                     }
                 }
-                None => {
-                    watcher
-                        .watch(
-                            builder
-                                .serve_connection(TokioIo::new(stream), service)
-                                .into_owned(),
-                        )
-                        .await
-                }
+                None => session.run(stream).await,
             };
             if let Err(e) = result {
                 tracing::debug!(%client, error = %e, "connection ended with an error");
@@ -143,9 +138,64 @@ pub async fn serve<S: CounterStore>(
         });
     }
     drop(listener);
+    drop(stopped);
+    let _ = stop.send(true);
     tracing::info!(timeout = ?opts.drain_timeout, "draining in-flight requests");
+    let drained = async {
+        tokio::join!(graceful.shutdown(), stop.closed());
+    };
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = drained => tracing::info!("all connections closed"),
         () = tokio::time::sleep(opts.drain_timeout) => tracing::warn!("drain timeout reached; closing remaining connections"),
+    }
+}
+
+/// A request head must arrive whole within this (slow-client protection).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle keep-alive connection stays open (nginx's default is 75 s).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+
+type ConnError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One client connection: the HTTP/1.1 engine first, hyper from the first request it hands off.
+struct Session<S> {
+    proxy: Arc<Proxy<S>>,
+    conn: Arc<ClientConn>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+    stopped: watch::Receiver<bool>,
+    limits: server_h1::Limits,
+}
+
+impl<S: CounterStore> Session<S> {
+    async fn run<T>(self, io: T) -> Result<(), ConnError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self {
+            proxy,
+            conn,
+            builder,
+            watcher,
+            stopped,
+            limits,
+        } = self;
+        let io = match server_h1::serve(io, &proxy, &conn, limits, stopped).await? {
+            server_h1::Ended::Closed => return Ok(()),
+            server_h1::Ended::Handoff(io) => io,
+        };
+        let service = service_fn(move |req: hyper::Request<Incoming>| {
+            let (proxy, conn) = (proxy.clone(), conn.clone());
+            async move {
+                Ok::<_, Infallible>(proxy.handle(req.map(RequestBody::Streaming), &conn).await)
+            }
+        });
+        watcher
+            .watch(
+                builder
+                    .serve_connection(TokioIo::new(io), service)
+                    .into_owned(),
+            )
+            .await
     }
 }

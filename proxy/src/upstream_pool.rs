@@ -24,9 +24,10 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 
+use crate::forward::RequestBody;
 use crate::upstream_h1::{self, Conn, ExchangeError, InlineBody};
 
-type Sender = SendRequest<Incoming>;
+type Sender = SendRequest<RequestBody>;
 
 /// What a response body yields on failure.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -140,7 +141,7 @@ impl UpstreamPool {
     async fn send_inline(
         self: &Arc<Self>,
         authority: &Authority,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let head = upstream_h1::request_head(req);
         let (conn, pooled) = match self.checkout_inline(authority) {
@@ -170,7 +171,7 @@ impl UpstreamPool {
     pub async fn send(
         self: &Arc<Self>,
         authority: &Authority,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         if upstream_h1::eligible(&req) {
             return self.send_inline(authority, &req).await;

@@ -1,0 +1,516 @@
+//! Tollgate's own HTTP/1.1 server engine for the requests that dominate API traffic: no body.
+//!
+//! hyper's server is general (bodies both ways, upgrades, HTTP/1.0, its dispatcher state machine
+//! and header encoding); profiling put it among the largest user-space costs per request. This
+//! engine reads a request head with httparse, runs it through the proxy, and writes the response
+//! head and body into one buffer sent with one write when the body is already there. It serves
+//! only bodiless HTTP/1.1 requests. The first request it does not serve — a body
+//! (`Content-Length` > 0 or `Transfer-Encoding`), `Expect`, an upgrade, `CONNECT`, HTTP/1.0, the
+//! HTTP/2 preface, or a head httparse or `http` rejects — hands the connection, with every byte
+//! read so far, to hyper ([`Ended::Handoff`]), which serves it to the end and writes its own 400
+//! or 431 for bad heads. So this engine never has to answer malformed input itself.
+//!
+//! Timeouts: a request head must arrive whole within [`Limits::header_timeout`] of the connection
+//! opening or of its first byte; a keep-alive connection may idle [`Limits::idle_timeout`] between
+//! requests. One timer per connection serves both, moved only when it fires early, so a busy
+//! connection touches the timer wheel about once per `header_timeout`, not once per request.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+use crate::forward::RequestBody;
+use crate::proxy::{ClientConn, Proxy, ProxyBody};
+use crate::quota::CounterStore;
+
+/// Heads with more headers than this go to hyper (which allows 100, then answers 431).
+const MAX_HEADERS: usize = 64;
+const READ_SIZE: usize = 8 * 1024;
+/// Body chunks at least this large are written as they are instead of copied into the buffer.
+const COPY_LIMIT: usize = 16 * 1024;
+
+/// Bounds on what a client may make the engine wait for or hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request head; a larger one goes to hyper, which answers 431.
+    pub max_head: usize,
+    /// Time to receive a whole request head (slow-client protection).
+    pub header_timeout: Duration,
+    /// Time a keep-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+}
+
+/// How the engine finished with a connection.
+#[derive(Debug)]
+pub enum Ended<T> {
+    /// Closed: the client left, a timeout, shutdown, or `Connection: close`.
+    Closed,
+    /// A request this engine does not serve; hyper takes over the connection from `Prefixed`'s
+    /// first byte (the unserved request).
+    Handoff(Prefixed<T>),
+}
+
+/// Serves bodiless HTTP/1.1 requests on `io` until the connection ends or needs hyper.
+pub async fn serve<T, S>(
+    io: T,
+    proxy: &Proxy<S>,
+    client: &ClientConn,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) -> io::Result<Ended<T>>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    S: CounterStore,
+{
+    let mut conn = Connection {
+        io,
+        buf: BytesMut::with_capacity(READ_SIZE),
+        out: Vec::with_capacity(READ_SIZE),
+        timer: Box::pin(tokio::time::sleep(limits.header_timeout)),
+    };
+    let mut first = true;
+    loop {
+        let head = loop {
+            match parse(&conn.buf, limits.max_head) {
+                Parsed::Request(head) => break head,
+                Parsed::Handoff => return Ok(Ended::Handoff(conn.into_prefixed())),
+                Parsed::Partial => {}
+            }
+            let wait = if first || !conn.buf.is_empty() {
+                limits.header_timeout
+            } else {
+                limits.idle_timeout
+            };
+            match conn.read_more(Instant::now() + wait, &mut shutdown).await? {
+                Read::Data => {}
+                Read::Closed => return Ok(Ended::Closed),
+            }
+        };
+        first = false;
+        conn.buf.advance(head.len);
+        let head_only = head.request.method() == Method::HEAD;
+        let response = proxy.handle(head.request, client).await;
+        let keep_alive = !head.close && !*shutdown.borrow();
+        if !conn.write_response(response, head_only, keep_alive).await? {
+            // Best effort: the peer may already be gone.
+            let _ = conn.io.shutdown().await;
+            return Ok(Ended::Closed);
+        }
+    }
+}
+
+/// A parsed request head this engine serves.
+#[derive(Debug)]
+struct Head {
+    request: Request<RequestBody>,
+    /// Bytes of the head in the read buffer.
+    len: usize,
+    /// The client asked to close after this response.
+    close: bool,
+}
+
+// Returned once per request and taken apart at once; boxing would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Parsed {
+    Request(Head),
+    Partial,
+    Handoff,
+}
+
+/// Parses the head at the start of `buf`, deciding whether this engine serves it.
+fn parse(buf: &[u8], max_head: usize) -> Parsed {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() < max_head => return Parsed::Partial,
+        // Too large, too many headers or malformed: hyper answers 431 or 400.
+        Ok(httparse::Status::Partial) | Err(_) => return Parsed::Handoff,
+    };
+    if len > max_head || req.version != Some(1) {
+        return Parsed::Handoff;
+    }
+    let (Some(method), Some(target)) = (req.method, req.path) else {
+        return Parsed::Handoff;
+    };
+    let mut close = false;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if h.value.trim_ascii() != b"0" {
+                return Parsed::Handoff;
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"upgrade")
+            || name.eq_ignore_ascii_case(b"expect")
+        {
+            return Parsed::Handoff;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Parsed::Handoff;
+                }
+            }
+        }
+    }
+    match build_request(buf, len, method, target, req.headers) {
+        Some(request) => Parsed::Request(Head {
+            request,
+            len,
+            close,
+        }),
+        None => Parsed::Handoff,
+    }
+}
+
+/// The `http` request for a parsed head; `None` when `http` refuses a part of it.
+fn build_request(
+    buf: &[u8],
+    len: usize,
+    method: &str,
+    target: &str,
+    headers: &[httparse::Header<'_>],
+) -> Option<Request<RequestBody>> {
+    let method = Method::from_bytes(method.as_bytes()).ok()?;
+    if method == Method::CONNECT {
+        return None;
+    }
+    // One copy of the head; the URI and header values are slices of it.
+    let head = Bytes::copy_from_slice(&buf[..len]);
+    let slice = |part: &[u8]| head.slice_ref(&head[offset(buf, part)..][..part.len()]);
+    let uri = Uri::from_maybe_shared(slice(target.as_bytes())).ok()?;
+    let mut request = Request::new(RequestBody::Empty);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    let map = request.headers_mut();
+    map.reserve(headers.len());
+    for h in headers {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        let value = HeaderValue::from_maybe_shared(slice(h.value)).ok()?;
+        map.append(name, value);
+    }
+    Some(request)
+}
+
+/// Where `part` (a slice of `buf`) starts in `buf`.
+fn offset(buf: &[u8], part: &[u8]) -> usize {
+    part.as_ptr() as usize - buf.as_ptr() as usize
+}
+
+enum Read {
+    Data,
+    Closed,
+}
+
+struct Connection<T> {
+    io: T,
+    /// Bytes read and not yet served.
+    buf: BytesMut,
+    /// The response being written.
+    out: Vec<u8>,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
+    /// Reads more of the next head. `Closed` on end of stream, `deadline`, or shutdown.
+    async fn read_more(
+        &mut self,
+        deadline: Instant,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> io::Result<Read> {
+        if *shutdown.borrow() {
+            return Ok(Read::Closed);
+        }
+        // The timer fires no later than `deadline`; firing early only re-arms it.
+        if self.timer.deadline() > deadline {
+            self.timer.as_mut().reset(deadline);
+        }
+        self.buf.reserve(READ_SIZE);
+        loop {
+            tokio::select! {
+                biased;
+                read = self.io.read_buf(&mut self.buf) => {
+                    return Ok(if read? == 0 { Read::Closed } else { Read::Data });
+                }
+                () = &mut self.timer => {
+                    if Instant::now() >= deadline {
+                        return Ok(Read::Closed);
+                    }
+                    self.timer.as_mut().reset(deadline);
+                }
+                _ = shutdown.changed() => return Ok(Read::Closed),
+            }
+        }
+    }
+
+    /// Writes `response`; `Ok(false)` when the connection must close after it.
+    async fn write_response(
+        &mut self,
+        response: Response<ProxyBody>,
+        head_only: bool,
+        keep_alive: bool,
+    ) -> io::Result<bool> {
+        let (parts, mut body) = response.into_parts();
+        let framing = Framing::new(&parts, head_only, body.size_hint().exact());
+        self.out.clear();
+        write_head(&mut self.out, &parts, framing, keep_alive);
+        if !framing.has_body() {
+            drop(body);
+            self.flush().await?;
+            return Ok(keep_alive);
+        }
+        let chunked = framing == Framing::Chunked;
+        loop {
+            // A frame already there joins the buffer; otherwise send what we have, then wait.
+            let frame = match poll_now(&mut body) {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    self.flush().await?;
+                    std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                }
+            };
+            let data = match frame {
+                None => break,
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    // Trailers are not relayed.
+                    Err(_) => continue,
+                },
+                Some(Err(e)) => {
+                    // The backend failed mid-body: the client must see a truncated response,
+                    // never one that looks whole.
+                    tracing::debug!(error = %e, "response body failed; closing the connection");
+                    self.flush().await?;
+                    return Ok(false);
+                }
+            };
+            if data.is_empty() {
+                continue;
+            }
+            if chunked {
+                write_chunk_size(&mut self.out, data.len());
+            }
+            if data.len() >= COPY_LIMIT {
+                self.flush().await?;
+                self.io.write_all(&data).await?;
+            } else {
+                self.out.extend_from_slice(&data);
+            }
+            if chunked {
+                self.out.extend_from_slice(b"\r\n");
+            }
+        }
+        if chunked {
+            self.out.extend_from_slice(b"0\r\n\r\n");
+        }
+        self.flush().await?;
+        Ok(keep_alive)
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.io.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        self.io.flush().await
+    }
+
+    fn into_prefixed(self) -> Prefixed<T> {
+        Prefixed {
+            prefix: self.buf.freeze(),
+            io: self.io,
+        }
+    }
+}
+
+type Polled<B> = Poll<Option<Result<http_body::Frame<<B as Body>::Data>, <B as Body>::Error>>>;
+
+/// Polls `body` once without waiting.
+fn poll_now<B: Body + Unpin>(body: &mut B) -> Polled<B> {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    Pin::new(body).poll_frame(&mut cx)
+}
+
+/// How the response is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body, headers as they are: 1xx, 204, 304, or a HEAD answer that states its length.
+    Keep,
+    /// `Content-Length: n` (replacing the response's own); a body follows unless `head_only`.
+    Length { n: u64, head_only: bool },
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+impl Framing {
+    fn new(parts: &http::response::Parts, head_only: bool, exact: Option<u64>) -> Self {
+        let status = parts.status;
+        if status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Self::Keep;
+        }
+        if head_only {
+            // The backend's Content-Length describes the representation and stays; a HEAD
+            // answer made by the proxy (a problem) states its body's length, as hyper does.
+            return match exact {
+                Some(n) if !parts.headers.contains_key(header::CONTENT_LENGTH) => {
+                    Self::Length { n, head_only }
+                }
+                _ => Self::Keep,
+            };
+        }
+        exact.map_or(Self::Chunked, |n| Self::Length { n, head_only })
+    }
+
+    fn has_body(self) -> bool {
+        matches!(
+            self,
+            Self::Chunked
+                | Self::Length {
+                    head_only: false,
+                    ..
+                }
+        )
+    }
+}
+
+/// The status line and headers; framing headers from `framing`, `Date` added when missing.
+fn write_head(
+    out: &mut Vec<u8>,
+    parts: &http::response::Parts,
+    framing: Framing,
+    keep_alive: bool,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("Unknown")
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        let framing_header = name == header::CONTENT_LENGTH && framing != Framing::Keep;
+        if framing_header || name == header::TRANSFER_ENCODING || name == header::CONNECTION {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        out.extend_from_slice(b"date: ");
+        http_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::Length { n, .. } => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Keep => {}
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn write_chunk_size(out: &mut Vec<u8>, len: usize) {
+    use std::io::Write;
+    let _ = write!(out, "{len:x}\r\n");
+}
+
+/// Appends the current time as an HTTP-date, formatted once per second per thread.
+fn http_date(out: &mut Vec<u8>) {
+    use std::cell::RefCell;
+    thread_local! {
+        static CACHE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    CACHE.with_borrow_mut(|(cached, text)| {
+        if *cached != second {
+            *cached = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
+}
+
+/// A connection handed to hyper: the bytes this engine read but did not serve come first.
+#[derive(Debug)]
+pub struct Prefixed<T> {
+    prefix: Bytes,
+    io: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
