@@ -12,6 +12,8 @@ use jiff::tz::TimeZone;
 use tollgate_crds::resources::{LifecycleState, Metric};
 use tollgate_crds::snapshot::{KeyDigest, ObjectKey, Plan, Route, RouteBackend, Snapshot, Tenant};
 
+use crate::FastMap;
+use crate::ratelimit_headers;
 use crate::router::RouteTable;
 
 /// A compiled snapshot, indexed for the hot path.
@@ -24,7 +26,7 @@ pub struct ProxyConfig {
     /// Routes by host and path.
     pub routes: RouteTable,
     /// Tenants by the SHA-256 of their keys.
-    pub tenants_by_key: HashMap<[u8; 32], Arc<TenantEntry>>,
+    pub tenants_by_key: FastMap<[u8; 32], Arc<TenantEntry>>,
     /// Plans by key.
     pub plans: HashMap<ObjectKey, Arc<PlanEntry>>,
 }
@@ -44,7 +46,7 @@ impl ProxyConfig {
                 .map(|r| Arc::new(RouteEntry::new(r.clone())))
                 .collect(),
         );
-        let mut tenants_by_key = HashMap::new();
+        let mut tenants_by_key = FastMap::default();
         for tenant in &snapshot.tenants {
             let entry = Arc::new(TenantEntry::new(tenant.clone(), &plans));
             for digest in &tenant.key_digests {
@@ -192,12 +194,14 @@ pub struct PlanEntry {
     pub request_quotas: Vec<usize>,
     /// Whether responses must be metered: a token or Cost quota is charged after the response.
     pub meters_usage: bool,
+    /// The RateLimit headers' fixed parts.
+    pub ratelimit_headers: ratelimit_headers::Template,
 }
 
 impl PlanEntry {
     fn new(plan: Plan) -> Self {
         let tz = TimeZone::get(&plan.timezone).unwrap_or(TimeZone::UTC);
-        let request_quotas = plan
+        let request_quotas: Vec<usize> = plan
             .quotas
             .iter()
             .enumerate()
@@ -205,7 +209,9 @@ impl PlanEntry {
             .map(|(i, _)| i)
             .collect();
         let meters_usage = plan.quotas.iter().any(|q| q.metric != Metric::Requests);
+        let ratelimit_headers = ratelimit_headers::Template::new(&plan, &request_quotas);
         Self {
+            ratelimit_headers,
             id: Arc::from(plan.key.to_string()),
             plan,
             tz,
@@ -227,7 +233,7 @@ pub struct TenantEntry {
     /// The default plan.
     pub plan: Option<Arc<PlanEntry>>,
     /// Subscribed route name -> plan for that route (the subscription's own, or the default).
-    pub subscriptions: HashMap<String, Option<Arc<PlanEntry>>>,
+    pub subscriptions: FastMap<String, Option<Arc<PlanEntry>>>,
 }
 
 impl TenantEntry {

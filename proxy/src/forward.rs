@@ -94,8 +94,8 @@ pub struct ForwardContext<'a> {
     pub tenant: Option<&'a HeaderValue>,
     /// Where the API key came from.
     pub key_source: Option<KeySource>,
-    /// Client IP, as text.
-    pub client_ip: &'a str,
+    /// Client IP, as a header value.
+    pub client_ip: &'a HeaderValue,
     /// Whether the client connection is TLS.
     pub tls: bool,
 }
@@ -147,12 +147,17 @@ pub fn upstream_request(
     if let Some(tenant) = cx.tenant {
         headers.insert(X_TOLLGATE_TENANT, tenant.clone());
     }
-    let client_ip = cx.client_ip;
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {client_ip}"),
-        None => client_ip.to_owned(),
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+        Some(prior) => {
+            let mut v = Vec::with_capacity(prior.len() + 2 + cx.client_ip.len());
+            v.extend_from_slice(prior);
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(cx.client_ip.as_bytes());
+            HeaderValue::from_maybe_shared(Bytes::from(v)).ok()
+        }
+        None => Some(cx.client_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+    if let Some(v) = forwarded_for {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(
@@ -184,6 +189,13 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one scan instead of a hashed removal per name.
+    let present = headers
+        .keys()
+        .any(|k| k == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(k));
+    if !present {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

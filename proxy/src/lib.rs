@@ -27,6 +27,10 @@ pub mod standalone;
 pub mod upstream_h1;
 pub mod upstream_pool;
 
+/// A hash map for the request path: foldhash (seeded per process) instead of SipHash, whose cost
+/// showed in profiles. Keys are configuration (routes, backends) or SHA-256 digests.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;

@@ -25,7 +25,6 @@ use crate::metering::{Meter, MeteredBody};
 use crate::metrics::ProxyMetrics;
 use crate::problem::{self, Problem, ProblemKind};
 use crate::quota::{Admission, CounterStore, LimitState, Subject};
-use crate::ratelimit_headers;
 use crate::router::request_host;
 use crate::upstream_pool::{UpstreamBody, UpstreamPool};
 
@@ -48,8 +47,10 @@ pub struct Proxy<S> {
 pub struct ClientConn {
     /// Peer address.
     pub addr: SocketAddr,
-    /// Peer IP as text (access log, X-Forwarded-For), formatted once.
+    /// Peer IP as text (access log), formatted once.
     pub ip: Arc<str>,
+    /// The same, as an `X-Forwarded-For` value.
+    pub ip_header: HeaderValue,
     /// Whether the connection is TLS.
     pub tls: bool,
 }
@@ -57,9 +58,11 @@ pub struct ClientConn {
 impl ClientConn {
     /// Describes a new connection.
     pub fn new(addr: SocketAddr, tls: bool) -> Self {
+        let ip = addr.ip().to_string();
         Self {
             addr,
-            ip: Arc::from(addr.ip().to_string()),
+            ip_header: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown")),
+            ip: Arc::from(ip),
             tls,
         }
     }
@@ -140,7 +143,9 @@ impl<S: CounterStore> Proxy<S> {
             && let (Some(tenant), Some(plan)) = (&verdict.tenant, &verdict.plan)
         {
             // Refused before the quota check: the tenant still learns where its limits stand.
-            verdict.limits = Some(self.store.peek(Subject { tenant, plan }, now).await);
+            // Boxed here and below: cold paths kept out of the hot path's future, which is moved
+            // on every await (each kilobyte there is a memcpy per request).
+            verdict.limits = Some(Box::pin(self.store.peek(Subject { tenant, plan }, now)).await);
         }
         let (mut response, problem_kind) = match decided {
             Err(problem) => {
@@ -431,7 +436,7 @@ impl<S: CounterStore> Proxy<S> {
             upstream,
             tenant: v.tenant.as_ref().map(|t| &t.header),
             key_source: v.key_source,
-            client_ip: &client.ip,
+            client_ip: &client.ip_header,
             tls,
         };
         let plain_http = upstream.scheme == http::uri::Scheme::HTTP;
@@ -454,14 +459,14 @@ impl<S: CounterStore> Proxy<S> {
         let sent = if plain_http {
             tokio::time::timeout(timeout, self.pool.send(&upstream.authority, upstream_req)).await
         } else {
-            tokio::time::timeout(timeout, async {
+            Box::pin(tokio::time::timeout(timeout, async {
                 let resp = self
                     .client
                     .request(upstream_req)
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok::<_, String>(resp.map(UpstreamBody::detached))
-            })
+            }))
             .await
             .map(|r| {
                 r.map_err(|e| crate::upstream_pool::UpstreamError::Connect {
@@ -550,7 +555,7 @@ impl<S: CounterStore> Proxy<S> {
         if v.charged
             && let (Some(tenant), Some(plan)) = (&v.tenant, &v.plan)
         {
-            self.store.refund(Subject { tenant, plan }, now).await;
+            Box::pin(self.store.refund(Subject { tenant, plan }, now)).await;
         }
         let mut problem = Problem::new(kind, detail);
         if let Some(route) = &v.route {
@@ -563,7 +568,7 @@ impl<S: CounterStore> Proxy<S> {
     fn decorate(&self, resp: &mut Response<ProxyBody>, v: &Verdict, problem: Option<ProblemKind>) {
         let headers = resp.headers_mut();
         if let (Some(plan), Some((rate_limits, quotas))) = (&v.plan, &v.limits)
-            && let Some((policy, state)) = ratelimit_headers::headers(plan, rate_limits, quotas)
+            && let Some((policy, state)) = plan.ratelimit_headers.headers(rate_limits, quotas)
         {
             headers.insert(RATELIMIT_POLICY, policy);
             headers.insert(RATELIMIT, state);

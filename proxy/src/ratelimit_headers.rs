@@ -1,67 +1,146 @@
 //! `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers) as RFC 9651
 //! Structured Field lists, one item per request-counted policy: each rate limit, then each quota
 //! with metric Requests. For a calendar quota `w` is the current period's length in seconds.
+//!
+//! Everything but the numbers that change per request is rendered once per plan when the
+//! configuration is applied ([`Template`]); a request only appends integers.
 
-use std::fmt::Write;
-
+use bytes::Bytes;
 use http::HeaderValue;
+use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
+use tollgate_crds::snapshot::Plan;
 
-use crate::config::PlanEntry;
 use crate::quota::LimitState;
 
-/// The two header values, or `None` when the plan has no request-counted limit.
-pub fn headers(
-    plan: &PlanEntry,
-    rate_limits: &[LimitState],
-    quotas: &[LimitState],
-) -> Option<(HeaderValue, HeaderValue)> {
-    let mut policy = String::new();
-    let mut state = String::new();
-    for s in rate_limits {
-        let Some(rl) = plan.plan.rate_limits.get(s.index) else {
-            continue;
-        };
-        let sep = if policy.is_empty() { "" } else { ", " };
-        let _ = write!(
-            policy,
-            "{sep}\"{}\";q={};w={}",
-            rl.name,
-            rl.requests,
-            (rl.window_ms / 1000).max(1)
-        );
-        let _ = write!(
-            state,
-            "{sep}\"{}\";r={};t={}",
-            rl.name,
-            whole(&s.remaining),
-            s.reset_seconds
-        );
-    }
-    for &i in &plan.request_quotas {
-        let (Some(q), Some(s)) = (plan.plan.quotas.get(i), quotas.get(i)) else {
-            continue;
-        };
-        let w = s.window.map_or(0, |w| w.length_seconds());
-        let sep = if policy.is_empty() { "" } else { ", " };
-        let _ = write!(policy, "{sep}\"{}\";q={};w={w}", q.name, whole(&q.limit));
-        let _ = write!(
-            state,
-            "{sep}\"{}\";r={};t={}",
-            q.name,
-            whole(&s.remaining),
-            s.reset_seconds
-        );
-    }
-    if policy.is_empty() {
-        return None;
-    }
-    Some((
-        HeaderValue::from_str(&policy).ok()?,
-        HeaderValue::from_str(&state).ok()?,
-    ))
+/// A plan's header items, pre-rendered.
+#[derive(Debug, Clone, Default)]
+pub struct Template {
+    /// By rate-limit index.
+    rate_limits: Vec<Item>,
+    /// Request-counted quotas, in plan order.
+    quotas: Vec<Item>,
 }
 
-fn whole(d: &rust_decimal::Decimal) -> u64 {
+#[derive(Debug, Clone)]
+struct Item {
+    /// Index into the plan's `rate_limits` or `quotas`.
+    index: usize,
+    /// `"name";q=N;w=` — the window length follows.
+    policy: Box<[u8]>,
+    /// A rate limit's fixed window in seconds; quotas take the current period's length.
+    window: Option<u64>,
+    /// `"name";r=` — remaining, then `;t=` and the reset, follow.
+    state: Box<[u8]>,
+}
+
+impl Template {
+    /// Renders the fixed parts for `plan`; `request_quotas` are the indexes of its Requests quotas.
+    pub fn new(plan: &Plan, request_quotas: &[usize]) -> Self {
+        let rate_limits = plan
+            .rate_limits
+            .iter()
+            .enumerate()
+            .map(|(index, rl)| {
+                Item::new(
+                    index,
+                    &rl.name,
+                    rl.requests,
+                    Some((rl.window_ms / 1000).max(1)),
+                )
+            })
+            .collect();
+        let quotas = request_quotas
+            .iter()
+            .filter_map(|&index| {
+                let q = plan.quotas.get(index)?;
+                Some(Item::new(index, &q.name, whole(&q.limit), None))
+            })
+            .collect();
+        Self {
+            rate_limits,
+            quotas,
+        }
+    }
+
+    /// The two header values, or `None` when the plan has no request-counted limit.
+    pub fn headers(
+        &self,
+        rate_limits: &[LimitState],
+        quotas: &[LimitState],
+    ) -> Option<(HeaderValue, HeaderValue)> {
+        let mut policy = Vec::with_capacity(128);
+        let mut state = Vec::with_capacity(128);
+        let mut append = |item: &Item, window: u64, s: &LimitState| {
+            if !policy.is_empty() {
+                policy.extend_from_slice(b", ");
+                state.extend_from_slice(b", ");
+            }
+            let mut n = itoa::Buffer::new();
+            policy.extend_from_slice(&item.policy);
+            policy.extend_from_slice(n.format(window).as_bytes());
+            state.extend_from_slice(&item.state);
+            state.extend_from_slice(n.format(whole(&s.remaining)).as_bytes());
+            state.extend_from_slice(b";t=");
+            state.extend_from_slice(n.format(s.reset_seconds).as_bytes());
+        };
+        for s in rate_limits {
+            if let Some(item) = self.rate_limits.get(s.index) {
+                append(item, item.window.unwrap_or(1), s);
+            }
+        }
+        for item in &self.quotas {
+            if let Some(s) = quotas.get(item.index) {
+                append(item, s.window.map_or(0, |w| w.length_seconds()), s);
+            }
+        }
+        if policy.is_empty() {
+            return None;
+        }
+        Some((
+            HeaderValue::from_maybe_shared(Bytes::from(policy)).ok()?,
+            HeaderValue::from_maybe_shared(Bytes::from(state)).ok()?,
+        ))
+    }
+}
+
+impl Item {
+    fn new(index: usize, name: &str, limit: u64, window: Option<u64>) -> Self {
+        let key = sf_string(name);
+        Self {
+            index,
+            policy: format!("{key};q={limit};w=").into_bytes().into(),
+            window,
+            state: format!("{key};r=").into_bytes().into(),
+        }
+    }
+}
+
+/// An RFC 9651 sf-string: quoted, `"` and `\` escaped.
+fn sf_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+fn whole(d: &Decimal) -> u64 {
     d.trunc().to_u64().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_quoted_and_escaped() {
+        assert_eq!(sf_string("per-second"), "\"per-second\"");
+        assert_eq!(sf_string(r#"a"b\c"#), r#""a\"b\\c""#);
+    }
 }

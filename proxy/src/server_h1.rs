@@ -197,7 +197,8 @@ fn build_request(
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     let map = request.headers_mut();
-    map.reserve(headers.len());
+    // Room for the headers forwarding adds (X-Forwarded-*, the tenant), so the map never regrows.
+    map.reserve(headers.len() + 6);
     for h in headers {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
         let value = HeaderValue::from_maybe_shared(slice(h.value)).ok()?;

@@ -9,7 +9,6 @@
 //! Requests without a body and with an idempotent method are exchanged inline by the request's
 //! task ([`crate::upstream_h1`]); the others through a hyper client connection.
 
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -24,6 +23,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 
+use crate::FastMap;
 use crate::forward::RequestBody;
 use crate::upstream_h1::{self, Conn, ExchangeError, InlineBody};
 
@@ -35,8 +35,10 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 /// Idle connections per backend authority.
 #[derive(Debug, Default)]
 pub struct UpstreamPool {
-    idle: Mutex<HashMap<Authority, Vec<Sender>>>,
-    idle_inline: Mutex<HashMap<Authority, Vec<Conn>>>,
+    // Keyed by the authority's text: `Authority` hashes byte by byte (case-insensitively), and
+    // backends come from configuration, spelled the same way by every route that uses them.
+    idle: Mutex<FastMap<Box<str>, Vec<Sender>>>,
+    idle_inline: Mutex<FastMap<Box<str>, Vec<Conn>>>,
 }
 
 /// Why a request did not get a response head.
@@ -69,7 +71,7 @@ impl UpstreamPool {
 
     fn checkout(&self, authority: &Authority) -> Option<Sender> {
         let mut idle = self.idle.lock();
-        let list = idle.get_mut(authority)?;
+        let list = idle.get_mut(authority.as_str())?;
         list.retain(|s| !s.is_closed());
         // Most recently used first. A connection checked in a moment ago may still be finishing its
         // previous exchange (its task has not run yet): skip it, do not drop it.
@@ -81,18 +83,14 @@ impl UpstreamPool {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock();
-        let list = idle.entry(authority).or_default();
-        if list.len() < MAX_IDLE_PER_BACKEND {
-            list.push(sender);
-        }
+        checkin_to(&mut self.idle.lock(), &authority, sender);
     }
 
     /// The most recently used idle connection that nothing arrived on while idle (a backend may
     /// send a 408 or close an idle connection; those are dropped).
     fn checkout_inline(&self, authority: &Authority) -> Option<Conn> {
         let mut idle = self.idle_inline.lock();
-        let list = idle.get_mut(authority)?;
+        let list = idle.get_mut(authority.as_str())?;
         while let Some(conn) = list.pop() {
             if conn.is_clean() {
                 return Some(conn);
@@ -102,11 +100,7 @@ impl UpstreamPool {
     }
 
     fn checkin_inline(&self, authority: Authority, conn: Conn) {
-        let mut idle = self.idle_inline.lock();
-        let list = idle.entry(authority).or_default();
-        if list.len() < MAX_IDLE_PER_BACKEND {
-            list.push(conn);
-        }
+        checkin_to(&mut self.idle_inline.lock(), &authority, conn);
     }
 
     async fn connect(&self, authority: &Authority) -> Result<Sender, UpstreamError> {
@@ -144,15 +138,19 @@ impl UpstreamPool {
         req: &Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let head = upstream_h1::request_head(req);
+        // Connecting is the rare case under keep-alive: its future is boxed.
         let (conn, pooled) = match self.checkout_inline(authority) {
             Some(conn) => (conn, true),
-            None => (Conn::new(Self::connect_tcp(authority).await?), false),
+            None => (
+                Conn::new(Box::pin(Self::connect_tcp(authority)).await?),
+                false,
+            ),
         };
         let resp = match upstream_h1::exchange(conn, &head, req.method()).await {
             Ok(resp) => resp,
             Err(ExchangeError::ClosedBeforeAnswer | ExchangeError::Io(_)) if pooled => {
-                let conn = Conn::new(Self::connect_tcp(authority).await?);
-                upstream_h1::exchange(conn, &head, req.method()).await?
+                let conn = Conn::new(Box::pin(Self::connect_tcp(authority)).await?);
+                Box::pin(upstream_h1::exchange(conn, &head, req.method())).await?
             }
             Err(e) => return Err(e.into()),
         };
@@ -176,6 +174,16 @@ impl UpstreamPool {
         if upstream_h1::eligible(&req) {
             return self.send_inline(authority, &req).await;
         }
+        // Boxed: keeps the hyper exchange's large state out of every inline request's future.
+        Box::pin(self.send_hyper(authority, req)).await
+    }
+
+    /// Sends `req` over a pooled hyper client connection.
+    async fn send_hyper(
+        self: &Arc<Self>,
+        authority: &Authority,
+        req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let (mut sender, pooled) = match self.checkout(authority) {
             Some(sender) => (sender, true),
             None => (self.connect(authority).await?, false),
@@ -199,6 +207,17 @@ impl UpstreamPool {
         Ok(resp.map(|inner| UpstreamBody {
             kind: Kind::Hyper { inner, checkin },
         }))
+    }
+}
+
+/// Adds an idle connection to `authority`'s list (allocating the key only for a new backend).
+fn checkin_to<C>(idle: &mut FastMap<Box<str>, Vec<C>>, authority: &Authority, conn: C) {
+    match idle.get_mut(authority.as_str()) {
+        Some(list) if list.len() >= MAX_IDLE_PER_BACKEND => {}
+        Some(list) => list.push(conn),
+        None => {
+            idle.insert(authority.as_str().into(), vec![conn]);
+        }
     }
 }
 

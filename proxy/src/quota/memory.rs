@@ -3,7 +3,6 @@
 //! One mutex per (tenant, plan): requests of different tenants never contend, and a tenant's own
 //! concurrent requests are serialized only for the few nanoseconds of check-and-charge.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -15,6 +14,7 @@ use tollgate_crds::resources::Metric;
 
 use super::gcra::{Gcra, GcraDecision};
 use super::{Admission, CounterStore, LimitState, Metered, Subject, UsageRow};
+use crate::FastMap;
 use crate::config::PlanEntry;
 
 type SubjectKey = (Arc<str>, Arc<str>);
@@ -22,7 +22,7 @@ type SubjectKey = (Arc<str>, Arc<str>);
 /// Counters in process memory.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    subjects: RwLock<HashMap<SubjectKey, Arc<Mutex<Counters>>>>,
+    subjects: RwLock<FastMap<SubjectKey, Arc<Mutex<Counters>>>>,
     dirty: AtomicBool,
 }
 
