@@ -196,7 +196,7 @@ impl<S: CounterStore> Proxy<S> {
             tenant: verdict.tenant.as_ref().map(|t| &*t.id),
             status: status.as_u16(),
             problem: problem_kind.map(ProblemKind::slug),
-            latency_seconds: elapsed.as_secs_f64(),
+            latency: elapsed,
             bytes: http_body::Body::size_hint(response.body()).exact(),
         });
         response
