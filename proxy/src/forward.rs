@@ -189,28 +189,31 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one scan instead of a hashed removal per name.
-    let present = headers
+    // Most messages carry none, or only `Connection: keep-alive`: find what is present in one
+    // scan, then remove just that (a hashed removal per known name cost more than the rest).
+    let named = |k: &HeaderName| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .any(|token| {
+                token
+                    .trim_ascii()
+                    .eq_ignore_ascii_case(k.as_str().as_bytes())
+            })
+    };
+    let has_connection = headers.contains_key(header::CONNECTION);
+    // Transfer-Encoding is recomputed for the next hop.
+    let doomed: Vec<HeaderName> = headers
         .keys()
-        .any(|k| k == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(k));
-    if !present {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|&k| {
+            k == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(k) || (has_connection && named(k))
+        })
+        .cloned()
         .collect();
-    for name in named {
+    for name in doomed {
         headers.remove(name);
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-    // Transfer-Encoding is recomputed by hyper for the next hop.
-    headers.remove(header::TRANSFER_ENCODING);
 }
 
 fn strip_tollgate_headers(headers: &mut HeaderMap) {
@@ -241,6 +244,28 @@ mod tests {
         h.insert("x-kept", HeaderValue::from_static("1"));
         remove_hop_by_hop(&mut h);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+    }
+
+    #[test]
+    fn connection_tokens_match_any_case_and_spacing() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static(" X-Hop-One ,x-hop-two"),
+        );
+        h.insert("x-hop-one", HeaderValue::from_static("1"));
+        h.insert("x-hop-two", HeaderValue::from_static("2"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-hop-three", HeaderValue::from_static("kept"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["x-hop-three"]
+        );
     }
 
     #[test]
