@@ -515,3 +515,128 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify(head: &str) -> &'static str {
+        match parse(head.as_bytes(), 8192) {
+            Parsed::Request(h) if h.close => "serve, then close",
+            Parsed::Request(_) => "serve",
+            Parsed::Partial => "partial",
+            Parsed::Handoff => "hyper",
+        }
+    }
+
+    #[test]
+    fn bodiless_http_1_1_requests_are_served_here_and_the_rest_go_to_hyper() {
+        let cases = [
+            ("GET / HTTP/1.1\r\nHost: a\r\n\r\n", "serve"),
+            (
+                "DELETE /x?y=1 HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+                "serve",
+            ),
+            (
+                "GET / HTTP/1.1\r\nConnection: keep-alive, Close\r\n\r\n",
+                "serve, then close",
+            ),
+            ("GET / HTTP/1.1\r\nHost: a\r\n", "partial"),
+            ("GE", "partial"),
+            ("POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi", "hyper"),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "hyper",
+            ),
+            (
+                "GET / HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: x\r\n\r\n",
+                "hyper",
+            ),
+            (
+                "GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+                "hyper",
+            ),
+            ("PUT / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n", "hyper"),
+            ("GET / HTTP/1.0\r\n\r\n", "hyper"),
+            ("CONNECT a:443 HTTP/1.1\r\n\r\n", "hyper"),
+            ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "hyper"),
+            ("GET / HTTP/1.1\r\nBad Header\r\n\r\n", "hyper"),
+        ];
+        for (head, expected) in cases {
+            assert_eq!(classify(head), expected, "{head:?}");
+        }
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("X-H{i}: v\r\n"))
+            .collect();
+        assert_eq!(classify(&format!("GET / HTTP/1.1\r\n{many}\r\n")), "hyper");
+        let huge = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n", "a".repeat(9000));
+        assert_eq!(
+            classify(&huge),
+            "hyper",
+            "an oversized partial head goes to hyper's 431"
+        );
+    }
+
+    #[test]
+    fn a_served_head_becomes_a_request_with_its_headers() {
+        let input = b"GET /v1/x?q=1 HTTP/1.1\r\nHost: api.test\r\nX-Api-Key: k\r\nAccept: a\r\nAccept: b\r\n\r\nGET /next";
+        let Parsed::Request(head) = parse(input, 8192) else {
+            panic!("served");
+        };
+        let req = head.request;
+        assert_eq!(
+            &input[head.len..],
+            b"GET /next",
+            "the head ends where the next request starts"
+        );
+        assert_eq!(
+            (req.method(), req.uri().path(), req.uri().query()),
+            (&Method::GET, "/v1/x", Some("q=1"))
+        );
+        assert_eq!(req.headers()["x-api-key"], "k");
+        assert_eq!(req.headers().get_all("accept").iter().count(), 2);
+    }
+
+    #[test]
+    fn response_framing_follows_the_method_status_and_body() {
+        let parts = |status: u16, length: Option<&str>| {
+            let mut r = Response::new(());
+            *r.status_mut() = StatusCode::from_u16(status).expect("status");
+            if let Some(l) = length {
+                r.headers_mut().insert(
+                    header::CONTENT_LENGTH,
+                    HeaderValue::from_str(l).expect("value"),
+                );
+            }
+            r.into_parts().0
+        };
+        let head = |status, length, head_only, exact| {
+            let mut out = Vec::new();
+            let framing = Framing::new(&parts(status, length), head_only, exact);
+            write_head(&mut out, &parts(status, length), framing, true);
+            (String::from_utf8(out).expect("text"), framing.has_body())
+        };
+        let (text, body) = head(200, Some("99"), false, Some(2));
+        assert!(
+            text.contains("content-length: 2\r\n") && !text.contains("99") && body,
+            "{text}"
+        );
+        let (text, body) = head(200, None, false, None);
+        assert!(
+            text.contains("transfer-encoding: chunked\r\n") && body,
+            "{text}"
+        );
+        let (text, body) = head(200, Some("12"), true, Some(0));
+        assert!(text.contains("content-length: 12\r\n") && !body, "{text}");
+        let (text, body) = head(401, None, true, Some(300));
+        assert!(text.contains("content-length: 300\r\n") && !body, "{text}");
+        let (text, body) = head(204, None, false, Some(0));
+        assert!(!text.contains("content-length") && !body, "{text}");
+        let (text, body) = head(304, Some("5"), false, Some(0));
+        assert!(text.contains("content-length: 5\r\n") && !body, "{text}");
+        assert!(
+            text.starts_with("HTTP/1.1 304 Not Modified\r\n") && text.contains("\r\ndate: "),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,317 @@
+//! The client side of HTTP/1.1 over raw sockets: Tollgate's own engine serves bodiless requests
+//! (pipelined, split across reads, HEAD, `Connection: close`), and hands a connection to hyper at
+//! the first request it does not serve (a body, `Expect`, HTTP/1.0, a malformed head) without
+//! losing a byte of it.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Backend, ProxyProcess};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn world(backend: &Backend) -> String {
+    format!(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {{name: echo}}\n\
+         spec: {{match: {{pathPrefix: /}}, backend: {{url: \"{}\"}}}}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {{name: k}}\nstringData: {{apiKey: key-h1}}\n---\n\
+         apiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: t}}\n\
+         spec: {{apiKeys: [{{secretRef: {{name: k}}}}], subscriptions: [{{apiRouteRef: {{name: echo}}}}]}}\n",
+        backend.url()
+    )
+}
+
+async fn proxy() -> (Backend, ProxyProcess) {
+    let backend = Backend::start().await;
+    let p = ProxyProcess::start(&[("world.yaml", world(&backend))]).await;
+    (backend, p)
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: api.test\r\nX-Api-Key: key-h1\r\n\r\n")
+}
+
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+}
+
+/// Reads `n` responses (Content-Length or chunked bodies; none for HEAD when `head`).
+async fn read_answers(stream: &mut TcpStream, n: usize, head: bool) -> Vec<Answer> {
+    let mut buf = Vec::new();
+    let mut answers = Vec::new();
+    while answers.len() < n {
+        if let Some((answer, used)) = parse_answer(&buf, head) {
+            buf.drain(..used);
+            answers.push(answer);
+            continue;
+        }
+        let mut chunk = [0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("an answer within 10 s")
+            .expect("read");
+        assert!(
+            read > 0,
+            "connection closed after {} answers: {:?}",
+            answers.len(),
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..read]);
+    }
+    assert!(
+        buf.is_empty(),
+        "unexpected bytes: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    answers
+}
+
+fn parse_answer(buf: &[u8], head: bool) -> Option<(Answer, usize)> {
+    let mut slots = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut slots);
+    let httparse::Status::Complete(head_len) = resp.parse(buf).expect("valid response head") else {
+        return None;
+    };
+    let status = resp.code.expect("status");
+    let headers: Vec<(String, String)> = resp
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    let rest = &buf[head_len..];
+    let (body, used) = if head || status == 204 || status == 304 || status < 200 {
+        (Vec::new(), 0)
+    } else if let Some(len) = find("content-length") {
+        let len: usize = len.parse().expect("length");
+        if rest.len() < len {
+            return None;
+        }
+        (rest[..len].to_vec(), len)
+    } else if find("transfer-encoding").as_deref() == Some("chunked") {
+        let (mut body, mut at) = (Vec::new(), 0);
+        loop {
+            let line_end = rest[at..].windows(2).position(|w| w == b"\r\n")? + at;
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[at..line_end]).ok()?, 16)
+                .expect("chunk size");
+            at = line_end + 2;
+            if rest.len() < at + size + 2 {
+                return None;
+            }
+            body.extend_from_slice(&rest[at..at + size]);
+            at += size + 2;
+            if size == 0 {
+                break (body, at);
+            }
+        }
+    } else {
+        panic!("no framing in {headers:?}");
+    };
+    Some((
+        Answer {
+            status,
+            headers,
+            body,
+        },
+        head_len + used,
+    ))
+}
+
+async fn connect(p: &ProxyProcess) -> TcpStream {
+    TcpStream::connect(p.listen).await.expect("connect")
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    let (backend, p) = proxy().await;
+    let mut c = connect(&p).await;
+    let batch: String = ["/one", "/two", "/three"]
+        .iter()
+        .map(|path| get(path))
+        .collect();
+    c.write_all(batch.as_bytes()).await.expect("write");
+    let answers = read_answers(&mut c, 3, false).await;
+    let uris: Vec<String> = answers
+        .iter()
+        .map(|a| a.json()["uri"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(uris, ["/one", "/two", "/three"]);
+    for a in &answers {
+        assert_eq!(a.status, 200);
+        assert!(a.header("date").is_some(), "Date on every answer");
+        assert_eq!(a.header("connection"), None, "keep-alive is the default");
+    }
+    // The connection stays usable.
+    c.write_all(get("/four").as_bytes()).await.expect("write");
+    assert_eq!(read_answers(&mut c, 1, false).await[0].status, 200);
+    drop(backend);
+}
+
+#[tokio::test]
+async fn a_head_arriving_a_few_bytes_at_a_time_is_served() {
+    let (_backend, p) = proxy().await;
+    let mut c = connect(&p).await;
+    for piece in get("/slowly/sent").as_bytes().chunks(3) {
+        c.write_all(piece).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let a = &read_answers(&mut c, 1, false).await[0];
+    assert_eq!(
+        (a.status, a.json()["uri"].as_str()),
+        (200, Some("/slowly/sent"))
+    );
+}
+
+#[tokio::test]
+async fn connection_close_is_answered_then_honoured() {
+    let (_backend, p) = proxy().await;
+    let mut c = connect(&p).await;
+    c.write_all(
+        b"GET /bye HTTP/1.1\r\nHost: api.test\r\nX-Api-Key: key-h1\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut all))
+        .await
+        .expect("closed within 10 s")
+        .expect("read");
+    let (a, used) = parse_answer(&all, false).expect("one whole answer");
+    assert_eq!(used, all.len(), "nothing after the answer");
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("connection"), Some("close"));
+}
+
+#[tokio::test]
+async fn head_answers_state_the_length_and_carry_no_body() {
+    let (_backend, p) = proxy().await;
+    let mut c = connect(&p).await;
+    // Refused by the proxy (no key): a problem whose length is stated, no body sent.
+    c.write_all(b"HEAD /x HTTP/1.1\r\nHost: api.test\r\n\r\n")
+        .await
+        .expect("write");
+    let refused = &read_answers(&mut c, 1, true).await[0];
+    assert_eq!(refused.status, 401);
+    let length: usize = refused
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .expect("Content-Length on a HEAD problem");
+    assert!(length > 0);
+    // Forwarded: the backend's own length passes through; the connection carries on.
+    c.write_all(b"HEAD /x HTTP/1.1\r\nHost: api.test\r\nX-Api-Key: key-h1\r\n\r\n")
+        .await
+        .expect("write");
+    let forwarded = &read_answers(&mut c, 1, true).await[0];
+    assert_eq!(forwarded.status, 200);
+    c.write_all(get("/after-head").as_bytes())
+        .await
+        .expect("write");
+    let a = &read_answers(&mut c, 1, false).await[0];
+    assert_eq!(a.json()["uri"], "/after-head");
+}
+
+#[tokio::test]
+async fn a_request_with_a_body_moves_the_connection_to_hyper_without_losing_bytes() {
+    let (_backend, p) = proxy().await;
+    let mut c = connect(&p).await;
+    // A GET, then a POST with a body and another GET written in one go behind it.
+    c.write_all(get("/first").as_bytes()).await.expect("write");
+    assert_eq!(read_answers(&mut c, 1, false).await[0].status, 200);
+    let body = "{\"hello\":\"world\"}";
+    let post = format!(
+        "POST /second HTTP/1.1\r\nHost: api.test\r\nX-Api-Key: key-h1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    c.write_all(format!("{post}{}", get("/third")).as_bytes())
+        .await
+        .expect("write");
+    let answers = read_answers(&mut c, 2, false).await;
+    assert_eq!(answers[0].json()["uri"], "/second");
+    assert_eq!(answers[0].json()["body"], body);
+    assert_eq!(answers[1].json()["uri"], "/third");
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_handled() {
+    let (_backend, p) = proxy().await;
+    let mut c = connect(&p).await;
+    c.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: api.test\r\nX-Api-Key: key-h1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut interim = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut interim))
+        .await
+        .expect("100 Continue within 10 s")
+        .expect("read");
+    assert!(
+        interim[..n].starts_with(b"HTTP/1.1 100 Continue\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&interim[..n])
+    );
+    c.write_all(b"hello").await.expect("write");
+    let a = &read_answers(&mut c, 1, false).await[0];
+    assert_eq!((a.status, a.json()["body"].as_str()), (200, Some("hello")));
+}
+
+#[tokio::test]
+async fn http_1_0_and_malformed_heads_are_answered() {
+    let (_backend, p) = proxy().await;
+    let mut c = connect(&p).await;
+    c.write_all(b"GET /old HTTP/1.0\r\nHost: api.test\r\nX-Api-Key: key-h1\r\n\r\n")
+        .await
+        .expect("write");
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut all))
+        .await
+        .expect("HTTP/1.0 without keep-alive is closed")
+        .expect("read");
+    let text = String::from_utf8_lossy(&all);
+    assert!(
+        text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
+        "{text}"
+    );
+    assert!(text.contains("\"uri\":\"/old\""), "{text}");
+
+    for garbage in [
+        &b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"[..],
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+    ] {
+        let mut c = connect(&p).await;
+        c.write_all(garbage).await.expect("write");
+        let mut all = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut all))
+            .await
+            .expect("closed within 10 s");
+        let text = String::from_utf8_lossy(&all);
+        assert!(text.starts_with("HTTP/1.1 400"), "{garbage:?} -> {text}");
+    }
+}
