@@ -151,6 +151,15 @@ pub struct Cli {
     #[arg(long, env = "TOLLGATE_MAX_HEADER_BYTES", default_value_t = 32 * 1024, value_name = "BYTES")]
     pub max_header_bytes: usize,
 
+    /// Time a client has to send a whole HTTP/1.1 request head, counted from the connection's
+    /// start or the head's first byte; a slower client is disconnected (slowloris protection).
+    #[arg(long, env = "TOLLGATE_HEADER_TIMEOUT", default_value = "10s", value_parser = duration, value_name = "DURATION")]
+    pub header_timeout: Duration,
+
+    /// How long an idle HTTP/1.1 keep-alive connection stays open waiting for its next request.
+    #[arg(long, env = "TOLLGATE_IDLE_TIMEOUT", default_value = "75s", value_parser = duration, value_name = "DURATION")]
+    pub idle_timeout: Duration,
+
     /// How often standalone mode checks the manifest directory for changes.
     #[arg(long, env = "TOLLGATE_RELOAD_INTERVAL", default_value = "500ms", value_parser = duration, value_name = "DURATION")]
     pub reload_interval: Duration,

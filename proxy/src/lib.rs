@@ -228,6 +228,8 @@ async fn serve_with<S: CounterStore>(
     let opts = server::ServerOptions {
         max_header_bytes: cli.max_header_bytes,
         drain_timeout: cli.drain_timeout,
+        header_timeout: cli.header_timeout,
+        idle_timeout: cli.idle_timeout,
     };
     server::serve(
         listener,

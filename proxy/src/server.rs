@@ -35,6 +35,10 @@ pub struct ServerOptions {
     pub max_header_bytes: usize,
     /// How long in-flight requests may take after shutdown starts.
     pub drain_timeout: Duration,
+    /// Time to receive a whole request head (also bounds the TLS handshake).
+    pub header_timeout: Duration,
+    /// How long an idle keep-alive connection stays open.
+    pub idle_timeout: Duration,
 }
 
 /// A TLS acceptor from PEM files, offering HTTP/2 and HTTP/1.1 by ALPN.
@@ -63,7 +67,7 @@ fn builder(opts: &ServerOptions) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(opts.header_timeout)
         .max_buf_size(opts.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
@@ -91,9 +95,10 @@ pub async fn serve<S: CounterStore>(
     let (stop, stopped) = watch::channel(false);
     let limits = server_h1::Limits {
         max_head: opts.max_header_bytes,
-        header_timeout: HEADER_TIMEOUT,
-        idle_timeout: IDLE_TIMEOUT,
+        header_timeout: opts.header_timeout,
+        idle_timeout: opts.idle_timeout,
     };
+    let handshake_timeout = opts.header_timeout;
     tokio::pin!(shutdown);
     loop {
         let (stream, client) = tokio::select! {
@@ -123,7 +128,7 @@ pub async fn serve<S: CounterStore>(
             metrics.active_connections.inc();
             let result = match tls {
                 Some(acceptor) => {
-                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => session.run(tls_stream).await,
                         Ok(Err(e)) => Err(e.into()),
                         Err(_) => Err("TLS handshake timed out".into()),
@@ -149,11 +154,6 @@ pub async fn serve<S: CounterStore>(
         () = tokio::time::sleep(opts.drain_timeout) => tracing::warn!("drain timeout reached; closing remaining connections"),
     }
 }
-
-/// A request head must arrive whole within this (slow-client protection).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long an idle keep-alive connection stays open (nginx's default is 75 s).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 
 type ConnError = Box<dyn std::error::Error + Send + Sync>;
 

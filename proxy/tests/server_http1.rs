@@ -315,3 +315,47 @@ async fn http_1_0_and_malformed_heads_are_answered() {
         assert!(text.starts_with("HTTP/1.1 400"), "{garbage:?} -> {text}");
     }
 }
+
+#[tokio::test]
+async fn slow_heads_and_idle_connections_are_closed_after_their_timeouts() {
+    let backend = Backend::start().await;
+    let p = ProxyProcess::start_with(
+        &[("world.yaml", world(&backend))],
+        &["--header-timeout", "1s", "--idle-timeout", "2s"],
+    )
+    .await;
+    let closed_within = |mut c: TcpStream, limit: Duration| async move {
+        let started = std::time::Instant::now();
+        let mut rest = Vec::new();
+        tokio::time::timeout(limit, c.read_to_end(&mut rest))
+            .await
+            .expect("the proxy closed the connection")
+            .expect("read");
+        (started.elapsed(), rest)
+    };
+    // A head that never finishes: cut off after the header timeout, nothing sent back.
+    let mut slow = connect(&p).await;
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: api.test\r\nX-Slow")
+        .await
+        .expect("write");
+    let (waited, rest) = closed_within(slow, Duration::from_secs(10)).await;
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}"
+    );
+
+    // An idle keep-alive connection: served, then closed once idle for the idle timeout (not
+    // the shorter header timeout).
+    let mut idle = connect(&p).await;
+    idle.write_all(get("/then-idle").as_bytes())
+        .await
+        .expect("write");
+    assert_eq!(read_answers(&mut idle, 1, false).await[0].status, 200);
+    let (waited, rest) = closed_within(idle, Duration::from_secs(10)).await;
+    assert!(rest.is_empty());
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "closed after {waited:?}"
+    );
+}
