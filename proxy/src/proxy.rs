@@ -127,7 +127,9 @@ impl<S: CounterStore> Proxy<S> {
         let now = Timestamp::now();
         let config = self.config.load_full();
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        // The URI shares the request's bytes: a reference count, not a copy.
+        let uri = req.uri().clone();
+        let path = uri.path();
 
         let mut verdict = Verdict {
             route: None,
@@ -150,7 +152,7 @@ impl<S: CounterStore> Proxy<S> {
         let (mut response, problem_kind) = match decided {
             Err(problem) => {
                 let kind = problem.kind;
-                (problem_response(&problem, &path), Some(kind))
+                (problem_response(&problem, path), Some(kind))
             }
             Ok(()) => self.respond(req, &verdict, client, tls, now).await,
         };
@@ -191,7 +193,7 @@ impl<S: CounterStore> Proxy<S> {
             time: now,
             client: &client.ip,
             method: method.as_str(),
-            path: &path,
+            path,
             route: verdict.route.as_ref().map(|r| &*r.id),
             tenant: verdict.tenant.as_ref().map(|t| &*t.id),
             status: status.as_u16(),
@@ -431,7 +433,8 @@ impl<S: CounterStore> Proxy<S> {
                 )
                 .await;
         };
-        let path = req.uri().path().to_owned();
+        let uri = req.uri().clone();
+        let path = uri.path();
         let cx = ForwardContext {
             upstream,
             tenant: v.tenant.as_ref().map(|t| &t.header),
@@ -449,7 +452,7 @@ impl<S: CounterStore> Proxy<S> {
                         now,
                         ProblemKind::BadRequest,
                         "The request target cannot be forwarded.",
-                        &path,
+                        path,
                     )
                     .await;
             }
@@ -488,7 +491,7 @@ impl<S: CounterStore> Proxy<S> {
                     now,
                     ProblemKind::BackendUnavailable,
                     "The API's backend could not be reached. The request was not charged; retry later.",
-                    &path,
+                    path,
                 )
                 .await
             }
@@ -501,7 +504,7 @@ impl<S: CounterStore> Proxy<S> {
                         "The API's backend did not answer within {} ms. The request was not charged.",
                         route.route.timeout_ms
                     ),
-                    &path,
+                    path,
                 )
                 .await
             }

@@ -69,38 +69,55 @@ impl Template {
         rate_limits: &[LimitState],
         quotas: &[LimitState],
     ) -> Option<(HeaderValue, HeaderValue)> {
-        let mut policy = Vec::with_capacity(128);
-        let mut state = Vec::with_capacity(128);
-        let mut append = |item: &Item, window: u64, s: &LimitState| {
-            if !policy.is_empty() {
-                policy.extend_from_slice(b", ");
-                state.extend_from_slice(b", ");
+        // Both values in one buffer (policy, then state), sliced: one allocation for the two.
+        let mut out = Vec::with_capacity(256);
+        let mut n = itoa::Buffer::new();
+        let mut first = true;
+        self.each(rate_limits, quotas, |item, window, _| {
+            if !std::mem::take(&mut first) {
+                out.extend_from_slice(b", ");
             }
-            let mut n = itoa::Buffer::new();
-            policy.extend_from_slice(&item.policy);
-            policy.extend_from_slice(n.format(window).as_bytes());
-            state.extend_from_slice(&item.state);
-            state.extend_from_slice(n.format(whole(&s.remaining)).as_bytes());
-            state.extend_from_slice(b";t=");
-            state.extend_from_slice(n.format(s.reset_seconds).as_bytes());
-        };
+            out.extend_from_slice(&item.policy);
+            out.extend_from_slice(n.format(window).as_bytes());
+        });
+        if out.is_empty() {
+            return None;
+        }
+        let split = out.len();
+        first = true;
+        self.each(rate_limits, quotas, |item, _, s| {
+            if !std::mem::take(&mut first) {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(&item.state);
+            out.extend_from_slice(n.format(whole(&s.remaining)).as_bytes());
+            out.extend_from_slice(b";t=");
+            out.extend_from_slice(n.format(s.reset_seconds).as_bytes());
+        });
+        let both = Bytes::from(out);
+        Some((
+            HeaderValue::from_maybe_shared(both.slice(..split)).ok()?,
+            HeaderValue::from_maybe_shared(both.slice(split..)).ok()?,
+        ))
+    }
+
+    /// Calls `f` with each item that has a state, its window length in seconds, and the state.
+    fn each(
+        &self,
+        rate_limits: &[LimitState],
+        quotas: &[LimitState],
+        mut f: impl FnMut(&Item, u64, &LimitState),
+    ) {
         for s in rate_limits {
             if let Some(item) = self.rate_limits.get(s.index) {
-                append(item, item.window.unwrap_or(1), s);
+                f(item, item.window.unwrap_or(1), s);
             }
         }
         for item in &self.quotas {
             if let Some(s) = quotas.get(item.index) {
-                append(item, s.window.map_or(0, |w| w.length_seconds()), s);
+                f(item, s.window.map_or(0, |w| w.length_seconds()), s);
             }
         }
-        if policy.is_empty() {
-            return None;
-        }
-        Some((
-            HeaderValue::from_maybe_shared(Bytes::from(policy)).ok()?,
-            HeaderValue::from_maybe_shared(Bytes::from(state)).ok()?,
-        ))
     }
 }
 

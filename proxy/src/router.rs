@@ -2,6 +2,7 @@
 //! (exact before prefix, longer prefixes first), then routes that name methods before those that
 //! take any method. The most specific match wins.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -97,29 +98,31 @@ impl RouteTable {
 
 /// The request host: the URI authority (HTTP/2, absolute-form) or the Host header, lower-cased,
 /// without port. Empty when neither is present.
-pub fn request_host(uri: &http::Uri, headers: &http::HeaderMap) -> String {
+pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a http::HeaderMap) -> Cow<'a, str> {
     let raw = uri
         .host()
-        .map(str::to_owned)
         .or_else(|| {
             headers
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .map(strip_port)
         })
-        .unwrap_or_default();
-    raw.trim_end_matches('.').to_ascii_lowercase()
+        .unwrap_or_default()
+        .trim_end_matches('.');
+    // Borrowed unless it must change: hosts are almost always sent in lower case.
+    if raw.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(raw.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(raw)
+    }
 }
 
-fn strip_port(host: &str) -> String {
+fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return host
-            .split(']')
-            .next()
-            .map(|h| format!("{h}]"))
-            .unwrap_or_default();
+        // An IPv6 literal keeps its brackets: "[::1]:8080" -> "[::1]".
+        return host.find(']').map_or(host, |end| &host[..=end]);
     }
-    host.rsplit_once(':').map_or(host, |(h, _)| h).to_owned()
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
 #[cfg(test)]
@@ -272,5 +275,23 @@ mod tests {
             .body(())
             .expect("request");
         assert_eq!(request_host(req.uri(), req.headers()), "[::1]");
+        for (host, expected) in [
+            ("api.example.com.", "api.example.com"),
+            ("Api.Example.Com.:443", "api.example.com"),
+            ("[::1]", "[::1]"),
+            ("", ""),
+        ] {
+            let req = http::Request::get("/x")
+                .header("host", host)
+                .body(())
+                .expect("request");
+            assert_eq!(request_host(req.uri(), req.headers()), expected, "{host:?}");
+        }
+        // An absolute-form target's host wins over the Host header.
+        let req = http::Request::get("http://Abs.Example/x")
+            .header("host", "other")
+            .body(())
+            .expect("request");
+        assert_eq!(request_host(req.uri(), req.headers()), "abs.example");
     }
 }

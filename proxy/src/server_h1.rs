@@ -31,6 +31,7 @@ use tokio::time::{Instant, Sleep};
 use crate::forward::RequestBody;
 use crate::proxy::{ClientConn, Proxy, ProxyBody};
 use crate::quota::CounterStore;
+use crate::upstream_h1::copied_part;
 
 /// Heads with more headers than this go to hyper (which allows 100, then answers 431).
 const MAX_HEADERS: usize = 64;
@@ -190,7 +191,7 @@ fn build_request(
     }
     // One copy of the head; the URI and header values are slices of it.
     let head = Bytes::copy_from_slice(&buf[..len]);
-    let slice = |part: &[u8]| head.slice_ref(&head[offset(buf, part)..][..part.len()]);
+    let slice = |part: &[u8]| copied_part(&head, buf, part);
     let uri = Uri::from_maybe_shared(slice(target.as_bytes())).ok()?;
     let mut request = Request::new(RequestBody::Empty);
     *request.method_mut() = method;
@@ -205,11 +206,6 @@ fn build_request(
         map.append(name, value);
     }
     Some(request)
-}
-
-/// Where `part` (a slice of `buf`) starts in `buf`.
-fn offset(buf: &[u8], part: &[u8]) -> usize {
-    part.as_ptr() as usize - buf.as_ptr() as usize
 }
 
 enum Read {

@@ -174,16 +174,25 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
     } else {
         Version::HTTP_10
     };
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+    // One copy of the head; header values are slices of it (a copy per value cost an
+    // allocation each).
+    let head = Bytes::copy_from_slice(&buf[..len]);
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 4);
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| ExchangeError::Malformed("bad header name"))?;
-        let value = HeaderValue::from_bytes(h.value)
+        let value = HeaderValue::from_maybe_shared(copied_part(&head, buf, h.value))
             .map_err(|_| ExchangeError::Malformed("bad header value"))?;
         headers.append(name, value);
     }
     buf.advance(len);
     Ok(Some((status, headers, version)))
+}
+
+/// The part of `copy` (a copy of `original`) at the place `part` (a slice of `original`) has.
+pub(crate) fn copied_part(copy: &Bytes, original: &[u8], part: &[u8]) -> Bytes {
+    let start = part.as_ptr() as usize - original.as_ptr() as usize;
+    copy.slice(start..start + part.len())
 }
 
 fn framing(
