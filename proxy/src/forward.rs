@@ -130,45 +130,82 @@ pub fn upstream_request(
     };
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
+    let mut headers = HeaderMap::with_capacity(req.headers().len() + 5);
+    forwarded_headers(req.headers(), cx, |name, value| {
+        headers.append(name.clone(), value.clone());
+    });
+    *req.headers_mut() = headers;
+    Ok(req)
+}
 
-    let headers = req.headers_mut();
-    let original_host = headers.get(header::HOST).cloned();
-    remove_hop_by_hop(headers);
-    strip_tollgate_headers(headers);
-    match cx.key_source {
-        Some(KeySource::Authorization) => {
-            headers.remove(header::AUTHORIZATION);
+/// The origin-form request head for a bodiless request on a direct HTTP/1.1 connection, written
+/// straight from the client's request (the same rules as [`upstream_request`], no map rebuilt).
+pub fn request_head<B>(req: &Request<B>, cx: &ForwardContext<'_>) -> Vec<u8> {
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(req.method().as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(cx.upstream.base_path.as_bytes());
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    forwarded_headers(req.headers(), cx, |name, value| {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    });
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// Calls `emit` with each header the backend gets: `Host` (the backend's), the client's headers
+/// minus hop-by-hop ones, the API key, `X-Forwarded-*` and `X-Tollgate-*`, then Tollgate's
+/// `X-Tollgate-Tenant` and `X-Forwarded-For`, `-Proto` and `-Host`.
+fn forwarded_headers(
+    headers: &HeaderMap,
+    cx: &ForwardContext<'_>,
+    mut emit: impl FnMut(&HeaderName, &HeaderValue),
+) {
+    emit(&header::HOST, &cx.upstream.host_header);
+    let key_header = match cx.key_source {
+        Some(KeySource::Authorization) => Some(header::AUTHORIZATION.as_str()),
+        Some(KeySource::XApiKey) => Some(X_API_KEY),
+        None => None,
+    };
+    let hop_by_hop = HopByHop::of(headers);
+    for (name, value) in headers {
+        let replaced = *name == header::HOST
+            || *name == X_FORWARDED_FOR
+            || *name == X_FORWARDED_PROTO
+            || *name == X_FORWARDED_HOST
+            || name.as_str().starts_with("x-tollgate-");
+        if replaced || key_header == Some(name.as_str()) || hop_by_hop.applies_to(name) {
+            continue;
         }
-        Some(KeySource::XApiKey) => {
-            headers.remove(X_API_KEY);
-        }
-        None => {}
+        emit(name, value);
     }
     if let Some(tenant) = cx.tenant {
-        headers.insert(X_TOLLGATE_TENANT, tenant.clone());
+        emit(&X_TOLLGATE_TENANT, tenant);
     }
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
+    match headers.get(&X_FORWARDED_FOR) {
         Some(prior) => {
             let mut v = Vec::with_capacity(prior.len() + 2 + cx.client_ip.len());
-            v.extend_from_slice(prior);
+            v.extend_from_slice(prior.as_bytes());
             v.extend_from_slice(b", ");
             v.extend_from_slice(cx.client_ip.as_bytes());
-            HeaderValue::from_maybe_shared(Bytes::from(v)).ok()
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(v)) {
+                emit(&X_FORWARDED_FOR, &v);
+            }
         }
-        None => Some(cx.client_ip.clone()),
-    };
-    if let Some(v) = forwarded_for {
-        headers.insert(X_FORWARDED_FOR, v);
+        None => emit(&X_FORWARDED_FOR, cx.client_ip),
     }
-    headers.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(if cx.tls { "https" } else { "http" }),
+    emit(
+        &X_FORWARDED_PROTO,
+        &HeaderValue::from_static(if cx.tls { "https" } else { "http" }),
     );
-    if let Some(host) = original_host {
-        headers.insert(X_FORWARDED_HOST, host);
+    if let Some(host) = headers.get(header::HOST) {
+        emit(&X_FORWARDED_HOST, host);
     }
-    headers.insert(header::HOST, cx.upstream.host_header.clone());
-    Ok(req)
 }
 
 /// Drops hop-by-hop headers from a backend response before it goes to the client.
@@ -177,52 +214,60 @@ pub fn downstream_response<B>(mut resp: Response<B>) -> Response<B> {
     resp
 }
 
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-];
+/// Which headers of a message are hop-by-hop (RFC 9110 section 7.6.1): the fixed list, plus
+/// `Transfer-Encoding` (recomputed for the next hop) and every name listed in `Connection`.
+struct HopByHop<'a> {
+    connection: Option<http::header::GetAll<'a, HeaderValue>>,
+}
 
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none, or only `Connection: keep-alive`: find what is present in one
-    // scan, then remove just that (a hashed removal per known name cost more than the rest).
-    let named = |k: &HeaderName| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .any(|token| {
-                token
-                    .trim_ascii()
-                    .eq_ignore_ascii_case(k.as_str().as_bytes())
-            })
-    };
-    let has_connection = headers.contains_key(header::CONNECTION);
-    // Transfer-Encoding is recomputed for the next hop.
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|&k| {
-            k == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(k) || (has_connection && named(k))
+impl<'a> HopByHop<'a> {
+    fn of(headers: &'a HeaderMap) -> Self {
+        Self {
+            connection: headers
+                .contains_key(header::CONNECTION)
+                .then(|| headers.get_all(header::CONNECTION)),
+        }
+    }
+
+    fn applies_to(&self, name: &HeaderName) -> bool {
+        // Names are lower case in a HeaderMap; one string match instead of a list of compares.
+        if matches!(
+            name.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "proxy-authenticate"
+                | "proxy-authorization"
+                | "te"
+                | "trailer"
+                | "upgrade"
+                | "transfer-encoding"
+        ) {
+            return true;
+        }
+        self.connection.as_ref().is_some_and(|values| {
+            values
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                .any(|token| {
+                    token
+                        .trim_ascii()
+                        .eq_ignore_ascii_case(name.as_str().as_bytes())
+                })
         })
-        .cloned()
-        .collect();
-    for name in doomed {
-        headers.remove(name);
     }
 }
 
-fn strip_tollgate_headers(headers: &mut HeaderMap) {
-    let ours: Vec<HeaderName> = headers
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Find what is present in one scan, then remove just that: most messages carry none, or
+    // only `Connection: keep-alive`.
+    let hop_by_hop = HopByHop::of(headers);
+    let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with("x-tollgate-"))
+        .filter(|&k| hop_by_hop.applies_to(k))
         .cloned()
         .collect();
-    for name in ours {
+    for name in doomed {
         headers.remove(name);
     }
 }
@@ -269,18 +314,80 @@ mod tests {
     }
 
     #[test]
-    fn client_tollgate_headers_are_stripped() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "x-tollgate-tenant",
-            HeaderValue::from_static("victim/tenant"),
-        );
-        h.insert("X-Tollgate-Anything", HeaderValue::from_static("x"));
-        h.insert("x-other", HeaderValue::from_static("1"));
-        strip_tollgate_headers(&mut h);
+    fn both_forwarding_paths_rewrite_the_headers_alike() {
+        let upstream = Upstream {
+            scheme: http::uri::Scheme::HTTP,
+            authority: http::uri::Authority::from_static("backend:8080"),
+            base_path: "/base".into(),
+            host_header: HeaderValue::from_static("backend:8080"),
+        };
+        let tenant = HeaderValue::from_static("shop/acme");
+        let client_ip = HeaderValue::from_static("10.0.0.7");
+        let cx = ForwardContext {
+            upstream: &upstream,
+            tenant: Some(&tenant),
+            key_source: Some(KeySource::Authorization),
+            client_ip: &client_ip,
+            tls: true,
+        };
+        let request = || {
+            Request::get("/v1/x?q=1")
+                .header("host", "api.example.com")
+                .header("authorization", "Bearer secret")
+                .header("x-tollgate-tenant", "victim/tenant")
+                .header("X-Tollgate-Anything", "x")
+                .header("x-forwarded-for", "192.0.2.1")
+                .header("x-forwarded-proto", "gopher")
+                .header("connection", "keep-alive, X-Hop")
+                .header("x-hop", "1")
+                .header("keep-alive", "timeout=5")
+                .header("te", "trailers")
+                .header("accept", "a")
+                .header("accept", "b")
+                .body(RequestBody::Empty)
+                .expect("request")
+        };
+        let expected = [
+            ("host", "backend:8080"),
+            ("accept", "a"),
+            ("accept", "b"),
+            ("x-tollgate-tenant", "shop/acme"),
+            ("x-forwarded-for", "192.0.2.1, 10.0.0.7"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "api.example.com"),
+        ];
+        let head = String::from_utf8(request_head(&request(), &cx)).expect("text");
+        let mut lines = head.split("\r\n");
+        assert_eq!(lines.next(), Some("GET /base/v1/x?q=1 HTTP/1.1"));
+        let inline: Vec<(String, String)> = lines
+            .take_while(|l| !l.is_empty())
+            .filter_map(|l| l.split_once(": "))
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect();
+        let rewritten = upstream_request(request(), &cx, false).expect("rewritten");
+        assert_eq!(rewritten.uri(), "/base/v1/x?q=1");
+        let mapped: Vec<(String, String)> = rewritten
+            .headers()
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    v.to_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
+        assert_eq!(inline, expected);
+        let mut mapped_sorted = mapped.clone();
+        mapped_sorted.sort();
+        let mut expected_sorted = expected.clone();
+        expected_sorted.sort();
         assert_eq!(
-            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
-            ["x-other"]
+            mapped_sorted, expected_sorted,
+            "same headers, map order aside"
         );
     }
 }

@@ -19,14 +19,15 @@ use crate::access_log::{AccessLog, AccessRecord};
 use crate::auth::{KeySource, presented_key};
 use crate::config::{PlanEntry, ProxyConfig, RouteEntry, TenantEntry};
 use crate::forward::{
-    ForwardContext, RequestBody, UpstreamClient, downstream_response, upstream_request,
+    self, ForwardContext, RequestBody, UpstreamClient, downstream_response, upstream_request,
 };
 use crate::metering::{Meter, MeteredBody};
 use crate::metrics::ProxyMetrics;
 use crate::problem::{self, Problem, ProblemKind};
 use crate::quota::{Admission, CounterStore, LimitState, Subject};
 use crate::router::request_host;
-use crate::upstream_pool::{UpstreamBody, UpstreamPool};
+use crate::upstream_h1;
+use crate::upstream_pool::{UpstreamBody, UpstreamError, UpstreamPool};
 
 /// Response body: a buffered body made by the proxy, or the backend's streamed body.
 pub type ProxyBody = Either<Full<Bytes>, MeteredBody>;
@@ -443,6 +444,19 @@ impl<S: CounterStore> Proxy<S> {
             tls,
         };
         let plain_http = upstream.scheme == http::uri::Scheme::HTTP;
+        let started = Instant::now();
+        let timeout = Duration::from_millis(route.route.timeout_ms);
+        if plain_http && upstream_h1::eligible(&req) {
+            // The common case: the forwarded head is written straight from the client's request.
+            let head = forward::request_head(&req, &cx);
+            let sent = tokio::time::timeout(
+                timeout,
+                self.pool
+                    .send_inline(&upstream.authority, &head, req.method()),
+            )
+            .await;
+            return self.relay(sent, v, route, now, path, started).await;
+        }
         let upstream_req = match upstream_request(req, &cx, !plain_http) {
             Ok(r) => r,
             Err(_) => {
@@ -457,10 +471,12 @@ impl<S: CounterStore> Proxy<S> {
                     .await;
             }
         };
-        let started = Instant::now();
-        let timeout = Duration::from_millis(route.route.timeout_ms);
         let sent = if plain_http {
-            tokio::time::timeout(timeout, self.pool.send(&upstream.authority, upstream_req)).await
+            Box::pin(tokio::time::timeout(
+                timeout,
+                self.pool.send(&upstream.authority, upstream_req),
+            ))
+            .await
         } else {
             Box::pin(tokio::time::timeout(timeout, async {
                 let resp = self
@@ -472,12 +488,25 @@ impl<S: CounterStore> Proxy<S> {
             }))
             .await
             .map(|r| {
-                r.map_err(|e| crate::upstream_pool::UpstreamError::Connect {
+                r.map_err(|e| UpstreamError::Connect {
                     authority: upstream.authority.clone(),
                     reason: e,
                 })
             })
         };
+        self.relay(sent, v, route, now, path, started).await
+    }
+
+    /// The client's response from the backend's, or the problem for a failed exchange.
+    async fn relay(
+        &self,
+        sent: Result<Result<Response<UpstreamBody>, UpstreamError>, tokio::time::error::Elapsed>,
+        v: &Verdict,
+        route: &RouteEntry,
+        now: Timestamp,
+        path: &str,
+        started: Instant,
+    ) -> (Response<ProxyBody>, Option<ProblemKind>) {
         match sent {
             Ok(Ok(resp)) => {
                 self.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());

@@ -64,24 +64,6 @@ pub fn eligible<B: http_body::Body>(req: &Request<B>) -> bool {
         )
 }
 
-/// The request head as bytes (origin-form target, headers as they are).
-pub fn request_head<B>(req: &Request<B>) -> Vec<u8> {
-    let mut head = Vec::with_capacity(512);
-    head.extend_from_slice(req.method().as_str().as_bytes());
-    head.push(b' ');
-    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    head.extend_from_slice(target.as_bytes());
-    head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in req.headers() {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(b"\r\n");
-    head
-}
-
 /// How the response body is delimited.
 #[derive(Debug)]
 enum Framing {

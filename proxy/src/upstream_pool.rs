@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::Authority;
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
@@ -130,14 +130,15 @@ impl UpstreamPool {
         Ok(stream)
     }
 
-    /// The inline exchange of a bodiless idempotent request; a pooled connection that turns out
-    /// closed is replaced once.
-    async fn send_inline(
+    /// Exchanges `head` (a bodiless request with a method safe to retry, see
+    /// [`upstream_h1::eligible`]) inline; a pooled connection that turns out closed is replaced
+    /// once.
+    pub async fn send_inline(
         self: &Arc<Self>,
         authority: &Authority,
-        req: &Request<RequestBody>,
+        head: &[u8],
+        method: &Method,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let head = upstream_h1::request_head(req);
         // Connecting is the rare case under keep-alive: its future is boxed.
         let (conn, pooled) = match self.checkout_inline(authority) {
             Some(conn) => (conn, true),
@@ -146,11 +147,11 @@ impl UpstreamPool {
                 false,
             ),
         };
-        let resp = match upstream_h1::exchange(conn, &head, req.method()).await {
+        let resp = match upstream_h1::exchange(conn, head, method).await {
             Ok(resp) => resp,
             Err(ExchangeError::ClosedBeforeAnswer | ExchangeError::Io(_)) if pooled => {
                 let conn = Conn::new(Box::pin(Self::connect_tcp(authority)).await?);
-                Box::pin(upstream_h1::exchange(conn, &head, req.method())).await?
+                Box::pin(upstream_h1::exchange(conn, head, method)).await?
             }
             Err(e) => return Err(e.into()),
         };
@@ -165,21 +166,9 @@ impl UpstreamPool {
         }))
     }
 
-    /// Sends `req` (origin-form URI, Host set) to `authority`.
+    /// Sends `req` (origin-form URI, Host set) to `authority` over a pooled hyper client
+    /// connection: the path for requests with a body or a method not safe to retry.
     pub async fn send(
-        self: &Arc<Self>,
-        authority: &Authority,
-        req: Request<RequestBody>,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        if upstream_h1::eligible(&req) {
-            return self.send_inline(authority, &req).await;
-        }
-        // Boxed: keeps the hyper exchange's large state out of every inline request's future.
-        Box::pin(self.send_hyper(authority, req)).await
-    }
-
-    /// Sends `req` over a pooled hyper client connection.
-    async fn send_hyper(
         self: &Arc<Self>,
         authority: &Authority,
         req: Request<RequestBody>,
