@@ -5,6 +5,7 @@
 //! `X-Tollgate-*` headers are stripped (a caller can never impersonate a tenant), and
 //! `X-Tollgate-Tenant`, `X-Forwarded-For`, `-Proto` and `-Host` are set.
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -217,45 +218,62 @@ pub fn downstream_response<B>(mut resp: Response<B>) -> Response<B> {
 /// Which headers of a message are hop-by-hop (RFC 9110 section 7.6.1): the fixed list, plus
 /// `Transfer-Encoding` (recomputed for the next hop) and every name listed in `Connection`.
 struct HopByHop<'a> {
-    connection: Option<http::header::GetAll<'a, HeaderValue>>,
+    /// `Connection`'s values, when they name a header beyond the fixed list (the common
+    /// `keep-alive` and `close` do not).
+    named: Option<http::header::GetAll<'a, HeaderValue>>,
 }
 
 impl<'a> HopByHop<'a> {
     fn of(headers: &'a HeaderMap) -> Self {
+        let connection = headers.get_all(header::CONNECTION);
+        let names_others = connection
+            .iter()
+            .flat_map(connection_tokens)
+            .any(|token| &*token != b"close" && !Self::fixed(&token));
         Self {
-            connection: headers
-                .contains_key(header::CONNECTION)
-                .then(|| headers.get_all(header::CONNECTION)),
+            named: names_others.then_some(connection),
         }
     }
 
-    fn applies_to(&self, name: &HeaderName) -> bool {
-        // Names are lower case in a HeaderMap; one string match instead of a list of compares.
-        if matches!(
-            name.as_str(),
-            "connection"
-                | "keep-alive"
-                | "proxy-connection"
-                | "proxy-authenticate"
-                | "proxy-authorization"
-                | "te"
-                | "trailer"
-                | "upgrade"
-                | "transfer-encoding"
-        ) {
-            return true;
-        }
-        self.connection.as_ref().is_some_and(|values| {
-            values
-                .iter()
-                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-                .any(|token| {
-                    token
-                        .trim_ascii()
-                        .eq_ignore_ascii_case(name.as_str().as_bytes())
-                })
-        })
+    /// The fixed list, by lower-case name (header names in a map are lower case).
+    fn fixed(name: &[u8]) -> bool {
+        matches!(
+            name,
+            b"connection"
+                | b"keep-alive"
+                | b"proxy-connection"
+                | b"proxy-authenticate"
+                | b"proxy-authorization"
+                | b"te"
+                | b"trailer"
+                | b"upgrade"
+                | b"transfer-encoding"
+        )
     }
+
+    fn applies_to(&self, name: &HeaderName) -> bool {
+        let name = name.as_str().as_bytes();
+        Self::fixed(name)
+            || self.named.as_ref().is_some_and(|values| {
+                values
+                    .iter()
+                    .flat_map(connection_tokens)
+                    .any(|t| *t == *name)
+            })
+    }
+}
+
+/// The tokens of a `Connection` value, lower-cased for comparison with header names; a token
+/// with upper case letters is copied, the usual lower-case one is borrowed.
+fn connection_tokens(value: &HeaderValue) -> impl Iterator<Item = Cow<'_, [u8]>> {
+    value.as_bytes().split(|&b| b == b',').map(|token| {
+        let token = token.trim_ascii();
+        if token.iter().any(u8::is_ascii_uppercase) {
+            Cow::Owned(token.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(token)
+        }
+    })
 }
 
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
