@@ -217,7 +217,7 @@ pub fn downstream_response<B>(mut resp: Response<B>) -> Response<B> {
 
 /// Which headers of a message are hop-by-hop (RFC 9110 section 7.6.1): the fixed list, plus
 /// `Transfer-Encoding` (recomputed for the next hop) and every name listed in `Connection`.
-struct HopByHop<'a> {
+pub(crate) struct HopByHop<'a> {
     /// `Connection`'s values, when they name a header beyond the fixed list (the common
     /// `keep-alive` and `close` do not).
     named: Option<http::header::GetAll<'a, HeaderValue>>,
@@ -236,7 +236,7 @@ impl<'a> HopByHop<'a> {
     }
 
     /// The fixed list, by lower-case name (header names in a map are lower case).
-    fn fixed(name: &[u8]) -> bool {
+    pub(crate) fn fixed(name: &[u8]) -> bool {
         matches!(
             name,
             b"connection"
@@ -266,7 +266,12 @@ impl<'a> HopByHop<'a> {
 /// The tokens of a `Connection` value, lower-cased for comparison with header names; a token
 /// with upper case letters is copied, the usual lower-case one is borrowed.
 fn connection_tokens(value: &HeaderValue) -> impl Iterator<Item = Cow<'_, [u8]>> {
-    value.as_bytes().split(|&b| b == b',').map(|token| {
+    raw_connection_tokens(value.as_bytes())
+}
+
+/// [`connection_tokens`] of a raw header value.
+pub(crate) fn raw_connection_tokens(value: &[u8]) -> impl Iterator<Item = Cow<'_, [u8]>> {
+    value.split(|&b| b == b',').map(|token| {
         let token = token.trim_ascii();
         if token.iter().any(u8::is_ascii_uppercase) {
             Cow::Owned(token.to_ascii_lowercase())

@@ -15,6 +15,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::forward::{HopByHop, raw_connection_tokens};
+
 /// A response head larger than this is refused (the same bound as hyper's default).
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
@@ -83,7 +85,7 @@ pub async fn exchange(
     conn.io.write_all(head).await?;
     loop {
         let parsed = parse_head(&mut conn.buf)?;
-        let Some((status, headers, version)) = parsed else {
+        let Some(head) = parsed else {
             if conn.buf.len() > MAX_HEAD {
                 return Err(ExchangeError::Malformed("response head too large"));
             }
@@ -100,18 +102,24 @@ pub async fn exchange(
             continue;
         };
         // 1xx interim responses (100 Continue, 103 Early Hints) precede the real one.
-        if status.is_informational() {
-            if status == StatusCode::SWITCHING_PROTOCOLS {
+        if head.status.is_informational() {
+            if head.status == StatusCode::SWITCHING_PROTOCOLS {
                 return Err(ExchangeError::Malformed(
                     "protocol upgrades are not proxied",
                 ));
             }
             continue;
         }
-        let framing = framing(method, status, &headers)?;
-        let keep_alive = version == Version::HTTP_11
-            && !matches!(framing, Framing::UntilClose)
-            && !connection_close(&headers);
+        let Head {
+            status,
+            headers,
+            version,
+            chunked,
+            close,
+        } = head;
+        let framing = framing(method, status, chunked, &headers)?;
+        let keep_alive =
+            version == Version::HTTP_11 && !matches!(framing, Framing::UntilClose) && !close;
         let mut resp = Response::new(InlineBody {
             conn: Some(conn),
             framing,
@@ -135,7 +143,17 @@ async fn read_more(conn: &mut Conn) -> std::io::Result<usize> {
     .await
 }
 
-type Head = (StatusCode, HeaderMap, Version);
+/// A backend response head.
+struct Head {
+    status: StatusCode,
+    /// End-to-end headers only: hop-by-hop ones are read here and never reach the map.
+    headers: HeaderMap,
+    version: Version,
+    /// `Transfer-Encoding`: whether its last coding is chunked (`None`: no such header).
+    chunked: Option<bool>,
+    /// `Connection: close`.
+    close: bool,
+}
 
 /// Parses a complete response head at the start of `buf` (and consumes it), or `None` when more
 /// bytes are needed.
@@ -159,16 +177,43 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
     // One copy of the head; header values are slices of it (a copy per value cost an
     // allocation each).
     let head = Bytes::copy_from_slice(&buf[..len]);
+    // Hop-by-hop headers first: they decide framing and reuse, and are not relayed.
+    let (mut chunked, mut close, mut named) = (None, false, Vec::new());
+    for h in parsed.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // RFC 9112 6.3: chunked must be the last coding; anything else is read to the close.
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in raw_connection_tokens(h.value) {
+                if &*token == b"close" {
+                    close = true;
+                } else if !HopByHop::fixed(&token) {
+                    named.push(token);
+                }
+            }
+        }
+    }
     let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 4);
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| ExchangeError::Malformed("bad header name"))?;
+        let lower = name.as_str().as_bytes();
+        if HopByHop::fixed(lower) || named.iter().any(|n| **n == *lower) {
+            continue;
+        }
         let value = HeaderValue::from_maybe_shared(copied_part(&head, buf, h.value))
             .map_err(|_| ExchangeError::Malformed("bad header value"))?;
         headers.append(name, value);
     }
     buf.advance(len);
-    Ok(Some((status, headers, version)))
+    Ok(Some(Head {
+        status,
+        headers,
+        version,
+        chunked,
+        close,
+    }))
 }
 
 /// The part of `copy` (a copy of `original`) at the place `part` (a slice of `original`) has.
@@ -180,6 +225,7 @@ pub(crate) fn copied_part(copy: &Bytes, original: &[u8], part: &[u8]) -> Bytes {
 fn framing(
     method: &Method,
     status: StatusCode,
+    chunked: Option<bool>,
     headers: &HeaderMap,
 ) -> Result<Framing, ExchangeError> {
     if *method == Method::HEAD
@@ -188,13 +234,7 @@ fn framing(
     {
         return Ok(Framing::Length(0));
     }
-    if let Some(te) = headers.get(http::header::TRANSFER_ENCODING) {
-        // RFC 9112 6.3: chunked must be the last coding; anything else is read to the close.
-        let chunked = te
-            .to_str()
-            .ok()
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+    if let Some(chunked) = chunked {
         return Ok(if chunked {
             Framing::Chunked(Chunked::Size)
         } else {
@@ -212,15 +252,6 @@ fn framing(
             .ok_or(ExchangeError::Malformed("bad Content-Length")),
         (Some(_), Some(_)) => Err(ExchangeError::Malformed("several Content-Length headers")),
     }
-}
-
-fn connection_close(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
 }
 
 /// Where a chunked body's decoder is.
@@ -463,55 +494,69 @@ mod tests {
         assert!(decode_all(b"2\r\nabXY", 8).is_err());
     }
 
+    /// The framing a raw response head gets, and the headers that reach the client.
+    fn head_of(method: &Method, raw: &str) -> (Result<Framing, ExchangeError>, Vec<String>, bool) {
+        let mut buf = BytesMut::from(raw);
+        let head = parse_head(&mut buf)
+            .expect("parses")
+            .expect("complete head");
+        let kept = head.headers.keys().map(|k| k.as_str().to_owned()).collect();
+        (
+            framing(method, head.status, head.chunked, &head.headers),
+            kept,
+            head.close,
+        )
+    }
+
     #[test]
     fn framing_follows_rfc_9112() {
-        let h = |pairs: &[(&str, &str)]| {
-            let mut m = HeaderMap::new();
-            for (k, v) in pairs {
-                m.append(
-                    HeaderName::from_bytes(k.as_bytes()).expect("name"),
-                    HeaderValue::from_str(v).expect("value"),
-                );
-            }
-            m
-        };
-        let ok = StatusCode::OK;
+        let get = |raw: &str| head_of(&Method::GET, raw).0;
         assert!(matches!(
-            framing(&Method::GET, ok, &h(&[("content-length", "12")])),
+            get("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n"),
             Ok(Framing::Length(12))
         ));
         assert!(matches!(
-            framing(&Method::HEAD, ok, &h(&[("content-length", "12")])),
+            head_of(
+                &Method::HEAD,
+                "HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n"
+            )
+            .0,
             Ok(Framing::Length(0))
         ));
         assert!(matches!(
-            framing(&Method::GET, StatusCode::NO_CONTENT, &h(&[])),
+            get("HTTP/1.1 204 No Content\r\n\r\n"),
             Ok(Framing::Length(0))
         ));
         assert!(matches!(
-            framing(
-                &Method::GET,
-                ok,
-                &h(&[("transfer-encoding", "gzip, chunked")])
-            ),
+            get("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\nContent-Length: 3\r\n\r\n"),
             Ok(Framing::Chunked(_))
         ));
         assert!(matches!(
-            framing(&Method::GET, ok, &h(&[("transfer-encoding", "gzip")])),
+            get("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"),
             Ok(Framing::UntilClose)
         ));
         assert!(matches!(
-            framing(&Method::GET, ok, &h(&[])),
+            get("HTTP/1.1 200 OK\r\n\r\n"),
             Ok(Framing::UntilClose)
         ));
-        assert!(
-            framing(
-                &Method::GET,
-                ok,
-                &h(&[("content-length", "1"), ("content-length", "2")])
-            )
-            .is_err()
+        assert!(get("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err());
+        assert!(get("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_read_but_not_relayed() {
+        let (_, kept, close) = head_of(
+            &Method::GET,
+            "HTTP/1.1 200 OK\r\nX-Secret: 1\r\nConnection: keep-alive, X-Secret, Close\r\n\
+             Keep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nServer: s\r\nX-Kept: 2\r\n\r\n",
         );
-        assert!(framing(&Method::GET, ok, &h(&[("content-length", "x")])).is_err());
+        assert!(close);
+        assert_eq!(kept, ["server", "x-kept"]);
+        let (_, kept, close) = head_of(
+            &Method::GET,
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n",
+        );
+        assert!(!close);
+        assert_eq!(kept, ["content-length"]);
     }
 }
