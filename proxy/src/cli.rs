@@ -160,6 +160,11 @@ pub struct Cli {
     #[arg(long, env = "TOLLGATE_IDLE_TIMEOUT", default_value = "75s", value_parser = duration, value_name = "DURATION")]
     pub idle_timeout: Duration,
 
+    /// How long an HTTP/1.1 client may take to accept more of a response (between two successful
+    /// writes) before it is disconnected; frees the backend connection a stalled reader holds.
+    #[arg(long, env = "TOLLGATE_SEND_TIMEOUT", default_value = "60s", value_parser = duration, value_name = "DURATION")]
+    pub send_timeout: Duration,
+
     /// How often standalone mode checks the manifest directory for changes.
     #[arg(long, env = "TOLLGATE_RELOAD_INTERVAL", default_value = "500ms", value_parser = duration, value_name = "DURATION")]
     pub reload_interval: Duration,

@@ -230,6 +230,7 @@ async fn serve_with<S: CounterStore>(
         drain_timeout: cli.drain_timeout,
         header_timeout: cli.header_timeout,
         idle_timeout: cli.idle_timeout,
+        send_timeout: cli.send_timeout,
     };
     server::serve(
         listener,

@@ -39,6 +39,8 @@ pub struct ServerOptions {
     pub header_timeout: Duration,
     /// How long an idle keep-alive connection stays open.
     pub idle_timeout: Duration,
+    /// How long a client may take to accept more of a response.
+    pub send_timeout: Duration,
 }
 
 /// A TLS acceptor from PEM files, offering HTTP/2 and HTTP/1.1 by ALPN.
@@ -97,6 +99,7 @@ pub async fn serve<S: CounterStore>(
         max_head: opts.max_header_bytes,
         header_timeout: opts.header_timeout,
         idle_timeout: opts.idle_timeout,
+        send_timeout: opts.send_timeout,
     };
     let handshake_timeout = opts.header_timeout;
     tokio::pin!(shutdown);

@@ -12,8 +12,10 @@
 //!
 //! Timeouts: a request head must arrive whole within [`Limits::header_timeout`] of the connection
 //! opening or of its first byte; a keep-alive connection may idle [`Limits::idle_timeout`] between
-//! requests. One timer per connection serves both, moved only when it fires early, so a busy
-//! connection touches the timer wheel about once per `header_timeout`, not once per request.
+//! requests; a client that accepts no response bytes for [`Limits::send_timeout`] is dropped. One
+//! timer per connection serves all three, moved only when it fires early or a wait is shorter,
+//! so a busy connection touches the timer wheel about once per `header_timeout`, not per request
+//! (and a write that completes at once never looks at it).
 
 use std::io;
 use std::pin::Pin;
@@ -48,6 +50,8 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Time a keep-alive connection may wait for its next request.
     pub idle_timeout: Duration,
+    /// Time a client may take to accept more of a response (between two successful writes).
+    pub send_timeout: Duration,
 }
 
 /// How the engine finished with a connection.
@@ -77,6 +81,7 @@ where
         buf: BytesMut::with_capacity(READ_SIZE),
         out: Vec::with_capacity(READ_SIZE),
         timer: Box::pin(tokio::time::sleep(limits.header_timeout)),
+        send_timeout: limits.send_timeout,
     };
     let mut first = true;
     loop {
@@ -220,6 +225,7 @@ struct Connection<T> {
     /// The response being written.
     out: Vec<u8>,
     timer: Pin<Box<Sleep>>,
+    send_timeout: Duration,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
@@ -303,7 +309,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             }
             if data.len() >= COPY_LIMIT {
                 self.flush().await?;
-                self.io.write_all(&data).await?;
+                self.send(&data).await?;
             } else {
                 self.out.extend_from_slice(&data);
             }
@@ -319,11 +325,32 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     }
 
     async fn flush(&mut self) -> io::Result<()> {
-        if !self.out.is_empty() {
-            self.io.write_all(&self.out).await?;
-            self.out.clear();
+        let out = std::mem::take(&mut self.out);
+        let sent = self.send(&out).await;
+        self.out = out;
+        self.out.clear();
+        sent?;
+        let io = &mut self.io;
+        patiently(&mut self.timer, self.send_timeout, |cx| {
+            Pin::new(&mut *io).poll_flush(cx)
+        })
+        .await
+    }
+
+    /// Writes all of `bytes`; fails when the client accepts nothing for the send timeout.
+    async fn send(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let io = &mut self.io;
+            let n = patiently(&mut self.timer, self.send_timeout, |cx| {
+                Pin::new(&mut *io).poll_write(cx, bytes)
+            })
+            .await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            bytes = &bytes[n..];
         }
-        self.io.flush().await
+        Ok(())
     }
 
     fn into_prefixed(self) -> Prefixed<T> {
@@ -335,6 +362,38 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
 }
 
 type Polled<B> = Poll<Option<Result<http_body::Frame<<B as Body>::Data>, <B as Body>::Error>>>;
+
+/// Drives `op` to completion; `TimedOut` when it stays pending for `limit`. `timer` (the
+/// connection's) is armed only once `op` has to wait, and only moved when it would fire too late.
+async fn patiently<R>(
+    timer: &mut Pin<Box<Sleep>>,
+    limit: Duration,
+    mut op: impl FnMut(&mut Context<'_>) -> Poll<io::Result<R>>,
+) -> io::Result<R> {
+    let mut deadline = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(result) = op(cx) {
+            return Poll::Ready(result);
+        }
+        let due = *deadline.get_or_insert_with(|| Instant::now() + limit);
+        if timer.deadline() > due {
+            timer.as_mut().reset(due);
+        }
+        loop {
+            match timer.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) if Instant::now() >= due => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client accepted no response bytes within the send timeout",
+                    )));
+                }
+                Poll::Ready(()) => timer.as_mut().reset(due),
+            }
+        }
+    })
+    .await
+}
 
 /// Polls `body` once without waiting.
 fn poll_now<B: Body + Unpin>(body: &mut B) -> Polled<B> {
