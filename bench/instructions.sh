@@ -10,6 +10,7 @@
 #   bench/instructions.sh                        # the current build
 #   bench/instructions.sh /tmp/old ./new         # several builds, for an A/B
 #   N1=2000 N2=12000 bench/instructions.sh
+#   KEEP=/tmp/profiles bench/instructions.sh     # keep each build's N2 profile for callgrind_annotate
 #
 # Note: valgrind hides SHA-NI, so the key digest counts ~3.5k instructions in software that the
 # CPU does in ~0.3k natively. Compare builds with each other, not with a native profile.
@@ -65,5 +66,8 @@ instructions() {
 }
 for bin in "${bins[@]}"; do
     a=$(instructions "$bin" "$N1"); b=$(instructions "$bin" "$N2")
+    if [[ -n "${KEEP:-}" ]]; then
+        mkdir -p "$KEEP" && cp "$work/callgrind.$N2" "$KEEP/callgrind.$(basename "$bin").$N2"
+    fi
     awk -v a="$a" -v b="$b" -v n=$((N2 - N1)) -v bin="$bin" 'BEGIN {printf "%-50s %8.0f instructions per request\n", bin, (b - a) / n}'
 done
