@@ -29,6 +29,8 @@ pub struct ProxyMetrics {
     pub config_rejected_objects: IntGauge,
     /// Open client connections.
     pub active_connections: IntGauge,
+    /// Client connections by how the HTTP/1.1 engine finished with them.
+    pub connections: IntCounterVec,
     /// Access-log lines dropped because the writer could not keep up.
     pub access_log_dropped: IntCounter,
     /// Counter or snapshot persistence failures.
@@ -110,6 +112,13 @@ impl ProxyMetrics {
                 "tollgate_proxy_active_connections",
                 "Open client connections.",
             )?,
+            connections: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_proxy_connections_total",
+                    "Client connections by how they ended in the HTTP/1.1 engine: client_closed, header_timeout, idle_timeout, send_timeout, shutdown, closed_after_response, error, tls_failed, or to_hyper (moved to hyper for HTTP/2, a body or an upgrade).",
+                ),
+                &["outcome"],
+            )?,
             access_log_dropped: IntCounter::new(
                 "tollgate_proxy_access_log_dropped_total",
                 "Access-log lines dropped because stdout could not keep up.",
@@ -131,10 +140,16 @@ impl ProxyMetrics {
         registry.register(Box::new(m.config_reloads.clone()))?;
         registry.register(Box::new(m.config_rejected_objects.clone()))?;
         registry.register(Box::new(m.active_connections.clone()))?;
+        registry.register(Box::new(m.connections.clone()))?;
         registry.register(Box::new(m.access_log_dropped.clone()))?;
         registry.register(Box::new(m.state_flush_errors.clone()))?;
         registry.register(Box::new(m.control_plane_connected.clone()))?;
         Ok(m)
+    }
+
+    /// Counts a client connection's end (once per connection, never per request).
+    pub fn connection_ended(&self, outcome: &str) {
+        self.connections.with_label_values(&[outcome]).inc();
     }
 }
 

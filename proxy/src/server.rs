@@ -124,6 +124,7 @@ pub async fn serve<S: CounterStore>(
             watcher: graceful.watcher(),
             stopped: stopped.clone(),
             limits,
+            metrics: metrics.clone(),
         };
         let metrics = metrics.clone();
         let tls = tls.clone();
@@ -133,8 +134,14 @@ pub async fn serve<S: CounterStore>(
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => session.run(tls_stream).await,
-                        Ok(Err(e)) => Err(e.into()),
-                        Err(_) => Err("TLS handshake timed out".into()),
+                        Ok(Err(e)) => {
+                            metrics.connection_ended("tls_failed");
+                            Err(e.into())
+                        }
+                        Err(_) => {
+                            metrics.connection_ended("tls_failed");
+                            Err("TLS handshake timed out".into())
+                        }
                     }
                 }
                 None => session.run(stream).await,
@@ -168,6 +175,7 @@ struct Session<S> {
     watcher: Watcher,
     stopped: watch::Receiver<bool>,
     limits: server_h1::Limits,
+    metrics: ProxyMetrics,
 }
 
 impl<S: CounterStore> Session<S> {
@@ -182,10 +190,21 @@ impl<S: CounterStore> Session<S> {
             watcher,
             stopped,
             limits,
+            metrics,
         } = self;
-        let io = match server_h1::serve(io, &proxy, &conn, limits, stopped).await? {
-            server_h1::Ended::Closed => return Ok(()),
-            server_h1::Ended::Handoff(io) => io,
+        let io = match server_h1::serve(io, &proxy, &conn, limits, stopped).await {
+            Ok(server_h1::Ended::Closed(why)) => {
+                metrics.connection_ended(why.label());
+                return Ok(());
+            }
+            Ok(server_h1::Ended::Handoff(io)) => {
+                metrics.connection_ended("to_hyper");
+                io
+            }
+            Err(e) => {
+                metrics.connection_ended("error");
+                return Err(e.into());
+            }
         };
         let service = service_fn(move |req: hyper::Request<Incoming>| {
             let (proxy, conn) = (proxy.clone(), conn.clone());

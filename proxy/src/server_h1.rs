@@ -57,11 +57,42 @@ pub struct Limits {
 /// How the engine finished with a connection.
 #[derive(Debug)]
 pub enum Ended<T> {
-    /// Closed: the client left, a timeout, shutdown, or `Connection: close`.
-    Closed,
+    /// Closed, and why.
+    Closed(Closed),
     /// A request this engine does not serve; hyper takes over the connection from `Prefixed`'s
     /// first byte (the unserved request).
     Handoff(Prefixed<T>),
+}
+
+/// Why a connection closed (the `outcome` label of `tollgate_proxy_connections_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// The client closed it between requests.
+    ByClient,
+    /// A request head did not arrive whole within the header timeout.
+    HeaderTimeout,
+    /// No next request within the idle timeout.
+    IdleTimeout,
+    /// The client accepted no response bytes within the send timeout.
+    SendTimeout,
+    /// The proxy is shutting down.
+    Shutdown,
+    /// After a response: the client asked (`Connection: close`) or its body failed half-way.
+    AfterResponse,
+}
+
+impl Closed {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ByClient => "client_closed",
+            Self::HeaderTimeout => "header_timeout",
+            Self::IdleTimeout => "idle_timeout",
+            Self::SendTimeout => "send_timeout",
+            Self::Shutdown => "shutdown",
+            Self::AfterResponse => "closed_after_response",
+        }
+    }
 }
 
 /// Serves bodiless HTTP/1.1 requests on `io` until the connection ends or needs hyper.
@@ -91,14 +122,16 @@ where
                 Parsed::Handoff => return Ok(Ended::Handoff(conn.into_prefixed())),
                 Parsed::Partial => {}
             }
-            let wait = if first || !conn.buf.is_empty() {
-                limits.header_timeout
+            let (wait, timed_out) = if first || !conn.buf.is_empty() {
+                (limits.header_timeout, Closed::HeaderTimeout)
             } else {
-                limits.idle_timeout
+                (limits.idle_timeout, Closed::IdleTimeout)
             };
             match conn.read_more(Instant::now() + wait, &mut shutdown).await? {
                 Read::Data => {}
-                Read::Closed => return Ok(Ended::Closed),
+                Read::Eof => return Ok(Ended::Closed(Closed::ByClient)),
+                Read::TimedOut => return Ok(Ended::Closed(timed_out)),
+                Read::Shutdown => return Ok(Ended::Closed(Closed::Shutdown)),
             }
         };
         first = false;
@@ -106,10 +139,17 @@ where
         let head_only = head.request.method() == Method::HEAD;
         let response = proxy.handle(head.request, client).await;
         let keep_alive = !head.close && !*shutdown.borrow();
-        if !conn.write_response(response, head_only, keep_alive).await? {
-            // Best effort: the peer may already be gone.
-            let _ = conn.io.shutdown().await;
-            return Ok(Ended::Closed);
+        match conn.write_response(response, head_only, keep_alive).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Best effort: the peer may already be gone.
+                let _ = conn.io.shutdown().await;
+                return Ok(Ended::Closed(Closed::AfterResponse));
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                return Ok(Ended::Closed(Closed::SendTimeout));
+            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -215,7 +255,9 @@ fn build_request(
 
 enum Read {
     Data,
-    Closed,
+    Eof,
+    TimedOut,
+    Shutdown,
 }
 
 struct Connection<T> {
@@ -229,14 +271,14 @@ struct Connection<T> {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
-    /// Reads more of the next head. `Closed` on end of stream, `deadline`, or shutdown.
+    /// Reads more of the next head, unless the client closes, `deadline` passes or shutdown begins.
     async fn read_more(
         &mut self,
         deadline: Instant,
         shutdown: &mut watch::Receiver<bool>,
     ) -> io::Result<Read> {
         if *shutdown.borrow() {
-            return Ok(Read::Closed);
+            return Ok(Read::Shutdown);
         }
         // The timer fires no later than `deadline`; firing early only re-arms it.
         if self.timer.deadline() > deadline {
@@ -247,15 +289,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             tokio::select! {
                 biased;
                 read = self.io.read_buf(&mut self.buf) => {
-                    return Ok(if read? == 0 { Read::Closed } else { Read::Data });
+                    return Ok(if read? == 0 { Read::Eof } else { Read::Data });
                 }
                 () = &mut self.timer => {
                     if Instant::now() >= deadline {
-                        return Ok(Read::Closed);
+                        return Ok(Read::TimedOut);
                     }
                     self.timer.as_mut().reset(deadline);
                 }
-                _ = shutdown.changed() => return Ok(Read::Closed),
+                _ = shutdown.changed() => return Ok(Read::Shutdown),
             }
         }
     }

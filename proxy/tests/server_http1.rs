@@ -148,6 +148,27 @@ fn parse_answer(buf: &[u8], head: bool) -> Option<(Answer, usize)> {
     ))
 }
 
+/// Waits (up to 10 s) until `tollgate_proxy_connections_total{outcome}` reaches `at_least`: the
+/// count lands just after the connection closes.
+async fn wait_for_outcome(p: &ProxyProcess, outcome: &str, at_least: u64) {
+    let series = format!("tollgate_proxy_connections_total{{outcome=\"{outcome}\"}} ");
+    let mut seen = 0;
+    for _ in 0..100 {
+        let (_, _, body) = support::get_raw(p.admin, "/metrics", &[])
+            .await
+            .expect("metrics");
+        seen = String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix(&series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0);
+        if seen >= at_least {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{series}is {seen}, expected at least {at_least}");
+}
+
 async fn connect(p: &ProxyProcess) -> TcpStream {
     TcpStream::connect(p.listen).await.expect("connect")
 }
@@ -211,6 +232,7 @@ async fn connection_close_is_answered_then_honoured() {
     assert_eq!(used, all.len(), "nothing after the answer");
     assert_eq!(a.status, 200);
     assert_eq!(a.header("connection"), Some("close"));
+    wait_for_outcome(&p, "closed_after_response", 1).await;
 }
 
 #[tokio::test]
@@ -260,6 +282,7 @@ async fn a_request_with_a_body_moves_the_connection_to_hyper_without_losing_byte
     assert_eq!(answers[0].json()["uri"], "/second");
     assert_eq!(answers[0].json()["body"], body);
     assert_eq!(answers[1].json()["uri"], "/third");
+    wait_for_outcome(&p, "to_hyper", 1).await;
 }
 
 #[tokio::test]
@@ -348,6 +371,7 @@ async fn slow_heads_and_idle_connections_are_closed_after_their_timeouts() {
         waited >= Duration::from_millis(900),
         "closed after {waited:?}"
     );
+    wait_for_outcome(&p, "header_timeout", 1).await;
 
     // An idle keep-alive connection: served, then closed once idle for the idle timeout (not
     // the shorter header timeout).
@@ -362,6 +386,7 @@ async fn slow_heads_and_idle_connections_are_closed_after_their_timeouts() {
         waited >= Duration::from_millis(1900),
         "closed after {waited:?}"
     );
+    wait_for_outcome(&p, "idle_timeout", 1).await;
 }
 
 #[tokio::test]
@@ -398,5 +423,6 @@ async fn a_client_that_stops_reading_is_dropped_after_the_send_timeout() {
         .await
         .expect("the proxy let go of the backend within 30 s")
         .expect("backend task");
+    wait_for_outcome(&p, "send_timeout", 1).await;
     drop(c);
 }

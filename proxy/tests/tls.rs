@@ -77,6 +77,25 @@ async fn tls_serves_http2_and_http11_by_alpn() {
         curl(&["--cacert", &ca, "--http1.1", &url]),
         ("1.1".into(), "200".into(), "hi".into())
     );
+    // Plain HTTP on the TLS port: the handshake fails, the connection is counted as such.
+    let plain = format!("http://127.0.0.1:{}/hello", p.listen.port());
+    let _ = curl(&["--max-time", "5", &plain]);
+    let mut counted = String::new();
+    for _ in 0..50 {
+        let (_, _, body) = support::get_raw(p.admin, "/metrics", &[])
+            .await
+            .expect("metrics");
+        counted = String::from_utf8_lossy(&body)
+            .lines()
+            .find(|l| l.starts_with("tollgate_proxy_connections_total{outcome=\"tls_failed\"}"))
+            .unwrap_or_default()
+            .to_owned();
+        if counted.ends_with(" 1") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(counted.ends_with(" 1"), "{counted:?}");
 }
 
 #[tokio::test]
