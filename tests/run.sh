@@ -33,6 +33,28 @@ fi
 # Build artifacts live outside the checkout so that CI's fresh clones reuse them.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tollgate/cargo-target}"
 
+# That cache grows with every build (incremental state, test binaries of earlier commits) and once
+# filled the machine's shared disk. Past TOLLGATE_CACHE_LIMIT_GB (default 20), drop what a build
+# recreates cheaply: incremental state and superseded test binaries.
+prune_cargo_cache() {
+    local limit_gb=${TOLLGATE_CACHE_LIMIT_GB:-20} size_kb deps
+    [[ -d "$CARGO_TARGET_DIR" ]] || return 0
+    size_kb=$(du -sk "$CARGO_TARGET_DIR" | cut -f1)
+    ((size_kb > limit_gb * 1024 * 1024)) || return 0
+    log "cargo cache holds $((size_kb / 1024 / 1024)) GiB (limit ${limit_gb}): dropping incremental state and superseded test binaries"
+    rm -rf "$CARGO_TARGET_DIR"/*/incremental
+    for deps in "$CARGO_TARGET_DIR"/*/deps; do
+        # Test executables are NAME-HASH; keep the newest two of each NAME (a crate's library and
+        # binary unit tests share it).
+        find "$deps" -maxdepth 1 -type f -executable -regextype posix-extended \
+            -regex '.*/[A-Za-z0-9_]+-[0-9a-f]{16}' -printf '%T@ %f\n' |
+            sort -rn |
+            awk '{ name = $2; sub(/-[0-9a-f]+$/, "", name); if (seen[name]++ >= 2) print $2 }' |
+            while read -r old; do rm -f "$deps/$old"; done
+    done
+}
+prune_cargo_cache
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
