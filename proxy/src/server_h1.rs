@@ -114,7 +114,10 @@ where
         timer: Box::pin(tokio::time::sleep(limits.header_timeout)),
         send_timeout: limits.send_timeout,
     };
-    let mut first = true;
+    // When the head being read must be complete: fixed when it starts (the connection opening,
+    // or its first bytes after an idle wait) and kept across reads, so a client dripping a byte
+    // at a time cannot stretch it. `None` while idle between requests.
+    let mut head_due = Some(Instant::now() + limits.header_timeout);
     loop {
         let head = loop {
             match parse(&conn.buf, limits.max_head) {
@@ -122,19 +125,25 @@ where
                 Parsed::Handoff => return Ok(Ended::Handoff(conn.into_prefixed())),
                 Parsed::Partial => {}
             }
-            let (wait, timed_out) = if first || !conn.buf.is_empty() {
-                (limits.header_timeout, Closed::HeaderTimeout)
-            } else {
-                (limits.idle_timeout, Closed::IdleTimeout)
+            let (deadline, timed_out) = match head_due {
+                Some(due) => (due, Closed::HeaderTimeout),
+                None if conn.buf.is_empty() => {
+                    (Instant::now() + limits.idle_timeout, Closed::IdleTimeout)
+                }
+                None => {
+                    let due = Instant::now() + limits.header_timeout;
+                    head_due = Some(due);
+                    (due, Closed::HeaderTimeout)
+                }
             };
-            match conn.read_more(Instant::now() + wait, &mut shutdown).await? {
+            match conn.read_more(deadline, &mut shutdown).await? {
                 Read::Data => {}
                 Read::Eof => return Ok(Ended::Closed(Closed::ByClient)),
                 Read::TimedOut => return Ok(Ended::Closed(timed_out)),
                 Read::Shutdown => return Ok(Ended::Closed(Closed::Shutdown)),
             }
         };
-        first = false;
+        head_due = None;
         conn.buf.advance(head.len);
         let head_only = head.request.method() == Method::HEAD;
         let response = proxy.handle(head.request, client).await;

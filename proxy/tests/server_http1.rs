@@ -426,3 +426,47 @@ async fn a_client_that_stops_reading_is_dropped_after_the_send_timeout() {
     wait_for_outcome(&p, "send_timeout", 1).await;
     drop(c);
 }
+
+#[tokio::test]
+async fn a_head_dripped_byte_by_byte_is_cut_off_at_the_header_timeout() {
+    // Slowloris: each byte arrives well within the timeout, the whole head never does. The
+    // timeout runs from the head's start, not from the last byte.
+    let (_backend, p) = {
+        let backend = Backend::start().await;
+        let p = ProxyProcess::start_with(
+            &[("world.yaml", world(&backend))],
+            &["--header-timeout", "1s"],
+        )
+        .await;
+        (backend, p)
+    };
+    let mut c = connect(&p).await;
+    let started = std::time::Instant::now();
+    let drip =
+        b"GET / HTTP/1.1\r\nHost: api.test\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut cut_off = false;
+    for byte in drip {
+        if c.write_all(&[*byte]).await.is_err() {
+            cut_off = true;
+            break;
+        }
+        // Closed by the proxy: the read ends (EOF or reset) instead of timing out.
+        let mut probe = [0u8; 1];
+        if let Ok(read) = tokio::time::timeout(Duration::from_millis(300), c.read(&mut probe)).await
+        {
+            assert!(
+                !matches!(read, Ok(n) if n > 0),
+                "no answer to an unfinished head"
+            );
+            cut_off = true;
+            break;
+        }
+    }
+    assert!(
+        cut_off,
+        "still open after dripping {} bytes over {:?}",
+        drip.len(),
+        started.elapsed()
+    );
+    wait_for_outcome(&p, "header_timeout", 1).await;
+}
