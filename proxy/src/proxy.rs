@@ -511,7 +511,11 @@ impl<S: CounterStore> Proxy<S> {
             Ok(Ok(resp)) => {
                 self.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
                 let meter = self.meter_for(v, route, resp.headers(), now);
-                (downstream_response(resp).map(|body| Either::Right(MeteredBody::new(body, meter))), None)
+                let read_timeout = Duration::from_millis(route.route.timeout_ms);
+                let resp = downstream_response(resp).map(|body| {
+                    Either::Right(MeteredBody::new(body.with_read_timeout(read_timeout), meter))
+                });
+                (resp, None)
             }
             Ok(Err(err)) => {
                 tracing::debug!(route = %route.id, error = %err, "backend request failed");

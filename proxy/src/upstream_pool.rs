@@ -22,6 +22,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
+use tokio::time::{Instant, Sleep};
 
 use crate::FastMap;
 use crate::forward::RequestBody;
@@ -163,6 +164,7 @@ impl UpstreamPool {
                 pool,
                 authority,
             },
+            stall: None,
         }))
     }
 
@@ -195,6 +197,7 @@ impl UpstreamPool {
         });
         Ok(resp.map(|inner| UpstreamBody {
             kind: Kind::Hyper { inner, checkin },
+            stall: None,
         }))
     }
 }
@@ -221,6 +224,35 @@ struct Checkin {
 #[derive(Debug)]
 pub struct UpstreamBody {
     kind: Kind,
+    /// Fails the body when the backend goes silent in the middle of it.
+    stall: Option<StallGuard>,
+}
+
+/// The longest silence allowed between two pieces of a body. Armed only while a read waits, so a
+/// body that arrives with its head never touches a timer.
+#[derive(Debug)]
+struct StallGuard {
+    limit: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Whether `timer` runs for the current wait (each piece of body starts a new one).
+    armed: bool,
+}
+
+impl StallGuard {
+    /// Whether the current wait has lasted `limit`; registers `cx` to be woken when it has.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.armed {
+            let deadline = Instant::now() + self.limit;
+            match &mut self.timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.armed = true;
+        }
+        self.timer
+            .as_mut()
+            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready())
+    }
 }
 
 #[derive(Debug)]
@@ -246,7 +278,19 @@ impl UpstreamBody {
                 inner,
                 checkin: None,
             },
+            stall: None,
         }
+    }
+
+    /// Fails the body (and never reuses its connection) once the backend has sent nothing for
+    /// `limit` in the middle of it, as nginx's `proxy_read_timeout` does.
+    pub fn with_read_timeout(mut self, limit: Duration) -> Self {
+        self.stall = Some(StallGuard {
+            limit,
+            timer: None,
+            armed: false,
+        });
+        self
     }
 
     fn finish(&mut self) {
@@ -289,6 +333,21 @@ impl Body for UpstreamBody {
                 .poll_data(cx)
                 .map(|o| o.map(|r| r.map(Frame::data).map_err(BodyError::from))),
         };
+        let this = &mut *self;
+        if let Some(guard) = this.stall.as_mut() {
+            if polled.is_ready() {
+                guard.armed = false;
+            } else if guard.expired(cx) {
+                if let Kind::Hyper { checkin, .. } = &mut this.kind {
+                    *checkin = None;
+                }
+                let limit = guard.limit;
+                return Poll::Ready(Some(Err(format!(
+                    "the backend sent nothing for {limit:?} in the middle of the body"
+                )
+                .into())));
+            }
+        }
         match &polled {
             Poll::Ready(None) => self.finish(),
             Poll::Ready(Some(Ok(_))) if self.is_end_stream() => self.finish(),

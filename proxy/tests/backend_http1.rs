@@ -75,7 +75,7 @@ impl Drop for RawBackend {
 fn world(backend: SocketAddr) -> String {
     format!(
         "apiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {{name: raw}}\n\
-         spec: {{match: {{pathPrefix: /}}, backend: {{url: \"http://{backend}\"}}, timeout: 2s}}\n---\n\
+         spec: {{match: {{pathPrefix: /}}, backend: {{url: \"http://{backend}\", timeout: 2s}}}}\n---\n\
          apiVersion: v1\nkind: Secret\nmetadata: {{name: k}}\nstringData: {{apiKey: key-raw}}\n---\n\
          apiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: t}}\n\
          spec: {{apiKeys: [{{secretRef: {{name: k}}}}], subscriptions: [{{apiRouteRef: {{name: raw}}}}]}}\n"
@@ -272,4 +272,41 @@ async fn an_idle_connection_the_backend_timed_out_is_not_reused() {
         "each timed-out connection was replaced"
     );
     task.abort();
+}
+
+#[tokio::test]
+async fn a_backend_that_goes_silent_mid_body_is_cut_off_after_the_route_timeout() {
+    // 10 bytes promised, 2 sent, then nothing, the connection held open. The route's 2 s timeout
+    // bounds the silence: the client's connection closes with a body that cannot pass as whole.
+    let backend =
+        RawBackend::start(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok", false).await;
+    let p = proxy_for(&backend).await;
+    for round in 0..2 {
+        let mut client = tokio::net::TcpStream::connect(p.listen)
+            .await
+            .expect("connect");
+        client
+            .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nX-Api-Key: key-raw\r\n\r\n")
+            .await
+            .expect("write");
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(15),
+            client.read_to_end(&mut got),
+        )
+        .await;
+        assert!(
+            matches!(read, Ok(Ok(_))),
+            "round {round}: the proxy closes the client connection"
+        );
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        assert!(body.len() < 10, "a truncated body passed as whole: {text}");
+    }
+    assert_eq!(
+        backend.connections.load(Ordering::SeqCst),
+        2,
+        "a stalled connection is not reused"
+    );
 }
