@@ -203,19 +203,20 @@ fn parse_file(path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Manifest>, 
             .and_then(|k| k.as_str())
             .unwrap_or_default()
             .to_owned();
-        let typed = |e: serde_yaml::Error| err(line_hint, format!("{kind}: {e}"));
+        let invalid = |e: serde_yaml::Error| err(line_hint, format!("{kind}: {e}"));
+        let mut unknown = Vec::new();
         let manifest = match (api_version.as_str(), kind.as_str()) {
             ("tollgate.dev/v1alpha1", "ApiRoute") => {
-                Manifest::Route(Box::new(serde_yaml::from_value(value).map_err(typed)?))
+                Manifest::Route(Box::new(typed(value, &mut unknown).map_err(invalid)?))
             }
             ("tollgate.dev/v1alpha1", "Tenant") => {
-                Manifest::Tenant(Box::new(serde_yaml::from_value(value).map_err(typed)?))
+                Manifest::Tenant(Box::new(typed(value, &mut unknown).map_err(invalid)?))
             }
             ("tollgate.dev/v1alpha1", "QuotaPolicy") => {
-                Manifest::Plan(Box::new(serde_yaml::from_value(value).map_err(typed)?))
+                Manifest::Plan(Box::new(typed(value, &mut unknown).map_err(invalid)?))
             }
             ("v1", "Secret") => {
-                Manifest::Secret(Box::new(serde_yaml::from_value(value).map_err(typed)?))
+                Manifest::Secret(Box::new(typed(value, &mut unknown).map_err(invalid)?))
             }
             _ => {
                 warnings.push(format!(
@@ -229,9 +230,31 @@ fn parse_file(path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Manifest>, 
         if manifest_name(&manifest).is_empty() {
             return Err(err(line_hint, format!("{kind} without metadata.name")));
         }
+        for field in unknown {
+            warnings.push(format!(
+                "{}:{}: {kind} {}: unknown field `{field}` is ignored (misspelled, or at the wrong level? `kubectl apply` would reject it)",
+                path.display(),
+                line_hint.unwrap_or(1),
+                manifest_name(&manifest)
+            ));
+        }
         manifests.push(manifest);
     }
     Ok(manifests)
+}
+
+/// Deserializes `value`, collecting the paths of fields the type does not know (`spec.timeout`).
+fn typed<T: serde::de::DeserializeOwned>(
+    value: serde_yaml::Value,
+    unknown: &mut Vec<String>,
+) -> Result<T, serde_yaml::Error> {
+    serde_ignored::deserialize(value, |field| {
+        // apiVersion and kind were read above; the CRD types leave them to the loader.
+        let field = field.to_string();
+        if field != "apiVersion" && field != "kind" {
+            unknown.push(field);
+        }
+    })
 }
 
 fn manifest_name(m: &Manifest) -> &str {
@@ -291,5 +314,28 @@ mod tests {
         let leading = "---\na: 1\n---\nb: 2\n";
         assert_eq!(document_line(leading, 0), Some(2));
         assert_eq!(document_line(leading, 1), Some(4));
+    }
+
+    #[test]
+    fn unknown_fields_are_named_with_their_file_and_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("routes.yaml");
+        std::fs::write(
+            &file,
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: k}\nstringData: {apiKey: x}\n---\n\
+             apiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {name: chat}\n\
+             spec:\n  match: {pathPrefix: /}\n  backend: {url: \"http://127.0.0.1:9\"}\n  timeout: 2s\n  metring: OpenAI\n",
+        )
+        .expect("write");
+        let mut warnings = Vec::new();
+        let manifests = parse_file(&file, &mut warnings).expect("parses");
+        assert_eq!(manifests.len(), 2, "unknown fields do not drop the object");
+        let at = format!("{}:6: ApiRoute chat: unknown field", file.display());
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with(&at) && warnings[0].contains("`spec.timeout`"),
+            "{warnings:?}"
+        );
+        assert!(warnings[1].contains("`spec.metring`"), "{warnings:?}");
     }
 }
