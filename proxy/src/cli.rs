@@ -153,16 +153,16 @@ pub struct Cli {
 
     /// Time a client has to send a whole HTTP/1.1 request head, counted from the connection's
     /// start or the head's first byte; a slower client is disconnected (slowloris protection).
-    #[arg(long, env = "TOLLGATE_HEADER_TIMEOUT", default_value = "10s", value_parser = duration, value_name = "DURATION")]
+    #[arg(long, env = "TOLLGATE_HEADER_TIMEOUT", default_value = "10s", value_parser = positive_duration, value_name = "DURATION")]
     pub header_timeout: Duration,
 
     /// How long an idle HTTP/1.1 keep-alive connection stays open waiting for its next request.
-    #[arg(long, env = "TOLLGATE_IDLE_TIMEOUT", default_value = "75s", value_parser = duration, value_name = "DURATION")]
+    #[arg(long, env = "TOLLGATE_IDLE_TIMEOUT", default_value = "75s", value_parser = positive_duration, value_name = "DURATION")]
     pub idle_timeout: Duration,
 
     /// How long an HTTP/1.1 client may take to accept more of a response (between two successful
     /// writes) before it is disconnected; frees the backend connection a stalled reader holds.
-    #[arg(long, env = "TOLLGATE_SEND_TIMEOUT", default_value = "60s", value_parser = duration, value_name = "DURATION")]
+    #[arg(long, env = "TOLLGATE_SEND_TIMEOUT", default_value = "60s", value_parser = positive_duration, value_name = "DURATION")]
     pub send_timeout: Duration,
 
     /// How often standalone mode checks the manifest directory for changes.
@@ -181,4 +181,27 @@ pub enum LogFormat {
 
 fn duration(text: &str) -> Result<Duration, String> {
     tollgate_crds::duration::parse_duration(text)
+}
+
+/// A duration above zero: a zero connection timeout would close every connection at once.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match duration(text)? {
+        Duration::ZERO => {
+            Err("must be more than 0 (a zero timeout would close every connection at once)".into())
+        }
+        d => Ok(d),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_timeouts_refuse_zero_with_a_reason() {
+        assert_eq!(positive_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        let zero = positive_duration("0s").expect_err("zero refused");
+        assert!(zero.contains("more than 0"), "{zero}");
+        assert!(positive_duration("abc").is_err());
+    }
 }
