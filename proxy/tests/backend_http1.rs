@@ -88,6 +88,29 @@ async fn proxy_for(backend: &RawBackend) -> ProxyProcess {
     ProxyProcess::start(&[("world.yaml", world(backend.addr))]).await
 }
 
+/// Sends `GET /x` on a fresh connection and reads until the proxy closes it (asserted to happen
+/// within `seconds`); everything the client received.
+async fn get_until_closed(p: &ProxyProcess, seconds: u64) -> Vec<u8> {
+    let mut client = tokio::net::TcpStream::connect(p.listen)
+        .await
+        .expect("connect");
+    client
+        .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nX-Api-Key: key-raw\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(seconds),
+        client.read_to_end(&mut got),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(Ok(_))),
+        "the proxy closes the client connection"
+    );
+    got
+}
+
 #[tokio::test]
 async fn a_chunked_body_is_relayed_and_the_connection_reused() {
     let backend = RawBackend::start(
@@ -196,23 +219,7 @@ async fn a_body_cut_short_never_reaches_the_client_as_whole_and_is_not_reused() 
     let backend = RawBackend::start(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok", true).await;
     let p = proxy_for(&backend).await;
     for _ in 0..2 {
-        let mut client = tokio::net::TcpStream::connect(p.listen)
-            .await
-            .expect("connect");
-        client
-            .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nX-Api-Key: key-raw\r\n\r\n")
-            .await
-            .expect("write");
-        let mut got = Vec::new();
-        let read = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            client.read_to_end(&mut got),
-        )
-        .await;
-        assert!(
-            matches!(read, Ok(Ok(_))),
-            "the proxy closes the client connection"
-        );
+        let got = get_until_closed(&p, 5).await;
         // Never a response that looks complete: either nothing (the head was not flushed yet)
         // or the head with fewer bytes than its Content-Length, then the close.
         let text = String::from_utf8_lossy(&got);
@@ -281,24 +288,8 @@ async fn a_backend_that_goes_silent_mid_body_is_cut_off_after_the_route_timeout(
     let backend =
         RawBackend::start(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok", false).await;
     let p = proxy_for(&backend).await;
-    for round in 0..2 {
-        let mut client = tokio::net::TcpStream::connect(p.listen)
-            .await
-            .expect("connect");
-        client
-            .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nX-Api-Key: key-raw\r\n\r\n")
-            .await
-            .expect("write");
-        let mut got = Vec::new();
-        let read = tokio::time::timeout(
-            std::time::Duration::from_secs(15),
-            client.read_to_end(&mut got),
-        )
-        .await;
-        assert!(
-            matches!(read, Ok(Ok(_))),
-            "round {round}: the proxy closes the client connection"
-        );
+    for _ in 0..2 {
+        let got = get_until_closed(&p, 15).await;
         let text = String::from_utf8_lossy(&got);
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
