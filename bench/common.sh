@@ -1,5 +1,38 @@
 # Shared by the benchmark scripts (sourced, not run).
 
+# bench_workspace: a temporary directory in $work, and $pids (background processes) killed and
+# the directory removed when the script exits.
+bench_workspace() {
+    work=$(mktemp -d)
+    pids=()
+    trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+}
+
+# nginx_conf NAME BLOCK: $work/NAME.conf, one worker, no access log, keep-alive without a request
+# limit, an upstream `backend` on 127.0.0.1:$UP, and BLOCK (server blocks) in http.
+nginx_conf() {
+    local user_line=""
+    [[ $(id -u) -eq 0 ]] && user_line="user root;"
+    cat >"$work/$1.conf" <<NGINX
+$user_line
+worker_processes 1;
+daemon off;
+pid $work/$1.pid;
+error_log $work/$1.error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    # nginx closes keep-alive (and HTTP/2) connections after 1000 requests by default; a
+    # benchmark should not measure reconnects.
+    keepalive_requests 100000000;
+    client_body_temp_path $work/$1-body;
+    proxy_temp_path $work/$1-proxy;
+    upstream backend { server 127.0.0.1:$UP; keepalive 128; keepalive_requests 100000000; }
+    $2
+}
+NGINX
+}
+
 # A free TCP port on 127.0.0.1.
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

@@ -27,25 +27,11 @@ if [[ ${#bins[@]} -eq 0 ]]; then
     cargo build --release -q -p tollgate-proxy
     bins=("${CARGO_TARGET_DIR:-target}/release/tollgate-proxy")
 fi
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
 # shellcheck source=bench/common.sh
 source bench/common.sh
+bench_workspace
 UP=$(port); TG=$(port); TG_ADMIN=$(port)
-user_line=""; [[ $(id -u) -eq 0 ]] && user_line="user root;"
-cat >"$work/upstream.conf" <<NGINX
-$user_line
-worker_processes 1;
-daemon off;
-pid $work/upstream.pid;
-error_log $work/upstream.error.log warn;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 100000000;
-       server { listen 127.0.0.1:$UP; location / { return 200 'ok'; } } }
-NGINX
+nginx_conf upstream "server { listen 127.0.0.1:$UP; location / { return 200 'ok'; } }"
 nginx -c "$work/upstream.conf" & pids+=($!)
 bench_manifests "$work/manifests" "$UP" 'rateLimits: [{name: per-second, requests: 100000000, window: 1s}]'
 

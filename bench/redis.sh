@@ -9,23 +9,11 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 cargo build --release -q -p tollgate-proxy
 bin="${CARGO_TARGET_DIR:-target}/release/tollgate-proxy"
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
 # shellcheck source=bench/common.sh
 source bench/common.sh
+bench_workspace
 UP=$(port); REDIS=$(port)
-user_line=""; [[ $(id -u) -eq 0 ]] && user_line="user root;"
-cat >"$work/upstream.conf" <<NGINX
-$user_line
-worker_processes 1;
-daemon off;
-pid $work/up.pid;
-error_log $work/up.err warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 100000000; server { listen 127.0.0.1:$UP; location / { return 200 'ok'; } } }
-NGINX
+nginx_conf upstream "server { listen 127.0.0.1:$UP; location / { return 200 'ok'; } }"
 taskset -c 0 nginx -c "$work/upstream.conf" & pids+=($!)
 taskset -c 0 redis-server --port "$REDIS" --bind 127.0.0.1 --save "" --appendonly no >/dev/null & pids+=($!)
 bench_manifests "$work/manifests" "$UP"

@@ -29,36 +29,10 @@ if [[ $(nproc) -lt 2 ]]; then echo "bench: needs 2 CPUs to pin client and server
 # TOLLGATE_BIN=path: benchmark that binary (an A/B against an older build) instead of building.
 if [[ -z "${TOLLGATE_BIN:-}" ]]; then cargo build --release -q -p tollgate-proxy; fi
 bin="${TOLLGATE_BIN:-${CARGO_TARGET_DIR:-target}/release/tollgate-proxy}"
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-
 # shellcheck source=bench/common.sh
 source bench/common.sh
+bench_workspace
 UP=$(port); NGX=$(port); NGX_H2=$(port); TG=$(port); TG_ADMIN=$(port)
-user_line=""; [[ $(id -u) -eq 0 ]] && user_line="user root;"
-
-nginx_conf() { # name, listen block
-    cat >"$work/$1.conf" <<NGINX
-$user_line
-worker_processes 1;
-daemon off;
-pid $work/$1.pid;
-error_log $work/$1.error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    # nginx closes keep-alive (and HTTP/2) connections after 1000 requests by default; a
-    # benchmark should not measure reconnects.
-    keepalive_requests 100000000;
-    client_body_temp_path $work/$1-body;
-    proxy_temp_path $work/$1-proxy;
-    upstream backend { server 127.0.0.1:$UP; keepalive 128; keepalive_requests 100000000; }
-    $2
-}
-NGINX
-}
 nginx_conf upstream "server { listen 127.0.0.1:$UP; location / { return 200 'ok'; } }"
 nginx_conf proxy "server { listen 127.0.0.1:$NGX; listen 127.0.0.1:$NGX_H2 http2;
     location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
