@@ -111,7 +111,7 @@ where
         io,
         buf: BytesMut::with_capacity(READ_SIZE),
         out: Vec::with_capacity(READ_SIZE),
-        timer: Box::pin(tokio::time::sleep(limits.header_timeout)),
+        timer: ConnTimer(Box::pin(tokio::time::sleep(limits.header_timeout))),
         send_timeout: limits.send_timeout,
     };
     // When the head being read must be complete: fixed when it starts (the connection opening,
@@ -275,8 +275,28 @@ struct Connection<T> {
     buf: BytesMut,
     /// The response being written.
     out: Vec<u8>,
-    timer: Pin<Box<Sleep>>,
+    timer: ConnTimer,
     send_timeout: Duration,
+}
+
+/// The connection's one timer, shared by every wait (head, idle, send).
+struct ConnTimer(Pin<Box<Sleep>>);
+
+impl ConnTimer {
+    /// Ready once `due` has passed. The timer is moved only when it would fire after `due`, or
+    /// when it fired early (it was set for an earlier wait): never once per request.
+    fn poll_due(&mut self, due: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.deadline() > due {
+            self.0.as_mut().reset(due);
+        }
+        loop {
+            match self.0.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) if Instant::now() >= due => return Poll::Ready(()),
+                Poll::Ready(()) => self.0.as_mut().reset(due),
+            }
+        }
+    }
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
@@ -289,25 +309,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         if *shutdown.borrow() {
             return Ok(Read::Shutdown);
         }
-        // The timer fires no later than `deadline`; firing early only re-arms it.
-        if self.timer.deadline() > deadline {
-            self.timer.as_mut().reset(deadline);
-        }
         self.buf.reserve(READ_SIZE);
-        loop {
-            tokio::select! {
-                biased;
-                read = self.io.read_buf(&mut self.buf) => {
-                    return Ok(if read? == 0 { Read::Eof } else { Read::Data });
-                }
-                () = &mut self.timer => {
-                    if Instant::now() >= deadline {
-                        return Ok(Read::TimedOut);
-                    }
-                    self.timer.as_mut().reset(deadline);
-                }
-                _ = shutdown.changed() => return Ok(Read::Shutdown),
+        let timer = &mut self.timer;
+        tokio::select! {
+            biased;
+            read = self.io.read_buf(&mut self.buf) => {
+                Ok(if read? == 0 { Read::Eof } else { Read::Data })
             }
+            () = std::future::poll_fn(|cx| timer.poll_due(deadline, cx)) => Ok(Read::TimedOut),
+            _ = shutdown.changed() => Ok(Read::Shutdown),
         }
     }
 
@@ -360,7 +370,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             }
             if data.len() >= COPY_LIMIT {
                 self.flush().await?;
-                self.send(&data).await?;
+                send(&mut self.io, &mut self.timer, self.send_timeout, &data).await?;
             } else {
                 self.out.extend_from_slice(&data);
             }
@@ -375,10 +385,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         Ok(keep_alive)
     }
 
+    /// Sends the buffered response bytes and flushes the stream (TLS buffers records).
     async fn flush(&mut self) -> io::Result<()> {
-        let out = std::mem::take(&mut self.out);
-        let sent = self.send(&out).await;
-        self.out = out;
+        let sent = send(&mut self.io, &mut self.timer, self.send_timeout, &self.out).await;
         self.out.clear();
         sent?;
         let io = &mut self.io;
@@ -386,22 +395,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             Pin::new(&mut *io).poll_flush(cx)
         })
         .await
-    }
-
-    /// Writes all of `bytes`; fails when the client accepts nothing for the send timeout.
-    async fn send(&mut self, mut bytes: &[u8]) -> io::Result<()> {
-        while !bytes.is_empty() {
-            let io = &mut self.io;
-            let n = patiently(&mut self.timer, self.send_timeout, |cx| {
-                Pin::new(&mut *io).poll_write(cx, bytes)
-            })
-            .await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            bytes = &bytes[n..];
-        }
-        Ok(())
     }
 
     fn into_prefixed(self) -> Prefixed<T> {
@@ -414,10 +407,27 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
 
 type Polled<B> = Poll<Option<Result<http_body::Frame<<B as Body>::Data>, <B as Body>::Error>>>;
 
-/// Drives `op` to completion; `TimedOut` when it stays pending for `limit`. `timer` (the
-/// connection's) is armed only once `op` has to wait, and only moved when it would fire too late.
+/// Writes all of `bytes`; fails when the client accepts nothing for `limit`.
+async fn send<T: AsyncWrite + Unpin>(
+    io: &mut T,
+    timer: &mut ConnTimer,
+    limit: Duration,
+    mut bytes: &[u8],
+) -> io::Result<()> {
+    while !bytes.is_empty() {
+        let n = patiently(timer, limit, |cx| Pin::new(&mut *io).poll_write(cx, bytes)).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
+}
+
+/// Drives `op` to completion; `TimedOut` when it stays pending for `limit`. The deadline is
+/// taken only once `op` has to wait: a write that completes at once reads no clock.
 async fn patiently<R>(
-    timer: &mut Pin<Box<Sleep>>,
+    timer: &mut ConnTimer,
     limit: Duration,
     mut op: impl FnMut(&mut Context<'_>) -> Poll<io::Result<R>>,
 ) -> io::Result<R> {
@@ -427,21 +437,12 @@ async fn patiently<R>(
             return Poll::Ready(result);
         }
         let due = *deadline.get_or_insert_with(|| Instant::now() + limit);
-        if timer.deadline() > due {
-            timer.as_mut().reset(due);
-        }
-        loop {
-            match timer.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(()) if Instant::now() >= due => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the client accepted no response bytes within the send timeout",
-                    )));
-                }
-                Poll::Ready(()) => timer.as_mut().reset(due),
-            }
-        }
+        timer.poll_due(due, cx).map(|()| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client accepted no response bytes within the send timeout",
+            ))
+        })
     })
     .await
 }
