@@ -484,7 +484,7 @@ impl<S: CounterStore> Proxy<S> {
                     .request(upstream_req)
                     .await
                     .map_err(|e| e.to_string())?;
-                Ok::<_, String>(resp.map(UpstreamBody::detached))
+                Ok::<_, String>(downstream_response(resp).map(UpstreamBody::detached))
             }))
             .await
             .map(|r| {
@@ -497,7 +497,9 @@ impl<S: CounterStore> Proxy<S> {
         self.relay(sent, v, route, now, path, started).await
     }
 
-    /// The client's response from the backend's, or the problem for a failed exchange.
+    /// The client's response from the backend's, or the problem for a failed exchange. Backend
+    /// responses come without hop-by-hop headers: the inline exchange never keeps them, the hyper
+    /// paths remove them.
     async fn relay(
         &self,
         sent: Result<Result<Response<UpstreamBody>, UpstreamError>, tokio::time::error::Elapsed>,
@@ -512,7 +514,7 @@ impl<S: CounterStore> Proxy<S> {
                 self.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
                 let meter = self.meter_for(v, route, resp.headers(), now);
                 let read_timeout = Duration::from_millis(route.route.timeout_ms);
-                let resp = downstream_response(resp).map(|body| {
+                let resp = resp.map(|body| {
                     Either::Right(MeteredBody::new(body.with_read_timeout(read_timeout), meter))
                 });
                 (resp, None)

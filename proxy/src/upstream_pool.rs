@@ -25,7 +25,7 @@ use parking_lot::Mutex;
 use tokio::time::{Instant, Sleep};
 
 use crate::FastMap;
-use crate::forward::RequestBody;
+use crate::forward::{RequestBody, downstream_response};
 use crate::upstream_h1::{self, Conn, ExchangeError, InlineBody};
 
 type Sender = SendRequest<RequestBody>;
@@ -195,7 +195,7 @@ impl UpstreamPool {
             authority: authority.clone(),
             sender,
         });
-        Ok(resp.map(|inner| UpstreamBody {
+        Ok(downstream_response(resp).map(|inner| UpstreamBody {
             kind: Kind::Hyper { inner, checkin },
             stall: None,
         }))

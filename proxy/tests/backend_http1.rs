@@ -301,3 +301,31 @@ async fn a_backend_that_goes_silent_mid_body_is_cut_off_after_the_route_timeout(
         "a stalled connection is not reused"
     );
 }
+
+#[tokio::test]
+async fn hop_by_hop_response_headers_never_reach_the_client_on_either_path() {
+    let backend = RawBackend::start(
+        b"HTTP/1.1 200 OK\r\nConnection: X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\n\
+          X-Kept: yes\r\nContent-Length: 2\r\n\r\nok",
+        false,
+    )
+    .await;
+    let p = proxy_for(&backend).await;
+    // GET: the inline exchange; POST with a body: the hyper client connection.
+    let inline = p.get("/x", &[KEY]).await;
+    let hyper = support::request(
+        p.listen,
+        "POST",
+        "/x",
+        &[KEY, ("content-type", "text/plain")],
+        bytes::Bytes::from_static(b"body"),
+    )
+    .await;
+    for (path, r) in [("inline", &inline), ("hyper", &hyper)] {
+        assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]), "{path}");
+        assert_eq!(r.header("x-kept"), Some("yes"), "{path}");
+        for hop in ["x-hop", "keep-alive", "connection"] {
+            assert_eq!(r.header(hop), None, "{path}: {hop} relayed");
+        }
+    }
+}
