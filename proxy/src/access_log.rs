@@ -1,10 +1,17 @@
 //! One JSON line per request on stdout, written by a dedicated thread so a slow stdout never
 //! blocks the hot path: lines are buffered and dropped (and counted) when stdout is stuck.
 //! Key material never reaches this module; only route, tenant and outcome.
+//!
+//! Each worker thread appends lines to its own chunk, with no lock and no atomic, and hands the
+//! chunk to the writer thread when it fills, when it is older than [`FLUSH_EVERY`], and whenever
+//! the thread goes idle: the runtime calls [`hand_off_pending`] before it parks a worker (and
+//! when a worker stops), so a line reaches stdout within one writer tick of its request on a
+//! quiet proxy as on a busy one. [`AccessLog::close`] writes everything before the process exits.
 
 use std::cell::RefCell;
 use std::io::Write;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
@@ -38,69 +45,196 @@ pub struct AccessRecord<'a> {
 
 /// Handle to the writer thread.
 ///
-/// The hot path appends the line to a shared buffer (a short critical section, no syscall, no
-/// wake-up); the writer thread swaps the buffer out every 50 ms (or sooner when it fills) and
-/// writes it with one syscall. Waking a thread per request cost more than the rest of the access
-/// log: on one core, the context switches halved throughput.
+/// Appending each line to one shared buffer under a mutex cost 1.3% of the proxy's CPU time at
+/// 70k requests/s: the lock's atomic waited for the stores into a megabyte-sized buffer that had
+/// left the cache. A per-thread chunk stays in L1 and takes the lock once per chunk.
 #[derive(Debug, Clone)]
 pub struct AccessLog {
     shared: Option<Arc<Shared>>,
+    writer: Option<Arc<Mutex<Option<JoinHandle<()>>>>>,
     dropped: IntCounter,
 }
 
 #[derive(Debug, Default)]
 struct Shared {
-    buffer: Mutex<Vec<u8>>,
-    full: Condvar,
+    queue: Mutex<Queue>,
+    /// Wakes the writer early (much queued output, or closing).
+    wake: Condvar,
+}
+
+/// Chunks between the workers and the writer thread.
+#[derive(Debug, Default)]
+struct Queue {
+    /// Filled chunks, oldest first.
+    full: Vec<Vec<u8>>,
+    /// Written chunks for reuse (their capacity is kept).
+    free: Vec<Vec<u8>>,
+    /// Bytes in `full`.
+    queued: usize,
+    /// No more lines: the writer drains `full` and exits.
+    closed: bool,
+}
+
+/// The calling thread's chunk, not yet handed to its log's writer.
+struct Pending {
+    log: Arc<Shared>,
+    chunk: Vec<u8>,
+    lines: u64,
+    /// The first line's time plus a tick (Unix ms): an older chunk is handed off.
+    due_ms: i64,
+    dropped: IntCounter,
+}
+
+thread_local! {
+    static PENDING: RefCell<Option<Pending>> = const { RefCell::new(None) };
 }
 
 /// Flush at least this often.
-const FLUSH_EVERY: Duration = Duration::from_millis(50);
-/// Wake the writer early past this much buffered output.
-const WAKE_AT: usize = 256 * 1024;
+const FLUSH_EVERY_MS: i64 = 50;
+const FLUSH_EVERY: Duration = Duration::from_millis(FLUSH_EVERY_MS.unsigned_abs());
+/// A worker's chunk: small enough to stay in the L1 cache, large enough for ~60 lines a lock.
+const CHUNK: usize = 16 * 1024;
+/// Wake the writer past this much queued output: four chunks, so the chunks in circulation stay
+/// in the L2 cache (waking it every 50 ms only would cycle a megabyte of them through memory).
+const WAKE_AT: usize = 4 * CHUNK;
 /// Drop lines (and count them) past this much unwritten output: stdout is stuck.
 const MAX_BUFFERED: usize = 8 * 1024 * 1024;
 
 impl AccessLog {
-    /// Starts the writer thread (`enabled`), or a no-op log.
+    /// Starts the writer thread (`enabled`), or a no-op log. `dropped` counts lines lost to a
+    /// stuck stdout.
     pub fn start(enabled: bool, dropped: IntCounter) -> Self {
+        let disabled = Self {
+            shared: None,
+            writer: None,
+            dropped: dropped.clone(),
+        };
         if !enabled {
-            return Self {
-                shared: None,
-                dropped,
-            };
+            return disabled;
         }
         let shared = Arc::new(Shared::default());
         let writer = shared.clone();
-        let spawned = std::thread::Builder::new()
+        match std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_lines(&writer));
-        Self {
-            shared: spawned.ok().map(|_| shared),
-            dropped,
+            .spawn(move || write_chunks(&writer))
+        {
+            Ok(handle) => Self {
+                shared: Some(shared),
+                writer: Some(Arc::new(Mutex::new(Some(handle)))),
+                dropped,
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the access-log thread; access log off");
+                disabled
+            }
         }
     }
 
-    /// Queues one record.
+    /// Appends one record to the calling thread's chunk.
     pub fn record(&self, record: &AccessRecord<'_>) {
         let Some(shared) = &self.shared else { return };
-        thread_local! {
-            static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
-        }
-        LINE.with_borrow_mut(|line| {
-            line.clear();
-            record.write_json(line);
-            let mut buffer = shared.buffer.lock();
-            if buffer.len() + line.len() > MAX_BUFFERED {
-                drop(buffer);
-                self.dropped.inc();
-                return;
+        PENDING.with_borrow_mut(|pending| {
+            let current = match pending {
+                Some(p) if Arc::ptr_eq(&p.log, shared) => p,
+                _ => {
+                    // First line on this thread, or a line for another log (tests run several).
+                    if let Some(other) = pending.take() {
+                        other.hand_off();
+                    }
+                    pending.insert(Pending {
+                        log: shared.clone(),
+                        chunk: shared.reuse_chunk(),
+                        lines: 0,
+                        due_ms: 0,
+                        dropped: self.dropped.clone(),
+                    })
+                }
+            };
+            let now_ms = record.time.as_millisecond();
+            if current.lines == 0 {
+                current.due_ms = now_ms + FLUSH_EVERY_MS;
             }
-            buffer.extend_from_slice(line);
-            if buffer.len() >= WAKE_AT {
-                shared.full.notify_one();
+            record.write_json(&mut current.chunk);
+            current.lines += 1;
+            if current.chunk.len() >= CHUNK - 1024 || now_ms >= current.due_ms {
+                current.hand_off_chunk();
             }
         });
+    }
+
+    /// Writes every line recorded so far, then stops the writer thread. Called once, after the
+    /// runtime (and so every worker's [`hand_off_pending`]) has finished.
+    pub fn close(&self) {
+        hand_off_pending();
+        let (Some(shared), Some(writer)) = (&self.shared, &self.writer) else {
+            return;
+        };
+        shared.queue.lock().closed = true;
+        shared.wake.notify_one();
+        if let Some(handle) = writer.lock().take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Hands the calling thread's unwritten lines to the writer. The runtime calls it before parking
+/// a worker and when a worker stops.
+pub fn hand_off_pending() {
+    // `try_with`: a thread being torn down has no thread-locals left, and nothing to hand off.
+    let _ = PENDING.try_with(|pending| {
+        if let Ok(mut pending) = pending.try_borrow_mut()
+            && let Some(p) = pending.as_mut()
+            && p.lines > 0
+        {
+            p.hand_off_chunk();
+        }
+    });
+}
+
+impl Pending {
+    /// Queues the chunk and starts a fresh one.
+    fn hand_off_chunk(&mut self) {
+        let fresh = self.log.reuse_chunk();
+        let chunk = std::mem::replace(&mut self.chunk, fresh);
+        let lines = std::mem::take(&mut self.lines);
+        if !self.log.enqueue(chunk) {
+            self.dropped.inc_by(lines);
+        }
+    }
+
+    fn hand_off(mut self) {
+        if self.lines > 0 {
+            self.hand_off_chunk();
+        }
+    }
+}
+
+impl Shared {
+    /// An empty chunk, written before if one is free.
+    fn reuse_chunk(&self) -> Vec<u8> {
+        self.queue
+            .lock()
+            .free
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(CHUNK))
+    }
+
+    /// Queues a filled chunk for the writer; false (and the chunk recycled) when too much output
+    /// is waiting already, or the log is closed.
+    fn enqueue(&self, chunk: Vec<u8>) -> bool {
+        let mut queue = self.queue.lock();
+        if queue.closed || queue.queued + chunk.len() > MAX_BUFFERED {
+            let mut chunk = chunk;
+            chunk.clear();
+            queue.free.push(chunk);
+            return false;
+        }
+        queue.queued += chunk.len();
+        queue.full.push(chunk);
+        if queue.queued >= WAKE_AT {
+            self.wake.notify_one();
+        }
+        true
     }
 }
 
@@ -208,22 +342,36 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-fn write_lines(shared: &Shared) {
+/// The writer thread: every tick (or sooner when woken), writes the queued chunks with one
+/// syscall each and returns them for reuse; on close, drains the queue and exits.
+fn write_chunks(shared: &Shared) {
     let stdout = std::io::stdout();
-    let mut spare = Vec::new();
+    let mut batch = Vec::new();
     loop {
-        {
-            let mut buffer = shared.buffer.lock();
-            if buffer.len() < WAKE_AT {
-                shared.full.wait_for(&mut buffer, FLUSH_EVERY);
+        let closed = {
+            let mut queue = shared.queue.lock();
+            if queue.queued < WAKE_AT && !queue.closed {
+                shared.wake.wait_for(&mut queue, FLUSH_EVERY);
             }
-            std::mem::swap(&mut *buffer, &mut spare);
-        }
-        if !spare.is_empty() {
+            std::mem::swap(&mut queue.full, &mut batch);
+            queue.queued = 0;
+            queue.closed
+        };
+        if !batch.is_empty() {
             let mut out = stdout.lock();
-            let _ = out.write_all(&spare);
+            for chunk in &batch {
+                let _ = out.write_all(chunk);
+            }
             let _ = out.flush();
-            spare.clear();
+            drop(out);
+            let mut queue = shared.queue.lock();
+            for mut chunk in batch.drain(..) {
+                chunk.clear();
+                queue.free.push(chunk);
+            }
+        }
+        if closed {
+            return;
         }
     }
 }
@@ -322,5 +470,43 @@ mod tests {
             assert_eq!(parsed, time);
             assert_eq!(v["latencySeconds"], 0.000005);
         }
+    }
+
+    #[test]
+    fn lines_past_the_buffer_limit_are_dropped_and_counted() {
+        let dropped = IntCounter::new("dropped", "test").expect("counter");
+        let shared = Arc::new(Shared::default());
+        // A writer that never writes: stdout is stuck.
+        shared.queue.lock().queued = MAX_BUFFERED;
+        let log = AccessLog {
+            shared: Some(shared.clone()),
+            writer: None,
+            dropped: dropped.clone(),
+        };
+        let record = AccessRecord {
+            time: jiff::Timestamp::now(),
+            client: "10.0.0.7",
+            method: "GET",
+            path: "/v1/x",
+            route: None,
+            tenant: None,
+            status: 200,
+            problem: None,
+            latency: Duration::from_micros(5),
+            bytes: None,
+        };
+        for _ in 0..3 {
+            log.record(&record);
+        }
+        hand_off_pending();
+        assert_eq!(dropped.get(), 3);
+        assert!(shared.queue.lock().full.is_empty());
+
+        // Room again: the next lines are queued, not dropped.
+        shared.queue.lock().queued = 0;
+        log.record(&record);
+        hand_off_pending();
+        assert_eq!(dropped.get(), 3);
+        assert_eq!(shared.queue.lock().full.len(), 1);
     }
 }

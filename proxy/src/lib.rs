@@ -66,6 +66,11 @@ pub fn init_logging(format: LogFormat) {
 
 /// Runs the proxy until SIGTERM or SIGINT.
 pub fn run(cli: Cli) -> Result<()> {
+    let registry = Registry::new();
+    let metrics =
+        ProxyMetrics::new(&registry, cli.tenant_metrics).context("registering metrics")?;
+    let access_log = AccessLog::start(cli.access_log, metrics.access_log_dropped.clone());
+
     // One worker: a current-thread runtime (no work-stealing bookkeeping, no cross-thread wakes).
     let mut runtime = match cli.worker_threads {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
@@ -76,23 +81,29 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         None => tokio::runtime::Builder::new_multi_thread(),
     };
-    runtime.enable_all();
+    // A worker about to idle hands its access-log lines to the writer (access_log.rs).
     runtime
-        .build()
-        .context("starting the async runtime")?
-        .block_on(serve(cli))
+        .enable_all()
+        .on_thread_park(access_log::hand_off_pending)
+        .on_thread_stop(access_log::hand_off_pending);
+    let runtime = runtime.build().context("starting the async runtime")?;
+    let served = runtime.block_on(serve(cli, registry, metrics, access_log.clone()));
+    drop(runtime);
+    access_log.close();
+    served
 }
 
-async fn serve(cli: Cli) -> Result<()> {
+async fn serve(
+    cli: Cli,
+    registry: Registry,
+    metrics: ProxyMetrics,
+    access_log: AccessLog,
+) -> Result<()> {
     if cli.manifests.is_none() && cli.control_plane.is_empty() {
         bail!(
             "nothing to serve: pass --manifests DIR (standalone, from YAML manifests) or --control-plane URL (fleet, from the operator)"
         );
     }
-    let registry = Registry::new();
-    let metrics =
-        ProxyMetrics::new(&registry, cli.tenant_metrics).context("registering metrics")?;
-
     if cli.store == "memory" {
         let store = Arc::new(MemoryStore::new());
         let restored = persist::load(&cli.state_dir)?;
@@ -103,7 +114,7 @@ async fn serve(cli: Cli) -> Result<()> {
             cli.state_dir.clone(),
             metrics.clone(),
         ));
-        serve_with(&cli, store.clone(), registry, metrics).await?;
+        serve_with(&cli, store.clone(), registry, metrics, access_log).await?;
         flusher.abort();
         persist::save(&cli.state_dir, store.usage())
             .context("saving quota counters on shutdown")?;
@@ -128,7 +139,7 @@ async fn serve(cli: Cli) -> Result<()> {
                 }
             })
         };
-        serve_with(&cli, store.clone(), registry, metrics).await?;
+        serve_with(&cli, store.clone(), registry, metrics, access_log).await?;
         settler.abort();
         store.settle(true).await;
         tracing::info!("unused quota slices returned to Redis; bye");
@@ -141,8 +152,8 @@ async fn serve_with<S: CounterStore>(
     store: Arc<S>,
     registry: Registry,
     metrics: ProxyMetrics,
+    access_log: AccessLog,
 ) -> Result<()> {
-    let access_log = AccessLog::start(cli.access_log, metrics.access_log_dropped.clone());
     let proxy = Arc::new(Proxy::new(
         store.clone(),
         forward::client(),

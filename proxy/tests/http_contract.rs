@@ -649,6 +649,50 @@ async fn sigterm_drains_in_flight_requests_and_saves_counters() {
 }
 
 #[tokio::test]
+async fn access_log_lines_reach_stdout_promptly_and_none_are_lost_at_shutdown() {
+    let (_b, mut p) = start().await;
+    let (k, v) = key("acme");
+    // A quiet proxy: one request's line is written without waiting for more traffic.
+    let reply = p.get("/echo/quiet", &[HOST, (k, &v)]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        if let Some(line) = p.access_log().first() {
+            break line.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access-log line 10 s after the request"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(first["path"], "/echo/quiet");
+    assert_eq!(first["status"], reply.status);
+    assert_eq!(first["tenant"], "shop/acme");
+
+    // A burst ended at once by SIGTERM: every line is on stdout when the process has exited.
+    let mut statuses = vec![reply.status];
+    for i in 0..300 {
+        statuses.push(
+            p.get(&format!("/echo/burst/{i}"), &[HOST, (k, &v)])
+                .await
+                .status,
+        );
+    }
+    assert!(p.terminate().await.success());
+    let lines = p.access_log();
+    let paths: Vec<&str> = lines.iter().filter_map(|l| l["path"].as_str()).collect();
+    let expected: Vec<String> = std::iter::once("/echo/quiet".to_owned())
+        .chain((0..300).map(|i| format!("/echo/burst/{i}")))
+        .collect();
+    assert_eq!(paths, expected, "one line per request, in order");
+    let logged: Vec<u64> = lines.iter().filter_map(|l| l["status"].as_u64()).collect();
+    assert_eq!(
+        logged,
+        statuses.iter().map(|s| u64::from(*s)).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
 async fn metrics_health_and_usage_endpoints() {
     let (_b, p) = start().await;
     let (k, v) = key("tiny");

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -167,6 +167,8 @@ pub struct ProxyProcess {
     pub manifests: PathBuf,
     pub state: PathBuf,
     pub stderr_path: PathBuf,
+    /// The access log (the proxy's stdout), appended across restarts.
+    pub stdout_path: PathBuf,
     child: Option<Child>,
     _dir: tempfile::TempDir,
     extra_args: Vec<String>,
@@ -209,6 +211,7 @@ impl ProxyProcess {
             manifests: manifest_dir,
             state: dir.path().join("state"),
             stderr_path: dir.path().join("proxy.stderr"),
+            stdout_path: dir.path().join("proxy.stdout"),
             child: None,
             _dir: dir,
             extra_args: args.iter().map(|s| (*s).to_owned()).collect(),
@@ -227,6 +230,11 @@ impl ProxyProcess {
             .append(true)
             .open(&self.stderr_path)
             .expect("stderr file");
+        let stdout = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stdout_path)
+            .expect("stdout file");
         let log_start = stderr.metadata().map(|m| m.len() as usize).unwrap_or(0);
         // Port 0: the proxy picks free ports and logs them, so parallel tests never collide.
         let child = Command::new(env!("CARGO_BIN_EXE_tollgate-proxy"))
@@ -239,7 +247,7 @@ impl ProxyProcess {
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .expect("start tollgate-proxy");
@@ -263,6 +271,18 @@ impl ProxyProcess {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The access-log lines written so far, parsed.
+    pub fn access_log(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.stdout_path)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("access-log line is not JSON ({e}): {line}"))
+            })
+            .collect()
     }
 
     pub fn stderr(&self) -> String {
