@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod control_plane;
 pub mod forward;
+pub mod lazy_timer;
 pub mod metering;
 pub mod metrics;
 pub mod problem;

@@ -445,16 +445,14 @@ impl<S: CounterStore> Proxy<S> {
         };
         let plain_http = upstream.scheme == http::uri::Scheme::HTTP;
         let started = Instant::now();
-        let timeout = Duration::from_millis(route.route.timeout_ms);
+        let due = started + Duration::from_millis(route.route.timeout_ms);
         if plain_http && upstream_h1::eligible(&req) {
             // The common case: the forwarded head is written straight from the client's request.
             let head = forward::request_head(&req, &cx);
-            let sent = tokio::time::timeout(
-                timeout,
-                self.pool
-                    .send_inline(&upstream.authority, &head, req.method()),
-            )
-            .await;
+            let sent = self
+                .pool
+                .send_inline(&upstream.authority, &head, req.method(), due.into())
+                .await;
             return self.relay(sent, v, route, now, path, started).await;
         }
         let upstream_req = match upstream_request(req, &cx, !plain_http) {
@@ -472,13 +470,13 @@ impl<S: CounterStore> Proxy<S> {
             }
         };
         let sent = if plain_http {
-            Box::pin(tokio::time::timeout(
-                timeout,
+            Box::pin(tokio::time::timeout_at(
+                due.into(),
                 self.pool.send(&upstream.authority, upstream_req),
             ))
             .await
         } else {
-            Box::pin(tokio::time::timeout(timeout, async {
+            Box::pin(tokio::time::timeout_at(due.into(), async {
                 let resp = self
                     .client
                     .request(upstream_req)
@@ -494,6 +492,7 @@ impl<S: CounterStore> Proxy<S> {
                 })
             })
         };
+        let sent = sent.unwrap_or(Err(UpstreamError::TimedOut));
         self.relay(sent, v, route, now, path, started).await
     }
 
@@ -502,7 +501,7 @@ impl<S: CounterStore> Proxy<S> {
     /// paths remove them.
     async fn relay(
         &self,
-        sent: Result<Result<Response<UpstreamBody>, UpstreamError>, tokio::time::error::Elapsed>,
+        sent: Result<Response<UpstreamBody>, UpstreamError>,
         v: &Verdict,
         route: &RouteEntry,
         now: Timestamp,
@@ -510,7 +509,7 @@ impl<S: CounterStore> Proxy<S> {
         started: Instant,
     ) -> (Response<ProxyBody>, Option<ProblemKind>) {
         match sent {
-            Ok(Ok(resp)) => {
+            Ok(resp) => {
                 self.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
                 let meter = self.meter_for(v, route, resp.headers(), now);
                 let read_timeout = Duration::from_millis(route.route.timeout_ms);
@@ -519,18 +518,7 @@ impl<S: CounterStore> Proxy<S> {
                 });
                 (resp, None)
             }
-            Ok(Err(err)) => {
-                tracing::debug!(route = %route.id, error = %err, "backend request failed");
-                self.failed(
-                    v,
-                    now,
-                    ProblemKind::BackendUnavailable,
-                    "The API's backend could not be reached. The request was not charged; retry later.",
-                    path,
-                )
-                .await
-            }
-            Err(_) => {
+            Err(UpstreamError::TimedOut) => {
                 self.failed(
                     v,
                     now,
@@ -539,6 +527,17 @@ impl<S: CounterStore> Proxy<S> {
                         "The API's backend did not answer within {} ms. The request was not charged.",
                         route.route.timeout_ms
                     ),
+                    path,
+                )
+                .await
+            }
+            Err(err) => {
+                tracing::debug!(route = %route.id, error = %err, "backend request failed");
+                self.failed(
+                    v,
+                    now,
+                    ProblemKind::BackendUnavailable,
+                    "The API's backend could not be reached. The request was not charged; retry later.",
                     path,
                 )
                 .await

@@ -28,9 +28,10 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::forward::RequestBody;
+use crate::lazy_timer::LazyTimer;
 use crate::proxy::{ClientConn, Proxy, ProxyBody};
 use crate::quota::CounterStore;
 use crate::upstream_h1::copied_part;
@@ -111,7 +112,7 @@ where
         io,
         buf: BytesMut::with_capacity(READ_SIZE),
         out: Vec::with_capacity(READ_SIZE),
-        timer: ConnTimer(Box::pin(tokio::time::sleep(limits.header_timeout))),
+        timer: LazyTimer::new(Instant::now() + limits.header_timeout),
         send_timeout: limits.send_timeout,
     };
     // When the head being read must be complete: fixed when it starts (the connection opening,
@@ -275,28 +276,8 @@ struct Connection<T> {
     buf: BytesMut,
     /// The response being written.
     out: Vec<u8>,
-    timer: ConnTimer,
+    timer: LazyTimer,
     send_timeout: Duration,
-}
-
-/// The connection's one timer, shared by every wait (head, idle, send).
-struct ConnTimer(Pin<Box<Sleep>>);
-
-impl ConnTimer {
-    /// Ready once `due` has passed. The timer is moved only when it would fire after `due`, or
-    /// when it fired early (it was set for an earlier wait): never once per request.
-    fn poll_due(&mut self, due: Instant, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0.deadline() > due {
-            self.0.as_mut().reset(due);
-        }
-        loop {
-            match self.0.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(()) if Instant::now() >= due => return Poll::Ready(()),
-                Poll::Ready(()) => self.0.as_mut().reset(due),
-            }
-        }
-    }
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
@@ -410,7 +391,7 @@ type Polled<B> = Poll<Option<Result<http_body::Frame<<B as Body>::Data>, <B as B
 /// Writes all of `bytes`; fails when the client accepts nothing for `limit`.
 async fn send<T: AsyncWrite + Unpin>(
     io: &mut T,
-    timer: &mut ConnTimer,
+    timer: &mut LazyTimer,
     limit: Duration,
     mut bytes: &[u8],
 ) -> io::Result<()> {
@@ -427,7 +408,7 @@ async fn send<T: AsyncWrite + Unpin>(
 /// Drives `op` to completion; `TimedOut` when it stays pending for `limit`. The deadline is
 /// taken only once `op` has to wait: a write that completes at once reads no clock.
 async fn patiently<R>(
-    timer: &mut ConnTimer,
+    timer: &mut LazyTimer,
     limit: Duration,
     mut op: impl FnMut(&mut Context<'_>) -> Poll<io::Result<R>>,
 ) -> io::Result<R> {

@@ -12,10 +12,12 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
-use tokio::io::AsyncWriteExt;
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::forward::{HopByHop, raw_connection_tokens};
+use crate::lazy_timer::LazyTimer;
 
 /// A response head larger than this is refused (the same bound as hyper's default).
 const MAX_HEAD: usize = 64 * 1024;
@@ -31,6 +33,9 @@ pub enum ExchangeError {
     ClosedBeforeAnswer,
     #[error("malformed backend response: {0}")]
     Malformed(&'static str),
+    /// The response head did not arrive by the route's deadline.
+    #[error("backend did not answer in time")]
+    TimedOut,
 }
 
 /// An open connection to a backend, with what was read ahead of the current message.
@@ -38,6 +43,9 @@ pub enum ExchangeError {
 pub struct Conn {
     io: TcpStream,
     buf: BytesMut,
+    /// Bounds each exchange's wait for the head (the route's timeout); set at the first wait and
+    /// kept while the connection is pooled, so exchanges rarely touch the timer wheel.
+    timer: Option<LazyTimer>,
 }
 
 impl Conn {
@@ -46,7 +54,15 @@ impl Conn {
         Self {
             io,
             buf: BytesMut::with_capacity(READ_SIZE),
+            timer: None,
         }
+    }
+
+    /// `Poll::Ready` once `due` has passed.
+    fn poll_due(&mut self, due: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        self.timer
+            .get_or_insert_with(|| LazyTimer::new(due))
+            .poll_due(due, cx)
     }
 
     /// Whether an idle connection can carry a new request: nothing arrived on it since its last
@@ -75,14 +91,15 @@ enum Framing {
     UntilClose,
 }
 
-/// Sends `head` on `conn` and reads the response head. `Err(ClosedBeforeAnswer)`: nothing came
-/// back (a pooled connection the backend had closed).
+/// Sends `head` on `conn` and reads the response head, by `due`. `Err(ClosedBeforeAnswer)`:
+/// nothing came back (a pooled connection the backend had closed).
 pub async fn exchange(
     mut conn: Conn,
     head: &[u8],
     method: &Method,
+    due: Instant,
 ) -> Result<Response<InlineBody>, ExchangeError> {
-    conn.io.write_all(head).await?;
+    write_all(&mut conn, head, due).await?;
     loop {
         let parsed = parse_head(&mut conn.buf)?;
         let Some(head) = parsed else {
@@ -91,7 +108,7 @@ pub async fn exchange(
             }
             conn.buf.reserve(READ_SIZE);
             let before = conn.buf.len();
-            let n = read_more(&mut conn).await?;
+            let n = read_more(&mut conn, due).await?;
             if n == 0 {
                 return Err(if before == 0 {
                     ExchangeError::ClosedBeforeAnswer
@@ -136,9 +153,39 @@ pub async fn exchange(
     }
 }
 
-async fn read_more(conn: &mut Conn) -> std::io::Result<usize> {
+async fn read_more(conn: &mut Conn, due: Instant) -> Result<usize, ExchangeError> {
     std::future::poll_fn(|cx| {
-        tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf)
+        if let Poll::Ready(read) =
+            tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf)
+        {
+            return Poll::Ready(read.map_err(ExchangeError::Io));
+        }
+        conn.poll_due(due, cx)
+            .map(|()| Err(ExchangeError::TimedOut))
+    })
+    .await
+}
+
+/// Writes all of `bytes` (a request head: nearly always one `write` that completes at once).
+async fn write_all(conn: &mut Conn, mut bytes: &[u8], due: Instant) -> Result<(), ExchangeError> {
+    std::future::poll_fn(|cx| {
+        while !bytes.is_empty() {
+            match Pin::new(&mut conn.io).poll_write(cx, bytes) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(ExchangeError::Io(
+                        std::io::ErrorKind::WriteZero.into(),
+                    )));
+                }
+                Poll::Ready(Ok(n)) => bytes = &bytes[n..],
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(ExchangeError::Io(e))),
+                Poll::Pending => {
+                    return conn
+                        .poll_due(due, cx)
+                        .map(|()| Err(ExchangeError::TimedOut));
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
     })
     .await
 }

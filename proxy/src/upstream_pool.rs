@@ -58,7 +58,19 @@ pub enum UpstreamError {
     Request(#[from] hyper::Error),
     /// The inline exchange failed.
     #[error("backend request failed: {0}")]
-    Exchange(#[from] ExchangeError),
+    Exchange(ExchangeError),
+    /// No response head by the route's timeout.
+    #[error("backend did not answer in time")]
+    TimedOut,
+}
+
+impl From<ExchangeError> for UpstreamError {
+    fn from(e: ExchangeError) -> Self {
+        match e {
+            ExchangeError::TimedOut => Self::TimedOut,
+            e => Self::Exchange(e),
+        }
+    }
 }
 
 const MAX_IDLE_PER_BACKEND: usize = 1024;
@@ -132,27 +144,24 @@ impl UpstreamPool {
     }
 
     /// Exchanges `head` (a bodiless request with a method safe to retry, see
-    /// [`upstream_h1::eligible`]) inline; a pooled connection that turns out closed is replaced
-    /// once.
+    /// [`upstream_h1::eligible`]) inline, with its response head due by `due`; a pooled
+    /// connection that turns out closed is replaced once.
     pub async fn send_inline(
         self: &Arc<Self>,
         authority: &Authority,
         head: &[u8],
         method: &Method,
+        due: Instant,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        // Connecting is the rare case under keep-alive: its future is boxed.
         let (conn, pooled) = match self.checkout_inline(authority) {
             Some(conn) => (conn, true),
-            None => (
-                Conn::new(Box::pin(Self::connect_tcp(authority)).await?),
-                false,
-            ),
+            None => (self.connect_inline(authority, due).await?, false),
         };
-        let resp = match upstream_h1::exchange(conn, head, method).await {
+        let resp = match upstream_h1::exchange(conn, head, method, due).await {
             Ok(resp) => resp,
             Err(ExchangeError::ClosedBeforeAnswer | ExchangeError::Io(_)) if pooled => {
-                let conn = Conn::new(Box::pin(Self::connect_tcp(authority)).await?);
-                Box::pin(upstream_h1::exchange(conn, head, method)).await?
+                let conn = self.connect_inline(authority, due).await?;
+                Box::pin(upstream_h1::exchange(conn, head, method, due)).await?
             }
             Err(e) => return Err(e.into()),
         };
@@ -166,6 +175,19 @@ impl UpstreamPool {
             },
             stall: None,
         }))
+    }
+
+    /// A new connection for the inline path, by `due`. Connecting is the rare case under
+    /// keep-alive: its future is boxed.
+    async fn connect_inline(
+        &self,
+        authority: &Authority,
+        due: Instant,
+    ) -> Result<Conn, UpstreamError> {
+        match tokio::time::timeout_at(due, Box::pin(Self::connect_tcp(authority))).await {
+            Ok(stream) => Ok(Conn::new(stream?)),
+            Err(_) => Err(UpstreamError::TimedOut),
+        }
     }
 
     /// Sends `req` (origin-form URI, Host set) to `authority` over a pooled hyper client
