@@ -317,6 +317,16 @@ fn write_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
 fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
+    // The common case, nothing to escape, checked without an early exit so the compiler can use
+    // vector instructions (the byte-by-byte loop below was 3% of the proxy's instructions).
+    let plain = bytes.iter().fold(true, |plain, &b| {
+        plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
+    });
+    if plain {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut clean = 0;
     for (i, &b) in bytes.iter().enumerate() {
         if b >= 0x20 && b != b'"' && b != b'\\' {
