@@ -215,6 +215,19 @@ pub fn downstream_response<B>(mut resp: Response<B>) -> Response<B> {
     resp
 }
 
+/// Always hop-by-hop, in lower case.
+const FIXED_HOP_BY_HOP: [&[u8]; 9] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"te",
+    b"trailer",
+    b"upgrade",
+    b"transfer-encoding",
+];
+
 /// Which headers of a message are hop-by-hop (RFC 9110 section 7.6.1): the fixed list, plus
 /// `Transfer-Encoding` (recomputed for the next hop) and every name listed in `Connection`.
 pub(crate) struct HopByHop<'a> {
@@ -237,18 +250,14 @@ impl<'a> HopByHop<'a> {
 
     /// The fixed list, by lower-case name (header names in a map are lower case).
     pub(crate) fn fixed(name: &[u8]) -> bool {
-        matches!(
-            name,
-            b"connection"
-                | b"keep-alive"
-                | b"proxy-connection"
-                | b"proxy-authenticate"
-                | b"proxy-authorization"
-                | b"te"
-                | b"trailer"
-                | b"upgrade"
-                | b"transfer-encoding"
-        )
+        FIXED_HOP_BY_HOP.contains(&name)
+    }
+
+    /// [`Self::fixed`] for a name as it arrived, in any case.
+    pub(crate) fn fixed_any_case(name: &[u8]) -> bool {
+        FIXED_HOP_BY_HOP
+            .iter()
+            .any(|fixed| fixed.eq_ignore_ascii_case(name))
     }
 
     fn applies_to(&self, name: &HeaderName) -> bool {

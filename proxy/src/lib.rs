@@ -21,6 +21,7 @@ pub mod problem;
 pub mod proxy;
 pub mod quota;
 pub mod ratelimit_headers;
+pub mod raw_headers;
 pub mod router;
 pub mod server;
 pub mod server_h1;

@@ -201,6 +201,11 @@ impl MeteredBody {
             meter: meter.map(Box::new),
         }
     }
+
+    /// Takes the backend's headers still to relay as bytes (see [`crate::raw_headers`]).
+    pub fn take_relayed_headers(&mut self) -> crate::raw_headers::RawHeaders {
+        self.inner.take_relayed_headers()
+    }
 }
 
 impl Body for MeteredBody {

@@ -25,12 +25,42 @@ use crate::metering::{Meter, MeteredBody};
 use crate::metrics::ProxyMetrics;
 use crate::problem::{self, Problem, ProblemKind};
 use crate::quota::{Admission, CounterStore, LimitState, Subject};
+use crate::raw_headers::{self, RawHeaders};
 use crate::router::request_host;
 use crate::upstream_h1;
 use crate::upstream_pool::{UpstreamBody, UpstreamError, UpstreamPool};
 
 /// Response body: a buffered body made by the proxy, or the backend's streamed body.
 pub type ProxyBody = Either<Full<Bytes>, MeteredBody>;
+
+/// Takes the backend headers a response relays as bytes (see [`crate::raw_headers`]); the
+/// HTTP/1.1 engine writes them after the response map's headers.
+pub fn take_relayed_headers(body: &mut ProxyBody) -> RawHeaders {
+    match body {
+        Either::Left(_) => RawHeaders::default(),
+        Either::Right(metered) => metered.take_relayed_headers(),
+    }
+}
+
+/// A backend response's `Content-Type`, from its map or its relayed lines.
+fn backend_content_type(resp: &Response<UpstreamBody>) -> Option<&str> {
+    resp.headers()
+        .get(header::CONTENT_TYPE)
+        .map(HeaderValue::as_bytes)
+        .or_else(|| {
+            resp.body()
+                .relayed_headers()
+                .and_then(|r| r.get("content-type"))
+        })
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// `resp` with the backend headers it relays as bytes moved into its map, for hyper to write.
+pub fn with_relayed_headers(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    let relayed = take_relayed_headers(resp.body_mut());
+    raw_headers::merge_into(relayed, resp.headers_mut());
+    resp
+}
 
 /// The proxy: current configuration, counters, the backend client and telemetry.
 #[derive(Debug)]
@@ -414,7 +444,7 @@ impl<S: CounterStore> Proxy<S> {
         };
         if let Some(direct) = &route.direct {
             // Nothing to read in a direct response, but a per-request price still applies.
-            if let Some(mut meter) = self.meter_for(v, route, &http::HeaderMap::new(), now) {
+            if let Some(mut meter) = self.meter_for(v, route, None, now) {
                 meter.finish();
             }
             let mut resp = Response::new(Either::Left(Full::new(direct.body.clone())));
@@ -511,7 +541,13 @@ impl<S: CounterStore> Proxy<S> {
         match sent {
             Ok(resp) => {
                 self.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
-                let meter = self.meter_for(v, route, resp.headers(), now);
+                // The content type is looked up only for a plan that meters usage.
+                let meter = match &v.plan {
+                    Some(plan) if plan.meters_usage => {
+                        self.meter_for(v, route, backend_content_type(&resp), now)
+                    }
+                    _ => None,
+                };
                 let read_timeout = Duration::from_millis(route.route.timeout_ms);
                 let resp = resp.map(|body| {
                     Either::Right(MeteredBody::new(body.with_read_timeout(read_timeout), meter))
@@ -550,7 +586,7 @@ impl<S: CounterStore> Proxy<S> {
         &self,
         v: &Verdict,
         route: &RouteEntry,
-        headers: &http::HeaderMap,
+        content_type: Option<&str>,
         now: Timestamp,
     ) -> Option<Meter> {
         let (tenant, plan) = (v.tenant.clone()?, v.plan.clone()?);
@@ -558,9 +594,6 @@ impl<S: CounterStore> Proxy<S> {
             return None;
         }
         let tokens = route.route.metering == tollgate_crds::resources::Metering::OpenAI;
-        let content_type = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok());
         let store = self.store.clone();
         let pricing = plan.plan.pricing.clone();
         let charge = Box::new(move |metered| {

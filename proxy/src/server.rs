@@ -209,7 +209,8 @@ impl<S: CounterStore> Session<S> {
         let service = service_fn(move |req: hyper::Request<Incoming>| {
             let (proxy, conn) = (proxy.clone(), conn.clone());
             async move {
-                Ok::<_, Infallible>(proxy.handle(req.map(RequestBody::Streaming), &conn).await)
+                let resp = proxy.handle(req.map(RequestBody::Streaming), &conn).await;
+                Ok::<_, Infallible>(crate::proxy::with_relayed_headers(resp))
             }
         });
         watcher

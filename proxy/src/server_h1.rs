@@ -32,8 +32,9 @@ use tokio::time::Instant;
 
 use crate::forward::RequestBody;
 use crate::lazy_timer::LazyTimer;
-use crate::proxy::{ClientConn, Proxy, ProxyBody};
+use crate::proxy::{ClientConn, Proxy, ProxyBody, take_relayed_headers};
 use crate::quota::CounterStore;
+use crate::raw_headers::{self, RawHeaders};
 use crate::upstream_h1::copied_part;
 
 /// Heads with more headers than this go to hyper (which allows 100, then answers 431).
@@ -310,9 +311,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         keep_alive: bool,
     ) -> io::Result<bool> {
         let (parts, mut body) = response.into_parts();
-        let framing = Framing::new(&parts, head_only, body.size_hint().exact());
+        let relayed = take_relayed_headers(&mut body);
+        let framing = Framing::new(&parts, &relayed, head_only, body.size_hint().exact());
         self.out.clear();
-        write_head(&mut self.out, &parts, framing, keep_alive);
+        write_head(&mut self.out, &parts, &relayed, framing, keep_alive);
         if !framing.has_body() {
             drop(body);
             self.flush().await?;
@@ -446,7 +448,12 @@ enum Framing {
 }
 
 impl Framing {
-    fn new(parts: &http::response::Parts, head_only: bool, exact: Option<u64>) -> Self {
+    fn new(
+        parts: &http::response::Parts,
+        relayed: &RawHeaders,
+        head_only: bool,
+        exact: Option<u64>,
+    ) -> Self {
         let status = parts.status;
         if status.is_informational()
             || status == StatusCode::NO_CONTENT
@@ -458,7 +465,10 @@ impl Framing {
             // The backend's Content-Length describes the representation and stays; a HEAD
             // answer made by the proxy (a problem) states its body's length, as hyper does.
             return match exact {
-                Some(n) if !parts.headers.contains_key(header::CONTENT_LENGTH) => {
+                Some(n)
+                    if !parts.headers.contains_key(header::CONTENT_LENGTH)
+                        && !relayed.contains("content-length") =>
+                {
                     Self::Length { n, head_only }
                 }
                 _ => Self::Keep,
@@ -479,10 +489,12 @@ impl Framing {
     }
 }
 
-/// The status line and headers; framing headers from `framing`, `Date` added when missing.
+/// The status line and headers: the map's, then the relayed ones the map does not override;
+/// framing headers from `framing`; `Date` added when missing.
 fn write_head(
     out: &mut Vec<u8>,
     parts: &http::response::Parts,
+    relayed: &RawHeaders,
     framing: Framing,
     keep_alive: bool,
 ) {
@@ -497,8 +509,9 @@ fn write_head(
             .as_bytes(),
     );
     out.extend_from_slice(b"\r\n");
+    let keep_length = framing == Framing::Keep;
     for (name, value) in &parts.headers {
-        let framing_header = name == header::CONTENT_LENGTH && framing != Framing::Keep;
+        let framing_header = name == header::CONTENT_LENGTH && !keep_length;
         if framing_header || name == header::TRANSFER_ENCODING || name == header::CONNECTION {
             continue;
         }
@@ -507,7 +520,17 @@ fn write_head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !parts.headers.contains_key(header::DATE) {
+    let mut has_date = parts.headers.contains_key(header::DATE);
+    for line in relayed.lines() {
+        if line.name.eq_ignore_ascii_case(b"content-length") && !keep_length
+            || raw_headers::map_has(&parts.headers, line.name)
+        {
+            continue;
+        }
+        has_date |= line.name.eq_ignore_ascii_case(b"date");
+        out.extend_from_slice(line.whole);
+    }
+    if !has_date {
         out.extend_from_slice(b"date: ");
         http_date(out);
         out.extend_from_slice(b"\r\n");
@@ -700,8 +723,9 @@ mod tests {
         };
         let head = |status, length, head_only, exact| {
             let mut out = Vec::new();
-            let framing = Framing::new(&parts(status, length), head_only, exact);
-            write_head(&mut out, &parts(status, length), framing, true);
+            let none = RawHeaders::default();
+            let framing = Framing::new(&parts(status, length), &none, head_only, exact);
+            write_head(&mut out, &parts(status, length), &none, framing, true);
             (String::from_utf8(out).expect("text"), framing.has_body())
         };
         let (text, body) = head(200, Some("99"), false, Some(2));
@@ -726,5 +750,40 @@ mod tests {
             text.starts_with("HTTP/1.1 304 Not Modified\r\n") && text.contains("\r\ndate: "),
             "{text}"
         );
+    }
+
+    #[test]
+    fn relayed_headers_follow_the_maps_and_yield_to_them() {
+        let mut r = Response::new(());
+        r.headers_mut()
+            .insert("ratelimit", HeaderValue::from_static("\"ours\";r=1"));
+        let parts = r.into_parts().0;
+        let mut relayed = crate::raw_headers::RawHeadersBuilder::with_capacity(128);
+        for (name, value) in [
+            ("Content-Type", "text/plain"),
+            ("RateLimit", "\"backend\";r=9"),
+            ("Content-Length", "12"),
+            ("Date", "Tue, 24 Nov 2026 10:00:00 GMT"),
+        ] {
+            relayed.push(name.as_bytes(), value.as_bytes());
+        }
+        let relayed = relayed.finish();
+        let head = |head_only, exact| {
+            let framing = Framing::new(&parts, &relayed, head_only, exact);
+            let mut out = Vec::new();
+            write_head(&mut out, &parts, &relayed, framing, true);
+            String::from_utf8(out).expect("text")
+        };
+        // A GET: the body's length replaces the relayed one; the backend's Date is kept.
+        let text = head(false, Some(2));
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\nratelimit: \"ours\";r=1\r\nContent-Type: text/plain\r\n\
+             Date: Tue, 24 Nov 2026 10:00:00 GMT\r\ncontent-length: 2\r\n\r\n"
+        );
+        // A HEAD: the relayed length describes the representation and stays.
+        let text = head(true, Some(0));
+        assert!(text.contains("Content-Length: 12\r\n"), "{text}");
+        assert!(!text.contains("content-length: 0"), "{text}");
     }
 }

@@ -11,13 +11,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::forward::{HopByHop, raw_connection_tokens};
 use crate::lazy_timer::LazyTimer;
+use crate::raw_headers::{RawHeaders, RawHeadersBuilder};
 
 /// A response head larger than this is refused (the same bound as hyper's default).
 const MAX_HEAD: usize = 64 * 1024;
@@ -129,12 +130,13 @@ pub async fn exchange(
         }
         let Head {
             status,
-            headers,
+            relayed,
             version,
             chunked,
+            content_length,
             close,
         } = head;
-        let framing = framing(method, status, chunked, &headers)?;
+        let framing = framing(method, status, chunked, content_length)?;
         let keep_alive =
             version == Version::HTTP_11 && !matches!(framing, Framing::UntilClose) && !close;
         let mut resp = Response::new(InlineBody {
@@ -142,10 +144,10 @@ pub async fn exchange(
             framing,
             keep_alive,
             ended: None,
+            relayed,
         });
         *resp.status_mut() = status;
         *resp.version_mut() = version;
-        *resp.headers_mut() = headers;
         if resp.body().framing_done() {
             resp.body_mut().end();
         }
@@ -193,11 +195,12 @@ async fn write_all(conn: &mut Conn, mut bytes: &[u8], due: Instant) -> Result<()
 /// A backend response head.
 struct Head {
     status: StatusCode,
-    /// End-to-end headers only: hop-by-hop ones are read here and never reach the map.
-    headers: HeaderMap,
+    /// End-to-end headers only: hop-by-hop ones are read here and never relayed.
+    relayed: RawHeaders,
     version: Version,
     /// `Transfer-Encoding`: whether its last coding is chunked (`None`: no such header).
     chunked: Option<bool>,
+    content_length: ContentLength,
     /// `Connection: close`.
     close: bool,
 }
@@ -221,9 +224,6 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
     } else {
         Version::HTTP_10
     };
-    // One copy of the head; header values are slices of it (a copy per value cost an
-    // allocation each).
-    let head = Bytes::copy_from_slice(&buf[..len]);
     // Hop-by-hop headers first: they decide framing and reuse, and are not relayed.
     let (mut chunked, mut close, mut named) = (None, false, Vec::new());
     for h in parsed.headers.iter() {
@@ -241,26 +241,44 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
             }
         }
     }
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 4);
+    let mut relayed = RawHeadersBuilder::with_capacity(len);
+    let mut content_length = ContentLength::Absent;
     for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| ExchangeError::Malformed("bad header name"))?;
-        let lower = name.as_str().as_bytes();
-        if HopByHop::fixed(lower) || named.iter().any(|n| **n == *lower) {
+        let name = h.name.as_bytes();
+        if HopByHop::fixed_any_case(name) || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
             continue;
         }
-        let value = HeaderValue::from_maybe_shared(copied_part(&head, buf, h.value))
-            .map_err(|_| ExchangeError::Malformed("bad header value"))?;
-        headers.append(name, value);
+        if name.eq_ignore_ascii_case(b"content-length") {
+            content_length = match content_length {
+                ContentLength::Absent => std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .map_or(ContentLength::Bad, ContentLength::Value),
+                _ => ContentLength::Several,
+            };
+        }
+        relayed.push(name, h.value);
     }
     buf.advance(len);
     Ok(Some(Head {
         status,
-        headers,
+        relayed: relayed.finish(),
         version,
         chunked,
+        content_length,
         close,
     }))
+}
+
+/// A response's `Content-Length` header(s).
+#[derive(Debug, Clone, Copy)]
+enum ContentLength {
+    Absent,
+    Value(u64),
+    /// Not a number.
+    Bad,
+    /// More than one header.
+    Several,
 }
 
 /// The part of `copy` (a copy of `original`) at the place `part` (a slice of `original`) has.
@@ -273,7 +291,7 @@ fn framing(
     method: &Method,
     status: StatusCode,
     chunked: Option<bool>,
-    headers: &HeaderMap,
+    content_length: ContentLength,
 ) -> Result<Framing, ExchangeError> {
     if *method == Method::HEAD
         || status == StatusCode::NO_CONTENT
@@ -288,16 +306,11 @@ fn framing(
             Framing::UntilClose
         });
     }
-    let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
-    match (lengths.next(), lengths.next()) {
-        (None, _) => Ok(Framing::UntilClose),
-        (Some(v), None) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map(Framing::Length)
-            .ok_or(ExchangeError::Malformed("bad Content-Length")),
-        (Some(_), Some(_)) => Err(ExchangeError::Malformed("several Content-Length headers")),
+    match content_length {
+        ContentLength::Absent => Ok(Framing::UntilClose),
+        ContentLength::Value(n) => Ok(Framing::Length(n)),
+        ContentLength::Bad => Err(ExchangeError::Malformed("bad Content-Length")),
+        ContentLength::Several => Err(ExchangeError::Malformed("several Content-Length headers")),
     }
 }
 
@@ -392,9 +405,21 @@ pub struct InlineBody {
     keep_alive: bool,
     /// The connection, back for reuse, once the body has ended (taken by the pool).
     ended: Option<Conn>,
+    /// The response's headers, relayed as they came (the response's map is left empty).
+    relayed: RawHeaders,
 }
 
 impl InlineBody {
+    /// The backend's headers, relayed as bytes.
+    pub fn relayed_headers(&self) -> &RawHeaders {
+        &self.relayed
+    }
+
+    /// Takes the backend's headers, for writing or for the response's map.
+    pub fn take_relayed_headers(&mut self) -> RawHeaders {
+        std::mem::take(&mut self.relayed)
+    }
+
     fn framing_done(&self) -> bool {
         matches!(self.framing, Framing::Length(0))
     }
@@ -547,9 +572,13 @@ mod tests {
         let head = parse_head(&mut buf)
             .expect("parses")
             .expect("complete head");
-        let kept = head.headers.keys().map(|k| k.as_str().to_owned()).collect();
+        let kept = head
+            .relayed
+            .lines()
+            .map(|l| String::from_utf8_lossy(l.name).to_ascii_lowercase())
+            .collect();
         (
-            framing(method, head.status, head.chunked, &head.headers),
+            framing(method, head.status, head.chunked, head.content_length),
             kept,
             head.close,
         )

@@ -26,6 +26,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::FastMap;
 use crate::forward::{RequestBody, downstream_response};
+use crate::raw_headers::RawHeaders;
 use crate::upstream_h1::{self, Conn, ExchangeError, InlineBody};
 
 type Sender = SendRequest<RequestBody>;
@@ -313,6 +314,22 @@ impl UpstreamBody {
             armed: false,
         });
         self
+    }
+
+    /// The backend's headers still to relay as bytes (inline exchanges; empty otherwise).
+    pub fn relayed_headers(&self) -> Option<&RawHeaders> {
+        match &self.kind {
+            Kind::Inline { inner, .. } => Some(inner.relayed_headers()),
+            Kind::Hyper { .. } => None,
+        }
+    }
+
+    /// Takes the headers [`Self::relayed_headers`] returns.
+    pub fn take_relayed_headers(&mut self) -> RawHeaders {
+        match &mut self.kind {
+            Kind::Inline { inner, .. } => inner.take_relayed_headers(),
+            Kind::Hyper { .. } => RawHeaders::default(),
+        }
     }
 
     fn finish(&mut self) {

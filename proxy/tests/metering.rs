@@ -119,6 +119,25 @@ async fn tokens_from_json_responses_count_and_exhaust_the_quota() {
 }
 
 #[tokio::test]
+async fn tokens_are_counted_for_a_bodiless_request_relayed_inline() {
+    // A GET takes the inline backend path, whose response headers are relayed as bytes: the
+    // meter still learns the body is JSON.
+    let backend = Backend::start().await;
+    let p = ProxyProcess::start(&[("world.yaml", world(&backend.url()))]).await;
+    let r = p
+        .get(
+            "/v1/chat/completions",
+            &[("authorization", "Bearer key-tokens")],
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.header("content-type")),
+        (200, Some("application/json"))
+    );
+    wait_used(&p, "counter", "daily-tokens", "30").await;
+}
+
+#[tokio::test]
 async fn tokens_from_a_streamed_response_are_counted_and_the_stream_passes_through() {
     let backend = Backend::start().await;
     let p = ProxyProcess::start(&[("world.yaml", world(&backend.url()))]).await;

@@ -1,0 +1,173 @@
+//! A backend's end-to-end response headers kept as `name: value\r\n` lines, relayed as bytes.
+//!
+//! Building an `http::HeaderMap` from a backend head (a name lookup, a hash and an insert per
+//! header, two allocations) only to write the same bytes out again was ~5% of the proxy's
+//! instructions per request. The inline exchange (`upstream_h1`) keeps the lines it relays in one
+//! buffer instead; the HTTP/1.1 engine writes them after the proxy's own headers, and the hyper
+//! path turns them into map entries ([`merge_into`]). Headers the proxy sets itself win: a relayed
+//! line whose name the response map already has is left out.
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// Relayed header lines; empty for responses the proxy made or hyper parsed.
+#[derive(Debug, Clone, Default)]
+pub struct RawHeaders(Bytes);
+
+/// Appends lines to a new [`RawHeaders`].
+#[derive(Debug)]
+pub struct RawHeadersBuilder(BytesMut);
+
+impl RawHeadersBuilder {
+    /// Room for `capacity` bytes of lines.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self(BytesMut::with_capacity(capacity))
+    }
+
+    /// Adds one header. `name` and `value` must be as httparse accepted them (a token; no CR or
+    /// LF in the value).
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        self.0.extend_from_slice(name);
+        self.0.extend_from_slice(b": ");
+        self.0.extend_from_slice(value);
+        self.0.extend_from_slice(b"\r\n");
+    }
+
+    /// The lines added.
+    pub fn finish(self) -> RawHeaders {
+        RawHeaders(self.0.freeze())
+    }
+}
+
+/// One relayed header.
+#[derive(Debug, Clone, Copy)]
+pub struct Line<'a> {
+    /// As the backend spelled it.
+    pub name: &'a [u8],
+    /// Without surrounding whitespace.
+    pub value: &'a [u8],
+    /// `name: value\r\n`, ready to write.
+    pub whole: &'a [u8],
+}
+
+impl RawHeaders {
+    /// No lines.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The lines in the order the backend sent them.
+    pub fn lines(&self) -> impl Iterator<Item = Line<'_>> {
+        let mut rest: &[u8] = &self.0;
+        std::iter::from_fn(move || {
+            let end = memchr::memchr(b'\n', rest)? + 1;
+            let (whole, tail) = rest.split_at(end);
+            rest = tail;
+            let colon = memchr::memchr(b':', whole)?;
+            Some(Line {
+                name: &whole[..colon],
+                value: whole[colon + 1..].trim_ascii(),
+                whole,
+            })
+        })
+    }
+
+    /// The first value of `name` (lowercase), if relayed.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.lines()
+            .find(|l| l.name.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|l| l.value)
+    }
+
+    /// Whether `name` (lowercase) is relayed.
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// The value bytes of `line` as a shared slice of this buffer (no copy).
+    fn shared_value(&self, line: &Line<'_>) -> Bytes {
+        self.0.slice_ref(line.value)
+    }
+}
+
+/// Whether `map` has a header named `name` (any case). A linear scan: the proxy's own headers are
+/// a handful, and hashing each relayed name would cost more.
+pub fn map_has(map: &HeaderMap, name: &[u8]) -> bool {
+    map.keys()
+        .any(|k| k.as_str().as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// Adds the relayed lines to `map`, except names `map` has already (the proxy's own headers).
+pub fn merge_into(raw: RawHeaders, map: &mut HeaderMap) {
+    if raw.is_empty() {
+        return;
+    }
+    let ours: Vec<HeaderName> = map.keys().cloned().collect();
+    for line in raw.lines() {
+        let Ok(name) = HeaderName::from_bytes(line.name) else {
+            continue;
+        };
+        if ours.contains(&name) {
+            continue;
+        }
+        if let Ok(value) = HeaderValue::from_maybe_shared(raw.shared_value(&line)) {
+            map.append(name, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(lines: &[(&str, &str)]) -> RawHeaders {
+        let mut b = RawHeadersBuilder::with_capacity(64);
+        for (name, value) in lines {
+            b.push(name.as_bytes(), value.as_bytes());
+        }
+        b.finish()
+    }
+
+    #[test]
+    fn lines_come_back_in_order_with_their_bytes() {
+        let r = raw(&[
+            ("Content-Type", "text/plain"),
+            ("Set-Cookie", "a=1"),
+            ("set-cookie", "b=2"),
+        ]);
+        let lines: Vec<_> = r.lines().map(|l| (l.name, l.value, l.whole)).collect();
+        assert_eq!(
+            lines,
+            [
+                (
+                    &b"Content-Type"[..],
+                    &b"text/plain"[..],
+                    &b"Content-Type: text/plain\r\n"[..]
+                ),
+                (b"Set-Cookie", b"a=1", b"Set-Cookie: a=1\r\n"),
+                (b"set-cookie", b"b=2", b"set-cookie: b=2\r\n"),
+            ]
+        );
+        assert_eq!(r.get("content-type"), Some(&b"text/plain"[..]));
+        assert!(!r.contains("date"));
+        assert!(RawHeaders::default().lines().next().is_none());
+    }
+
+    #[test]
+    fn merging_keeps_the_proxys_headers_and_every_repeated_relayed_one() {
+        let mut map = HeaderMap::new();
+        map.insert("ratelimit", HeaderValue::from_static("\"ours\";r=1"));
+        let r = raw(&[
+            ("RateLimit", "\"backend\";r=9"),
+            ("Set-Cookie", "a=1"),
+            ("Set-Cookie", "b=2"),
+        ]);
+        merge_into(r, &mut map);
+        assert_eq!(map.get_all("ratelimit").iter().count(), 1);
+        assert_eq!(map["ratelimit"], "\"ours\";r=1");
+        let cookies: Vec<_> = map.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert!(map_has(&map, b"RATELIMIT"));
+        assert!(!map_has(&map, b"date"));
+    }
+}
