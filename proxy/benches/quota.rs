@@ -51,11 +51,15 @@ fn admission(c: &mut Criterion) {
 }
 
 fn sha2_key(key: &str) -> [u8; 32] {
-    let mut headers = http::HeaderMap::new();
-    headers.insert("x-api-key", key.parse().expect("header"));
-    tollgate_proxy::auth::presented_key(&headers)
-        .map(|(d, _)| d)
-        .unwrap_or_default()
+    // As Tollgate's HTTP/1.1 engine hands the header over: a line, not a map.
+    let mut headers = tollgate_proxy::raw_headers::RawHeadersBuilder::with_capacity(64);
+    headers.push(b"X-Api-Key", key.as_bytes());
+    let headers = headers.finish();
+    tollgate_proxy::auth::presented_key(tollgate_proxy::client_headers::ClientHeaders::Raw(
+        &headers,
+    ))
+    .map(|(d, _)| d)
+    .unwrap_or_default()
 }
 
 criterion_group!(benches, admission);

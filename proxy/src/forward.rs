@@ -19,8 +19,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::auth::{KeySource, X_API_KEY};
+use crate::auth::KeySource;
+use crate::client_headers::{ClientHeaders, Field};
 use crate::config::Upstream;
+use crate::raw_headers::RawHeaders;
 
 /// The pooled client used for every backend.
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
@@ -105,6 +107,7 @@ pub struct ForwardContext<'a> {
 /// a direct HTTP/1.1 connection, or absolute (`https://host/path`) for the generic client.
 pub fn upstream_request(
     mut req: Request<RequestBody>,
+    raw: &RawHeaders,
     cx: &ForwardContext<'_>,
     absolute: bool,
 ) -> Result<Request<RequestBody>, http::Error> {
@@ -131,9 +134,21 @@ pub fn upstream_request(
     };
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
+    let client = ClientHeaders::of(req.headers(), raw);
     let mut headers = HeaderMap::with_capacity(req.headers().len() + 5);
-    forwarded_headers(req.headers(), cx, |name, value| {
-        headers.append(name.clone(), value.clone());
+    forwarded_headers(client, cx, |field| match field {
+        Field::Typed(name, value) => {
+            headers.append(name.clone(), value.clone());
+        }
+        // Raw lines reach this path only for a bodiless request with a method the inline
+        // exchange does not retry (a POST without a body): parsed here, once.
+        Field::Raw { name, value } => {
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+            {
+                headers.append(name, value);
+            }
+        }
     });
     *req.headers_mut() = headers;
     Ok(req)
@@ -141,7 +156,7 @@ pub fn upstream_request(
 
 /// The origin-form request head for a bodiless request on a direct HTTP/1.1 connection, written
 /// straight from the client's request (the same rules as [`upstream_request`], no map rebuilt).
-pub fn request_head<B>(req: &Request<B>, cx: &ForwardContext<'_>) -> Vec<u8> {
+pub fn request_head<B>(req: &Request<B>, raw: &RawHeaders, cx: &ForwardContext<'_>) -> Vec<u8> {
     let mut head = Vec::with_capacity(512);
     head.extend_from_slice(req.method().as_str().as_bytes());
     head.push(b' ');
@@ -149,10 +164,10 @@ pub fn request_head<B>(req: &Request<B>, cx: &ForwardContext<'_>) -> Vec<u8> {
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    forwarded_headers(req.headers(), cx, |name, value| {
-        head.extend_from_slice(name.as_str().as_bytes());
+    forwarded_headers(ClientHeaders::of(req.headers(), raw), cx, |field| {
+        head.extend_from_slice(field.name());
         head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(field.value());
         head.extend_from_slice(b"\r\n");
     });
     head.extend_from_slice(b"\r\n");
@@ -162,51 +177,96 @@ pub fn request_head<B>(req: &Request<B>, cx: &ForwardContext<'_>) -> Vec<u8> {
 /// Calls `emit` with each header the backend gets: `Host` (the backend's), the client's headers
 /// minus hop-by-hop ones, the API key, `X-Forwarded-*` and `X-Tollgate-*`, then Tollgate's
 /// `X-Tollgate-Tenant` and `X-Forwarded-For`, `-Proto` and `-Host`.
-fn forwarded_headers(
-    headers: &HeaderMap,
-    cx: &ForwardContext<'_>,
-    mut emit: impl FnMut(&HeaderName, &HeaderValue),
+fn forwarded_headers<'a>(
+    headers: ClientHeaders<'a>,
+    cx: &'a ForwardContext<'_>,
+    mut emit: impl FnMut(Field<'_>),
 ) {
-    emit(&header::HOST, &cx.upstream.host_header);
+    // One pass for what the rewrite needs to know first (a header named in `Connection` may come
+    // before it), one to emit.
+    let (mut client_host, mut prior_xff, mut names_others) = (None, None, false);
+    headers.for_each(|field| {
+        let name = field.name();
+        if client_host.is_none() && name.eq_ignore_ascii_case(b"host") {
+            client_host = Some(field);
+        } else if prior_xff.is_none() && name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            prior_xff = Some(field.value());
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            names_others |= raw_connection_tokens(field.value())
+                .any(|token| &*token != b"close" && !HopByHop::fixed(&token));
+        }
+    });
+    let hop_by_hop = HopByHop {
+        named: names_others.then_some(headers),
+    };
+
+    emit(Field::Typed(&header::HOST, &cx.upstream.host_header));
     let key_header = match cx.key_source {
-        Some(KeySource::Authorization) => Some(header::AUTHORIZATION.as_str()),
-        Some(KeySource::XApiKey) => Some(X_API_KEY),
+        Some(KeySource::Authorization) => Some(&b"authorization"[..]),
+        Some(KeySource::XApiKey) => Some(&b"x-api-key"[..]),
         None => None,
     };
-    let hop_by_hop = HopByHop::of(headers);
-    for (name, value) in headers {
-        let replaced = *name == header::HOST
-            || *name == X_FORWARDED_FOR
-            || *name == X_FORWARDED_PROTO
-            || *name == X_FORWARDED_HOST
-            || name.as_str().starts_with("x-tollgate-");
-        if replaced || key_header == Some(name.as_str()) || hop_by_hop.applies_to(name) {
-            continue;
+    headers.for_each(|field| {
+        let name = field.name();
+        let is_key = key_header.is_some_and(|k| name.eq_ignore_ascii_case(k));
+        if is_key || replaced_or_hop_by_hop(name) || hop_by_hop.names(name) {
+            return;
         }
-        emit(name, value);
-    }
+        emit(field);
+    });
     if let Some(tenant) = cx.tenant {
-        emit(&X_TOLLGATE_TENANT, tenant);
+        emit(Field::Typed(&X_TOLLGATE_TENANT, tenant));
     }
-    match headers.get(&X_FORWARDED_FOR) {
+    match prior_xff {
         Some(prior) => {
             let mut v = Vec::with_capacity(prior.len() + 2 + cx.client_ip.len());
-            v.extend_from_slice(prior.as_bytes());
+            v.extend_from_slice(prior);
             v.extend_from_slice(b", ");
             v.extend_from_slice(cx.client_ip.as_bytes());
             if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(v)) {
-                emit(&X_FORWARDED_FOR, &v);
+                emit(Field::Typed(&X_FORWARDED_FOR, &v));
             }
         }
-        None => emit(&X_FORWARDED_FOR, cx.client_ip),
+        None => emit(Field::Typed(&X_FORWARDED_FOR, cx.client_ip)),
     }
-    emit(
+    emit(Field::Typed(
         &X_FORWARDED_PROTO,
         &HeaderValue::from_static(if cx.tls { "https" } else { "http" }),
-    );
-    if let Some(host) = headers.get(header::HOST) {
-        emit(&X_FORWARDED_HOST, host);
+    ));
+    match client_host {
+        Some(Field::Typed(_, host)) => emit(Field::Typed(&X_FORWARDED_HOST, host)),
+        Some(Field::Raw { value, .. }) => emit(Field::Raw {
+            name: b"x-forwarded-host",
+            value,
+        }),
+        None => {}
     }
+}
+
+/// Client headers Tollgate owns: dropped from requests, set only by the proxy.
+const TOLLGATE_PREFIX: &[u8] = b"x-tollgate-";
+
+/// Whether a client header (`name` in any case) is one the proxy sets itself (`Host`,
+/// `X-Forwarded-*`, `X-Tollgate-*`) or always hop-by-hop. Sorted by length first: one or two
+/// comparisons per header instead of one per listed name.
+fn replaced_or_hop_by_hop(name: &[u8]) -> bool {
+    let is = |listed: &[u8]| name.eq_ignore_ascii_case(listed);
+    let owned = name
+        .get(..TOLLGATE_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(TOLLGATE_PREFIX));
+    owned
+        || match name.len() {
+            2 => is(b"te"),
+            4 => is(b"host"),
+            7 => is(b"trailer") || is(b"upgrade"),
+            10 => is(b"connection") || is(b"keep-alive"),
+            15 => is(b"x-forwarded-for"),
+            16 => is(b"x-forwarded-host") || is(b"proxy-connection"),
+            17 => is(b"x-forwarded-proto") || is(b"transfer-encoding"),
+            18 => is(b"proxy-authenticate"),
+            19 => is(b"proxy-authorization"),
+            _ => false,
+        }
 }
 
 /// Drops hop-by-hop headers from a backend response before it goes to the client.
@@ -231,20 +291,19 @@ const FIXED_HOP_BY_HOP: [&[u8]; 9] = [
 /// Which headers of a message are hop-by-hop (RFC 9110 section 7.6.1): the fixed list, plus
 /// `Transfer-Encoding` (recomputed for the next hop) and every name listed in `Connection`.
 pub(crate) struct HopByHop<'a> {
-    /// `Connection`'s values, when they name a header beyond the fixed list (the common
+    /// The headers, when their `Connection` names a header beyond the fixed list (the common
     /// `keep-alive` and `close` do not).
-    named: Option<http::header::GetAll<'a, HeaderValue>>,
+    named: Option<ClientHeaders<'a>>,
 }
 
 impl<'a> HopByHop<'a> {
-    fn of(headers: &'a HeaderMap) -> Self {
-        let connection = headers.get_all(header::CONNECTION);
-        let names_others = connection
-            .iter()
-            .flat_map(connection_tokens)
+    fn of(headers: ClientHeaders<'a>) -> Self {
+        let names_others = headers
+            .get_all(&header::CONNECTION)
+            .flat_map(raw_connection_tokens)
             .any(|token| &*token != b"close" && !Self::fixed(&token));
         Self {
-            named: names_others.then_some(connection),
+            named: names_others.then_some(headers),
         }
     }
 
@@ -260,25 +319,24 @@ impl<'a> HopByHop<'a> {
             .any(|fixed| fixed.eq_ignore_ascii_case(name))
     }
 
-    fn applies_to(&self, name: &HeaderName) -> bool {
-        let name = name.as_str().as_bytes();
-        Self::fixed(name)
-            || self.named.as_ref().is_some_and(|values| {
-                values
-                    .iter()
-                    .flat_map(connection_tokens)
-                    .any(|t| *t == *name)
-            })
+    /// Whether `name` (any case) is hop-by-hop.
+    fn applies_to(&self, name: &[u8]) -> bool {
+        Self::fixed_any_case(name) || self.names(name)
+    }
+
+    /// Whether `Connection` names `name` (any case).
+    fn names(&self, name: &[u8]) -> bool {
+        self.named.is_some_and(|headers| {
+            headers
+                .get_all(&header::CONNECTION)
+                .flat_map(raw_connection_tokens)
+                .any(|t| t.eq_ignore_ascii_case(name))
+        })
     }
 }
 
 /// The tokens of a `Connection` value, lower-cased for comparison with header names; a token
 /// with upper case letters is copied, the usual lower-case one is borrowed.
-fn connection_tokens(value: &HeaderValue) -> impl Iterator<Item = Cow<'_, [u8]>> {
-    raw_connection_tokens(value.as_bytes())
-}
-
-/// [`connection_tokens`] of a raw header value.
 pub(crate) fn raw_connection_tokens(value: &[u8]) -> impl Iterator<Item = Cow<'_, [u8]>> {
     value.split(|&b| b == b',').map(|token| {
         let token = token.trim_ascii();
@@ -293,10 +351,10 @@ pub(crate) fn raw_connection_tokens(value: &[u8]) -> impl Iterator<Item = Cow<'_
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Find what is present in one scan, then remove just that: most messages carry none, or
     // only `Connection: keep-alive`.
-    let hop_by_hop = HopByHop::of(headers);
+    let hop_by_hop = HopByHop::of(ClientHeaders::Map(headers));
     let doomed: Vec<HeaderName> = headers
         .keys()
-        .filter(|&k| hop_by_hop.applies_to(k))
+        .filter(|&k| hop_by_hop.applies_to(k.as_str().as_bytes()))
         .cloned()
         .collect();
     for name in doomed {
@@ -321,6 +379,29 @@ mod tests {
         h.insert("x-kept", HeaderValue::from_static("1"));
         remove_hop_by_hop(&mut h);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+    }
+
+    #[test]
+    fn every_fixed_hop_by_hop_name_is_dropped_from_requests_in_any_case() {
+        for name in FIXED_HOP_BY_HOP {
+            assert!(
+                replaced_or_hop_by_hop(name),
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+            assert!(replaced_or_hop_by_hop(&name.to_ascii_uppercase()));
+        }
+        for name in [
+            &b"Host"[..],
+            b"X-Forwarded-Proto",
+            b"x-tollgate-tenant",
+            b"X-TOLLGATE-x",
+        ] {
+            assert!(replaced_or_hop_by_hop(name));
+        }
+        for name in [&b"accept"[..], b"x-api-key", b"x-tollgate", b"hos", b"tee"] {
+            assert!(!replaced_or_hop_by_hop(name));
+        }
     }
 
     #[test]
@@ -362,22 +443,32 @@ mod tests {
             client_ip: &client_ip,
             tls: true,
         };
-        let request = || {
-            Request::get("/v1/x?q=1")
-                .header("host", "api.example.com")
-                .header("authorization", "Bearer secret")
-                .header("x-tollgate-tenant", "victim/tenant")
-                .header("X-Tollgate-Anything", "x")
-                .header("x-forwarded-for", "192.0.2.1")
-                .header("x-forwarded-proto", "gopher")
-                .header("connection", "keep-alive, X-Hop")
-                .header("x-hop", "1")
-                .header("keep-alive", "timeout=5")
-                .header("te", "trailers")
-                .header("accept", "a")
-                .header("accept", "b")
-                .body(RequestBody::Empty)
-                .expect("request")
+        let sent = [
+            ("host", "api.example.com"),
+            ("authorization", "Bearer secret"),
+            ("x-tollgate-tenant", "victim/tenant"),
+            ("X-Tollgate-Anything", "x"),
+            ("x-forwarded-for", "192.0.2.1"),
+            ("x-forwarded-proto", "gopher"),
+            ("connection", "keep-alive, X-Hop"),
+            ("X-Hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("accept", "a"),
+            ("accept", "b"),
+        ];
+        // The same request as hyper parses it (a map) and as the HTTP/1.1 engine keeps it (lines).
+        let request = |as_lines: bool| {
+            let mut b = Request::get("/v1/x?q=1");
+            let mut lines = crate::raw_headers::RawHeadersBuilder::with_capacity(256);
+            for (name, value) in sent {
+                if as_lines {
+                    lines.push(name.as_bytes(), value.as_bytes());
+                } else {
+                    b = b.header(name, value);
+                }
+            }
+            (b.body(RequestBody::Empty).expect("request"), lines.finish())
         };
         let expected = [
             ("host", "backend:8080"),
@@ -388,38 +479,42 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "api.example.com"),
         ];
-        let head = String::from_utf8(request_head(&request(), &cx)).expect("text");
-        let mut lines = head.split("\r\n");
-        assert_eq!(lines.next(), Some("GET /base/v1/x?q=1 HTTP/1.1"));
-        let inline: Vec<(String, String)> = lines
-            .take_while(|l| !l.is_empty())
-            .filter_map(|l| l.split_once(": "))
-            .map(|(n, v)| (n.to_owned(), v.to_owned()))
-            .collect();
-        let rewritten = upstream_request(request(), &cx, false).expect("rewritten");
-        assert_eq!(rewritten.uri(), "/base/v1/x?q=1");
-        let mapped: Vec<(String, String)> = rewritten
-            .headers()
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_owned(),
-                    v.to_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect();
         let expected: Vec<(String, String)> = expected
             .iter()
             .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
             .collect();
-        assert_eq!(inline, expected);
-        let mut mapped_sorted = mapped.clone();
-        mapped_sorted.sort();
-        let mut expected_sorted = expected.clone();
-        expected_sorted.sort();
-        assert_eq!(
-            mapped_sorted, expected_sorted,
-            "same headers, map order aside"
-        );
+        for as_lines in [false, true] {
+            let (req, raw) = request(as_lines);
+            let head = String::from_utf8(request_head(&req, &raw, &cx)).expect("text");
+            let mut lines = head.split("\r\n");
+            assert_eq!(lines.next(), Some("GET /base/v1/x?q=1 HTTP/1.1"));
+            let inline: Vec<(String, String)> = lines
+                .take_while(|l| !l.is_empty())
+                .filter_map(|l| l.split_once(": "))
+                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                .collect();
+            assert_eq!(inline, expected, "inline head, lines: {as_lines}");
+
+            let (req, raw) = request(as_lines);
+            let rewritten = upstream_request(req, &raw, &cx, false).expect("rewritten");
+            assert_eq!(rewritten.uri(), "/base/v1/x?q=1");
+            let mut mapped: Vec<(String, String)> = rewritten
+                .headers()
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_owned(),
+                        v.to_str().unwrap_or_default().to_owned(),
+                    )
+                })
+                .collect();
+            mapped.sort();
+            let mut expected_sorted = expected.clone();
+            expected_sorted.sort();
+            assert_eq!(
+                mapped, expected_sorted,
+                "same headers, map order aside; lines: {as_lines}"
+            );
+        }
     }
 }

@@ -11,6 +11,7 @@ pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod cli;
+pub mod client_headers;
 pub mod config;
 pub mod control_plane;
 pub mod forward;

@@ -1,7 +1,9 @@
 //! The request path: match route -> authenticate -> subscription -> billing state -> quotas (402)
 //! -> rate limits (429) -> forward -> headers, metrics and the access-log line.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +19,8 @@ use tollgate_crds::resources::{BillingState, SubscriptionState};
 
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::auth::{KeySource, presented_key};
-use crate::config::{PlanEntry, ProxyConfig, RouteEntry, TenantEntry};
+use crate::client_headers::ClientHeaders;
+use crate::config::{PlanEntry, ProxyConfig, RouteEntry, TenantEntry, Upstream};
 use crate::forward::{
     self, ForwardContext, RequestBody, UpstreamClient, downstream_response, upstream_request,
 };
@@ -151,6 +154,7 @@ impl<S: CounterStore> Proxy<S> {
     pub async fn handle(
         &self,
         req: Request<RequestBody>,
+        raw: RawHeaders,
         client: &ClientConn,
     ) -> Response<ProxyBody> {
         let tls = client.tls;
@@ -170,7 +174,7 @@ impl<S: CounterStore> Proxy<S> {
             limits: None,
             charged: false,
         };
-        let decided = self.decide(&config, &req, now, &mut verdict).await;
+        let decided = self.decide(&config, &req, &raw, now, &mut verdict).await;
         if decided.is_err()
             && verdict.limits.is_none()
             && let (Some(tenant), Some(plan)) = (&verdict.tenant, &verdict.plan)
@@ -185,7 +189,7 @@ impl<S: CounterStore> Proxy<S> {
                 let kind = problem.kind;
                 (problem_response(&problem, path), Some(kind))
             }
-            Ok(()) => self.respond(req, &verdict, client, tls, now).await,
+            Ok(()) => self.respond(req, &raw, &verdict, client, tls, now).await,
         };
         self.decorate(&mut response, &verdict, problem_kind);
 
@@ -240,10 +244,12 @@ impl<S: CounterStore> Proxy<S> {
         &self,
         config: &ProxyConfig,
         req: &Request<RequestBody>,
+        raw: &RawHeaders,
         now: Timestamp,
         v: &mut Verdict,
     ) -> Result<(), Problem> {
-        let host = request_host(req.uri(), req.headers());
+        let headers = ClientHeaders::of(req.headers(), raw);
+        let host = request_host(req.uri(), headers.get(&header::HOST));
         let path = req.uri().path();
 
         let Some(route) = config.routes.route_for(&host, path, req.method()).cloned() else {
@@ -266,7 +272,7 @@ impl<S: CounterStore> Proxy<S> {
             .with("apiRoute", route_name.as_str()));
         }
 
-        let Some((digest, source)) = presented_key(req.headers()) else {
+        let Some((digest, source)) = presented_key(headers) else {
             return Err(Problem::new(
                 ProblemKind::Unauthorized,
                 "No API key was sent. Send it as `Authorization: Bearer <key>` or `X-Api-Key: <key>`.",
@@ -428,6 +434,7 @@ impl<S: CounterStore> Proxy<S> {
     async fn respond(
         &self,
         req: Request<RequestBody>,
+        raw: &RawHeaders,
         v: &Verdict,
         client: &ClientConn,
         tls: bool,
@@ -476,109 +483,121 @@ impl<S: CounterStore> Proxy<S> {
         let plain_http = upstream.scheme == http::uri::Scheme::HTTP;
         let started = Instant::now();
         let due = started + Duration::from_millis(route.route.timeout_ms);
-        if plain_http && upstream_h1::eligible(&req) {
+        let sent = if plain_http && upstream_h1::eligible(&req) {
             // The common case: the forwarded head is written straight from the client's request.
-            let head = forward::request_head(&req, &cx);
-            let sent = self
-                .pool
+            let head = forward::request_head(&req, raw, &cx);
+            self.pool
                 .send_inline(&upstream.authority, &head, req.method(), due.into())
-                .await;
-            return self.relay(sent, v, route, now, path, started).await;
-        }
-        let upstream_req = match upstream_request(req, &cx, !plain_http) {
-            Ok(r) => r,
-            Err(_) => {
-                return self
-                    .failed(
-                        v,
-                        now,
-                        ProblemKind::BadRequest,
-                        "The request target cannot be forwarded.",
-                        path,
-                    )
-                    .await;
-            }
-        };
-        let sent = if plain_http {
-            Box::pin(tokio::time::timeout_at(
-                due.into(),
-                self.pool.send(&upstream.authority, upstream_req),
-            ))
-            .await
+                .await
         } else {
-            Box::pin(tokio::time::timeout_at(due.into(), async {
-                let resp = self
-                    .client
-                    .request(upstream_req)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok::<_, String>(downstream_response(resp).map(UpstreamBody::detached))
-            }))
-            .await
-            .map(|r| {
-                r.map_err(|e| UpstreamError::Connect {
-                    authority: upstream.authority.clone(),
-                    reason: e,
-                })
-            })
+            let Ok(upstream_req) = upstream_request(req, raw, &cx, !plain_http) else {
+                return Box::pin(self.failed(
+                    v,
+                    now,
+                    ProblemKind::BadRequest,
+                    "The request target cannot be forwarded.",
+                    path,
+                ))
+                .await;
+            };
+            self.send_by_hyper(upstream, upstream_req, plain_http, due)
+                .await
         };
-        let sent = sent.unwrap_or(Err(UpstreamError::TimedOut));
-        self.relay(sent, v, route, now, path, started).await
+        match sent {
+            Ok(resp) => (self.relayed(resp, v, route, now, started), None),
+            // Boxed: only a failure awaits (its refund), and every request moves the future of
+            // `respond`, whose size this await would otherwise add to.
+            Err(err) => Box::pin(self.backend_failed(err, v, route, now, path)).await,
+        }
     }
 
-    /// The client's response from the backend's, or the problem for a failed exchange. Backend
-    /// responses come without hop-by-hop headers: the inline exchange never keeps them, the hyper
-    /// paths remove them.
-    async fn relay(
+    /// Sends a request through hyper: a pooled HTTP/1.1 connection (`plain_http`) or the generic
+    /// client (HTTPS). Boxed: the inline exchange is the common case.
+    fn send_by_hyper<'a>(
+        &'a self,
+        upstream: &'a Upstream,
+        req: Request<RequestBody>,
+        plain_http: bool,
+        due: Instant,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let sent = if plain_http {
+                tokio::time::timeout_at(due.into(), self.pool.send(&upstream.authority, req)).await
+            } else {
+                tokio::time::timeout_at(due.into(), async {
+                    let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+                    Ok::<_, String>(downstream_response(resp).map(UpstreamBody::detached))
+                })
+                .await
+                .map(|r| {
+                    r.map_err(|e| UpstreamError::Connect {
+                        authority: upstream.authority.clone(),
+                        reason: e,
+                    })
+                })
+            };
+            sent.unwrap_or(Err(UpstreamError::TimedOut))
+        })
+    }
+
+    /// The problem for a failed backend exchange (the charge refunded).
+    async fn backend_failed(
         &self,
-        sent: Result<Response<UpstreamBody>, UpstreamError>,
+        err: UpstreamError,
         v: &Verdict,
         route: &RouteEntry,
         now: Timestamp,
         path: &str,
-        started: Instant,
     ) -> (Response<ProxyBody>, Option<ProblemKind>) {
-        match sent {
-            Ok(resp) => {
-                self.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
-                // The content type is looked up only for a plan that meters usage.
-                let meter = match &v.plan {
-                    Some(plan) if plan.meters_usage => {
-                        self.meter_for(v, route, backend_content_type(&resp), now)
-                    }
-                    _ => None,
-                };
-                let read_timeout = Duration::from_millis(route.route.timeout_ms);
-                let resp = resp.map(|body| {
-                    Either::Right(MeteredBody::new(body.with_read_timeout(read_timeout), meter))
-                });
-                (resp, None)
-            }
-            Err(UpstreamError::TimedOut) => {
-                self.failed(
-                    v,
-                    now,
-                    ProblemKind::BackendTimeout,
-                    &format!(
-                        "The API's backend did not answer within {} ms. The request was not charged.",
-                        route.route.timeout_ms
-                    ),
-                    path,
-                )
-                .await
-            }
-            Err(err) => {
+        let (kind, detail) = match err {
+            UpstreamError::TimedOut => (
+                ProblemKind::BackendTimeout,
+                format!(
+                    "The API's backend did not answer within {} ms. The request was not charged.",
+                    route.route.timeout_ms
+                ),
+            ),
+            err => {
                 tracing::debug!(route = %route.id, error = %err, "backend request failed");
-                self.failed(
-                    v,
-                    now,
+                (
                     ProblemKind::BackendUnavailable,
-                    "The API's backend could not be reached. The request was not charged; retry later.",
-                    path,
+                    "The API's backend could not be reached. The request was not charged; retry later."
+                        .to_owned(),
                 )
-                .await
             }
-        }
+        };
+        self.failed(v, now, kind, &detail, path).await
+    }
+
+    /// A backend's response on its way to the client: metered when the plan meters usage, its
+    /// body bounded by the route's timeout. It comes without hop-by-hop headers: the inline
+    /// exchange never keeps them, the hyper paths remove them.
+    fn relayed(
+        &self,
+        resp: Response<UpstreamBody>,
+        v: &Verdict,
+        route: &RouteEntry,
+        now: Timestamp,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        self.metrics
+            .upstream_duration
+            .observe(started.elapsed().as_secs_f64());
+        // The content type is looked up only for a plan that meters usage.
+        let meter = match &v.plan {
+            Some(plan) if plan.meters_usage => {
+                self.meter_for(v, route, backend_content_type(&resp), now)
+            }
+            _ => None,
+        };
+        let read_timeout = Duration::from_millis(route.route.timeout_ms);
+        resp.map(|body| {
+            Either::Right(MeteredBody::new(
+                body.with_read_timeout(read_timeout),
+                meter,
+            ))
+        })
     }
 
     /// A meter for the response when the plan has token or Cost quotas.

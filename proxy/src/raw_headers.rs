@@ -7,68 +7,113 @@
 //! path turns them into map entries ([`merge_into`]). Headers the proxy sets itself win: a relayed
 //! line whose name the response map already has is left out.
 
+use std::ops::Range;
+
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// Relayed header lines; empty for responses the proxy made or hyper parsed.
 #[derive(Debug, Clone, Default)]
-pub struct RawHeaders(Bytes);
+pub struct RawHeaders {
+    block: Bytes,
+    /// Where each header's name and value are in `block`, in order: found once, when the block
+    /// is made (scanning the block for each lookup cost more than the map it replaces).
+    spans: Vec<Span>,
+}
+
+#[derive(Debug, Clone)]
+struct Span {
+    name: Range<usize>,
+    value: Range<usize>,
+}
 
 /// Appends lines to a new [`RawHeaders`].
 #[derive(Debug)]
-pub struct RawHeadersBuilder(BytesMut);
+pub struct RawHeadersBuilder(RawHeadersMut);
+
+#[derive(Debug)]
+struct RawHeadersMut {
+    block: BytesMut,
+    spans: Vec<Span>,
+}
 
 impl RawHeadersBuilder {
     /// Room for `capacity` bytes of lines.
     pub fn with_capacity(capacity: usize) -> Self {
-        Self(BytesMut::with_capacity(capacity))
+        Self(RawHeadersMut {
+            block: BytesMut::with_capacity(capacity),
+            spans: Vec::with_capacity(8),
+        })
     }
 
     /// Adds one header. `name` and `value` must be as httparse accepted them (a token; no CR or
     /// LF in the value).
     pub fn push(&mut self, name: &[u8], value: &[u8]) {
-        self.0.extend_from_slice(name);
-        self.0.extend_from_slice(b": ");
-        self.0.extend_from_slice(value);
-        self.0.extend_from_slice(b"\r\n");
+        let b = &mut self.0.block;
+        let start = b.len();
+        b.extend_from_slice(name);
+        b.extend_from_slice(b": ");
+        let value_start = b.len();
+        b.extend_from_slice(value);
+        let value_end = b.len();
+        b.extend_from_slice(b"\r\n");
+        self.0.spans.push(Span {
+            name: start..start + name.len(),
+            value: value_start..value_end,
+        });
     }
 
     /// The lines added.
     pub fn finish(self) -> RawHeaders {
-        RawHeaders(self.0.freeze())
+        RawHeaders {
+            block: self.0.block.freeze(),
+            spans: self.0.spans,
+        }
     }
 }
 
 /// One relayed header.
 #[derive(Debug, Clone, Copy)]
 pub struct Line<'a> {
-    /// As the backend spelled it.
+    /// As the sender spelled it.
     pub name: &'a [u8],
     /// Without surrounding whitespace.
     pub value: &'a [u8],
-    /// `name: value\r\n`, ready to write.
-    pub whole: &'a [u8],
 }
 
 impl RawHeaders {
-    /// No lines.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+    /// A request's headers as received: `head` is the request head, `headers` httparse's view
+    /// of it (names and values are slices of `original`, of which `head` is a copy). No bytes are
+    /// copied.
+    pub fn from_received(head: &Bytes, original: &[u8], headers: &[httparse::Header<'_>]) -> Self {
+        let base = original.as_ptr() as usize;
+        let offset = |part: &[u8]| part.as_ptr() as usize - base;
+        let spans = headers
+            .iter()
+            .map(|h| {
+                let (name, value) = (offset(h.name.as_bytes()), offset(h.value));
+                Span {
+                    name: name..name + h.name.len(),
+                    value: value..value + h.value.len(),
+                }
+            })
+            .collect();
+        Self {
+            block: head.clone(),
+            spans,
+        }
     }
 
-    /// The lines in the order the backend sent them.
+    /// No lines.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The headers in the order the sender sent them.
     pub fn lines(&self) -> impl Iterator<Item = Line<'_>> {
-        let mut rest: &[u8] = &self.0;
-        std::iter::from_fn(move || {
-            let end = memchr::memchr(b'\n', rest)? + 1;
-            let (whole, tail) = rest.split_at(end);
-            rest = tail;
-            let colon = memchr::memchr(b':', whole)?;
-            Some(Line {
-                name: &whole[..colon],
-                value: whole[colon + 1..].trim_ascii(),
-                whole,
-            })
+        self.spans.iter().map(|s| Line {
+            name: &self.block[s.name.clone()],
+            value: self.block[s.value.clone()].trim_ascii(),
         })
     }
 
@@ -86,7 +131,7 @@ impl RawHeaders {
 
     /// The value bytes of `line` as a shared slice of this buffer (no copy).
     fn shared_value(&self, line: &Line<'_>) -> Bytes {
-        self.0.slice_ref(line.value)
+        self.block.slice_ref(line.value)
     }
 }
 
@@ -135,17 +180,13 @@ mod tests {
             ("Set-Cookie", "a=1"),
             ("set-cookie", "b=2"),
         ]);
-        let lines: Vec<_> = r.lines().map(|l| (l.name, l.value, l.whole)).collect();
+        let lines: Vec<_> = r.lines().map(|l| (l.name, l.value)).collect();
         assert_eq!(
             lines,
             [
-                (
-                    &b"Content-Type"[..],
-                    &b"text/plain"[..],
-                    &b"Content-Type: text/plain\r\n"[..]
-                ),
-                (b"Set-Cookie", b"a=1", b"Set-Cookie: a=1\r\n"),
-                (b"set-cookie", b"b=2", b"set-cookie: b=2\r\n"),
+                (&b"Content-Type"[..], &b"text/plain"[..]),
+                (b"Set-Cookie", b"a=1"),
+                (b"set-cookie", b"b=2"),
             ]
         );
         assert_eq!(r.get("content-type"), Some(&b"text/plain"[..]));

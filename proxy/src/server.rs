@@ -26,6 +26,7 @@ use crate::forward::RequestBody;
 use crate::metrics::ProxyMetrics;
 use crate::proxy::{ClientConn, Proxy};
 use crate::quota::CounterStore;
+use crate::raw_headers::RawHeaders;
 use crate::server_h1;
 
 /// Listener settings.
@@ -209,7 +210,13 @@ impl<S: CounterStore> Session<S> {
         let service = service_fn(move |req: hyper::Request<Incoming>| {
             let (proxy, conn) = (proxy.clone(), conn.clone());
             async move {
-                let resp = proxy.handle(req.map(RequestBody::Streaming), &conn).await;
+                let resp = proxy
+                    .handle(
+                        req.map(RequestBody::Streaming),
+                        RawHeaders::default(),
+                        &conn,
+                    )
+                    .await;
                 Ok::<_, Infallible>(crate::proxy::with_relayed_headers(resp))
             }
         });

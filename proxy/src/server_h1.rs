@@ -23,7 +23,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -148,7 +148,7 @@ where
         head_due = None;
         conn.buf.advance(head.len);
         let head_only = head.request.method() == Method::HEAD;
-        let response = proxy.handle(head.request, client).await;
+        let response = proxy.handle(head.request, head.raw, client).await;
         let keep_alive = !head.close && !*shutdown.borrow();
         match conn.write_response(response, head_only, keep_alive).await {
             Ok(true) => {}
@@ -169,6 +169,8 @@ where
 #[derive(Debug)]
 struct Head {
     request: Request<RequestBody>,
+    /// The request's header lines (its map is empty).
+    raw: RawHeaders,
     /// Bytes of the head in the read buffer.
     len: usize,
     /// The client asked to close after this response.
@@ -224,8 +226,9 @@ fn parse(buf: &[u8], max_head: usize) -> Parsed {
         }
     }
     match build_request(buf, len, method, target, req.headers) {
-        Some(request) => Parsed::Request(Head {
+        Some((request, raw)) => Parsed::Request(Head {
             request,
+            raw,
             len,
             close,
         }),
@@ -240,28 +243,22 @@ fn build_request(
     method: &str,
     target: &str,
     headers: &[httparse::Header<'_>],
-) -> Option<Request<RequestBody>> {
+) -> Option<(Request<RequestBody>, RawHeaders)> {
     let method = Method::from_bytes(method.as_bytes()).ok()?;
     if method == Method::CONNECT {
         return None;
     }
-    // One copy of the head; the URI and header values are slices of it.
+    // One copy of the head; the URI and the header lines are slices of it.
     let head = Bytes::copy_from_slice(&buf[..len]);
-    let slice = |part: &[u8]| copied_part(&head, buf, part);
-    let uri = Uri::from_maybe_shared(slice(target.as_bytes())).ok()?;
+    let uri = Uri::from_maybe_shared(copied_part(&head, buf, target.as_bytes())).ok()?;
     let mut request = Request::new(RequestBody::Empty);
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
-    let map = request.headers_mut();
-    // Room for the headers forwarding adds (X-Forwarded-*, the tenant), so the map never regrows.
-    map.reserve(headers.len() + 6);
-    for h in headers {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        let value = HeaderValue::from_maybe_shared(slice(h.value)).ok()?;
-        map.append(name, value);
-    }
-    Some(request)
+    // The headers stay as received, indexed (no map: see `client_headers`); httparse has checked
+    // every name and value.
+    let raw = RawHeaders::from_received(&head, buf, headers);
+    Some((request, raw))
 }
 
 enum Read {
@@ -528,7 +525,10 @@ fn write_head(
             continue;
         }
         has_date |= line.name.eq_ignore_ascii_case(b"date");
-        out.extend_from_slice(line.whole);
+        out.extend_from_slice(line.name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(line.value);
+        out.extend_from_slice(b"\r\n");
     }
     if !has_date {
         out.extend_from_slice(b"date: ");
@@ -630,6 +630,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     fn classify(head: &str) -> &'static str {
         match parse(head.as_bytes(), 8192) {
@@ -704,8 +705,17 @@ mod tests {
             (req.method(), req.uri().path(), req.uri().query()),
             (&Method::GET, "/v1/x", Some("q=1"))
         );
-        assert_eq!(req.headers()["x-api-key"], "k");
-        assert_eq!(req.headers().get_all("accept").iter().count(), 2);
+        assert!(req.headers().is_empty(), "no map: the lines are kept");
+        let lines: Vec<_> = head.raw.lines().map(|l| (l.name, l.value)).collect();
+        assert_eq!(
+            lines,
+            [
+                (&b"Host"[..], &b"api.test"[..]),
+                (b"X-Api-Key", b"k"),
+                (b"Accept", b"a"),
+                (b"Accept", b"b"),
+            ]
+        );
     }
 
     #[test]
