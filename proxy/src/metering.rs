@@ -18,6 +18,7 @@ use serde_json::Value;
 use tollgate_crds::snapshot::Pricing;
 
 use crate::quota::Metered;
+use crate::raw_headers::RawHeaders;
 use crate::upstream_pool::UpstreamBody;
 
 /// Longest JSON body inspected for `usage` (larger ones pass through unmetered for tokens).
@@ -191,6 +192,8 @@ impl Meter {
 pub struct MeteredBody {
     inner: UpstreamBody,
     meter: Option<Box<Meter>>,
+    /// Headers the proxy adds, as lines (its `RateLimit` headers), written with the relayed ones.
+    own_lines: RawHeaders,
 }
 
 impl MeteredBody {
@@ -199,12 +202,22 @@ impl MeteredBody {
         Self {
             inner,
             meter: meter.map(Box::new),
+            own_lines: RawHeaders::default(),
         }
     }
 
-    /// Takes the backend's headers still to relay as bytes (see [`crate::raw_headers`]).
-    pub fn take_relayed_headers(&mut self) -> crate::raw_headers::RawHeaders {
-        self.inner.take_relayed_headers()
+    /// Sets the headers the proxy adds as lines; they override relayed ones of the same name.
+    pub fn set_own_lines(&mut self, lines: RawHeaders) {
+        self.own_lines = lines;
+    }
+
+    /// Takes the proxy's lines and the backend's headers still to relay as bytes (see
+    /// [`crate::raw_headers`]).
+    pub fn take_lines(&mut self) -> (RawHeaders, RawHeaders) {
+        (
+            std::mem::take(&mut self.own_lines),
+            self.inner.take_relayed_headers(),
+        )
     }
 }
 

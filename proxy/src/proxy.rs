@@ -36,12 +36,25 @@ use crate::upstream_pool::{UpstreamBody, UpstreamError, UpstreamPool};
 /// Response body: a buffered body made by the proxy, or the backend's streamed body.
 pub type ProxyBody = Either<Full<Bytes>, MeteredBody>;
 
-/// Takes the backend headers a response relays as bytes (see [`crate::raw_headers`]); the
-/// HTTP/1.1 engine writes them after the response map's headers.
-pub fn take_relayed_headers(body: &mut ProxyBody) -> RawHeaders {
+/// Header lines a response carries besides its map (see [`crate::raw_headers`]): the proxy's own
+/// (they override the backend's) and the backend's, relayed. The HTTP/1.1 engine writes them
+/// after the map's headers.
+#[derive(Debug, Default)]
+pub struct ResponseLines {
+    /// Set by the proxy (`RateLimit` headers on a relayed response).
+    pub own: RawHeaders,
+    /// The backend's end-to-end headers.
+    pub relayed: RawHeaders,
+}
+
+/// Takes the header lines a response carries besides its map.
+pub fn take_lines(body: &mut ProxyBody) -> ResponseLines {
     match body {
-        Either::Left(_) => RawHeaders::default(),
-        Either::Right(metered) => metered.take_relayed_headers(),
+        Either::Left(_) => ResponseLines::default(),
+        Either::Right(metered) => {
+            let (own, relayed) = metered.take_lines();
+            ResponseLines { own, relayed }
+        }
     }
 }
 
@@ -58,10 +71,12 @@ fn backend_content_type(resp: &Response<UpstreamBody>) -> Option<&str> {
         .and_then(|v| std::str::from_utf8(v).ok())
 }
 
-/// `resp` with the backend headers it relays as bytes moved into its map, for hyper to write.
-pub fn with_relayed_headers(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
-    let relayed = take_relayed_headers(resp.body_mut());
-    raw_headers::merge_into(relayed, resp.headers_mut());
+/// `resp` with its header lines moved into its map, for hyper to write: the proxy's replace
+/// same-named ones, the backend's fill in what the map lacks.
+pub fn with_lines_in_map(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    let lines = take_lines(resp.body_mut());
+    raw_headers::override_into(&lines.own, resp.headers_mut());
+    raw_headers::merge_into(lines.relayed, resp.headers_mut());
     resp
 }
 
@@ -655,13 +670,24 @@ impl<S: CounterStore> Proxy<S> {
 
     /// RateLimit, Retry-After, Deprecation and Sunset headers.
     fn decorate(&self, resp: &mut Response<ProxyBody>, v: &Verdict, problem: Option<ProblemKind>) {
-        let headers = resp.headers_mut();
-        if let (Some(plan), Some((rate_limits, quotas))) = (&v.plan, &v.limits)
-            && let Some((policy, state)) = plan.ratelimit_headers.headers(rate_limits, quotas)
-        {
-            headers.insert(RATELIMIT_POLICY, policy);
-            headers.insert(RATELIMIT, state);
+        if let (Some(plan), Some((rate_limits, quotas))) = (&v.plan, &v.limits) {
+            let template = &plan.ratelimit_headers;
+            match resp.body_mut() {
+                // A relayed response is written from lines: no map, no header value to validate.
+                Either::Right(metered) => {
+                    if let Some(lines) = template.lines(rate_limits, quotas) {
+                        metered.set_own_lines(lines);
+                    }
+                }
+                Either::Left(_) => {
+                    if let Some((policy, state)) = template.headers(rate_limits, quotas) {
+                        resp.headers_mut().insert(RATELIMIT_POLICY, policy);
+                        resp.headers_mut().insert(RATELIMIT, state);
+                    }
+                }
+            }
         }
+        let headers = resp.headers_mut();
         if problem == Some(ProblemKind::Unauthorized) {
             let (name, value) = problem::www_authenticate();
             headers.insert(name, value);

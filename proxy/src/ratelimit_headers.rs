@@ -5,13 +5,14 @@
 //! Everything but the numbers that change per request is rendered once per plan when the
 //! configuration is applied ([`Template`]); a request only appends integers.
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use http::HeaderValue;
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 use tollgate_crds::snapshot::Plan;
 
 use crate::quota::LimitState;
+use crate::raw_headers::{RawHeaders, RawHeadersBuilder};
 
 /// A plan's header items, pre-rendered.
 #[derive(Debug, Clone, Default)]
@@ -71,34 +72,77 @@ impl Template {
     ) -> Option<(HeaderValue, HeaderValue)> {
         // Both values in one buffer (policy, then state), sliced: one allocation for the two.
         let mut out = Vec::with_capacity(256);
-        let mut n = itoa::Buffer::new();
-        let mut first = true;
-        self.each(rate_limits, quotas, |item, window, _| {
-            if !std::mem::take(&mut first) {
-                out.extend_from_slice(b", ");
-            }
-            out.extend_from_slice(&item.policy);
-            out.extend_from_slice(n.format(window).as_bytes());
-        });
+        self.write_policy(rate_limits, quotas, &mut out);
         if out.is_empty() {
             return None;
         }
         let split = out.len();
-        first = true;
-        self.each(rate_limits, quotas, |item, _, s| {
-            if !std::mem::take(&mut first) {
-                out.extend_from_slice(b", ");
-            }
-            out.extend_from_slice(&item.state);
-            out.extend_from_slice(n.format(whole(&s.remaining)).as_bytes());
-            out.extend_from_slice(b";t=");
-            out.extend_from_slice(n.format(s.reset_seconds).as_bytes());
-        });
+        self.write_state(rate_limits, quotas, &mut out);
         let both = Bytes::from(out);
         Some((
             HeaderValue::from_maybe_shared(both.slice(..split)).ok()?,
             HeaderValue::from_maybe_shared(both.slice(split..)).ok()?,
         ))
+    }
+
+    /// The two headers as lines, for a response whose headers are written as bytes (a relayed
+    /// backend response; see `raw_headers`), or `None` when the plan has no request-counted limit.
+    pub fn lines(&self, rate_limits: &[LimitState], quotas: &[LimitState]) -> Option<RawHeaders> {
+        if !self.has_items(rate_limits, quotas) {
+            return None;
+        }
+        let mut lines = RawHeadersBuilder::with_capacity(256);
+        lines.push_with(b"ratelimit-policy", |out| {
+            self.write_policy(rate_limits, quotas, out);
+        });
+        lines.push_with(b"ratelimit", |out| {
+            self.write_state(rate_limits, quotas, out);
+        });
+        Some(lines.finish())
+    }
+
+    fn has_items(&self, rate_limits: &[LimitState], quotas: &[LimitState]) -> bool {
+        let mut any = false;
+        self.each(rate_limits, quotas, |_, _, _| any = true);
+        any
+    }
+
+    /// `RateLimit-Policy`'s value.
+    fn write_policy(
+        &self,
+        rate_limits: &[LimitState],
+        quotas: &[LimitState],
+        out: &mut impl BufMut,
+    ) {
+        let mut n = itoa::Buffer::new();
+        let mut first = true;
+        self.each(rate_limits, quotas, |item, window, _| {
+            if !std::mem::take(&mut first) {
+                out.put_slice(b", ");
+            }
+            out.put_slice(&item.policy);
+            out.put_slice(n.format(window).as_bytes());
+        });
+    }
+
+    /// `RateLimit`'s value.
+    fn write_state(
+        &self,
+        rate_limits: &[LimitState],
+        quotas: &[LimitState],
+        out: &mut impl BufMut,
+    ) {
+        let mut n = itoa::Buffer::new();
+        let mut first = true;
+        self.each(rate_limits, quotas, |item, _, s| {
+            if !std::mem::take(&mut first) {
+                out.put_slice(b", ");
+            }
+            out.put_slice(&item.state);
+            out.put_slice(n.format(whole(&s.remaining)).as_bytes());
+            out.put_slice(b";t=");
+            out.put_slice(n.format(s.reset_seconds).as_bytes());
+        });
     }
 
     /// Calls `f` with each item that has a state, its window length in seconds, and the state.

@@ -49,12 +49,17 @@ impl RawHeadersBuilder {
     /// Adds one header. `name` and `value` must be as httparse accepted them (a token; no CR or
     /// LF in the value).
     pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        self.push_with(name, |out| out.extend_from_slice(value));
+    }
+
+    /// Adds one header whose value `value` writes (Tollgate's own: a token and visible ASCII).
+    pub fn push_with(&mut self, name: &[u8], value: impl FnOnce(&mut BytesMut)) {
         let b = &mut self.0.block;
         let start = b.len();
         b.extend_from_slice(name);
         b.extend_from_slice(b": ");
         let value_start = b.len();
-        b.extend_from_slice(value);
+        value(b);
         let value_end = b.len();
         b.extend_from_slice(b"\r\n");
         self.0.spans.push(Span {
@@ -129,6 +134,11 @@ impl RawHeaders {
         self.get(name).is_some()
     }
 
+    /// Whether a line is named `name`, in any case.
+    pub fn contains_name(&self, name: &[u8]) -> bool {
+        self.lines().any(|l| l.name.eq_ignore_ascii_case(name))
+    }
+
     /// The value bytes of `line` as a shared slice of this buffer (no copy).
     fn shared_value(&self, line: &Line<'_>) -> Bytes {
         self.block.slice_ref(line.value)
@@ -140,6 +150,18 @@ impl RawHeaders {
 pub fn map_has(map: &HeaderMap, name: &[u8]) -> bool {
     map.keys()
         .any(|k| k.as_str().as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// Sets each of `lines` in `map`, replacing values of the same name.
+pub fn override_into(lines: &RawHeaders, map: &mut HeaderMap) {
+    for line in lines.lines() {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(line.name),
+            HeaderValue::from_maybe_shared(lines.shared_value(&line)),
+        ) {
+            map.insert(name, value);
+        }
+    }
 }
 
 /// Adds the relayed lines to `map`, except names `map` has already (the proxy's own headers).
@@ -210,5 +232,19 @@ mod tests {
         assert_eq!(cookies, ["a=1", "b=2"]);
         assert!(map_has(&map, b"RATELIMIT"));
         assert!(!map_has(&map, b"date"));
+    }
+
+    #[test]
+    fn the_proxys_lines_replace_and_the_backends_fill_in_on_the_hyper_path() {
+        let own = raw(&[("ratelimit", "\"ours\";r=1")]);
+        let relayed = raw(&[("RateLimit", "\"backend\";r=9"), ("X-A", "1")]);
+        let mut map = HeaderMap::new();
+        map.insert("ratelimit", HeaderValue::from_static("stale"));
+        override_into(&own, &mut map);
+        merge_into(relayed, &mut map);
+        let ratelimit: Vec<_> = map.get_all("ratelimit").iter().collect();
+        assert_eq!(ratelimit, ["\"ours\";r=1"]);
+        assert_eq!(map["x-a"], "1");
+        assert!(own.contains_name(b"RateLimit") && !own.contains_name(b"x-a"));
     }
 }

@@ -217,7 +217,7 @@ impl<S: CounterStore> Session<S> {
                         &conn,
                     )
                     .await;
-                Ok::<_, Infallible>(crate::proxy::with_relayed_headers(resp))
+                Ok::<_, Infallible>(crate::proxy::with_lines_in_map(resp))
             }
         });
         watcher

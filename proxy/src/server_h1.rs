@@ -32,9 +32,9 @@ use tokio::time::Instant;
 
 use crate::forward::RequestBody;
 use crate::lazy_timer::LazyTimer;
-use crate::proxy::{ClientConn, Proxy, ProxyBody, take_relayed_headers};
+use crate::proxy::{ClientConn, Proxy, ProxyBody, ResponseLines, take_lines};
 use crate::quota::CounterStore;
-use crate::raw_headers::{self, RawHeaders};
+use crate::raw_headers::{self, Line, RawHeaders};
 use crate::upstream_h1::copied_part;
 
 /// Heads with more headers than this go to hyper (which allows 100, then answers 431).
@@ -308,10 +308,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         keep_alive: bool,
     ) -> io::Result<bool> {
         let (parts, mut body) = response.into_parts();
-        let relayed = take_relayed_headers(&mut body);
-        let framing = Framing::new(&parts, &relayed, head_only, body.size_hint().exact());
+        let lines = take_lines(&mut body);
+        let framing = Framing::new(&parts, &lines.relayed, head_only, body.size_hint().exact());
         self.out.clear();
-        write_head(&mut self.out, &parts, &relayed, framing, keep_alive);
+        write_head(&mut self.out, &parts, &lines, framing, keep_alive);
         if !framing.has_body() {
             drop(body);
             self.flush().await?;
@@ -486,12 +486,12 @@ impl Framing {
     }
 }
 
-/// The status line and headers: the map's, then the relayed ones the map does not override;
-/// framing headers from `framing`; `Date` added when missing.
+/// The status line and headers: the map's, the proxy's own lines, then the relayed lines
+/// neither overrides; framing headers from `framing`; `Date` added when missing.
 fn write_head(
     out: &mut Vec<u8>,
     parts: &http::response::Parts,
-    relayed: &RawHeaders,
+    lines: &ResponseLines,
     framing: Framing,
     keep_alive: bool,
 ) {
@@ -518,17 +518,22 @@ fn write_head(
         out.extend_from_slice(b"\r\n");
     }
     let mut has_date = parts.headers.contains_key(header::DATE);
-    for line in relayed.lines() {
-        if line.name.eq_ignore_ascii_case(b"content-length") && !keep_length
-            || raw_headers::map_has(&parts.headers, line.name)
-        {
-            continue;
-        }
-        has_date |= line.name.eq_ignore_ascii_case(b"date");
+    let mut write = |line: Line<'_>| {
         out.extend_from_slice(line.name);
         out.extend_from_slice(b": ");
         out.extend_from_slice(line.value);
         out.extend_from_slice(b"\r\n");
+    };
+    lines.own.lines().for_each(&mut write);
+    for line in lines.relayed.lines() {
+        if line.name.eq_ignore_ascii_case(b"content-length") && !keep_length
+            || raw_headers::map_has(&parts.headers, line.name)
+            || lines.own.contains_name(line.name)
+        {
+            continue;
+        }
+        has_date |= line.name.eq_ignore_ascii_case(b"date");
+        write(line);
     }
     if !has_date {
         out.extend_from_slice(b"date: ");
@@ -733,8 +738,8 @@ mod tests {
         };
         let head = |status, length, head_only, exact| {
             let mut out = Vec::new();
-            let none = RawHeaders::default();
-            let framing = Framing::new(&parts(status, length), &none, head_only, exact);
+            let none = ResponseLines::default();
+            let framing = Framing::new(&parts(status, length), &none.relayed, head_only, exact);
             write_head(&mut out, &parts(status, length), &none, framing, true);
             (String::from_utf8(out).expect("text"), framing.has_body())
         };
@@ -777,11 +782,14 @@ mod tests {
         ] {
             relayed.push(name.as_bytes(), value.as_bytes());
         }
-        let relayed = relayed.finish();
+        let lines = ResponseLines {
+            own: RawHeaders::default(),
+            relayed: relayed.finish(),
+        };
         let head = |head_only, exact| {
-            let framing = Framing::new(&parts, &relayed, head_only, exact);
+            let framing = Framing::new(&parts, &lines.relayed, head_only, exact);
             let mut out = Vec::new();
-            write_head(&mut out, &parts, &relayed, framing, true);
+            write_head(&mut out, &parts, &lines, framing, true);
             String::from_utf8(out).expect("text")
         };
         // A GET: the body's length replaces the relayed one; the backend's Date is kept.
