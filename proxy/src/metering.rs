@@ -190,7 +190,9 @@ impl Meter {
 /// A backend body, metered when the route and plan need it.
 #[derive(Debug)]
 pub struct MeteredBody {
-    inner: UpstreamBody,
+    /// Boxed: a response is moved several times on its way to the client, and the backend body
+    /// (its connection, framing state and relayed headers) is most of its size.
+    inner: Box<UpstreamBody>,
     meter: Option<Box<Meter>>,
     /// Headers the proxy adds, as lines (its `RateLimit` headers), written with the relayed ones.
     own_lines: RawHeaders,
@@ -200,7 +202,7 @@ impl MeteredBody {
     /// `inner`, watched by `meter` if any.
     pub fn new(inner: UpstreamBody, meter: Option<Meter>) -> Self {
         Self {
-            inner,
+            inner: Box::new(inner),
             meter: meter.map(Box::new),
             own_lines: RawHeaders::default(),
         }
@@ -229,7 +231,7 @@ impl Body for MeteredBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let polled = Pin::new(&mut *self.inner).poll_frame(cx);
         if let Some(meter) = self.meter.as_mut() {
             match &polled {
                 Poll::Ready(Some(Ok(frame))) => {
