@@ -20,6 +20,7 @@ use tollgate_crds::resources::{BillingState, SubscriptionState};
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::auth::{KeySource, presented_key};
 use crate::client_headers::ClientHeaders;
+use crate::clock;
 use crate::config::{PlanEntry, ProxyConfig, RouteEntry, TenantEntry, Upstream};
 use crate::forward::{
     self, ForwardContext, RequestBody, UpstreamClient, downstream_response, upstream_request,
@@ -173,8 +174,10 @@ impl<S: CounterStore> Proxy<S> {
         client: &ClientConn,
     ) -> Response<ProxyBody> {
         let tls = client.tls;
-        let started = Instant::now();
-        let now = Timestamp::now();
+        let clock::Now {
+            instant: started,
+            time: now,
+        } = clock::now();
         let config = self.config.load_full();
         let method = req.method().clone();
         // The URI shares the request's bytes: a reference count, not a copy.
@@ -189,6 +192,8 @@ impl<S: CounterStore> Proxy<S> {
             limits: None,
             charged: false,
         };
+        // Set when the backend answered: when the request went to it.
+        let mut backend_started = None;
         let decided = self.decide(&config, &req, &raw, now, &mut verdict).await;
         if decided.is_err()
             && verdict.limits.is_none()
@@ -204,13 +209,23 @@ impl<S: CounterStore> Proxy<S> {
                 let kind = problem.kind;
                 (problem_response(&problem, path), Some(kind))
             }
-            Ok(()) => self.respond(req, &raw, &verdict, client, tls, now).await,
+            Ok(()) => {
+                self.respond(req, &raw, &verdict, &mut backend_started, client, tls, now)
+                    .await
+            }
         };
+        // One clock read for both the backend's response time and the request's latency.
+        let answered = Instant::now();
+        if let Some(backend_started) = backend_started {
+            self.metrics
+                .upstream_duration
+                .observe((answered - backend_started).as_secs_f64());
+        }
         self.decorate(&mut response, &verdict, problem_kind);
 
         let status = response.status();
         let reason = problem_kind.map_or("ok", ProblemKind::slug);
-        let elapsed = started.elapsed();
+        let elapsed = answered - started;
         match &verdict.route {
             Some(route) => route.telemetry.observe(
                 &self.metrics,
@@ -451,6 +466,7 @@ impl<S: CounterStore> Proxy<S> {
         req: Request<RequestBody>,
         raw: &RawHeaders,
         v: &Verdict,
+        backend_started: &mut Option<Instant>,
         client: &ClientConn,
         tls: bool,
         now: Timestamp,
@@ -519,7 +535,10 @@ impl<S: CounterStore> Proxy<S> {
                 .await
         };
         match sent {
-            Ok(resp) => (self.relayed(resp, v, route, now, started), None),
+            Ok(resp) => {
+                *backend_started = Some(started);
+                (self.relayed(resp, v, route, now), None)
+            }
             // Boxed: only a failure awaits (its refund), and every request moves the future of
             // `respond`, whose size this await would otherwise add to.
             Err(err) => Box::pin(self.backend_failed(err, v, route, now, path)).await,
@@ -594,11 +613,7 @@ impl<S: CounterStore> Proxy<S> {
         v: &Verdict,
         route: &RouteEntry,
         now: Timestamp,
-        started: Instant,
     ) -> Response<ProxyBody> {
-        self.metrics
-            .upstream_duration
-            .observe(started.elapsed().as_secs_f64());
         // The content type is looked up only for a plan that meters usage.
         let meter = match &v.plan {
             Some(plan) if plan.meters_usage => {

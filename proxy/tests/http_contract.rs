@@ -720,6 +720,8 @@ async fn metrics_health_and_usage_endpoints() {
         r#"tollgate_proxy_requests_total{reason="ok",route="shop/echo",status="200"} 1"#,
         r#"tollgate_proxy_rejections_total{reason="route-not-found",status="404"} 1"#,
         "tollgate_proxy_request_duration_seconds_bucket",
+        // One backend answer (the 404 never reached a backend).
+        "tollgate_proxy_upstream_duration_seconds_count 1",
         "tollgate_proxy_config_version 1",
         r#"tollgate_proxy_config_reloads_total{result="success"} 1"#,
         "tollgate_proxy_active_connections",
