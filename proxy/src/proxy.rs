@@ -173,7 +173,6 @@ impl<S: CounterStore> Proxy<S> {
         raw: RawHeaders,
         client: &ClientConn,
     ) -> Response<ProxyBody> {
-        let tls = client.tls;
         let clock::Now {
             instant: started,
             time: now,
@@ -210,7 +209,7 @@ impl<S: CounterStore> Proxy<S> {
                 (problem_response(&problem, path), Some(kind))
             }
             Ok(()) => {
-                self.respond(req, &raw, &verdict, &mut backend_started, client, tls, now)
+                self.respond(req, &raw, &verdict, &mut backend_started, client, now)
                     .await
             }
         };
@@ -468,7 +467,6 @@ impl<S: CounterStore> Proxy<S> {
         v: &Verdict,
         backend_started: &mut Option<Instant>,
         client: &ClientConn,
-        tls: bool,
         now: Timestamp,
     ) -> (Response<ProxyBody>, Option<ProblemKind>) {
         let Some(route) = v.route.as_ref() else {
@@ -509,7 +507,7 @@ impl<S: CounterStore> Proxy<S> {
             tenant: v.tenant.as_ref().map(|t| &t.header),
             key_source: v.key_source,
             client_ip: &client.ip_header,
-            tls,
+            tls: client.tls,
         };
         let plain_http = upstream.scheme == http::uri::Scheme::HTTP;
         let started = Instant::now();
