@@ -1,4 +1,6 @@
-//! A backend's end-to-end response headers kept as `name: value\r\n` lines, relayed as bytes.
+//! Header lines kept as the bytes they are, with an index of names and values: a backend's
+//! end-to-end response headers (relayed), a request's headers as Tollgate's HTTP/1.1 engine
+//! received them, and the proxy's own `RateLimit` lines on a relayed response.
 //!
 //! Building an `http::HeaderMap` from a backend head (a name lookup, a hash and an insert per
 //! header, two allocations) only to write the same bytes out again was ~5% of the proxy's
@@ -12,7 +14,7 @@ use std::ops::Range;
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-/// Relayed header lines; empty for responses the proxy made or hyper parsed.
+/// Header lines; empty for a message hyper parsed or the proxy made.
 #[derive(Debug, Clone, Default)]
 pub struct RawHeaders {
     block: Bytes,
@@ -116,9 +118,14 @@ impl RawHeaders {
 
     /// The headers in the order the sender sent them.
     pub fn lines(&self) -> impl Iterator<Item = Line<'_>> {
+        // The spans were made with the block, so `get` always finds them.
         self.spans.iter().map(|s| Line {
-            name: &self.block[s.name.clone()],
-            value: self.block[s.value.clone()].trim_ascii(),
+            name: self.block.get(s.name.clone()).unwrap_or_default(),
+            value: self
+                .block
+                .get(s.value.clone())
+                .unwrap_or_default()
+                .trim_ascii(),
         })
     }
 
