@@ -12,7 +12,6 @@ pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod client_headers;
-pub mod clock;
 pub mod config;
 pub mod control_plane;
 pub mod forward;

@@ -20,7 +20,6 @@ use tollgate_crds::resources::{BillingState, SubscriptionState};
 use crate::access_log::{AccessLog, AccessRecord};
 use crate::auth::{KeySource, presented_key};
 use crate::client_headers::ClientHeaders;
-use crate::clock;
 use crate::config::{PlanEntry, ProxyConfig, RouteEntry, TenantEntry, Upstream};
 use crate::forward::{
     self, ForwardContext, RequestBody, UpstreamClient, downstream_response, upstream_request,
@@ -119,10 +118,11 @@ impl ClientConn {
 }
 
 /// What was decided about a request before forwarding.
-struct Verdict {
-    route: Option<Arc<RouteEntry>>,
-    tenant: Option<Arc<TenantEntry>>,
-    plan: Option<Arc<PlanEntry>>,
+/// Borrowed from the configuration the request loaded: no reference counts touched per request.
+struct Verdict<'c> {
+    route: Option<&'c Arc<RouteEntry>>,
+    tenant: Option<&'c Arc<TenantEntry>>,
+    plan: Option<&'c Arc<PlanEntry>>,
     key_source: Option<KeySource>,
     /// Limit states for RateLimit headers.
     limits: Option<(Vec<LimitState>, Vec<LimitState>)>,
@@ -173,10 +173,8 @@ impl<S: CounterStore> Proxy<S> {
         raw: RawHeaders,
         client: &ClientConn,
     ) -> Response<ProxyBody> {
-        let clock::Now {
-            instant: started,
-            time: now,
-        } = clock::now();
+        let started = Instant::now();
+        let now = Timestamp::now();
         let config = self.config.load_full();
         let method = req.method().clone();
         // The URI shares the request's bytes: a reference count, not a copy.
@@ -269,19 +267,19 @@ impl<S: CounterStore> Proxy<S> {
     }
 
     /// Runs the checks in api.md's order; `Err` is the first that fails.
-    async fn decide(
+    async fn decide<'c>(
         &self,
-        config: &ProxyConfig,
+        config: &'c ProxyConfig,
         req: &Request<RequestBody>,
         raw: &RawHeaders,
         now: Timestamp,
-        v: &mut Verdict,
+        v: &mut Verdict<'c>,
     ) -> Result<(), Problem> {
         let headers = ClientHeaders::of(req.headers(), raw);
         let host = request_host(req.uri(), headers.get(&header::HOST));
         let path = req.uri().path();
 
-        let Some(route) = config.routes.route_for(&host, path, req.method()).cloned() else {
+        let Some(route) = config.routes.route_for(&host, path, req.method()) else {
             return Err(Problem::new(
                 ProblemKind::RouteNotFound,
                 format!(
@@ -290,7 +288,7 @@ impl<S: CounterStore> Proxy<S> {
                 ),
             ));
         };
-        v.route = Some(route.clone());
+        v.route = Some(route);
         let route_name = &route.route.key.name;
 
         if route.route.lifecycle == tollgate_crds::resources::LifecycleState::Retired {
@@ -308,14 +306,14 @@ impl<S: CounterStore> Proxy<S> {
             ));
         };
         v.key_source = Some(source);
-        let Some(tenant) = config.tenants_by_key.get(&digest).cloned() else {
+        let Some(tenant) = config.tenants_by_key.get(&digest) else {
             return Err(Problem::new(
                 ProblemKind::Unauthorized,
                 "The API key is not valid. Check it for typos, or ask your API provider for a new one.",
             ));
         };
-        v.tenant = Some(tenant.clone());
-        v.plan = tenant.plan.clone();
+        v.tenant = Some(tenant);
+        v.plan = tenant.plan.as_ref();
         let tenant_name = tenant.tenant.key.name.as_str();
 
         let subscription = (tenant.tenant.key.namespace == route.route.key.namespace)
@@ -329,7 +327,7 @@ impl<S: CounterStore> Proxy<S> {
             .with("tenant", &*tenant.id)
             .with("apiRoute", route_name.as_str()));
         };
-        v.plan = sub_plan.clone();
+        v.plan = sub_plan.as_ref();
         match route.route.subscription_state(tenant_name) {
             SubscriptionState::Active | SubscriptionState::RouteNotFound => {}
             SubscriptionState::PendingApproval => {
@@ -389,13 +387,10 @@ impl<S: CounterStore> Proxy<S> {
             .with_opt("paymentUrl", payment_url));
         }
 
-        let Some(plan) = v.plan.clone() else {
+        let Some(plan) = v.plan else {
             return Ok(());
         };
-        let subject = Subject {
-            tenant: &tenant,
-            plan: &plan,
-        };
+        let subject = Subject { tenant, plan };
         match self.store.admit(subject, now).await {
             Admission::Admitted { rate_limits, quotas } => {
                 v.limits = Some((rate_limits, quotas));
@@ -464,7 +459,7 @@ impl<S: CounterStore> Proxy<S> {
         &self,
         req: Request<RequestBody>,
         raw: &RawHeaders,
-        v: &Verdict,
+        v: &Verdict<'_>,
         backend_started: &mut Option<Instant>,
         client: &ClientConn,
         now: Timestamp,
@@ -577,7 +572,7 @@ impl<S: CounterStore> Proxy<S> {
     async fn backend_failed(
         &self,
         err: UpstreamError,
-        v: &Verdict,
+        v: &Verdict<'_>,
         route: &RouteEntry,
         now: Timestamp,
         path: &str,
@@ -608,7 +603,7 @@ impl<S: CounterStore> Proxy<S> {
     fn relayed(
         &self,
         resp: Response<UpstreamBody>,
-        v: &Verdict,
+        v: &Verdict<'_>,
         route: &RouteEntry,
         now: Timestamp,
     ) -> Response<ProxyBody> {
@@ -631,15 +626,17 @@ impl<S: CounterStore> Proxy<S> {
     /// A meter for the response when the plan has token or Cost quotas.
     fn meter_for(
         &self,
-        v: &Verdict,
+        v: &Verdict<'_>,
         route: &RouteEntry,
         content_type: Option<&str>,
         now: Timestamp,
     ) -> Option<Meter> {
-        let (tenant, plan) = (v.tenant.clone()?, v.plan.clone()?);
+        let (tenant, plan) = (v.tenant?, v.plan?);
         if !plan.meters_usage {
             return None;
         }
+        // The charge runs after the response; it keeps its own references.
+        let (tenant, plan) = (Arc::clone(tenant), Arc::clone(plan));
         let tokens = route.route.metering == tollgate_crds::resources::Metering::OpenAI;
         let store = self.store.clone();
         let pricing = plan.plan.pricing.clone();
@@ -663,7 +660,7 @@ impl<S: CounterStore> Proxy<S> {
     /// A request the proxy failed: refund the charge, answer with a problem.
     async fn failed(
         &self,
-        v: &Verdict,
+        v: &Verdict<'_>,
         now: Timestamp,
         kind: ProblemKind,
         detail: &str,
