@@ -192,8 +192,7 @@ fn forwarded_headers<'a>(
         } else if prior_xff.is_none() && name.eq_ignore_ascii_case(b"x-forwarded-for") {
             prior_xff = Some(field.value());
         } else if name.eq_ignore_ascii_case(b"connection") {
-            names_others |= raw_connection_tokens(field.value())
-                .any(|token| &*token != b"close" && !HopByHop::fixed(&token));
+            names_others |= HopByHop::names_others(field.value());
         }
     });
     let hop_by_hop = HopByHop {
@@ -298,13 +297,16 @@ pub(crate) struct HopByHop<'a> {
 
 impl<'a> HopByHop<'a> {
     fn of(headers: ClientHeaders<'a>) -> Self {
-        let names_others = headers
-            .get_all(&header::CONNECTION)
-            .flat_map(raw_connection_tokens)
-            .any(|token| &*token != b"close" && !Self::fixed(&token));
+        let names_others = headers.get_all(&header::CONNECTION).any(Self::names_others);
         Self {
             named: names_others.then_some(headers),
         }
+    }
+
+    /// Whether a `Connection` value names a header beyond the fixed list (`close` and
+    /// `keep-alive` do not).
+    fn names_others(connection: &[u8]) -> bool {
+        raw_connection_tokens(connection).any(|token| &*token != b"close" && !Self::fixed(&token))
     }
 
     /// The fixed list, by lower-case name (header names in a map are lower case).

@@ -115,11 +115,7 @@ impl Template {
         out: &mut impl BufMut,
     ) {
         let mut n = itoa::Buffer::new();
-        let mut first = true;
-        self.each(rate_limits, quotas, |item, window, _| {
-            if !std::mem::take(&mut first) {
-                out.put_slice(b", ");
-            }
+        self.write_list(rate_limits, quotas, out, |out, item, window, _| {
             out.put_slice(&item.policy);
             out.put_slice(n.format(window).as_bytes());
         });
@@ -133,15 +129,28 @@ impl Template {
         out: &mut impl BufMut,
     ) {
         let mut n = itoa::Buffer::new();
-        let mut first = true;
-        self.each(rate_limits, quotas, |item, _, s| {
-            if !std::mem::take(&mut first) {
-                out.put_slice(b", ");
-            }
+        self.write_list(rate_limits, quotas, out, |out, item, _, s| {
             out.put_slice(&item.state);
             out.put_slice(n.format(whole(&s.remaining)).as_bytes());
             out.put_slice(b";t=");
             out.put_slice(n.format(s.reset_seconds).as_bytes());
+        });
+    }
+
+    /// An sf-list: `write_item` for each item, separated by `, `.
+    fn write_list<B: BufMut>(
+        &self,
+        rate_limits: &[LimitState],
+        quotas: &[LimitState],
+        out: &mut B,
+        mut write_item: impl FnMut(&mut B, &Item, u64, &LimitState),
+    ) {
+        let mut first = true;
+        self.each(rate_limits, quotas, |item, window, s| {
+            if !std::mem::take(&mut first) {
+                out.put_slice(b", ");
+            }
+            write_item(out, item, window, s);
         });
     }
 

@@ -262,34 +262,23 @@ mod tests {
         );
     }
 
+    fn host_of(req: &http::Request<()>) -> Cow<'_, str> {
+        let host = req.headers().get(http::header::HOST);
+        request_host(req.uri(), host.map(http::HeaderValue::as_bytes))
+    }
+
     #[test]
     fn host_is_taken_without_port_and_lower_cased() {
         let req = http::Request::get("/x")
             .header("host", "API.Example.com:8080")
             .body(())
             .expect("request");
-        assert_eq!(
-            request_host(
-                req.uri(),
-                req.headers()
-                    .get(http::header::HOST)
-                    .map(http::HeaderValue::as_bytes)
-            ),
-            "api.example.com"
-        );
+        assert_eq!(host_of(&req), "api.example.com");
         let req = http::Request::get("/x")
             .header("host", "[::1]:8080")
             .body(())
             .expect("request");
-        assert_eq!(
-            request_host(
-                req.uri(),
-                req.headers()
-                    .get(http::header::HOST)
-                    .map(http::HeaderValue::as_bytes)
-            ),
-            "[::1]"
-        );
+        assert_eq!(host_of(&req), "[::1]");
         for (host, expected) in [
             ("api.example.com.", "api.example.com"),
             ("Api.Example.Com.:443", "api.example.com"),
@@ -300,30 +289,13 @@ mod tests {
                 .header("host", host)
                 .body(())
                 .expect("request");
-            assert_eq!(
-                request_host(
-                    req.uri(),
-                    req.headers()
-                        .get(http::header::HOST)
-                        .map(http::HeaderValue::as_bytes)
-                ),
-                expected,
-                "{host:?}"
-            );
+            assert_eq!(host_of(&req), expected, "{host:?}");
         }
         // An absolute-form target's host wins over the Host header.
         let req = http::Request::get("http://Abs.Example/x")
             .header("host", "other")
             .body(())
             .expect("request");
-        assert_eq!(
-            request_host(
-                req.uri(),
-                req.headers()
-                    .get(http::header::HOST)
-                    .map(http::HeaderValue::as_bytes)
-            ),
-            "abs.example"
-        );
+        assert_eq!(host_of(&req), "abs.example");
     }
 }

@@ -464,7 +464,7 @@ impl Framing {
             return match exact {
                 Some(n)
                     if !parts.headers.contains_key(header::CONTENT_LENGTH)
-                        && !relayed.contains("content-length") =>
+                        && !relayed.contains(b"content-length") =>
                 {
                     Self::Length { n, head_only }
                 }
@@ -528,7 +528,7 @@ fn write_head(
     for line in lines.relayed.lines() {
         if line.name.eq_ignore_ascii_case(b"content-length") && !keep_length
             || raw_headers::map_has(&parts.headers, line.name)
-            || lines.own.contains_name(line.name)
+            || lines.own.contains(line.name)
         {
             continue;
         }
