@@ -16,6 +16,10 @@ pub enum ClientHeaders<'a> {
     Raw(&'a RawHeaders),
 }
 
+/// A header that must appear at most once appeared more than once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repeated;
+
 /// One client header.
 #[derive(Debug, Clone, Copy)]
 pub enum Field<'a> {
@@ -64,6 +68,29 @@ impl<'a> ClientHeaders<'a> {
             Self::Map(map) => map.get(name).map(HeaderValue::as_bytes),
             Self::Raw(raw) => raw.get(name.as_str()),
         }
+    }
+
+    /// The value of `name` if it is sent at most once.
+    pub fn single(self, name: &HeaderName) -> Result<Option<&'a [u8]>, Repeated> {
+        let mut found = None;
+        let mut seen = |value: &'a [u8]| match found {
+            Some(_) => Err(Repeated),
+            None => {
+                found = Some(value);
+                Ok(())
+            }
+        };
+        match self {
+            Self::Map(map) => map
+                .get_all(name)
+                .iter()
+                .try_for_each(|v| seen(v.as_bytes()))?,
+            Self::Raw(raw) => raw
+                .lines()
+                .filter(|l| l.name.eq_ignore_ascii_case(name.as_str().as_bytes()))
+                .try_for_each(|l| seen(l.value))?,
+        }
+        Ok(found)
     }
 
     /// Every value of `name`, in order.
@@ -124,6 +151,12 @@ mod tests {
         ] {
             assert_eq!(headers.get(&http::header::HOST), Some(&b"a.example"[..]));
             assert_eq!(headers.get(&http::header::COOKIE), None);
+            assert_eq!(
+                headers.single(&http::header::HOST),
+                Ok(Some(&b"a.example"[..]))
+            );
+            assert_eq!(headers.single(&http::header::COOKIE), Ok(None));
+            assert_eq!(headers.single(&http::header::ACCEPT), Err(Repeated));
             let accept: Vec<_> = headers.get_all(&http::header::ACCEPT).collect();
             assert_eq!(accept, [b"x", b"y"]);
             let mut names = Vec::new();

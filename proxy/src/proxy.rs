@@ -276,7 +276,14 @@ impl<S: CounterStore> Proxy<S> {
         v: &mut Verdict<'c>,
     ) -> Result<(), Problem> {
         let headers = ClientHeaders::of(req.headers(), raw);
-        let host = request_host(req.uri(), headers.get(&header::HOST));
+        let Ok(host_header) = headers.single(&header::HOST) else {
+            // RFC 9112 section 3.2: the route and the backend could read different hosts.
+            return Err(Problem::new(
+                ProblemKind::BadRequest,
+                "The request has more than one Host header; send exactly one.",
+            ));
+        };
+        let host = request_host(req.uri(), host_header);
         let path = req.uri().path();
 
         let Some(route) = config.routes.route_for(&host, path, req.method()) else {

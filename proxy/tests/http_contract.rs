@@ -627,6 +627,29 @@ async fn a_64_kib_header_gets_a_clean_431() {
 }
 
 #[tokio::test]
+async fn two_host_headers_are_a_400_and_never_reach_a_backend() {
+    // RFC 9112 section 3.2: more than one Host is a bad request (the route and the backend could
+    // otherwise read different hosts).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_b, p) = start().await;
+    let mut stream = tokio::net::TcpStream::connect(p.listen)
+        .await
+        .expect("connect");
+    let req = "GET /echo/x HTTP/1.1\r\nHost: api.example.com\r\nHost: other.example\r\n\
+               Authorization: Bearer key-acme\r\nConnection: close\r\n\r\n";
+    stream.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 400"), "got: {text:?}");
+    assert!(text.contains("bad-request"), "got: {text:?}");
+    assert!(
+        !text.contains("\"uri\""),
+        "the backend never saw it: {text:?}"
+    );
+}
+
+#[tokio::test]
 async fn sigterm_drains_in_flight_requests_and_saves_counters() {
     let (_b, mut p) = start().await;
     let listen = p.listen;
