@@ -130,6 +130,39 @@ struct Verdict<'c> {
     charged: bool,
 }
 
+/// How an admitted request is served (see `Proxy::prepare`).
+enum Forward<'a> {
+    /// Answered by the proxy itself (a direct response).
+    Answered(Response<ProxyBody>),
+    /// Cannot be forwarded: refunded and answered with this problem.
+    Refused(ProblemKind, &'static str),
+    /// Sent to the route's backend.
+    Backend {
+        route: &'a RouteEntry,
+        request: BackendRequest<'a>,
+        /// When forwarding began: the backend's response time is measured from here.
+        started: Instant,
+    },
+}
+
+/// A request on its way to a backend.
+enum BackendRequest<'a> {
+    /// A bodiless request over plain HTTP: its head, written by this task to a pooled connection.
+    Inline {
+        authority: &'a http::uri::Authority,
+        head: Vec<u8>,
+        method: http::Method,
+        /// The route's timeout.
+        due: Instant,
+    },
+    /// Through hyper (a body, or HTTPS).
+    Hyper(Sending<'a>),
+}
+
+/// A backend response on its way.
+type Sending<'a> =
+    Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send + 'a>>;
+
 impl<S: CounterStore> Proxy<S> {
     /// A proxy with an empty configuration (404 for everything until one is applied).
     pub fn new(
@@ -191,7 +224,16 @@ impl<S: CounterStore> Proxy<S> {
         };
         // Set when the backend answered: when the request went to it.
         let mut backend_started = None;
-        let decided = self.decide(&config, &req, &raw, now, &mut verdict).await;
+        // Every await of the request path is in this function: a nested async fn's future is
+        // moved whole into its caller's on each call (kilobytes of memcpy per request).
+        let decided = match self.check(&config, &req, &raw, now, &mut verdict) {
+            Ok(Some(subject)) => {
+                let admission = self.store.admit(subject, now).await;
+                admitted(admission, subject, now, &mut verdict)
+            }
+            Ok(None) => Ok(()),
+            Err(problem) => Err(problem),
+        };
         if decided.is_err()
             && verdict.limits.is_none()
             && let (Some(tenant), Some(plan)) = (&verdict.tenant, &verdict.plan)
@@ -206,10 +248,41 @@ impl<S: CounterStore> Proxy<S> {
                 let kind = problem.kind;
                 (problem_response(&problem, path), Some(kind))
             }
-            Ok(()) => {
-                self.respond(req, &raw, &verdict, &mut backend_started, client, now)
-                    .await
-            }
+            Ok(()) => match self.prepare(req, &raw, &verdict, client, now) {
+                Forward::Answered(resp) => (resp, None),
+                Forward::Refused(kind, detail) => {
+                    Box::pin(self.failed(&verdict, now, kind, detail, path)).await
+                }
+                Forward::Backend {
+                    route,
+                    request,
+                    started,
+                } => {
+                    let sent = match request {
+                        BackendRequest::Inline {
+                            authority,
+                            head,
+                            method,
+                            due,
+                        } => {
+                            self.pool
+                                .send_inline(authority, &head, &method, due.into())
+                                .await
+                        }
+                        BackendRequest::Hyper(sending) => sending.await,
+                    };
+                    match sent {
+                        Ok(resp) => {
+                            backend_started = Some(started);
+                            (self.relayed(resp, &verdict, route, now), None)
+                        }
+                        // Boxed: only a failure awaits (its refund).
+                        Err(err) => {
+                            Box::pin(self.backend_failed(err, &verdict, route, now, path)).await
+                        }
+                    }
+                }
+            },
         };
         // One clock read for both the backend's response time and the request's latency.
         let answered = Instant::now();
@@ -266,15 +339,16 @@ impl<S: CounterStore> Proxy<S> {
         response
     }
 
-    /// Runs the checks in api.md's order; `Err` is the first that fails.
-    async fn decide<'c>(
+    /// Runs the checks in api.md's order up to the quotas; `Err` is the first that fails,
+    /// `Ok(Some(subject))` the counters to admit the request against (see [`admitted`]).
+    fn check<'c>(
         &self,
         config: &'c ProxyConfig,
         req: &Request<RequestBody>,
         raw: &RawHeaders,
         now: Timestamp,
         v: &mut Verdict<'c>,
-    ) -> Result<(), Problem> {
+    ) -> Result<Option<Subject<'c>>, Problem> {
         let headers = ClientHeaders::of(req.headers(), raw);
         let Ok(host_header) = headers.single(&header::HOST) else {
             // RFC 9112 section 3.2: the route and the backend could read different hosts.
@@ -357,7 +431,8 @@ impl<S: CounterStore> Proxy<S> {
             }
         }
 
-        let payment_url = v.plan.as_ref().and_then(|p| p.plan.payment_url.clone());
+        // Cloned only into a refusal.
+        let payment_url = || v.plan.and_then(|p| p.plan.payment_url.clone());
         let billing_problem = match tenant.tenant.billing_state {
             BillingState::Active => None,
             BillingState::PastDue => Some((
@@ -377,7 +452,7 @@ impl<S: CounterStore> Proxy<S> {
             return Err(Problem::new(kind, detail)
                 .with("tenant", &*tenant.id)
                 .with("apiRoute", route_name.as_str())
-                .with_opt("paymentUrl", payment_url));
+                .with_opt("paymentUrl", payment_url()));
         }
         if let Some(paid_through) = tenant.tenant.paid_through
             && now > paid_through
@@ -391,94 +466,23 @@ impl<S: CounterStore> Proxy<S> {
             .with("tenant", &*tenant.id)
             .with("apiRoute", route_name.as_str())
             .with("paidThrough", paid_through.to_string())
-            .with_opt("paymentUrl", payment_url));
+            .with_opt("paymentUrl", payment_url()));
         }
 
-        let Some(plan) = v.plan else {
-            return Ok(());
-        };
-        let subject = Subject { tenant, plan };
-        match self.store.admit(subject, now).await {
-            Admission::Admitted { rate_limits, quotas } => {
-                v.limits = Some((rate_limits, quotas));
-                v.charged = true;
-                Ok(())
-            }
-            Admission::QuotaExhausted { exhausted, rate_limits, quotas } => {
-                v.limits = Some((rate_limits, quotas));
-                let quota = &plan.plan.quotas[exhausted.index];
-                let window = exhausted.window;
-                Err(Problem::new(
-                    ProblemKind::QuotaExhausted,
-                    format!(
-                        "Tenant {tenant_name} used its {} allowance of {} ({:?}) for this {:?}. Upgrade the plan{} or wait for the next period.",
-                        quota.name,
-                        quota.limit,
-                        quota.metric,
-                        quota.period,
-                        if plan.plan.payment_url.is_some() { " at paymentUrl" } else { "" }
-                    ),
-                )
-                .with("tenant", &*tenant.id)
-                .with("apiRoute", route_name.as_str())
-                .with("quota", quota.name.as_str())
-                .with("metric", format!("{:?}", quota.metric))
-                .with("limit", decimal_json(quota.limit))
-                .with("used", decimal_json(exhausted.used))
-                .with_opt("periodStart", window.map(|w| w.start.to_string()))
-                .with_opt("resetsAt", window.map(|w| w.end.to_string()))
-                .with_opt("paymentUrl", payment_url)
-                .with("retryAfter", exhausted.reset_seconds))
-            }
-            Admission::RateLimited { exceeded, rate_limits, quotas } => {
-                v.limits = Some((rate_limits, quotas));
-                let rl = &plan.plan.rate_limits[exceeded.index];
-                let resets_at = now.checked_add(Duration::from_secs(exceeded.reset_seconds)).ok();
-                Err(Problem::new(
-                    ProblemKind::RateLimited,
-                    format!(
-                        "Tenant {tenant_name} exceeded {} requests per {}s ({}). Retry after {} s.",
-                        rl.requests,
-                        rl.window_ms / 1000,
-                        rl.name,
-                        exceeded.reset_seconds
-                    ),
-                )
-                .with("tenant", &*tenant.id)
-                .with("apiRoute", route_name.as_str())
-                .with("quota", rl.name.as_str())
-                .with("metric", "Requests")
-                .with("limit", rl.requests)
-                .with_opt("resetsAt", resets_at.map(|t| t.to_string()))
-                .with("retryAfter", exceeded.reset_seconds))
-            }
-            Admission::StoreUnavailable => Err(Problem::new(
-                ProblemKind::QuotaStoreUnavailable,
-                "Usage cannot be checked right now and this plan does not allow unchecked calls. Retry shortly.",
-            )
-            .with("tenant", &*tenant.id)
-            .with("apiRoute", route_name.as_str())),
-        }
+        Ok(v.plan.map(|plan| Subject { tenant, plan }))
     }
 
-    /// Serves an admitted request: a direct response, or the backend's.
-    async fn respond(
-        &self,
+    /// How an admitted request is served: a direct response, or what to send to the backend.
+    fn prepare<'a>(
+        &'a self,
         req: Request<RequestBody>,
         raw: &RawHeaders,
-        v: &Verdict<'_>,
-        backend_started: &mut Option<Instant>,
+        v: &Verdict<'a>,
         client: &ClientConn,
         now: Timestamp,
-    ) -> (Response<ProxyBody>, Option<ProblemKind>) {
-        let Some(route) = v.route.as_ref() else {
-            return (
-                problem_response(
-                    &Problem::new(ProblemKind::RouteNotFound, "No route."),
-                    req.uri().path(),
-                ),
-                None,
-            );
+    ) -> Forward<'a> {
+        let Some(route) = v.route else {
+            return Forward::Refused(ProblemKind::RouteNotFound, "No route.");
         };
         if let Some(direct) = &route.direct {
             // Nothing to read in a direct response, but a per-request price still applies.
@@ -489,24 +493,17 @@ impl<S: CounterStore> Proxy<S> {
             *resp.status_mut() = direct.status;
             resp.headers_mut()
                 .insert(header::CONTENT_TYPE, direct.content_type.clone());
-            return (resp, None);
+            return Forward::Answered(resp);
         }
         let Some(upstream) = route.upstream.as_ref() else {
-            return self
-                .failed(
-                    v,
-                    now,
-                    ProblemKind::BackendUnavailable,
-                    "The API's backend URL is unusable.",
-                    req.uri().path(),
-                )
-                .await;
+            return Forward::Refused(
+                ProblemKind::BackendUnavailable,
+                "The API's backend URL is unusable.",
+            );
         };
-        let uri = req.uri().clone();
-        let path = uri.path();
         let cx = ForwardContext {
             upstream,
-            tenant: v.tenant.as_ref().map(|t| &t.header),
+            tenant: v.tenant.map(|t| &t.header),
             key_source: v.key_source,
             client_ip: &client.ip_header,
             tls: client.tls,
@@ -514,34 +511,27 @@ impl<S: CounterStore> Proxy<S> {
         let plain_http = upstream.scheme == http::uri::Scheme::HTTP;
         let started = Instant::now();
         let due = started + Duration::from_millis(route.route.timeout_ms);
-        let sent = if plain_http && upstream_h1::eligible(&req) {
+        let request = if plain_http && upstream_h1::eligible(&req) {
             // The common case: the forwarded head is written straight from the client's request.
-            let head = forward::request_head(&req, raw, &cx);
-            self.pool
-                .send_inline(&upstream.authority, &head, req.method(), due.into())
-                .await
+            BackendRequest::Inline {
+                authority: &upstream.authority,
+                head: forward::request_head(&req, raw, &cx),
+                method: req.method().clone(),
+                due,
+            }
         } else {
             let Ok(upstream_req) = upstream_request(req, raw, &cx, !plain_http) else {
-                return Box::pin(self.failed(
-                    v,
-                    now,
+                return Forward::Refused(
                     ProblemKind::BadRequest,
                     "The request target cannot be forwarded.",
-                    path,
-                ))
-                .await;
+                );
             };
-            self.send_by_hyper(upstream, upstream_req, plain_http, due)
-                .await
+            BackendRequest::Hyper(self.send_by_hyper(upstream, upstream_req, plain_http, due))
         };
-        match sent {
-            Ok(resp) => {
-                *backend_started = Some(started);
-                (self.relayed(resp, v, route, now), None)
-            }
-            // Boxed: only a failure awaits (its refund), and every request moves the future of
-            // `respond`, whose size this await would otherwise add to.
-            Err(err) => Box::pin(self.backend_failed(err, v, route, now, path)).await,
+        Forward::Backend {
+            route,
+            request,
+            started,
         }
     }
 
@@ -553,8 +543,7 @@ impl<S: CounterStore> Proxy<S> {
         req: Request<RequestBody>,
         plain_http: bool,
         due: Instant,
-    ) -> Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send + 'a>>
-    {
+    ) -> Sending<'a> {
         Box::pin(async move {
             let sent = if plain_http {
                 tokio::time::timeout_at(due.into(), self.pool.send(&upstream.authority, req)).await
@@ -717,6 +706,80 @@ impl<S: CounterStore> Proxy<S> {
                 headers.insert(SUNSET, s.clone());
             }
         }
+    }
+}
+
+/// The request's fate after the quota check: `Err` when a quota or rate limit refused it. The
+/// limit states are kept for the RateLimit headers.
+fn admitted<'c>(
+    admission: Admission,
+    subject: Subject<'c>,
+    now: Timestamp,
+    v: &mut Verdict<'c>,
+) -> Result<(), Problem> {
+    let Subject { tenant, plan } = subject;
+    let tenant_name = tenant.tenant.key.name.as_str();
+    let route_name = v.route.map_or("", |r| r.route.key.name.as_str());
+    match admission {
+        Admission::Admitted { rate_limits, quotas } => {
+            v.limits = Some((rate_limits, quotas));
+            v.charged = true;
+            Ok(())
+        }
+        Admission::QuotaExhausted { exhausted, rate_limits, quotas } => {
+            v.limits = Some((rate_limits, quotas));
+            let quota = &plan.plan.quotas[exhausted.index];
+            let window = exhausted.window;
+            Err(Problem::new(
+                ProblemKind::QuotaExhausted,
+                format!(
+                    "Tenant {tenant_name} used its {} allowance of {} ({:?}) for this {:?}. Upgrade the plan{} or wait for the next period.",
+                    quota.name,
+                    quota.limit,
+                    quota.metric,
+                    quota.period,
+                    if plan.plan.payment_url.is_some() { " at paymentUrl" } else { "" }
+                ),
+            )
+            .with("tenant", &*tenant.id)
+            .with("apiRoute", route_name)
+            .with("quota", quota.name.as_str())
+            .with("metric", format!("{:?}", quota.metric))
+            .with("limit", decimal_json(quota.limit))
+            .with("used", decimal_json(exhausted.used))
+            .with_opt("periodStart", window.map(|w| w.start.to_string()))
+            .with_opt("resetsAt", window.map(|w| w.end.to_string()))
+            .with_opt("paymentUrl", plan.plan.payment_url.clone())
+            .with("retryAfter", exhausted.reset_seconds))
+        }
+        Admission::RateLimited { exceeded, rate_limits, quotas } => {
+            v.limits = Some((rate_limits, quotas));
+            let rl = &plan.plan.rate_limits[exceeded.index];
+            let resets_at = now.checked_add(Duration::from_secs(exceeded.reset_seconds)).ok();
+            Err(Problem::new(
+                ProblemKind::RateLimited,
+                format!(
+                    "Tenant {tenant_name} exceeded {} requests per {}s ({}). Retry after {} s.",
+                    rl.requests,
+                    rl.window_ms / 1000,
+                    rl.name,
+                    exceeded.reset_seconds
+                ),
+            )
+            .with("tenant", &*tenant.id)
+            .with("apiRoute", route_name)
+            .with("quota", rl.name.as_str())
+            .with("metric", "Requests")
+            .with("limit", rl.requests)
+            .with_opt("resetsAt", resets_at.map(|t| t.to_string()))
+            .with("retryAfter", exceeded.reset_seconds))
+        }
+        Admission::StoreUnavailable => Err(Problem::new(
+            ProblemKind::QuotaStoreUnavailable,
+            "Usage cannot be checked right now and this plan does not allow unchecked calls. Retry shortly.",
+        )
+        .with("tenant", &*tenant.id)
+        .with("apiRoute", route_name)),
     }
 }
 
