@@ -39,7 +39,7 @@ bench_manifests "$work/manifests" "$UP" 'rateLimits: [{name: per-second, request
 instructions() {
     local bin=$1 n=$2 out="$work/callgrind.$2"
     rm -rf "$work/state"
-    valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --manifests "$work/manifests" \
+    valgrind --tool=callgrind ${VG_EXTRA:-} --callgrind-out-file="$out" "$bin" --manifests "$work/manifests" \
         --listen "127.0.0.1:$TG" --admin-listen "127.0.0.1:$TG_ADMIN" --state-dir "$work/state" \
         --worker-threads 1 >/dev/null 2>"$work/valgrind.log" &
     local pid=$!

@@ -18,7 +18,7 @@ use serde_json::Value;
 use tollgate_crds::snapshot::Pricing;
 
 use crate::quota::Metered;
-use crate::raw_headers::RawHeaders;
+use crate::raw_headers::{OwnLines, RawHeaders};
 use crate::upstream_pool::UpstreamBody;
 
 /// Longest JSON body inspected for `usage` (larger ones pass through unmetered for tokens).
@@ -195,7 +195,7 @@ pub struct MeteredBody {
     inner: Box<UpstreamBody>,
     meter: Option<Box<Meter>>,
     /// Headers the proxy adds, as lines (its `RateLimit` headers), written with the relayed ones.
-    own_lines: RawHeaders,
+    own_lines: OwnLines,
 }
 
 impl MeteredBody {
@@ -204,18 +204,18 @@ impl MeteredBody {
         Self {
             inner: Box::new(inner),
             meter: meter.map(Box::new),
-            own_lines: RawHeaders::default(),
+            own_lines: OwnLines::default(),
         }
     }
 
     /// Sets the headers the proxy adds as lines; they override relayed ones of the same name.
-    pub fn set_own_lines(&mut self, lines: RawHeaders) {
+    pub fn set_own_lines(&mut self, lines: OwnLines) {
         self.own_lines = lines;
     }
 
     /// Takes the proxy's lines and the backend's headers still to relay as bytes (see
     /// [`crate::raw_headers`]).
-    pub fn take_lines(&mut self) -> (RawHeaders, RawHeaders) {
+    pub fn take_lines(&mut self) -> (OwnLines, RawHeaders) {
         (
             std::mem::take(&mut self.own_lines),
             self.inner.take_relayed_headers(),

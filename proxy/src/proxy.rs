@@ -28,7 +28,7 @@ use crate::metering::{Meter, MeteredBody};
 use crate::metrics::ProxyMetrics;
 use crate::problem::{self, Problem, ProblemKind};
 use crate::quota::{Admission, CounterStore, LimitState, Subject};
-use crate::raw_headers::{self, RawHeaders};
+use crate::raw_headers::{self, OwnLines, RawHeaders};
 use crate::router::request_host;
 use crate::upstream_h1;
 use crate::upstream_pool::{UpstreamBody, UpstreamError, UpstreamPool};
@@ -42,7 +42,7 @@ pub type ProxyBody = Either<Full<Bytes>, MeteredBody>;
 #[derive(Debug, Default)]
 pub struct ResponseLines {
     /// Set by the proxy (`RateLimit` headers on a relayed response).
-    pub own: RawHeaders,
+    pub own: OwnLines,
     /// The backend's end-to-end headers.
     pub relayed: RawHeaders,
 }

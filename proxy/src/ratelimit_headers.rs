@@ -12,7 +12,7 @@ use rust_decimal::prelude::ToPrimitive;
 use tollgate_crds::snapshot::Plan;
 
 use crate::quota::LimitState;
-use crate::raw_headers::{RawHeaders, RawHeadersBuilder};
+use crate::raw_headers::OwnLines;
 
 /// A plan's header items, pre-rendered.
 #[derive(Debug, Clone, Default)]
@@ -87,18 +87,18 @@ impl Template {
 
     /// The two headers as lines, for a response whose headers are written as bytes (a relayed
     /// backend response; see `raw_headers`), or `None` when the plan has no request-counted limit.
-    pub fn lines(&self, rate_limits: &[LimitState], quotas: &[LimitState]) -> Option<RawHeaders> {
+    pub fn lines(&self, rate_limits: &[LimitState], quotas: &[LimitState]) -> Option<OwnLines> {
         if !self.has_items(rate_limits, quotas) {
             return None;
         }
-        let mut lines = RawHeadersBuilder::with_capacity(256);
-        lines.push_with(b"ratelimit-policy", |out| {
-            self.write_policy(rate_limits, quotas, out);
-        });
-        lines.push_with(b"ratelimit", |out| {
-            self.write_state(rate_limits, quotas, out);
-        });
-        Some(lines.finish())
+        Some(OwnLines::new(
+            &["ratelimit-policy", "ratelimit"],
+            256,
+            |i, out| match i {
+                0 => self.write_policy(rate_limits, quotas, out),
+                _ => self.write_state(rate_limits, quotas, out),
+            },
+        ))
     }
 
     fn has_items(&self, rate_limits: &[LimitState], quotas: &[LimitState]) -> bool {

@@ -79,6 +79,60 @@ impl RawHeadersBuilder {
     }
 }
 
+/// Header lines the proxy writes itself on a relayed response (its `RateLimit` headers): one
+/// buffer of `name: value\r\n` lines and their names, known when the proxy was built. Made once
+/// per request and written whole: an index of spans (a [`RawHeaders`] costs three allocations)
+/// would cost more than it saves.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnLines {
+    block: Vec<u8>,
+    /// The lines' names, in order.
+    names: &'static [&'static str],
+}
+
+impl OwnLines {
+    /// One line per name (a lowercase token), in order, with the value `write_value(i, out)`
+    /// appends for the `i`th (visible ASCII).
+    pub fn new(
+        names: &'static [&'static str],
+        capacity: usize,
+        mut write_value: impl FnMut(usize, &mut Vec<u8>),
+    ) -> Self {
+        let mut block = Vec::with_capacity(capacity);
+        for (i, name) in names.iter().enumerate() {
+            block.extend_from_slice(name.as_bytes());
+            block.extend_from_slice(b": ");
+            write_value(i, &mut block);
+            block.extend_from_slice(b"\r\n");
+        }
+        Self { block, names }
+    }
+
+    /// The lines as they are written.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.block
+    }
+
+    /// Each line (for the hyper path, which needs map entries).
+    pub fn lines(&self) -> impl Iterator<Item = Line<'_>> {
+        self.block.split(|&b| b == b'\n').filter_map(|line| {
+            let line = line.strip_suffix(b"\r")?;
+            let colon = line.iter().position(|&b| b == b':')?;
+            Some(Line {
+                name: &line[..colon],
+                value: line[colon + 1..].trim_ascii(),
+            })
+        })
+    }
+
+    /// Whether a line is named `name`, in any case.
+    pub fn contains(&self, name: &[u8]) -> bool {
+        self.names
+            .iter()
+            .any(|n| n.as_bytes().eq_ignore_ascii_case(name))
+    }
+}
+
 /// One relayed header.
 #[derive(Debug, Clone, Copy)]
 pub struct Line<'a> {
@@ -155,11 +209,11 @@ pub fn map_has(map: &HeaderMap, name: &[u8]) -> bool {
 }
 
 /// Sets each of `lines` in `map`, replacing values of the same name.
-pub fn override_into(lines: &RawHeaders, map: &mut HeaderMap) {
+pub fn override_into(lines: &OwnLines, map: &mut HeaderMap) {
     for line in lines.lines() {
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(line.name),
-            HeaderValue::from_maybe_shared(lines.shared_value(&line)),
+            HeaderValue::from_bytes(line.value),
         ) {
             map.insert(name, value);
         }
@@ -238,7 +292,13 @@ mod tests {
 
     #[test]
     fn the_proxys_lines_replace_and_the_backends_fill_in_on_the_hyper_path() {
-        let own = raw(&[("ratelimit", "\"ours\";r=1")]);
+        let own = OwnLines::new(&["ratelimit-policy", "ratelimit"], 64, |i, out| {
+            out.extend_from_slice(if i == 0 {
+                b"\"ours\";q=5;w=1"
+            } else {
+                b"\"ours\";r=1"
+            });
+        });
         let relayed = raw(&[("RateLimit", "\"backend\";r=9"), ("X-A", "1")]);
         let mut map = HeaderMap::new();
         map.insert("ratelimit", HeaderValue::from_static("stale"));
@@ -247,6 +307,9 @@ mod tests {
         let ratelimit: Vec<_> = map.get_all("ratelimit").iter().collect();
         assert_eq!(ratelimit, ["\"ours\";r=1"]);
         assert_eq!(map["x-a"], "1");
+        assert_eq!(map["ratelimit-policy"], "\"ours\";q=5;w=1");
         assert!(own.contains(b"RateLimit") && !own.contains(b"x-a"));
+        let names: Vec<_> = own.lines().map(|l| l.name).collect();
+        assert_eq!(names, [&b"ratelimit-policy"[..], b"ratelimit"]);
     }
 }

@@ -34,7 +34,7 @@ use crate::forward::RequestBody;
 use crate::lazy_timer::LazyTimer;
 use crate::proxy::{ClientConn, Proxy, ProxyBody, ResponseLines, take_lines};
 use crate::quota::CounterStore;
-use crate::raw_headers::{self, Line, RawHeaders};
+use crate::raw_headers::{self, RawHeaders};
 use crate::upstream_h1::copied_part;
 
 /// Heads with more headers than this go to hyper (which allows 100, then answers 431).
@@ -517,14 +517,8 @@ fn write_head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(lines.own.as_bytes());
     let mut has_date = parts.headers.contains_key(header::DATE);
-    let mut write = |line: Line<'_>| {
-        out.extend_from_slice(line.name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(line.value);
-        out.extend_from_slice(b"\r\n");
-    };
-    lines.own.lines().for_each(&mut write);
     for line in lines.relayed.lines() {
         if line.name.eq_ignore_ascii_case(b"content-length") && !keep_length
             || raw_headers::map_has(&parts.headers, line.name)
@@ -533,7 +527,10 @@ fn write_head(
             continue;
         }
         has_date |= line.name.eq_ignore_ascii_case(b"date");
-        write(line);
+        out.extend_from_slice(line.name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(line.value);
+        out.extend_from_slice(b"\r\n");
     }
     if !has_date {
         out.extend_from_slice(b"date: ");
@@ -783,7 +780,7 @@ mod tests {
             relayed.push(name.as_bytes(), value.as_bytes());
         }
         let lines = ResponseLines {
-            own: RawHeaders::default(),
+            own: Default::default(),
             relayed: relayed.finish(),
         };
         let head = |head_only, exact| {
