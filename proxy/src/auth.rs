@@ -1,6 +1,8 @@
 //! API keys: taken from `Authorization: Bearer <key>` or `X-Api-Key: <key>`, hashed with SHA-256,
 //! and looked up by digest. The key itself is never stored, logged or forwarded.
 
+use std::sync::Mutex;
+
 use http::HeaderName;
 use sha2::{Digest, Sha256};
 
@@ -20,25 +22,69 @@ pub enum KeySource {
     XApiKey,
 }
 
-/// The SHA-256 digest of the presented key and where it came from; `None` when no usable key was sent.
-pub fn presented_key(headers: ClientHeaders<'_>) -> Option<([u8; 32], KeySource)> {
+/// The SHA-256 digest of the presented key and where it came from; `None` when no usable key was
+/// sent. `memo` is the connection's: a repeated key is not hashed again.
+pub fn presented_key(headers: ClientHeaders<'_>, memo: &KeyMemo) -> Option<([u8; 32], KeySource)> {
     if let Some(bytes) = headers.get(&http::header::AUTHORIZATION)
         && bytes.len() > 7
         && bytes[..7].eq_ignore_ascii_case(b"bearer ")
     {
-        return digest(bytes[7..].trim_ascii()).map(|d| (d, KeySource::Authorization));
+        return memo
+            .digest(bytes[7..].trim_ascii())
+            .map(|d| (d, KeySource::Authorization));
     }
     headers
         .get(&X_API_KEY)
-        .and_then(|v| digest(v.trim_ascii()))
+        .and_then(|v| memo.digest(v.trim_ascii()))
         .map(|d| (d, KeySource::XApiKey))
 }
 
-fn digest(key: &[u8]) -> Option<[u8; 32]> {
-    if key.is_empty() || key.len() > MAX_KEY_LEN || !key.iter().all(|b| b.is_ascii_graphic()) {
-        return None;
+/// The last key a connection presented, with its digest. A keep-alive client sends the same key
+/// with every request; hashing it each time was the largest single cost of a request in
+/// instruction counts. Only the digest is remembered from the key's bytes, so a configuration
+/// change (a revoked key) applies at once: the lookup by digest is still made per request.
+#[derive(Debug, Default)]
+pub struct KeyMemo(Mutex<Option<Remembered>>);
+
+#[derive(Debug)]
+struct Remembered {
+    key: Box<[u8]>,
+    digest: [u8; 32],
+}
+
+impl KeyMemo {
+    /// The digest of `key`, `None` if it is not a usable key (empty, too long, not visible ASCII).
+    fn digest(&self, key: &[u8]) -> Option<[u8; 32]> {
+        if key.is_empty() || key.len() > MAX_KEY_LEN || !key.iter().all(|b| b.is_ascii_graphic()) {
+            return None;
+        }
+        // Streams of one HTTP/2 connection may race for the memo: the loser hashes.
+        let Ok(mut last) = self.0.try_lock() else {
+            return Some(sha256(key));
+        };
+        if let Some(last) = last.as_ref()
+            && same_bytes(&last.key, key)
+        {
+            return Some(last.digest);
+        }
+        let digest = sha256(key);
+        *last = Some(Remembered {
+            key: key.into(),
+            digest,
+        });
+        Some(digest)
     }
-    Some(Sha256::digest(key).into())
+}
+
+fn sha256(key: &[u8]) -> [u8; 32] {
+    Sha256::digest(key).into()
+}
+
+/// Compares every byte whatever the first difference: a client sharing a connection with another
+/// (behind a pooling proxy) must not learn how much of a guess matches the other's key from how
+/// long the comparison took.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -48,7 +94,7 @@ mod tests {
     use tollgate_crds::snapshot::KeyDigest;
 
     fn key(headers: &HeaderMap) -> Option<([u8; 32], KeySource)> {
-        presented_key(ClientHeaders::Map(headers))
+        presented_key(ClientHeaders::Map(headers), &KeyMemo::default())
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -74,6 +120,27 @@ mod tests {
             key(&headers(&[("authorization", "bearer abc123")])).is_some(),
             "scheme is case-insensitive"
         );
+    }
+
+    #[test]
+    fn a_connections_memo_gives_each_key_its_own_digest() {
+        let memo = KeyMemo::default();
+        let with = |value: &str| {
+            presented_key(
+                ClientHeaders::Map(&headers(&[("authorization", value)])),
+                &memo,
+            )
+            .map(|(d, _)| hex::encode(d))
+        };
+        for _ in 0..2 {
+            assert_eq!(with("Bearer abc123"), Some(KeyDigest::of(b"abc123").0));
+        }
+        // Another key on the same connection, of the same length and of another.
+        assert_eq!(with("Bearer abc124"), Some(KeyDigest::of(b"abc124").0));
+        assert_eq!(with("Bearer abc1234"), Some(KeyDigest::of(b"abc1234").0));
+        assert_eq!(with("Bearer abc123"), Some(KeyDigest::of(b"abc123").0));
+        assert_eq!(with("Bearer "), None);
+        assert!(same_bytes(b"", b"") && !same_bytes(b"a", b"ab") && !same_bytes(b"ab", b"ac"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use serde_json::Value;
 use tollgate_crds::resources::{BillingState, SubscriptionState};
 
 use crate::access_log::{AccessLog, AccessRecord};
-use crate::auth::{KeySource, presented_key};
+use crate::auth::{KeyMemo, KeySource, presented_key};
 use crate::client_headers::ClientHeaders;
 use crate::config::{PlanEntry, ProxyConfig, RouteEntry, TenantEntry, Upstream};
 use crate::forward::{
@@ -92,7 +92,7 @@ pub struct Proxy<S> {
 }
 
 /// The client end of a connection, described once per connection.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ClientConn {
     /// Peer address.
     pub addr: SocketAddr,
@@ -102,6 +102,8 @@ pub struct ClientConn {
     pub ip_header: HeaderValue,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// The last API key sent on the connection and its digest.
+    pub keys: KeyMemo,
 }
 
 impl ClientConn {
@@ -113,6 +115,7 @@ impl ClientConn {
             ip_header: HeaderValue::from_str(&ip).unwrap_or(HeaderValue::from_static("unknown")),
             ip: Arc::from(ip),
             tls,
+            keys: KeyMemo::default(),
         }
     }
 }
@@ -226,7 +229,7 @@ impl<S: CounterStore> Proxy<S> {
         let mut backend_started = None;
         // Every await of the request path is in this function: a nested async fn's future is
         // moved whole into its caller's on each call (kilobytes of memcpy per request).
-        let decided = match self.check(&config, &req, &raw, now, &mut verdict) {
+        let decided = match self.check(&config, &req, &raw, client, now, &mut verdict) {
             Ok(Some(subject)) => {
                 let admission = self.store.admit(subject, now).await;
                 admitted(admission, subject, now, &mut verdict)
@@ -346,6 +349,7 @@ impl<S: CounterStore> Proxy<S> {
         config: &'c ProxyConfig,
         req: &Request<RequestBody>,
         raw: &RawHeaders,
+        client: &ClientConn,
         now: Timestamp,
         v: &mut Verdict<'c>,
     ) -> Result<Option<Subject<'c>>, Problem> {
@@ -380,7 +384,7 @@ impl<S: CounterStore> Proxy<S> {
             .with("apiRoute", route_name.as_str()));
         }
 
-        let Some((digest, source)) = presented_key(headers) else {
+        let Some((digest, source)) = presented_key(headers, &client.keys) else {
             return Err(Problem::new(
                 ProblemKind::Unauthorized,
                 "No API key was sent. Send it as `Authorization: Bearer <key>` or `X-Api-Key: <key>`.",
