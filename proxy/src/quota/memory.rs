@@ -194,7 +194,6 @@ impl MemoryStore {
 
         let mut rate_limits = Vec::with_capacity(plan.plan.rate_limits.len());
         let mut exceeded = None;
-        let mut new_tats = Vec::with_capacity(plan.plan.rate_limits.len());
         for (i, rl) in plan.plan.rate_limits.iter().enumerate() {
             let gcra = c.rate(&rl.name);
             let decision = gcra.check(rl.requests, rl.window_ms, now_ns);
@@ -207,7 +206,7 @@ impl MemoryStore {
                 window: None,
             };
             match decision {
-                GcraDecision::Allow { new_tat_ns } => new_tats.push(new_tat_ns),
+                GcraDecision::Allow { .. } => {}
                 GcraDecision::Deny { retry_after_ms } => {
                     state.remaining = Decimal::ZERO;
                     state.reset_seconds = retry_after_ms.div_ceil(1000).max(1);
@@ -243,7 +242,13 @@ impl MemoryStore {
         }
         for (i, rl) in plan.plan.rate_limits.iter().enumerate() {
             let gcra = c.rate(&rl.name);
-            gcra.commit(new_tats[i]);
+            // Checked again rather than remembered from above (no list to allocate): under the
+            // same lock and clock, the answer is the same one, an Allow.
+            if let GcraDecision::Allow { new_tat_ns } =
+                gcra.check(rl.requests, rl.window_ms, now_ns)
+            {
+                gcra.commit(new_tat_ns);
+            }
             let (remaining, reset_ms) = gcra.remaining(rl.requests, rl.window_ms, now_ns);
             rate_limits[i].remaining = Decimal::from(remaining);
             rate_limits[i].used = Decimal::from(rl.requests - remaining);
