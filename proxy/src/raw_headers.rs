@@ -133,6 +133,31 @@ impl OwnLines {
     }
 }
 
+/// Where a received head's header lines are, found while it is parsed: before its bytes are
+/// taken out of the read buffer (see [`RawHeaders::received`]).
+#[derive(Debug)]
+pub struct LineIndex(Vec<Span>);
+
+impl LineIndex {
+    /// The lines of `head`, as httparse found them (`headers` are slices of `head`).
+    pub fn of(head: &[u8], headers: &[httparse::Header<'_>]) -> Self {
+        let base = head.as_ptr() as usize;
+        let offset = |part: &[u8]| part.as_ptr() as usize - base;
+        Self(
+            headers
+                .iter()
+                .map(|h| {
+                    let (name, value) = (offset(h.name.as_bytes()), offset(h.value));
+                    Span {
+                        name: name..name + h.name.len(),
+                        value: value..value + h.value.len(),
+                    }
+                })
+                .collect(),
+        )
+    }
+}
+
 /// One relayed header.
 #[derive(Debug, Clone, Copy)]
 pub struct Line<'a> {
@@ -143,25 +168,11 @@ pub struct Line<'a> {
 }
 
 impl RawHeaders {
-    /// A request's headers as received: `head` is the request head, `headers` httparse's view
-    /// of it (names and values are slices of `original`, of which `head` is a copy). No bytes are
-    /// copied.
-    pub fn from_received(head: &Bytes, original: &[u8], headers: &[httparse::Header<'_>]) -> Self {
-        let base = original.as_ptr() as usize;
-        let offset = |part: &[u8]| part.as_ptr() as usize - base;
-        let spans = headers
-            .iter()
-            .map(|h| {
-                let (name, value) = (offset(h.name.as_bytes()), offset(h.value));
-                Span {
-                    name: name..name + h.name.len(),
-                    value: value..value + h.value.len(),
-                }
-            })
-            .collect();
+    /// A received head's lines: `head` is its bytes, `index` where its lines are.
+    pub fn received(head: Bytes, index: LineIndex) -> Self {
         Self {
-            block: head.clone(),
-            spans,
+            block: head,
+            spans: index.0,
         }
     }
 

@@ -34,8 +34,7 @@ use crate::forward::RequestBody;
 use crate::lazy_timer::LazyTimer;
 use crate::proxy::{ClientConn, Proxy, ProxyBody, ResponseLines, take_lines};
 use crate::quota::CounterStore;
-use crate::raw_headers::{self, RawHeaders};
-use crate::upstream_h1::copied_part;
+use crate::raw_headers::{self, LineIndex, RawHeaders};
 
 /// Heads with more headers than this go to hyper (which allows 100, then answers 431).
 const MAX_HEADERS: usize = 64;
@@ -122,7 +121,7 @@ where
     let mut head_due = Some(Instant::now() + limits.header_timeout);
     loop {
         let head = loop {
-            match parse(&conn.buf, limits.max_head) {
+            match parse(&mut conn.buf, limits.max_head) {
                 Parsed::Request(head) => break head,
                 Parsed::Handoff => return Ok(Ended::Handoff(conn.into_prefixed())),
                 Parsed::Partial => {}
@@ -146,7 +145,6 @@ where
             }
         };
         head_due = None;
-        conn.buf.advance(head.len);
         let head_only = head.request.method() == Method::HEAD;
         let response = proxy.handle(head.request, head.raw, client).await;
         let keep_alive = !head.close && !*shutdown.borrow();
@@ -171,8 +169,6 @@ struct Head {
     request: Request<RequestBody>,
     /// The request's header lines (its map is empty).
     raw: RawHeaders,
-    /// Bytes of the head in the read buffer.
-    len: usize,
     /// The client asked to close after this response.
     close: bool,
 }
@@ -186,11 +182,12 @@ enum Parsed {
     Handoff,
 }
 
-/// Parses the head at the start of `buf`, deciding whether this engine serves it.
-fn parse(buf: &[u8], max_head: usize) -> Parsed {
+/// Parses the head at the start of `buf`, deciding whether this engine serves it. A served head
+/// is taken out of `buf`.
+fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut slots);
-    let len = match req.parse(buf) {
+    let len = match req.parse(&buf[..]) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() < max_head => return Parsed::Partial,
         // Too large, too many headers or malformed: hyper answers 431 or 400.
@@ -225,40 +222,38 @@ fn parse(buf: &[u8], max_head: usize) -> Parsed {
             }
         }
     }
-    match build_request(buf, len, method, target, req.headers) {
-        Some((request, raw)) => Parsed::Request(Head {
-            request,
-            raw,
-            len,
-            close,
-        }),
-        None => Parsed::Handoff,
-    }
-}
-
-/// The `http` request for a parsed head; `None` when `http` refuses a part of it.
-fn build_request(
-    buf: &[u8],
-    len: usize,
-    method: &str,
-    target: &str,
-    headers: &[httparse::Header<'_>],
-) -> Option<(Request<RequestBody>, RawHeaders)> {
-    let method = Method::from_bytes(method.as_bytes()).ok()?;
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Handoff;
+    };
     if method == Method::CONNECT {
-        return None;
+        return Parsed::Handoff;
     }
-    // One copy of the head; the URI and the header lines are slices of it.
-    let head = Bytes::copy_from_slice(&buf[..len]);
-    let uri = Uri::from_maybe_shared(copied_part(&head, buf, target.as_bytes())).ok()?;
+    // Offsets into the head: `req` borrows the buffer, which must be split next.
+    let target_start = target.as_ptr() as usize - buf.as_ptr() as usize;
+    let target = target_start..target_start + target.len();
+    let lines = LineIndex::of(buf, req.headers);
+    // The head's bytes become the request's (the URI and the header lines are slices of them):
+    // no copy. The buffer's memory is reused once the request is gone.
+    let head = buf.split_to(len).freeze();
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(target)) else {
+        // `http` refuses this target: hyper answers it, from the whole input again.
+        let mut whole = BytesMut::with_capacity(head.len() + buf.len());
+        whole.extend_from_slice(&head);
+        whole.extend_from_slice(buf);
+        *buf = whole;
+        return Parsed::Handoff;
+    };
     let mut request = Request::new(RequestBody::Empty);
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
     // The headers stay as received, indexed (no map: see `client_headers`); httparse has checked
     // every name and value.
-    let raw = RawHeaders::from_received(&head, buf, headers);
-    Some((request, raw))
+    Parsed::Request(Head {
+        request,
+        raw: RawHeaders::received(head, lines),
+        close,
+    })
 }
 
 enum Read {
@@ -635,7 +630,7 @@ mod tests {
     use http::HeaderValue;
 
     fn classify(head: &str) -> &'static str {
-        match parse(head.as_bytes(), 8192) {
+        match parse(&mut BytesMut::from(head), 8192) {
             Parsed::Request(h) if h.close => "serve, then close",
             Parsed::Request(_) => "serve",
             Parsed::Partial => "partial",
@@ -692,16 +687,26 @@ mod tests {
     }
 
     #[test]
+    fn a_target_http_refuses_goes_to_hyper_with_the_whole_input() {
+        let input = "GET http://[::1/x HTTP/1.1\r\nHost: a\r\n\r\nGET /next";
+        let mut buf = BytesMut::from(input);
+        assert!(matches!(parse(&mut buf, 8192), Parsed::Handoff));
+        assert_eq!(&buf[..], input.as_bytes());
+    }
+
+    #[test]
     fn a_served_head_becomes_a_request_with_its_headers() {
-        let input = b"GET /v1/x?q=1 HTTP/1.1\r\nHost: api.test\r\nX-Api-Key: k\r\nAccept: a\r\nAccept: b\r\n\r\nGET /next";
-        let Parsed::Request(head) = parse(input, 8192) else {
+        let mut input = BytesMut::from(
+            &b"GET /v1/x?q=1 HTTP/1.1\r\nHost: api.test\r\nX-Api-Key: k\r\nAccept: a\r\nAccept: b\r\n\r\nGET /next"[..],
+        );
+        let Parsed::Request(head) = parse(&mut input, 8192) else {
             panic!("served");
         };
         let req = head.request;
         assert_eq!(
-            &input[head.len..],
+            &input[..],
             b"GET /next",
-            "the head ends where the next request starts"
+            "the head is taken; the next request stays"
         );
         assert_eq!(
             (req.method(), req.uri().path(), req.uri().query()),

@@ -281,12 +281,6 @@ enum ContentLength {
     Several,
 }
 
-/// The part of `copy` (a copy of `original`) at the place `part` (a slice of `original`) has.
-pub(crate) fn copied_part(copy: &Bytes, original: &[u8], part: &[u8]) -> Bytes {
-    let start = part.as_ptr() as usize - original.as_ptr() as usize;
-    copy.slice(start..start + part.len())
-}
-
 fn framing(
     method: &Method,
     status: StatusCode,
