@@ -140,12 +140,15 @@ pub struct LineIndex(Vec<Span>);
 
 impl LineIndex {
     /// The lines of `head`, as httparse found them (`headers` are slices of `head`).
-    pub fn of(head: &[u8], headers: &[httparse::Header<'_>]) -> Self {
+    pub fn of<'h, 'b: 'h>(
+        head: &[u8],
+        headers: impl IntoIterator<Item = &'h httparse::Header<'b>>,
+    ) -> Self {
         let base = head.as_ptr() as usize;
         let offset = |part: &[u8]| part.as_ptr() as usize - base;
         Self(
             headers
-                .iter()
+                .into_iter()
                 .map(|h| {
                     let (name, value) = (offset(h.name.as_bytes()), offset(h.value));
                     Span {

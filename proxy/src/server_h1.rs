@@ -231,7 +231,7 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Parsed {
     // Offsets into the head: `req` borrows the buffer, which must be split next.
     let target_start = target.as_ptr() as usize - buf.as_ptr() as usize;
     let target = target_start..target_start + target.len();
-    let lines = LineIndex::of(buf, req.headers);
+    let lines = LineIndex::of(buf, req.headers.iter());
     // The head's bytes become the request's (the URI and the header lines are slices of them):
     // no copy. The buffer's memory is reused once the request is gone.
     let head = buf.split_to(len).freeze();

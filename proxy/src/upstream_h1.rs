@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::forward::{HopByHop, raw_connection_tokens};
 use crate::lazy_timer::LazyTimer;
-use crate::raw_headers::{RawHeaders, RawHeadersBuilder};
+use crate::raw_headers::{LineIndex, RawHeaders};
 
 /// A response head larger than this is refused (the same bound as hyper's default).
 const MAX_HEAD: usize = 64 * 1024;
@@ -241,14 +241,13 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
             }
         }
     }
-    let mut relayed = RawHeadersBuilder::with_capacity(len);
-    let mut content_length = ContentLength::Absent;
-    for h in parsed.headers.iter() {
+    let relayed = |h: &&httparse::Header<'_>| {
         let name = h.name.as_bytes();
-        if HopByHop::fixed_any_case(name) || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
-            continue;
-        }
-        if name.eq_ignore_ascii_case(b"content-length") {
+        !HopByHop::fixed_any_case(name) && !named.iter().any(|n| n.eq_ignore_ascii_case(name))
+    };
+    let mut content_length = ContentLength::Absent;
+    for h in parsed.headers.iter().filter(relayed) {
+        if h.name.eq_ignore_ascii_case("content-length") {
             content_length = match content_length {
                 ContentLength::Absent => std::str::from_utf8(h.value)
                     .ok()
@@ -257,12 +256,14 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
                 _ => ContentLength::Several,
             };
         }
-        relayed.push(name, h.value);
     }
-    buf.advance(len);
+    let lines = LineIndex::of(buf, parsed.headers.iter().filter(relayed));
+    // The relayed lines stay in the bytes they came in (no copy); the read buffer's memory is
+    // reused once the response has been written.
+    let head = buf.split_to(len).freeze();
     Ok(Some(Head {
         status,
-        relayed: relayed.finish(),
+        relayed: RawHeaders::received(head, lines),
         version,
         chunked,
         content_length,
