@@ -102,7 +102,7 @@ pub async fn serve<T, S>(
     proxy: &Proxy<S>,
     client: &ClientConn,
     limits: Limits,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> io::Result<Ended<T>>
 where
     T: AsyncRead + AsyncWrite + Unpin,
@@ -119,6 +119,15 @@ where
     // or its first bytes after an idle wait) and kept across reads, so a client dripping a byte
     // at a time cannot stretch it. `None` while idle between requests.
     let mut head_due = Some(Instant::now() + limits.header_timeout);
+    // Resolves when shutdown begins (or its sender is gone). One wait for the connection, polled
+    // by each read: a new wait per read joined and left the channel's waiter list every time.
+    let stopping = {
+        let mut shutdown = shutdown.clone();
+        async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        }
+    };
+    tokio::pin!(stopping);
     loop {
         let head = loop {
             match parse(&mut conn.buf, limits.max_head) {
@@ -137,7 +146,10 @@ where
                     (due, Closed::HeaderTimeout)
                 }
             };
-            match conn.read_more(deadline, &mut shutdown).await? {
+            match conn
+                .read_more(deadline, &shutdown, stopping.as_mut())
+                .await?
+            {
                 Read::Data => {}
                 Read::Eof => return Ok(Ended::Closed(Closed::ByClient)),
                 Read::TimedOut => return Ok(Ended::Closed(timed_out)),
@@ -274,11 +286,13 @@ struct Connection<T> {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
-    /// Reads more of the next head, unless the client closes, `deadline` passes or shutdown begins.
+    /// Reads more of the next head, unless the client closes, `deadline` passes or shutdown begins
+    /// (`stopping` resolves; it is not polled again after).
     async fn read_more(
         &mut self,
         deadline: Instant,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &watch::Receiver<bool>,
+        stopping: Pin<&mut impl Future<Output = ()>>,
     ) -> io::Result<Read> {
         if *shutdown.borrow() {
             return Ok(Read::Shutdown);
@@ -291,7 +305,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 Ok(if read? == 0 { Read::Eof } else { Read::Data })
             }
             () = std::future::poll_fn(|cx| timer.poll_due(deadline, cx)) => Ok(Read::TimedOut),
-            _ = shutdown.changed() => Ok(Read::Shutdown),
+            () = stopping => Ok(Read::Shutdown),
         }
     }
 

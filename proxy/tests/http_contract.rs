@@ -680,6 +680,40 @@ async fn sigterm_drains_in_flight_requests_and_saves_counters() {
 }
 
 #[tokio::test]
+async fn sigterm_closes_idle_keep_alive_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_b, mut p) = start().await;
+    let mut stream = tokio::net::TcpStream::connect(p.listen)
+        .await
+        .expect("connect");
+    // Two requests on the connection: shutdown must reach it in its second idle wait too.
+    for i in 0..2 {
+        let req = format!(
+            "GET /echo/idle/{i} HTTP/1.1\r\nHost: api.example.com\r\n\
+             Authorization: Bearer key-acme\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.expect("write");
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains(&format!("/echo/idle/{i}")) {
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+                .await
+                .expect("a response")
+                .expect("read");
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+    }
+    let terminating = tokio::spawn(async move { p.terminate().await });
+    // The idle connection is closed when shutdown begins, not left open until the drain gives
+    // up on it (30 s).
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "still open during shutdown");
+    assert!(terminating.await.expect("join").success());
+}
+
+#[tokio::test]
 async fn access_log_lines_reach_stdout_promptly_and_none_are_lost_at_shutdown() {
     let (_b, mut p) = start().await;
     let (k, v) = key("acme");
