@@ -7,6 +7,7 @@
 //! and with an idempotent method take this path (a stale pooled connection is retried once,
 //! which is safe only for those); the others go through hyper's client connection.
 
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -208,9 +209,14 @@ struct Head {
 /// Parses a complete response head at the start of `buf` (and consumes it), or `None` when more
 /// bytes are needed.
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ExchangeError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let len = match parsed.parse(buf) {
+    // Left uninitialized: filling 128 empty headers first cost as much as parsing the head.
+    let mut slots = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    ) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(ExchangeError::Malformed("unparseable response head")),
