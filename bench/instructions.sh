@@ -11,6 +11,8 @@
 #   bench/instructions.sh /tmp/old ./new         # several builds, for an A/B
 #   N1=2000 N2=12000 bench/instructions.sh
 #   KEEP=/tmp/profiles bench/instructions.sh     # keep each build's N2 profile for callgrind_annotate
+#   bench/instructions.sh nginx ./new             # `nginx`: the plain nginx reverse proxy of
+#                                                 # bench/run.sh, measured the same way
 #
 # Note: valgrind hides SHA-NI, so the key digest counts ~3.5k instructions in software that the
 # CPU does in ~0.3k natively. Compare builds with each other, not with a native profile.
@@ -35,18 +37,32 @@ nginx_conf upstream "server { listen 127.0.0.1:$UP; location / { return 200 'ok'
 nginx -c "$work/upstream.conf" & pids+=($!)
 bench_manifests "$work/manifests" "$UP" 'rateLimits: [{name: per-second, requests: 100000000, window: 1s}]'
 
+# The nginx reverse proxy of bench/run.sh, in the foreground (one process) for valgrind.
+nginx_conf proxy "server { listen 127.0.0.1:$TG; location / { proxy_pass http://backend;
+    proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+sed -i 's/^daemon off;/daemon off; master_process off;/' "$work/proxy.conf"
+
 # instructions BIN N -> total Ir of a run serving N requests (all must be 2xx).
 instructions() {
     local bin=$1 n=$2 out="$work/callgrind.$2"
     rm -rf "$work/state"
-    valgrind --tool=callgrind ${VG_EXTRA:-} --callgrind-out-file="$out" "$bin" --manifests "$work/manifests" \
-        --listen "127.0.0.1:$TG" --admin-listen "127.0.0.1:$TG_ADMIN" --state-dir "$work/state" \
-        --worker-threads 1 >/dev/null 2>"$work/valgrind.log" &
+    if [[ "$bin" == nginx ]]; then
+        valgrind --tool=callgrind ${VG_EXTRA:-} --callgrind-out-file="$out" nginx -c "$work/proxy.conf" \
+            >/dev/null 2>"$work/valgrind.log" &
+    else
+        valgrind --tool=callgrind ${VG_EXTRA:-} --callgrind-out-file="$out" "$bin" --manifests "$work/manifests" \
+            --listen "127.0.0.1:$TG" --admin-listen "127.0.0.1:$TG_ADMIN" --state-dir "$work/state" \
+            --worker-threads 1 >/dev/null 2>"$work/valgrind.log" &
+    fi
     local pid=$!
-    for _ in $(seq 1 150); do curl -sf "http://127.0.0.1:$TG_ADMIN/readyz" >/dev/null && break; sleep 0.2; done
+    local ready="http://127.0.0.1:$TG_ADMIN/readyz"
+    [[ "$bin" == nginx ]] && ready="http://127.0.0.1:$TG/"
+    for _ in $(seq 1 150); do curl -sf -o /dev/null "$ready" && break; sleep 0.2; done
     local codes
     codes=$(h2load --h1 -n "$n" -c 16 -H 'Authorization: Bearer tg_bench_key_0001' "http://127.0.0.1:$TG/" | awk '/status codes:/ {print $3}')
-    kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+    # nginx without a master process stops on QUIT (graceful) and writes its profile then.
+    if [[ "$bin" == nginx ]]; then kill -QUIT "$pid"; else kill -TERM "$pid"; fi
+    wait "$pid" 2>/dev/null || true
     if [[ "$codes" != "$n" ]]; then echo "bench: only $codes of $n requests were 2xx" >&2; exit 1; fi
     awk '/^(summary|totals):/ {print $2; exit}' "$out"
 }
