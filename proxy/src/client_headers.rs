@@ -85,10 +85,7 @@ impl<'a> ClientHeaders<'a> {
                 .get_all(name)
                 .iter()
                 .try_for_each(|v| seen(v.as_bytes()))?,
-            Self::Raw(raw) => raw
-                .lines()
-                .filter(|l| l.name.eq_ignore_ascii_case(name.as_str().as_bytes()))
-                .try_for_each(|l| seen(l.value))?,
+            Self::Raw(raw) => raw.values(name.as_str().as_bytes()).try_for_each(seen)?,
         }
         Ok(found)
     }
@@ -100,14 +97,7 @@ impl<'a> ClientHeaders<'a> {
                 Some(map.get_all(name).iter().map(HeaderValue::as_bytes)),
                 None,
             ),
-            Self::Raw(raw) => (
-                None,
-                Some(
-                    raw.lines()
-                        .filter(|l| l.name.eq_ignore_ascii_case(name.as_str().as_bytes()))
-                        .map(|l| l.value),
-                ),
-            ),
+            Self::Raw(raw) => (None, Some(raw.values(name.as_str().as_bytes()))),
         };
         map.into_iter().flatten().chain(raw.into_iter().flatten())
     }

@@ -186,27 +186,39 @@ impl RawHeaders {
 
     /// The headers in the order the sender sent them.
     pub fn lines(&self) -> impl Iterator<Item = Line<'_>> {
-        // The spans were made with the block, so `get` always finds them.
         self.spans.iter().map(|s| Line {
-            name: self.block.get(s.name.clone()).unwrap_or_default(),
-            value: self
-                .block
-                .get(s.value.clone())
-                .unwrap_or_default()
-                .trim_ascii(),
+            name: self.part(&s.name),
+            value: self.part(&s.value).trim_ascii(),
         })
+    }
+
+    /// The values of the lines named `name` (any case), in order. Only the names are looked at
+    /// until one matches (a lookup runs several times per request).
+    pub fn values<'s, 'n>(
+        &'s self,
+        name: &'n [u8],
+    ) -> impl Iterator<Item = &'s [u8]> + use<'s, 'n> {
+        self.spans
+            .iter()
+            .filter(move |s| {
+                s.name.len() == name.len() && self.part(&s.name).eq_ignore_ascii_case(name)
+            })
+            .map(|s| self.part(&s.value).trim_ascii())
     }
 
     /// The first value of `name` (lowercase), if relayed.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.lines()
-            .find(|l| l.name.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|l| l.value)
+        self.values(name.as_bytes()).next()
     }
 
     /// Whether a line is named `name`, in any case.
     pub fn contains(&self, name: &[u8]) -> bool {
-        self.lines().any(|l| l.name.eq_ignore_ascii_case(name))
+        self.values(name).next().is_some()
+    }
+
+    /// The bytes of a span (the spans were made with the block, so `get` always finds them).
+    fn part(&self, span: &Range<usize>) -> &[u8] {
+        self.block.get(span.clone()).unwrap_or_default()
     }
 
     /// The value bytes of `line` as a shared slice of this buffer (no copy).
