@@ -317,12 +317,7 @@ fn write_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
 fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
-    // The common case, nothing to escape, checked without an early exit so the compiler can use
-    // vector instructions (the byte-by-byte loop below was 3% of the proxy's instructions).
-    let plain = bytes.iter().fold(true, |plain, &b| {
-        plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
-    });
-    if plain {
+    if nothing_to_escape(bytes) {
         out.extend_from_slice(bytes);
         out.push(b'"');
         return;
@@ -350,6 +345,31 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     }
     out.extend_from_slice(&bytes[clean..]);
     out.push(b'"');
+}
+
+/// Whether `bytes` has no control character, quote or backslash: the common case, checked eight
+/// bytes at a time. The fields are short (an address, a path, names) and a per-byte check, even
+/// vectorized, cost ~120 instructions each; six per line.
+fn nothing_to_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // Exact tests on a word: a byte below `n` (n <= 128), a byte equal to `n`.
+    let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS != 0;
+    let equal = |w: u64, n: u8| below(w ^ (ONES * u64::from(n)), 1);
+    let special = |w: u64| below(w, 0x20) | equal(w, b'"') | equal(w, b'\\');
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        if special(u64::from_le_bytes(w)) {
+            return false;
+        }
+    }
+    // The last bytes, padded with spaces.
+    let rest = words.remainder();
+    let mut w = [b' '; 8];
+    w[..rest.len()].copy_from_slice(rest);
+    !special(u64::from_le_bytes(w))
 }
 
 /// The writer thread: every tick (or sooner when woken), writes the queued chunks with one
@@ -389,6 +409,25 @@ fn write_chunks(shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_escape_check_agrees_with_a_byte_by_byte_one() {
+        let simple = |s: &[u8]| s.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\');
+        for b in 0..=255u8 {
+            for at in 0..17 {
+                let mut s = vec![b'a'; 17];
+                s[at] = b;
+                for len in [at + 1, 17] {
+                    assert_eq!(
+                        nothing_to_escape(&s[..len]),
+                        simple(&s[..len]),
+                        "{b} at {at}"
+                    );
+                }
+            }
+        }
+        assert!(nothing_to_escape(b"") && nothing_to_escape("/caf\u{e9}/\u{1f600}".as_bytes()));
+    }
 
     fn line(record: &AccessRecord<'_>) -> serde_json::Value {
         let mut out = Vec::new();
