@@ -203,143 +203,150 @@ impl<S: CounterStore> Proxy<S> {
     }
 
     /// Handles one request end to end.
-    pub async fn handle(
-        &self,
+    // Not an `async fn`: its body would start by moving the arguments into locals, and the
+    // future would keep room for both (the request twice: ~300 bytes more to move per request).
+    pub fn handle<'a>(
+        &'a self,
         req: Request<RequestBody>,
         raw: RawHeaders,
-        client: &ClientConn,
-    ) -> Response<ProxyBody> {
-        let started = Instant::now();
-        let now = Timestamp::now();
-        let config = self.config.load_full();
-        let method = req.method().clone();
-        // The URI shares the request's bytes: a reference count, not a copy.
-        let uri = req.uri().clone();
-        let path = uri.path();
+        client: &'a ClientConn,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
+        async move {
+            let started = Instant::now();
+            let now = Timestamp::now();
+            let config = self.config.load_full();
+            let method = req.method().clone();
+            // The URI shares the request's bytes: a reference count, not a copy.
+            let uri = req.uri().clone();
+            let path = uri.path();
 
-        let mut verdict = Verdict {
-            route: None,
-            tenant: None,
-            plan: None,
-            key_source: None,
-            limits: None,
-            charged: false,
-        };
-        // Set when the backend answered: when the request went to it.
-        let mut backend_started = None;
-        // Every await of the request path is in this function: a nested async fn's future is
-        // moved whole into its caller's on each call (kilobytes of memcpy per request).
-        let decided = match self.check(&config, &req, &raw, client, now, &mut verdict) {
-            Ok(Some(subject)) => {
-                let admission = self.store.admit(subject, now).await;
-                admitted(admission, subject, now, &mut verdict)
-            }
-            Ok(None) => Ok(()),
-            Err(problem) => Err(problem),
-        };
-        if decided.is_err()
-            && verdict.limits.is_none()
-            && let (Some(tenant), Some(plan)) = (&verdict.tenant, &verdict.plan)
-        {
-            // Refused before the quota check: the tenant still learns where its limits stand.
-            // Boxed here and below: cold paths kept out of the hot path's future, which is moved
-            // on every await (each kilobyte there is a memcpy per request).
-            verdict.limits = Some(Box::pin(self.store.peek(Subject { tenant, plan }, now)).await);
-        }
-        let (mut response, problem_kind) = match decided {
-            Err(problem) => {
-                let kind = problem.kind;
-                (problem_response(&problem, path), Some(kind))
-            }
-            Ok(()) => match self.prepare(req, &raw, &verdict, client, now) {
-                Forward::Answered(resp) => (resp, None),
-                Forward::Refused(kind, detail) => {
-                    Box::pin(self.failed(&verdict, now, kind, detail, path)).await
+            let mut verdict = Verdict {
+                route: None,
+                tenant: None,
+                plan: None,
+                key_source: None,
+                limits: None,
+                charged: false,
+            };
+            // Set when the backend answered: when the request went to it.
+            let mut backend_started = None;
+            // Every await of the request path is in this function: a nested async fn's future is
+            // moved whole into its caller's on each call (kilobytes of memcpy per request).
+            let decided = match self.check(&config, &req, &raw, client, now, &mut verdict) {
+                Ok(Some(subject)) => {
+                    let admission = self.store.admit(subject, now).await;
+                    admitted(admission, subject, now, &mut verdict)
                 }
-                Forward::Backend {
-                    route,
-                    request,
-                    started,
-                } => {
-                    let sent = match request {
-                        BackendRequest::Inline {
-                            authority,
-                            head,
-                            method,
-                            due,
-                        } => {
-                            self.pool
-                                .send_inline(authority, &head, &method, due.into())
-                                .await
-                        }
-                        BackendRequest::Hyper(sending) => sending.await,
-                    };
-                    match sent {
-                        Ok(resp) => {
-                            backend_started = Some(started);
-                            (self.relayed(resp, &verdict, route, now), None)
-                        }
-                        // Boxed: only a failure awaits (its refund).
-                        Err(err) => {
-                            Box::pin(self.backend_failed(err, &verdict, route, now, path)).await
+                Ok(None) => Ok(()),
+                Err(problem) => Err(problem),
+            };
+            if decided.is_err()
+                && verdict.limits.is_none()
+                && let (Some(tenant), Some(plan)) = (&verdict.tenant, &verdict.plan)
+            {
+                // Refused before the quota check: the tenant still learns where its limits stand.
+                // Boxed here and below: cold paths kept out of the hot path's future, which is moved
+                // on every await (each kilobyte there is a memcpy per request).
+                verdict.limits =
+                    Some(Box::pin(self.store.peek(Subject { tenant, plan }, now)).await);
+            }
+            let (mut response, problem_kind) = match decided {
+                Err(problem) => {
+                    let kind = problem.kind;
+                    (problem_response(&problem, path), Some(kind))
+                }
+                Ok(()) => match self.prepare(req, &raw, &verdict, client, now) {
+                    Forward::Answered(resp) => (resp, None),
+                    Forward::Refused(kind, detail) => {
+                        Box::pin(self.failed(&verdict, now, kind, detail, path)).await
+                    }
+                    Forward::Backend {
+                        route,
+                        request,
+                        started,
+                    } => {
+                        let sent = match request {
+                            BackendRequest::Inline {
+                                authority,
+                                head,
+                                method,
+                                due,
+                            } => {
+                                self.pool
+                                    .send_inline(authority, &head, &method, due.into())
+                                    .await
+                            }
+                            BackendRequest::Hyper(sending) => sending.await,
+                        };
+                        match sent {
+                            Ok(resp) => {
+                                backend_started = Some(started);
+                                (self.relayed(resp, &verdict, route, now), None)
+                            }
+                            // Boxed: only a failure awaits (its refund).
+                            Err(err) => {
+                                Box::pin(self.backend_failed(err, &verdict, route, now, path)).await
+                            }
                         }
                     }
-                }
-            },
-        };
-        // One clock read for both the backend's response time and the request's latency.
-        let answered = Instant::now();
-        if let Some(backend_started) = backend_started {
-            self.metrics
-                .upstream_duration
-                .observe((answered - backend_started).as_secs_f64());
-        }
-        self.decorate(&mut response, &verdict, problem_kind);
-
-        let status = response.status();
-        let reason = problem_kind.map_or("ok", ProblemKind::slug);
-        let elapsed = answered - started;
-        match &verdict.route {
-            Some(route) => route.telemetry.observe(
-                &self.metrics,
-                &route.id,
-                status.as_u16(),
-                reason,
-                elapsed.as_secs_f64(),
-            ),
-            None => {
+                },
+            };
+            // One clock read for both the backend's response time and the request's latency.
+            let answered = Instant::now();
+            if let Some(backend_started) = backend_started {
                 self.metrics
-                    .requests
-                    .with_label_values(&["none", status.as_str(), reason])
-                    .inc();
-                self.metrics
-                    .duration
-                    .with_label_values(&["none"])
-                    .observe(elapsed.as_secs_f64());
+                    .upstream_duration
+                    .observe((answered - backend_started).as_secs_f64());
             }
+            self.decorate(&mut response, &verdict, problem_kind);
+
+            let status = response.status();
+            let reason = problem_kind.map_or("ok", ProblemKind::slug);
+            let elapsed = answered - started;
+            match &verdict.route {
+                Some(route) => route.telemetry.observe(
+                    &self.metrics,
+                    &route.id,
+                    status.as_u16(),
+                    reason,
+                    elapsed.as_secs_f64(),
+                ),
+                None => {
+                    self.metrics
+                        .requests
+                        .with_label_values(&["none", status.as_str(), reason])
+                        .inc();
+                    self.metrics
+                        .duration
+                        .with_label_values(&["none"])
+                        .observe(elapsed.as_secs_f64());
+                }
+            }
+            if problem_kind.is_some() {
+                self.metrics
+                    .rejections
+                    .with_label_values(&[status.as_str(), reason])
+                    .inc();
+            }
+            if let (Some(per_tenant), Some(tenant)) =
+                (&self.metrics.tenant_requests, &verdict.tenant)
+            {
+                per_tenant.with_label_values(&[&tenant.id, reason]).inc();
+            }
+            self.access_log.record(&AccessRecord {
+                time: now,
+                client: &client.ip,
+                method: method.as_str(),
+                path,
+                route: verdict.route.as_ref().map(|r| &*r.id),
+                tenant: verdict.tenant.as_ref().map(|t| &*t.id),
+                status: status.as_u16(),
+                problem: problem_kind.map(ProblemKind::slug),
+                latency: elapsed,
+                bytes: http_body::Body::size_hint(response.body()).exact(),
+            });
+            response
         }
-        if problem_kind.is_some() {
-            self.metrics
-                .rejections
-                .with_label_values(&[status.as_str(), reason])
-                .inc();
-        }
-        if let (Some(per_tenant), Some(tenant)) = (&self.metrics.tenant_requests, &verdict.tenant) {
-            per_tenant.with_label_values(&[&tenant.id, reason]).inc();
-        }
-        self.access_log.record(&AccessRecord {
-            time: now,
-            client: &client.ip,
-            method: method.as_str(),
-            path,
-            route: verdict.route.as_ref().map(|r| &*r.id),
-            tenant: verdict.tenant.as_ref().map(|t| &*t.id),
-            status: status.as_u16(),
-            problem: problem_kind.map(ProblemKind::slug),
-            latency: elapsed,
-            bytes: http_body::Body::size_hint(response.body()).exact(),
-        });
-        response
     }
 
     /// Runs the checks in api.md's order up to the quotas; `Err` is the first that fails,
