@@ -205,6 +205,7 @@ impl<S: CounterStore> Proxy<S> {
     /// Handles one request end to end.
     // Not an `async fn`: its body would start by moving the arguments into locals, and the
     // future would keep room for both (the request twice: ~300 bytes more to move per request).
+    #[allow(clippy::manual_async_fn)]
     pub fn handle<'a>(
         &'a self,
         req: Request<RequestBody>,
