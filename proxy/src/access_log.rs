@@ -415,7 +415,7 @@ mod tests {
         let simple = |s: &[u8]| s.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\');
         for b in 0..=255u8 {
             for at in 0..17 {
-                let mut s = vec![b'a'; 17];
+                let mut s = [b'a'; 17];
                 s[at] = b;
                 for len in [at + 1, 17] {
                     assert_eq!(
