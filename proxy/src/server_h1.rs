@@ -20,7 +20,7 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -376,16 +376,30 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         Ok(keep_alive)
     }
 
-    /// Sends the buffered response bytes and flushes the stream (TLS buffers records).
+    /// Sends the buffered response bytes and flushes the stream (TLS buffers records). One
+    /// future with none nested: it is made for every response, and nested ones are moved whole.
     async fn flush(&mut self) -> io::Result<()> {
-        let sent = send(&mut self.io, &mut self.timer, self.send_timeout, &self.out).await;
-        self.out.clear();
-        sent?;
-        let io = &mut self.io;
-        patiently(&mut self.timer, self.send_timeout, |cx| {
-            Pin::new(&mut *io).poll_flush(cx)
+        let Self {
+            io,
+            out,
+            timer,
+            send_timeout,
+            ..
+        } = self;
+        let (mut sent, mut deadline) = (0, None);
+        let flushed = std::future::poll_fn(|cx| {
+            let ready = match poll_send(io, out, &mut sent, &mut deadline, cx) {
+                Poll::Ready(Ok(())) => Pin::new(&mut *io).poll_flush(cx),
+                other => other,
+            };
+            match ready {
+                Poll::Ready(result) => Poll::Ready(result),
+                Poll::Pending => waited(timer, &mut deadline, *send_timeout, cx),
+            }
         })
-        .await
+        .await;
+        out.clear();
+        flushed
     }
 
     fn into_prefixed(self) -> Prefixed<T> {
@@ -403,39 +417,55 @@ async fn send<T: AsyncWrite + Unpin>(
     io: &mut T,
     timer: &mut LazyTimer,
     limit: Duration,
-    mut bytes: &[u8],
+    bytes: &[u8],
 ) -> io::Result<()> {
-    while !bytes.is_empty() {
-        let n = patiently(timer, limit, |cx| Pin::new(&mut *io).poll_write(cx, bytes)).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        bytes = &bytes[n..];
-    }
-    Ok(())
+    let (mut sent, mut deadline) = (0, None);
+    std::future::poll_fn(
+        |cx| match poll_send(io, bytes, &mut sent, &mut deadline, cx) {
+            Poll::Ready(result) => Poll::Ready(result),
+            Poll::Pending => waited(timer, &mut deadline, limit, cx),
+        },
+    )
+    .await
 }
 
-/// Drives `op` to completion; `TimedOut` when it stays pending for `limit`. The deadline is
-/// taken only once `op` has to wait: a write that completes at once reads no clock.
-async fn patiently<R>(
-    timer: &mut LazyTimer,
-    limit: Duration,
-    mut op: impl FnMut(&mut Context<'_>) -> Poll<io::Result<R>>,
-) -> io::Result<R> {
-    let mut deadline = None;
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(result) = op(cx) {
-            return Poll::Ready(result);
+/// Writes `bytes` from `sent` on; `Ready(Ok)` once all are written. Progress clears `deadline`:
+/// the send timeout bounds each wait, not the whole response.
+fn poll_send<T: AsyncWrite + Unpin>(
+    io: &mut T,
+    bytes: &[u8],
+    sent: &mut usize,
+    deadline: &mut Option<Instant>,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    while let Some(rest) = bytes.get(*sent..).filter(|rest| !rest.is_empty()) {
+        match ready!(Pin::new(&mut *io).poll_write(cx, rest)) {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => {
+                *sent += n;
+                *deadline = None;
+            }
+            Err(e) => return Poll::Ready(Err(e)),
         }
-        let due = *deadline.get_or_insert_with(|| Instant::now() + limit);
-        timer.poll_due(due, cx).map(|()| {
-            Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client accepted no response bytes within the send timeout",
-            ))
-        })
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// An operation is pending: `TimedOut` once it has waited `limit` (the deadline is taken at the
+/// first wait, so an operation that completes at once reads no clock).
+fn waited<R>(
+    timer: &mut LazyTimer,
+    deadline: &mut Option<Instant>,
+    limit: Duration,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<R>> {
+    let due = *deadline.get_or_insert_with(|| Instant::now() + limit);
+    timer.poll_due(due, cx).map(|()| {
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client accepted no response bytes within the send timeout",
+        ))
     })
-    .await
 }
 
 /// Polls `body` once without waiting.
