@@ -7,8 +7,9 @@
 #                 a monthly quota, metrics and the JSON access log all on) -> upstream
 #
 # wrk runs pinned to CPU 0; the server under test is pinned to CPU 1 (the upstream shares CPU 0 with
-# wrk in the proxy runs, the same for nginx and Tollgate). ROUNDS rounds alternate the targets; the
-# report gives each target's median and the median ratios.
+# wrk in the proxy runs, the same for nginx and Tollgate). ROUNDS rounds alternate the targets (the
+# two proxies swap order every round); the report gives each target's median, the ratio of the
+# medians, and the median of the per-round ratios (each from two runs back to back).
 #
 #   bench/run.sh                     # 3 rounds of 10 s, 64 connections, HTTP/1.1 keep-alive
 #   ROUNDS=5 DURATION=20s bench/run.sh
@@ -66,12 +67,20 @@ targets=(direct nginx-proxy tollgate)
 declare -A urls=([direct]="http://127.0.0.1:$UP/" [nginx-proxy]="http://127.0.0.1:$NGX/" [tollgate]="http://127.0.0.1:$TG/")
 # Warm-up: fill connection pools and caches.
 for t in "${targets[@]}"; do taskset -c 0 wrk -t1 -c"$CONNECTIONS" -d2s -H "$KEY" "${urls[$t]}" >/dev/null; done
+ratios=()
 for round in $(seq 1 "$ROUNDS"); do
-    for t in "${targets[@]}"; do
+    # The two proxies swap places every round, so neither always runs right after the other.
+    order=(direct nginx-proxy tollgate)
+    (( round % 2 == 0 )) && order=(direct tollgate nginx-proxy)
+    declare -A this_round=()
+    for t in "${order[@]}"; do
         r=$(run_wrk "${urls[$t]}")
         results[$t]+="$r;"
+        this_round[$t]=${r%% *}
         echo "round $round  $t: $r  (req/s p50_us p99_us non2xx)" >&2
     done
+    # Paired: the two proxies measured back to back, so a slow spell of the machine hits both.
+    ratios+=("$(awk -v a="${this_round[tollgate]}" -v b="${this_round[nginx-proxy]}" 'BEGIN {printf "%.3f", a/b}')")
 done
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
@@ -85,6 +94,7 @@ for t in "${targets[@]}"; do
 done
 tg=$(field tollgate 1); ng=$(field nginx-proxy 1); tg99=$(field tollgate 3); ng99=$(field nginx-proxy 3)
 awk -v a="$tg" -v b="$ng" -v c="$tg99" -v d="$ng99" 'BEGIN {printf "ratio tollgate/nginx-proxy: throughput %.2fx, p99 %.2fx\n", a/b, c/d}'
+echo "per round (tollgate/nginx-proxy, back to back): ${ratios[*]}; median $(printf '%s\n' "${ratios[@]}" | median)"
 
 if [[ "$H2" == 1 ]] && command -v h2load >/dev/null; then
     echo
