@@ -1,5 +1,6 @@
 //! API keys: taken from `Authorization: Bearer <key>` or `X-Api-Key: <key>`, hashed with SHA-256,
-//! and looked up by digest. The key itself is never stored, logged or forwarded.
+//! and looked up by digest. The key is never logged or forwarded, and never kept beyond the
+//! connection that sent it (which remembers its last key to skip hashing it again).
 
 use std::sync::Mutex;
 
