@@ -17,12 +17,15 @@ use super::{Admission, CounterStore, LimitState, Metered, Subject, UsageRow};
 use crate::FastMap;
 use crate::config::PlanEntry;
 
-type SubjectKey = (Arc<str>, Arc<str>);
+/// A tenant's counters by plan id.
+type PlanCounters = FastMap<Arc<str>, Arc<Mutex<Counters>>>;
 
 /// Counters in process memory.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    subjects: RwLock<FastMap<SubjectKey, Arc<Mutex<Counters>>>>,
+    /// By tenant id, then plan id: two lookups by `&str`, where one by a (tenant, plan) key had
+    /// to build the key (two reference counts up and down per request).
+    subjects: RwLock<FastMap<Arc<str>, PlanCounters>>,
     dirty: AtomicBool,
 }
 
@@ -93,11 +96,22 @@ impl MemoryStore {
     }
 
     fn counters(&self, subject: Subject<'_>) -> Arc<Mutex<Counters>> {
-        let key: SubjectKey = (subject.tenant.id.clone(), subject.plan.id.clone());
-        if let Some(c) = self.subjects.read().get(&key) {
+        let (tenant, plan) = (&subject.tenant.id, &subject.plan.id);
+        if let Some(c) = self
+            .subjects
+            .read()
+            .get(&**tenant)
+            .and_then(|plans| plans.get(&**plan))
+        {
             return c.clone();
         }
-        self.subjects.write().entry(key).or_default().clone()
+        self.subjects
+            .write()
+            .entry(tenant.clone())
+            .or_default()
+            .entry(plan.clone())
+            .or_default()
+            .clone()
     }
 
     /// Whether counters changed since the last [`MemoryStore::take_dirty`].
@@ -109,8 +123,11 @@ impl MemoryStore {
     pub fn restore(&self, rows: Vec<UsageRow>) {
         let mut subjects = self.subjects.write();
         for row in rows {
-            let key: SubjectKey = (Arc::from(row.tenant.as_str()), Arc::from(row.plan.as_str()));
-            let counters = subjects.entry(key).or_default();
+            let counters = subjects
+                .entry(Arc::from(row.tenant.as_str()))
+                .or_default()
+                .entry(Arc::from(row.plan.as_str()))
+                .or_default();
             counters.lock().quotas.push(QuotaCounter {
                 name: row.quota,
                 window: PeriodWindow {
@@ -309,7 +326,10 @@ impl CounterStore for MemoryStore {
     fn usage(&self) -> Vec<UsageRow> {
         let subjects = self.subjects.read();
         let mut rows = Vec::new();
-        for ((tenant, plan), counters) in subjects.iter() {
+        let each = subjects
+            .iter()
+            .flat_map(|(tenant, plans)| plans.iter().map(move |(plan, c)| (tenant, plan, c)));
+        for (tenant, plan, counters) in each {
             for q in &counters.lock().quotas {
                 rows.push(UsageRow {
                     tenant: tenant.to_string(),
