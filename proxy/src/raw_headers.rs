@@ -4,10 +4,12 @@
 //!
 //! Building an `http::HeaderMap` from a backend head (a name lookup, a hash and an insert per
 //! header, two allocations) only to write the same bytes out again was ~5% of the proxy's
-//! instructions per request. The inline exchange (`upstream_h1`) keeps the lines it relays in one
-//! buffer instead; the HTTP/1.1 engine writes them after the proxy's own headers, and the hyper
-//! path turns them into map entries ([`merge_into`]). Headers the proxy sets itself win: a relayed
-//! line whose name the response map already has is left out.
+//! instructions per request. A received head is split off its read buffer instead and its lines
+//! indexed where they are ([`LineIndex`], [`RawHeaders::received`]); the HTTP/1.1 engine writes
+//! relayed lines after the proxy's own headers, and the hyper path turns them into map entries
+//! ([`merge_into`]). Headers the proxy sets itself win: a relayed line whose name the response map
+//! or the proxy's own lines ([`OwnLines`]) have is left out. [`RawHeadersBuilder`] makes lines by
+//! hand (tests, benchmarks).
 
 use std::ops::Range;
 
