@@ -4,8 +4,8 @@
 //!
 //! Each worker thread appends lines to its own chunk, with no lock and no atomic, and hands the
 //! chunk to the writer thread when it fills, when it is older than 50 ms (`FLUSH_EVERY`), and
-//! whenever the thread goes idle: the runtime calls [`hand_off_pending`] before it parks a worker (and
-//! when a worker stops), so a line reaches stdout within one writer tick of its request on a
+//! whenever the thread goes idle: the runtime calls [`hand_off_pending`] before it parks a worker
+//! (and when a worker stops), so a line reaches stdout within one writer tick of its request on a
 //! quiet proxy as on a busy one. [`AccessLog::close`] writes everything before the process exits.
 
 use std::cell::RefCell;
