@@ -246,8 +246,8 @@ impl<S: CounterStore> Proxy<S> {
                 && let (Some(tenant), Some(plan)) = (&verdict.tenant, &verdict.plan)
             {
                 // Refused before the quota check: the tenant still learns where its limits stand.
-                // Boxed here and below: cold paths kept out of the hot path's future, which is moved
-                // on every await (each kilobyte there is a memcpy per request).
+                // Boxed here and below: cold paths kept out of the hot path's future, which is
+                // moved on every await (each kilobyte there is a memcpy per request).
                 verdict.limits =
                     Some(Box::pin(self.store.peek(Subject { tenant, plan }, now)).await);
             }
