@@ -261,6 +261,33 @@ async fn billing_states_are_402_with_payment_url() {
 }
 
 #[tokio::test]
+async fn a_request_with_a_body_gets_one_set_of_ratelimit_headers() {
+    // Requests with a body are served by hyper: the proxy's RateLimit lines go into its header map.
+    let (_b, p) = start().await;
+    let (k, v) = key("tiny");
+    let r = p.post("/echo/x", &[HOST, (k, &v)], "payload").await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let all = |name| {
+        r.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let (policy, state) = (all("ratelimit-policy"), all("ratelimit"));
+    assert_eq!(policy.len(), 1, "{policy:?}");
+    assert!(
+        policy[0].starts_with("\"monthly-requests\";q=3;w="),
+        "{policy:?}"
+    );
+    assert_eq!(state.len(), 1, "{state:?}");
+    assert!(
+        state[0].starts_with("\"monthly-requests\";r=2;t="),
+        "{state:?}"
+    );
+}
+
+#[tokio::test]
 async fn exhausted_quota_is_402_with_retry_after_and_members() {
     let (_b, p) = start().await;
     let (k, v) = key("tiny");
