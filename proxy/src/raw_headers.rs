@@ -31,12 +31,10 @@ struct Span {
     value: Range<usize>,
 }
 
-/// Appends lines to a new [`RawHeaders`].
+/// Appends lines to a new [`RawHeaders`] (tests and benchmarks; the proxy indexes received heads
+/// where they are, see [`LineIndex`]).
 #[derive(Debug)]
-pub struct RawHeadersBuilder(RawHeadersMut);
-
-#[derive(Debug)]
-struct RawHeadersMut {
+pub struct RawHeadersBuilder {
     block: BytesMut,
     spans: Vec<Span>,
 }
@@ -44,39 +42,33 @@ struct RawHeadersMut {
 impl RawHeadersBuilder {
     /// Room for `capacity` bytes of lines.
     pub fn with_capacity(capacity: usize) -> Self {
-        Self(RawHeadersMut {
+        Self {
             block: BytesMut::with_capacity(capacity),
             spans: Vec::with_capacity(8),
-        })
+        }
     }
 
     /// Adds one header. `name` and `value` must be as httparse accepted them (a token; no CR or
     /// LF in the value).
     pub fn push(&mut self, name: &[u8], value: &[u8]) {
-        self.push_with(name, |out| out.extend_from_slice(value));
-    }
-
-    /// Adds one header whose value `value` writes (Tollgate's own: a token and visible ASCII).
-    pub fn push_with(&mut self, name: &[u8], value: impl FnOnce(&mut BytesMut)) {
-        let b = &mut self.0.block;
+        let b = &mut self.block;
         let start = b.len();
         b.extend_from_slice(name);
         b.extend_from_slice(b": ");
         let value_start = b.len();
-        value(b);
-        let value_end = b.len();
-        b.extend_from_slice(b"\r\n");
-        self.0.spans.push(Span {
+        b.extend_from_slice(value);
+        self.spans.push(Span {
             name: start..start + name.len(),
-            value: value_start..value_end,
+            value: value_start..b.len(),
         });
+        b.extend_from_slice(b"\r\n");
     }
 
     /// The lines added.
     pub fn finish(self) -> RawHeaders {
         RawHeaders {
-            block: self.0.block.freeze(),
-            spans: self.0.spans,
+            block: self.block.freeze(),
+            spans: self.spans,
         }
     }
 }
