@@ -56,17 +56,21 @@ struct Remembered {
 impl KeyMemo {
     /// The digest of `key`, `None` if it is not a usable key (empty, too long, not visible ASCII).
     fn digest(&self, key: &[u8]) -> Option<[u8; 32]> {
-        if key.is_empty() || key.len() > MAX_KEY_LEN || !key.iter().all(|b| b.is_ascii_graphic()) {
-            return None;
-        }
+        let usable = |key: &[u8]| {
+            !key.is_empty() && key.len() <= MAX_KEY_LEN && key.iter().all(|b| b.is_ascii_graphic())
+        };
         // Streams of one HTTP/2 connection may race for the memo: the loser hashes.
         let Ok(mut last) = self.0.try_lock() else {
-            return Some(sha256(key));
+            return usable(key).then(|| sha256(key));
         };
+        // Only usable keys are remembered: the same bytes need no second check.
         if let Some(last) = last.as_ref()
             && same_bytes(&last.key, key)
         {
             return Some(last.digest);
+        }
+        if !usable(key) {
+            return None;
         }
         let digest = sha256(key);
         *last = Some(Remembered {
