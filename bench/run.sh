@@ -11,6 +11,11 @@
 # two proxies swap order every round); the report gives each target's median, the ratio of the
 # medians, and the median of the per-round ratios (each from two runs back to back).
 #
+# Besides req/s and latency, each run reports the busy time of CPU 1 per request (user, system and
+# the softirq work of the packets the server sends: what the server under test costs) and CPU 0's
+# idle share. When CPU 0 has no idle time left, wrk and the upstream cap both proxies at the same
+# rate, and the CPU cost per request is where a cheaper proxy shows.
+#
 #   bench/run.sh                     # 3 rounds of 10 s, 64 connections, HTTP/1.1 keep-alive
 #   ROUNDS=5 DURATION=20s bench/run.sh
 #   H2=1 bench/run.sh                # also h2load over h2c against nginx (http2) and Tollgate
@@ -53,48 +58,69 @@ done
 KEY='Authorization: Bearer tg_bench_key_0001'
 # wrk --latency prints "99%  1.23ms"; normalise to microseconds.
 to_us() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000000}}'; }
-run_wrk() { # target url -> "rps p50_us p99_us non2xx"
-    local out; out=$(taskset -c 0 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "$KEY" "$1")
-    local rps p50 p99 bad
+# cpu_ticks N: CPU N's busy and idle clock ticks so far (/proc/stat; steal, time the hypervisor
+# gave to others, counts as neither).
+cpu_ticks() { awk -v c="cpu$1" '$1==c {print $2+$3+$4+$7+$8, $5+$6}' /proc/stat; }
+run_wrk() { # target url -> "rps p50_us p99_us non2xx server_core_us_per_req client_core_idle_pct"
+    local out before0 before1 after0 after1
+    before0=$(cpu_ticks 0); before1=$(cpu_ticks 1)
+    out=$(taskset -c 0 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "$KEY" "$1")
+    after0=$(cpu_ticks 0); after1=$(cpu_ticks 1)
+    local rps p50 p99 bad requests core idle
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     p50=$(awk '$1=="50%" {print $2}' <<<"$out" | to_us)
     p99=$(awk '$1=="99%" {print $2}' <<<"$out" | to_us)
     bad=$(awk '/Non-2xx/ {print $5}' <<<"$out"); bad=${bad:-0}
-    echo "$rps $p50 $p99 $bad"
+    requests=$(awk '/requests in/ {print $1}' <<<"$out")
+    # The server under test owns CPU 1 during its run: its busy time (user, system and the
+    # softirq work of the packets it sends) per request is what one proxy costs against the other.
+    core=$(awk -v b="$before1" -v a="$after1" -v n="$requests" -v hz="$(getconf CLK_TCK)" \
+        'BEGIN {split(b, x, " "); split(a, y, " "); printf "%.2f", (y[1]-x[1]) / hz * 1e6 / n}')
+    # CPU 0 runs wrk and the upstream; when it has no idle time left, it caps every target.
+    idle=$(awk -v b="$before0" -v a="$after0" \
+        'BEGIN {split(b, x, " "); split(a, y, " "); t=(y[1]-x[1])+(y[2]-x[2]); printf "%.1f", t ? 100*(y[2]-x[2])/t : 0}')
+    echo "$rps $p50 $p99 $bad $core $idle"
 }
 declare -A results
 targets=(direct nginx-proxy tollgate)
 declare -A urls=([direct]="http://127.0.0.1:$UP/" [nginx-proxy]="http://127.0.0.1:$NGX/" [tollgate]="http://127.0.0.1:$TG/")
 # Warm-up: fill connection pools and caches.
 for t in "${targets[@]}"; do taskset -c 0 wrk -t1 -c"$CONNECTIONS" -d2s -H "$KEY" "${urls[$t]}" >/dev/null; done
-ratios=()
+ratios=(); cost_ratios=()
 for round in $(seq 1 "$ROUNDS"); do
     # The two proxies swap places every round, so neither always runs right after the other.
     order=(direct nginx-proxy tollgate)
     (( round % 2 == 0 )) && order=(direct tollgate nginx-proxy)
-    declare -A this_round=()
+    declare -A this_round=() this_cost=()
     for t in "${order[@]}"; do
         r=$(run_wrk "${urls[$t]}")
         results[$t]+="$r;"
         this_round[$t]=${r%% *}
-        echo "round $round  $t: $r  (req/s p50_us p99_us non2xx)" >&2
+        this_cost[$t]=$(awk '{print $5}' <<<"$r")
+        echo "round $round  $t: $r  (req/s p50_us p99_us non2xx cpu1_us/req cpu0_idle%)" >&2
     done
     # Paired: the two proxies measured back to back, so a slow spell of the machine hits both.
     ratios+=("$(awk -v a="${this_round[tollgate]}" -v b="${this_round[nginx-proxy]}" 'BEGIN {printf "%.3f", a/b}')")
+    cost_ratios+=("$(awk -v a="${this_cost[tollgate]}" -v b="${this_cost[nginx-proxy]}" 'BEGIN {printf "%.3f", a/b}')")
 done
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 field() { tr ';' '\n' <<<"${results[$1]}" | awk -v f="$2" 'NF {print $f}' | median; }
 echo
 echo "HTTP/1.1 keep-alive, wrk -t1 -c$CONNECTIONS, $ROUNDS x $DURATION, medians ($(date -u +%F), $(nproc) CPUs)"
-printf "%-12s %12s %10s %10s %8s\n" target "req/s" "p50 ms" "p99 ms" non2xx
+printf "%-12s %12s %10s %10s %8s %16s %14s\n" target "req/s" "p50 ms" "p99 ms" non2xx "server us/req" "client idle %"
 for t in "${targets[@]}"; do
-    printf "%-12s %12.0f %10.3f %10.3f %8d\n" "$t" "$(field "$t" 1)" "$(awk "BEGIN{print $(field "$t" 2)/1000}")" \
-        "$(awk "BEGIN{print $(field "$t" 3)/1000}")" "$(field "$t" 4)"
+    server_cost=$(field "$t" 5)
+    [[ $t == direct ]] && server_cost="-" # the upstream runs on CPU 0 with wrk; CPU 1 is idle
+    printf "%-12s %12.0f %10.3f %10.3f %8d %16s %14s\n" "$t" "$(field "$t" 1)" "$(awk "BEGIN{print $(field "$t" 2)/1000}")" \
+        "$(awk "BEGIN{print $(field "$t" 3)/1000}")" "$(field "$t" 4)" "$server_cost" "$(field "$t" 6)"
 done
 tg=$(field tollgate 1); ng=$(field nginx-proxy 1); tg99=$(field tollgate 3); ng99=$(field nginx-proxy 3)
-awk -v a="$tg" -v b="$ng" -v c="$tg99" -v d="$ng99" 'BEGIN {printf "ratio tollgate/nginx-proxy: throughput %.2fx, p99 %.2fx\n", a/b, c/d}'
+tgc=$(field tollgate 5); ngc=$(field nginx-proxy 5)
+awk -v a="$tg" -v b="$ng" -v c="$tg99" -v d="$ng99" -v e="$tgc" -v f="$ngc" \
+    'BEGIN {printf "ratio tollgate/nginx-proxy: throughput %.2fx, p99 %.2fx, server CPU per request %.2fx\n", a/b, c/d, e/f}'
 echo "per round (tollgate/nginx-proxy, back to back): ${ratios[*]}; median $(printf '%s\n' "${ratios[@]}" | median)"
+echo "server CPU per request, per round: ${cost_ratios[*]}; median $(printf '%s\n' "${cost_ratios[@]}" | median)"
 
 if [[ "$H2" == 1 ]] && command -v h2load >/dev/null; then
     echo
