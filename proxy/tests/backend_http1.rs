@@ -329,3 +329,210 @@ async fn hop_by_hop_response_headers_never_reach_the_client_on_either_path() {
         }
     }
 }
+
+/// A small deterministic generator (xorshift64*): the same seed gives the same answer.
+struct Dice(u64);
+
+impl Dice {
+    fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// A backend answer drawn from a seed: the bytes to send, in pieces, and what the client must
+/// receive through the proxy.
+struct RandomAnswer {
+    pieces: Vec<Vec<u8>>,
+    status: u16,
+    /// End-to-end headers in order (duplicates included), names lower-cased.
+    relayed: Vec<(String, String)>,
+    /// Headers the backend's `Connection` names: never relayed.
+    hop_by_hop: Vec<String>,
+    body: Vec<u8>,
+}
+
+fn random_answer(seed: u64) -> RandomAnswer {
+    let mut dice = Dice::new(seed);
+    let status = [200, 201, 202, 404, 409][dice.below(5) as usize];
+    let reason = match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        404 => "Not Found",
+        _ => "Conflict",
+    };
+    let mut head = format!("HTTP/1.1 {status} {reason}\r\n");
+    let mut relayed = Vec::new();
+    let mut hop_by_hop = Vec::new();
+    let value_chars = b"abcXYZ019 ,;=/-_.";
+    let mut value = |dice: &mut Dice| -> String {
+        let v: String = (0..1 + dice.below(60))
+            .map(|_| value_chars[dice.below(value_chars.len() as u64) as usize] as char)
+            .collect();
+        v.trim().to_owned() + "v"
+    };
+    for k in 0..dice.below(12) {
+        let name = match dice.below(3) {
+            0 => format!("x-r-{k}"),
+            1 => format!("X-R-{k}"),
+            _ => format!("X-r-{k}"),
+        };
+        let v = value(&mut dice);
+        head.push_str(&format!("{name}: {v}\r\n"));
+        relayed.push((name.to_ascii_lowercase(), v));
+        if dice.below(5) == 0 {
+            // The same name again: both lines reach the client, in order.
+            let again = value(&mut dice);
+            head.push_str(&format!("{name}:{again}\r\n"));
+            relayed.push((name.to_ascii_lowercase(), again));
+        }
+        if dice.below(6) == 0 {
+            let hop = format!("x-hop-{k}");
+            head.push_str(&format!("{hop}: secret\r\n"));
+            hop_by_hop.push(hop);
+        }
+    }
+    let connection: Vec<&str> = ["keep-alive"]
+        .into_iter()
+        .chain(hop_by_hop.iter().map(String::as_str))
+        .collect();
+    head.push_str(&format!("Connection: {}\r\n", connection.join(", ")));
+    if dice.below(3) == 0 {
+        head.push_str("Keep-Alive: timeout=30\r\n");
+        hop_by_hop.push("keep-alive".into());
+    }
+    let body: Vec<u8> = (0..dice.below(3000))
+        .map(|_| dice.below(256) as u8)
+        .collect();
+    let mut bytes = head.into_bytes();
+    if dice.below(2) == 0 {
+        bytes.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+        bytes.extend_from_slice(&body);
+    } else {
+        bytes.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+        let mut rest = &body[..];
+        while !rest.is_empty() {
+            let size = (1 + dice.below(700) as usize).min(rest.len());
+            let extension = if dice.below(4) == 0 { ";ext=1" } else { "" };
+            bytes.extend_from_slice(format!("{size:x}{extension}\r\n").as_bytes());
+            bytes.extend_from_slice(&rest[..size]);
+            bytes.extend_from_slice(b"\r\n");
+            rest = &rest[size..];
+        }
+        bytes.extend_from_slice(b"0\r\n");
+        if dice.below(3) == 0 {
+            bytes.extend_from_slice(b"X-Trailer: t\r\n");
+        }
+        bytes.extend_from_slice(b"\r\n");
+    }
+    let mut pieces = Vec::new();
+    let mut rest = &bytes[..];
+    while !rest.is_empty() {
+        let take = (1 + dice.below(600) as usize).min(rest.len());
+        pieces.push(rest[..take].to_vec());
+        rest = &rest[take..];
+    }
+    RandomAnswer {
+        pieces,
+        status,
+        relayed,
+        hop_by_hop,
+        body,
+    }
+}
+
+/// Answers `GET /random/SEED` (or any method; a request body is skipped) with [`random_answer`]`(SEED)`, sent in its pieces.
+async fn random_backend() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&seen[..end + 4]).to_ascii_lowercase();
+                        let body_len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if seen.len() < end + 4 + body_len {
+                            break; // the body is still on its way
+                        }
+                        seen.drain(..end + 4 + body_len);
+                        let seed = head
+                            .split_whitespace()
+                            .nth(1)
+                            .and_then(|target| target.strip_prefix("/random/"))
+                            .and_then(|seed| seed.parse().ok())
+                            .unwrap_or(0);
+                        for (i, piece) in random_answer(seed).pieces.iter().enumerate() {
+                            if stream.write_all(piece).await.is_err() {
+                                return;
+                            }
+                            if i % 3 == 1 {
+                                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn random_backend_answers_sent_in_random_pieces_are_relayed_exactly() {
+    let (addr, backend) = random_backend().await;
+    let p = ProxyProcess::start(&[("world.yaml", world(addr))]).await;
+    for seed in 1..=60u64 {
+        let expected = random_answer(seed);
+        let path = format!("/random/{seed}");
+        // GETs take the inline exchange; a request with a body takes the hyper client.
+        let via_hyper = seed % 4 == 0;
+        let r = if via_hyper {
+            let body = bytes::Bytes::from_static(b"a body");
+            support::request(p.listen, "POST", &path, &[KEY], body).await
+        } else {
+            p.get(&path, &[KEY]).await
+        };
+        let at = format!(
+            "seed {seed} ({})",
+            if via_hyper { "hyper" } else { "inline" }
+        );
+        assert_eq!(r.status, expected.status, "{at}");
+        assert_eq!(r.body.len(), expected.body.len(), "{at}: body length");
+        assert!(r.body[..] == expected.body[..], "{at}: body bytes differ");
+        let relayed: Vec<(String, String)> = r
+            .headers
+            .iter()
+            .filter(|(name, _)| name.as_str().starts_with("x-r-"))
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_owned(), value)
+            })
+            .collect();
+        // A HeaderMap groups a name's values; compare per name, in order.
+        let mut want = expected.relayed.clone();
+        want.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut got = relayed;
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(got, want, "{at}: relayed headers");
+        for hop in &expected.hop_by_hop {
+            assert_eq!(r.header(hop), None, "{at}: hop-by-hop {hop} relayed");
+        }
+        assert_eq!(r.header("connection"), None, "{at}");
+    }
+    backend.abort();
+}
