@@ -372,7 +372,7 @@ fn random_answer(seed: u64) -> RandomAnswer {
     let mut relayed = Vec::new();
     let mut hop_by_hop = Vec::new();
     let value_chars = b"abcXYZ019 ,;=/-_.";
-    let mut value = |dice: &mut Dice| -> String {
+    let value = |dice: &mut Dice| -> String {
         let v: String = (0..1 + dice.below(60))
             .map(|_| value_chars[dice.below(value_chars.len() as u64) as usize] as char)
             .collect();
