@@ -372,8 +372,8 @@ fn nothing_to_escape(bytes: &[u8]) -> bool {
     !special(u64::from_le_bytes(w))
 }
 
-/// The writer thread: every tick (or sooner when woken), writes the queued chunks with one
-/// syscall each and returns them for reuse; on close, drains the queue and exits.
+/// The writer thread: every tick (or sooner when woken), writes the queued chunks and returns
+/// them for reuse; on close, drains the queue and exits.
 fn write_chunks(shared: &Shared) {
     let stdout = std::io::stdout();
     let mut batch = Vec::new();
@@ -389,9 +389,7 @@ fn write_chunks(shared: &Shared) {
         };
         if !batch.is_empty() {
             let mut out = stdout.lock();
-            for chunk in &batch {
-                let _ = out.write_all(chunk);
-            }
+            let _ = write_batch(&mut out, &batch);
             let _ = out.flush();
             drop(out);
             let mut queue = shared.queue.lock();
@@ -404,6 +402,31 @@ fn write_chunks(shared: &Shared) {
             return;
         }
     }
+}
+
+/// Writes every chunk of `batch`, in order, with as few system calls as the sink allows.
+///
+/// One vectored write for the whole batch, not one write per chunk: a worker hands its chunk off
+/// whenever it goes idle, so at moderate load chunks hold a line or a few (one write per request
+/// at 8k requests/s over one connection, one per ~14 at 80k over 64), and in a pod each write to
+/// stdout's pipe also wakes the log collector.
+fn write_batch(out: &mut impl Write, batch: &[Vec<u8>]) -> std::io::Result<()> {
+    let mut slices: Vec<std::io::IoSlice<'_>> = batch
+        .iter()
+        .filter(|chunk| !chunk.is_empty())
+        .map(|chunk| std::io::IoSlice::new(chunk))
+        .collect();
+    // Written chunks leave the front of `rest`; a partly written one is shortened in place.
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match out.write_vectored(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => std::io::IoSlice::advance_slices(&mut rest, written),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -519,6 +542,66 @@ mod tests {
             assert_eq!(parsed, time);
             assert_eq!(v["latencySeconds"], 0.000005);
         }
+    }
+
+    /// A sink that takes at most `max` bytes a call and counts its calls.
+    struct Trickle {
+        out: Vec<u8>,
+        max: usize,
+        calls: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.write_vectored(&[std::io::IoSlice::new(buf)])
+        }
+
+        fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+            self.calls += 1;
+            let mut taken = 0;
+            for buf in bufs {
+                let n = buf.len().min(self.max - taken);
+                self.out.extend_from_slice(&buf[..n]);
+                taken += n;
+                if taken == self.max {
+                    break;
+                }
+            }
+            Ok(taken)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_batch_is_written_whole_and_in_order_however_the_sink_splits_it() {
+        let batch: Vec<Vec<u8>> = (0..40)
+            .map(|i| format!("{{\"line\":{i}}}\n").repeat(i % 4).into_bytes())
+            .collect();
+        let whole: Vec<u8> = batch.concat();
+        for max in [1, 3, 7, 64, 1 << 20] {
+            let mut sink = Trickle {
+                out: Vec::new(),
+                max,
+                calls: 0,
+            };
+            write_batch(&mut sink, &batch).expect("written");
+            assert_eq!(sink.out, whole, "at most {max} bytes a call");
+            if max == 1 << 20 {
+                assert_eq!(sink.calls, 1, "one call when the sink takes everything");
+            }
+        }
+        let mut stuck = Trickle {
+            out: Vec::new(),
+            max: 0,
+            calls: 0,
+        };
+        assert!(
+            write_batch(&mut stuck, &batch).is_err(),
+            "a sink that takes nothing"
+        );
     }
 
     #[test]
