@@ -20,6 +20,9 @@
 #   ROUNDS=5 DURATION=20s bench/run.sh
 #   H2=1 bench/run.sh                # also h2load over h2c against nginx (http2) and Tollgate
 #   TOLLGATE_BIN=/tmp/old bench/run.sh   # another build of tollgate-proxy
+#   LAYOUT=shared bench/run.sh       # nothing pinned; each proxy runs one worker per CPU (nginx
+#                                    # worker_processes, Tollgate --worker-threads), as in a pod
+#                                    # without CPU pinning. The CPU columns then mean little.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -27,6 +30,17 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 H2=${H2:-0}
+LAYOUT=${LAYOUT:-pinned}
+case "$LAYOUT" in
+    pinned) workers=1 ;;
+    shared) workers=$(nproc) ;;
+    *) echo "bench: LAYOUT is pinned or shared, not '$LAYOUT'" >&2; exit 1 ;;
+esac
+# Command prefixes: pinned to CPU 0 or 1 in the pinned layout, nothing in the shared one. (Not a
+# shell function: `$!` of a backgrounded function is a subshell, which the cleanup would kill
+# while the server it started lives on.)
+cpu0=(); cpu1=()
+if [[ $LAYOUT == pinned ]]; then cpu0=(taskset -c 0); cpu1=(taskset -c 1); fi
 for tool in nginx wrk taskset; do
     command -v $tool >/dev/null || { echo "bench: $tool not found (apt-get install nginx wrk util-linux)" >&2; exit 1; }
 done
@@ -45,10 +59,11 @@ nginx_conf proxy "server { listen 127.0.0.1:$NGX; listen 127.0.0.1:$NGX_H2 http2
 
 bench_manifests "$work/manifests" "$UP" 'rateLimits: [{name: per-second, requests: 100000000, window: 1s}]'
 
-taskset -c 0 nginx -c "$work/upstream.conf" & pids+=($!)
-taskset -c 1 nginx -c "$work/proxy.conf" & pids+=($!)
-taskset -c 1 "$bin" --manifests "$work/manifests" --listen "127.0.0.1:$TG" \
-    --admin-listen "127.0.0.1:$TG_ADMIN" --state-dir "$work/state" --worker-threads 1 \
+sed -i "s/^worker_processes 1;/worker_processes $workers;/" "$work/proxy.conf"
+"${cpu0[@]}" nginx -c "$work/upstream.conf" & pids+=($!)
+"${cpu1[@]}" nginx -c "$work/proxy.conf" & pids+=($!)
+"${cpu1[@]}" "$bin" --manifests "$work/manifests" --listen "127.0.0.1:$TG" \
+    --admin-listen "127.0.0.1:$TG_ADMIN" --state-dir "$work/state" --worker-threads "$workers" \
     >/dev/null 2>"$work/tollgate.log" & pids+=($!)
 for _ in $(seq 1 100); do
     curl -sf "http://127.0.0.1:$TG_ADMIN/readyz" >/dev/null && curl -sf "http://127.0.0.1:$NGX/" >/dev/null && break
@@ -64,7 +79,7 @@ cpu_ticks() { awk -v c="cpu$1" '$1==c {print $2+$3+$4+$7+$8, $5+$6}' /proc/stat;
 run_wrk() { # target url -> "rps p50_us p99_us non2xx server_core_us_per_req client_core_idle_pct"
     local out before0 before1 after0 after1
     before0=$(cpu_ticks 0); before1=$(cpu_ticks 1)
-    out=$(taskset -c 0 wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "$KEY" "$1")
+    out=$("${cpu0[@]}" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -H "$KEY" "$1")
     after0=$(cpu_ticks 0); after1=$(cpu_ticks 1)
     local rps p50 p99 bad requests core idle
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
@@ -85,7 +100,7 @@ declare -A results
 targets=(direct nginx-proxy tollgate)
 declare -A urls=([direct]="http://127.0.0.1:$UP/" [nginx-proxy]="http://127.0.0.1:$NGX/" [tollgate]="http://127.0.0.1:$TG/")
 # Warm-up: fill connection pools and caches.
-for t in "${targets[@]}"; do taskset -c 0 wrk -t1 -c"$CONNECTIONS" -d2s -H "$KEY" "${urls[$t]}" >/dev/null; done
+for t in "${targets[@]}"; do "${cpu0[@]}" wrk -t1 -c"$CONNECTIONS" -d2s -H "$KEY" "${urls[$t]}" >/dev/null; done
 ratios=(); cost_ratios=()
 for round in $(seq 1 "$ROUNDS"); do
     # The two proxies swap places every round, so neither always runs right after the other.
@@ -107,27 +122,30 @@ done
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 field() { tr ';' '\n' <<<"${results[$1]}" | awk -v f="$2" 'NF {print $f}' | median; }
 echo
-echo "HTTP/1.1 keep-alive, wrk -t1 -c$CONNECTIONS, $ROUNDS x $DURATION, medians ($(date -u +%F), $(nproc) CPUs)"
+echo "HTTP/1.1 keep-alive, wrk -t1 -c$CONNECTIONS, $ROUNDS x $DURATION, medians ($(date -u +%F), $(nproc) CPUs, layout $LAYOUT, $workers proxy worker(s))"
 printf "%-12s %12s %10s %10s %8s %16s %14s\n" target "req/s" "p50 ms" "p99 ms" non2xx "server us/req" "client idle %"
 for t in "${targets[@]}"; do
-    server_cost=$(field "$t" 5)
+    server_cost=$(field "$t" 5); client_idle=$(field "$t" 6)
     [[ $t == direct ]] && server_cost="-" # the upstream runs on CPU 0 with wrk; CPU 1 is idle
+    [[ $LAYOUT == shared ]] && server_cost="-" && client_idle="-" # nobody owns a CPU
     printf "%-12s %12.0f %10.3f %10.3f %8d %16s %14s\n" "$t" "$(field "$t" 1)" "$(awk "BEGIN{print $(field "$t" 2)/1000}")" \
-        "$(awk "BEGIN{print $(field "$t" 3)/1000}")" "$(field "$t" 4)" "$server_cost" "$(field "$t" 6)"
+        "$(awk "BEGIN{print $(field "$t" 3)/1000}")" "$(field "$t" 4)" "$server_cost" "$client_idle"
 done
 tg=$(field tollgate 1); ng=$(field nginx-proxy 1); tg99=$(field tollgate 3); ng99=$(field nginx-proxy 3)
-tgc=$(field tollgate 5); ngc=$(field nginx-proxy 5)
-awk -v a="$tg" -v b="$ng" -v c="$tg99" -v d="$ng99" -v e="$tgc" -v f="$ngc" \
-    'BEGIN {printf "ratio tollgate/nginx-proxy: throughput %.2fx, p99 %.2fx, server CPU per request %.2fx\n", a/b, c/d, e/f}'
+awk -v a="$tg" -v b="$ng" -v c="$tg99" -v d="$ng99" \
+    'BEGIN {printf "ratio tollgate/nginx-proxy: throughput %.2fx, p99 %.2fx\n", a/b, c/d}'
 echo "per round (tollgate/nginx-proxy, back to back): ${ratios[*]}; median $(printf '%s\n' "${ratios[@]}" | median)"
-echo "server CPU per request, per round: ${cost_ratios[*]}; median $(printf '%s\n' "${cost_ratios[@]}" | median)"
+if [[ $LAYOUT == pinned ]]; then
+    tgc=$(field tollgate 5); ngc=$(field nginx-proxy 5)
+    echo "server CPU per request: $(awk -v a="$tgc" -v b="$ngc" 'BEGIN {printf "%.2fx", a/b}') by medians; per round ${cost_ratios[*]}; median $(printf '%s\n' "${cost_ratios[@]}" | median)"
+fi
 
 if [[ "$H2" == 1 ]] && command -v h2load >/dev/null; then
     echo
     echo "HTTP/2 (h2c prior knowledge), h2load -c$CONNECTIONS -m10, $DURATION"
     for t in nginx-proxy tollgate; do
         port=$([[ $t == tollgate ]] && echo "$TG" || echo "$NGX_H2")
-        out=$(taskset -c 0 h2load -c"$CONNECTIONS" -m10 -D"${DURATION%s}" -H "$KEY" "http://127.0.0.1:$port/" 2>&1)
+        out=$("${cpu0[@]}" h2load -c"$CONNECTIONS" -m10 -D"${DURATION%s}" -H "$KEY" "http://127.0.0.1:$port/" 2>&1)
         rps=$(awk '/finished in/ {print $4}' <<<"$out")
         ok=$(awk '/status codes:/ {print $3}' <<<"$out")
         bad=$(awk '/status codes:/ {s=$5+$7+$9; print s}' <<<"$out")
