@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use support::ProxyProcess;
+use support::{Dice, ProxyProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -327,22 +327,6 @@ async fn hop_by_hop_response_headers_never_reach_the_client_on_either_path() {
         for hop in ["x-hop", "keep-alive", "connection"] {
             assert_eq!(r.header(hop), None, "{path}: {hop} relayed");
         }
-    }
-}
-
-/// A small deterministic generator (xorshift64*): the same seed gives the same answer.
-struct Dice(u64);
-
-impl Dice {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
     }
 }
 

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Backend, ProxyProcess};
+use support::{Backend, Dice, ProxyProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -482,19 +482,6 @@ async fn a_head_dripped_byte_by_byte_is_cut_off_at_the_header_timeout() {
     wait_for_outcome(&p, "header_timeout", 1).await;
 }
 
-/// A small deterministic generator (xorshift64*): the same seed gives the same pipeline, so a
-/// failure names the seed that reproduces it.
-struct Dice(u64);
-
-impl Dice {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
-
 /// What the proxy must answer to one request of a random pipeline.
 #[derive(Debug)]
 struct Expected {
@@ -559,7 +546,7 @@ async fn random_pipelines_split_at_random_are_answered_in_order_each_for_its_own
     let p =
         ProxyProcess::start(&[("world.yaml", format!("{}{second_tenant}", world(&backend)))]).await;
     for seed in 1..=24u64 {
-        let mut dice = Dice(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut dice = Dice::new(seed);
         let count = 5 + dice.below(40) as usize;
         // Every third pipeline carries one request with a body, which moves the connection to
         // hyper with whatever follows it already read.

@@ -495,3 +495,21 @@ pub fn bound_addresses(log: &str) -> Option<(SocketAddr, SocketAddr)> {
     };
     Some((field("listen=")?, field("admin=")?))
 }
+
+/// A small deterministic generator (xorshift64*) for randomized tests: the same seed gives the
+/// same case, so a failure names the seed that reproduces it.
+pub struct Dice(u64);
+
+impl Dice {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
