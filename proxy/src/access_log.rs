@@ -1,5 +1,6 @@
 //! One JSON line per request on stdout, written by a dedicated thread so a slow stdout never
-//! blocks the hot path: lines are buffered and dropped (and counted) when stdout is stuck.
+//! blocks the hot path: lines are buffered, and dropped (and counted) when stdout is stuck or
+//! fails.
 //! Key material never reaches this module; only route, tenant and outcome.
 //!
 //! Each worker thread appends lines to its own chunk, with no lock and no atomic, and hands its
@@ -104,8 +105,16 @@ const MAX_BUFFERED: usize = 8 * 1024 * 1024;
 
 impl AccessLog {
     /// Starts the writer thread (`enabled`), or a no-op log. `dropped` counts lines lost to a
-    /// stuck stdout.
+    /// stuck or failing stdout.
     pub fn start(enabled: bool, dropped: IntCounter) -> Self {
+        Self::start_writing_to(enabled, dropped, std::io::stdout())
+    }
+
+    fn start_writing_to(
+        enabled: bool,
+        dropped: IntCounter,
+        out: impl Write + Send + 'static,
+    ) -> Self {
         let disabled = Self {
             shared: None,
             writer: None,
@@ -116,9 +125,10 @@ impl AccessLog {
         }
         let shared = Arc::new(Shared::default());
         let writer = shared.clone();
+        let lost = dropped.clone();
         match std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_chunks(&writer))
+            .spawn(move || write_chunks(&writer, out, &lost))
         {
             Ok(handle) => Self {
                 shared: Some(shared),
@@ -416,10 +426,11 @@ fn nothing_to_escape(bytes: &[u8]) -> bool {
 }
 
 /// The writer thread: every tick (or sooner when woken), writes the queued chunks and returns
-/// them for reuse; on close, drains the queue and exits.
-fn write_chunks(shared: &Shared) {
-    let stdout = std::io::stdout();
+/// them for reuse; on close, drains the queue and exits. Lines `out` refuses are counted in
+/// `dropped`, and each run of failures is logged once.
+fn write_chunks(shared: &Shared, mut out: impl Write, dropped: &IntCounter) {
     let mut batch = Vec::new();
+    let mut failing = false;
     loop {
         let closed = {
             let mut queue = shared.queue.lock();
@@ -431,10 +442,25 @@ fn write_chunks(shared: &Shared) {
             queue.closed
         };
         if !batch.is_empty() {
-            let mut out = stdout.lock();
-            let _ = write_batch(&mut out, &batch);
-            let _ = out.flush();
-            drop(out);
+            match write_batch(&mut out, &batch) {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("the access log is written to stdout again");
+                }
+                Ok(()) => {}
+                Err(failed) => {
+                    dropped.inc_by(failed.lines_lost);
+                    if !failing {
+                        failing = true;
+                        tracing::error!(
+                            error = %failed.error,
+                            lines_lost = failed.lines_lost,
+                            "cannot write the access log to stdout; lines are dropped and counted in \
+                             tollgate_proxy_access_log_dropped_total until it works again"
+                        );
+                    }
+                }
+            }
             let mut queue = shared.queue.lock();
             for mut chunk in batch.drain(..) {
                 chunk.clear();
@@ -447,29 +473,45 @@ fn write_chunks(shared: &Shared) {
     }
 }
 
-/// Writes every chunk of `batch`, in order, with as few system calls as the sink allows.
+/// Part of a batch the sink refused.
+#[derive(Debug)]
+struct WriteFailed {
+    error: std::io::Error,
+    /// Lines not written whole.
+    lines_lost: u64,
+}
+
+/// Writes every chunk of `batch`, in order, with as few system calls as the sink allows, and
+/// flushes the sink.
 ///
 /// One vectored write for the whole batch, not one write per chunk: a worker hands its chunk off
 /// whenever it goes idle, so at moderate load chunks hold a line or a few (one write per request
 /// at 8k requests/s over one connection, one per ~14 at 80k over 64), and in a pod each write to
 /// stdout's pipe also wakes the log collector.
-fn write_batch(out: &mut impl Write, batch: &[Vec<u8>]) -> std::io::Result<()> {
+fn write_batch(out: &mut impl Write, batch: &[Vec<u8>]) -> Result<(), WriteFailed> {
     let mut slices: Vec<std::io::IoSlice<'_>> = batch
         .iter()
         .filter(|chunk| !chunk.is_empty())
         .map(|chunk| std::io::IoSlice::new(chunk))
         .collect();
+    let failed = |error, unwritten: &[std::io::IoSlice<'_>]| WriteFailed {
+        error,
+        lines_lost: unwritten
+            .iter()
+            .map(|slice| slice.iter().filter(|&&b| b == b'\n').count() as u64)
+            .sum(),
+    };
     // Written chunks leave the front of `rest`; a partly written one is shortened in place.
     let mut rest = &mut slices[..];
     while !rest.is_empty() {
         match out.write_vectored(rest) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(0) => return Err(failed(std::io::ErrorKind::WriteZero.into(), rest)),
             Ok(written) => std::io::IoSlice::advance_slices(&mut rest, written),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(e) => return Err(failed(e, rest)),
         }
     }
-    Ok(())
+    out.flush().map_err(|e| failed(e, &[]))
 }
 
 #[cfg(test)]
@@ -645,6 +687,47 @@ mod tests {
             write_batch(&mut stuck, &batch).is_err(),
             "a sink that takes nothing"
         );
+    }
+
+    #[test]
+    fn lines_a_failing_stdout_refuses_are_counted_as_dropped() {
+        // Takes the first 100 bytes, then fails like a pipe whose reader is gone.
+        struct Breaks(usize);
+        impl Write for Breaks {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(std::io::ErrorKind::BrokenPipe.into());
+                }
+                let n = buf.len().min(self.0);
+                self.0 -= n;
+                Ok(n)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let dropped = IntCounter::new("dropped", "test").expect("counter");
+        let log = AccessLog::start_writing_to(true, dropped.clone(), Breaks(100));
+        let record = AccessRecord {
+            time: jiff::Timestamp::now(),
+            client: "10.0.0.7",
+            method: "GET",
+            path: "/v1/x",
+            route: None,
+            tenant: None,
+            status: 200,
+            problem: None,
+            latency: Duration::from_micros(5),
+            bytes: None,
+        };
+        let mut line = Vec::new();
+        record.write_json(&mut line);
+        assert!(line.len() > 100, "the first line is cut short too");
+        for _ in 0..50 {
+            log.record(&record);
+        }
+        log.close();
+        assert_eq!(dropped.get(), 50, "every line not written whole");
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub struct ProxyMetrics {
     pub active_connections: IntGauge,
     /// Client connections by how the HTTP/1.1 engine finished with them.
     pub connections: IntCounterVec,
-    /// Access-log lines dropped because the writer could not keep up.
+    /// Access-log lines dropped because the writer could not keep up, or stdout refused them.
     pub access_log_dropped: IntCounter,
     /// Counter or snapshot persistence failures.
     pub state_flush_errors: IntCounter,
@@ -121,7 +121,7 @@ impl ProxyMetrics {
             )?,
             access_log_dropped: IntCounter::new(
                 "tollgate_proxy_access_log_dropped_total",
-                "Access-log lines dropped because stdout could not keep up.",
+                "Access-log lines dropped because stdout could not keep up, or refused them (a closed pipe).",
             )?,
             state_flush_errors: IntCounter::new(
                 "tollgate_proxy_state_flush_errors_total",
