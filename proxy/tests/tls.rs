@@ -1,4 +1,5 @@
-//! TLS termination with rustls: HTTP/2 and HTTP/1.1 by ALPN, and h2c with prior knowledge.
+//! TLS termination with rustls: HTTP/2 and HTTP/1.1 by ALPN; h2c with prior knowledge, including
+//! concurrent streams with different keys on one connection.
 
 mod support;
 
@@ -139,4 +140,77 @@ async fn bad_tls_files_fail_with_a_clear_message() {
         stderr.contains("reading TLS certificate") && stderr.contains("missing.crt"),
         "{stderr}"
     );
+}
+
+/// Two tenants on an echo backend: `key-a` is `default/a`, `key-b` is `default/b`.
+fn two_tenants(backend: &support::Backend) -> String {
+    let tenant = |name: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\nstringData: {{apiKey: key-{name}}}\n\
+             ---\napiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: {name}}}\n\
+             spec: {{apiKeys: [{{secretRef: {{name: {name}}}}}], subscriptions: [{{apiRouteRef: {{name: echo}}}}]}}\n"
+        )
+    };
+    format!(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {{name: echo}}\n\
+         spec: {{match: {{pathPrefix: /}}, backend: {{url: \"{}\"}}}}\n{}{}",
+        backend.url(),
+        tenant("a"),
+        tenant("b")
+    )
+}
+
+#[tokio::test]
+async fn concurrent_h2c_streams_with_different_keys_each_get_their_own_tenant() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let backend = support::Backend::start().await;
+    let p = ProxyProcess::start(&[("world.yaml", two_tenants(&backend))]).await;
+    let io = TokioIo::new(
+        tokio::net::TcpStream::connect(p.listen)
+            .await
+            .expect("connect"),
+    );
+    let (sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .expect("h2c handshake");
+    tokio::spawn(connection);
+    // Streams of one connection share its key memo: concurrent streams with different keys
+    // (and a wrong one) must each be answered for their own key.
+    let mut dice = support::Dice::new(11);
+    let mut streams = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let (key, tenant) = match dice.below(5) {
+            0 | 1 => ("key-a", Some("default/a")),
+            2 | 3 => ("key-b", Some("default/b")),
+            _ => ("key-c", None),
+        };
+        let request = hyper::Request::get(format!("http://api.test/s/{i}"))
+            .header("x-api-key", key)
+            .body(Empty::<bytes::Bytes>::new())
+            .expect("request");
+        let mut sender = sender.clone();
+        streams.spawn(async move {
+            let response = sender.send_request(request).await.expect("response");
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await.expect("body");
+            (i, tenant, status, body.to_bytes())
+        });
+    }
+    let mut answered = 0;
+    while let Some(done) = streams.join_next().await {
+        let (i, tenant, status, body) = done.expect("stream task");
+        match tenant {
+            Some(tenant) => {
+                assert_eq!(status, 200, "stream {i}");
+                let echo: serde_json::Value = serde_json::from_slice(&body).expect("echo");
+                assert_eq!(echo["uri"], format!("/s/{i}"), "stream {i}");
+                assert_eq!(echo["headers"]["x-tollgate-tenant"], tenant, "stream {i}");
+            }
+            None => assert_eq!(status, 401, "stream {i}"),
+        }
+        answered += 1;
+    }
+    assert_eq!(answered, 300);
 }
