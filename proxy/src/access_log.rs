@@ -107,7 +107,7 @@ impl AccessLog {
     /// Starts the writer thread (`enabled`), or a no-op log. `dropped` counts lines lost to a
     /// stuck or failing stdout.
     pub fn start(enabled: bool, dropped: IntCounter) -> Self {
-        Self::start_writing_to(enabled, dropped, std::io::stdout())
+        Self::start_writing_to(enabled, dropped, stdout_unbuffered())
     }
 
     fn start_writing_to(
@@ -423,6 +423,21 @@ fn nothing_to_escape(bytes: &[u8]) -> bool {
     let mut w = [b' '; 8];
     w[..rest.len()].copy_from_slice(rest);
     !special(u64::from_le_bytes(w))
+}
+
+/// Standard output without std's line buffer: a batch goes to the file descriptor in one vectored
+/// write, and a failed write keeps nothing back to send later, so every line is either written or
+/// counted as dropped. Nothing else in the proxy writes to stdout. Falls back to std's handle if
+/// the descriptor cannot be duplicated.
+fn stdout_unbuffered() -> Box<dyn Write + Send> {
+    use std::os::fd::AsFd;
+    match std::io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => Box::new(std::fs::File::from(fd)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot duplicate stdout; the access log goes through std's buffer");
+            Box::new(std::io::stdout())
+        }
+    }
 }
 
 /// The writer thread: every tick (or sooner when woken), writes the queued chunks and returns
