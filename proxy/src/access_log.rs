@@ -704,6 +704,31 @@ mod tests {
         );
     }
 
+    /// A 200 for `GET path`, now.
+    fn served_get(path: &str) -> AccessRecord<'_> {
+        AccessRecord {
+            time: jiff::Timestamp::now(),
+            client: "10.0.0.7",
+            method: "GET",
+            path,
+            route: None,
+            tenant: None,
+            status: 200,
+            problem: None,
+            latency: Duration::from_micros(5),
+            bytes: None,
+        }
+    }
+
+    /// A log whose queue the test reads: no writer thread drains it.
+    fn without_writer(shared: &Arc<Shared>, dropped: IntCounter) -> AccessLog {
+        AccessLog {
+            shared: Some(shared.clone()),
+            writer: None,
+            dropped,
+        }
+    }
+
     #[test]
     fn lines_a_failing_stdout_refuses_are_counted_as_dropped() {
         // Takes the first 100 bytes, then fails like a pipe whose reader is gone.
@@ -723,18 +748,7 @@ mod tests {
         }
         let dropped = IntCounter::new("dropped", "test").expect("counter");
         let log = AccessLog::start_writing_to(true, dropped.clone(), Breaks(100));
-        let record = AccessRecord {
-            time: jiff::Timestamp::now(),
-            client: "10.0.0.7",
-            method: "GET",
-            path: "/v1/x",
-            route: None,
-            tenant: None,
-            status: 200,
-            problem: None,
-            latency: Duration::from_micros(5),
-            bytes: None,
-        };
+        let record = served_get("/v1/x");
         let mut line = Vec::new();
         record.write_json(&mut line);
         assert!(line.len() > 100, "the first line is cut short too");
@@ -748,25 +762,13 @@ mod tests {
     #[test]
     fn lines_reach_the_queue_in_order_whether_copied_or_handed_over_in_chunks() {
         let shared = Arc::new(Shared::default());
-        let log = AccessLog {
-            shared: Some(shared.clone()),
-            writer: None,
-            dropped: IntCounter::new("dropped", "test").expect("counter"),
-        };
+        let log = without_writer(
+            &shared,
+            IntCounter::new("dropped", "test").expect("counter"),
+        );
         let paths: Vec<String> = (0..3000).map(|i| format!("/n/{i}")).collect();
         for (i, path) in paths.iter().enumerate() {
-            log.record(&AccessRecord {
-                time: jiff::Timestamp::now(),
-                client: "10.0.0.7",
-                method: "GET",
-                path,
-                route: None,
-                tenant: None,
-                status: 200,
-                problem: None,
-                latency: Duration::from_micros(5),
-                bytes: None,
-            });
+            log.record(&served_get(path));
             // Idle every few lines (a few lines copied), then busy for a thousand (whole chunks
             // handed over as they fill), then idle after every line.
             if (i < 1000 && i % 7 == 0) || i >= 2000 {
@@ -798,23 +800,8 @@ mod tests {
         let shared = Arc::new(Shared::default());
         // A writer that never writes: stdout is stuck.
         shared.queue.lock().queued = MAX_BUFFERED;
-        let log = AccessLog {
-            shared: Some(shared.clone()),
-            writer: None,
-            dropped: dropped.clone(),
-        };
-        let record = AccessRecord {
-            time: jiff::Timestamp::now(),
-            client: "10.0.0.7",
-            method: "GET",
-            path: "/v1/x",
-            route: None,
-            tenant: None,
-            status: 200,
-            problem: None,
-            latency: Duration::from_micros(5),
-            bytes: None,
-        };
+        let log = without_writer(&shared, dropped.clone());
+        let record = served_get("/v1/x");
         for _ in 0..3 {
             log.record(&record);
         }
