@@ -5,9 +5,10 @@
 //!
 //! Each worker thread appends lines to its own chunk, with no lock and no atomic, and hands its
 //! lines to the writer thread (the whole chunk when full, a copy when few) when it fills, when it
-//! is older than 50 ms (`FLUSH_EVERY`), and whenever the thread goes idle: the runtime calls [`hand_off_pending`] before it parks a worker
-//! (and when a worker stops), so a line reaches stdout within one writer tick of its request on a
-//! quiet proxy as on a busy one. [`AccessLog::close`] writes everything before the process exits.
+//! is older than 50 ms (`FLUSH_EVERY`), and whenever the thread goes idle: the runtime calls
+//! [`hand_off_pending`] before it parks a worker (and when a worker stops), so a line reaches
+//! stdout within one writer tick of its request on a quiet proxy as on a busy one.
+//! [`AccessLog::close`] writes everything before the process exits.
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -246,47 +247,58 @@ impl Shared {
     /// much output is waiting already, or the log is closed.
     fn enqueue_copy(&self, lines: &[u8]) -> bool {
         let mut queue = self.queue.lock();
-        if queue.closed || queue.queued + lines.len() > MAX_BUFFERED {
+        if !queue.make_room(lines.len()) {
             return false;
         }
-        queue.queued += lines.len();
         // Appended to the last queued chunk while it has room (never grown: chunks keep their
         // size for reuse), else to a chunk of its own.
-        let room = queue
-            .full
-            .last()
-            .is_some_and(|last| last.capacity() - last.len() >= lines.len());
-        if room && let Some(last) = queue.full.last_mut() {
-            last.extend_from_slice(lines);
-        } else {
-            let mut chunk = queue
-                .free
-                .pop()
-                .unwrap_or_else(|| Vec::with_capacity(CHUNK));
-            chunk.extend_from_slice(lines);
-            queue.full.push(chunk);
+        match queue.full.last_mut() {
+            Some(last) if last.capacity() - last.len() >= lines.len() => {
+                last.extend_from_slice(lines)
+            }
+            _ => {
+                let mut chunk = queue
+                    .free
+                    .pop()
+                    .unwrap_or_else(|| Vec::with_capacity(CHUNK));
+                chunk.extend_from_slice(lines);
+                queue.full.push(chunk);
+            }
         }
-        if queue.queued >= WAKE_AT {
-            self.wake.notify_one();
-        }
+        self.wake_if_due(&queue);
         true
     }
 
     /// Queues a filled chunk for the writer; false (and the chunk recycled) when too much output
     /// is waiting already, or the log is closed.
-    fn enqueue(&self, chunk: Vec<u8>) -> bool {
+    fn enqueue(&self, mut chunk: Vec<u8>) -> bool {
         let mut queue = self.queue.lock();
-        if queue.closed || queue.queued + chunk.len() > MAX_BUFFERED {
-            let mut chunk = chunk;
+        if !queue.make_room(chunk.len()) {
             chunk.clear();
             queue.free.push(chunk);
             return false;
         }
-        queue.queued += chunk.len();
         queue.full.push(chunk);
+        self.wake_if_due(&queue);
+        true
+    }
+
+    /// Wakes the writer early when much output is queued.
+    fn wake_if_due(&self, queue: &Queue) {
         if queue.queued >= WAKE_AT {
             self.wake.notify_one();
         }
+    }
+}
+
+impl Queue {
+    /// Counts `len` more queued bytes; false (nothing counted) when that would pass
+    /// `MAX_BUFFERED` (stdout is stuck) or the log is closed.
+    fn make_room(&mut self, len: usize) -> bool {
+        if self.closed || self.queued + len > MAX_BUFFERED {
+            return false;
+        }
+        self.queued += len;
         true
     }
 }
@@ -434,7 +446,10 @@ fn stdout_unbuffered() -> Box<dyn Write + Send> {
     match std::io::stdout().as_fd().try_clone_to_owned() {
         Ok(fd) => Box::new(std::fs::File::from(fd)),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot duplicate stdout; the access log goes through std's buffer");
+            tracing::warn!(
+                error = %e,
+                "cannot duplicate stdout; the access log goes through std's buffer"
+            );
             Box::new(std::io::stdout())
         }
     }
