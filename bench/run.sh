@@ -31,6 +31,9 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 H2=${H2:-0}
 LAYOUT=${LAYOUT:-pinned}
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "bench: ROUNDS is a count of rounds (3), not '$ROUNDS'" >&2; exit 1; }
+[[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] || { echo "bench: CONNECTIONS is a count (64), not '$CONNECTIONS'" >&2; exit 1; }
+[[ $DURATION =~ ^[1-9][0-9]*s$ ]] || { echo "bench: DURATION is seconds like 10s, not '$DURATION'" >&2; exit 1; }
 case "$LAYOUT" in
     pinned) workers=1 ;;
     shared) workers=$(nproc) ;;
