@@ -36,7 +36,7 @@ for round in $(seq 1 "$ROUNDS"); do
         kill "$pid"; wait "$pid" 2>/dev/null || true
     done
 done
-median() { tr ';' '\n' | awk 'NF' | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-m=$(median <<<"${results[memory]}"); r=$(median <<<"${results[redis]}"); n=$(median <<<"${results[redis-naive]}")
+median_of() { tr ';' '\n' <<<"${results[$1]}" | awk 'NF' | median; }
+m=$(median_of memory); r=$(median_of redis); n=$(median_of redis-naive)
 echo "medians: memory $m, redis (slices) $r, redis naive (a call per request) $n req/s"
 awk -v m="$m" -v r="$r" -v n="$n" 'BEGIN {printf "redis/memory %.2fx, redis/naive %.2fx\n", r/m, r/n}'

@@ -122,7 +122,6 @@ for round in $(seq 1 "$ROUNDS"); do
     cost_ratios+=("$(awk -v a="${this_cost[tollgate]}" -v b="${this_cost[nginx-proxy]}" 'BEGIN {printf "%.3f", a/b}')")
 done
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 field() { tr ';' '\n' <<<"${results[$1]}" | awk -v f="$2" 'NF {print $f}' | median; }
 echo
 echo "HTTP/1.1 keep-alive, wrk -t1 -c$CONNECTIONS, $ROUNDS x $DURATION, medians ($(date -u +%F), $(nproc) CPUs, layout $LAYOUT, $workers proxy worker(s))"
