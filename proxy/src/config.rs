@@ -76,6 +76,10 @@ fn digest_bytes(digest: &KeyDigest) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// How often a route's failing backend may be warned about: the first failure at once, then a
+/// line per interval with the count in between.
+const BACKEND_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A route and what the hot path needs precomputed.
 #[derive(Debug)]
 pub struct RouteEntry {
@@ -93,6 +97,8 @@ pub struct RouteEntry {
     pub sunset: Option<HeaderValue>,
     /// Metric children of this route.
     pub telemetry: crate::metrics::RouteTelemetry,
+    /// Warnings about this route's backend failing (at most one per 10 s).
+    pub backend_warnings: crate::warn_throttle::WarnThrottle,
 }
 
 /// A parsed backend base URL.
@@ -157,6 +163,7 @@ impl RouteEntry {
             deprecation,
             sunset,
             telemetry: Default::default(),
+            backend_warnings: crate::warn_throttle::WarnThrottle::new(BACKEND_WARNING_INTERVAL),
         }
     }
 }

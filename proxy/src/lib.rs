@@ -29,6 +29,7 @@ pub mod server_h1;
 pub mod standalone;
 pub mod upstream_h1;
 pub mod upstream_pool;
+pub mod warn_throttle;
 
 /// A hash map for the request path: foldhash (seeded per process) instead of SipHash, whose cost
 /// showed in profiles. Keys are configuration (routes, backends) or SHA-256 digests.

@@ -593,15 +593,24 @@ impl<S: CounterStore> Proxy<S> {
                     route.route.timeout_ms
                 ),
             ),
-            err => {
-                tracing::debug!(route = %route.id, error = %err, "backend request failed");
-                (
-                    ProblemKind::BackendUnavailable,
-                    "The API's backend could not be reached. The request was not charged; retry later."
-                        .to_owned(),
-                )
-            }
+            _ => (
+                ProblemKind::BackendUnavailable,
+                "The API's backend could not be reached. The request was not charged; retry later."
+                    .to_owned(),
+            ),
         };
+        // The access log says which requests failed; only this says why.
+        if let Some(left_out) = route.backend_warnings.due(Instant::now()) {
+            let backend = route.upstream.as_ref().map(|u| u.authority.as_str());
+            tracing::warn!(
+                route = %route.id,
+                backend = %backend.unwrap_or("-"),
+                error = %err,
+                answered = %kind.slug(),
+                failures_not_logged = left_out,
+                "backend request failed (not charged; at most one warning per route every 10 s)"
+            );
+        }
         self.failed(v, now, kind, &detail, path).await
     }
 

@@ -416,6 +416,26 @@ async fn unreachable_backend_is_502_and_not_charged() {
         );
         assert_eq!(body["apiRoute"], "dead");
     }
+    // The operator learns why from one warning, not five: route, backend and the cause.
+    let stderr = p.stderr();
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("backend request failed"))
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning for five failures:\n{stderr}"
+    );
+    for part in [
+        "route=shop/dead",
+        "backend=127.0.0.1:1",
+        "refused",
+        "answered=backend-unavailable",
+        "failures_not_logged=0",
+    ] {
+        assert!(warnings[0].contains(part), "{part} in {}", warnings[0]);
+    }
     // None of the five 502s was charged: the whole quota of 3 is still there.
     for _ in 0..3 {
         assert_eq!(p.get("/echo/x", &[HOST, (k, &v)]).await.status, 200);
