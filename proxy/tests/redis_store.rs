@@ -147,8 +147,18 @@ async fn redis_down_fail_closed_answers_503_and_fail_open_reconciles() {
         200
     );
     redis.stop();
-    let r = closed[0].get("/api/x", &[("x-api-key", "key-fleet")]).await;
-    r.problem(503, "quota-store-unavailable");
+    for _ in 0..5 {
+        let r = closed[0].get("/api/x", &[("x-api-key", "key-fleet")]).await;
+        r.problem(503, "quota-store-unavailable");
+    }
+    // The outage is logged once, when it starts, not once per refused request.
+    let unreachable_lines = |p: &ProxyProcess| {
+        p.stderr()
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("Redis unreachable"))
+            .count()
+    };
+    assert_eq!(unreachable_lines(&closed[0]), 1, "{}", closed[0].stderr());
     for _ in 0..3 {
         assert_eq!(
             open.get("/api/x", &[("x-api-key", "key-open")])
@@ -171,6 +181,12 @@ async fn redis_down_fail_closed_answers_503_and_fail_open_reconciles() {
     assert_eq!(
         total, 3,
         "the 3 requests admitted during the outage are in Redis"
+    );
+    assert_eq!(unreachable_lines(&open), 1, "{}", open.stderr());
+    assert!(
+        open.stderr().contains("Redis reachable again"),
+        "the end of the outage is logged too:\n{}",
+        open.stderr()
     );
 }
 

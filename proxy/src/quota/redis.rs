@@ -29,6 +29,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -168,7 +169,9 @@ pub struct RedisStore {
     counters: Mutex<HashMap<String, Counter>>,
     /// Unique per process: operation and lease ids are `{instance}-{sequence}`.
     instance: String,
-    sequence: std::sync::atomic::AtomicU64,
+    sequence: AtomicU64,
+    /// Whether the last round trip failed (the reachability last logged).
+    unreachable: AtomicBool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -198,7 +201,8 @@ impl RedisStore {
             adjust_once: redis::Script::new(ADJUST_ONCE),
             counters: Mutex::new(HashMap::new()),
             instance: instance_id(),
-            sequence: std::sync::atomic::AtomicU64::new(0),
+            sequence: AtomicU64::new(0),
+            unreachable: AtomicBool::new(false),
         }))
     }
 
@@ -244,7 +248,7 @@ impl RedisStore {
             .arg(RECORD_SECONDS)
             .invoke_async(&mut conn)
             .await;
-        self.observe("lease", started, result.is_ok());
+        self.observe("lease", started, result.as_ref().err());
         if result.is_err()
             && let Some(record) = record
             && let Some(c) = self.counters.lock().get_mut(key)
@@ -261,9 +265,7 @@ impl RedisStore {
 
     /// A fresh record key for an operation on `counter`, in the counter's Redis Cluster slot.
     fn record_key(&self, counter: &str) -> String {
-        let n = self
-            .sequence
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self.sequence.fetch_add(1, Ordering::Relaxed);
         op_record_key(counter, &format!("{}-{n}", self.instance))
     }
 
@@ -286,19 +288,33 @@ impl RedisStore {
             .arg(RECORD_SECONDS)
             .invoke_async(&mut conn)
             .await;
-        self.observe(label, started, result.is_ok());
+        self.observe(label, started, result.as_ref().err());
         result
     }
 
-    fn observe(&self, op: &str, started: Instant, ok: bool) {
+    /// Records a round trip to Redis; `error` when it failed.
+    fn observe(&self, op: &str, started: Instant, error: Option<&redis::RedisError>) {
         self.metrics
             .latency
             .observe(started.elapsed().as_secs_f64());
         self.metrics
             .round_trips
-            .with_label_values(&[op, if ok { "ok" } else { "error" }])
+            .with_label_values(&[op, if error.is_some() { "error" } else { "ok" }])
             .inc();
-        self.metrics.partitioned.set(i64::from(!ok));
+        let unreachable = error.is_some();
+        self.metrics.partitioned.set(i64::from(unreachable));
+        // Logged when reachability changes, not per call: while Redis is down every request
+        // that needs it fails, and a line each would flood the log (and slow the workers).
+        if self.unreachable.swap(unreachable, Ordering::Relaxed) != unreachable {
+            match error {
+                Some(e) => tracing::warn!(
+                    error = %e,
+                    "Redis unreachable: FailClosed plans answer 503 quota-store-unavailable, \
+                     FailOpen plans admit and count locally until it is back"
+                ),
+                None => tracing::info!("Redis reachable again: counting there resumes"),
+            }
+        }
     }
 
     fn state(
@@ -360,8 +376,7 @@ impl RedisStore {
                 Ok(true)
             }
             Ok(false) => Ok(false),
-            Err(e) if fail_open => {
-                tracing::debug!(error = %e, "Redis unreachable; FailOpen admits and counts locally");
+            Err(_) if fail_open => {
                 if counts_debt && let Some(c) = self.counters.lock().get_mut(key) {
                     c.debt += 1;
                     self.metrics.unreconciled_units.inc();
@@ -369,10 +384,7 @@ impl RedisStore {
                 }
                 Ok(true)
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "Redis unreachable; FailClosed refuses");
-                Err(())
-            }
+            Err(_) => Err(()),
         }
     }
 
