@@ -99,7 +99,8 @@ pub struct Cli {
     #[command(flatten)]
     pub store_tls: tollgate_crds::counter_store::StoreTlsArgs,
 
-    /// Directory for state that must survive restarts (quota counters). Created if missing.
+    /// Directory for state that must survive restarts (quota counters). Created if missing; the
+    /// proxy will not start if it cannot write there.
     #[arg(
         long,
         env = "TOLLGATE_STATE_DIR",

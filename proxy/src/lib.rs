@@ -113,6 +113,10 @@ async fn serve(
         let restored = persist::load(&cli.state_dir)?;
         tracing::info!(state_dir = %cli.state_dir.display(), counters = restored.len(), "restored quota counters");
         store.restore(restored);
+        // Fail now, not at the first save: counters that cannot be saved are lost on restart.
+        persist::save(&cli.state_dir, store.usage()).context(
+            "--state-dir must be a writable directory: quota counters are saved there every second",
+        )?;
         let flusher = tokio::spawn(flush_periodically(
             store.clone(),
             cli.state_dir.clone(),

@@ -113,6 +113,13 @@ impl ManifestDir {
         let files = self.scan()?;
         let mut file_errors = Vec::new();
         let mut warnings = Vec::new();
+        if files.is_empty() {
+            warnings.push(format!(
+                "no *.yaml or *.yml files in {} (subdirectories are not read): every request \
+                 gets 404 until manifests appear there",
+                self.dir.display()
+            ));
+        }
         let mut current = BTreeMap::new();
         for (path, _, _) in &files {
             match parse_file(path, &mut warnings) {
@@ -337,5 +344,26 @@ mod tests {
             "{warnings:?}"
         );
         assert!(warnings[1].contains("`spec.metring`"), "{warnings:?}");
+    }
+
+    #[test]
+    fn a_directory_without_manifests_is_warned_about() -> Result<()> {
+        // The usual slip: pointing at a parent directory whose manifests sit one level down.
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir(dir.path().join("quickstart"))?;
+        std::fs::write(dir.path().join("quickstart/tenants.yaml"), "")?;
+        std::fs::write(dir.path().join("README.md"), "")?;
+        let load = ManifestDir::new(dir.path())?.load()?;
+        assert_eq!(load.warnings.len(), 1, "{:?}", load.warnings);
+        assert!(
+            load.warnings[0].contains("no *.yaml or *.yml files in")
+                && load.warnings[0].contains("subdirectories are not read"),
+            "{:?}",
+            load.warnings
+        );
+
+        std::fs::write(dir.path().join("world.yaml"), "")?;
+        assert!(ManifestDir::new(dir.path())?.load()?.warnings.is_empty());
+        Ok(())
     }
 }
