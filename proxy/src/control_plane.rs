@@ -130,7 +130,13 @@ impl ControlPlane {
             };
             metrics.control_plane_connected.set(0);
             if let Err(e) = result {
-                tracing::warn!(operator = %url, error = %format!("{e:#}"), retry_in = ?backoff, "configuration stream lost; serving the last configuration");
+                // Say what the proxy does meanwhile: with nothing received yet it has nothing to serve.
+                let meanwhile = if ready.load(Ordering::Relaxed) {
+                    "no configuration stream; serving the last configuration"
+                } else {
+                    "no configuration stream; not ready until the first configuration arrives"
+                };
+                tracing::warn!(operator = %url, error = %format!("{e:#}"), retry_in = ?backoff, "{meanwhile}");
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(30));

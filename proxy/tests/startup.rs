@@ -1,0 +1,89 @@
+//! How tollgate-proxy starts, and what it refuses to start with: the binary itself, its exit
+//! status and its log.
+
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+/// Starts tollgate-proxy with `args` (listeners on free ports), its stderr in `dir`.
+fn spawn(dir: &Path, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_tollgate-proxy"))
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(args)
+        .stderr(std::fs::File::create(dir.join("stderr")).expect("stderr file"))
+        .spawn()
+        .expect("run tollgate-proxy")
+}
+
+/// Waits up to 20 s until the proxy exits or its stderr contains `line`; then stops it. Returns
+/// its exit status if it exited by itself, and its stderr.
+fn wait_for(mut child: Child, dir: &Path, line: &str) -> (Option<ExitStatus>, String) {
+    let stderr = || std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return (Some(status), stderr());
+        }
+        if stderr().contains(line) || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (None, stderr());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_state_dir_that_cannot_be_written_stops_the_proxy_at_start() {
+    // Nothing to restore there (reads find no file), and nothing can be created (procfs refuses
+    // even root): before, the proxy served, and every save failed until the counters were lost.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifests = dir.path().to_str().expect("utf-8 path");
+    let child = spawn(
+        dir.path(),
+        &[
+            "--manifests",
+            manifests,
+            "--state-dir",
+            "/proc/tollgate-state",
+        ],
+    );
+    let (status, stderr) = wait_for(child, dir.path(), "tollgate-proxy serving");
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "still serving, or exited 0:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("--state-dir must be a writable directory"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unreachable_operator_before_any_configuration_is_reported_as_not_ready() {
+    // Before: "serving the last configuration", with no configuration to serve.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let child = spawn(
+        dir.path(),
+        &[
+            "--control-plane",
+            "https://127.0.0.1:1",
+            "--control-plane-ca",
+            "/nonexistent/ca.crt",
+            "--state-dir",
+            state.to_str().expect("utf-8 path"),
+        ],
+    );
+    let (status, stderr) = wait_for(child, dir.path(), "no configuration stream");
+    assert_eq!(status, None, "keeps running and retrying:\n{stderr}");
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("no configuration stream"))
+        .unwrap_or_default();
+    assert!(
+        warning.contains("not ready until the first configuration arrives")
+            && warning.contains("/nonexistent/ca.crt"),
+        "{stderr}"
+    );
+}
