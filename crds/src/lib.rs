@@ -5,6 +5,7 @@
 //! - [`compile()`]: the pure function from the first to the second, with per-object diagnostics.
 //! - [`period`]: calendar billing periods in IANA time zones.
 //! - `counter_store` (feature `redis`): the fleet counters' Redis key layout and connection.
+//! - [`error_chain`]: the binaries' one-line error messages.
 #![forbid(unsafe_code)]
 // kube's `printcolumn(...)` repeats `type_ = "string"` on purpose; clippy mistakes that for duplicates.
 #![allow(clippy::duplicated_attributes)]
@@ -34,6 +35,7 @@ pub mod compile;
 #[cfg(feature = "redis")]
 pub mod counter_store;
 pub mod duration;
+pub mod error_chain;
 
 pub use compile::{Compiled, Diagnostic, ObjectKind, Objects, Reason, compile};
 pub mod stream;

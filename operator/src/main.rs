@@ -9,8 +9,9 @@ async fn main() -> ExitCode {
     match tollgate_operator::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("tollgate-operator: {e:#}");
+            let message = tollgate_crds::error_chain::error_chain(e.as_ref());
+            tracing::error!("{message}");
+            eprintln!("tollgate-operator: {message}");
             ExitCode::FAILURE
         }
     }

@@ -21,6 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use tollgate_crds::error_chain::error_chain;
 use tollgate_crds::snapshot::Snapshot;
 use tollgate_crds::stream::{ConfigMessage, UsageReport};
 
@@ -136,7 +137,7 @@ impl ControlPlane {
                 } else {
                     "no configuration stream; not ready until the first configuration arrives"
                 };
-                tracing::warn!(operator = %url, error = %format!("{e:#}"), retry_in = ?backoff, "{meanwhile}");
+                tracing::warn!(operator = %url, error = %error_chain(e.as_ref()), retry_in = ?backoff, "{meanwhile}");
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(30));

@@ -43,6 +43,7 @@ use anyhow::{Context, Result, bail};
 use prometheus::Registry;
 
 use tollgate_crds::counter_store::StoreTarget;
+use tollgate_crds::error_chain::error_chain;
 
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
@@ -202,7 +203,7 @@ async fn serve_with<S: CounterStore>(
                 tracing::info!("no persisted configuration; not ready until the operator sends one")
             }
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "ignoring the persisted configuration")
+                tracing::warn!(error = %error_chain(e.as_ref()), "ignoring the persisted configuration")
             }
         }
         let plane = control_plane::ControlPlane {
@@ -283,7 +284,7 @@ fn reload<S: CounterStore>(
         Ok(load) => load,
         Err(e) => {
             metrics.config_reloads.with_label_values(&["error"]).inc();
-            tracing::error!(error = %format!("{e:#}"), "cannot read manifests; keeping the current configuration");
+            tracing::error!(error = %error_chain(e.as_ref()), "cannot read manifests; keeping the current configuration");
             return;
         }
     };
@@ -358,7 +359,7 @@ async fn flush_periodically(
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 metrics.state_flush_errors.inc();
-                tracing::error!(error = %format!("{e:#}"), "cannot save quota counters; will retry");
+                tracing::error!(error = %error_chain(e.as_ref()), "cannot save quota counters; will retry");
             }
             Err(e) => tracing::error!(error = %e, "counter flush task failed"),
         }

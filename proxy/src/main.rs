@@ -13,8 +13,9 @@ fn main() -> ExitCode {
     match tollgate_proxy::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("tollgate-proxy: {e:#}");
+            let message = tollgate_crds::error_chain::error_chain(e.as_ref());
+            tracing::error!("{message}");
+            eprintln!("tollgate-proxy: {message}");
             ExitCode::FAILURE
         }
     }
