@@ -29,7 +29,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -45,6 +45,7 @@ use tollgate_crds::resources::{FailurePolicy, Metric};
 use super::{Admission, CounterStore, LimitState, Metered, Subject, UsageRow};
 use crate::config::PlanEntry;
 use crate::metrics::StoreMetrics;
+use crate::warn_throttle::{Reachability, ReachabilityChange};
 
 const LEASE: &str = r"
 local limit = tonumber(ARGV[1])
@@ -170,8 +171,8 @@ pub struct RedisStore {
     /// Unique per process: operation and lease ids are `{instance}-{sequence}`.
     instance: String,
     sequence: AtomicU64,
-    /// Whether the last round trip failed (the reachability last logged).
-    unreachable: AtomicBool,
+    /// Whether round trips fail, for the log.
+    reachability: Reachability,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -202,7 +203,7 @@ impl RedisStore {
             counters: Mutex::new(HashMap::new()),
             instance: instance_id(),
             sequence: AtomicU64::new(0),
-            unreachable: AtomicBool::new(false),
+            reachability: Reachability::new(Duration::from_secs(10)),
         }))
     }
 
@@ -301,19 +302,28 @@ impl RedisStore {
             .round_trips
             .with_label_values(&[op, if error.is_some() { "error" } else { "ok" }])
             .inc();
-        let unreachable = error.is_some();
-        self.metrics.partitioned.set(i64::from(unreachable));
+        self.metrics.partitioned.set(i64::from(error.is_some()));
         // Logged when reachability changes, not per call: while Redis is down every request
         // that needs it fails, and a line each would flood the log (and slow the workers).
-        if self.unreachable.swap(unreachable, Ordering::Relaxed) != unreachable {
-            match error {
-                Some(e) => tracing::warn!(
-                    error = %e,
-                    "Redis unreachable: FailClosed plans answer 503 quota-store-unavailable, \
-                     FailOpen plans admit and count locally until it is back"
-                ),
-                None => tracing::info!("Redis reachable again: counting there resumes"),
+        match (
+            self.reachability.observe(error.is_some(), Instant::now()),
+            error,
+        ) {
+            (
+                Some(ReachabilityChange::Lost {
+                    failures_not_logged,
+                }),
+                Some(e),
+            ) => tracing::warn!(
+                error = %e,
+                failures_not_logged,
+                "Redis unreachable: FailClosed plans answer 503 quota-store-unavailable, \
+                 FailOpen plans admit and count locally until it is back"
+            ),
+            (Some(ReachabilityChange::Regained), _) => {
+                tracing::info!("Redis reachable again: counting there resumes")
             }
+            _ => {}
         }
     }
 
