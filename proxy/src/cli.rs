@@ -18,7 +18,8 @@ use clap::{ArgAction, Parser, ValueEnum};
 )]
 pub struct Cli {
     /// Standalone mode: serve the ApiRoute, Tenant, QuotaPolicy and Secret manifests in DIR (every
-    /// *.yaml, multi-document), reloading within a second of any change.
+    /// *.yaml and *.yml file, multi-document; subdirectories are not read), reloading within a
+    /// second of any change.
     #[arg(
         long,
         env = "TOLLGATE_MANIFESTS",
