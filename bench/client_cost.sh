@@ -99,5 +99,5 @@ for round in $(seq 1 "$ROUNDS"); do
     ratios+=("$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.3f", b/a}')")
     echo "round $round  as-nginx $a  as-tollgate $b req/s  ratio ${ratios[-1]}"
 done
-median=$(printf '%s\n' "${ratios[@]}" | median)
-echo "as-tollgate/as-nginx, wrk and the upstream on CPU 0 (wrk -t1 -c$CONNECTIONS, $ROUNDS x $DURATION, $(date -u +%F)): median $median"
+echo "as-tollgate/as-nginx, wrk and the upstream on CPU 0 (wrk -t1 -c$CONNECTIONS, $ROUNDS x $DURATION, $(date -u +%F)):"
+echo "  $(printf '%s\n' "${ratios[@]}" | median_summary)"

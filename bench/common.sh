@@ -36,6 +36,24 @@ NGINX
 # median: the median of the numbers on stdin, one per line.
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
+# median_summary: "median M (95% interval L-H; A of N above 1)" for the ratios on stdin, one per
+# line. The interval is distribution-free (order statistics: the k-th smallest and k-th largest,
+# with k the largest such that a Binomial(N, 1/2) count below k has probability at most 2.5%), so
+# it says whether a median ratio of at least 1.0 is shown by the rounds or is noise; it needs
+# 6 rounds or more.
+median_summary() {
+    sort -g | awk '{r[NR]=$1; if ($1 > 1) above++}
+    END {
+        n=NR; m=(n%2 ? r[(n+1)/2] : (r[n/2]+r[n/2+1])/2)
+        # P(X <= j) for X ~ Binomial(n, 1/2), j = 0, 1, ...: the last k with P(X <= k-1) <= 0.025.
+        k=0; c=1; p=0
+        for (j=0; j<n; j++) { p+=c/(2^n); if (p > 0.025) break; k=j+1; c=c*(n-j)/(j+1) }
+        if (k == 0) interval="too few rounds for a 95% interval"
+        else interval=sprintf("95%% interval %s-%s", r[k], r[n-k+1])
+        printf "median %s (%s; %d of %d above 1)\n", m, interval, above, n
+    }'
+}
+
 # A free TCP port on 127.0.0.1.
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

@@ -9,7 +9,9 @@
 # wrk runs pinned to CPU 0; the server under test is pinned to CPU 1 (the upstream shares CPU 0 with
 # wrk in the proxy runs, the same for nginx and Tollgate). ROUNDS rounds alternate the targets (the
 # two proxies swap order every round); the report gives each target's median, the ratio of the
-# medians, and the median of the per-round ratios (each from two runs back to back).
+# medians, and the median of the per-round ratios (each from two runs back to back) with a 95%
+# interval that says whether the rounds show it above or below 1.0 (from 6 rounds on; 15 rounds
+# gave an interval about 7% wide on this noisy machine).
 #
 # Besides req/s and latency, each run reports the busy time of CPU 1 per request (user, system and
 # the softirq work of the packets the server sends: what the server under test costs) and CPU 0's
@@ -136,10 +138,12 @@ done
 tg=$(field tollgate 1); ng=$(field nginx-proxy 1); tg99=$(field tollgate 3); ng99=$(field nginx-proxy 3)
 awk -v a="$tg" -v b="$ng" -v c="$tg99" -v d="$ng99" \
     'BEGIN {printf "ratio tollgate/nginx-proxy: throughput %.2fx, p99 %.2fx\n", a/b, c/d}'
-echo "per round (tollgate/nginx-proxy, back to back): ${ratios[*]}; median $(printf '%s\n' "${ratios[@]}" | median)"
+echo "per round (tollgate/nginx-proxy, back to back): ${ratios[*]}"
+echo "  $(printf '%s\n' "${ratios[@]}" | median_summary)"
 if [[ $LAYOUT == pinned ]]; then
     tgc=$(field tollgate 5); ngc=$(field nginx-proxy 5)
-    echo "server CPU per request: $(awk -v a="$tgc" -v b="$ngc" 'BEGIN {printf "%.2fx", a/b}') by medians; per round ${cost_ratios[*]}; median $(printf '%s\n' "${cost_ratios[@]}" | median)"
+    echo "server CPU per request: $(awk -v a="$tgc" -v b="$ngc" 'BEGIN {printf "%.2fx", a/b}') by medians; per round ${cost_ratios[*]}"
+    echo "  $(printf '%s\n' "${cost_ratios[@]}" | median_summary)"
 fi
 
 if [[ "$H2" == 1 ]] && command -v h2load >/dev/null; then
