@@ -23,6 +23,7 @@ pub mod proxy;
 pub mod quota;
 pub mod ratelimit_headers;
 pub mod raw_headers;
+pub mod request_path;
 pub mod router;
 pub mod server;
 pub mod server_h1;

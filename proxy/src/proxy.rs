@@ -29,6 +29,7 @@ use crate::metrics::ProxyMetrics;
 use crate::problem::{self, Problem, ProblemKind};
 use crate::quota::{Admission, CounterStore, LimitState, Subject};
 use crate::raw_headers::{self, OwnLines, RawHeaders};
+use crate::request_path;
 use crate::router::request_host;
 use crate::upstream_h1;
 use crate::upstream_pool::{UpstreamBody, UpstreamError, UpstreamPool};
@@ -208,7 +209,7 @@ impl<S: CounterStore> Proxy<S> {
     #[allow(clippy::manual_async_fn)]
     pub fn handle<'a>(
         &'a self,
-        req: Request<RequestBody>,
+        mut req: Request<RequestBody>,
         raw: RawHeaders,
         client: &'a ClientConn,
     ) -> impl Future<Output = Response<ProxyBody>> + Send + 'a {
@@ -217,6 +218,9 @@ impl<S: CounterStore> Proxy<S> {
             let now = Timestamp::now();
             let config = self.config.load_full();
             let method = req.method().clone();
+            // Routed and forwarded with one spelling of the path: the route matched must be the
+            // path the backend serves (`/free/../paid` is `/paid`).
+            let path_refused = request_path::normalize(req.uri_mut()).err();
             // The URI shares the request's bytes: a reference count, not a copy.
             let uri = req.uri().clone();
             let path = uri.path();
@@ -233,7 +237,11 @@ impl<S: CounterStore> Proxy<S> {
             let mut backend_started = None;
             // Every await of the request path is in this function: a nested async fn's future is
             // moved whole into its caller's on each call (kilobytes of memcpy per request).
-            let decided = match self.check(&config, &req, &raw, client, now, &mut verdict) {
+            let checked = match path_refused {
+                Some(detail) => Err(Problem::new(ProblemKind::BadRequest, detail)),
+                None => self.check(&config, &req, &raw, client, now, &mut verdict),
+            };
+            let decided = match checked {
                 Ok(Some(subject)) => {
                     let admission = self.store.admit(subject, now).await;
                     admitted(admission, subject, now, &mut verdict)

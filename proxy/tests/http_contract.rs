@@ -405,6 +405,47 @@ async fn tenant_without_plan_has_no_limits_and_no_ratelimit_headers() {
 }
 
 #[tokio::test]
+async fn a_path_is_routed_as_the_backend_will_read_it() {
+    let (_b, p) = start().await;
+    // tiny is subscribed to /echo, not to /deprecated. Spelled through /echo, the path still
+    // names /deprecated once `..` is resolved (as the backend would): before, it matched /echo
+    // and reached the backend.
+    let (k, v) = key("tiny");
+    for path in [
+        "/echo/../deprecated/x",
+        "/echo/%2e%2e/deprecated/x",
+        "/echo/.%2E/deprecated/x",
+        "/echo/./../deprecated/x",
+        "//deprecated/x",
+    ] {
+        let body = p.problem_check(&p.get(path, &[HOST, (k, &v)]).await, 403, "not-subscribed");
+        assert_eq!(body["apiRoute"], "deprecated", "{path}");
+        assert_eq!(body["instance"], "/deprecated/x", "{path}");
+    }
+    // Spellings backends disagree on are refused, not guessed.
+    for path in [
+        "/echo/..%2Fdeprecated/x",
+        "/echo/..%5cdeprecated/x",
+        "/echo/..;/deprecated/x",
+        "/echo/%zz",
+    ] {
+        p.problem_check(&p.get(path, &[HOST, (k, &v)]).await, 400, "bad-request");
+    }
+    // Inside one route the backend gets the normalized path, the query as sent.
+    let (k, v) = key("acme");
+    for (path, forwarded) in [
+        ("/echo/a/../b?q=/../x", "/echo/b?q=/../x"),
+        ("/echo//a///b/", "/echo/a/b/"),
+        ("/echo/%7Euser/%2e/x", "/echo/~user/x"),
+        ("/echo/group%2fname", "/echo/group%2Fname"),
+    ] {
+        let r = p.get(path, &[HOST, (k, &v)]).await;
+        assert_eq!(r.status, 200, "{path}: {:?}", r.body);
+        assert_eq!(r.json()["uri"], forwarded, "{path}");
+    }
+}
+
+#[tokio::test]
 async fn unreachable_backend_is_502_and_not_charged() {
     let (_b, p) = start().await;
     let (k, v) = key("tiny");
