@@ -507,6 +507,27 @@ fn compile_route(key: &ObjectKey, route: &ApiRoute) -> Result<Route, Vec<FieldEr
     }
 
     let m = &spec.route_match;
+    // Requests are matched on their normal path: a route path in any other spelling never matches.
+    for (field, path) in [
+        ("spec.match.pathPrefix", &m.path_prefix),
+        ("spec.match.path", &m.path),
+    ] {
+        let Some(path) = path.as_deref().filter(|p| p.starts_with('/')) else {
+            continue;
+        };
+        match crate::path::normalize_path(path) {
+            Ok(std::borrow::Cow::Borrowed(_)) => {}
+            Ok(std::borrow::Cow::Owned(normal)) => errors.push(invalid(
+                field,
+                format!(
+                    "{path:?} is not in normal form, and requests are matched on their normal \
+                     path (no empty, `.` or `..` segments; unreserved characters not escaped): \
+                     write {normal:?}"
+                ),
+            )),
+            Err(e) => errors.push(invalid(field, format!("{path:?} cannot be matched: {e}"))),
+        }
+    }
     let path = match (&m.path_prefix, &m.path) {
         (Some(prefix), None) if prefix.starts_with('/') => {
             let trimmed = prefix.trim_end_matches('/');

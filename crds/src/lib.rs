@@ -4,6 +4,7 @@
 //! - [`snapshot`]: the compiled, validated configuration the operator pushes and the proxy enforces.
 //! - [`compile()`]: the pure function from the first to the second, with per-object diagnostics.
 //! - [`period`]: calendar billing periods in IANA time zones.
+//! - [`path`]: the one spelling of a URL path that routes are matched on.
 //! - `counter_store` (feature `redis`): the fleet counters' Redis key layout and connection.
 //! - [`error_chain`]: the binaries' one-line error messages.
 #![forbid(unsafe_code)]
@@ -28,6 +29,7 @@ pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
     }
     Ok(out)
 }
+pub mod path;
 pub mod period;
 pub mod snapshot;
 

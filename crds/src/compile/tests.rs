@@ -258,6 +258,34 @@ fn route_needs_exactly_one_of_path_and_prefix() {
 }
 
 #[test]
+fn route_paths_must_be_in_the_normal_form_requests_are_matched_on() {
+    for (spec, field, says) in [
+        (
+            "{pathPrefix: /v1//chat}",
+            "spec.match.pathPrefix",
+            "write \"/v1/chat\"",
+        ),
+        (
+            "{path: /v1/./chat}",
+            "spec.match.path",
+            "write \"/v1/chat\"",
+        ),
+        ("{path: /%7Euser}", "spec.match.path", "write \"/~user\""),
+        (
+            "{pathPrefix: /a/..;/b}",
+            "spec.match.pathPrefix",
+            "backends read differently",
+        ),
+    ] {
+        let d = route_diagnostic(&format!(
+            "{{match: {spec}, backend: {{url: 'http://x:1'}}}}"
+        ));
+        assert_eq!(d.field, field, "{spec}");
+        assert!(d.message.contains(says), "{spec}: {}", d.message);
+    }
+}
+
+#[test]
 fn route_needs_exactly_one_backend() {
     let d = route_diagnostic(
         "{match: {path: /a}, backend: {url: 'http://x:1', service: {name: s, port: 80}}}",

@@ -105,11 +105,12 @@ pub struct ApiRouteSpec {
     .message("exactly one of match.pathPrefix or match.path must be set"))]
 pub struct RouteMatch {
     /// Path prefix, matched on whole segments: /v1/chat matches /v1/chat and /v1/chat/completions,
-    /// not /v1/chatter.
+    /// not /v1/chatter. Requests are matched on their normalized path (`..` and `.` resolved,
+    /// `//` merged, `%2e`-style escapes decoded), so the prefix is written in that form too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/[^?#\s]*$"))]
     pub path_prefix: Option<String>,
-    /// Exact path.
+    /// Exact path, in normalized form like pathPrefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/[^?#\s]*$"))]
     pub path: Option<String>,
