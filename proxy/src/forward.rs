@@ -200,14 +200,19 @@ fn forwarded_headers<'a>(
     };
 
     emit(Field::Typed(&header::HOST, &cx.upstream.host_header));
-    let key_header = match cx.key_source {
-        Some(KeySource::Authorization) => Some(&b"authorization"[..]),
-        Some(KeySource::XApiKey) => Some(&b"x-api-key"[..]),
-        None => None,
+    // The key never reaches the backend, and neither does a second one in X-Api-Key next to the
+    // Bearer key that was used: a backend that checks keys itself must see no key but the
+    // tenant header. With X-Api-Key as the key, `Authorization` is not a Bearer key (that would
+    // have been used first) but the backend's own credentials, and passes.
+    let (strip_authorization, strip_x_api_key) = match cx.key_source {
+        Some(KeySource::Authorization) => (true, true),
+        Some(KeySource::XApiKey) => (false, true),
+        None => (false, false),
     };
     headers.for_each(|field| {
         let name = field.name();
-        let is_key = key_header.is_some_and(|k| name.eq_ignore_ascii_case(k));
+        let is_key = (strip_authorization && name.eq_ignore_ascii_case(b"authorization"))
+            || (strip_x_api_key && name.eq_ignore_ascii_case(b"x-api-key"));
         if is_key || replaced_or_hop_by_hop(name) || hop_by_hop.names(name) {
             return;
         }

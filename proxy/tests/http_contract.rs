@@ -446,6 +446,59 @@ async fn a_path_is_routed_as_the_backend_will_read_it() {
 }
 
 #[tokio::test]
+async fn no_api_key_reaches_the_backend_whichever_header_carried_it() {
+    let (_b, p) = start().await;
+    // Authenticated by the Bearer key; another tenant's key rides along in X-Api-Key. Before,
+    // the backend received that second key.
+    let r = p
+        .get(
+            "/echo/x",
+            &[
+                HOST,
+                ("authorization", "Bearer key-acme"),
+                ("x-api-key", "key-tiny"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let seen = &r.json()["headers"];
+    assert_eq!(seen["x-tollgate-tenant"], "shop/acme");
+    assert!(seen.get("authorization").is_none(), "{seen}");
+    assert!(seen.get("x-api-key").is_none(), "{seen}");
+    // Authenticated by X-Api-Key: a non-Bearer Authorization is the backend's own and passes.
+    let r = p
+        .get(
+            "/echo/x",
+            &[
+                HOST,
+                ("x-api-key", "key-acme"),
+                ("authorization", "Basic YmFja2VuZDpzZWNyZXQ="),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let seen = &r.json()["headers"];
+    assert_eq!(seen["authorization"], "Basic YmFja2VuZDpzZWNyZXQ=");
+    assert!(seen.get("x-api-key").is_none(), "{seen}");
+    // A request with a body takes the other forwarding path: the same rule.
+    let r = p
+        .post(
+            "/echo/x",
+            &[
+                HOST,
+                ("authorization", "Bearer key-acme"),
+                ("x-api-key", "key-tiny"),
+            ],
+            "body",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let seen = &r.json()["headers"];
+    assert!(seen.get("authorization").is_none(), "{seen}");
+    assert!(seen.get("x-api-key").is_none(), "{seen}");
+}
+
+#[tokio::test]
 async fn unreachable_backend_is_502_and_not_charged() {
     let (_b, p) = start().await;
     let (k, v) = key("tiny");
