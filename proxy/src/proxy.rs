@@ -377,6 +377,16 @@ impl<S: CounterStore> Proxy<S> {
                 "The request has more than one Host header; send exactly one.",
             ));
         };
+        if host_header.is_none()
+            && req.version() == http::Version::HTTP_11
+            && req.uri().host().is_none()
+        {
+            // RFC 9112 section 3.2: the route would be chosen without knowing the host.
+            return Err(Problem::new(
+                ProblemKind::BadRequest,
+                "HTTP/1.1 requests must carry a Host header.",
+            ));
+        }
         let host = request_host(req.uri(), host_header);
         let path = req.uri().path();
 

@@ -339,6 +339,22 @@ async fn http_1_0_and_malformed_heads_are_answered() {
     );
     assert!(text.contains("\"uri\":\"/old\""), "{text}");
 
+    // RFC 9112 section 3.2: no Host in HTTP/1.1 is a 400, on either engine (bodiless, and with a
+    // body, which hyper reads). Before, the request was routed as if for any host.
+    for request in [
+        &b"GET /old HTTP/1.1\r\nX-Api-Key: key-h1\r\n\r\n"[..],
+        b"POST /old HTTP/1.1\r\nX-Api-Key: key-h1\r\nContent-Length: 2\r\n\r\nhi",
+    ] {
+        let mut c = connect(&p).await;
+        c.write_all(request).await.expect("write");
+        let answer = read_answers(&mut c, 1, false).await.remove(0);
+        assert_eq!(answer.status, 400, "{request:?}");
+        assert_eq!(
+            answer.json()["type"],
+            "https://tollgate.dev/problems/bad-request"
+        );
+    }
+
     for garbage in [
         &b"GET / HTTP/1.1\r\nBad Header\r\n\r\n"[..],
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
