@@ -101,6 +101,10 @@ pub struct ForwardContext<'a> {
     pub client_ip: &'a HeaderValue,
     /// Whether the client connection is TLS.
     pub tls: bool,
+    /// The authority of the request target, when it had one (HTTP/2's `:authority`, an
+    /// absolute-form HTTP/1.1 target): the host the request was routed on, which RFC 9112 puts
+    /// before the `Host` header. `None` for the usual origin-form request.
+    pub authority: Option<http::uri::Authority>,
 }
 
 /// Rewrites a client request into the backend request. The URI is origin-form (`/path?query`) for
@@ -237,6 +241,14 @@ fn forwarded_headers<'a>(
         &X_FORWARDED_PROTO,
         &HeaderValue::from_static(if cx.tls { "https" } else { "http" }),
     ));
+    // The host the request was routed on.
+    if let Some(authority) = &cx.authority {
+        emit(Field::Raw {
+            name: b"x-forwarded-host",
+            value: authority.as_str().as_bytes(),
+        });
+        return;
+    }
     match client_host {
         Some(Field::Typed(_, host)) => emit(Field::Typed(&X_FORWARDED_HOST, host)),
         Some(Field::Raw { value, .. }) => emit(Field::Raw {
@@ -449,6 +461,7 @@ mod tests {
             key_source: Some(KeySource::Authorization),
             client_ip: &client_ip,
             tls: true,
+            authority: None,
         };
         let sent = [
             ("host", "api.example.com"),

@@ -537,6 +537,7 @@ impl<S: CounterStore> Proxy<S> {
             key_source: v.key_source,
             client_ip: &client.ip_header,
             tls: client.tls,
+            authority: req.uri().authority().cloned(),
         };
         let plain_http = upstream.scheme == http::uri::Scheme::HTTP;
         let started = Instant::now();

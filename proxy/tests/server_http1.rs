@@ -321,6 +321,22 @@ async fn expect_100_continue_is_handled() {
 }
 
 #[tokio::test]
+async fn an_absolute_form_target_is_the_host_routed_on_and_forwarded() {
+    // RFC 9112 section 3.2.2: the target's authority wins over the Host header. Before, the
+    // request was routed on the target's host while X-Forwarded-Host carried the Host header.
+    let (_backend, p) = proxy().await;
+    let mut c = connect(&p).await;
+    c.write_all(
+        b"GET http://api.test/x HTTP/1.1\r\nHost: elsewhere.example\r\nX-Api-Key: key-h1\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let answer = read_answers(&mut c, 1, false).await.remove(0);
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json()["headers"]["x-forwarded-host"], "api.test");
+}
+
+#[tokio::test]
 async fn http_1_0_and_malformed_heads_are_answered() {
     let (_backend, p) = proxy().await;
     let mut c = connect(&p).await;

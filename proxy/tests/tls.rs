@@ -160,6 +160,25 @@ fn two_tenants(backend: &support::Backend) -> String {
     )
 }
 
+// Multi-threaded: `curl` blocks its thread, and the echo backend must run meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_request_tells_the_backend_its_host() {
+    // HTTP/2 names the host in `:authority`, not in a Host header: before, the backend got no
+    // X-Forwarded-Host at all.
+    let backend = support::Backend::start().await;
+    let p = ProxyProcess::start(&[("world.yaml", two_tenants(&backend))]).await;
+    let authority = format!("127.0.0.1:{}", p.listen.port());
+    let (version, status, body) = curl(&[
+        "--http2-prior-knowledge",
+        "-H",
+        "authorization: Bearer key-a",
+        &format!("http://{authority}/x"),
+    ]);
+    assert_eq!((version.as_str(), status.as_str()), ("2", "200"), "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).expect("echo JSON");
+    assert_eq!(seen["headers"]["x-forwarded-host"], authority.as_str());
+}
+
 #[tokio::test]
 async fn concurrent_h2c_streams_with_different_keys_each_get_their_own_tenant() {
     use http_body_util::{BodyExt, Empty};
