@@ -241,21 +241,18 @@ fn forwarded_headers<'a>(
         &X_FORWARDED_PROTO,
         &HeaderValue::from_static(if cx.tls { "https" } else { "http" }),
     ));
-    // The host the request was routed on.
-    if let Some(authority) = &cx.authority {
-        emit(Field::Raw {
+    // The host the request was routed on: the target's authority, else the Host header.
+    match (&cx.authority, client_host) {
+        (Some(authority), _) => emit(Field::Raw {
             name: b"x-forwarded-host",
             value: authority.as_str().as_bytes(),
-        });
-        return;
-    }
-    match client_host {
-        Some(Field::Typed(_, host)) => emit(Field::Typed(&X_FORWARDED_HOST, host)),
-        Some(Field::Raw { value, .. }) => emit(Field::Raw {
+        }),
+        (None, Some(Field::Typed(_, host))) => emit(Field::Typed(&X_FORWARDED_HOST, host)),
+        (None, Some(Field::Raw { value, .. })) => emit(Field::Raw {
             name: b"x-forwarded-host",
             value,
         }),
-        None => {}
+        (None, None) => {}
     }
 }
 
