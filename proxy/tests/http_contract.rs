@@ -445,55 +445,46 @@ async fn a_path_is_routed_as_the_backend_will_read_it() {
     }
 }
 
+/// The headers the echo backend received for a request sent with `headers` (and `body`, which
+/// makes it a POST), after checking that it was answered 200.
+async fn headers_seen(
+    p: &ProxyProcess,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> serde_json::Value {
+    let r = match body {
+        Some(body) => p.post("/echo/x", headers, body).await,
+        None => p.get("/echo/x", headers).await,
+    };
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.json()["headers"].clone()
+}
+
 #[tokio::test]
 async fn no_api_key_reaches_the_backend_whichever_header_carried_it() {
     let (_b, p) = start().await;
     // Authenticated by the Bearer key; another tenant's key rides along in X-Api-Key. Before,
     // the backend received that second key.
-    let r = p
-        .get(
-            "/echo/x",
-            &[
-                HOST,
-                ("authorization", "Bearer key-acme"),
-                ("x-api-key", "key-tiny"),
-            ],
-        )
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    let seen = &r.json()["headers"];
+    let two_keys = [
+        HOST,
+        ("authorization", "Bearer key-acme"),
+        ("x-api-key", "key-tiny"),
+    ];
+    let seen = headers_seen(&p, &two_keys, None).await;
     assert_eq!(seen["x-tollgate-tenant"], "shop/acme");
     assert!(seen.get("authorization").is_none(), "{seen}");
     assert!(seen.get("x-api-key").is_none(), "{seen}");
     // Authenticated by X-Api-Key: a non-Bearer Authorization is the backend's own and passes.
-    let r = p
-        .get(
-            "/echo/x",
-            &[
-                HOST,
-                ("x-api-key", "key-acme"),
-                ("authorization", "Basic YmFja2VuZDpzZWNyZXQ="),
-            ],
-        )
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    let seen = &r.json()["headers"];
+    let basic = [
+        HOST,
+        ("x-api-key", "key-acme"),
+        ("authorization", "Basic YmFja2VuZDpzZWNyZXQ="),
+    ];
+    let seen = headers_seen(&p, &basic, None).await;
     assert_eq!(seen["authorization"], "Basic YmFja2VuZDpzZWNyZXQ=");
     assert!(seen.get("x-api-key").is_none(), "{seen}");
     // A request with a body takes the other forwarding path: the same rule.
-    let r = p
-        .post(
-            "/echo/x",
-            &[
-                HOST,
-                ("authorization", "Bearer key-acme"),
-                ("x-api-key", "key-tiny"),
-            ],
-            "body",
-        )
-        .await;
-    assert_eq!(r.status, 200, "{:?}", r.body);
-    let seen = &r.json()["headers"];
+    let seen = headers_seen(&p, &two_keys, Some("body")).await;
     assert!(seen.get("authorization").is_none(), "{seen}");
     assert!(seen.get("x-api-key").is_none(), "{seen}");
 }

@@ -184,6 +184,13 @@ async fn connect(p: &ProxyProcess) -> TcpStream {
     TcpStream::connect(p.listen).await.expect("connect")
 }
 
+/// The answer to `request` sent alone on a new connection.
+async fn answer_to(p: &ProxyProcess, request: &[u8]) -> Answer {
+    let mut c = connect(p).await;
+    c.write_all(request).await.expect("write");
+    read_answers(&mut c, 1, false).await.remove(0)
+}
+
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order_on_one_connection() {
     let (backend, p) = proxy().await;
@@ -325,13 +332,11 @@ async fn an_absolute_form_target_is_the_host_routed_on_and_forwarded() {
     // RFC 9112 section 3.2.2: the target's authority wins over the Host header. Before, the
     // request was routed on the target's host while X-Forwarded-Host carried the Host header.
     let (_backend, p) = proxy().await;
-    let mut c = connect(&p).await;
-    c.write_all(
+    let answer = answer_to(
+        &p,
         b"GET http://api.test/x HTTP/1.1\r\nHost: elsewhere.example\r\nX-Api-Key: key-h1\r\n\r\n",
     )
-    .await
-    .expect("write");
-    let answer = read_answers(&mut c, 1, false).await.remove(0);
+    .await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.json()["headers"]["x-forwarded-host"], "api.test");
 }
@@ -361,9 +366,7 @@ async fn http_1_0_and_malformed_heads_are_answered() {
         &b"GET /old HTTP/1.1\r\nX-Api-Key: key-h1\r\n\r\n"[..],
         b"POST /old HTTP/1.1\r\nX-Api-Key: key-h1\r\nContent-Length: 2\r\n\r\nhi",
     ] {
-        let mut c = connect(&p).await;
-        c.write_all(request).await.expect("write");
-        let answer = read_answers(&mut c, 1, false).await.remove(0);
+        let answer = answer_to(&p, request).await;
         assert_eq!(answer.status, 400, "{request:?}");
         assert_eq!(
             answer.json()["type"],
