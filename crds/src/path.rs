@@ -69,8 +69,7 @@ fn normalized(path: &str) -> Result<String, PathError> {
     for segment in decoded.split('/').skip(1) {
         trailing_slash = false;
         match segment {
-            "" => trailing_slash = true,
-            "." => trailing_slash = true,
+            "" | "." => trailing_slash = true,
             ".." => {
                 segments.pop();
                 trailing_slash = true;
