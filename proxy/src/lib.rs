@@ -119,13 +119,18 @@ async fn serve(
         persist::save(&cli.state_dir, store.usage()).context(
             "--state-dir must be a writable directory: quota counters are saved there every second",
         )?;
+        let (stop_flushing, flushing_stopped) = tokio::sync::oneshot::channel();
         let flusher = tokio::spawn(flush_periodically(
             store.clone(),
             cli.state_dir.clone(),
             metrics.clone(),
+            flushing_stopped,
         ));
         serve_with(&cli, store.clone(), registry, metrics, access_log).await?;
-        flusher.abort();
+        // The flusher finishes a save it has begun: the final save below must be the last, or an
+        // older table could land on top of it.
+        let _ = stop_flushing.send(());
+        let _ = flusher.await;
         persist::save(&cli.state_dir, store.usage())
             .context("saving quota counters on shutdown")?;
         tracing::info!(state_dir = %cli.state_dir.display(), "counters saved; bye");
@@ -172,6 +177,7 @@ async fn serve_with<S: CounterStore>(
     ));
     let ready = Arc::new(AtomicBool::new(false));
 
+    let shutdown = ShutdownSignal::listen()?;
     let stop = Arc::new(AtomicBool::new(false));
     let mut watcher = None;
     let mut subscription = None;
@@ -259,7 +265,7 @@ async fn serve_with<S: CounterStore>(
         tls,
         metrics.clone(),
         opts,
-        shutdown_signal(),
+        shutdown.received(),
     )
     .await;
 
@@ -343,14 +349,19 @@ fn spawn_watcher<S: CounterStore>(
         .context("starting the manifest watcher")
 }
 
+/// Saves changed counters every second until `stop` fires (between saves, never during one).
 async fn flush_periodically(
     store: Arc<MemoryStore>,
     state_dir: std::path::PathBuf,
     metrics: ProxyMetrics,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stop => return,
+        }
         if !store.take_dirty() {
             continue;
         }
@@ -377,27 +388,33 @@ fn host_name() -> String {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {},
-                    _ = term.recv() => {},
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
+/// SIGTERM or SIGINT, listened for from the moment this is made: a signal that arrives before
+/// the server first waits for it still starts a graceful shutdown instead of killing the process
+/// (the default action), however soon after readiness it comes.
+struct ShutdownSignal {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    fn listen() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+        })
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+
+    async fn received(mut self) {
+        let name = tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        };
+        tracing::info!(
+            signal = name,
+            "shutdown signal received; no longer accepting connections"
+        );
     }
-    tracing::info!("shutdown signal received; no longer accepting connections");
 }
 
 /// Compile-time check that the memory store satisfies the store interface.

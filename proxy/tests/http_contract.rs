@@ -46,7 +46,7 @@ kind: ApiRoute
 metadata: {{name: slow, namespace: shop}}
 spec:
   match: {{pathPrefix: /slow}}
-  backend: {{url: "{backend}", timeout: 300ms}}
+  backend: {{url: "{backend}", timeout: 1s}}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: ApiRoute
@@ -539,10 +539,10 @@ async fn slow_backend_is_504_and_not_charged() {
     // A quick answer on the slow route leaves a pooled connection whose timer is set for that
     // exchange's deadline, earlier than the next one's: the first 504 below needs the timer moved
     // when it fires early. The second waits on a fresh connection (a timed-out one is not reused).
-    assert_eq!(p.get("/slow/50", &[(k, &v)]).await.status, 200);
+    assert_eq!(p.get("/slow/1", &[(k, &v)]).await.status, 200);
     for _ in 0..2 {
         p.problem_check(
-            &p.get("/slow/2000", &[(k, &v)]).await,
+            &p.get("/slow/5000", &[(k, &v)]).await,
             504,
             "backend-timeout",
         );
@@ -788,9 +788,12 @@ async fn two_host_headers_are_a_400_and_never_reach_a_backend() {
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_and_saves_counters() {
-    let (_b, mut p) = start().await;
+    let (backend, mut p) = start().await;
     let listen = p.listen;
-    // The backend takes 1 s to answer; SIGTERM arrives 300 ms into it.
+    let before = backend
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst);
+    // The backend takes 1 s to answer; SIGTERM arrives once the request has reached it.
     let in_flight = tokio::spawn(async move {
         support::request(
             listen,
@@ -801,9 +804,19 @@ async fn sigterm_drains_in_flight_requests_and_saves_counters() {
         )
         .await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    while backend
+        .connections
+        .load(std::sync::atomic::Ordering::SeqCst)
+        == before
+    {
+        assert!(
+            !in_flight.is_finished(),
+            "answered before reaching the backend"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let status = p.terminate().await;
-    assert!(status.success(), "clean exit: {status}");
+    assert!(status.success(), "clean exit: {status}\n{}", p.stderr());
     let reply = in_flight.await.expect("join");
     assert_eq!(
         reply.status, 200,

@@ -76,7 +76,8 @@ async fn used(p: &ProxyProcess, tenant: &str, quota: &str) -> String {
 }
 
 async fn wait_used(p: &ProxyProcess, tenant: &str, quota: &str, want: &str) {
-    for _ in 0..100 {
+    // Polled up to 20 s: charging follows the response, and a loaded machine may take a while.
+    for _ in 0..1000 {
         if used(p, tenant, quota).await == want {
             return;
         }

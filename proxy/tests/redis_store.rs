@@ -4,6 +4,8 @@ mod support;
 
 use std::time::Duration;
 
+use jiff::{Timestamp, ToSpan, Zoned};
+
 use support::ProxyProcess;
 use support::redis::Redis;
 
@@ -104,14 +106,7 @@ async fn four_proxies_never_exceed_a_large_limit_and_redis_agrees() {
     assert!(admitted >= 1000 - 4 * 16, "under-admission: {admitted}");
     assert_eq!(admitted + refused, 1280);
     // Idle slices go back within about 2 s: Redis then holds exactly what was admitted.
-    let mut in_redis = 0;
-    for _ in 0..50 {
-        in_redis = redis.total("tollgate:*");
-        if in_redis == admitted as i64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let in_redis = settled_total(&redis, admitted as i64).await;
     assert_eq!(in_redis, admitted as i64, "Redis total vs admitted");
     // The proxies' own account agrees: leased minus returned is what they admitted.
     // (Regression: the returned-units counter never moved.)
@@ -171,7 +166,7 @@ async fn redis_down_fail_closed_answers_503_and_fail_open_reconciles() {
     // Redis comes back (empty: no persistence in this test): FailOpen's admissions are added.
     let redis = Redis::start(port);
     let mut total = 0;
-    for _ in 0..60 {
+    for _ in 0..300 {
         total = redis.total("tollgate:{default/t2|*");
         if total >= 3 {
             break;
@@ -231,14 +226,8 @@ async fn a_proxy_killed_with_sigkill_loses_at_most_its_slice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn four_proxies_share_a_rate_limit_window() {
-    // Fixed windows: stay clear of an hour boundary, where two windows would both count.
-    let into_hour = jiff::Timestamp::now().as_second().rem_euclid(3600);
-    if into_hour > 3590 {
-        tokio::time::sleep(Duration::from_secs(
-            u64::try_from(3601 - into_hour).unwrap_or(11),
-        ))
-        .await;
-    }
+    // Fixed windows: the proxies start clear of an hour boundary, where two windows would both
+    // count (support::clear_of_period_boundaries).
     let redis = Redis::start(support::free_port());
     let world = world(1_000_000, "FailClosed").replace(
         "quotas: [{name: monthly, limit: \"1000000\", period: Month}]",
@@ -448,49 +437,55 @@ async fn tls_files_without_a_tls_url_stop_the_proxy_with_a_clear_message() {
     assert!(stderr.contains("need a TLS URL (rediss://"), "{stderr}");
 }
 
-/// libfaketime (Debian package faketime): the proxy's wall clock starts at a chosen instant and
-/// runs on from there; its monotonic clock (timers) stays real.
-fn fake_clock(start: &str) -> [(&'static str, String); 4] {
+/// Two proxies on `redis` serving `world`, their wall clocks reading `start` now.
+async fn proxies_with_clock(redis: &Redis, world: &str, start: Timestamp) -> [ProxyProcess; 2] {
+    let clock = support::clock_starting_at(start);
+    let env: Vec<(&str, &str)> = clock.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let files = [("world.yaml", world.to_owned())];
+    let args = ["--store", &redis.url()];
     [
-        (
-            "LD_PRELOAD",
-            "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1".to_owned(),
-        ),
-        ("FAKETIME", format!("@{start}")),
-        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
-        ("TZ", "UTC".to_owned()),
+        ProxyProcess::start_with_env(&files, &args, &env).await,
+        ProxyProcess::start_with_env(&files, &args, &env).await,
     ]
 }
 
+/// The monthly counter key of the test world's tenant for the period starting at `start`.
+fn monthly_key(start: &Zoned) -> String {
+    format!(
+        "tollgate:{{default/t|default/plan}}:monthly:{}",
+        start.timestamp().as_second()
+    )
+}
+
+/// Seconds Redis will keep `key` (negative: no such key, or no expiry).
+fn ttl(redis: &Redis, key: &str) -> i64 {
+    redis.cli(&["TTL", key]).trim().parse().unwrap_or(-3)
+}
+
+const WEEK: i64 = 7 * 86_400;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_monthly_quota_starts_over_at_midnight_in_the_plans_time_zone() {
-    assert!(
-        std::path::Path::new("/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1").exists(),
-        "libfaketime (Debian package faketime) is needed"
-    );
     let redis = Redis::start(support::free_port());
-    // 02:59:52 UTC on 1 December is 23:59:52 on 30 November in Sao Paulo (UTC-3): the
-    // November period has 8 seconds left.
+    // The proxies' clocks start 30 s before the next local midnight that begins a month in Sao
+    // Paulo (UTC-3), whatever today is: from seconds to a month ahead of Redis's clock.
+    let zone = "America/Sao_Paulo";
+    let now = Timestamp::now().in_tz(zone).expect("zone");
+    let this_month = now
+        .date()
+        .first_of_month()
+        .to_zoned(now.time_zone().clone())
+        .expect("midnight");
+    let next_month = this_month.checked_add(1.month()).expect("next month");
+    let start = next_month.timestamp() - 30.seconds();
     let world = world(3, "FailClosed").replace(
         "failurePolicy: FailClosed}",
         "failurePolicy: FailClosed, timezone: America/Sao_Paulo}",
     );
     assert!(world.contains("Sao_Paulo"));
-    let clock = fake_clock("2026-12-01 02:59:52");
-    let env: Vec<(&str, &str)> = clock.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let proxies = [
-        ProxyProcess::start_with_env(
-            &[("world.yaml", world.clone())],
-            &["--store", &redis.url()],
-            &env,
-        )
-        .await,
-        ProxyProcess::start_with_env(&[("world.yaml", world)], &["--store", &redis.url()], &env)
-            .await,
-    ];
+    let proxies = proxies_with_clock(&redis, &world, start).await;
     let key = ("x-api-key", "key-fleet");
-    let november = "tollgate:{default/t|default/plan}:monthly:1793502000"; // 2026-11-01T03:00Z
-    let december = "tollgate:{default/t|default/plan}:monthly:1796094000"; // 2026-12-01T03:00Z
+    let (ending, next) = (monthly_key(&this_month), monthly_key(&next_month));
 
     for p in proxies.iter().cycle().take(3) {
         assert_eq!(p.get("/api/x", &[key]).await.status, 200);
@@ -502,25 +497,91 @@ async fn a_monthly_quota_starts_over_at_midnight_in_the_plans_time_zone() {
         .and_then(|h| h.rsplit("t=").next())
         .and_then(|t| t.trim().parse().ok())
         .expect("RateLimit header with t=");
-    assert!(reset <= 8, "November ends within 8 s, reset says {reset}");
-    assert_eq!(redis.total(november), 3, "November's key holds the month");
+    assert!(
+        reset <= 30,
+        "the month ends within 30 s, reset says {reset}"
+    );
+    assert_eq!(redis.total(&ending), 3, "the ending month's key holds it");
 
     // Local midnight passes: a new period, a new key, the full allowance again.
     tokio::time::sleep(Duration::from_secs(reset + 1)).await;
     for p in proxies.iter().cycle().take(3) {
-        assert_eq!(p.get("/api/x", &[key]).await.status, 200, "December");
+        assert_eq!(p.get("/api/x", &[key]).await.status, 200, "the new month");
     }
     proxies[0]
         .get("/api/x", &[key])
         .await
         .problem(402, "quota-exhausted");
-    assert_eq!(redis.total(november), 3, "November is kept as it was");
-    assert_eq!(redis.total(december), 3);
-    // Both months stay countable well after they end (a week after the period).
-    let ttl: i64 = redis.cli(&["TTL", november]).trim().parse().unwrap_or(-1);
+    assert_eq!(redis.total(&ending), 3, "the ended month is kept as it was");
+    assert_eq!(redis.total(&next), 3);
+    // Both months stay countable for a week after they end by the proxies' clock, wherever
+    // Redis's clock is (it only counts the lifetime down): the ended month's key was last written
+    // at most 30 s before its end.
+    let ended = ttl(&redis, &ending);
     assert!(
-        ttl > 6 * 86_400,
-        "November's key expires too early: TTL {ttl}"
+        ended > 6 * 86_400 && ended <= WEEK + 30,
+        "the ended month's key lives {ended} s; a week and at most 30 s expected"
+    );
+    let current = ttl(&redis, &next);
+    let after = next_month.checked_add(1.month()).expect("the month after");
+    let longest = after.timestamp().as_second() - next_month.timestamp().as_second() + WEEK;
+    assert!(
+        current > WEEK && current <= longest,
+        "the new month's key lives {current} s; its month and a week ({longest} s) at most"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn proxies_whose_clocks_run_weeks_behind_redis_keep_their_counters() {
+    // Before: keys were given Redis an instant to expire at, from the proxy's clock; a proxy
+    // 40 days behind Redis had each key deleted as it was written, so neither the month nor the
+    // hour ever filled up.
+    let redis = Redis::start(support::free_port());
+    let world = world(3, "FailClosed").replace(
+        "quotas: [",
+        "rateLimits: [{name: hourly, requests: 2, window: 1h}], quotas: [",
+    );
+    assert!(world.contains("hourly"));
+    // 10 s into an hour (UTC): neither the hour nor the month ends during the test.
+    let behind = Timestamp::now() - (40 * 24).hours();
+    let start = Timestamp::from_second(behind.as_second() / 3600 * 3600 + 10).expect("instant");
+    let proxies = proxies_with_clock(&redis, &world, start).await;
+    let key = ("x-api-key", "key-fleet");
+
+    assert_eq!(proxies[0].get("/api/x", &[key]).await.status, 200);
+    assert_eq!(proxies[1].get("/api/x", &[key]).await.status, 200);
+    proxies[0]
+        .get("/api/x", &[key])
+        .await
+        .problem(429, "rate-limited");
+    let hour = format!(
+        "tollgate:{{default/t|default/plan}}:rate:hourly:{}",
+        start.as_second() / 3600
+    );
+    assert_eq!(
+        redis.total(&hour),
+        2,
+        "the hour's key holds both admissions"
+    );
+    // The hour's window, then the next one (a key outlives its window by one window).
+    let left = ttl(&redis, &hour);
+    assert!(
+        left > 3600 && left <= 2 * 3600 - 10 + 1,
+        "the hour's key lives {left} s"
+    );
+    let month = start.in_tz("UTC").expect("utc").date().first_of_month();
+    let month_key = format!(
+        "tollgate:{{default/t|default/plan}}:monthly:{}",
+        month
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .expect("midnight")
+            .timestamp()
+            .as_second()
+    );
+    let left = ttl(&redis, &month_key);
+    assert!(
+        left > WEEK,
+        "the month's key lives {left} s: past its month by a week"
     );
 }
 
@@ -552,10 +613,11 @@ fn aof_args(dir: &std::path::Path) -> [&str; 6] {
     ]
 }
 
-/// The sum of Redis's counters once idle slices have gone back (about 2 s after the last use).
+/// The sum of Redis's counters once idle slices have gone back (about 2 s after the last use;
+/// polled up to 30 s, for a loaded machine).
 async fn settled_total(redis: &Redis, expected: i64) -> i64 {
     let mut total = redis.total("tollgate:*");
-    for _ in 0..60 {
+    for _ in 0..300 {
         if total == expected {
             break;
         }

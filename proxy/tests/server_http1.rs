@@ -397,8 +397,9 @@ async fn slow_heads_and_idle_connections_are_closed_after_their_timeouts() {
         &["--header-timeout", "1s", "--idle-timeout", "2s"],
     )
     .await;
-    let closed_within = |mut c: TcpStream, limit: Duration| async move {
-        let started = std::time::Instant::now();
+    // `started` is taken before connecting: the proxy's timer cannot have started earlier, so
+    // a test task the scheduler delays only makes the measured wait longer, never shorter.
+    let closed_within = |mut c: TcpStream, started: std::time::Instant, limit: Duration| async move {
         let mut rest = Vec::new();
         tokio::time::timeout(limit, c.read_to_end(&mut rest))
             .await
@@ -407,11 +408,12 @@ async fn slow_heads_and_idle_connections_are_closed_after_their_timeouts() {
         (started.elapsed(), rest)
     };
     // A head that never finishes: cut off after the header timeout, nothing sent back.
+    let started = std::time::Instant::now();
     let mut slow = connect(&p).await;
     slow.write_all(b"GET / HTTP/1.1\r\nHost: api.test\r\nX-Slow")
         .await
         .expect("write");
-    let (waited, rest) = closed_within(slow, Duration::from_secs(10)).await;
+    let (waited, rest) = closed_within(slow, started, Duration::from_secs(10)).await;
     assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
     assert!(
         waited >= Duration::from_millis(900),
@@ -421,12 +423,13 @@ async fn slow_heads_and_idle_connections_are_closed_after_their_timeouts() {
 
     // An idle keep-alive connection: served, then closed once idle for the idle timeout (not
     // the shorter header timeout).
+    let started = std::time::Instant::now();
     let mut idle = connect(&p).await;
     idle.write_all(get("/then-idle").as_bytes())
         .await
         .expect("write");
     assert_eq!(read_answers(&mut idle, 1, false).await[0].status, 200);
-    let (waited, rest) = closed_within(idle, Duration::from_secs(10)).await;
+    let (waited, rest) = closed_within(idle, started, Duration::from_secs(10)).await;
     assert!(rest.is_empty());
     assert!(
         waited >= Duration::from_millis(1900),

@@ -119,9 +119,26 @@ where
     }
 }
 
+/// How long before a UTC hour boundary a fleet test may start.
+const BOUNDARY_MARGIN_SECONDS: i64 = 180;
+
+/// Waits, if the next UTC hour boundary is less than [`BOUNDARY_MARGIN_SECONDS`] away, until it
+/// has passed. Fleet tests count requests against hourly, daily and monthly plans, whose periods
+/// all end on UTC hour boundaries (in whole-hour zones): one that began near a boundary would see
+/// its counts start over half-way, and fail only on the day it happened to run then. (These
+/// tests run on the real clock: kube-apiserver's, a Go program's, cannot be moved.)
+pub async fn clear_of_period_boundaries() {
+    let into_hour = jiff::Timestamp::now().as_second().rem_euclid(3600);
+    let left = 3600 - into_hour;
+    if left < BOUNDARY_MARGIN_SECONDS {
+        tokio::time::sleep(Duration::from_secs(left.unsigned_abs() + 1)).await;
+    }
+}
+
 impl Fleet {
     /// A namespace with the operator's RBAC bound to a fresh user, and the proxies' ServiceAccount.
     pub async fn new(prefix: &str) -> Result<Self> {
+        clear_of_period_boundaries().await;
         let ns = TestNamespace::new(prefix).await?;
         let dir = tempfile::Builder::new()
             .prefix("tollgate-fleet-")

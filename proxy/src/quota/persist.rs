@@ -5,6 +5,10 @@
 //! it at most once a second when counters changed, and on shutdown. Worst case on a crash (SIGKILL,
 //! power loss): the admissions of the last second are forgotten, so a tenant may get up to one
 //! second of extra requests. Rate-limit state (windows of at most an hour) is not persisted.
+//!
+//! Saves never overlap: the periodic flush runs on a blocking thread and can still be writing when
+//! shutdown saves, and two writers of one temporary file fail (the second rename finds nothing)
+//! or rename each other's half-written file into place.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -43,8 +47,15 @@ pub fn load(state_dir: &Path) -> Result<Vec<UsageRow>> {
     Ok(parsed.counters)
 }
 
-/// Writes `rows` atomically.
+/// Held while a save writes and renames the temporary file.
+static SAVING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Writes `rows` atomically; concurrent calls take turns.
 pub fn save(state_dir: &Path, rows: Vec<UsageRow>) -> Result<()> {
+    // A save that panicked left no state behind the lock worth refusing to write over.
+    let _saving = SAVING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;
     let file = path(state_dir);
@@ -79,6 +90,56 @@ mod tests {
         };
         save(dir.path(), vec![row.clone()])?;
         assert_eq!(load(dir.path())?, vec![row]);
+        Ok(())
+    }
+
+    #[test]
+    fn saves_that_overlap_neither_fail_nor_leave_a_torn_file() -> Result<()> {
+        // Before: the shutdown save could overlap the periodic flush on one temporary file; one
+        // renamed the other's half-written file into place, or found the file gone and failed
+        // with "replacing counters.json" (the proxy then exited unsuccessfully).
+        let dir = tempfile::tempdir()?;
+        let rows = |n: i64| -> Vec<UsageRow> {
+            (0..n)
+                .map(|i| UsageRow {
+                    tenant: format!("shop/tenant-{i}"),
+                    plan: "shop/pro".into(),
+                    quota: "monthly".into(),
+                    period_start: jiff::Timestamp::UNIX_EPOCH,
+                    period_end: jiff::Timestamp::MAX,
+                    used: rust_decimal::Decimal::new(i, 0),
+                })
+                .collect()
+        };
+        let saving = std::sync::atomic::AtomicBool::new(true);
+        std::thread::scope(|scope| -> Result<()> {
+            // Tables of different sizes, so that a torn file does not parse.
+            let savers: Vec<_> = [1, 200]
+                .into_iter()
+                .map(|n| {
+                    let (dir, rows) = (dir.path(), &rows);
+                    scope.spawn(move || (0..200).try_for_each(|_| save(dir, rows(n))))
+                })
+                .collect();
+            let reader = scope.spawn(|| -> Result<usize> {
+                let mut reads = 0;
+                while saving.load(std::sync::atomic::Ordering::Relaxed) {
+                    let table = load(dir.path())?;
+                    assert!(matches!(table.len(), 0 | 1 | 200), "{}", table.len());
+                    reads += 1;
+                }
+                Ok(reads)
+            });
+            let saved = savers
+                .into_iter()
+                .try_for_each(|s| s.join().expect("saver thread"));
+            saving.store(false, std::sync::atomic::Ordering::Relaxed);
+            let reads = reader.join().expect("reader thread")?;
+            saved?;
+            assert!(reads > 0);
+            Ok(())
+        })?;
+        assert!(matches!(load(dir.path())?.len(), 1 | 200));
         Ok(())
     }
 

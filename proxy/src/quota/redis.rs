@@ -2,7 +2,9 @@
 //! its limit, and exact near it.
 //!
 //! Each counter is one Redis key per (tenant, plan, quota, period start), expiring a week after
-//! the period ends (a month stays countable to its last second). A proxy does not increment it per
+//! the period ends (a month stays countable to its last second). The proxy's clock decides the
+//! period and when it ends; Redis's clock only counts a key's lifetime down (see
+//! [`time_to_live`]), so clocks that disagree never make Redis drop a key early. A proxy does not increment it per
 //! request: it *leases* a slice of the remaining allowance with one atomic Lua call and spends the
 //! slice locally. Slices are 1/64 of what remains (at most 1000), so they shrink to a single unit
 //! near the limit, where every admission asks Redis. Redis never grants past the limit, so while it
@@ -47,6 +49,9 @@ use crate::config::PlanEntry;
 use crate::metrics::StoreMetrics;
 use crate::warn_throttle::{Reachability, ReachabilityChange};
 
+/// Grants a slice of counter KEYS[1] under limit ARGV[1] (one unit when ARGV[3] is 0) and keeps
+/// the key ARGV[2] more seconds; records the grant in KEYS[2] for ARGV[4] seconds. Returns the
+/// grant and the counter's total.
 const LEASE: &str = r"
 local limit = tonumber(ARGV[1])
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -56,13 +61,14 @@ local grant = math.floor(remaining / 64)
 if ARGV[3] == '0' or grant < 1 then grant = 1 end
 if grant > 1000 then grant = 1000 end
 used = redis.call('INCRBY', KEYS[1], grant)
-redis.call('EXPIREAT', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
 if KEYS[2] then redis.call('SET', KEYS[2], grant, 'EX', ARGV[4]) end
 return {grant, used}
 ";
 
 /// Adds ARGV[1] (negative: gives units back, never below 0) unless operation KEYS[2] was applied
-/// already. Returns the counter's total.
+/// already (remembered ARGV[3] seconds), and keeps the key ARGV[2] more seconds. Returns the
+/// counter's total.
 const ADJUST_ONCE: &str = r"
 if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then
   return tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -71,7 +77,7 @@ local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 local delta = tonumber(ARGV[1])
 if used + delta < 0 then delta = -used end
 used = redis.call('INCRBY', KEYS[1], delta)
-redis.call('EXPIREAT', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
 return used
 ";
 
@@ -79,6 +85,32 @@ return used
 const RECORD_SECONDS: i64 = 600;
 
 const KEEP_AFTER_PERIOD: i64 = 7 * 86_400;
+
+/// Seconds for Redis to keep a key that, by this proxy's clock (`now`), expires at `expire_at`.
+///
+/// Whose clock: the proxy's decides which period a request counts in (the key's name) and when
+/// that period ends; Redis's clock only counts the lifetime it is given down (EXPIRE, never
+/// EXPIREAT). So a key lives [`KEEP_AFTER_PERIOD`] past its period's end as the proxies see it,
+/// however far Redis's clock is from theirs. With an instant (EXPIREAT), a proxy whose clock ran
+/// a rate-limit window behind Redis's had each window's key deleted as it was written (the
+/// fleet's rate limits stopped holding), a week behind did the same to quotas, and a proxy ahead
+/// kept keys past their time. Proxies whose clocks disagree with each other still count a request
+/// near a boundary in the period their own clock says: a boundary is as sharp as the fleet's
+/// clock sync.
+fn time_to_live(expire_at: i64, now: Timestamp) -> i64 {
+    (expire_at - now.as_second()).max(1)
+}
+
+/// When (by this proxy's clock, in Unix seconds) the key of a counter for `window` may go: a
+/// quota's a week after its period, a rate-limit window's once the next window has ended too.
+fn key_expiry(window: PeriodWindow, rate: bool) -> i64 {
+    let end = window.end.as_second();
+    if rate {
+        end + 1 + (end - window.start.as_second())
+    } else {
+        end + KEEP_AFTER_PERIOD
+    }
+}
 
 /// A process-unique id: operation ids must not collide across proxies or restarts.
 fn instance_id() -> String {
@@ -108,7 +140,8 @@ struct Counter {
     unanswered: Vec<Adjustment>,
     /// Leases sent without an answer: their records, to ask for the grant.
     unanswered_leases: Vec<String>,
-    /// When the counter's key expires (kept with every write).
+    /// When the counter's key expires by this proxy's clock ([`key_expiry`], sent as a lifetime
+    /// with every write).
     expire_at: i64,
     last_used: Instant,
     /// A rate-limit window (not reported as quota usage).
@@ -137,7 +170,7 @@ impl Counter {
             debt: 0,
             unanswered: Vec::new(),
             unanswered_leases: Vec::new(),
-            expire_at: window.end.as_second() + KEEP_AFTER_PERIOD,
+            expire_at: key_expiry(window, rate),
             last_used: Instant::now(),
             rate,
         }
@@ -232,7 +265,7 @@ impl RedisStore {
         &self,
         key: &str,
         limit: i64,
-        expire_at: i64,
+        ttl: i64,
     ) -> redis::RedisResult<(i64, i64)> {
         let mut conn = self.conn.clone();
         let started = Instant::now();
@@ -244,7 +277,7 @@ impl RedisStore {
         }
         let result: redis::RedisResult<(i64, i64)> = call
             .arg(limit)
-            .arg(expire_at)
+            .arg(ttl)
             .arg(i64::from(self.slices))
             .arg(RECORD_SECONDS)
             .invoke_async(&mut conn)
@@ -270,12 +303,13 @@ impl RedisStore {
         op_record_key(counter, &format!("{}-{n}", self.instance))
     }
 
-    /// Applies `a` to `counter` at most once; the counter's new total.
+    /// Applies `a` to `counter` at most once and keeps the counter `ttl` seconds more; its new
+    /// total.
     async fn adjust(
         &self,
         counter: &str,
         a: &Adjustment,
-        expire_at: i64,
+        ttl: i64,
         label: &str,
     ) -> redis::RedisResult<i64> {
         let mut conn = self.conn.clone();
@@ -285,7 +319,7 @@ impl RedisStore {
             .key(counter)
             .key(&a.op)
             .arg(a.delta)
-            .arg(expire_at)
+            .arg(ttl)
             .arg(RECORD_SECONDS)
             .invoke_async(&mut conn)
             .await;
@@ -348,8 +382,9 @@ impl RedisStore {
     }
 
     /// Takes one unit of the counter `key` (which must exist): from this proxy's slice, or from a
-    /// new slice leased from Redis. `Ok(false)`: Redis has nothing left to grant.
-    async fn take_one(&self, key: &str, limit: i64, expire_at: i64) -> redis::RedisResult<bool> {
+    /// new slice leased from Redis (whose key then lives `ttl` seconds more). `Ok(false)`: Redis
+    /// has nothing left to grant.
+    async fn take_one(&self, key: &str, limit: i64, ttl: i64) -> redis::RedisResult<bool> {
         {
             let mut counters = self.counters.lock();
             if let Some(c) = counters.get_mut(key)
@@ -360,7 +395,7 @@ impl RedisStore {
                 return Ok(true);
             }
         }
-        let (grant, used) = self.lease_from_redis(key, limit, expire_at).await?;
+        let (grant, used) = self.lease_from_redis(key, limit, ttl).await?;
         if let Some(c) = self.counters.lock().get_mut(key) {
             c.redis_used = used;
             c.leased += u64::try_from(grant - 1).unwrap_or(0);
@@ -375,12 +410,12 @@ impl RedisStore {
         &self,
         key: &str,
         limit: i64,
-        expire_at: i64,
+        ttl: i64,
         fail_open: bool,
         counts_debt: bool,
         taken: &mut Vec<(String, Taken)>,
     ) -> Result<bool, ()> {
-        match self.take_one(key, limit, expire_at).await {
+        match self.take_one(key, limit, ttl).await {
             Ok(true) => {
                 taken.push((key.to_owned(), Taken::Unit));
                 Ok(true)
@@ -422,9 +457,9 @@ impl RedisStore {
                 }
                 continue;
             }
-            let expire_at = w.end.as_second() + KEEP_AFTER_PERIOD;
+            let ttl = time_to_live(key_expiry(w, false), now);
             match self
-                .take_for_request(key, limit, expire_at, fail_open, true, &mut taken)
+                .take_for_request(key, limit, ttl, fail_open, true, &mut taken)
                 .await
             {
                 Ok(true) => {}
@@ -456,9 +491,9 @@ impl RedisStore {
             let mut denied = false;
             if exhausted.is_none() && exceeded.is_none() {
                 // FailOpen admits the window locally; there is nothing to reconcile for it.
-                let expire_at = end.as_second() + 1 + window_ms / 1000;
+                let ttl = time_to_live(key_expiry(w, true), now);
                 match self
-                    .take_for_request(&key, limit, expire_at, fail_open, false, &mut taken)
+                    .take_for_request(&key, limit, ttl, fail_open, false, &mut taken)
                     .await
                 {
                     Ok(admitted) => denied = !admitted,
@@ -599,7 +634,8 @@ impl RedisStore {
         };
         for (key, expire_at, changes) in work {
             for a in changes {
-                let Ok(total) = self.adjust(&key, &a, expire_at, "settle").await else {
+                let ttl = time_to_live(expire_at, now);
+                let Ok(total) = self.adjust(&key, &a, ttl, "settle").await else {
                     continue; // Unanswered: retried with the same id next time.
                 };
                 if a.delta < 0 {
@@ -712,8 +748,8 @@ impl CounterStore for RedisStore {
                 op: self.record_key(&key),
                 delta,
             };
-            let expire_at = w.end.as_second() + KEEP_AFTER_PERIOD;
-            let result = self.adjust(&key, &change, expire_at, "charge").await;
+            let ttl = time_to_live(key_expiry(w, false), now);
+            let result = self.adjust(&key, &change, ttl, "charge").await;
             let mut counters = self.counters.lock();
             let c = Self::counter(&mut counters, &subject, i, &key, w);
             c.spent += amount;

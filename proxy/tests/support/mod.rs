@@ -175,6 +175,51 @@ pub struct ProxyProcess {
     extra_env: Vec<(String, String)>,
 }
 
+/// How long before a UTC hour boundary a test may start a proxy on the real clock.
+const BOUNDARY_MARGIN_SECONDS: i64 = 120;
+
+/// Waits, if the next UTC hour boundary is less than [`BOUNDARY_MARGIN_SECONDS`] away, until it
+/// has passed. Tests count requests within one calendar period (an hour's rate-limit window, a
+/// UTC day or month, a month in a whole-hour zone), and every such period ends on a UTC hour
+/// boundary: a test that started near one would see its counts start over half-way (and fail on
+/// the day it happened to run then). Tests that cross a boundary on purpose put the proxy's clock
+/// just before it with [`clock_starting_at`].
+pub async fn clear_of_period_boundaries() {
+    let into_hour = jiff::Timestamp::now().as_second().rem_euclid(3600);
+    let left = 3600 - into_hour;
+    if left < BOUNDARY_MARGIN_SECONDS {
+        tokio::time::sleep(Duration::from_secs(left.unsigned_abs() + 1)).await;
+    }
+}
+
+/// libfaketime's preload library (Debian package faketime).
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// Environment for a child process whose wall clock reads `start` now and runs on in step with
+/// this process's clock; its monotonic clock (timers) stays real. Every child given the same
+/// `start` shares one clock (a libfaketime offset, not a start-at date that would restart at
+/// each launch). When this test process runs on a moved clock itself (`tests/at-dates.sh`), the
+/// offset is added to that one, since libfaketime offsets count from the system clock.
+pub fn clock_starting_at(start: jiff::Timestamp) -> Vec<(&'static str, String)> {
+    assert!(
+        Path::new(LIBFAKETIME).exists(),
+        "libfaketime (Debian package faketime) is needed"
+    );
+    let moved = match std::env::var("FAKETIME") {
+        Ok(offset) => offset.parse::<i64>().unwrap_or_else(|_| {
+            panic!("FAKETIME={offset:?}: tests run only on offsets in seconds, like +3600")
+        }),
+        Err(_) => 0,
+    };
+    let offset = start.as_second() - jiff::Timestamp::now().as_second() + moved;
+    vec![
+        ("LD_PRELOAD", LIBFAKETIME.to_owned()),
+        ("FAKETIME", format!("{offset:+}")),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+        ("TZ", "UTC".to_owned()),
+    ]
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -199,6 +244,10 @@ impl ProxyProcess {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Self {
+        // A proxy on a clock of the test's own choosing has its boundaries where the test put them.
+        if !env.iter().any(|(k, _)| *k == "FAKETIME") {
+            clear_of_period_boundaries().await;
+        }
         let dir = tempfile::tempdir().expect("tempdir");
         let manifest_dir = dir.path().join("manifests");
         std::fs::create_dir_all(&manifest_dir).expect("mkdir");

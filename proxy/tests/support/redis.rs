@@ -16,7 +16,8 @@ pub struct Redis {
 }
 
 fn wait_for_port(port: u16) {
-    for _ in 0..100 {
+    // Up to 20 s: a loaded machine can be slow to start a server.
+    for _ in 0..1000 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return;
         }
