@@ -365,6 +365,76 @@ async fn exhausted_quota_is_402_with_retry_after_and_members() {
 }
 
 #[tokio::test]
+async fn a_daily_quota_in_a_dst_zone_lasts_the_local_day() {
+    // Europe/Berlin's day is 23 or 25 hours long when DST begins or ends; tests/at-dates.sh runs
+    // this on such a day. The period is checked against the calendar, computed here on its own.
+    let world = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {name: berlin}
+spec: {quotas: [{name: daily, limit: "1", period: Day}], timezone: Europe/Berlin}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {name: direct}
+spec: {match: {path: /direct}, backend: {directResponse: {status: 200, body: ok}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: k}
+stringData: {apiKey: key-berlin}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Tenant
+metadata: {name: t}
+spec: {quotaPolicyRef: {name: berlin}, apiKeys: [{secretRef: {name: k}}], subscriptions: [{apiRouteRef: {name: direct}}]}
+"#;
+    let p = ProxyProcess::start(&[("world.yaml", world.to_owned())]).await;
+    let auth = ("x-api-key", "key-berlin");
+    let before = jiff::Timestamp::now();
+    assert_eq!(p.get("/direct", &[auth]).await.status, 200);
+    let r = p.get("/direct", &[auth]).await;
+    let after = jiff::Timestamp::now();
+    let body = p.problem_check(&r, 402, "quota-exhausted");
+
+    let today = before.in_tz("Europe/Berlin").expect("zone");
+    let start = today.start_of_day().expect("midnight").timestamp();
+    let end = today
+        .tomorrow()
+        .and_then(|d| d.start_of_day())
+        .expect("next midnight")
+        .timestamp();
+    let stamp = |member: &str| -> jiff::Timestamp {
+        body[member]
+            .as_str()
+            .expect(member)
+            .parse()
+            .expect("RFC 3339")
+    };
+    assert_eq!(stamp("periodStart"), start, "local midnight");
+    assert_eq!(stamp("resetsAt"), end, "the next local midnight");
+    let day = end.as_second() - start.as_second();
+    assert!(matches!(day, 82_800 | 86_400 | 90_000), "{day}");
+    let policy = r.header("ratelimit-policy").expect("RateLimit-Policy");
+    assert_eq!(
+        policy,
+        format!("\"daily\";q=1;w={day}"),
+        "w is this day's length"
+    );
+    let t: i64 = r
+        .header("ratelimit")
+        .and_then(|s| s.rsplit("t=").next())
+        .and_then(|t| t.parse().ok())
+        .expect("RateLimit t=");
+    // t counts down to the next midnight from when the proxy answered, between the two readings.
+    assert!(
+        (end.as_second() - after.as_second() - 1..=end.as_second() - before.as_second())
+            .contains(&t),
+        "t={t}"
+    );
+}
+
+#[tokio::test]
 async fn exceeded_rate_limit_is_429_with_retry_after() {
     let (_b, p) = start().await;
     let (k, v) = key("bursty");
