@@ -350,6 +350,63 @@ async fn only_the_leader_writes_status_and_a_follower_takes_over() -> Result<()>
 }
 
 #[tokio::test]
+async fn a_leader_whose_clock_runs_an_hour_behind_keeps_the_lease_while_it_renews() -> Result<()> {
+    // Before: a follower compared the leader's renewTime (an hour old by the follower's clock)
+    // with its own wall clock and took the Lease at its first look: two leaders. Expiry is now
+    // measured on the follower's monotonic clock from when it last saw the Lease change.
+    let libfaketime = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+    assert!(
+        std::path::Path::new(libfaketime).exists(),
+        "libfaketime (Debian package faketime) is needed"
+    );
+    let mut fleet = Fleet::new("op-skew").await?;
+    let kubeconfig = fleet.operator_kubeconfig().to_path_buf();
+    let an_hour_behind = [
+        ("LD_PRELOAD", libfaketime.to_owned()),
+        ("FAKETIME", "-3600".to_owned()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+    ];
+    fleet
+        .start_operator_with_env(&kubeconfig, &[], &an_hour_behind)
+        .await?;
+    fleet.wait_leader(0).await?;
+    fleet.start_operator().await?;
+
+    // The leader renews every second (a 3 s lease): watch four renewals, more than a lease's
+    // worth, after the follower is up (it looks at the Lease at once, and every second after).
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(fleet.ns.client.clone(), &fleet.ns.name);
+    let mut renewals = Vec::new();
+    while renewals.len() < 4 {
+        let spec = leases
+            .get("tollgate-operator")
+            .await?
+            .spec
+            .context("Lease spec")?;
+        let holder = spec.holder_identity.unwrap_or_default();
+        assert_eq!(holder, "operator-0", "the follower took the Lease");
+        if let Some(renewed) = spec.renew_time.map(|t| t.0)
+            && renewals.last() != Some(&renewed)
+        {
+            renewals.push(renewed);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (leader, follower) = (fleet.operators[0].admin, fleet.operators[1].admin);
+    assert_eq!(
+        Fleet::metric(leader, "tollgate_operator_leader").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        Fleet::metric(follower, "tollgate_operator_leader").await,
+        Some(0.0),
+        "{}",
+        fleet.operator_log(1)
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn operator_metrics_pass_promtool() -> Result<()> {
     let fleet = fleet_with_world("op-metrics").await?;
     let body = tollgate_tests::fleet::get(fleet.operators[0].admin, "/metrics", &[])

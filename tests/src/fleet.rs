@@ -214,6 +214,17 @@ impl Fleet {
         kubeconfig: &std::path::Path,
         overrides: &[(&str, &str)],
     ) -> Result<usize> {
+        self.start_operator_with_env(kubeconfig, overrides, &[])
+            .await
+    }
+
+    /// Like [`Fleet::start_operator_as`], with extra environment variables for the process.
+    pub async fn start_operator_with_env(
+        &mut self,
+        kubeconfig: &std::path::Path,
+        overrides: &[(&str, &str)],
+        env: &[(&str, String)],
+    ) -> Result<usize> {
         let index = self.operators.len();
         let log = self.dir.path().join(format!("operator-{index}.log"));
         let mut flags: std::collections::BTreeMap<String, String> = [
@@ -248,7 +259,10 @@ impl Fleet {
             &[
                 ("KUBECONFIG", kubeconfig.display().to_string()),
                 ("RUST_LOG", "info".into()),
-            ],
+            ]
+            .into_iter()
+            .chain(env.iter().cloned())
+            .collect::<Vec<_>>(),
         )?;
         let addresses =
             logged_addresses(&log, "tollgate-operator starting", &["config=", "admin="]);
