@@ -70,7 +70,8 @@ fn sha2_key(key: &str, memo: &KeyMemo) -> [u8; 32] {
         tollgate_proxy::client_headers::ClientHeaders::Raw(&headers),
         memo,
     )
-    .map(|(d, _)| d)
+    .ok()
+    .flatten()
     .unwrap_or_default()
 }
 

@@ -1,43 +1,62 @@
 //! API keys: taken from `Authorization: Bearer <key>` or `X-Api-Key: <key>`, hashed with SHA-256,
 //! and looked up by digest. The key is never logged or forwarded, and never kept beyond the
 //! connection that sent it (which remembers its last key to skip hashing it again).
+//!
+//! A request may carry its key in several of those headers, but only one key: every Bearer
+//! `Authorization` line and every `X-Api-Key` line is read, and two different keys are refused
+//! (400), never resolved by an order of precedence. Otherwise a request could be authorized as one
+//! tenant while another key in it reached the backend, or while the backend read a different one.
 
 use std::sync::Mutex;
 
 use http::HeaderName;
 use sha2::{Digest, Sha256};
 
-use crate::client_headers::ClientHeaders;
+use crate::client_headers::{ClientHeaders, Field};
 
 /// Header carrying an API key as an alternative to `Authorization: Bearer`.
 pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 /// Longest key accepted; longer values are rejected without hashing.
 const MAX_KEY_LEN: usize = 512;
 
-/// Where the key was found (that header is removed before forwarding).
+/// The request carried two different API keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeySource {
-    /// `Authorization: Bearer`.
-    Authorization,
-    /// `X-Api-Key`.
-    XApiKey,
+pub struct ConflictingKeys;
+
+/// The key a header carries, if it is one Tollgate reads keys from: `Authorization` with the
+/// Bearer scheme, or `X-Api-Key`. Such headers are never forwarded.
+pub fn credential(field: Field<'_>) -> Option<&[u8]> {
+    let (name, value) = (field.name(), field.value());
+    if name.eq_ignore_ascii_case(b"authorization") {
+        (value.len() >= 7 && value[..7].eq_ignore_ascii_case(b"bearer "))
+            .then(|| value[7..].trim_ascii())
+    } else if name.eq_ignore_ascii_case(X_API_KEY.as_str().as_bytes()) {
+        Some(value.trim_ascii())
+    } else {
+        None
+    }
 }
 
-/// The SHA-256 digest of the presented key and where it came from; `None` when no usable key was
-/// sent. `memo` is the connection's: a repeated key is not hashed again.
-pub fn presented_key(headers: ClientHeaders<'_>, memo: &KeyMemo) -> Option<([u8; 32], KeySource)> {
-    if let Some(bytes) = headers.get(&http::header::AUTHORIZATION)
-        && bytes.len() > 7
-        && bytes[..7].eq_ignore_ascii_case(b"bearer ")
-    {
-        return memo
-            .digest(bytes[7..].trim_ascii())
-            .map(|d| (d, KeySource::Authorization));
+/// The SHA-256 digest of the presented key; `Ok(None)` when no usable key was sent. `memo` is
+/// the connection's: a repeated key is not hashed again.
+pub fn presented_key(
+    headers: ClientHeaders<'_>,
+    memo: &KeyMemo,
+) -> Result<Option<[u8; 32]>, ConflictingKeys> {
+    let mut key: Option<&[u8]> = None;
+    let mut conflict = false;
+    headers.for_each(|field| {
+        if let Some(presented) = credential(field) {
+            match key {
+                None => key = Some(presented),
+                Some(first) => conflict |= first != presented,
+            }
+        }
+    });
+    if conflict {
+        return Err(ConflictingKeys);
     }
-    headers
-        .get(&X_API_KEY)
-        .and_then(|v| memo.digest(v.trim_ascii()))
-        .map(|d| (d, KeySource::XApiKey))
+    Ok(key.and_then(|k| memo.digest(k)))
 }
 
 /// The last key a connection presented, with its digest. A keep-alive client sends the same key
@@ -98,8 +117,8 @@ mod tests {
     use http::HeaderMap;
     use tollgate_crds::snapshot::KeyDigest;
 
-    fn key(headers: &HeaderMap) -> Option<([u8; 32], KeySource)> {
-        presented_key(ClientHeaders::Map(headers), &KeyMemo::default())
+    fn key(headers: &HeaderMap) -> Option<[u8; 32]> {
+        presented_key(ClientHeaders::Map(headers), &KeyMemo::default()).expect("one key")
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -115,12 +134,10 @@ mod tests {
 
     #[test]
     fn digest_matches_the_compiled_key_digest() {
-        let (d, src) = key(&headers(&[("authorization", "Bearer abc123")])).expect("key");
+        let d = key(&headers(&[("authorization", "Bearer abc123")])).expect("key");
         assert_eq!(hex::encode(d), KeyDigest::of(b"abc123").0);
-        assert_eq!(src, KeySource::Authorization);
-        let (d, src) = key(&headers(&[("x-api-key", "abc123")])).expect("key");
+        let d = key(&headers(&[("x-api-key", "abc123")])).expect("key");
         assert_eq!(hex::encode(d), KeyDigest::of(b"abc123").0);
-        assert_eq!(src, KeySource::XApiKey);
         assert!(
             key(&headers(&[("authorization", "bearer abc123")])).is_some(),
             "scheme is case-insensitive"
@@ -135,7 +152,8 @@ mod tests {
                 ClientHeaders::Map(&headers(&[("authorization", value)])),
                 &memo,
             )
-            .map(|(d, _)| hex::encode(d))
+            .expect("one key")
+            .map(hex::encode)
         };
         for _ in 0..2 {
             assert_eq!(with("Bearer abc123"), Some(KeyDigest::of(b"abc123").0));
@@ -146,6 +164,37 @@ mod tests {
         assert_eq!(with("Bearer abc123"), Some(KeyDigest::of(b"abc123").0));
         assert_eq!(with("Bearer "), None);
         assert!(same_bytes(b"", b"") && !same_bytes(b"a", b"ab") && !same_bytes(b"ab", b"ac"));
+    }
+
+    #[test]
+    fn one_key_in_several_headers_is_that_key_and_two_keys_are_refused() {
+        // Before: the first Authorization line decided (a Basic one made the X-Api-Key count),
+        // and a second tenant's Bearer key in the next line went on to the backend.
+        let one = headers(&[
+            ("authorization", "Basic dXNlcjpwYXNz"),
+            ("authorization", "Bearer alice"),
+            ("x-api-key", " alice "),
+        ]);
+        assert_eq!(key(&one), Some(sha256(b"alice")));
+        for two in [
+            [
+                ("authorization", "Basic dXNlcjpwYXNz"),
+                ("authorization", "Bearer bob"),
+                ("x-api-key", "alice"),
+            ],
+            [
+                ("authorization", "Bearer alice"),
+                ("x-api-key", "alice"),
+                ("x-api-key", "bob"),
+            ],
+            [("x-api-key", "alice"), ("x-api-key", ""), ("accept", "*/*")],
+        ] {
+            assert_eq!(
+                presented_key(ClientHeaders::Map(&headers(&two)), &KeyMemo::default()),
+                Err(ConflictingKeys),
+                "{two:?}"
+            );
+        }
     }
 
     #[test]

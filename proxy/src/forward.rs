@@ -19,7 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::auth::KeySource;
+use crate::auth;
 use crate::client_headers::{ClientHeaders, Field};
 use crate::config::Upstream;
 use crate::raw_headers::RawHeaders;
@@ -95,8 +95,6 @@ pub struct ForwardContext<'a> {
     pub upstream: &'a Upstream,
     /// `X-Tollgate-Tenant` value.
     pub tenant: Option<&'a HeaderValue>,
-    /// Where the API key came from.
-    pub key_source: Option<KeySource>,
     /// Client IP, as a header value.
     pub client_ip: &'a HeaderValue,
     /// Whether the client connection is TLS.
@@ -204,20 +202,15 @@ fn forwarded_headers<'a>(
     };
 
     emit(Field::Typed(&header::HOST, &cx.upstream.host_header));
-    // The key never reaches the backend, and neither does a second one in X-Api-Key next to the
-    // Bearer key that was used: a backend that checks keys itself must see no key but the
-    // tenant header. With X-Api-Key as the key, `Authorization` is not a Bearer key (that would
-    // have been used first) but the backend's own credentials, and passes.
-    let (strip_authorization, strip_x_api_key) = match cx.key_source {
-        Some(KeySource::Authorization) => (true, true),
-        Some(KeySource::XApiKey) => (false, true),
-        None => (false, false),
-    };
+    // No header Tollgate reads a key from reaches the backend (a backend that checks keys itself
+    // must see no key but the tenant header); `Authorization` with another scheme is the
+    // backend's own credentials, and passes.
     headers.for_each(|field| {
         let name = field.name();
-        let is_key = (strip_authorization && name.eq_ignore_ascii_case(b"authorization"))
-            || (strip_x_api_key && name.eq_ignore_ascii_case(b"x-api-key"));
-        if is_key || replaced_or_hop_by_hop(name) || hop_by_hop.names(name) {
+        if auth::credential(field).is_some()
+            || replaced_or_hop_by_hop(name)
+            || hop_by_hop.names(name)
+        {
             return;
         }
         emit(field);
@@ -259,18 +252,32 @@ fn forwarded_headers<'a>(
 /// Client headers Tollgate owns: dropped from requests, set only by the proxy.
 const TOLLGATE_PREFIX: &[u8] = b"x-tollgate-";
 
-/// Whether a client header (`name` in any case) is one the proxy sets itself (`Host`,
-/// `X-Forwarded-*`, `X-Tollgate-*`) or always hop-by-hop. Sorted by length first: one or two
-/// comparisons per header instead of one per listed name.
+/// Whether `name` is `listed` (lower case, with `-`) in any case and with `_` for any `-`.
+/// CGI-style servers (wsgiref, PHP, many WSGI and Rack stacks) map `-` to `_` and fold case, so
+/// to them `X_Tollgate_Tenant` is `X-Tollgate-Tenant`.
+fn same_header_name(name: &[u8], listed: &[u8]) -> bool {
+    name.len() == listed.len()
+        && name
+            .iter()
+            .zip(listed)
+            .all(|(&n, &l)| n.to_ascii_lowercase() == l || (n == b'_' && l == b'-'))
+}
+
+/// Whether a client header is one the proxy sets itself (`Host`, `X-Forwarded-*`,
+/// `X-Tollgate-*`), carries API keys (`X-Api-Key`), or is always hop-by-hop, in any case and
+/// with `_` for `-` (see [`same_header_name`]: a backend must not read a client's
+/// `X_Tollgate_Tenant` as the proxy's). Sorted by length first: one or two comparisons per header
+/// instead of one per listed name.
 fn replaced_or_hop_by_hop(name: &[u8]) -> bool {
-    let is = |listed: &[u8]| name.eq_ignore_ascii_case(listed);
+    let is = |listed: &[u8]| same_header_name(name, listed);
     let owned = name
         .get(..TOLLGATE_PREFIX.len())
-        .is_some_and(|p| p.eq_ignore_ascii_case(TOLLGATE_PREFIX));
+        .is_some_and(|p| same_header_name(p, TOLLGATE_PREFIX));
     owned
         || match name.len() {
             2 => is(b"te"),
             4 => is(b"host"),
+            9 => is(b"x-api-key"),
             7 => is(b"trailer") || is(b"upgrade"),
             10 => is(b"connection") || is(b"keep-alive"),
             15 => is(b"x-forwarded-for"),
@@ -412,10 +419,28 @@ mod tests {
             b"X-Forwarded-Proto",
             b"x-tollgate-tenant",
             b"X-TOLLGATE-x",
+            b"X-Api-Key",
+            // `_` for `-`, as CGI-style backends read names.
+            b"X_Tollgate_Tenant",
+            b"x_forwarded_for",
+            b"X-Forwarded_Proto",
+            b"x_api_key",
+            b"Transfer_Encoding",
         ] {
-            assert!(replaced_or_hop_by_hop(name));
+            assert!(
+                replaced_or_hop_by_hop(name),
+                "{}",
+                String::from_utf8_lossy(name)
+            );
         }
-        for name in [&b"accept"[..], b"x-api-key", b"x-tollgate", b"hos", b"tee"] {
+        for name in [
+            &b"accept"[..],
+            b"x-tollgate",
+            b"x_tollgate",
+            b"hos",
+            b"tee",
+            b"x-api_keys",
+        ] {
             assert!(!replaced_or_hop_by_hop(name));
         }
     }
@@ -455,7 +480,6 @@ mod tests {
         let cx = ForwardContext {
             upstream: &upstream,
             tenant: Some(&tenant),
-            key_source: Some(KeySource::Authorization),
             client_ip: &client_ip,
             tls: true,
             authority: None,
@@ -463,6 +487,7 @@ mod tests {
         let sent = [
             ("host", "api.example.com"),
             ("authorization", "Bearer secret"),
+            ("authorization", "Basic dXNlcjpwYXNz"),
             ("x-tollgate-tenant", "victim/tenant"),
             ("X-Tollgate-Anything", "x"),
             ("x-forwarded-for", "192.0.2.1"),
@@ -473,6 +498,14 @@ mod tests {
             ("te", "trailers"),
             ("accept", "a"),
             ("accept", "b"),
+            // What CGI-style servers read as the proxy's headers (before: forwarded, and
+            // wsgiref merged X_Tollgate_Tenant into X-Tollgate-Tenant, spoofed value first).
+            ("X_Tollgate_Tenant", "victim/tenant"),
+            ("x_forwarded_for", "192.0.2.66"),
+            ("X-Forwarded_Host", "evil.example"),
+            ("x_api_key", "another-key"),
+            ("X-API-Key", "secret"),
+            ("x_custom", "kept"),
         ];
         // The same request as hyper parses it (a map) and as the HTTP/1.1 engine keeps it (lines).
         let request = |as_lines: bool| {
@@ -489,8 +522,10 @@ mod tests {
         };
         let expected = [
             ("host", "backend:8080"),
+            ("authorization", "Basic dXNlcjpwYXNz"),
             ("accept", "a"),
             ("accept", "b"),
+            ("x_custom", "kept"),
             ("x-tollgate-tenant", "shop/acme"),
             ("x-forwarded-for", "192.0.2.1, 10.0.0.7"),
             ("x-forwarded-proto", "https"),

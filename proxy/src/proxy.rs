@@ -18,7 +18,7 @@ use serde_json::Value;
 use tollgate_crds::resources::{BillingState, SubscriptionState};
 
 use crate::access_log::{AccessLog, AccessRecord};
-use crate::auth::{KeyMemo, KeySource, presented_key};
+use crate::auth::{ConflictingKeys, KeyMemo, presented_key};
 use crate::client_headers::ClientHeaders;
 use crate::config::{PlanEntry, ProxyConfig, RouteEntry, TenantEntry, Upstream};
 use crate::forward::{
@@ -127,7 +127,6 @@ struct Verdict<'c> {
     route: Option<&'c Arc<RouteEntry>>,
     tenant: Option<&'c Arc<TenantEntry>>,
     plan: Option<&'c Arc<PlanEntry>>,
-    key_source: Option<KeySource>,
     /// Limit states for RateLimit headers.
     limits: Option<(Vec<LimitState>, Vec<LimitState>)>,
     /// Admission charged one request (refunded if forwarding fails).
@@ -229,7 +228,6 @@ impl<S: CounterStore> Proxy<S> {
                 route: None,
                 tenant: None,
                 plan: None,
-                key_source: None,
                 limits: None,
                 charged: false,
             };
@@ -410,13 +408,18 @@ impl<S: CounterStore> Proxy<S> {
             .with("apiRoute", route_name.as_str()));
         }
 
-        let Some((digest, source)) = presented_key(headers, &client.keys) else {
+        let presented = presented_key(headers, &client.keys).map_err(|ConflictingKeys| {
+            Problem::new(
+                ProblemKind::BadRequest,
+                "The request carries two different API keys (in `Authorization: Bearer` or `X-Api-Key` headers). Send one key.",
+            )
+        })?;
+        let Some(digest) = presented else {
             return Err(Problem::new(
                 ProblemKind::Unauthorized,
                 "No API key was sent. Send it as `Authorization: Bearer <key>` or `X-Api-Key: <key>`.",
             ));
         };
-        v.key_source = Some(source);
         let Some(tenant) = config.tenants_by_key.get(&digest) else {
             return Err(Problem::new(
                 ProblemKind::Unauthorized,
@@ -534,7 +537,6 @@ impl<S: CounterStore> Proxy<S> {
         let cx = ForwardContext {
             upstream,
             tenant: v.tenant.map(|t| &t.header),
-            key_source: v.key_source,
             client_ip: &client.ip_header,
             tls: client.tls,
             authority: req.uri().authority().cloned(),

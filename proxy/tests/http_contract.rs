@@ -533,14 +533,13 @@ async fn headers_seen(
 #[tokio::test]
 async fn no_api_key_reaches_the_backend_whichever_header_carried_it() {
     let (_b, p) = start().await;
-    // Authenticated by the Bearer key; another tenant's key rides along in X-Api-Key. Before,
-    // the backend received that second key.
-    let two_keys = [
+    // One key in both headers: authenticated by it, and neither header is forwarded.
+    let same_key = [
         HOST,
         ("authorization", "Bearer key-acme"),
-        ("x-api-key", "key-tiny"),
+        ("x-api-key", "key-acme"),
     ];
-    let seen = headers_seen(&p, &two_keys, None).await;
+    let seen = headers_seen(&p, &same_key, None).await;
     assert_eq!(seen["x-tollgate-tenant"], "shop/acme");
     assert!(seen.get("authorization").is_none(), "{seen}");
     assert!(seen.get("x-api-key").is_none(), "{seen}");
@@ -554,9 +553,74 @@ async fn no_api_key_reaches_the_backend_whichever_header_carried_it() {
     assert_eq!(seen["authorization"], "Basic YmFja2VuZDpzZWNyZXQ=");
     assert!(seen.get("x-api-key").is_none(), "{seen}");
     // A request with a body takes the other forwarding path: the same rule.
-    let seen = headers_seen(&p, &two_keys, Some("body")).await;
+    let seen = headers_seen(&p, &same_key, Some("body")).await;
     assert!(seen.get("authorization").is_none(), "{seen}");
     assert!(seen.get("x-api-key").is_none(), "{seen}");
+    // Names a CGI-style backend reads as the proxy's or as a key (`_` for `-`) are dropped;
+    // other underscore names pass.
+    let spoofing = [
+        HOST,
+        ("x-api-key", "key-acme"),
+        ("X_Tollgate_Tenant", "shop/tiny"),
+        ("X_Forwarded_For", "192.0.2.66"),
+        ("x_api_key", "key-tiny"),
+        ("x_request_id", "kept"),
+    ];
+    for body in [None, Some("body")] {
+        let seen = headers_seen(&p, &spoofing, body).await;
+        let names: Vec<&String> = seen.as_object().expect("headers").keys().collect();
+        assert!(
+            !names.iter().any(|n| n.contains("tollgate_")
+                || n.contains("forwarded_")
+                || n.contains("api_key")),
+            "{names:?}"
+        );
+        assert_eq!(seen["x_request_id"], "kept");
+        assert_eq!(seen["x-tollgate-tenant"], "shop/acme");
+    }
+}
+
+#[tokio::test]
+async fn two_different_api_keys_are_a_400_and_never_reach_a_backend() {
+    // Before: the first Authorization line decided. With a Basic line first, the X-Api-Key
+    // (acme) authorized the request and the backend received the other tenant's Bearer key.
+    let (backend, p) = start().await;
+    let cases: [&[(&str, &str)]; 3] = [
+        &[
+            HOST,
+            ("authorization", "Basic YmFja2VuZDpzZWNyZXQ="),
+            ("authorization", "Bearer key-tiny"),
+            ("x-api-key", "key-acme"),
+        ],
+        &[
+            HOST,
+            ("authorization", "Bearer key-acme"),
+            ("x-api-key", "key-tiny"),
+        ],
+        &[HOST, ("x-api-key", "key-acme"), ("x-api-key", "key-nobody")],
+    ];
+    for headers in cases {
+        for body in [None, Some("body")] {
+            let r = match body {
+                Some(body) => p.post("/echo/x", headers, body).await,
+                None => p.get("/echo/x", headers).await,
+            };
+            let problem = p.problem_check(&r, 400, "bad-request");
+            let detail = problem["detail"].as_str().unwrap_or_default();
+            assert!(detail.contains("two different API keys"), "{detail}");
+            assert!(
+                !detail.contains("key-"),
+                "no key material in the body: {detail}"
+            );
+        }
+    }
+    assert_eq!(
+        backend
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the backend saw none of them"
+    );
 }
 
 #[tokio::test]
@@ -700,13 +764,16 @@ async fn tenants_cannot_touch_each_others_counters() {
         assert_eq!(p.get("/echo/x", &[HOST, (k, &tiny)]).await.status, 200);
     }
     // Whatever headers tiny sends, it is tiny: still exhausted.
+    let spoof = [HOST, (k, tiny.as_str()), ("x-tollgate-tenant", "shop/acme")];
+    p.problem_check(&p.get("/echo/x", &spoof).await, 402, "quota-exhausted");
+    // Adding acme's key too makes two keys: refused, never counted as acme.
     let spoof = [
         HOST,
         (k, tiny.as_str()),
         ("x-tollgate-tenant", "shop/acme"),
         ("x-api-key", "key-acme"),
     ];
-    p.problem_check(&p.get("/echo/x", &spoof).await, 402, "quota-exhausted");
+    p.problem_check(&p.get("/echo/x", &spoof).await, 400, "bad-request");
     // And acme, even claiming to be tiny, draws on its own allowance.
     let (k, acme) = key("acme");
     let r = p

@@ -28,16 +28,16 @@ spec:
   subscriptions: [{apiRouteRef: {name: hello}}]
 "#;
 
-/// `curl` with the given flags; returns (http_version, status, body).
+/// `curl` with the given flags and the test world's key; returns (http_version, status, body).
 fn curl(args: &[&str]) -> (String, String, String) {
+    curl_with_key("tls-key-1", args)
+}
+
+/// `curl` with the given flags, sending `key` as `X-Api-Key`.
+fn curl_with_key(key: &str, args: &[&str]) -> (String, String, String) {
     let out = Command::new("curl")
-        .args([
-            "-s",
-            "-w",
-            "\n%{http_version} %{http_code}",
-            "-H",
-            "x-api-key: tls-key-1",
-        ])
+        .args(["-s", "-w", "\n%{http_version} %{http_code}", "-H"])
+        .arg(format!("x-api-key: {key}"))
         .args(args)
         .output()
         .expect("curl is installed");
@@ -168,12 +168,10 @@ async fn an_http2_request_tells_the_backend_its_host() {
     let backend = support::Backend::start().await;
     let p = ProxyProcess::start(&[("world.yaml", two_tenants(&backend))]).await;
     let authority = format!("127.0.0.1:{}", p.listen.port());
-    let (version, status, body) = curl(&[
-        "--http2-prior-knowledge",
-        "-H",
-        "authorization: Bearer key-a",
-        &format!("http://{authority}/x"),
-    ]);
+    let (version, status, body) = curl_with_key(
+        "key-a",
+        &["--http2-prior-knowledge", &format!("http://{authority}/x")],
+    );
     assert_eq!((version.as_str(), status.as_str()), ("2", "200"), "{body}");
     let seen: serde_json::Value = serde_json::from_str(&body).expect("echo JSON");
     assert_eq!(seen["headers"]["x-forwarded-host"], authority.as_str());
