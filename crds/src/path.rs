@@ -17,6 +17,14 @@
 //!
 //! The proxy routes and forwards requests on this spelling; an ApiRoute's path must already be in
 //! it, or no request could match.
+//!
+//! Matching then reads a path as the most lenient common backend would ([`PathMatch::matches`](
+//! crate::snapshot::PathMatch::matches)), so that no spelling a backend treats as a route's path
+//! falls through to a broader route (with a cheaper plan or no approval gate): in any ASCII case
+//! (Express and ASP.NET route case-insensitively), with a trailing slash on an exact path (Spring
+//! before 6, Express), and with `;` parameters of a segment ignored ([`routing_form`]; Tomcat and
+//! Jetty strip them, so `/v1/reports;jsessionid=1` is `/v1/reports`). The request is forwarded as
+//! it came (normalized as above): only the choice of route is lenient.
 
 use std::borrow::Cow;
 
@@ -32,6 +40,22 @@ pub enum PathError {
          parameters (such as `..%2F` or `..;`), which backends read differently"
     )]
     Ambiguous,
+}
+
+/// `path` without the `;` parameters of its segments (`/a;x=1/b;y` is `/a/b`): what servlet
+/// containers route on. Borrowed when there are none.
+pub fn routing_form(path: &str) -> Cow<'_, str> {
+    if !path.contains(';') {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(segment.split(';').next().unwrap_or_default());
+    }
+    Cow::Owned(out)
 }
 
 /// `path` (starting with `/`) in its normal form: borrowed when it already is.
@@ -154,6 +178,17 @@ fn hides_dot_segment(segment: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routing_form_drops_segment_parameters_only() {
+        assert_eq!(routing_form("/v1/reports;jsessionid=1"), "/v1/reports");
+        assert_eq!(routing_form("/a;x=1/b;y/c"), "/a/b/c");
+        assert_eq!(routing_form("/a;/b"), "/a/b");
+        assert!(matches!(
+            routing_form("/plain/path"),
+            Cow::Borrowed("/plain/path")
+        ));
+    }
 
     fn normal(path: &str) -> Result<String, PathError> {
         normalize_path(path).map(Cow::into_owned)

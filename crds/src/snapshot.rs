@@ -208,14 +208,25 @@ pub enum PathMatch {
 }
 
 impl PathMatch {
-    /// Whether the request `path` (without query) matches.
+    /// Whether the request `path` (without query, in its [`routing_form`](crate::path::routing_form))
+    /// matches: in any ASCII case, and an exact path with one trailing slash too (see
+    /// [`crate::path`] for why).
     pub fn matches(&self, path: &str) -> bool {
+        let starts_with = |p: &str| {
+            path.len() >= p.len() && path.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
+        };
         match self {
-            Self::Exact(p) => p == path,
+            Self::Exact(p) => {
+                starts_with(p)
+                    && match &path.as_bytes()[p.len()..] {
+                        [] => true,
+                        [b'/'] => !p.ends_with('/'),
+                        _ => false,
+                    }
+            }
             Self::Prefix(p) if p == "/" => true,
             Self::Prefix(p) => {
-                path.starts_with(p.as_str())
-                    && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
+                starts_with(p) && matches!(path.as_bytes().get(p.len()), None | Some(b'/'))
             }
         }
     }
@@ -375,6 +386,22 @@ mod tests {
         assert!(!p.matches("/v1/chatter"));
         assert!(!p.matches("/v1"));
         assert!(PathMatch::Prefix("/".into()).matches("/anything"));
+        // As lenient backends read paths: any case, a trailing slash on an exact path.
+        assert!(p.matches("/V1/Chat/completions"));
+        let exact = PathMatch::Exact("/v1/reports".into());
+        for path in ["/v1/reports", "/v1/Reports", "/v1/reports/", "/V1/REPORTS/"] {
+            assert!(exact.matches(path), "{path}");
+        }
+        for path in [
+            "/v1/reports//",
+            "/v1/reports/x",
+            "/v1/report",
+            "/v1/reportsx",
+        ] {
+            assert!(!exact.matches(path), "{path}");
+        }
+        assert!(PathMatch::Exact("/".into()).matches("/"));
+        assert!(!PathMatch::Exact("/".into()).matches("//"));
     }
 
     #[test]

@@ -219,7 +219,8 @@ impl<S: CounterStore> Proxy<S> {
             let method = req.method().clone();
             // Routed and forwarded with one spelling of the path: the route matched must be the
             // path the backend serves (`/free/../paid` is `/paid`).
-            let path_refused = request_path::normalize(req.uri_mut()).err();
+            let path_refused = request_path::unroutable(&method, req.uri())
+                .or_else(|| request_path::normalize(req.uri_mut()).err());
             // The URI shares the request's bytes: a reference count, not a copy.
             let uri = req.uri().clone();
             let path = uri.path();

@@ -36,6 +36,34 @@ fn rewrite(uri: &mut Uri) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Why the request's method or target cannot be routed, if it cannot. Refused rather than
+/// forwarded: what the proxy would route on is not what the backend would read.
+///
+/// - A method with a lower-case letter (`get`): methods are case-sensitive, so `get` matched no
+///   route that names `GET` and fell through to a broader one, while backends such as Werkzeug
+///   served it as `GET`. Upper case only, as nginx requires.
+/// - The asterisk form (`OPTIONS *`, a request about the server, not a resource): before, it went
+///   to the backend as `OPTIONS /base*`.
+/// - The authority form (`GET host:80`, meant for CONNECT): before, it was routed as `/`.
+pub fn unroutable(method: &http::Method, uri: &Uri) -> Option<&'static str> {
+    if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        Some(LOWER_CASE_METHOD)
+    } else if uri.path() == "*" {
+        Some(ASTERISK_FORM)
+    } else if uri.scheme().is_none() && uri.authority().is_some() {
+        Some(AUTHORITY_FORM)
+    } else {
+        None
+    }
+}
+
+const LOWER_CASE_METHOD: &str = "Request methods are case-sensitive, and Tollgate takes them in \
+     upper case: send `GET`, not `get`.";
+const ASTERISK_FORM: &str = "A request for `*` (the server itself) is not routed to an API; send \
+     a path.";
+const AUTHORITY_FORM: &str = "A request target of only `host:port` (the form CONNECT uses) is not \
+     routed to an API; send a path.";
+
 const MALFORMED: &str = "The request path is not valid: a `%` must be followed by two hex digits.";
 const AMBIGUOUS: &str = "The request path hides a `.` or `..` segment behind an encoded slash or \
      backslash, or gives one parameters (such as `..%2F` or `..;`); backends disagree on what that \
@@ -49,6 +77,26 @@ mod tests {
         let mut uri: Uri = target.parse().expect("test URI");
         normalize(&mut uri)?;
         Ok(uri.to_string())
+    }
+
+    #[test]
+    fn lower_case_methods_and_non_path_targets_are_not_routed() {
+        let refused = |method: &str, target: &str| {
+            let method = http::Method::from_bytes(method.as_bytes()).expect("method");
+            unroutable(&method, &target.parse().expect("target"))
+        };
+        assert_eq!(refused("get", "/w/reports"), Some(LOWER_CASE_METHOD));
+        assert_eq!(refused("Post", "/w"), Some(LOWER_CASE_METHOD));
+        assert_eq!(refused("OPTIONS", "*"), Some(ASTERISK_FORM));
+        assert_eq!(refused("GET", "host:80"), Some(AUTHORITY_FORM));
+        for (method, target) in [
+            ("GET", "/w/reports"),
+            ("PURGE", "/cache"),
+            ("M-SEARCH", "/"),
+            ("GET", "http://api.example.com/x"),
+        ] {
+            assert_eq!(refused(method, target), None, "{method} {target}");
+        }
     }
 
     #[test]

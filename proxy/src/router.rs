@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use tollgate_crds::path::routing_form;
 use tollgate_crds::snapshot::HostMatch;
 
 use crate::config::RouteEntry;
@@ -69,6 +70,9 @@ impl RouteTable {
         path: &str,
         method: &http::Method,
     ) -> Option<&Arc<RouteEntry>> {
+        // Servlet containers ignore `;` parameters: `/v1/reports;x` must find `/v1/reports`.
+        let path = routing_form(path);
+        let path = path.as_ref();
         let in_list = |list: &'_ [Arc<RouteEntry>]| -> Option<usize> {
             list.iter().position(|r| {
                 r.route.path.matches(path)

@@ -581,6 +581,68 @@ async fn no_api_key_reaches_the_backend_whichever_header_carried_it() {
 }
 
 #[tokio::test]
+async fn a_gated_route_is_not_reached_by_another_spelling_of_its_path_or_method() {
+    // `/w/reports` needs approval; the broader `/w` does not. Before, each spelling below fell
+    // through to `/w` while backends (Werkzeug, Express, Tomcat) served it as `GET /w/reports`.
+    let world = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {name: reports}
+spec:
+  match: {path: /w/reports, methods: [GET]}
+  backend: {directResponse: {status: 200, body: reports}}
+  approval: Manual
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {name: w}
+spec: {match: {pathPrefix: /w}, backend: {directResponse: {status: 200, body: open}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: k}
+stringData: {apiKey: key-w}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Tenant
+metadata: {name: t}
+spec: {apiKeys: [{secretRef: {name: k}}], subscriptions: [{apiRouteRef: {name: reports}}, {apiRouteRef: {name: w}}]}
+"#;
+    let p = ProxyProcess::start(&[("world.yaml", world.to_owned())]).await;
+    let auth = ("x-api-key", "key-w");
+    assert_eq!(p.get("/w/other", &[auth]).await.body, "open");
+    for spelling in [
+        "/w/reports",
+        "/w/Reports",
+        "/W/REPORTS",
+        "/w/reports/",
+        "/w/reports;jsessionid=1",
+        "/w//reports",
+    ] {
+        let r = p.get(spelling, &[auth]).await;
+        let problem = p.problem_check(&r, 403, "approval-pending");
+        assert_eq!(problem["apiRoute"], "reports", "{spelling}");
+    }
+    let refused = |head: &str| {
+        let head = head.to_owned();
+        let p = &p;
+        async move {
+            let answer = raw_exchange(p, &head).await;
+            assert!(answer.starts_with("HTTP/1.1 400"), "{head:?} -> {answer}");
+            assert!(answer.contains("bad-request"), "{answer}");
+            answer
+        }
+    };
+    let lower = refused(
+        "get /w/reports HTTP/1.1\r\nHost: a\r\nX-Api-Key: key-w\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(lower.contains("send `GET`"), "{lower}");
+    refused("OPTIONS * HTTP/1.1\r\nHost: a\r\nX-Api-Key: key-w\r\nConnection: close\r\n\r\n").await;
+    refused("GET a:80 HTTP/1.1\r\nHost: a\r\nX-Api-Key: key-w\r\nConnection: close\r\n\r\n").await;
+}
+
+#[tokio::test]
 async fn two_different_api_keys_are_a_400_and_never_reach_a_backend() {
     // Before: the first Authorization line decided. With a Basic line first, the X-Api-Key
     // (acme) authorized the request and the backend received the other tenant's Bearer key.
