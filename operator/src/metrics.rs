@@ -23,8 +23,10 @@ pub struct OperatorMetrics {
     pub leader: IntGauge,
     /// Status writes, by kind.
     pub status_writes: IntCounterVec,
-    /// Failed status writes.
+    /// Failed status writes (timeouts included).
     pub status_write_errors: IntCounter,
+    /// Time a status write took, failed ones included.
+    pub status_write_duration: Histogram,
     /// Watch events, by kind.
     pub watch_events: IntCounterVec,
     /// Watch errors, by kind.
@@ -126,6 +128,13 @@ impl OperatorMetrics {
                     "tollgate_operator_usage_read_duration_seconds",
                     "Time to read every tenant's current-period usage from Redis.",
                 )
+                .buckets(buckets.clone()),
+            )?,
+            status_write_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tollgate_operator_status_write_duration_seconds",
+                    "Time a status write to the API server took (server-side apply), failed ones included.",
+                )
                 .buckets(buckets),
             )?,
         };
@@ -142,6 +151,7 @@ impl OperatorMetrics {
         registry.register(Box::new(m.watch_events.clone()))?;
         registry.register(Box::new(m.usage_reads.clone()))?;
         registry.register(Box::new(m.usage_read_duration.clone()))?;
+        registry.register(Box::new(m.status_write_duration.clone()))?;
         registry.register(Box::new(m.watch_errors.clone()))?;
         Ok(m)
     }

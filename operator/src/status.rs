@@ -29,6 +29,9 @@ use crate::watch::{Caches, all};
 /// The field manager of every status the operator writes.
 pub const FIELD_MANAGER: &str = "tollgate-operator";
 const RESYNC: Duration = Duration::from_secs(60);
+/// How long one status write may take: an API server that stalls must not stall every status
+/// round behind it (a write that times out is made again on the next round).
+const STATUS_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Inputs of the status writer.
 pub struct StatusWriter {
@@ -279,19 +282,26 @@ impl StatusWriter {
         }
         let patch = json!({"apiVersion": K::api_version(&()), "kind": kind, "status": status});
         let api: Api<K> = Api::namespaced(self.client.clone(), &key.namespace);
-        match api
-            .patch_status(
-                &key.name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-        {
-            Ok(_) => self.metrics.status_writes.with_label_values(&[&kind]).inc(),
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => {
+        let started = std::time::Instant::now();
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let written = tokio::time::timeout(
+            STATUS_WRITE_TIMEOUT,
+            api.patch_status(&key.name, &params, &Patch::Apply(&patch)),
+        )
+        .await;
+        self.metrics
+            .status_write_duration
+            .observe(started.elapsed().as_secs_f64());
+        match written {
+            Ok(Ok(_)) => self.metrics.status_writes.with_label_values(&[&kind]).inc(),
+            Ok(Err(kube::Error::Api(e))) if e.code == 404 => {}
+            Ok(Err(e)) => {
                 self.metrics.status_write_errors.inc();
                 tracing::warn!(%kind, object = %key, error = %e, "cannot write status");
+            }
+            Err(_) => {
+                self.metrics.status_write_errors.inc();
+                tracing::warn!(%kind, object = %key, timeout = ?STATUS_WRITE_TIMEOUT, "status write timed out; it is written again on the next round");
             }
         }
     }

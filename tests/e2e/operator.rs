@@ -420,6 +420,7 @@ async fn operator_metrics_pass_promtool() -> Result<()> {
         "tollgate_operator_connected_proxies 2",
         "tollgate_operator_push_bytes_total",
         "tollgate_operator_leader 1",
+        "tollgate_operator_status_write_duration_seconds_count",
     ] {
         assert!(text.contains(name), "missing {name}:\n{text}");
     }
