@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 // mimalloc: fewer cycles per request than glibc malloc for the proxy's many small, short-lived
-// allocations (measured in the README's performance section).
+// allocations (measured in docs/performance.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
