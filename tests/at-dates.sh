@@ -47,15 +47,19 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tol
 # libfaketime. They hold no clock-bound behaviour and run in the main suite.
 crates=(-p tollgate-crds -p tollgate-proxy -p tollgate-operator --lib --bins --tests)
 
+# Every date is checked before anything is built or run.
+for date in "${dates[@]}"; do
+    if ! date -u -d "$date" +%s >/dev/null 2>&1; then
+        echo "at-dates: '$date' is not a date (write it as 'YYYY-MM-DD HH:MM:SS', UTC)" >&2
+        exit 2
+    fi
+done
+
 # Built on the real clock: the compiler has no business with the moved one.
 cargo test --locked "${crates[@]}" --no-run >&2
 
 for date in "${dates[@]}"; do
-    if ! target=$(date -u -d "$date" +%s 2>/dev/null); then
-        echo "at-dates: '$date' is not a date (write it as 'YYYY-MM-DD HH:MM:SS', UTC)" >&2
-        exit 2
-    fi
-    offset=$((target - $(date +%s)))
+    offset=$(($(date -u -d "$date" +%s) - $(date +%s)))
     echo "== tests at $date UTC (clock offset ${offset}s)" >&2
     # FAKETIME_DONT_FAKE_MONOTONIC: timers and timeouts keep the real monotonic clock (an offset
     # there would make it negative, and it has no date to move).

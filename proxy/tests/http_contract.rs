@@ -343,11 +343,7 @@ async fn exhausted_quota_is_402_with_retry_after_and_members() {
         .expect("Retry-After")
         .parse()
         .expect("seconds");
-    let t: u64 = r
-        .header("ratelimit")
-        .and_then(|s| s.rsplit("t=").next())
-        .and_then(|t| t.parse().ok())
-        .expect("t");
+    let t = r.ratelimit_reset().expect("t").unsigned_abs();
     assert!(
         retry_after >= t && retry_after > 0,
         "Retry-After {retry_after} vs t {t}"
@@ -421,11 +417,7 @@ spec: {quotaPolicyRef: {name: berlin}, apiKeys: [{secretRef: {name: k}}], subscr
         format!("\"daily\";q=1;w={day}"),
         "w is this day's length"
     );
-    let t: i64 = r
-        .header("ratelimit")
-        .and_then(|s| s.rsplit("t=").next())
-        .and_then(|t| t.parse().ok())
-        .expect("RateLimit t=");
+    let t = r.ratelimit_reset().expect("RateLimit t=");
     // t counts down to the next midnight from when the proxy answered, between the two readings.
     assert!(
         (end.as_second() - after.as_second() - 1..=end.as_second() - before.as_second())

@@ -290,6 +290,12 @@ async fn proxies_keep_serving_without_the_operator_and_restart_from_their_snapsh
     Ok(())
 }
 
+/// `tollgate_operator_leader` of operators 0 and 1.
+async fn leader_gauges(fleet: &Fleet) -> (Option<f64>, Option<f64>) {
+    let gauge = |i: usize| Fleet::metric(fleet.operators[i].admin, "tollgate_operator_leader");
+    (gauge(0).await, gauge(1).await)
+}
+
 #[tokio::test]
 async fn only_the_leader_writes_status_and_a_follower_takes_over() -> Result<()> {
     let mut fleet = Fleet::new("op-leader").await?;
@@ -308,14 +314,7 @@ async fn only_the_leader_writes_status_and_a_follower_takes_over() -> Result<()>
     })
     .await?;
     let (leader, follower) = (fleet.operators[0].admin, fleet.operators[1].admin);
-    assert_eq!(
-        Fleet::metric(leader, "tollgate_operator_leader").await,
-        Some(1.0)
-    );
-    assert_eq!(
-        Fleet::metric(follower, "tollgate_operator_leader").await,
-        Some(0.0)
-    );
+    assert_eq!(leader_gauges(&fleet).await, (Some(1.0), Some(0.0)));
     let leader_writes = Fleet::metric(leader, "tollgate_operator_status_writes_total")
         .await
         .unwrap_or(0.0);
@@ -392,14 +391,9 @@ async fn a_leader_whose_clock_runs_an_hour_behind_keeps_the_lease_while_it_renew
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (leader, follower) = (fleet.operators[0].admin, fleet.operators[1].admin);
     assert_eq!(
-        Fleet::metric(leader, "tollgate_operator_leader").await,
-        Some(1.0)
-    );
-    assert_eq!(
-        Fleet::metric(follower, "tollgate_operator_leader").await,
-        Some(0.0),
+        leader_gauges(&fleet).await,
+        (Some(1.0), Some(0.0)),
         "{}",
         fleet.operator_log(1)
     );

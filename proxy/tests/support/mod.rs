@@ -447,6 +447,16 @@ impl Reply {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
+    /// `t` (seconds to reset) of the last policy in the `RateLimit` header.
+    pub fn ratelimit_reset(&self) -> Option<i64> {
+        self.header("ratelimit")?
+            .rsplit("t=")
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// Asserts an RFC 9457 problem of `slug` with `status`; returns the body.
     pub fn problem(&self, status: u16, slug: &str) -> Value {
         assert_eq!(self.status, status, "status; body: {:?}", self.body);
