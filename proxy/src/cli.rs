@@ -153,19 +153,28 @@ pub struct Cli {
     #[arg(long, env = "TOLLGATE_MAX_HEADER_BYTES", default_value_t = 32 * 1024, value_name = "BYTES")]
     pub max_header_bytes: usize,
 
-    /// Time a client has to send a whole HTTP/1.1 request head, counted from the connection's
-    /// start or the head's first byte; a slower client is disconnected (slowloris protection).
+    /// Time a client has to send a whole request head (HTTP/1.x), or to start its first stream
+    /// (HTTP/2), counted from the connection's start or the head's first byte; also bounds the TLS
+    /// handshake. A slower client is disconnected (slowloris protection).
     #[arg(long, env = "TOLLGATE_HEADER_TIMEOUT", default_value = "10s", value_parser = positive_duration, value_name = "DURATION")]
     pub header_timeout: Duration,
 
-    /// How long an idle HTTP/1.1 keep-alive connection stays open waiting for its next request.
+    /// How long a connection with no request in flight stays open waiting for the next one
+    /// (HTTP/1.x keep-alive, or an HTTP/2 connection with no open stream; pings do not count).
     #[arg(long, env = "TOLLGATE_IDLE_TIMEOUT", default_value = "75s", value_parser = positive_duration, value_name = "DURATION")]
     pub idle_timeout: Duration,
 
-    /// How long an HTTP/1.1 client may take to accept more of a response (between two successful
-    /// writes) before it is disconnected; frees the backend connection a stalled reader holds.
+    /// How long a client may take to accept more of a response (a full socket, or an HTTP/2 flow
+    /// window it does not reopen) before its connection is closed; frees the backend connection a
+    /// stalled reader holds.
     #[arg(long, env = "TOLLGATE_SEND_TIMEOUT", default_value = "60s", value_parser = positive_duration, value_name = "DURATION")]
     pub send_timeout: Duration,
+
+    /// Most client connections open at once. At the limit the proxy stops accepting: new clients
+    /// wait in the kernel's accept queue until a connection closes. Each connection may need a
+    /// backend connection too, so keep the open-files limit above twice this.
+    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub max_connections: u32,
 
     /// How often standalone mode checks the manifest directory for changes.
     #[arg(long, env = "TOLLGATE_RELOAD_INTERVAL", default_value = "500ms", value_parser = duration, value_name = "DURATION")]

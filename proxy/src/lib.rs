@@ -27,6 +27,7 @@ pub mod request_path;
 pub mod router;
 pub mod server;
 pub mod server_h1;
+pub mod server_hyper;
 pub mod standalone;
 pub mod upstream_h1;
 pub mod upstream_pool;
@@ -258,6 +259,7 @@ async fn serve_with<S: CounterStore>(
         header_timeout: cli.header_timeout,
         idle_timeout: cli.idle_timeout,
         send_timeout: cli.send_timeout,
+        max_connections: usize::try_from(cli.max_connections).unwrap_or(usize::MAX),
     };
     server::serve(
         listener,

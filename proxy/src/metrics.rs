@@ -29,8 +29,12 @@ pub struct ProxyMetrics {
     pub config_rejected_objects: IntGauge,
     /// Open client connections.
     pub active_connections: IntGauge,
-    /// Client connections by how the HTTP/1.1 engine finished with them.
+    /// Client connections by how they ended.
     pub connections: IntCounterVec,
+    /// Client connections moved from the HTTP/1.1 engine to hyper.
+    pub handoffs_to_hyper: IntCounter,
+    /// Times the listener stopped accepting at `--max-connections`.
+    pub connections_at_limit: IntCounter,
     /// Access-log lines dropped because the writer could not keep up, or stdout refused them.
     pub access_log_dropped: IntCounter,
     /// Counter or snapshot persistence failures.
@@ -115,9 +119,17 @@ impl ProxyMetrics {
             connections: IntCounterVec::new(
                 Opts::new(
                     "tollgate_proxy_connections_total",
-                    "Client connections by how they ended in the HTTP/1.1 engine: client_closed, header_timeout, idle_timeout, send_timeout, shutdown, closed_after_response, error, tls_failed, or to_hyper (moved to hyper for HTTP/2, a body or an upgrade).",
+                    "Client connections by how they ended: client_closed, header_timeout, idle_timeout, send_timeout, shutdown, closed_after_response, error or tls_failed.",
                 ),
                 &["outcome"],
+            )?,
+            handoffs_to_hyper: IntCounter::new(
+                "tollgate_proxy_connection_handoffs_total",
+                "Client connections moved from the HTTP/1.1 engine to hyper (HTTP/2, a request body, HTTP/1.0 or an upgrade).",
+            )?,
+            connections_at_limit: IntCounter::new(
+                "tollgate_proxy_connections_at_limit_total",
+                "Times the listener stopped accepting because --max-connections connections were open.",
             )?,
             access_log_dropped: IntCounter::new(
                 "tollgate_proxy_access_log_dropped_total",
@@ -141,6 +153,8 @@ impl ProxyMetrics {
         registry.register(Box::new(m.config_rejected_objects.clone()))?;
         registry.register(Box::new(m.active_connections.clone()))?;
         registry.register(Box::new(m.connections.clone()))?;
+        registry.register(Box::new(m.handoffs_to_hyper.clone()))?;
+        registry.register(Box::new(m.connections_at_limit.clone()))?;
         registry.register(Box::new(m.access_log_dropped.clone()))?;
         registry.register(Box::new(m.state_flush_errors.clone()))?;
         registry.register(Box::new(m.control_plane_connected.clone()))?;

@@ -1,33 +1,31 @@
 //! The API listener: plain TCP or TLS (rustls, ALPN h2 and http/1.1), HTTP/1.1 and HTTP/2
-//! (also h2c with prior knowledge), bounded request heads, slow-client timeouts, and a graceful
-//! drain on shutdown. Bodiless HTTP/1.1 requests are served by [`server_h1`]; a connection moves
-//! to hyper at its first request that engine does not serve (a body, HTTP/2, an upgrade...).
+//! (also h2c with prior knowledge), at most `max_connections` open connections, bounded request
+//! heads, slow-client timeouts, and a graceful drain on shutdown. Bodiless HTTP/1.1 requests are
+//! served by [`server_h1`]; a connection moves to hyper ([`server_hyper`]) at its first request
+//! that engine does not serve (a body, HTTP/2, an upgrade...). Both hold every connection to the
+//! same timeouts.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::forward::RequestBody;
 use crate::metrics::ProxyMetrics;
 use crate::proxy::{ClientConn, Proxy};
 use crate::quota::CounterStore;
-use crate::raw_headers::RawHeaders;
 use crate::server_h1;
+use crate::server_hyper;
+use crate::warn_throttle::WarnThrottle;
 
 /// Listener settings.
 #[derive(Debug, Clone)]
@@ -42,6 +40,8 @@ pub struct ServerOptions {
     pub idle_timeout: Duration,
     /// How long a client may take to accept more of a response.
     pub send_timeout: Duration,
+    /// Most client connections open at once; the listener stops accepting at the limit.
+    pub max_connections: usize,
 }
 
 /// A TLS acceptor from PEM files, offering HTTP/2 and HTTP/1.1 by ALPN.
@@ -92,9 +92,8 @@ pub async fn serve<S: CounterStore>(
     shutdown: impl Future<Output = ()>,
 ) {
     let builder = Arc::new(builder(&opts));
-    // Connections hyper serves drain through `graceful`; those the HTTP/1.1 engine serves watch
-    // `stop` and hold a receiver each: `stop.closed()` resolves when the last one has closed.
-    let graceful = GracefulShutdown::new();
+    // Every connection, whichever engine serves it, watches `stop` and holds a receiver:
+    // `stop.closed()` resolves when the last one has closed.
     let (stop, stopped) = watch::channel(false);
     let limits = server_h1::Limits {
         max_head: opts.max_header_bytes,
@@ -103,8 +102,33 @@ pub async fn serve<S: CounterStore>(
         send_timeout: opts.send_timeout,
     };
     let handshake_timeout = opts.header_timeout;
+    // One permit per open connection. At the limit the listener stops accepting: new clients
+    // wait in the kernel's accept queue (and see connect timeouts once it is full) instead of
+    // the proxy running out of memory or file descriptors.
+    let slots = Arc::new(Semaphore::new(opts.max_connections));
+    let at_limit = WarnThrottle::new(Duration::from_secs(60));
     tokio::pin!(shutdown);
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                metrics.connections_at_limit.inc();
+                if let Some(left_out) = at_limit.due(std::time::Instant::now()) {
+                    tracing::warn!(
+                        max_connections = opts.max_connections,
+                        times_since_last_warning = left_out,
+                        "connection limit reached; new connections wait in the accept queue until one closes (raise --max-connections if the machine has room)"
+                    );
+                }
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -122,7 +146,6 @@ pub async fn serve<S: CounterStore>(
             proxy: proxy.clone(),
             conn: Arc::new(ClientConn::new(client, tls.is_some())),
             builder: builder.clone(),
-            watcher: graceful.watcher(),
             stopped: stopped.clone(),
             limits,
             metrics: metrics.clone(),
@@ -130,6 +153,7 @@ pub async fn serve<S: CounterStore>(
         let metrics = metrics.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             metrics.active_connections.inc();
             let result = match tls {
                 Some(acceptor) => {
@@ -157,11 +181,8 @@ pub async fn serve<S: CounterStore>(
     drop(stopped);
     let _ = stop.send(true);
     tracing::info!(timeout = ?opts.drain_timeout, "draining in-flight requests");
-    let drained = async {
-        tokio::join!(graceful.shutdown(), stop.closed());
-    };
     tokio::select! {
-        () = drained => tracing::info!("all connections closed"),
+        () = stop.closed() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(opts.drain_timeout) => tracing::warn!("drain timeout reached; closing remaining connections"),
     }
 }
@@ -173,7 +194,6 @@ struct Session<S> {
     proxy: Arc<Proxy<S>>,
     conn: Arc<ClientConn>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: Watcher,
     stopped: watch::Receiver<bool>,
     limits: server_h1::Limits,
     metrics: ProxyMetrics,
@@ -188,18 +208,17 @@ impl<S: CounterStore> Session<S> {
             proxy,
             conn,
             builder,
-            watcher,
             stopped,
             limits,
             metrics,
         } = self;
-        let io = match server_h1::serve(io, &proxy, &conn, limits, stopped).await {
+        let io = match server_h1::serve(io, &proxy, &conn, limits, stopped.clone()).await {
             Ok(server_h1::Ended::Closed(why)) => {
                 metrics.connection_ended(why.label());
                 return Ok(());
             }
             Ok(server_h1::Ended::Handoff(io)) => {
-                metrics.connection_ended("to_hyper");
+                metrics.handoffs_to_hyper.inc();
                 io
             }
             Err(e) => {
@@ -207,25 +226,15 @@ impl<S: CounterStore> Session<S> {
                 return Err(e.into());
             }
         };
-        let service = service_fn(move |req: hyper::Request<Incoming>| {
-            let (proxy, conn) = (proxy.clone(), conn.clone());
-            async move {
-                let resp = proxy
-                    .handle(
-                        req.map(RequestBody::Streaming),
-                        RawHeaders::default(),
-                        &conn,
-                    )
-                    .await;
-                Ok::<_, Infallible>(crate::proxy::with_lines_in_map(resp))
+        match server_hyper::serve(io, proxy, conn, &builder, limits, stopped).await {
+            server_hyper::Ended::Closed(why) => {
+                metrics.connection_ended(why.label());
+                Ok(())
             }
-        });
-        watcher
-            .watch(
-                builder
-                    .serve_connection(TokioIo::new(io), service)
-                    .into_owned(),
-            )
-            .await
+            server_hyper::Ended::Error(e) => {
+                metrics.connection_ended("error");
+                Err(e.into())
+            }
+        }
     }
 }

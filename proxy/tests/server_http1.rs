@@ -159,25 +159,10 @@ fn parse_answer(buf: &[u8], head: bool) -> Option<(Answer, usize)> {
     ))
 }
 
-/// Waits (up to 10 s) until `tollgate_proxy_connections_total{outcome}` reaches `at_least`: the
-/// count lands just after the connection closes.
+/// Waits until `tollgate_proxy_connections_total{outcome}` reaches `at_least`.
 async fn wait_for_outcome(p: &ProxyProcess, outcome: &str, at_least: u64) {
-    let series = format!("tollgate_proxy_connections_total{{outcome=\"{outcome}\"}} ");
-    let mut seen = 0;
-    for _ in 0..100 {
-        let (_, _, body) = support::get_raw(p.admin, "/metrics", &[])
-            .await
-            .expect("metrics");
-        seen = String::from_utf8_lossy(&body)
-            .lines()
-            .find_map(|l| l.strip_prefix(&series).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0);
-        if seen >= at_least {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{series}is {seen}, expected at least {at_least}");
+    let series = format!("tollgate_proxy_connections_total{{outcome=\"{outcome}\"}}");
+    p.wait_for_metric(&series, at_least as f64).await;
 }
 
 async fn connect(p: &ProxyProcess) -> TcpStream {
@@ -300,7 +285,8 @@ async fn a_request_with_a_body_moves_the_connection_to_hyper_without_losing_byte
     assert_eq!(answers[0].json()["uri"], "/second");
     assert_eq!(answers[0].json()["body"], body);
     assert_eq!(answers[1].json()["uri"], "/third");
-    wait_for_outcome(&p, "to_hyper", 1).await;
+    p.wait_for_metric("tollgate_proxy_connection_handoffs_total", 1.0)
+        .await;
 }
 
 #[tokio::test]

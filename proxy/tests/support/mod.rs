@@ -322,6 +322,30 @@ impl ProxyProcess {
         }
     }
 
+    /// The value of one metric series (`name{labels}` exactly as exposed), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, _, body) = get_raw(self.admin, "/metrics", &[]).await.expect("metrics");
+        let prefix = format!("{series} ");
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    /// Waits (up to 10 s) until `series` reaches `at_least`. Counts a connection's end land just
+    /// after it closes, so they are waited for rather than read once.
+    pub async fn wait_for_metric(&self, series: &str, at_least: f64) {
+        let mut seen = 0.0;
+        for _ in 0..100 {
+            seen = self.metric(series).await;
+            if seen >= at_least {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{series} is {seen}, expected at least {at_least}");
+    }
+
     /// The access-log lines written so far, parsed.
     pub fn access_log(&self) -> Vec<Value> {
         std::fs::read_to_string(&self.stdout_path)
