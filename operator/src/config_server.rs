@@ -17,7 +17,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -381,6 +381,9 @@ impl ConfigServer {
     }
 }
 
+/// Time a client has to finish its TLS handshake, then each request head.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves the stream over TLS until the task is dropped.
 pub async fn serve(listener: TcpListener, tls: TlsAcceptor, server: Arc<ConfigServer>) {
     loop {
@@ -390,19 +393,22 @@ pub async fn serve(listener: TcpListener, tls: TlsAcceptor, server: Arc<ConfigSe
         let _ = stream.set_nodelay(true);
         let (tls, server) = (tls.clone(), server.clone());
         tokio::spawn(async move {
-            let stream =
-                match tokio::time::timeout(Duration::from_secs(10), tls.accept(stream)).await {
-                    Ok(Ok(s)) => s,
-                    _ => {
-                        tracing::debug!(%peer, "TLS handshake failed");
-                        return;
-                    }
-                };
+            let stream = match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                _ => {
+                    tracing::debug!(%peer, "TLS handshake failed");
+                    return;
+                }
+            };
             let service = service_fn(move |req| {
                 let server = server.clone();
                 async move { Ok::<_, Infallible>(server.handle(req).await) }
             });
+            // Streams are long by design; a head is not: a client that never finishes one is
+            // dropped rather than held (the port is reachable from the whole cluster).
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::sync::{Notify, watch as channel};
@@ -193,6 +193,9 @@ pub async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// Longest life of one connection to the admin port (one request and its response).
+const ADMIN_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
 async fn serve_admin(
     listener: tokio::net::TcpListener,
     registry: Registry,
@@ -245,9 +248,14 @@ async fn serve_admin(
                 }
                 async move { Ok::<_, Infallible>(resp) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            // One request per connection, a bounded head and a bounded life: scrapes and probes
+            // need no more, and an idle client cannot pile up connections.
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(config_server::HEADER_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(ADMIN_CONNECTION_LIFETIME, conn).await;
         });
     }
 }

@@ -1,8 +1,15 @@
 //! The admin server: `/metrics` (Prometheus text format), `/healthz` (the process is up),
 //! `/readyz` (a configuration is loaded), `/usage` (current counters as JSON).
+//!
+//! In a cluster this port is open to Prometheus and the kubelet, but `/usage` names every tenant,
+//! plan and figure: it answers loopback clients only (`kubectl port-forward` arrives on loopback
+//! inside the pod). The operator gets the same figures over the config stream, so nothing else
+//! needs it. Connections are HTTP/1.1, one request each (a scrape every few seconds gains nothing
+//! from keep-alive, and an idle connection cannot hold a slot), with a head timeout and a bounded
+//! life, at most [`MAX_CONNECTIONS`] at once.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -11,12 +18,13 @@ use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use jiff::Timestamp;
 use prometheus::{Encoder, Registry, TextEncoder};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::proxy::Proxy;
 use crate::quota::CounterStore;
@@ -53,9 +61,21 @@ struct UsageEntry {
     period_end: Timestamp,
 }
 
+/// Time a client has to send a request head.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest life of one connection (its one request and a response as large as `/usage` gets).
+const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+/// Most connections open at once; more wait in the accept queue.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Whether `peer` may read `/usage`: only from the proxy's own host (or pod).
+fn may_read_usage(peer: IpAddr) -> bool {
+    peer.to_canonical().is_loopback()
+}
+
 impl<S: CounterStore> Admin<S> {
-    fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-        match req.uri().path() {
+    fn respond(&self, path: &str, peer: IpAddr) -> Response<Full<Bytes>> {
+        match path {
             "/metrics" => {
                 let mut body = Vec::new();
                 let encoder = TextEncoder::new();
@@ -78,6 +98,12 @@ impl<S: CounterStore> Admin<S> {
             "/readyz" => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no configuration loaded yet\n".into(),
+            ),
+            "/usage" if !may_read_usage(peer) => text(
+                StatusCode::FORBIDDEN,
+                "/usage lists every tenant and answers loopback clients only: read it from the \
+                 proxy's host, or through `kubectl port-forward`\n"
+                    .into(),
             ),
             "/usage" => {
                 let report = self.usage(Timestamp::now());
@@ -145,19 +171,27 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 
 /// Serves the admin endpoints until the task is dropped.
 pub async fn serve<S: CounterStore>(listener: TcpListener, admin: Arc<Admin<S>>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let admin = admin.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req: Request<Incoming>| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.respond(&req)) }
+                async move { Ok::<_, Infallible>(admin.respond(req.uri().path(), peer.ip())) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
         });
     }
 }
@@ -165,4 +199,27 @@ pub async fn serve<S: CounterStore>(listener: TcpListener, admin: Arc<Admin<S>>)
 /// The address actually bound (for logs when port 0 was asked).
 pub fn bound(listener: &TcpListener, asked: SocketAddr) -> SocketAddr {
     listener.local_addr().unwrap_or(asked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_is_for_loopback_clients_only() {
+        for allowed in ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"] {
+            let ip: IpAddr = allowed.parse().expect("address");
+            assert!(may_read_usage(ip), "{allowed}");
+        }
+        for refused in [
+            "10.1.2.3",
+            "192.168.0.7",
+            "0.0.0.0",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+        ] {
+            let ip: IpAddr = refused.parse().expect("address");
+            assert!(!may_read_usage(ip), "{refused}");
+        }
+    }
 }

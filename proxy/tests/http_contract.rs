@@ -1244,3 +1244,64 @@ async fn per_tenant_metrics_are_opt_in() {
         "{on_text}"
     );
 }
+
+/// `/usage` names every tenant: from any address but loopback it is refused, while `/metrics`
+/// and the probes answer everyone. Run in a network namespace of the test's own, where
+/// 10.77.0.1 is a second address on its loopback device (a peer that is not "loopback").
+#[test]
+fn usage_answers_loopback_clients_only_while_metrics_answer_everyone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).expect("manifests dir");
+    std::fs::write(
+        manifests.join("route.yaml"),
+        "apiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {name: r}\n\
+         spec: {match: {pathPrefix: /}, backend: {url: \"http://127.0.0.1:9\"}}\n",
+    )
+    .expect("manifest");
+    let script = r#"
+        set -eu
+        ip link set lo up
+        ip addr add 10.77.0.1/32 dev lo
+        "$PROXY" --manifests "$DIR/manifests" --state-dir "$DIR" \
+            --listen 127.0.0.1:18080 --admin-listen 0.0.0.0:19090 >/dev/null 2>"$DIR/proxy.log" &
+        pid=$!
+        trap 'kill "$pid" 2>/dev/null || true' EXIT
+        for _ in $(seq 200); do
+            curl -sf -o /dev/null http://127.0.0.1:19090/readyz && break
+            sleep 0.1
+        done
+        for from in 127.0.0.1 10.77.0.1; do
+            for path in /usage /metrics /readyz; do
+                code=$(curl -s -o /dev/null -w '%{http_code}' --interface "$from" "http://$from:19090$path")
+                echo "$from $path $code"
+            done
+        done
+    "#;
+    let out = std::process::Command::new("unshare")
+        .args(["-n", "sh", "-c", script])
+        .env("PROXY", env!("CARGO_BIN_EXE_tollgate-proxy"))
+        .env("DIR", dir.path())
+        .output()
+        .expect("unshare");
+    let log = std::fs::read_to_string(dir.path().join("proxy.log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{}\n{log}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        [
+            "127.0.0.1 /usage 200",
+            "127.0.0.1 /metrics 200",
+            "127.0.0.1 /readyz 200",
+            "10.77.0.1 /usage 403",
+            "10.77.0.1 /metrics 200",
+            "10.77.0.1 /readyz 200",
+        ],
+        "{log}"
+    );
+}

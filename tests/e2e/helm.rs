@@ -54,6 +54,7 @@ fn the_chart_renders_for_defaults_and_every_documented_option() -> Result<()> {
         "ClusterRole",
         "Deployment",
         "HorizontalPodAutoscaler",
+        "NetworkPolicy",
         "PodDisruptionBudget",
         "Role",
         "Service",
@@ -68,7 +69,6 @@ fn the_chart_renders_for_defaults_and_every_documented_option() -> Result<()> {
         ("metrics.serviceMonitor.enabled=true", "ServiceMonitor"),
         ("metrics.prometheusRule.enabled=true", "PrometheusRule"),
         ("metrics.dashboard.enabled=true", "ConfigMap"),
-        ("networkPolicy.enabled=true", "NetworkPolicy"),
         ("redis.deploy=true", "StatefulSet"),
     ];
     for (set, kind) in cases {
@@ -201,6 +201,75 @@ fn deploy_manifests_are_rendered_from_the_chart() -> Result<()> {
         rendered.trim(),
         "deploy/tollgate.yaml is stale: run deploy/render.sh"
     );
+    Ok(())
+}
+
+/// The objects of `kind` in a rendering, by name.
+fn objects(rendered: &str, kind: &str) -> Vec<(String, serde_json::Value)> {
+    rendered
+        .split("\n---")
+        .filter_map(|doc| serde_yaml::from_str::<serde_json::Value>(doc).ok())
+        .filter(|value| value["kind"] == kind)
+        .map(|value| {
+            (
+                value["metadata"]["name"].as_str().unwrap_or("").to_owned(),
+                value,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn network_policies_are_on_by_default_and_admit_only_prometheus_to_metrics() -> Result<()> {
+    let rendered = helm_ok(&["template", "t", &chart(), "--set", "redis.deploy=true"])?;
+    let policies = objects(&rendered, "NetworkPolicy");
+    let names: Vec<&str> = policies.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "t-tollgate-operator",
+            "t-tollgate-proxy",
+            "t-tollgate-redis"
+        ]
+    );
+    let prometheus = serde_json::json!([{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    }]);
+    for (name, policy) in &policies {
+        for rule in policy["spec"]["ingress"].as_array().expect("ingress rules") {
+            let ports: Vec<i64> = rule["ports"]
+                .as_array()
+                .expect("ports")
+                .iter()
+                .filter_map(|p| p["port"].as_i64())
+                .collect();
+            match ports.as_slice() {
+                // The API port is the ingress: open to every client.
+                [8080] => assert!(rule.get("from").is_none(), "{name}: {rule}"),
+                [9090] | [9091] => assert_eq!(rule["from"], prometheus, "{name}: {rule}"),
+                // The config stream and Redis: this release's pods only.
+                [8443] | [6379] => {
+                    for peer in rule["from"].as_array().expect("peers") {
+                        assert_eq!(
+                            peer["podSelector"]["matchLabels"]["app.kubernetes.io/instance"], "t",
+                            "{name}: {peer}"
+                        );
+                        assert!(peer.get("namespaceSelector").is_none(), "{name}: {peer}");
+                    }
+                }
+                other => panic!("{name}: a rule for ports {other:?}"),
+            }
+        }
+    }
+    let off = helm_ok(&[
+        "template",
+        "t",
+        &chart(),
+        "--set",
+        "networkPolicy.enabled=false",
+    ])?;
+    assert!(objects(&off, "NetworkPolicy").is_empty());
     Ok(())
 }
 

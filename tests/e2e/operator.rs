@@ -499,6 +499,57 @@ async fn the_config_stream_refuses_callers_that_are_not_proxies() -> Result<()> 
     Ok(())
 }
 
+/// Waits for `child` to exit on its own (its server closed the connection), up to `limit`.
+fn exits_within(child: &mut std::process::Child, limit: Duration) -> Result<bool> {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if child.try_wait()?.is_some() {
+            return Ok(true);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    Ok(false)
+}
+
+#[tokio::test]
+async fn the_operator_drops_clients_that_never_finish_a_request_head() -> Result<()> {
+    use std::io::Write;
+    let mut fleet = Fleet::new("op-slow").await?;
+    fleet.start_operator().await?;
+    fleet.wait_leader(0).await?;
+    // The admin port (plain HTTP) and the config stream (after a completed TLS handshake): a
+    // head started and never finished. Both must be closed by the header timeout (10 s).
+    let mut admin = std::net::TcpStream::connect(fleet.operators[0].admin)?;
+    admin.write_all(b"GET /metrics HTTP/1.1\r\nHost: op\r\nX-Slow: ")?;
+    let authority = fleet.operators[0]
+        .url
+        .trim_start_matches("https://")
+        .to_owned();
+    let mut stream = std::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", &authority])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut stdin = stream.stdin.take().context("s_client stdin")?;
+    stdin.write_all(b"GET /v1/config/stream HTTP/1.1\r\nHost: op\r\nX-Slow: ")?;
+    stdin.flush()?;
+    assert!(
+        exits_within(&mut stream, Duration::from_secs(40))?,
+        "the config stream kept a connection whose head never finished"
+    );
+    admin.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut rest = Vec::new();
+    let closed = std::io::Read::read_to_end(&mut admin, &mut rest);
+    assert!(
+        closed.is_ok(),
+        "the admin port kept a connection whose head never finished: {closed:?}"
+    );
+    drop(stdin);
+    Ok(())
+}
+
 #[tokio::test]
 async fn with_redis_the_fleet_shares_a_quota_and_status_shows_the_redis_counter() -> Result<()> {
     let mut fleet = Fleet::new("redis-usage").await?;
