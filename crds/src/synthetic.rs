@@ -123,25 +123,28 @@ impl Synthetic {
     }
 
     /// All objects as one multi-document YAML stream (for standalone mode).
-    pub fn to_yaml(&self) -> Result<String, serde_yaml::Error> {
+    pub fn to_yaml(&self) -> Result<String, SyntheticYamlError> {
         let mut out = String::new();
-        let mut push = |value: serde_yaml::Value| -> Result<(), serde_yaml::Error> {
+        let mut push = |value: serde_json::Value| -> Result<(), SyntheticYamlError> {
             out.push_str("---\n");
-            out.push_str(&serde_yaml::to_string(&value)?);
+            out.push_str(&serde_saphyr::to_string_with_options(
+                &value,
+                crate::yaml_style(),
+            )?);
             Ok(())
         };
         for p in &self.plans {
-            push(serde_yaml::to_value(p)?)?;
+            push(serde_json::to_value(p)?)?;
         }
         for r in &self.routes {
-            push(serde_yaml::to_value(r)?)?;
+            push(serde_json::to_value(r)?)?;
         }
         for t in &self.tenants {
-            push(serde_yaml::to_value(t)?)?;
+            push(serde_json::to_value(t)?)?;
         }
         for sec in &self.secrets {
-            let mut v = serde_yaml::to_value(sec)?;
-            if let Some(m) = v.as_mapping_mut() {
+            let mut v = serde_json::to_value(sec)?;
+            if let Some(m) = v.as_object_mut() {
                 m.insert("apiVersion".into(), "v1".into());
                 m.insert("kind".into(), "Secret".into());
             }
@@ -149,6 +152,17 @@ impl Synthetic {
         }
         Ok(out)
     }
+}
+
+/// Why a synthetic world could not be written as YAML.
+#[derive(Debug, thiserror::Error)]
+pub enum SyntheticYamlError {
+    /// An object did not convert to a JSON value.
+    #[error("converting an object: {0}")]
+    Value(#[from] serde_json::Error),
+    /// The YAML writer failed.
+    #[error("writing YAML: {0}")]
+    Yaml(#[from] serde_saphyr::SerializeError),
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::Secret;
-use serde::Deserialize;
+use serde_saphyr::Spanned;
 use tollgate_crds::compile::{Compiled, DEFAULT_NAMESPACE, Objects, compile};
 use tollgate_crds::resources::{ApiRoute, QuotaPolicy, Tenant};
 
@@ -184,21 +184,55 @@ fn id(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (Str
     )
 }
 
+/// Largest manifest file read. A world of 10,000 tenants with their keys is a few MiB.
+pub const MAX_MANIFEST_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Bounds on what one file may make the YAML parser do, so that a hostile or broken file costs
+/// milliseconds, never the start-up: nesting (manifests need about ten levels), nodes, and the
+/// anchor/alias budgets of serde-saphyr's defaults (billion laughs). Documents are not bounded
+/// beyond the size: one file may hold a whole world.
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_depth: 64,
+            flow_nesting_limit: 64,
+            max_documents: usize::MAX,
+            max_nodes: 16 * 1024 * 1024,
+        },
+    }
+}
+
 fn parse_file(path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Manifest>, FileError> {
     let err = |line: Option<usize>, message: String| FileError {
         file: path.to_owned(),
         line,
         message,
     };
+    let size = std::fs::metadata(path)
+        .map_err(|e| err(None, e.to_string()))?
+        .len();
+    if size > MAX_MANIFEST_BYTES {
+        return Err(err(
+            None,
+            format!(
+                "{size} bytes is more than the {MAX_MANIFEST_BYTES} a manifest file may hold; split it into several files"
+            ),
+        ));
+    }
     let text = std::fs::read_to_string(path).map_err(|e| err(None, e.to_string()))?;
+    // Empty and null documents are skipped; each document keeps the line it starts on.
+    let documents: Vec<Spanned<serde_json::Value>> =
+        serde_saphyr::from_multiple_with_options(&text, yaml_options()).map_err(|e| {
+            let line = e.location().and_then(|l| usize::try_from(l.line()).ok());
+            err(line, e.without_snippet().to_string())
+        })?;
     let mut manifests = Vec::new();
-    for (index, document) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-        let mut value = serde_yaml::Value::deserialize(document)
-            .map_err(|e| err(e.location().map(|l| l.line()), e.to_string()))?;
+    for document in documents {
+        let mut value = document.value;
+        let line = usize::try_from(document.defined.line()).unwrap_or(1).max(1);
         if value.is_null() {
             continue;
         }
-        let line_hint = document_line(&text, index);
         default_namespace(&mut value);
         let kind = value
             .get("kind")
@@ -210,7 +244,7 @@ fn parse_file(path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Manifest>, 
             .and_then(|k| k.as_str())
             .unwrap_or_default()
             .to_owned();
-        let invalid = |e: serde_yaml::Error| err(line_hint, format!("{kind}: {e}"));
+        let invalid = |e: serde_json::Error| err(Some(line), format!("{kind}: {e}"));
         let mut unknown = Vec::new();
         let manifest = match (api_version.as_str(), kind.as_str()) {
             ("tollgate.dev/v1alpha1", "ApiRoute") => {
@@ -227,21 +261,19 @@ fn parse_file(path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Manifest>, 
             }
             _ => {
                 warnings.push(format!(
-                    "{}:{}: skipping {api_version} {kind}: standalone mode reads ApiRoute, Tenant and QuotaPolicy (tollgate.dev/v1alpha1) and v1 Secret",
+                    "{}:{line}: skipping {api_version} {kind}: standalone mode reads ApiRoute, Tenant and QuotaPolicy (tollgate.dev/v1alpha1) and v1 Secret",
                     path.display(),
-                    line_hint.unwrap_or(1)
                 ));
                 continue;
             }
         };
         if manifest_name(&manifest).is_empty() {
-            return Err(err(line_hint, format!("{kind} without metadata.name")));
+            return Err(err(Some(line), format!("{kind} without metadata.name")));
         }
         for field in unknown {
             warnings.push(format!(
-                "{}:{}: {kind} {}: unknown field `{field}` is ignored (misspelled, or at the wrong level? `kubectl apply` would reject it)",
+                "{}:{line}: {kind} {}: unknown field `{field}` is ignored (misspelled, or at the wrong level? `kubectl apply` would reject it)",
                 path.display(),
-                line_hint.unwrap_or(1),
                 manifest_name(&manifest)
             ));
         }
@@ -252,9 +284,9 @@ fn parse_file(path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Manifest>, 
 
 /// Deserializes `value`, collecting the paths of fields the type does not know (`spec.timeout`).
 fn typed<T: serde::de::DeserializeOwned>(
-    value: serde_yaml::Value,
+    value: serde_json::Value,
     unknown: &mut Vec<String>,
-) -> Result<T, serde_yaml::Error> {
+) -> Result<T, serde_json::Error> {
     serde_ignored::deserialize(value, |field| {
         // apiVersion and kind were read above; the CRD types leave them to the loader.
         let field = field.to_string();
@@ -274,36 +306,18 @@ fn manifest_name(m: &Manifest) -> &str {
     meta.name.as_deref().unwrap_or_default()
 }
 
-/// The 1-based line where document `index` starts (the line after its `---`, or line 1).
-fn document_line(text: &str, index: usize) -> Option<usize> {
-    let separators: Vec<usize> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.starts_with("---"))
-        .map(|(n, _)| n + 1)
-        .collect();
-    let leading = separators.first() == Some(&1);
-    match (index, leading) {
-        (0, false) => Some(1),
-        (i, true) => separators.get(i).map(|n| n + 1),
-        (i, false) => separators.get(i - 1).map(|n| n + 1),
-    }
-}
-
 /// Objects without a namespace are in `default`, as kubectl would put them.
-fn default_namespace(value: &mut serde_yaml::Value) {
-    let Some(map) = value.as_mapping_mut() else {
+fn default_namespace(value: &mut serde_json::Value) {
+    let Some(map) = value.as_object_mut() else {
         return;
     };
     let metadata = map
-        .entry(serde_yaml::Value::from("metadata"))
-        .or_insert_with(|| serde_yaml::Value::Mapping(serde_yaml::Mapping::new()));
-    if let Some(meta) = metadata.as_mapping_mut() {
-        let ns = meta
-            .entry(serde_yaml::Value::from("namespace"))
-            .or_insert(serde_yaml::Value::Null);
+        .entry("metadata")
+        .or_insert_with(|| serde_json::Value::Object(serde_json::Map::new()));
+    if let Some(meta) = metadata.as_object_mut() {
+        let ns = meta.entry("namespace").or_insert(serde_json::Value::Null);
         if ns.as_str().is_none_or(str::is_empty) {
-            *ns = serde_yaml::Value::from(DEFAULT_NAMESPACE);
+            *ns = serde_json::Value::from(DEFAULT_NAMESPACE);
         }
     }
 }
@@ -312,15 +326,69 @@ fn default_namespace(value: &mut serde_yaml::Value) {
 mod tests {
     use super::*;
 
+    fn parse_text(text: &str) -> Result<Vec<Manifest>, FileError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("hostile.yaml");
+        std::fs::write(&file, text).expect("write");
+        parse_file(&file, &mut Vec::new())
+    }
+
     #[test]
-    fn document_lines_follow_separators() {
-        let text = "a: 1\n---\nb: 2\n---\nc: 3\n";
-        assert_eq!(document_line(text, 0), Some(1));
-        assert_eq!(document_line(text, 1), Some(3));
-        assert_eq!(document_line(text, 2), Some(5));
-        let leading = "---\na: 1\n---\nb: 2\n";
-        assert_eq!(document_line(leading, 0), Some(2));
-        assert_eq!(document_line(leading, 1), Some(4));
+    fn nesting_deeper_than_64_levels_is_refused_with_its_line() {
+        let deep = |levels: usize| {
+            format!(
+                "apiVersion: v1\nkind: Secret\nmetadata: {{name: k}}\ndata: {{x: {}1{}}}\n",
+                "[".repeat(levels),
+                "]".repeat(levels)
+            )
+        };
+        // Depth here counts the document and `data` too: 60 nested lists are fine to parse.
+        assert!(parse_text(&deep(60)).is_err_and(|e| e.message.contains("invalid type")));
+        for levels in [100, 100_000] {
+            let e = parse_text(&deep(levels)).expect_err("too deep");
+            assert_eq!(e.line, Some(4), "{e}");
+            assert!(e.message.contains("recursion limit"), "{e}");
+        }
+    }
+
+    #[test]
+    fn aliases_cannot_multiply_a_small_file() {
+        // "Billion laughs": nine levels of ten aliases each.
+        let mut text = String::from("a0: &a0 [lol]\n");
+        for level in 1..10 {
+            let refs = vec![format!("*a{}", level - 1); 10].join(", ");
+            text.push_str(&format!("a{level}: &a{level} [{refs}]\n"));
+        }
+        let e = parse_text(&text).expect_err("refused");
+        assert!(e.line.is_some(), "{e}");
+    }
+
+    #[test]
+    fn files_over_the_size_bound_are_refused_unread() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("huge.yaml");
+        let huge = std::fs::File::create(&file).expect("create");
+        // Sparse: the size is what the bound reads.
+        huge.set_len(MAX_MANIFEST_BYTES + 1).expect("set_len");
+        let e = parse_file(&file, &mut Vec::new()).expect_err("refused");
+        assert!(e.message.contains("split it into several files"), "{e}");
+    }
+
+    #[test]
+    fn each_document_is_named_by_the_line_it_starts_on() {
+        let text = "# a comment\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: a}\n---\n\n---\n\
+                    apiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n---\napiVersion: v1\nkind: Secret\n";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("docs.yaml");
+        std::fs::write(&file, text).expect("write");
+        let mut warnings = Vec::new();
+        let e = parse_file(&file, &mut warnings).expect_err("a Secret without a name");
+        assert_eq!(e.line, Some(13), "{e}");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with(&format!("{}:9: skipping v1 ConfigMap", file.display())),
+            "{warnings:?}"
+        );
     }
 
     #[test]

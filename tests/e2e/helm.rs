@@ -208,7 +208,7 @@ fn deploy_manifests_are_rendered_from_the_chart() -> Result<()> {
 fn objects(rendered: &str, kind: &str) -> Vec<(String, serde_json::Value)> {
     rendered
         .split("\n---")
-        .filter_map(|doc| serde_yaml::from_str::<serde_json::Value>(doc).ok())
+        .filter_map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).ok())
         .filter(|value| value["kind"] == kind)
         .map(|value| {
             (
@@ -285,7 +285,7 @@ fn chart_rbac_is_the_documented_least_privilege() -> Result<()> {
     let rules_of = |yaml: &str, kind: &str| -> Result<serde_json::Value> {
         for doc in yaml.split("\n---") {
             let value: serde_json::Value =
-                serde_yaml::from_str(doc).unwrap_or(serde_json::Value::Null);
+                serde_saphyr::from_str(doc).unwrap_or(serde_json::Value::Null);
             if value["kind"] == kind
                 && value["metadata"]["name"]
                     .as_str()

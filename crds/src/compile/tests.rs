@@ -15,8 +15,8 @@ struct World {
 impl World {
     fn parse(yaml: &str) -> Self {
         let mut w = World::default();
-        for doc in serde_yaml::Deserializer::from_str(yaml) {
-            let value = serde_yaml::Value::deserialize(doc).expect("yaml");
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(yaml).expect("yaml");
+        for value in docs {
             let kind = value
                 .get("kind")
                 .and_then(|k| k.as_str())
@@ -25,16 +25,16 @@ impl World {
             match kind.as_str() {
                 "ApiRoute" => w
                     .routes
-                    .push(serde_yaml::from_value(value).expect("ApiRoute")),
+                    .push(serde_json::from_value(value).expect("ApiRoute")),
                 "Tenant" => w
                     .tenants
-                    .push(serde_yaml::from_value(value).expect("Tenant")),
+                    .push(serde_json::from_value(value).expect("Tenant")),
                 "QuotaPolicy" => w
                     .plans
-                    .push(serde_yaml::from_value(value).expect("QuotaPolicy")),
+                    .push(serde_json::from_value(value).expect("QuotaPolicy")),
                 "Secret" => w
                     .secrets
-                    .push(serde_yaml::from_value(value).expect("Secret")),
+                    .push(serde_json::from_value(value).expect("Secret")),
                 other => panic!("unexpected kind {other}"),
             }
         }
@@ -59,8 +59,6 @@ impl World {
         })
     }
 }
-
-use serde::Deserialize;
 
 const BASE: &str = r#"
 apiVersion: tollgate.dev/v1alpha1
