@@ -75,8 +75,14 @@ pub fn synthetic(namespace: &str, tenants: usize, routes: usize) -> Synthetic {
     }
     for i in 0..tenants {
         let name = format!("tenant-{i:05}");
+        let mut metadata = meta(namespace, format!("{name}-key"));
+        // The label the operator selects key Secrets by.
+        metadata.labels = Some(BTreeMap::from([(
+            "tollgate.dev/api-key".to_owned(),
+            "true".to_owned(),
+        )]));
         s.secrets.push(Secret {
-            metadata: meta(namespace, format!("{name}-key")),
+            metadata,
             string_data: Some(BTreeMap::from([(
                 "apiKey".to_owned(),
                 format!("key-{name}"),

@@ -5,10 +5,12 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 /// Every metric the operator exports.
 #[derive(Debug, Clone)]
 pub struct OperatorMetrics {
-    /// Objects compiled, by kind.
+    /// Object changes that woke the compiler, by kind.
     pub reconciles: IntCounterVec,
-    /// Objects left out of a compile, by kind and reason.
+    /// Objects newly left out of the configuration, by kind and reason.
     pub reconcile_errors: IntCounterVec,
+    /// Objects left out of the current configuration.
+    pub excluded_objects: IntGauge,
     /// Compile time.
     pub compile_duration: Histogram,
     /// Version of the latest snapshot.
@@ -47,16 +49,20 @@ impl OperatorMetrics {
             reconciles: IntCounterVec::new(
                 Opts::new(
                     "tollgate_operator_reconciles_total",
-                    "Objects compiled into a configuration, by kind.",
+                    "Object changes that woke the compiler, by kind (status writes and unchanged objects do not).",
                 ),
                 &["kind"],
             )?,
             reconcile_errors: IntCounterVec::new(
                 Opts::new(
                     "tollgate_operator_reconcile_errors_total",
-                    "Objects left out of a configuration, by kind and reason.",
+                    "Objects newly left out of the configuration, by kind and reason (counted once when it starts, not per compile).",
                 ),
                 &["kind", "reason"],
+            )?,
+            excluded_objects: IntGauge::new(
+                "tollgate_operator_excluded_objects",
+                "Objects left out of the current configuration (invalid, or referring to what does not exist); their status says why.",
             )?,
             compile_duration: Histogram::with_opts(
                 HistogramOpts::new(
@@ -140,6 +146,7 @@ impl OperatorMetrics {
         };
         registry.register(Box::new(m.reconciles.clone()))?;
         registry.register(Box::new(m.reconcile_errors.clone()))?;
+        registry.register(Box::new(m.excluded_objects.clone()))?;
         registry.register(Box::new(m.compile_duration.clone()))?;
         registry.register(Box::new(m.snapshot_version.clone()))?;
         registry.register(Box::new(m.connected_proxies.clone()))?;
@@ -153,6 +160,11 @@ impl OperatorMetrics {
         registry.register(Box::new(m.usage_read_duration.clone()))?;
         registry.register(Box::new(m.status_write_duration.clone()))?;
         registry.register(Box::new(m.watch_errors.clone()))?;
+        // process_resident_memory_bytes, process_cpu_seconds_total, open fds: what sizing and
+        // the memory alerts read.
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(m)
     }
 }

@@ -80,24 +80,28 @@ fn compile_caches(
     metrics
         .compile_duration
         .observe(started.elapsed().as_secs_f64());
-    metrics
-        .reconciles
-        .with_label_values(&["ApiRoute"])
-        .inc_by(routes.len() as u64);
-    metrics
-        .reconciles
-        .with_label_values(&["Tenant"])
-        .inc_by(tenants.len() as u64);
-    metrics
-        .reconciles
-        .with_label_values(&["QuotaPolicy"])
-        .inc_by(plans.len() as u64);
+    // Count each object's exclusion once, when it starts (a compile that finds the same invalid
+    // object again is not a new error), and keep the current count as a gauge.
     for d in &compiled.diagnostics {
-        metrics
-            .reconcile_errors
-            .with_label_values(&[&format!("{:?}", d.kind), d.reason.as_str()])
-            .inc();
+        let known = previous
+            .diagnostics
+            .iter()
+            .any(|p| p.kind == d.kind && p.object == d.object && p.reason == d.reason);
+        if !known {
+            metrics
+                .reconcile_errors
+                .with_label_values(&[&format!("{:?}", d.kind), d.reason.as_str()])
+                .inc();
+        }
     }
+    let excluded: std::collections::HashSet<_> = compiled
+        .diagnostics
+        .iter()
+        .map(|d| (d.kind, &d.object))
+        .collect();
+    metrics
+        .excluded_objects
+        .set(i64::try_from(excluded.len()).unwrap_or(i64::MAX));
 
     let snapshot_changed = previous.version == 0 || *previous.snapshot != compiled.snapshot;
     if !snapshot_changed

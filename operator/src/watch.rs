@@ -1,19 +1,39 @@
-//! Reflectors: in-memory caches of the watched kinds, kept current by watches. Every change wakes
-//! the compiler through one `Notify` (changes coalesce; the compiler reads the caches, not events).
+//! Reflectors: in-memory caches of the watched kinds, kept current by watches. A change to what
+//! `compile` reads wakes the compiler through one `Notify` (changes coalesce; the compiler reads
+//! the caches, not events).
+//!
+//! What compile reads is everything but an object's status and bookkeeping. The operator's own
+//! status writes arrive here as watch events too, one per object; each used to wake a full
+//! compile that changed nothing (284 compiles for one version while the first statuses of 10,000
+//! tenants were written). So each event is compared with the object's last fingerprint (a hash
+//! of the object without `status`, `resourceVersion` and `managedFields`), and only a different
+//! one wakes the compiler.
+//!
+//! What is cached: ApiRoutes, Tenants and QuotaPolicies in scope, and only the Secrets labelled
+//! [`API_KEY_LABEL`] (RBAC still grants list/watch on Secrets, which cannot be narrowed by label;
+//! the operator asks for the labelled ones only). `managedFields` are dropped before caching:
+//! nothing reads them, and they are a large share of each object.
 
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Resource;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tollgate_crds::resources::{ApiRoute, QuotaPolicy, Tenant};
 
 use crate::metrics::OperatorMetrics;
+
+/// The label a Secret needs for the operator to see it: `kubectl label secret NAME
+/// tollgate.dev/api-key=true`. Any value counts.
+pub const API_KEY_LABEL: &str = "tollgate.dev/api-key";
 
 /// Caches of every watched kind (one store per namespace when a namespace list is given).
 #[derive(Clone)]
@@ -68,11 +88,21 @@ pub fn start(
     metrics: &OperatorMetrics,
 ) -> Caches {
     Caches {
-        routes: watch_kind::<ApiRoute>(client, namespaces, &changed, metrics, "ApiRoute"),
-        tenants: watch_kind::<Tenant>(client, namespaces, &changed, metrics, "Tenant"),
-        plans: watch_kind::<QuotaPolicy>(client, namespaces, &changed, metrics, "QuotaPolicy"),
-        secrets: watch_kind::<Secret>(client, namespaces, &changed, metrics, "Secret"),
+        routes: watch_kind::<ApiRoute>(client, namespaces, &changed, metrics, everything()),
+        tenants: watch_kind::<Tenant>(client, namespaces, &changed, metrics, everything()),
+        plans: watch_kind::<QuotaPolicy>(client, namespaces, &changed, metrics, everything()),
+        secrets: watch_kind::<Secret>(
+            client,
+            namespaces,
+            &changed,
+            metrics,
+            everything().labels(API_KEY_LABEL),
+        ),
     }
+}
+
+fn everything() -> watcher::Config {
+    watcher::Config::default()
 }
 
 fn watch_kind<K>(
@@ -80,17 +110,19 @@ fn watch_kind<K>(
     namespaces: &[String],
     changed: &Arc<Notify>,
     metrics: &OperatorMetrics,
-    kind: &'static str,
+    config: watcher::Config,
 ) -> Vec<Store<K>>
 where
     K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
         + Clone
         + DeserializeOwned
+        + Serialize
         + std::fmt::Debug
         + Send
         + Sync
         + 'static,
 {
+    let kind = K::kind(&()).to_string();
     let apis: Vec<Api<K>> = if namespaces.is_empty() {
         vec![Api::all(client.clone())]
     } else {
@@ -104,18 +136,30 @@ where
             let (store, writer) = reflector::store::<K>();
             let changed = changed.clone();
             let metrics = metrics.clone();
-            let stream = watcher(api, watcher::Config::default()).default_backoff().reflect(writer);
+            let kind = kind.clone();
+            let stream = watcher(api, config.clone())
+                .default_backoff()
+                .modify(|obj: &mut K| obj.meta_mut().managed_fields = None)
+                .reflect(writer);
             tokio::spawn(async move {
+                let mut seen = Fingerprints::default();
                 stream
                     .for_each(|event| {
                         match event {
-                            Ok(_) => {
-                                metrics.watch_events.with_label_values(&[kind]).inc();
-                                changed.notify_one();
+                            Ok(event) => {
+                                metrics.watch_events.with_label_values(&[&kind]).inc();
+                                let woke = seen.observe(&event);
+                                if woke > 0 {
+                                    metrics
+                                        .reconciles
+                                        .with_label_values(&[&kind])
+                                        .inc_by(woke);
+                                    changed.notify_one();
+                                }
                             }
                             Err(e) => {
-                                metrics.watch_errors.with_label_values(&[kind]).inc();
-                                tracing::warn!(kind, error = %e, "watch error; retrying with backoff");
+                                metrics.watch_errors.with_label_values(&[&kind]).inc();
+                                tracing::warn!(%kind, error = %e, "watch error; retrying with backoff");
                             }
                         }
                         futures::future::ready(())
@@ -125,4 +169,80 @@ where
             store
         })
         .collect()
+}
+
+/// The last fingerprint of every object of one watch: what tells a change `compile` reads from
+/// the operator's own status write.
+struct Fingerprints<K: Resource<DynamicType = ()>> {
+    current: HashMap<ObjectRef<K>, u64>,
+    /// Filled during a relist, then swapped in.
+    relisted: HashMap<ObjectRef<K>, u64>,
+}
+
+impl<K: Resource<DynamicType = ()>> Default for Fingerprints<K> {
+    fn default() -> Self {
+        Self {
+            current: HashMap::new(),
+            relisted: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Resource<DynamicType = ()> + Serialize> Fingerprints<K> {
+    /// How many objects `event` changed as `compile` sees them (0: nothing to recompile).
+    fn observe(&mut self, event: &watcher::Event<K>) -> u64 {
+        match event {
+            watcher::Event::Apply(obj) => {
+                let fingerprint = fingerprint(obj);
+                u64::from(
+                    self.current.insert(ObjectRef::from_obj(obj), fingerprint) != Some(fingerprint),
+                )
+            }
+            watcher::Event::Delete(obj) => {
+                self.current.remove(&ObjectRef::from_obj(obj));
+                1
+            }
+            watcher::Event::Init => {
+                self.relisted.clear();
+                0
+            }
+            watcher::Event::InitApply(obj) => {
+                self.relisted
+                    .insert(ObjectRef::from_obj(obj), fingerprint(obj));
+                0
+            }
+            // A relist may have missed deletions and edits: count what differs from before.
+            watcher::Event::InitDone => {
+                let relisted = std::mem::take(&mut self.relisted);
+                let gone = self
+                    .current
+                    .keys()
+                    .filter(|k| !relisted.contains_key(k))
+                    .count();
+                let changed = relisted
+                    .iter()
+                    .filter(|(k, f)| self.current.get(k) != Some(f))
+                    .count();
+                self.current = relisted;
+                // Even an unchanged relist completes the cache the compiler waits for.
+                u64::try_from(gone + changed).unwrap_or(u64::MAX).max(1)
+            }
+        }
+    }
+}
+
+/// A hash of what `compile` can read of `obj`: all of it but its status and the API server's
+/// bookkeeping. Equal fingerprints, same compile input.
+fn fingerprint<K: Serialize>(obj: &K) -> u64 {
+    let mut value = serde_json::to_value(obj).unwrap_or_default();
+    if let Some(fields) = value.as_object_mut() {
+        fields.remove("status");
+        if let Some(meta) = fields.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            meta.remove("resourceVersion");
+            meta.remove("managedFields");
+        }
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    value.to_string().hash(&mut hasher);
+    hasher.finish()
 }

@@ -158,6 +158,11 @@ impl ProxyMetrics {
         registry.register(Box::new(m.access_log_dropped.clone()))?;
         registry.register(Box::new(m.state_flush_errors.clone()))?;
         registry.register(Box::new(m.control_plane_connected.clone()))?;
+        // process_resident_memory_bytes, process_cpu_seconds_total, open fds (against
+        // --max-connections): what sizing and the memory alerts read.
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(m)
     }
 

@@ -392,7 +392,7 @@ async fn helm_install_creates_the_release_and_the_operator_reconciles_with_its_r
     fleet.ns.apply_ok(
         "apiVersion: tollgate.dev/v1alpha1\nkind: QuotaPolicy\nmetadata: {name: plan}\nspec: {quotas: [{name: q, limit: '5', period: Day}]}\n---\n\
          apiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {name: hello}\nspec: {match: {pathPrefix: /hello}, backend: {directResponse: {status: 200}}}\n---\n\
-         apiVersion: v1\nkind: Secret\nmetadata: {name: k}\nstringData: {apiKey: key-helm}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {name: k, labels: {tollgate.dev/api-key: \"true\"}}\nstringData: {apiKey: key-helm}\n---\n\
          apiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {name: t}\nspec: {quotaPolicyRef: {name: plan}, apiKeys: [{secretRef: {name: k}}], subscriptions: [{apiRouteRef: {name: hello}}]}\n",
     )?;
     let plans: Api<QuotaPolicy> = Api::namespaced(fleet.ns.client.clone(), &ns);

@@ -39,7 +39,7 @@ spec:
 ---
 apiVersion: v1
 kind: Secret
-metadata: {name: keys}
+metadata: {name: keys, labels: {tollgate.dev/api-key: "true"}}
 stringData: {probe: key-probe, alice: key-alice, bob: key-bob, carol: key-carol}
 ---
 apiVersion: tollgate.dev/v1alpha1
@@ -496,6 +496,135 @@ async fn the_config_stream_refuses_callers_that_are_not_proxies() -> Result<()> 
         "401",
         "wrong audience"
     );
+    Ok(())
+}
+
+/// The operator's count of `series`, 0 when not exported yet.
+async fn operator_metric(fleet: &Fleet, series: &str) -> f64 {
+    Fleet::metric(fleet.operators[0].admin, series)
+        .await
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn status_writes_wake_no_compile_and_an_invalid_object_counts_once() -> Result<()> {
+    let mut fleet = Fleet::new("op-wake").await?;
+    fleet.start_operator().await?;
+    fleet.wait_leader(0).await?;
+    let mut world = String::from(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {name: hello}\n\
+         spec: {match: {pathPrefix: /hello}, backend: {directResponse: {status: 200}}}\n---\n\
+         apiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {name: lost}\n\
+         spec: {quotaPolicyRef: {name: no-such-plan}, subscriptions: [{apiRouteRef: {name: hello}}]}\n",
+    );
+    for i in 0..20 {
+        world.push_str(&format!(
+            "---\napiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: t{i}}}\n\
+             spec: {{subscriptions: [{{apiRouteRef: {{name: hello}}}}]}}\n"
+        ));
+    }
+    fleet.ns.apply_ok(&world)?;
+    let tenants: Api<Tenant> = Api::namespaced(fleet.ns.client.clone(), &fleet.ns.name);
+    eventually(WAIT, "21 tenants with a Ready condition", || async {
+        let list = tenants.list(&Default::default()).await.ok()?;
+        let with_status = list
+            .items
+            .iter()
+            .filter(|t| {
+                t.status
+                    .as_ref()
+                    .is_some_and(|s| condition(&s.conditions, "Ready").is_some())
+            })
+            .count();
+        (with_status == 21).then_some(())
+    })
+    .await?;
+    // The operator wrote 21 statuses, each a watch event. Now more status-only changes, made
+    // from outside: none of them changes what compile reads.
+    let compiles = "tollgate_operator_compile_duration_seconds_count";
+    let before = operator_metric(&fleet, compiles).await;
+    for i in 0..10 {
+        let out = fleet.ns.kubectl(
+            &[
+                "patch",
+                &format!("tenant/t{i}"),
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                r#"{"status": {"usage": [{"quotaPolicy": "x", "quota": "y", "periodStart": "now", "used": "1", "limit": "2"}]}}"#,
+            ],
+            None,
+        )?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Then one spec change: exactly one more compile, and the pipeline is shown to be awake.
+    fleet.ns.apply_ok(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {name: t0}\n\
+         spec: {subscriptions: [{apiRouteRef: {name: hello}}], billing: {state: Suspended}}\n",
+    )?;
+    eventually(WAIT, "the spec change compiled", || async {
+        (operator_metric(&fleet, compiles).await > before).then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        operator_metric(&fleet, compiles).await,
+        before + 1.0,
+        "status-only changes woke the compiler"
+    );
+    // The tenant without a plan was left out by every compile, and counted once.
+    let lost = r#"tollgate_operator_reconcile_errors_total{kind="Tenant",reason="PlanNotFound"}"#;
+    assert_eq!(operator_metric(&fleet, lost).await, 1.0);
+    assert_eq!(
+        operator_metric(&fleet, "tollgate_operator_excluded_objects").await,
+        1.0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn only_labelled_secrets_are_read_and_status_says_how_to_label_one() -> Result<()> {
+    let mut fleet = Fleet::new("op-label").await?;
+    fleet.start_operator().await?;
+    fleet.wait_leader(0).await?;
+    fleet.ns.apply_ok(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {name: hello}\n\
+         spec: {match: {pathPrefix: /hello}, backend: {directResponse: {status: 200}}}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {name: unlabelled}\nstringData: {apiKey: key-unlabelled}\n---\n\
+         apiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {name: t}\n\
+         spec: {apiKeys: [{secretRef: {name: unlabelled}}], subscriptions: [{apiRouteRef: {name: hello}}]}\n",
+    )?;
+    let tenants: Api<Tenant> = Api::namespaced(fleet.ns.client.clone(), &fleet.ns.name);
+    let not_ready = eventually(WAIT, "t Ready=False", || async {
+        let s = tenants.get("t").await.ok()?.status?;
+        condition(&s.conditions, "Ready")
+            .filter(|c| c.status == "False")
+            .cloned()
+    })
+    .await?;
+    assert_eq!(not_ready.reason, "SecretNotFound");
+    assert!(
+        not_ready
+            .message
+            .contains("kubectl label secret NAME tollgate.dev/api-key=true"),
+        "{}",
+        not_ready.message
+    );
+    fleet.ns.kubectl(
+        &["label", "secret", "unlabelled", "tollgate.dev/api-key=true"],
+        None,
+    )?;
+    eventually(WAIT, "t Ready=True once its Secret is labelled", || async {
+        let s = tenants.get("t").await.ok()?.status?;
+        condition(&s.conditions, "Ready")
+            .filter(|c| c.status == "True")
+            .cloned()
+    })
+    .await?;
     Ok(())
 }
 

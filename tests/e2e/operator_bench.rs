@@ -2,7 +2,9 @@
 //! - compile time and full-snapshot bytes with 10,000 tenants and 1,000 routes, and the bytes
 //!   pushed for one tenant's change;
 //! - time from `kubectl apply` to enforcement at every proxy, p50/p99 over 20 changes;
-//! - one round of reading every tenant's usage from Redis (the leader's roll-up), 10,000 tenants.
+//! - one round of reading every tenant's usage from Redis (the leader's roll-up), 10,000 tenants;
+//! - an operator started on a world of 10,000 tenants already in the API server: time until every
+//!   tenant shows its first status, compiles on the way, and the operator's memory.
 
 use std::time::{Duration, Instant};
 
@@ -65,7 +67,7 @@ async fn compile_size_and_propagation() -> Result<()> {
     fleet.ns.apply_ok(&plan(1000))?;
     fleet.ns.apply_ok(
         "apiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {name: hello}\nspec: {match: {pathPrefix: /hello}, backend: {directResponse: {status: 200}}}\n---\n\
-         apiVersion: v1\nkind: Secret\nmetadata: {name: k}\nstringData: {apiKey: key-bench}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {name: k, labels: {tollgate.dev/api-key: \"true\"}}\nstringData: {apiKey: key-bench}\n---\n\
          apiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {name: bench}\n\
          spec: {quotaPolicyRef: {name: bench}, apiKeys: [{secretRef: {name: k}}], subscriptions: [{apiRouteRef: {name: hello}}]}\n",
     )?;
@@ -138,6 +140,79 @@ async fn usage_roll_up_from_redis() -> Result<()> {
         percentile(&rounds, 0.5),
         rounds[0],
         rounds[4]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "benchmark: bench/operator.sh"]
+async fn first_statuses_of_ten_thousand_tenants() -> Result<()> {
+    use futures::StreamExt;
+    use kube::api::{Api, ListParams, PostParams};
+    use tollgate_crds::resources::{ApiRoute, QuotaPolicy, Tenant};
+
+    let mut fleet = Fleet::new("op-first").await?;
+    let world = synthetic(&fleet.ns.name, 10_000, 1_000);
+    let client = fleet.ns.client.clone();
+    let ns = fleet.ns.name.clone();
+    let started = Instant::now();
+    macro_rules! create_all {
+        ($kind:ty, $objects:expr) => {{
+            let api: Api<$kind> = Api::namespaced(client.clone(), &ns);
+            let failed = futures::stream::iter($objects.iter())
+                .map(|o| {
+                    let api = api.clone();
+                    async move { api.create(&PostParams::default(), o).await.is_err() }
+                })
+                .buffer_unordered(32)
+                .filter(|failed| futures::future::ready(*failed))
+                .count()
+                .await;
+            anyhow::ensure!(failed == 0, "{failed} objects not created");
+        }};
+    }
+    create_all!(QuotaPolicy, world.plans);
+    create_all!(ApiRoute, world.routes);
+    create_all!(k8s_openapi::api::core::v1::Secret, world.secrets);
+    create_all!(Tenant, world.tenants);
+    println!(
+        "created 10,000 tenants (3 subscriptions each), their 10,000 key Secrets, 1,000 routes, 10 plans in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let started = Instant::now();
+    fleet.start_operator().await?;
+    fleet.wait_leader(0).await?;
+    let tenants: Api<Tenant> = Api::namespaced(client.clone(), &ns);
+    let all_ready = loop {
+        let list = tenants.list(&ListParams::default()).await?;
+        let with_status = list
+            .items
+            .iter()
+            .filter(|t| {
+                t.status
+                    .as_ref()
+                    .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready"))
+            })
+            .count();
+        if with_status == list.items.len() && with_status == 10_000 {
+            break started.elapsed();
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "{with_status} of 10,000 tenants have a status after 600 s"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let admin = fleet.operators[0].admin;
+    let metric =
+        |series: &'static str| async move { Fleet::metric(admin, series).await.unwrap_or(0.0) };
+    println!(
+        "operator start -> all 10,000 tenants have a status: {:.1} s; compiles: {}; status writes: {}; RSS {:.0} MiB",
+        all_ready.as_secs_f64(),
+        metric("tollgate_operator_compile_duration_seconds_count").await,
+        metric("tollgate_operator_status_writes_total{kind=\"Tenant\"}").await,
+        metric("process_resident_memory_bytes").await / 1048576.0
     );
     Ok(())
 }

@@ -55,7 +55,7 @@ async fn prometheus_scrapes_the_operator_and_the_proxy() -> Result<()> {
     fleet.wait_leader(0).await?;
     fleet.ns.apply_ok(
         "apiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {name: hello}\nspec: {match: {pathPrefix: /hello}, backend: {directResponse: {status: 200}}}\n---\n\
-         apiVersion: v1\nkind: Secret\nmetadata: {name: k}\nstringData: {apiKey: key-prom}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {name: k, labels: {tollgate.dev/api-key: \"true\"}}\nstringData: {apiKey: key-prom}\n---\n\
          apiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {name: t}\nspec: {apiKeys: [{secretRef: {name: k}}], subscriptions: [{apiRouteRef: {name: hello}}]}\n",
     )?;
     fleet.start_proxy("proxy-a")?;
