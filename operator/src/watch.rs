@@ -246,3 +246,99 @@ fn fingerprint<K: Serialize>(obj: &K) -> u64 {
     value.to_string().hash(&mut hasher);
     hasher.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::ByteString;
+    use kube::api::ObjectMeta;
+    use tollgate_crds::resources::{Condition, TenantSpec, TenantStatus};
+
+    use super::*;
+
+    fn tenant(name: &str, suspended: bool, status_message: &str, resource_version: &str) -> Tenant {
+        let mut spec = TenantSpec::default();
+        if suspended {
+            spec.billing.state = tollgate_crds::resources::BillingState::Suspended;
+        }
+        let mut t = Tenant::new(name, spec);
+        t.metadata.namespace = Some("shop".into());
+        t.metadata.resource_version = Some(resource_version.into());
+        t.status = Some(TenantStatus {
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                reason: "Ready".into(),
+                message: status_message.into(),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    jiff::Timestamp::UNIX_EPOCH,
+                ),
+                observed_generation: None,
+            }],
+            ..Default::default()
+        });
+        t
+    }
+
+    fn secret(name: &str, key: &str) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("shop".into()),
+                ..Default::default()
+            },
+            data: Some([("apiKey".to_owned(), ByteString(key.as_bytes().to_vec()))].into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn status_and_bookkeeping_changes_wake_nothing_and_spec_changes_do() {
+        let mut seen = Fingerprints::<Tenant>::default();
+        assert_eq!(seen.observe(&watcher::Event::Init), 0);
+        assert_eq!(
+            seen.observe(&watcher::Event::InitApply(tenant("a", false, "x", "1"))),
+            0
+        );
+        assert_eq!(
+            seen.observe(&watcher::Event::InitDone),
+            1,
+            "the first list compiles"
+        );
+        // The operator's own status write: new status, new resourceVersion.
+        let rewritten = tenant("a", false, "written by the operator", "2");
+        assert_eq!(seen.observe(&watcher::Event::Apply(rewritten)), 0);
+        // A spec edit, and a new object.
+        assert_eq!(
+            seen.observe(&watcher::Event::Apply(tenant("a", true, "x", "3"))),
+            1
+        );
+        assert_eq!(
+            seen.observe(&watcher::Event::Apply(tenant("b", false, "x", "4"))),
+            1
+        );
+        assert_eq!(
+            seen.observe(&watcher::Event::Delete(tenant("b", false, "x", "5"))),
+            1
+        );
+    }
+
+    #[test]
+    fn a_relist_counts_what_changed_while_the_watch_was_away() {
+        let mut seen = Fingerprints::<Secret>::default();
+        for s in [secret("k1", "one"), secret("k2", "two")] {
+            assert_eq!(seen.observe(&watcher::Event::Apply(s)), 1);
+        }
+        // The watch restarts: k1 was rotated and k2 deleted (or unlabelled) in between.
+        seen.observe(&watcher::Event::Init);
+        seen.observe(&watcher::Event::InitApply(secret("k1", "rotated")));
+        assert_eq!(seen.observe(&watcher::Event::InitDone), 2);
+        // The same list again changes nothing, but still completes a cache: one compile.
+        seen.observe(&watcher::Event::Init);
+        seen.observe(&watcher::Event::InitApply(secret("k1", "rotated")));
+        assert_eq!(seen.observe(&watcher::Event::InitDone), 1);
+        assert_eq!(
+            seen.observe(&watcher::Event::Apply(secret("k1", "rotated"))),
+            0
+        );
+    }
+}
