@@ -234,7 +234,16 @@ impl<K: Resource<DynamicType = ()> + Serialize> Fingerprints<K> {
 /// A hash of what `compile` can read of `obj`: all of it but its status and the API server's
 /// bookkeeping. Equal fingerprints, same compile input.
 fn fingerprint<K: Serialize>(obj: &K) -> u64 {
-    let mut value = serde_json::to_value(obj).unwrap_or_default();
+    let mut value = match serde_json::to_value(obj) {
+        Ok(value) => value,
+        Err(e) => {
+            // Never seen; if it happens, a fingerprint no other object has makes sure the change
+            // is compiled rather than missed.
+            static UNSEEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            tracing::warn!(error = %e, "cannot fingerprint an object; recompiling");
+            return UNSEEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) | (1 << 63);
+        }
+    };
     if let Some(fields) = value.as_object_mut() {
         fields.remove("status");
         if let Some(meta) = fields.get_mut("metadata").and_then(|m| m.as_object_mut()) {

@@ -68,13 +68,16 @@ const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(
 /// Most connections open at once; more wait in the accept queue.
 pub const MAX_CONNECTIONS: usize = 1024;
 
-/// Whether `peer` may read `/usage`: only from the proxy's own host (or pod).
-fn may_read_usage(peer: IpAddr) -> bool {
-    peer.to_canonical().is_loopback()
+/// Whether a connection from `peer` to `local` may read `/usage`: made on loopback at both
+/// ends, from the proxy's own host (or pod). The local end matters too: a mesh sidecar (Istio's
+/// inbound passthrough) connects from 127.0.0.6 to the pod's own address on behalf of any
+/// client in the mesh.
+fn may_read_usage(peer: IpAddr, local: IpAddr) -> bool {
+    peer.to_canonical().is_loopback() && local.to_canonical().is_loopback()
 }
 
 impl<S: CounterStore> Admin<S> {
-    fn respond(&self, path: &str, peer: IpAddr) -> Response<Full<Bytes>> {
+    fn respond(&self, path: &str, peer: IpAddr, local: IpAddr) -> Response<Full<Bytes>> {
         match path {
             "/metrics" => {
                 let mut body = Vec::new();
@@ -99,7 +102,7 @@ impl<S: CounterStore> Admin<S> {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no configuration loaded yet\n".into(),
             ),
-            "/usage" if !may_read_usage(peer) => text(
+            "/usage" if !may_read_usage(peer, local) => text(
                 StatusCode::FORBIDDEN,
                 "/usage lists every tenant and answers loopback clients only: read it from the \
                  proxy's host, or through `kubectl port-forward`\n"
@@ -176,7 +179,16 @@ pub async fn serve<S: CounterStore>(listener: TcpListener, admin: Arc<Admin<S>>)
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Ok((stream, peer)) = listener.accept().await else {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(local) = stream.local_addr() else {
             continue;
         };
         let admin = admin.clone();
@@ -184,7 +196,9 @@ pub async fn serve<S: CounterStore>(listener: TcpListener, admin: Arc<Admin<S>>)
             let _slot = slot;
             let service = service_fn(move |req: Request<Incoming>| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(admin.respond(req.uri().path(), peer.ip())) }
+                async move {
+                    Ok::<_, Infallible>(admin.respond(req.uri().path(), peer.ip(), local.ip()))
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -207,9 +221,9 @@ mod tests {
 
     #[test]
     fn usage_is_for_loopback_clients_only() {
+        let ip = |text: &str| -> IpAddr { text.parse().expect("address") };
         for allowed in ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"] {
-            let ip: IpAddr = allowed.parse().expect("address");
-            assert!(may_read_usage(ip), "{allowed}");
+            assert!(may_read_usage(ip(allowed), ip("127.0.0.1")), "{allowed}");
         }
         for refused in [
             "10.1.2.3",
@@ -218,8 +232,9 @@ mod tests {
             "fe80::1",
             "::ffff:10.0.0.1",
         ] {
-            let ip: IpAddr = refused.parse().expect("address");
-            assert!(!may_read_usage(ip), "{refused}");
+            assert!(!may_read_usage(ip(refused), ip("127.0.0.1")), "{refused}");
         }
+        // A sidecar's passthrough: from loopback, to the pod's own address.
+        assert!(!may_read_usage(ip("127.0.0.6"), ip("10.244.1.7")));
     }
 }

@@ -11,12 +11,16 @@
 //!   with none, the connection must start one within the header timeout of opening, and the
 //!   next one within the idle timeout of the last one's end;
 //! - which response bodies have handed hyper data that hyper has not come back for: hyper
-//!   polls a body again only once the client has taken what it had, so a body left waiting for
-//!   the send timeout means a client that stopped reading. The whole connection is closed then
-//!   (hyper offers no way to reset one HTTP/2 stream from outside), as nginx does.
+//!   polls a body again only once the client has taken what it had. A body left waiting for the
+//!   send timeout, on a connection that has written nothing to its socket for as long, means a
+//!   client that stopped reading, and the connection is closed (hyper offers no way to reset
+//!   one HTTP/2 stream from outside). While the socket still takes bytes for other streams, one
+//!   stream whose window the client keeps shut is the client's choice and stays.
 //!
-//! Idle and header timeouts close gracefully (an HTTP/2 GOAWAY); a send timeout drops the
-//! connection at once, since its client is not reading anyway.
+//! Idle and header timeouts close gracefully (an HTTP/2 GOAWAY), and so does shutdown; the
+//! watchdog keeps watching the goodbye (a request that slipped in finishes, a client that stops
+//! reading is still dropped). A send timeout drops the connection at once, since its client is
+//! not reading anyway.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -83,6 +87,10 @@ where
             }
         })
     };
+    let io = Progress {
+        io,
+        activity: activity.clone(),
+    };
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let expired = expiry(&activity, limits);
@@ -94,29 +102,29 @@ where
         _ = &mut stopping => Closed::Shutdown,
         why = &mut expired => why,
     };
-    match why {
+    if why == Closed::SendTimeout {
         // Its client reads nothing: a goodbye would wait behind what it already does not read.
-        Closed::SendTimeout => Ended::Closed(why),
-        // Graceful: hyper closes an idle HTTP/1 connection at once and sends HTTP/2 a GOAWAY;
-        // in-flight requests finish. Shutdown is bounded by the drain timeout (the process
-        // exits); a timed-out connection's goodbye by the header timeout.
-        // What the goodbye returns does not change why the connection closed.
-        _ => {
-            conn.as_mut().graceful_shutdown();
-            if why == Closed::Shutdown {
-                let _ = conn.await;
-            } else {
-                let _ = tokio::time::timeout(limits.header_timeout, conn.as_mut()).await;
-            }
-            Ended::Closed(why)
-        }
+        return Ended::Closed(why);
     }
+    // Graceful: hyper closes an idle HTTP/1 connection at once and sends HTTP/2 a GOAWAY, and
+    // requests in flight (one may have slipped in just now) finish. The watchdog goes on
+    // watching: a goodbye the client never completes ends at the next limit. What the goodbye
+    // returns does not change why the connection closed.
+    conn.as_mut().graceful_shutdown();
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = expiry(&activity, limits) => {}
+    }
+    Ended::Closed(why)
 }
 
 fn outcome(ended: Result<(), Box<dyn std::error::Error + Send + Sync>>, ok: Closed) -> Ended {
     match ended {
         Ok(()) => Ended::Closed(ok),
         Err(e) => match e.downcast::<hyper::Error>() {
+            // hyper's HTTP/1 header-read timer, which also runs while a keep-alive connection
+            // waits for its next request.
+            Ok(e) if e.is_timeout() => Ended::Closed(Closed::HeaderTimeout),
             Ok(e) => Ended::Error(*e),
             // hyper-util's protocol detection fails with an io::Error (the client closed early).
             Err(_) => Ended::Closed(Closed::ByClient),
@@ -136,7 +144,12 @@ async fn expiry(activity: &Activity, limits: Limits) -> Closed {
             let load = *load.borrow_and_update();
             if load.in_flight > 0 {
                 match activity.oldest_wait() {
-                    Some(since) => (since + limits.send_timeout, Some(Closed::SendTimeout)),
+                    // Stalled since the later of: the body's wait began, the socket last took
+                    // bytes.
+                    Some(since) => (
+                        since.max(activity.last_write()) + limits.send_timeout,
+                        Some(Closed::SendTimeout),
+                    ),
                     // No body waits now; look again before one could have waited too long.
                     None => (now + limits.send_timeout / 2, None),
                 }
@@ -175,6 +188,8 @@ struct Activity {
     /// come back for (see [`Watched`]). Bodies that ended leave their slot; it is dropped at the
     /// next look.
     waits: Mutex<Vec<Arc<AtomicU64>>>,
+    /// When the socket last took bytes (a stamp, as the wait slots hold).
+    last_write: AtomicU64,
     epoch: Instant,
 }
 
@@ -192,6 +207,7 @@ impl Activity {
         Self {
             load: watch::Sender::new(Load::default()),
             waits: Mutex::new(Vec::new()),
+            last_write: AtomicU64::new(NOT_WAITING),
             epoch: Instant::now(),
         }
     }
@@ -199,8 +215,22 @@ impl Activity {
     /// A slot for a new response body.
     fn wait_slot(&self) -> Arc<AtomicU64> {
         let slot = Arc::new(AtomicU64::new(NOT_WAITING));
-        self.waits.lock().push(slot.clone());
+        let mut waits = self.waits.lock();
+        // Slots of ended bodies go here too, not only when the watchdog looks: requests that
+        // start and end between two of its looks would otherwise pile up for the connection's
+        // life.
+        waits.retain(|slot| Arc::strong_count(slot) > 1);
+        waits.push(slot.clone());
         slot
+    }
+
+    fn instant(&self, stamp: u64) -> Instant {
+        self.epoch + std::time::Duration::from_micros(stamp.saturating_sub(1))
+    }
+
+    /// When the socket last took bytes (the connection's start if never).
+    fn last_write(&self) -> Instant {
+        self.instant(self.last_write.load(Ordering::Relaxed))
     }
 
     /// A slot's value for "waiting since now": microseconds since the connection opened, plus
@@ -220,7 +250,67 @@ impl Activity {
             .map(|slot| slot.load(Ordering::Relaxed))
             .filter(|&stamp| stamp != NOT_WAITING)
             .min()?;
-        Some(self.epoch + std::time::Duration::from_micros(oldest - 1))
+        Some(self.instant(oldest))
+    }
+}
+
+/// The connection's socket, stamping [`Activity::last_write`] whenever it takes bytes.
+#[derive(Debug)]
+struct Progress<T> {
+    io: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> Progress<T> {
+    fn took(&self, written: &Poll<std::io::Result<usize>>) {
+        if let Poll::Ready(Ok(1..)) = written {
+            let stamp = self.activity.now_stamp();
+            self.activity.last_write.store(stamp, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Progress<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Progress<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.took(&written);
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.took(&written);
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -382,6 +472,48 @@ mod tests {
         assert_eq!(why, Closed::SendTimeout);
         assert_eq!(handed_out.elapsed(), Duration::from_secs(60));
         drop(body);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_stalled_stream_stays_while_the_socket_takes_bytes_for_others() {
+        let activity = Arc::new(Activity::new());
+        let watchdog = tokio::spawn({
+            let activity = activity.clone();
+            async move { expiry(&activity, limits()).await }
+        });
+        let mut stalled = Watched::new(
+            ProxyBody::Left(http_body_util::Full::new(Bytes::from_static(b"data"))),
+            InFlight::start(&activity),
+        );
+        let waker = std::task::Waker::noop();
+        let frame = Pin::new(&mut stalled).poll_frame(&mut Context::from_waker(waker));
+        assert!(matches!(frame, Poll::Ready(Some(Ok(_)))));
+        // Other streams keep the socket busy: a write every 30 s for 10 minutes.
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            activity
+                .last_write
+                .store(activity.now_stamp(), Ordering::Relaxed);
+        }
+        assert!(
+            !watchdog.is_finished(),
+            "closed while the socket took bytes"
+        );
+        // The socket falls silent too: the client reads nothing at all.
+        let silent = Instant::now();
+        assert_eq!(watchdog.await.expect("watchdog"), Closed::SendTimeout);
+        assert_eq!(silent.elapsed(), Duration::from_secs(60));
+        drop(stalled);
+    }
+
+    #[test]
+    fn slots_of_ended_bodies_do_not_pile_up() {
+        let activity = Arc::new(Activity::new());
+        for _ in 0..10_000 {
+            let body = Watched::new(Arriving::default(), InFlight::start(&activity));
+            drop(body);
+        }
+        assert!(activity.waits.lock().len() <= 1);
     }
 
     #[tokio::test(start_paused = true)]

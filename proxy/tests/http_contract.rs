@@ -1245,8 +1245,8 @@ async fn per_tenant_metrics_are_opt_in() {
     );
 }
 
-/// `/usage` names every tenant: from any address but loopback it is refused, while `/metrics`
-/// and the probes answer everyone. Run in a network namespace of the test's own, where
+/// `/usage` names every tenant: on any connection but loopback at both ends it is refused, while
+/// `/metrics` and the probes answer everyone. Run in a network namespace of the test's own, where
 /// 10.77.0.1 is a second address on its loopback device (a peer that is not "loopback").
 #[test]
 fn usage_answers_loopback_clients_only_while_metrics_answer_everyone() {
@@ -1277,6 +1277,9 @@ fn usage_answers_loopback_clients_only_while_metrics_answer_everyone() {
                 echo "$from $path $code"
             done
         done
+        # From loopback to the pod's own address: how a mesh sidecar passes any client on.
+        code=$(curl -s -o /dev/null -w '%{http_code}' --interface 127.0.0.1 "http://10.77.0.1:19090/usage")
+        echo "127.0.0.1 -> 10.77.0.1 /usage $code"
     "#;
     let out = std::process::Command::new("unshare")
         .args(["-n", "sh", "-c", script])
@@ -1301,6 +1304,7 @@ fn usage_answers_loopback_clients_only_while_metrics_answer_everyone() {
             "10.77.0.1 /usage 403",
             "10.77.0.1 /metrics 200",
             "10.77.0.1 /readyz 200",
+            "127.0.0.1 -> 10.77.0.1 /usage 403",
         ],
         "{log}"
     );
