@@ -12,8 +12,7 @@ use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::{Backend, ProxyProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
 
 fn world(backend_url: &str) -> String {
     format!(
@@ -103,33 +102,9 @@ async fn an_http2_connection_without_streams_is_closed_at_the_idle_timeout_while
     p.wait_for_metric(&outcome("idle_timeout"), 1.0).await;
 }
 
-/// A backend whose every response is 1 GiB, more than every buffer on the way. It reports each
-/// connection the proxy lets go of (its writes fail then).
-async fn endless_backend() -> (String, mpsc::UnboundedReceiver<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let (released, on_release) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let released = released.clone();
-            tokio::spawn(async move {
-                let mut head = [0u8; 4096];
-                let _ = s.read(&mut head).await;
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n")
-                    .await;
-                let chunk = vec![b'x'; 64 * 1024];
-                while s.write_all(&chunk).await.is_ok() {}
-                let _ = released.send(());
-            });
-        }
-    });
-    (url, on_release)
-}
-
 #[tokio::test]
 async fn clients_that_stop_reading_a_response_hyper_serves_are_dropped_after_the_send_timeout() {
-    let (url, mut on_release) = endless_backend().await;
+    let (url, mut on_release) = support::endless_backend().await;
     let p = ProxyProcess::start_with(
         &[("world.yaml", world(&url))],
         &["--send-timeout", "1s", "--idle-timeout", "60s"],

@@ -428,33 +428,16 @@ async fn slow_heads_and_idle_connections_are_closed_after_their_timeouts() {
 async fn a_client_that_stops_reading_is_dropped_after_the_send_timeout() {
     // A backend with a body far larger than every socket buffer on the way; it reports when the
     // proxy stops taking it (its writes fail once the proxy has let go of the connection).
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let backend = listener.local_addr().expect("addr");
-    let (released, on_release) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let Ok((mut s, _)) = listener.accept().await else {
-            return;
-        };
-        let mut head = [0u8; 4096];
-        let _ = s.read(&mut head).await;
-        let _ = s
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n")
-            .await;
-        let chunk = vec![b'x'; 64 * 1024];
-        while s.write_all(&chunk).await.is_ok() {}
-        let _ = released.send(());
-    });
+    let (backend, mut on_release) = support::endless_backend().await;
     let p = ProxyProcess::start_with(
-        &[("world.yaml", world_for(&format!("http://{backend}")))],
+        &[("world.yaml", world_for(&backend))],
         &["--send-timeout", "1s"],
     )
     .await;
     let mut c = connect(&p).await;
     c.write_all(get("/big").as_bytes()).await.expect("write");
     // Never read. The proxy must give up on this client and free the backend connection.
-    tokio::time::timeout(Duration::from_secs(30), on_release)
+    tokio::time::timeout(Duration::from_secs(30), on_release.recv())
         .await
         .expect("the proxy let go of the backend within 30 s")
         .expect("backend task");

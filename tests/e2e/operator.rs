@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use kube::api::Api;
 use tollgate_crds::resources::{ApiRoute, QuotaPolicy, SubscriptionState, Tenant};
-use tollgate_tests::fleet::{Fleet, eventually};
+use tollgate_tests::fleet::{Fleet, eventually, tenants_with_status};
 
 const WORLD: &str = r#"
 apiVersion: tollgate.dev/v1alpha1
@@ -526,17 +526,7 @@ async fn status_writes_wake_no_compile_and_an_invalid_object_counts_once() -> Re
     fleet.ns.apply_ok(&world)?;
     let tenants: Api<Tenant> = Api::namespaced(fleet.ns.client.clone(), &fleet.ns.name);
     eventually(WAIT, "21 tenants with a Ready condition", || async {
-        let list = tenants.list(&Default::default()).await.ok()?;
-        let with_status = list
-            .items
-            .iter()
-            .filter(|t| {
-                t.status
-                    .as_ref()
-                    .is_some_and(|s| condition(&s.conditions, "Ready").is_some())
-            })
-            .count();
-        (with_status == 21).then_some(())
+        (tenants_with_status(&tenants).await.ok()? == 21).then_some(())
     })
     .await?;
     // The operator wrote 21 statuses, each a watch event. Now more status-only changes, made

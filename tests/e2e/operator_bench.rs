@@ -148,7 +148,7 @@ async fn usage_roll_up_from_redis() -> Result<()> {
 #[ignore = "benchmark: bench/operator.sh"]
 async fn first_statuses_of_ten_thousand_tenants() -> Result<()> {
     use futures::StreamExt;
-    use kube::api::{Api, ListParams, PostParams};
+    use kube::api::{Api, PostParams};
     use tollgate_crds::resources::{ApiRoute, QuotaPolicy, Tenant};
 
     let mut fleet = Fleet::new("op-first").await?;
@@ -187,17 +187,8 @@ async fn first_statuses_of_ten_thousand_tenants() -> Result<()> {
     fleet.wait_leader(0).await?;
     let tenants: Api<Tenant> = Api::namespaced(client.clone(), &ns);
     let all_ready = loop {
-        let list = tenants.list(&ListParams::default()).await?;
-        let with_status = list
-            .items
-            .iter()
-            .filter(|t| {
-                t.status
-                    .as_ref()
-                    .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready"))
-            })
-            .count();
-        if with_status == list.items.len() && with_status == 10_000 {
+        let with_status = tollgate_tests::fleet::tenants_with_status(&tenants).await?;
+        if with_status == 10_000 {
             break started.elapsed();
         }
         anyhow::ensure!(

@@ -491,6 +491,22 @@ impl Fleet {
     }
 }
 
+/// How many tenants in `tenants`' namespace show a `Ready` condition (written by the operator).
+pub async fn tenants_with_status(
+    tenants: &kube::Api<tollgate_crds::resources::Tenant>,
+) -> Result<usize> {
+    let list = tenants.list(&Default::default()).await?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|t| {
+            t.status
+                .as_ref()
+                .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready"))
+        })
+        .count())
+}
+
 /// Waits (up to 30 s) for a log line containing `marker` and parses the `name=ADDR` fields of it.
 fn logged_addresses(
     log: &std::path::Path,

@@ -20,6 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A backend that answers every request with a JSON echo of what it received. `/slow/<ms>`
 /// waits that long first; `/status/<code>` answers with that status.
@@ -158,6 +159,31 @@ async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallibl
         "must-not-reach-client".parse().expect("value"),
     );
     Ok(resp)
+}
+
+/// A backend whose every response is 1 GiB, more than every buffer on the way. It reports each
+/// connection the proxy lets go of (its writes fail then).
+pub async fn endless_backend() -> (String, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (released, on_release) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let released = released.clone();
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = s.read(&mut head).await;
+                let head = b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n";
+                let _ = s.write_all(head).await;
+                let chunk = vec![b'x'; 64 * 1024];
+                while s.write_all(&chunk).await.is_ok() {}
+                let _ = released.send(());
+            });
+        }
+    });
+    (url, on_release)
 }
 
 /// A running `tollgate-proxy`.
