@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use tollgate_crds::synthetic::synthetic;
-use tollgate_proxy::auth::KeyMemo;
 use tollgate_proxy::config::ProxyConfig;
+use tollgate_proxy::pipeline::auth::KeyMemo;
 use tollgate_proxy::quota::{CounterStore, MemoryStore, Subject};
 
 fn admission(c: &mut Criterion) {
@@ -28,7 +28,15 @@ fn admission(c: &mut Criterion) {
 
     let (tenant, plan) = &subjects[0];
     c.bench_function("admit/one tenant", |b| {
-        b.iter(|| runtime.block_on(store.admit(Subject { tenant, plan }, black_box(now))))
+        b.iter(|| {
+            runtime.block_on(store.admit(
+                Subject {
+                    tenant: &tenant.id,
+                    plan,
+                },
+                black_box(now),
+            ))
+        })
     });
 
     let mut i = 0;
@@ -36,7 +44,13 @@ fn admission(c: &mut Criterion) {
         b.iter(|| {
             let (tenant, plan) = &subjects[i % subjects.len()];
             i += 1;
-            runtime.block_on(store.admit(Subject { tenant, plan }, black_box(now)))
+            runtime.block_on(store.admit(
+                Subject {
+                    tenant: &tenant.id,
+                    plan,
+                },
+                black_box(now),
+            ))
         })
     });
 
@@ -63,11 +77,11 @@ fn admission(c: &mut Criterion) {
 
 fn sha2_key(key: &str, memo: &KeyMemo) -> [u8; 32] {
     // As Tollgate's HTTP/1.1 engine hands the header over: a line, not a map.
-    let mut headers = tollgate_proxy::raw_headers::RawHeadersBuilder::with_capacity(64);
+    let mut headers = tollgate_proxy::http1::raw_headers::RawHeadersBuilder::with_capacity(64);
     headers.push(b"X-Api-Key", key.as_bytes());
     let headers = headers.finish();
-    tollgate_proxy::auth::presented_key(
-        tollgate_proxy::client_headers::ClientHeaders::Raw(&headers),
+    tollgate_proxy::pipeline::auth::presented_key(
+        tollgate_proxy::http1::client_headers::ClientHeaders::Raw(&headers),
         memo,
     )
     .ok()

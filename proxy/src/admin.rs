@@ -26,7 +26,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::proxy::Proxy;
+use crate::pipeline::Proxy;
 use crate::quota::CounterStore;
 
 /// Shared state of the admin endpoints.

@@ -17,9 +17,9 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 use tollgate_crds::snapshot::Pricing;
 
+use crate::http1::raw_headers::{OwnLines, RawHeaders};
 use crate::quota::Metered;
-use crate::raw_headers::{OwnLines, RawHeaders};
-use crate::upstream_pool::UpstreamBody;
+use crate::upstream::pool::UpstreamBody;
 
 /// Longest JSON body inspected for `usage` (larger ones pass through unmetered for tokens).
 const MAX_JSON_BODY: usize = 4 * 1024 * 1024;
@@ -214,7 +214,7 @@ impl MeteredBody {
     }
 
     /// Takes the proxy's lines and the backend's headers still to relay as bytes (see
-    /// [`crate::raw_headers`]).
+    /// [`crate::http1::raw_headers`]).
     pub fn take_lines(&mut self) -> (OwnLines, RawHeaders) {
         (
             std::mem::take(&mut self.own_lines),
@@ -225,7 +225,7 @@ impl MeteredBody {
 
 impl Body for MeteredBody {
     type Data = Bytes;
-    type Error = crate::upstream_pool::BodyError;
+    type Error = crate::upstream::pool::BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

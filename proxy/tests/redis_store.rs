@@ -808,7 +808,8 @@ async fn a_slice_held_when_the_period_ends_goes_back_to_that_period() {
         .clone();
     let plan = tenant.plan.clone().expect("plan");
     let metrics =
-        tollgate_proxy::metrics::StoreMetrics::new(&prometheus::Registry::new()).expect("metrics");
+        tollgate_proxy::telemetry::metrics::StoreMetrics::new(&prometheus::Registry::new())
+            .expect("metrics");
     let target = tollgate_crds::counter_store::StoreTarget {
         url: redis.url(),
         tls: Default::default(),
@@ -816,7 +817,7 @@ async fn a_slice_held_when_the_period_ends_goes_back_to_that_period() {
     let store = RedisStore::connect(&target, true, metrics).expect("store");
     let last_second: jiff::Timestamp = "2026-11-30T23:59:59Z".parse().expect("time");
     let subject = Subject {
-        tenant: &tenant,
+        tenant: &tenant.id,
         plan: &plan,
     };
     assert!(matches!(

@@ -8,6 +8,7 @@
 
 pub mod control_plane;
 pub mod fleet;
+pub mod layout;
 pub mod pki;
 pub mod process;
 

@@ -12,10 +12,11 @@ use rust_decimal::Decimal;
 use tollgate_crds::period::{PeriodWindow, window};
 use tollgate_crds::resources::Metric;
 
+use super::decision::{Admission, LimitState, Metered};
 use super::gcra::{Gcra, GcraDecision};
-use super::{Admission, CounterStore, LimitState, Metered, Subject, UsageRow};
-use crate::FastMap;
-use crate::config::PlanEntry;
+use super::plan::PlanEntry;
+use super::store::{CounterStore, Subject, UsageRow};
+use crate::fast_map::FastMap;
 
 /// A tenant's counters by plan id.
 type PlanCounters = FastMap<Arc<str>, Arc<Mutex<Counters>>>;
@@ -96,7 +97,7 @@ impl MemoryStore {
     }
 
     fn counters(&self, subject: Subject<'_>) -> Arc<Mutex<Counters>> {
-        let (tenant, plan) = (&subject.tenant.id, &subject.plan.id);
+        let (tenant, plan) = (subject.tenant, &subject.plan.id);
         if let Some(c) = self
             .subjects
             .read()

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::UsageRow;
+use super::store::UsageRow;
 
 const FILE: &str = "counters.json";
 

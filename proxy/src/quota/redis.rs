@@ -44,10 +44,11 @@ use tollgate_crds::counter_store::{
 use tollgate_crds::period::{PeriodWindow, window};
 use tollgate_crds::resources::{FailurePolicy, Metric};
 
-use super::{Admission, CounterStore, LimitState, Metered, Subject, UsageRow};
-use crate::config::PlanEntry;
-use crate::metrics::StoreMetrics;
-use crate::warn_throttle::{Reachability, ReachabilityChange};
+use super::decision::{Admission, LimitState, Metered};
+use super::plan::PlanEntry;
+use super::store::{CounterStore, Subject, UsageRow};
+use crate::telemetry::metrics::StoreMetrics;
+use crate::telemetry::warn_throttle::{Reachability, ReachabilityChange};
 
 /// Grants a slice of counter KEYS[1] under limit ARGV[1] (one unit when ARGV[3] is 0) and keeps
 /// the key ARGV[2] more seconds; records the grant in KEYS[2] for ARGV[4] seconds. Returns the
@@ -160,7 +161,7 @@ impl Counter {
     /// A counter this proxy has not used yet: quota or rate-limit window `name` of `subject`.
     fn new(subject: &Subject<'_>, name: &str, window: PeriodWindow, rate: bool) -> Self {
         Self {
-            tenant: subject.tenant.id.clone(),
+            tenant: subject.tenant.clone(),
             plan: subject.plan.id.clone(),
             quota: name.to_owned(),
             window,
@@ -244,7 +245,7 @@ impl RedisStore {
         let quota = &subject.plan.plan.quotas[index];
         let w = window(quota.period, &subject.plan.tz, now);
         (
-            counter_key(&subject.tenant.id, &subject.plan.id, &quota.name, w.start),
+            counter_key(subject.tenant, &subject.plan.id, &quota.name, w.start),
             w,
         )
     }
@@ -484,7 +485,7 @@ impl RedisStore {
             let w = PeriodWindow { start, end };
             let key = format!(
                 "tollgate:{{{}|{}}}:rate:{}:{index}",
-                subject.tenant.id, plan.id, rl.name
+                subject.tenant, plan.id, rl.name
             );
             let limit = i64::try_from(rl.requests).unwrap_or(i64::MAX);
             Self::rate_counter(&mut self.counters.lock(), &subject, &rl.name, &key, w);

@@ -31,11 +31,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::forward::RequestBody;
-use crate::lazy_timer::LazyTimer;
-use crate::proxy::{ClientConn, Proxy, ProxyBody, ResponseLines, take_lines};
+use crate::http1::raw_headers::{self, LineIndex, RawHeaders};
+use crate::http1::timer::LazyTimer;
+use crate::pipeline::{ClientConn, Proxy, ProxyBody, ResponseLines, take_lines};
 use crate::quota::CounterStore;
-use crate::raw_headers::{self, LineIndex, RawHeaders};
+use crate::upstream::forward::RequestBody;
 
 /// Heads with more headers than this go to hyper (which allows 100, then answers 431).
 const MAX_HEADERS: usize = 64;
@@ -821,7 +821,7 @@ mod tests {
         r.headers_mut()
             .insert("ratelimit", HeaderValue::from_static("\"ours\";r=1"));
         let parts = r.into_parts().0;
-        let mut relayed = crate::raw_headers::RawHeadersBuilder::with_capacity(128);
+        let mut relayed = crate::http1::raw_headers::RawHeadersBuilder::with_capacity(128);
         for (name, value) in [
             ("Content-Type", "text/plain"),
             ("RateLimit", "\"backend\";r=9"),

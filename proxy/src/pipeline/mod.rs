@@ -1,5 +1,13 @@
-//! The request path: match route -> authenticate -> subscription -> billing state -> quotas (402)
-//! -> rate limits (429) -> forward -> headers, metrics and the access-log line.
+//! The request path, in order: the path normalized (`request_path`), the checks up to the quotas
+//! (`checks`), admission by the counter store, then the backend (or a direct response), and the
+//! response's headers (`response`), metrics and access-log line. [`Proxy::handle`] runs them;
+//! every await of a request is there.
+
+pub mod auth;
+pub mod checks;
+pub mod problem;
+pub mod request_path;
+pub mod response;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -8,56 +16,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{Either, Full};
 use jiff::Timestamp;
-use rust_decimal::Decimal;
-use serde_json::Value;
-use tollgate_crds::resources::{BillingState, SubscriptionState};
 
-use crate::access_log::{AccessLog, AccessRecord};
-use crate::auth::{ConflictingKeys, KeyMemo, presented_key};
-use crate::client_headers::ClientHeaders;
-use crate::config::{PlanEntry, ProxyConfig, RouteEntry, TenantEntry, Upstream};
-use crate::forward::{
+use crate::config::{ProxyConfig, RouteEntry};
+use crate::http1::raw_headers::RawHeaders;
+use crate::metering::{Meter, MeteredBody};
+use crate::quota::{CounterStore, Subject};
+use crate::telemetry::access_log::{AccessLog, AccessRecord};
+use crate::telemetry::metrics::ProxyMetrics;
+use crate::upstream::Upstream;
+use crate::upstream::forward::{
     self, ForwardContext, RequestBody, UpstreamClient, downstream_response, upstream_request,
 };
-use crate::metering::{Meter, MeteredBody};
-use crate::metrics::ProxyMetrics;
-use crate::problem::{self, Problem, ProblemKind};
-use crate::quota::{Admission, CounterStore, LimitState, Subject};
-use crate::raw_headers::{self, OwnLines, RawHeaders};
-use crate::request_path;
-use crate::router::request_host;
-use crate::upstream_h1;
-use crate::upstream_pool::{UpstreamBody, UpstreamError, UpstreamPool};
-
-/// Response body: a buffered body made by the proxy, or the backend's streamed body.
-pub type ProxyBody = Either<Full<Bytes>, MeteredBody>;
-
-/// Header lines a response carries besides its map (see [`crate::raw_headers`]): the proxy's own
-/// (they override the backend's) and the backend's, relayed. The HTTP/1.1 engine writes them
-/// after the map's headers.
-#[derive(Debug, Default)]
-pub struct ResponseLines {
-    /// Set by the proxy (`RateLimit` headers on a relayed response).
-    pub own: OwnLines,
-    /// The backend's end-to-end headers.
-    pub relayed: RawHeaders,
-}
-
-/// Takes the header lines a response carries besides its map.
-pub fn take_lines(body: &mut ProxyBody) -> ResponseLines {
-    match body {
-        Either::Left(_) => ResponseLines::default(),
-        Either::Right(metered) => {
-            let (own, relayed) = metered.take_lines();
-            ResponseLines { own, relayed }
-        }
-    }
-}
+use crate::upstream::h1 as upstream_h1;
+use crate::upstream::pool::{UpstreamBody, UpstreamError, UpstreamPool};
+use auth::KeyMemo;
+use checks::Verdict;
+use problem::{Problem, ProblemKind};
+pub use response::{ProxyBody, ResponseLines, problem_response, take_lines, with_lines_in_map};
 
 /// A backend response's `Content-Type`, from its map or its relayed lines.
 fn backend_content_type(resp: &Response<UpstreamBody>) -> Option<&str> {
@@ -70,15 +49,6 @@ fn backend_content_type(resp: &Response<UpstreamBody>) -> Option<&str> {
                 .and_then(|r| r.get("content-type"))
         })
         .and_then(|v| std::str::from_utf8(v).ok())
-}
-
-/// `resp` with its header lines moved into its map, for hyper to write: the proxy's replace
-/// same-named ones, the backend's fill in what the map lacks.
-pub fn with_lines_in_map(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
-    let lines = take_lines(resp.body_mut());
-    raw_headers::override_into(&lines.own, resp.headers_mut());
-    raw_headers::merge_into(lines.relayed, resp.headers_mut());
-    resp
 }
 
 /// The proxy: current configuration, counters, the backend client and telemetry.
@@ -119,18 +89,6 @@ impl ClientConn {
             keys: KeyMemo::default(),
         }
     }
-}
-
-/// What was decided about a request before forwarding.
-/// Borrowed from the configuration the request loaded: no reference counts touched per request.
-struct Verdict<'c> {
-    route: Option<&'c Arc<RouteEntry>>,
-    tenant: Option<&'c Arc<TenantEntry>>,
-    plan: Option<&'c Arc<PlanEntry>>,
-    /// Limit states for RateLimit headers.
-    limits: Option<(Vec<LimitState>, Vec<LimitState>)>,
-    /// Admission charged one request (refunded if forwarding fails).
-    charged: bool,
 }
 
 /// How an admitted request is served (see `Proxy::prepare`).
@@ -225,25 +183,19 @@ impl<S: CounterStore> Proxy<S> {
             let uri = req.uri().clone();
             let path = uri.path();
 
-            let mut verdict = Verdict {
-                route: None,
-                tenant: None,
-                plan: None,
-                limits: None,
-                charged: false,
-            };
+            let mut verdict = Verdict::default();
             // Set when the backend answered: when the request went to it.
             let mut backend_started = None;
             // Every await of the request path is in this function: a nested async fn's future is
             // moved whole into its caller's on each call (kilobytes of memcpy per request).
             let checked = match path_refused {
                 Some(detail) => Err(Problem::new(ProblemKind::BadRequest, detail)),
-                None => self.check(&config, &req, &raw, client, now, &mut verdict),
+                None => checks::check(&config, &req, &raw, &client.keys, now, &mut verdict),
             };
             let decided = match checked {
                 Ok(Some(subject)) => {
                     let admission = self.store.admit(subject, now).await;
-                    admitted(admission, subject, now, &mut verdict)
+                    checks::admitted(admission, now, &mut verdict)
                 }
                 Ok(None) => Ok(()),
                 Err(problem) => Err(problem),
@@ -255,8 +207,16 @@ impl<S: CounterStore> Proxy<S> {
                 // Refused before the quota check: the tenant still learns where its limits stand.
                 // Boxed here and below: cold paths kept out of the hot path's future, which is
                 // moved on every await (each kilobyte there is a memcpy per request).
-                verdict.limits =
-                    Some(Box::pin(self.store.peek(Subject { tenant, plan }, now)).await);
+                verdict.limits = Some(
+                    Box::pin(self.store.peek(
+                        Subject {
+                            tenant: &tenant.id,
+                            plan,
+                        },
+                        now,
+                    ))
+                    .await,
+                );
             }
             let (mut response, problem_kind) = match decided {
                 Err(problem) => {
@@ -306,7 +266,7 @@ impl<S: CounterStore> Proxy<S> {
                     .upstream_duration
                     .observe((answered - backend_started).as_secs_f64());
             }
-            self.decorate(&mut response, &verdict, problem_kind);
+            response::decorate(&mut response, &verdict, problem_kind);
 
             let status = response.status();
             let reason = problem_kind.map_or("ok", ProblemKind::slug);
@@ -355,155 +315,6 @@ impl<S: CounterStore> Proxy<S> {
             });
             response
         }
-    }
-
-    /// Runs the checks in api.md's order up to the quotas; `Err` is the first that fails,
-    /// `Ok(Some(subject))` the counters to admit the request against (see [`admitted`]).
-    fn check<'c>(
-        &self,
-        config: &'c ProxyConfig,
-        req: &Request<RequestBody>,
-        raw: &RawHeaders,
-        client: &ClientConn,
-        now: Timestamp,
-        v: &mut Verdict<'c>,
-    ) -> Result<Option<Subject<'c>>, Problem> {
-        let headers = ClientHeaders::of(req.headers(), raw);
-        let Ok(host_header) = headers.single(&header::HOST) else {
-            // RFC 9112 section 3.2: the route and the backend could read different hosts.
-            return Err(Problem::new(
-                ProblemKind::BadRequest,
-                "The request has more than one Host header; send exactly one.",
-            ));
-        };
-        if host_header.is_none()
-            && req.version() == http::Version::HTTP_11
-            && req.uri().host().is_none()
-        {
-            // RFC 9112 section 3.2: the route would be chosen without knowing the host.
-            return Err(Problem::new(
-                ProblemKind::BadRequest,
-                "HTTP/1.1 requests must carry a Host header.",
-            ));
-        }
-        let host = request_host(req.uri(), host_header);
-        let path = req.uri().path();
-
-        let Some(route) = config.routes.route_for(&host, path, req.method()) else {
-            return Err(Problem::new(
-                ProblemKind::RouteNotFound,
-                format!(
-                    "No API is configured for {} {host}{path}. Check the host, path and method.",
-                    req.method()
-                ),
-            ));
-        };
-        v.route = Some(route);
-        let route_name = &route.route.key.name;
-
-        if route.route.lifecycle == tollgate_crds::resources::LifecycleState::Retired {
-            return Err(Problem::new(
-                ProblemKind::RouteRetired,
-                format!("The API {route_name} has been retired and no longer serves requests; move to its successor."),
-            )
-            .with("apiRoute", route_name.as_str()));
-        }
-
-        let presented = presented_key(headers, &client.keys).map_err(|ConflictingKeys| {
-            Problem::new(
-                ProblemKind::BadRequest,
-                "The request carries two different API keys (in `Authorization: Bearer` or `X-Api-Key` headers). Send one key.",
-            )
-        })?;
-        let Some(digest) = presented else {
-            return Err(Problem::new(
-                ProblemKind::Unauthorized,
-                "No API key was sent. Send it as `Authorization: Bearer <key>` or `X-Api-Key: <key>`.",
-            ));
-        };
-        let Some(tenant) = config.tenants_by_key.get(&digest) else {
-            return Err(Problem::new(
-                ProblemKind::Unauthorized,
-                "The API key is not valid. Check it for typos, or ask your API provider for a new one.",
-            ));
-        };
-        v.tenant = Some(tenant);
-        v.plan = tenant.plan.as_ref();
-        let tenant_name = tenant.tenant.key.name.as_str();
-
-        let subscription = (tenant.tenant.key.namespace == route.route.key.namespace)
-            .then(|| tenant.subscriptions.get(route_name.as_str()))
-            .flatten();
-        let Some(sub_plan) = subscription else {
-            return Err(Problem::new(
-                ProblemKind::NotSubscribed,
-                format!("Tenant {tenant_name} is not subscribed to the API {route_name}. Subscribe to it to call it."),
-            )
-            .with("tenant", &*tenant.id)
-            .with("apiRoute", route_name.as_str()));
-        };
-        v.plan = sub_plan.as_ref();
-        match route.route.subscription_state(tenant_name) {
-            SubscriptionState::Active | SubscriptionState::RouteNotFound => {}
-            SubscriptionState::PendingApproval => {
-                return Err(Problem::new(
-                    ProblemKind::ApprovalPending,
-                    format!("The subscription of {tenant_name} to {route_name} is waiting for the API owner's approval."),
-                )
-                .with("tenant", &*tenant.id)
-                .with("apiRoute", route_name.as_str()));
-            }
-            SubscriptionState::Rejected => {
-                return Err(Problem::new(
-                    ProblemKind::SubscriptionRejected,
-                    format!(
-                        "The API owner rejected the subscription of {tenant_name} to {route_name}."
-                    ),
-                )
-                .with("tenant", &*tenant.id)
-                .with("apiRoute", route_name.as_str()));
-            }
-        }
-
-        // Cloned only into a refusal.
-        let payment_url = || v.plan.and_then(|p| p.plan.payment_url.clone());
-        let billing_problem = match tenant.tenant.billing_state {
-            BillingState::Active => None,
-            BillingState::PastDue => Some((
-                ProblemKind::AccountPastDue,
-                "The account has an overdue payment. Settle the balance to resume calls.",
-            )),
-            BillingState::Suspended => Some((
-                ProblemKind::AccountSuspended,
-                "The account is suspended. Contact the API provider to restore it.",
-            )),
-            BillingState::Cancelled => Some((
-                ProblemKind::SubscriptionCancelled,
-                "The subscription was cancelled. Subscribe again to resume calls.",
-            )),
-        };
-        if let Some((kind, detail)) = billing_problem {
-            return Err(Problem::new(kind, detail)
-                .with("tenant", &*tenant.id)
-                .with("apiRoute", route_name.as_str())
-                .with_opt("paymentUrl", payment_url()));
-        }
-        if let Some(paid_through) = tenant.tenant.paid_through
-            && now > paid_through
-        {
-            return Err(Problem::new(
-                ProblemKind::SubscriptionExpired,
-                format!(
-                    "The subscription was paid through {paid_through}. Renew it to resume calls."
-                ),
-            )
-            .with("tenant", &*tenant.id)
-            .with("apiRoute", route_name.as_str())
-            .with("paidThrough", paid_through.to_string())
-            .with_opt("paymentUrl", payment_url()));
-        }
-
-        Ok(v.plan.map(|plan| Subject { tenant, plan }))
     }
 
     /// How an admitted request is served: a direct response, or what to send to the backend.
@@ -675,7 +486,7 @@ impl<S: CounterStore> Proxy<S> {
             return None;
         }
         // The charge runs after the response; it keeps its own references.
-        let (tenant, plan) = (Arc::clone(tenant), Arc::clone(plan));
+        let (tenant, plan) = (Arc::clone(&tenant.id), Arc::clone(plan));
         let tokens = route.route.metering == tollgate_crds::resources::Metering::OpenAI;
         let store = self.store.clone();
         let pricing = plan.plan.pricing.clone();
@@ -708,7 +519,14 @@ impl<S: CounterStore> Proxy<S> {
         if v.charged
             && let (Some(tenant), Some(plan)) = (&v.tenant, &v.plan)
         {
-            Box::pin(self.store.refund(Subject { tenant, plan }, now)).await;
+            Box::pin(self.store.refund(
+                Subject {
+                    tenant: &tenant.id,
+                    plan,
+                },
+                now,
+            ))
+            .await;
         }
         let mut problem = Problem::new(kind, detail);
         if let Some(route) = &v.route {
@@ -716,142 +534,4 @@ impl<S: CounterStore> Proxy<S> {
         }
         (problem_response(&problem, path), Some(kind))
     }
-
-    /// RateLimit, Retry-After, Deprecation and Sunset headers.
-    fn decorate(&self, resp: &mut Response<ProxyBody>, v: &Verdict, problem: Option<ProblemKind>) {
-        if let (Some(plan), Some((rate_limits, quotas))) = (&v.plan, &v.limits) {
-            let template = &plan.ratelimit_headers;
-            match resp.body_mut() {
-                // A relayed response is written from lines: no map, no header value to validate.
-                Either::Right(metered) => {
-                    if let Some(lines) = template.lines(rate_limits, quotas) {
-                        metered.set_own_lines(lines);
-                    }
-                }
-                Either::Left(_) => {
-                    if let Some((policy, state)) = template.headers(rate_limits, quotas) {
-                        resp.headers_mut().insert(RATELIMIT_POLICY, policy);
-                        resp.headers_mut().insert(RATELIMIT, state);
-                    }
-                }
-            }
-        }
-        let headers = resp.headers_mut();
-        if problem == Some(ProblemKind::Unauthorized) {
-            let (name, value) = problem::www_authenticate();
-            headers.insert(name, value);
-        }
-        if let Some(route) = &v.route {
-            if let Some(d) = &route.deprecation {
-                headers.insert(DEPRECATION, d.clone());
-            }
-            if let Some(s) = &route.sunset {
-                headers.insert(SUNSET, s.clone());
-            }
-        }
-    }
-}
-
-/// The request's fate after the quota check: `Err` when a quota or rate limit refused it. The
-/// limit states are kept for the RateLimit headers.
-fn admitted<'c>(
-    admission: Admission,
-    subject: Subject<'c>,
-    now: Timestamp,
-    v: &mut Verdict<'c>,
-) -> Result<(), Problem> {
-    let Subject { tenant, plan } = subject;
-    let tenant_name = tenant.tenant.key.name.as_str();
-    let route_name = v.route.map_or("", |r| r.route.key.name.as_str());
-    match admission {
-        Admission::Admitted { rate_limits, quotas } => {
-            v.limits = Some((rate_limits, quotas));
-            v.charged = true;
-            Ok(())
-        }
-        Admission::QuotaExhausted { exhausted, rate_limits, quotas } => {
-            v.limits = Some((rate_limits, quotas));
-            let quota = &plan.plan.quotas[exhausted.index];
-            let window = exhausted.window;
-            Err(Problem::new(
-                ProblemKind::QuotaExhausted,
-                format!(
-                    "Tenant {tenant_name} used its {} allowance of {} ({:?}) for this {:?}. Upgrade the plan{} or wait for the next period.",
-                    quota.name,
-                    quota.limit,
-                    quota.metric,
-                    quota.period,
-                    if plan.plan.payment_url.is_some() { " at paymentUrl" } else { "" }
-                ),
-            )
-            .with("tenant", &*tenant.id)
-            .with("apiRoute", route_name)
-            .with("quota", quota.name.as_str())
-            .with("metric", format!("{:?}", quota.metric))
-            .with("limit", decimal_json(quota.limit))
-            .with("used", decimal_json(exhausted.used))
-            .with_opt("periodStart", window.map(|w| w.start.to_string()))
-            .with_opt("resetsAt", window.map(|w| w.end.to_string()))
-            .with_opt("paymentUrl", plan.plan.payment_url.clone())
-            .with("retryAfter", exhausted.reset_seconds))
-        }
-        Admission::RateLimited { exceeded, rate_limits, quotas } => {
-            v.limits = Some((rate_limits, quotas));
-            let rl = &plan.plan.rate_limits[exceeded.index];
-            let resets_at = now.checked_add(Duration::from_secs(exceeded.reset_seconds)).ok();
-            Err(Problem::new(
-                ProblemKind::RateLimited,
-                format!(
-                    "Tenant {tenant_name} exceeded {} requests per {}s ({}). Retry after {} s.",
-                    rl.requests,
-                    rl.window_ms / 1000,
-                    rl.name,
-                    exceeded.reset_seconds
-                ),
-            )
-            .with("tenant", &*tenant.id)
-            .with("apiRoute", route_name)
-            .with("quota", rl.name.as_str())
-            .with("metric", "Requests")
-            .with("limit", rl.requests)
-            .with_opt("resetsAt", resets_at.map(|t| t.to_string()))
-            .with("retryAfter", exceeded.reset_seconds))
-        }
-        Admission::StoreUnavailable => Err(Problem::new(
-            ProblemKind::QuotaStoreUnavailable,
-            "Usage cannot be checked right now and this plan does not allow unchecked calls. Retry shortly.",
-        )
-        .with("tenant", &*tenant.id)
-        .with("apiRoute", route_name)),
-    }
-}
-
-const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");
-const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
-const DEPRECATION: http::HeaderName = http::HeaderName::from_static("deprecation");
-const SUNSET: http::HeaderName = http::HeaderName::from_static("sunset");
-
-/// A decimal as a JSON number when it is whole (counts), else a string (money stays exact).
-fn decimal_json(d: Decimal) -> Value {
-    use rust_decimal::prelude::ToPrimitive;
-    if d.fract().is_zero()
-        && let Some(n) = d.to_u64()
-    {
-        return Value::from(n);
-    }
-    Value::String(d.normalize().to_string())
-}
-
-/// A problem as an HTTP response (Retry-After from the `retryAfter` member).
-pub fn problem_response(problem: &Problem, instance: &str) -> Response<ProxyBody> {
-    let mut resp = Response::new(Either::Left(Full::new(problem.body(instance))));
-    *resp.status_mut() = problem.kind.status();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, problem::content_type());
-    if let Some(secs) = problem.members.get("retryAfter").and_then(Value::as_u64)
-        && let Ok(v) = HeaderValue::from_str(&secs.to_string())
-    {
-        resp.headers_mut().insert(header::RETRY_AFTER, v);
-    }
-    resp
 }

@@ -17,9 +17,9 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::forward::{HopByHop, raw_connection_tokens};
-use crate::lazy_timer::LazyTimer;
-use crate::raw_headers::{LineIndex, RawHeaders};
+use crate::http1::raw_headers::{LineIndex, RawHeaders};
+use crate::http1::timer::LazyTimer;
+use crate::upstream::forward::{HopByHop, raw_connection_tokens};
 
 /// A response head larger than this is refused (the same bound as hyper's default).
 const MAX_HEAD: usize = 64 * 1024;

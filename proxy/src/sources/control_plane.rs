@@ -26,9 +26,9 @@ use tollgate_crds::snapshot::Snapshot;
 use tollgate_crds::stream::{ConfigMessage, UsageReport};
 
 use crate::config::ProxyConfig;
-use crate::metrics::ProxyMetrics;
-use crate::proxy::Proxy;
+use crate::pipeline::Proxy;
 use crate::quota::CounterStore;
+use crate::telemetry::metrics::ProxyMetrics;
 
 /// How often counters are reported to the operator (api.md: status usage at least every 30 s).
 const REPORT_EVERY: Duration = Duration::from_secs(10);

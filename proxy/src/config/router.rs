@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tollgate_crds::path::routing_form;
 use tollgate_crds::snapshot::HostMatch;
 
-use crate::config::RouteEntry;
+use super::route::RouteEntry;
 
 /// Routes indexed by host.
 #[derive(Debug, Default)]

@@ -1,9 +1,12 @@
 //! The API listener: plain TCP or TLS (rustls, ALPN h2 and http/1.1), HTTP/1.1 and HTTP/2
 //! (also h2c with prior knowledge), at most `max_connections` open connections, bounded request
 //! heads, slow-client timeouts, and a graceful drain on shutdown. Bodiless HTTP/1.1 requests are
-//! served by [`server_h1`]; a connection moves to hyper ([`server_hyper`]) at its first request
+//! served by [`h1`]; a connection moves to hyper ([`by_hyper`]) at its first request
 //! that engine does not serve (a body, HTTP/2, an upgrade...). Both hold every connection to the
 //! same timeouts.
+
+pub mod by_hyper;
+pub mod h1;
 
 use std::future::Future;
 use std::path::Path;
@@ -20,12 +23,10 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
-use crate::metrics::ProxyMetrics;
-use crate::proxy::{ClientConn, Proxy};
+use crate::pipeline::{ClientConn, Proxy};
 use crate::quota::CounterStore;
-use crate::server_h1;
-use crate::server_hyper;
-use crate::warn_throttle::WarnThrottle;
+use crate::telemetry::metrics::ProxyMetrics;
+use crate::telemetry::warn_throttle::WarnThrottle;
 
 /// Listener settings.
 #[derive(Debug, Clone)]
@@ -95,7 +96,7 @@ pub async fn serve<S: CounterStore>(
     // Every connection, whichever engine serves it, watches `stop` and holds a receiver:
     // `stop.closed()` resolves when the last one has closed.
     let (stop, stopped) = watch::channel(false);
-    let limits = server_h1::Limits {
+    let limits = h1::Limits {
         max_head: opts.max_header_bytes,
         header_timeout: opts.header_timeout,
         idle_timeout: opts.idle_timeout,
@@ -195,7 +196,7 @@ struct Session<S> {
     conn: Arc<ClientConn>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     stopped: watch::Receiver<bool>,
-    limits: server_h1::Limits,
+    limits: h1::Limits,
     metrics: ProxyMetrics,
 }
 
@@ -212,12 +213,12 @@ impl<S: CounterStore> Session<S> {
             limits,
             metrics,
         } = self;
-        let io = match server_h1::serve(io, &proxy, &conn, limits, stopped.clone()).await {
-            Ok(server_h1::Ended::Closed(why)) => {
+        let io = match h1::serve(io, &proxy, &conn, limits, stopped.clone()).await {
+            Ok(h1::Ended::Closed(why)) => {
                 metrics.connection_ended(why.label());
                 return Ok(());
             }
-            Ok(server_h1::Ended::Handoff(io)) => {
+            Ok(h1::Ended::Handoff(io)) => {
                 metrics.handoffs_to_hyper.inc();
                 io
             }
@@ -226,12 +227,12 @@ impl<S: CounterStore> Session<S> {
                 return Err(e.into());
             }
         };
-        match server_hyper::serve(io, proxy, conn, &builder, limits, stopped).await {
-            server_hyper::Ended::Closed(why) => {
+        match by_hyper::serve(io, proxy, conn, &builder, limits, stopped).await {
+            by_hyper::Ended::Closed(why) => {
                 metrics.connection_ended(why.label());
                 Ok(())
             }
-            server_hyper::Ended::Error(e) => {
+            by_hyper::Ended::Error(e) => {
                 metrics.connection_ended("error");
                 Err(e.into())
             }

@@ -1,5 +1,5 @@
 //! Connections hyper serves — HTTP/2 (h2c and over TLS), requests with a body, HTTP/1.0,
-//! upgrades — held to the same limits as the HTTP/1.1 engine's ([`server_h1`]).
+//! upgrades — held to the same limits as the HTTP/1.1 engine's ([`super::h1`]).
 //!
 //! hyper has a header-read timeout for HTTP/1 and nothing else: a connection stuck in its
 //! protocol detection (the first bytes of the HTTP/2 preface and no more), an HTTP/2 connection
@@ -39,11 +39,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::forward::RequestBody;
-use crate::proxy::{ClientConn, Proxy};
+use crate::http1::raw_headers::RawHeaders;
+use crate::listen::h1::{Closed, Limits};
+use crate::pipeline::{ClientConn, Proxy};
 use crate::quota::CounterStore;
-use crate::raw_headers::RawHeaders;
-use crate::server_h1::{Closed, Limits};
+use crate::upstream::forward::RequestBody;
 
 /// How a hyper-served connection ended.
 #[derive(Debug)]
@@ -82,7 +82,7 @@ where
                         &client,
                     )
                     .await;
-                let resp = crate::proxy::with_lines_in_map(resp);
+                let resp = crate::pipeline::with_lines_in_map(resp);
                 Ok::<_, Infallible>(resp.map(|body| Watched::new(body, in_flight)))
             }
         })
@@ -395,7 +395,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::proxy::ProxyBody;
+    use crate::pipeline::ProxyBody;
 
     /// A backend's body as hyper sees it: the chunks that have arrived, then "not yet".
     #[derive(Debug, Default)]

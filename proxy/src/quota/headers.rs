@@ -11,8 +11,8 @@ use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
 use tollgate_crds::snapshot::Plan;
 
-use crate::quota::LimitState;
-use crate::raw_headers::OwnLines;
+use super::decision::LimitState;
+use crate::http1::raw_headers::OwnLines;
 
 /// A plan's header items, pre-rendered.
 #[derive(Debug, Clone, Default)]

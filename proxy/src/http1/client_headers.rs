@@ -5,7 +5,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::raw_headers::RawHeaders;
+use crate::http1::raw_headers::RawHeaders;
 
 /// A request's headers.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +35,21 @@ pub enum Field<'a> {
 }
 
 impl<'a> Field<'a> {
+    /// The API key this field carries, if it is one Tollgate reads keys from: `Authorization`
+    /// with the Bearer scheme, or `X-Api-Key` (see `pipeline::auth`). Such fields are never
+    /// forwarded.
+    pub fn api_key(self) -> Option<&'a [u8]> {
+        let (name, value) = (self.name(), self.value());
+        if name.eq_ignore_ascii_case(b"authorization") {
+            (value.len() >= 7 && value[..7].eq_ignore_ascii_case(b"bearer "))
+                .then(|| value[7..].trim_ascii())
+        } else if name.eq_ignore_ascii_case(b"x-api-key") {
+            Some(value.trim_ascii())
+        } else {
+            None
+        }
+    }
+
     /// The name (lower case from a map, as sent from raw lines).
     pub fn name(self) -> &'a [u8] {
         match self {
@@ -119,7 +134,7 @@ impl<'a> ClientHeaders<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raw_headers::RawHeadersBuilder;
+    use crate::http1::raw_headers::RawHeadersBuilder;
 
     #[test]
     fn a_map_and_raw_lines_read_the_same() {

@@ -9,33 +9,16 @@
 
 use std::sync::Mutex;
 
-use http::HeaderName;
 use sha2::{Digest, Sha256};
 
-use crate::client_headers::{ClientHeaders, Field};
+use crate::http1::client_headers::ClientHeaders;
 
-/// Header carrying an API key as an alternative to `Authorization: Bearer`.
-pub const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 /// Longest key accepted; longer values are rejected without hashing.
 const MAX_KEY_LEN: usize = 512;
 
 /// The request carried two different API keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConflictingKeys;
-
-/// The key a header carries, if it is one Tollgate reads keys from: `Authorization` with the
-/// Bearer scheme, or `X-Api-Key`. Such headers are never forwarded.
-pub fn credential(field: Field<'_>) -> Option<&[u8]> {
-    let (name, value) = (field.name(), field.value());
-    if name.eq_ignore_ascii_case(b"authorization") {
-        (value.len() >= 7 && value[..7].eq_ignore_ascii_case(b"bearer "))
-            .then(|| value[7..].trim_ascii())
-    } else if name.eq_ignore_ascii_case(X_API_KEY.as_str().as_bytes()) {
-        Some(value.trim_ascii())
-    } else {
-        None
-    }
-}
 
 /// The SHA-256 digest of the presented key; `Ok(None)` when no usable key was sent. `memo` is
 /// the connection's: a repeated key is not hashed again.
@@ -46,7 +29,7 @@ pub fn presented_key(
     let mut key: Option<&[u8]> = None;
     let mut conflict = false;
     headers.for_each(|field| {
-        if let Some(presented) = credential(field) {
+        if let Some(presented) = field.api_key() {
             match key {
                 None => key = Some(presented),
                 Some(first) => conflict |= first != presented,

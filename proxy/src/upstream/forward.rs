@@ -19,10 +19,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::auth;
-use crate::client_headers::{ClientHeaders, Field};
-use crate::config::Upstream;
-use crate::raw_headers::RawHeaders;
+use crate::http1::client_headers::{ClientHeaders, Field};
+use crate::http1::raw_headers::RawHeaders;
+use crate::upstream::Upstream;
 
 /// The pooled client used for every backend.
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
@@ -207,10 +206,7 @@ fn forwarded_headers<'a>(
     // backend's own credentials, and passes.
     headers.for_each(|field| {
         let name = field.name();
-        if auth::credential(field).is_some()
-            || replaced_or_hop_by_hop(name)
-            || hop_by_hop.names(name)
-        {
+        if field.api_key().is_some() || replaced_or_hop_by_hop(name) || hop_by_hop.names(name) {
             return;
         }
         emit(field);
@@ -510,7 +506,7 @@ mod tests {
         // The same request as hyper parses it (a map) and as the HTTP/1.1 engine keeps it (lines).
         let request = |as_lines: bool| {
             let mut b = Request::get("/v1/x?q=1");
-            let mut lines = crate::raw_headers::RawHeadersBuilder::with_capacity(256);
+            let mut lines = crate::http1::raw_headers::RawHeadersBuilder::with_capacity(256);
             for (name, value) in sent {
                 if as_lines {
                     lines.push(name.as_bytes(), value.as_bytes());

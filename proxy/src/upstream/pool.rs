@@ -7,7 +7,7 @@
 //! pooled hyper-util client instead (`forward::client`).
 //!
 //! Requests without a body and with an idempotent method are exchanged inline by the request's
-//! task ([`crate::upstream_h1`]); the others through a hyper client connection.
+//! task ([`crate::upstream::h1`]); the others through a hyper client connection.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,10 +24,10 @@ use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::time::{Instant, Sleep};
 
-use crate::FastMap;
-use crate::forward::{RequestBody, downstream_response};
-use crate::raw_headers::RawHeaders;
-use crate::upstream_h1::{self, Conn, ExchangeError, InlineBody};
+use crate::fast_map::FastMap;
+use crate::http1::raw_headers::RawHeaders;
+use crate::upstream::forward::{RequestBody, downstream_response};
+use crate::upstream::h1::{self as upstream_h1, Conn, ExchangeError, InlineBody};
 
 type Sender = SendRequest<RequestBody>;
 

@@ -1,0 +1,97 @@
+//! A route as the request path sees it: its backend, direct response and lifecycle headers.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use tollgate_crds::resources::LifecycleState;
+use tollgate_crds::snapshot::{Route, RouteBackend};
+
+use crate::upstream::{Upstream, parse_upstream};
+
+/// How often a route's failing backend may be warned about: the first failure at once, then a
+/// line per interval with the count in between.
+const BACKEND_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A route and what the hot path needs precomputed.
+#[derive(Debug)]
+pub struct RouteEntry {
+    /// The compiled route.
+    pub route: Route,
+    /// `namespace/name`, for logs, metrics and problem bodies.
+    pub id: Arc<str>,
+    /// Where to forward, if not a direct response.
+    pub upstream: Option<Upstream>,
+    /// A fixed response, if the backend is directResponse.
+    pub direct: Option<DirectResponse>,
+    /// `Deprecation` header for deprecated routes (RFC 9745: `@<unix seconds>`).
+    pub deprecation: Option<HeaderValue>,
+    /// `Sunset` header (RFC 8594 HTTP-date).
+    pub sunset: Option<HeaderValue>,
+    /// Metric children of this route.
+    pub telemetry: crate::telemetry::metrics::RouteTelemetry,
+    /// Warnings about this route's backend failing (at most one per 10 s).
+    pub backend_warnings: crate::telemetry::warn_throttle::WarnThrottle,
+}
+
+/// A fixed response.
+#[derive(Debug, Clone)]
+pub struct DirectResponse {
+    /// Status.
+    pub status: StatusCode,
+    /// Content-Type.
+    pub content_type: HeaderValue,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl RouteEntry {
+    /// Precomputes what the hot path needs from `route`.
+    pub fn new(route: Route) -> Self {
+        let id: Arc<str> = Arc::from(route.key.to_string());
+        let (upstream, direct) = match &route.backend {
+            RouteBackend::Http { base_url } => (parse_upstream(base_url), None),
+            RouteBackend::Direct {
+                status,
+                content_type,
+                body,
+            } => (
+                None,
+                Some(DirectResponse {
+                    status: StatusCode::from_u16(*status).unwrap_or(StatusCode::OK),
+                    content_type: HeaderValue::from_str(content_type)
+                        .unwrap_or_else(|_| HeaderValue::from_static("text/plain")),
+                    body: Bytes::from(body.clone()),
+                }),
+            ),
+        };
+        let deprecated = route.lifecycle == LifecycleState::Deprecated;
+        let sunset = route
+            .sunset
+            .filter(|_| deprecated)
+            .and_then(|t| HeaderValue::from_str(&http_date(t)).ok());
+        // RFC 9745: a Structured Field Date, "@<seconds since the epoch>".
+        let deprecation = deprecated.then(|| {
+            let since = route.deprecated_at.unwrap_or_else(jiff::Timestamp::now);
+            HeaderValue::from_str(&format!("@{}", since.as_second()))
+                .unwrap_or_else(|_| HeaderValue::from_static("@0"))
+        });
+        Self {
+            route,
+            id,
+            upstream,
+            direct,
+            deprecation,
+            sunset,
+            telemetry: Default::default(),
+            backend_warnings: crate::telemetry::warn_throttle::WarnThrottle::new(
+                BACKEND_WARNING_INTERVAL,
+            ),
+        }
+    }
+}
+
+/// RFC 9110 IMF-fixdate, as used by Sunset.
+pub fn http_date(t: jiff::Timestamp) -> String {
+    t.strftime("%a, %d %b %Y %H:%M:%S GMT").to_string()
+}

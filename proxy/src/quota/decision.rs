@@ -1,0 +1,62 @@
+//! A counter store's answer: the state of each limit, and whether the request is admitted.
+
+use rust_decimal::Decimal;
+use tollgate_crds::period::PeriodWindow;
+
+/// The state of one limit after a decision, for RateLimit headers and problem bodies.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LimitState {
+    /// Index into the plan's `rate_limits` or `quotas`.
+    pub index: usize,
+    /// Units left (requests for rate limits and Requests quotas).
+    pub remaining: Decimal,
+    /// Units used in the current window or period.
+    pub used: Decimal,
+    /// Seconds until the limit resets (rate limits: until a request is allowed when none remain).
+    pub reset_seconds: u64,
+    /// The calendar period, for quotas.
+    pub window: Option<PeriodWindow>,
+}
+
+/// The outcome of an admission check.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Admission {
+    /// Admitted and charged one request.
+    Admitted {
+        /// Rate limit states.
+        rate_limits: Vec<LimitState>,
+        /// Quota states.
+        quotas: Vec<LimitState>,
+    },
+    /// A quota is exhausted (402).
+    QuotaExhausted {
+        /// The exhausted quota.
+        exhausted: LimitState,
+        /// All rate limit states (for headers).
+        rate_limits: Vec<LimitState>,
+        /// All quota states (for headers).
+        quotas: Vec<LimitState>,
+    },
+    /// A rate limit is exceeded (429).
+    RateLimited {
+        /// The exceeded limit; `reset_seconds` is the Retry-After.
+        exceeded: LimitState,
+        /// All rate limit states.
+        rate_limits: Vec<LimitState>,
+        /// All quota states.
+        quotas: Vec<LimitState>,
+    },
+    /// The counter store cannot be reached and the plan is FailClosed (503).
+    StoreUnavailable,
+}
+
+/// Usage metered from a backend response, charged to token and Cost quotas.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Metered {
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Completion tokens.
+    pub output_tokens: u64,
+    /// Cost in the plan's currency.
+    pub cost: Decimal,
+}

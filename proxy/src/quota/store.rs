@@ -1,0 +1,50 @@
+//! The [`CounterStore`] trait the stores implement, and whose counters they keep ([`Subject`]).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use super::decision::{Admission, LimitState, Metered};
+use super::plan::PlanEntry;
+use jiff::Timestamp;
+
+/// Whose counters: a tenant under one plan.
+#[derive(Clone, Copy, Debug)]
+pub struct Subject<'a> {
+    /// The tenant's id (`namespace/name`).
+    pub tenant: &'a Arc<str>,
+    /// The plan that applies to this request (the subscription's, or the tenant's default).
+    pub plan: &'a PlanEntry,
+}
+
+/// One counter, for `/usage`, persistence and the operator's status roll-ups (the wire type of
+/// usage reports).
+pub use tollgate_crds::stream::UsageRecord as UsageRow;
+
+/// Where counters live.
+pub trait CounterStore: Send + Sync + 'static {
+    /// Checks the plan's quotas, then its rate limits, and charges one request if all pass.
+    fn admit(&self, subject: Subject<'_>, now: Timestamp)
+    -> impl Future<Output = Admission> + Send;
+
+    /// The current states without charging (for RateLimit headers on responses that were refused
+    /// before the quota check: 403, billing 402s).
+    fn peek(
+        &self,
+        subject: Subject<'_>,
+        now: Timestamp,
+    ) -> impl Future<Output = (Vec<LimitState>, Vec<LimitState>)> + Send;
+
+    /// Gives back the request charged by `admit` (the proxy failed it: 502/504).
+    fn refund(&self, subject: Subject<'_>, now: Timestamp) -> impl Future<Output = ()> + Send;
+
+    /// Charges metered usage to the token and Cost quotas.
+    fn charge(
+        &self,
+        subject: Subject<'_>,
+        metered: Metered,
+        now: Timestamp,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// Current counters.
+    fn usage(&self) -> Vec<UsageRow>;
+}

@@ -1,0 +1,394 @@
+//! Process wiring: the runtime, the counter store, the configuration source, the listeners, and
+//! shutdown on SIGTERM/SIGINT.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use prometheus::Registry;
+
+use tollgate_crds::counter_store::StoreTarget;
+use tollgate_crds::error_chain::error_chain;
+
+use crate::admin::Admin;
+use crate::cli::{Cli, LogFormat};
+use crate::config::ProxyConfig;
+use crate::pipeline::Proxy;
+use crate::quota::{CounterStore, MemoryStore, persist};
+use crate::sources::control_plane;
+use crate::sources::standalone::ManifestDir;
+use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::metrics::ProxyMetrics;
+use crate::telemetry::{access_log, metrics};
+use crate::upstream::forward;
+use crate::{admin, quota};
+
+/// Sets up logging on stderr (`RUST_LOG` filters; default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: log files and collectors get plain text.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Runs the proxy until SIGTERM or SIGINT.
+pub fn run(cli: Cli) -> Result<()> {
+    let registry = Registry::new();
+    let metrics =
+        ProxyMetrics::new(&registry, cli.tenant_metrics).context("registering metrics")?;
+    let access_log = AccessLog::start(cli.access_log, metrics.access_log_dropped.clone());
+
+    // One worker: a current-thread runtime (no work-stealing bookkeeping, no cross-thread wakes).
+    let mut runtime = match cli.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(usize::from(n));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    // A worker about to idle hands its access-log lines to the writer (access_log.rs).
+    runtime
+        .enable_all()
+        .on_thread_park(access_log::hand_off_pending)
+        .on_thread_stop(access_log::hand_off_pending);
+    let runtime = runtime.build().context("starting the async runtime")?;
+    let served = runtime.block_on(serve(cli, registry, metrics, access_log.clone()));
+    drop(runtime);
+    access_log.close();
+    served
+}
+
+async fn serve(
+    cli: Cli,
+    registry: Registry,
+    metrics: ProxyMetrics,
+    access_log: AccessLog,
+) -> Result<()> {
+    if cli.manifests.is_none() && cli.control_plane.is_empty() {
+        bail!(
+            "nothing to serve: pass --manifests DIR (standalone, from YAML manifests) or --control-plane URL (fleet, from the operator)"
+        );
+    }
+    if cli.store == "memory" {
+        let store = Arc::new(MemoryStore::new());
+        let restored = persist::load(&cli.state_dir)?;
+        tracing::info!(state_dir = %cli.state_dir.display(), counters = restored.len(), "restored quota counters");
+        store.restore(restored);
+        // Fail now, not at the first save: counters that cannot be saved are lost on restart.
+        persist::save(&cli.state_dir, store.usage()).context(
+            "--state-dir must be a writable directory: quota counters are saved there every second",
+        )?;
+        let (stop_flushing, flushing_stopped) = tokio::sync::oneshot::channel();
+        let flusher = tokio::spawn(flush_periodically(
+            store.clone(),
+            cli.state_dir.clone(),
+            metrics.clone(),
+            flushing_stopped,
+        ));
+        serve_with(&cli, store.clone(), registry, metrics, access_log).await?;
+        // The flusher finishes a save it has begun: the final save below must be the last, or an
+        // older table could land on top of it.
+        let _ = stop_flushing.send(());
+        let _ = flusher.await;
+        persist::save(&cli.state_dir, store.usage())
+            .context("saving quota counters on shutdown")?;
+        tracing::info!(state_dir = %cli.state_dir.display(), "counters saved; bye");
+    } else {
+        let store_metrics =
+            metrics::StoreMetrics::new(&registry).context("registering store metrics")?;
+        let target = StoreTarget {
+            url: cli.store.clone(),
+            tls: cli.store_tls.clone(),
+        };
+        let store = quota::redis::RedisStore::connect(&target, cli.store_slices, store_metrics)
+            .context("the counter store (--store memory, or a Redis URL)")?;
+        tracing::info!(store = %target.redacted_url(), "counting quotas in Redis");
+        let settler = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    store.settle(false).await;
+                }
+            })
+        };
+        serve_with(&cli, store.clone(), registry, metrics, access_log).await?;
+        settler.abort();
+        store.settle(true).await;
+        tracing::info!("unused quota slices returned to Redis; bye");
+    }
+    Ok(())
+}
+
+async fn serve_with<S: CounterStore>(
+    cli: &Cli,
+    store: Arc<S>,
+    registry: Registry,
+    metrics: ProxyMetrics,
+    access_log: AccessLog,
+) -> Result<()> {
+    let proxy = Arc::new(Proxy::new(
+        store.clone(),
+        forward::client(),
+        metrics.clone(),
+        access_log,
+    ));
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let shutdown = ShutdownSignal::listen()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut watcher = None;
+    let mut subscription = None;
+    let source = if let Some(manifest_dir) = &cli.manifests {
+        let mut manifests = ManifestDir::new(manifest_dir)?;
+        let version = Arc::new(AtomicU64::new(0));
+        reload(&mut manifests, &proxy, &metrics, &version, &ready);
+        watcher = Some(spawn_watcher(
+            manifests,
+            proxy.clone(),
+            metrics.clone(),
+            version,
+            ready.clone(),
+            stop.clone(),
+            cli.reload_interval,
+        )?);
+        manifest_dir.display().to_string()
+    } else {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        match control_plane::load_persisted(&cli.state_dir) {
+            Ok(Some((version, snapshot))) => {
+                tracing::info!(
+                    version,
+                    "serving the persisted configuration until the operator answers"
+                );
+                proxy.apply(ProxyConfig::build(version, Arc::new(snapshot)));
+                ready.store(true, Ordering::Release);
+            }
+            Ok(None) => {
+                tracing::info!("no persisted configuration; not ready until the operator sends one")
+            }
+            Err(e) => {
+                tracing::warn!(error = %error_chain(e.as_ref()), "ignoring the persisted configuration")
+            }
+        }
+        let plane = control_plane::ControlPlane {
+            urls: cli.control_plane.clone(),
+            ca_file: cli.control_plane_ca.clone(),
+            token_file: cli.control_plane_token_file.clone(),
+            name: cli.proxy_name.clone().unwrap_or_else(host_name),
+            state_dir: cli.state_dir.clone(),
+        };
+        subscription = Some(tokio::spawn(plane.run(
+            proxy.clone(),
+            metrics.clone(),
+            ready.clone(),
+        )));
+        cli.control_plane.join(",")
+    };
+
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::listen::tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    let listener = tokio::net::TcpListener::bind(cli.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", cli.listen))?;
+    let admin_listener = tokio::net::TcpListener::bind(cli.admin_listen)
+        .await
+        .with_context(|| format!("binding --admin-listen {}", cli.admin_listen))?;
+    tracing::info!(
+        listen = %admin::bound(&listener, cli.listen),
+        admin = %admin::bound(&admin_listener, cli.admin_listen),
+        tls = tls.is_some(),
+        config = %source,
+        "tollgate-proxy serving"
+    );
+    let admin = Arc::new(Admin {
+        proxy: proxy.clone(),
+        registry,
+        ready,
+    });
+    let admin_task = tokio::spawn(admin::serve(admin_listener, admin));
+
+    let opts = crate::listen::ServerOptions {
+        max_header_bytes: cli.max_header_bytes,
+        drain_timeout: cli.drain_timeout,
+        header_timeout: cli.header_timeout,
+        idle_timeout: cli.idle_timeout,
+        send_timeout: cli.send_timeout,
+        max_connections: usize::try_from(cli.max_connections).unwrap_or(usize::MAX),
+    };
+    crate::listen::serve(
+        listener,
+        proxy.clone(),
+        tls,
+        metrics.clone(),
+        opts,
+        shutdown.received(),
+    )
+    .await;
+
+    stop.store(true, Ordering::Release);
+    admin_task.abort();
+    if let Some(watcher) = watcher {
+        let _ = watcher.join();
+    }
+    if let Some(subscription) = subscription {
+        subscription.abort();
+    }
+    Ok(())
+}
+
+fn reload<S: CounterStore>(
+    manifests: &mut ManifestDir,
+    proxy: &Proxy<S>,
+    metrics: &ProxyMetrics,
+    version: &AtomicU64,
+    ready: &AtomicBool,
+) {
+    let load = match manifests.load() {
+        Ok(load) => load,
+        Err(e) => {
+            metrics.config_reloads.with_label_values(&["error"]).inc();
+            tracing::error!(error = %error_chain(e.as_ref()), "cannot read manifests; keeping the current configuration");
+            return;
+        }
+    };
+    for warning in &load.warnings {
+        tracing::warn!("{warning}");
+    }
+    for error in &load.file_errors {
+        tracing::error!(file = %error.file.display(), line = error.line, "{error}; keeping this file's last good version");
+    }
+    for d in &load.compiled.diagnostics {
+        tracing::warn!(kind = ?d.kind, object = %d.object, field = %d.field, reason = d.reason.as_str(), "{}; object left out", d.message);
+    }
+    let result = if load.file_errors.is_empty() {
+        "success"
+    } else {
+        "error"
+    };
+    metrics.config_reloads.with_label_values(&[result]).inc();
+    metrics
+        .config_rejected_objects
+        .set(i64::try_from(load.compiled.diagnostics.len()).unwrap_or(i64::MAX));
+    let v = version.fetch_add(1, Ordering::AcqRel) + 1;
+    let snapshot = Arc::new(load.compiled.snapshot);
+    tracing::info!(
+        version = v,
+        routes = snapshot.routes.len(),
+        tenants = snapshot.tenants.len(),
+        plans = snapshot.plans.len(),
+        "configuration applied"
+    );
+    proxy.apply(ProxyConfig::build(v, snapshot));
+    ready.store(true, Ordering::Release);
+}
+
+fn spawn_watcher<S: CounterStore>(
+    mut manifests: ManifestDir,
+    proxy: Arc<Proxy<S>>,
+    metrics: ProxyMetrics,
+    version: Arc<AtomicU64>,
+    ready: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    interval: Duration,
+) -> Result<std::thread::JoinHandle<()>> {
+    // Polling is deliberate: it sees edits, renames and Kubernetes' ConfigMap symlink swaps alike.
+    std::thread::Builder::new()
+        .name("manifest-watch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                std::thread::sleep(interval);
+                if manifests.changed() {
+                    reload(&mut manifests, &proxy, &metrics, &version, &ready);
+                }
+            }
+        })
+        .context("starting the manifest watcher")
+}
+
+/// Saves changed counters every second until `stop` fires (between saves, never during one).
+async fn flush_periodically(
+    store: Arc<MemoryStore>,
+    state_dir: std::path::PathBuf,
+    metrics: ProxyMetrics,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stop => return,
+        }
+        if !store.take_dirty() {
+            continue;
+        }
+        let rows = store.usage();
+        let dir = state_dir.clone();
+        match tokio::task::spawn_blocking(move || persist::save(&dir, rows)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                metrics.state_flush_errors.inc();
+                tracing::error!(error = %error_chain(e.as_ref()), "cannot save quota counters; will retry");
+            }
+            Err(e) => tracing::error!(error = %e, "counter flush task failed"),
+        }
+    }
+}
+
+fn host_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim();
+    if host.is_empty() {
+        format!("tollgate-proxy-{}", std::process::id())
+    } else {
+        host.to_owned()
+    }
+}
+
+/// SIGTERM or SIGINT, listened for from the moment this is made: a signal that arrives before
+/// the server first waits for it still starts a graceful shutdown instead of killing the process
+/// (the default action), however soon after readiness it comes.
+struct ShutdownSignal {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    fn listen() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+        })
+    }
+
+    async fn received(mut self) {
+        let name = tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        };
+        tracing::info!(
+            signal = name,
+            "shutdown signal received; no longer accepting connections"
+        );
+    }
+}
+
+/// Compile-time check that the memory store satisfies the store interface.
+const _: fn() = || {
+    fn assert_store<S: CounterStore>() {}
+    assert_store::<MemoryStore>();
+};
