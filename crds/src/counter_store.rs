@@ -32,6 +32,12 @@ pub fn counter_key(tenant: &str, plan: &str, quota: &str, period_start: Timestam
     )
 }
 
+/// The Redis key of one fleet-wide rate-limit window: (tenant, plan, rate limit, window number
+/// since the epoch), in the tenant's slot like its quotas.
+pub fn rate_window_key(tenant: &str, plan: &str, rate_limit: &str, window_index: i64) -> String {
+    format!("tollgate:{{{tenant}|{plan}}}:rate:{rate_limit}:{window_index}")
+}
+
 /// The record of one write to `counter` (a lease's grant, or the id of an applied change), in the
 /// counter's Redis Cluster slot: `tollgate-op:{tenant|plan}:quota:start:id`.
 pub fn op_record_key(counter: &str, id: &str) -> String {
@@ -443,6 +449,28 @@ impl ConnectionLike for StoreConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The layout the operator reads usage from and Redis Cluster places by: a tenant's keys and
+    /// their operation records share the `{tenant|plan}` hash tag (one slot).
+    #[test]
+    fn a_tenants_keys_and_records_share_one_hash_tag() {
+        let start: Timestamp = "2026-11-01T00:00:00Z".parse().expect("instant");
+        let quota = counter_key("shop/acme", "shop/pro", "monthly", start);
+        assert_eq!(quota, "tollgate:{shop/acme|shop/pro}:monthly:1793491200");
+        let rate = rate_window_key("shop/acme", "shop/pro", "per-second", 1_764_000_000);
+        assert_eq!(
+            rate,
+            "tollgate:{shop/acme|shop/pro}:rate:per-second:1764000000"
+        );
+        let record = op_record_key(&quota, "abc-1");
+        assert_eq!(
+            record,
+            "tollgate-op:{shop/acme|shop/pro}:monthly:1793491200:abc-1"
+        );
+        let tag = |k: &str| k[k.find('{').unwrap_or(0)..=k.find('}').unwrap_or(0)].to_owned();
+        assert_eq!(tag(&quota), tag(&rate));
+        assert_eq!(tag(&quota), tag(&record));
+    }
 
     fn target(url: &str) -> StoreTarget {
         StoreTarget {

@@ -43,17 +43,70 @@ struct QuotaCounter {
     used: Decimal,
 }
 
+impl QuotaCounter {
+    /// Moves to the period containing `now`; a new period starts from zero.
+    fn roll_to(&mut self, plan: &PlanEntry, index: usize, now: Timestamp) {
+        let current = window(plan.plan.quotas[index].period, &plan.tz, now);
+        if current.start != self.window.start {
+            self.used = Decimal::ZERO;
+        }
+        self.window = current;
+    }
+}
+
 #[derive(Debug)]
 struct RateCounter {
     name: String,
     gcra: Gcra,
 }
 
+/// How long before a counter's period a fresh clock reading still counts in that period: two
+/// requests that read the clock either side of a period's end may take the counter's lock in the
+/// other order, and the later must not take the counter back to the period that ended (it did:
+/// the new period's count was lost at the next request). Readings further back mean the clock
+/// itself was set back, and the counter follows it.
+const CLOCK_RACE: jiff::SignedDuration = jiff::SignedDuration::from_secs(60);
+
 impl Counters {
-    /// The counter of quota `index` for the period containing `now` (rolled over if needed).
+    /// The counter of quota `index` for a fresh clock reading `now`: rolled over to the period
+    /// containing `now` (see [`CLOCK_RACE`] for a reading just before the counter's period).
     fn quota(&mut self, plan: &PlanEntry, index: usize, now: Timestamp) -> &mut QuotaCounter {
+        let pos = self.position(plan, index, now);
+        let counter = &mut self.quotas[pos];
+        let racing =
+            now < counter.window.start && counter.window.start.duration_since(now) <= CLOCK_RACE;
+        if (now >= counter.window.end || now < counter.window.start) && !racing {
+            counter.roll_to(plan, index, now);
+        }
+        counter
+    }
+
+    /// The counter of quota `index` for a request admitted at `admitted` (a refund, or usage
+    /// metered when its response ended): `None` when the counter has moved on to a later period
+    /// since, beyond [`CLOCK_RACE`]. The usage belongs to a period that is over (the Redis store
+    /// charges it to that period's key, which limits nothing any more); taking the counter back
+    /// to it would lose the new period's count, as a response streamed across midnight did.
+    fn quota_admitted_at(
+        &mut self,
+        plan: &PlanEntry,
+        index: usize,
+        admitted: Timestamp,
+    ) -> Option<&mut QuotaCounter> {
+        let pos = self.position(plan, index, admitted);
+        let counter = &mut self.quotas[pos];
+        if admitted < counter.window.start {
+            let racing = counter.window.start.duration_since(admitted) <= CLOCK_RACE;
+            return racing.then_some(counter);
+        }
+        if admitted >= counter.window.end {
+            counter.roll_to(plan, index, admitted);
+        }
+        Some(counter)
+    }
+
+    fn position(&mut self, plan: &PlanEntry, index: usize, now: Timestamp) -> usize {
         let quota = &plan.plan.quotas[index];
-        let pos = match self.quotas.iter().position(|c| c.name == quota.name) {
+        match self.quotas.iter().position(|c| c.name == quota.name) {
             Some(pos) => pos,
             None => {
                 self.quotas.push(QuotaCounter {
@@ -63,16 +116,7 @@ impl Counters {
                 });
                 self.quotas.len() - 1
             }
-        };
-        let counter = &mut self.quotas[pos];
-        if now >= counter.window.end || now < counter.window.start {
-            let current = window(quota.period, &plan.tz, now);
-            if current.start != counter.window.start {
-                counter.used = Decimal::ZERO;
-            }
-            counter.window = current;
         }
-        counter
     }
 
     fn rate(&mut self, name: &str) -> &mut Gcra {
@@ -299,8 +343,9 @@ impl CounterStore for MemoryStore {
         let counters = self.counters(subject);
         let mut c = counters.lock();
         for &i in &plan.request_quotas {
-            let counter = c.quota(plan, i, now);
-            counter.used = (counter.used - Decimal::ONE).max(Decimal::ZERO);
+            if let Some(counter) = c.quota_admitted_at(plan, i, now) {
+                counter.used = (counter.used - Decimal::ONE).max(Decimal::ZERO);
+            }
         }
         self.dirty.store(true, Ordering::Release);
     }
@@ -317,8 +362,10 @@ impl CounterStore for MemoryStore {
                 Metric::TotalTokens => Decimal::from(metered.input_tokens + metered.output_tokens),
                 Metric::Cost => metered.cost,
             };
-            if !amount.is_zero() {
-                c.quota(plan, i, now).used += amount;
+            if !amount.is_zero()
+                && let Some(counter) = c.quota_admitted_at(plan, i, now)
+            {
+                counter.used += amount;
             }
         }
         self.dirty.store(true, Ordering::Release);
@@ -344,5 +391,254 @@ impl CounterStore for MemoryStore {
         }
         rows.sort_by(|a, b| (&a.tenant, &a.plan, &a.quota).cmp(&(&b.tenant, &b.plan, &b.quota)));
         rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The in-memory store with the clock in the test's hands: every instant is derived from now.
+
+    use jiff::SignedDuration;
+    use serde_json::json;
+    use tollgate_crds::compile::{Objects, compile};
+    use tollgate_crds::resources::QuotaPolicy;
+
+    use super::*;
+
+    /// A plan compiled from a QuotaPolicy spec, as the proxy builds it.
+    fn plan(spec: serde_json::Value) -> PlanEntry {
+        let policy: QuotaPolicy = serde_json::from_value(json!({
+            "apiVersion": "tollgate.dev/v1alpha1", "kind": "QuotaPolicy",
+            "metadata": {"name": "plan", "namespace": "shop"}, "spec": spec}))
+        .expect("a valid QuotaPolicy");
+        let compiled = compile(&Objects {
+            plans: vec![&policy],
+            ..Objects::default()
+        });
+        assert!(
+            compiled.diagnostics.is_empty(),
+            "{:?}",
+            compiled.diagnostics
+        );
+        PlanEntry::new(compiled.snapshot.plans[0].clone())
+    }
+
+    fn daily(limit: u64, metric: &str) -> PlanEntry {
+        plan(
+            json!({"quotas": [{"name": "daily", "metric": metric, "limit": limit.to_string(), "period": "Day"}]}),
+        )
+    }
+
+    fn tenant() -> Arc<str> {
+        Arc::from("shop/acme")
+    }
+
+    /// The day containing now, and instants in it and after it.
+    fn today() -> PeriodWindow {
+        window(
+            tollgate_crds::resources::Period::Day,
+            &jiff::tz::TimeZone::UTC,
+            Timestamp::now(),
+        )
+    }
+
+    fn used(store: &MemoryStore) -> Vec<(Decimal, Timestamp)> {
+        store
+            .usage()
+            .iter()
+            .map(|r| (r.used, r.period_start))
+            .collect()
+    }
+
+    fn admitted(a: &Admission) -> bool {
+        matches!(a, Admission::Admitted { .. })
+    }
+
+    #[tokio::test]
+    async fn a_requests_quota_admits_exactly_its_limit_and_starts_over_each_period() {
+        let (plan, tenant, store) = (daily(2, "Requests"), tenant(), MemoryStore::new());
+        let subject = Subject {
+            tenant: &tenant,
+            plan: &plan,
+        };
+        let day = today();
+        let late = day
+            .end
+            .checked_sub(SignedDuration::from_secs(1))
+            .expect("instant");
+        assert!(admitted(&store.admit(subject, day.start).await));
+        assert!(admitted(&store.admit(subject, late).await));
+        match store.admit(subject, late).await {
+            Admission::QuotaExhausted { exhausted, .. } => {
+                assert_eq!(exhausted.used, Decimal::from(2));
+                assert_eq!(exhausted.reset_seconds, 1);
+                assert_eq!(exhausted.window, Some(day));
+            }
+            other => panic!("the third request of the day: {other:?}"),
+        }
+        // The next day starts from zero.
+        assert!(admitted(&store.admit(subject, day.end).await));
+        assert_eq!(used(&store), vec![(Decimal::ONE, day.end)]);
+    }
+
+    #[tokio::test]
+    async fn a_refund_gives_the_request_back_and_never_goes_below_zero() {
+        let (plan, tenant, store) = (daily(1, "Requests"), tenant(), MemoryStore::new());
+        let subject = Subject {
+            tenant: &tenant,
+            plan: &plan,
+        };
+        let now = Timestamp::now();
+        assert!(admitted(&store.admit(subject, now).await));
+        assert!(!admitted(&store.admit(subject, now).await));
+        store.refund(subject, now).await;
+        assert!(
+            admitted(&store.admit(subject, now).await),
+            "the refunded unit is usable"
+        );
+        store.refund(subject, now).await;
+        store.refund(subject, now).await;
+        assert_eq!(used(&store)[0].0, Decimal::ZERO);
+    }
+
+    #[tokio::test]
+    async fn token_quotas_admit_while_below_the_limit_and_count_what_was_metered() {
+        let (plan, tenant, store) = (daily(100, "TotalTokens"), tenant(), MemoryStore::new());
+        let subject = Subject {
+            tenant: &tenant,
+            plan: &plan,
+        };
+        let now = Timestamp::now();
+        assert!(admitted(&store.admit(subject, now).await));
+        let metered = Metered {
+            input_tokens: 60,
+            output_tokens: 39,
+            cost: Decimal::ZERO,
+        };
+        store.charge(subject, metered, now).await;
+        assert!(admitted(&store.admit(subject, now).await), "99 of 100 used");
+        store
+            .charge(
+                subject,
+                Metered {
+                    output_tokens: 5,
+                    ..Metered::default()
+                },
+                now,
+            )
+            .await;
+        // The last request may overshoot by its own usage; the next is refused.
+        assert_eq!(used(&store)[0].0, Decimal::from(104));
+        assert!(!admitted(&store.admit(subject, now).await));
+    }
+
+    /// Regression: usage metered for a request admitted before midnight, charged after the
+    /// counter moved on to the new day, took the counter back to the old day, and the new day's
+    /// count was lost at the next request.
+    #[tokio::test]
+    async fn usage_from_a_period_that_ended_leaves_the_new_periods_count_alone() {
+        let (plan, tenant, store) = (daily(1_000, "TotalTokens"), tenant(), MemoryStore::new());
+        let subject = Subject {
+            tenant: &tenant,
+            plan: &plan,
+        };
+        let day = today();
+        let before_midnight = day
+            .end
+            .checked_sub(SignedDuration::from_mins(10))
+            .expect("instant");
+        assert!(
+            admitted(&store.admit(subject, before_midnight).await),
+            "a long stream starts"
+        );
+        let next_day = day
+            .end
+            .checked_add(SignedDuration::from_mins(5))
+            .expect("instant");
+        assert!(admitted(&store.admit(subject, next_day).await));
+        store
+            .charge(
+                subject,
+                Metered {
+                    output_tokens: 300,
+                    ..Metered::default()
+                },
+                next_day,
+            )
+            .await;
+        // The stream admitted before midnight ends now.
+        store
+            .charge(
+                subject,
+                Metered {
+                    output_tokens: 700,
+                    ..Metered::default()
+                },
+                before_midnight,
+            )
+            .await;
+        store.refund(subject, before_midnight).await;
+        assert_eq!(used(&store), vec![(Decimal::from(300), day.end)]);
+        assert!(
+            admitted(&store.admit(subject, next_day).await),
+            "the new day still has room"
+        );
+    }
+
+    /// Regression: two requests reading the clock either side of midnight took the lock in the
+    /// other order; the later one moved the counter back to the old day, and the next request
+    /// found the new day's count gone.
+    #[tokio::test]
+    async fn a_request_that_read_the_clock_just_before_the_period_ended_counts_in_the_new_one() {
+        let (plan, tenant, store) = (daily(10, "Requests"), tenant(), MemoryStore::new());
+        let subject = Subject {
+            tenant: &tenant,
+            plan: &plan,
+        };
+        let day = today();
+        let just_before = day
+            .end
+            .checked_sub(SignedDuration::from_millis(1))
+            .expect("instant");
+        let just_after = day
+            .end
+            .checked_add(SignedDuration::from_millis(1))
+            .expect("instant");
+        assert!(admitted(&store.admit(subject, just_after).await));
+        assert!(admitted(&store.admit(subject, just_before).await));
+        assert!(admitted(&store.admit(subject, just_after).await));
+        assert_eq!(used(&store), vec![(Decimal::from(3), day.end)]);
+    }
+
+    #[tokio::test]
+    async fn a_clock_set_back_a_day_is_followed() {
+        let (plan, tenant, store) = (daily(10, "Requests"), tenant(), MemoryStore::new());
+        let subject = Subject {
+            tenant: &tenant,
+            plan: &plan,
+        };
+        let day = today();
+        assert!(admitted(&store.admit(subject, day.end).await));
+        assert!(admitted(&store.admit(subject, day.start).await));
+        assert_eq!(used(&store), vec![(Decimal::ONE, day.start)]);
+    }
+
+    #[tokio::test]
+    async fn restored_counters_carry_on_in_their_period() {
+        let (plan, tenant, store) = (daily(3, "Requests"), tenant(), MemoryStore::new());
+        let subject = Subject {
+            tenant: &tenant,
+            plan: &plan,
+        };
+        let now = Timestamp::now();
+        assert!(admitted(&store.admit(subject, now).await));
+        assert!(admitted(&store.admit(subject, now).await));
+        let restored = MemoryStore::new();
+        restored.restore(store.usage());
+        assert!(admitted(&restored.admit(subject, now).await));
+        assert!(
+            !admitted(&restored.admit(subject, now).await),
+            "2 restored + 1 = the limit"
+        );
     }
 }

@@ -34,10 +34,12 @@ pub trait CounterStore: Send + Sync + 'static {
         now: Timestamp,
     ) -> impl Future<Output = (Vec<LimitState>, Vec<LimitState>)> + Send;
 
-    /// Gives back the request charged by `admit` (the proxy failed it: 502/504).
+    /// Gives back the request charged by `admit` (the proxy failed it: 502/504). `now` is when
+    /// it was admitted: a period that has ended since is not touched.
     fn refund(&self, subject: Subject<'_>, now: Timestamp) -> impl Future<Output = ()> + Send;
 
-    /// Charges metered usage to the token and Cost quotas.
+    /// Charges metered usage to the token and Cost quotas, in the period of `now`, when the
+    /// request was admitted (a response may end in the next period).
     fn charge(
         &self,
         subject: Subject<'_>,

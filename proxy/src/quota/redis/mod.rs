@@ -39,7 +39,7 @@ use parking_lot::Mutex;
 use rust_decimal::Decimal;
 use tollgate_crds::counter_store::{
     StoreConnection, StoreError, StoreTarget, Timeouts, counter_key, from_units, op_record_key,
-    to_units as units,
+    rate_window_key, to_units as units,
 };
 use tollgate_crds::period::{PeriodWindow, window};
 use tollgate_crds::resources::{FailurePolicy, Metric};
@@ -50,37 +50,11 @@ use super::store::{CounterStore, Subject, UsageRow};
 use crate::telemetry::metrics::StoreMetrics;
 use crate::telemetry::warn_throttle::{Reachability, ReachabilityChange};
 
-/// Grants a slice of counter KEYS[1] under limit ARGV[1] (one unit when ARGV[3] is 0) and keeps
-/// the key ARGV[2] more seconds; records the grant in KEYS[2] for ARGV[4] seconds. Returns the
-/// grant and the counter's total.
-const LEASE: &str = r"
-local limit = tonumber(ARGV[1])
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-local remaining = limit - used
-if remaining <= 0 then return {0, used} end
-local grant = math.floor(remaining / 64)
-if ARGV[3] == '0' or grant < 1 then grant = 1 end
-if grant > 1000 then grant = 1000 end
-used = redis.call('INCRBY', KEYS[1], grant)
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-if KEYS[2] then redis.call('SET', KEYS[2], grant, 'EX', ARGV[4]) end
-return {grant, used}
-";
+/// Grants a lease: a slice of a counter's remaining allowance (contract in the file).
+const LEASE: &str = include_str!("lease.lua");
 
-/// Adds ARGV[1] (negative: gives units back, never below 0) unless operation KEYS[2] was applied
-/// already (remembered ARGV[3] seconds), and keeps the key ARGV[2] more seconds. Returns the
-/// counter's total.
-const ADJUST_ONCE: &str = r"
-if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[3]) then
-  return tonumber(redis.call('GET', KEYS[1]) or '0')
-end
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-local delta = tonumber(ARGV[1])
-if used + delta < 0 then delta = -used end
-used = redis.call('INCRBY', KEYS[1], delta)
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return used
-";
+/// Applies a change to a counter at most once (contract in the file).
+const ADJUST_ONCE: &str = include_str!("adjust_once.lua");
 
 /// How long Redis remembers a lease's grant and an applied operation id.
 const RECORD_SECONDS: i64 = 600;
@@ -483,10 +457,7 @@ impl RedisStore {
             let start = Timestamp::from_millisecond(index * window_ms).unwrap_or(now);
             let end = Timestamp::from_millisecond((index + 1) * window_ms).unwrap_or(now);
             let w = PeriodWindow { start, end };
-            let key = format!(
-                "tollgate:{{{}|{}}}:rate:{}:{index}",
-                subject.tenant, plan.id, rl.name
-            );
+            let key = rate_window_key(subject.tenant, &plan.id, &rl.name, index);
             let limit = i64::try_from(rl.requests).unwrap_or(i64::MAX);
             Self::rate_counter(&mut self.counters.lock(), &subject, &rl.name, &key, w);
             let mut denied = false;
