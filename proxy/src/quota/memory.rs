@@ -400,31 +400,11 @@ mod tests {
 
     use jiff::SignedDuration;
     use serde_json::json;
-    use tollgate_crds::compile::{Objects, compile};
-    use tollgate_crds::resources::QuotaPolicy;
 
     use super::*;
 
-    /// A plan compiled from a QuotaPolicy spec, as the proxy builds it.
-    fn plan(spec: serde_json::Value) -> PlanEntry {
-        let policy: QuotaPolicy = serde_json::from_value(json!({
-            "apiVersion": "tollgate.dev/v1alpha1", "kind": "QuotaPolicy",
-            "metadata": {"name": "plan", "namespace": "shop"}, "spec": spec}))
-        .expect("a valid QuotaPolicy");
-        let compiled = compile(&Objects {
-            plans: vec![&policy],
-            ..Objects::default()
-        });
-        assert!(
-            compiled.diagnostics.is_empty(),
-            "{:?}",
-            compiled.diagnostics
-        );
-        PlanEntry::new(compiled.snapshot.plans[0].clone())
-    }
-
     fn daily(limit: u64, metric: &str) -> PlanEntry {
-        plan(
+        PlanEntry::from_spec(
             json!({"quotas": [{"name": "daily", "metric": metric, "limit": limit.to_string(), "period": "Day"}]}),
         )
     }

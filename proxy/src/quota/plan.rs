@@ -49,3 +49,27 @@ impl PlanEntry {
         }
     }
 }
+
+#[cfg(test)]
+impl PlanEntry {
+    /// A plan compiled from a QuotaPolicy spec (namespace `shop`, name `plan`), as the proxy
+    /// builds it from a snapshot.
+    pub(crate) fn from_spec(spec: serde_json::Value) -> Self {
+        use tollgate_crds::compile::{Objects, compile};
+        let policy: tollgate_crds::resources::QuotaPolicy =
+            serde_json::from_value(serde_json::json!({
+            "apiVersion": "tollgate.dev/v1alpha1", "kind": "QuotaPolicy",
+            "metadata": {"name": "plan", "namespace": "shop"}, "spec": spec}))
+            .expect("a valid QuotaPolicy");
+        let compiled = compile(&Objects {
+            plans: vec![&policy],
+            ..Objects::default()
+        });
+        assert!(
+            compiled.diagnostics.is_empty(),
+            "{:?}",
+            compiled.diagnostics
+        );
+        Self::new(compiled.snapshot.plans[0].clone())
+    }
+}

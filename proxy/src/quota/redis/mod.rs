@@ -755,3 +755,111 @@ impl CounterStore for RedisStore {
         rows
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The store while Redis cannot be reached: a loopback port nothing listens on refuses every
+    //! connection, as a Redis that is down does. (Counting against a live Redis is tested with a
+    //! real server in `proxy/tests/redis_store.rs`.)
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn unreachable_store() -> (Arc<RedisStore>, StoreMetrics) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let metrics = StoreMetrics::new(&prometheus::Registry::new()).expect("metrics");
+        let target = StoreTarget {
+            url: format!("redis://127.0.0.1:{port}"),
+            tls: Default::default(),
+        };
+        let store = RedisStore::connect(&target, true, metrics.clone()).expect("a lazy connection");
+        (store, metrics)
+    }
+
+    /// What the next settle adds to Redis's count of one quota: units counted while it was down
+    /// (FailOpen admissions, charges kept to be resent) less the unspent units it gives back (a
+    /// refund puts its unit into the local slice).
+    fn owed(store: &RedisStore, quota: &str) -> i64 {
+        let counters = store.counters.lock();
+        let owed = |c: &Counter| c.unconfirmed() - i64::try_from(c.leased).unwrap_or(i64::MAX);
+        counters
+            .values()
+            .filter(|c| c.quota == quota)
+            .map(owed)
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn fail_open_admits_while_redis_is_down_and_owes_exactly_what_it_admitted() {
+        let (store, metrics) = unreachable_store();
+        let plan = PlanEntry::from_spec(json!({
+            "failurePolicy": "FailOpen",
+            "rateLimits": [{"name": "per-second", "requests": 1, "window": "1s"}],
+            "quotas": [{"name": "monthly", "metric": "Requests", "limit": "100", "period": "Month"},
+                       {"name": "tokens", "metric": "TotalTokens", "limit": "10", "period": "Month"}]}));
+        let tenant: Arc<str> = Arc::from("shop/acme");
+        let subject = Subject {
+            tenant: &tenant,
+            plan: &plan,
+        };
+        let now = Timestamp::now();
+        for _ in 0..2 {
+            let admission = store.admit(subject, now).await;
+            assert!(
+                matches!(admission, Admission::Admitted { .. }),
+                "{admission:?}"
+            );
+        }
+        // Both requests are owed to the Requests quota (rate-limit windows are not reconciled).
+        assert_eq!(owed(&store, "monthly"), 2);
+        assert_eq!(metrics.unreconciled_units.get(), 2);
+
+        // Tokens charged while down are owed too, and spend the token quota locally ...
+        store
+            .charge(
+                subject,
+                Metered {
+                    output_tokens: 20,
+                    ..Metered::default()
+                },
+                now,
+            )
+            .await;
+        assert_eq!(owed(&store, "tokens"), 20);
+        assert_eq!(metrics.unreconciled_units.get(), 22);
+        let refused = store.admit(subject, now).await;
+        assert!(
+            matches!(refused, Admission::QuotaExhausted { .. }),
+            "{refused:?}"
+        );
+        // ... and the refused request left no debt behind.
+        assert_eq!(owed(&store, "monthly"), 2);
+        assert_eq!(metrics.unreconciled_units.get(), 22);
+
+        // A refund gives the request back: one unit less to add when Redis is back.
+        store.refund(subject, now).await;
+        assert_eq!(owed(&store, "monthly"), 1);
+        assert_eq!(metrics.partitioned.get(), 1, "the outage is shown");
+    }
+
+    #[tokio::test]
+    async fn fail_closed_refuses_while_redis_is_down_and_owes_nothing() {
+        let (store, metrics) = unreachable_store();
+        let plan = PlanEntry::from_spec(json!({
+            "failurePolicy": "FailClosed",
+            "quotas": [{"name": "monthly", "metric": "Requests", "limit": "100", "period": "Month"}]}));
+        let tenant: Arc<str> = Arc::from("shop/acme");
+        let subject = Subject {
+            tenant: &tenant,
+            plan: &plan,
+        };
+        let admission = store.admit(subject, Timestamp::now()).await;
+        assert_eq!(admission, Admission::StoreUnavailable);
+        assert_eq!(owed(&store, "monthly"), 0);
+        assert_eq!(metrics.unreconciled_units.get(), 0);
+    }
+}
