@@ -148,6 +148,39 @@ fn from_diagnostics(
     }
 }
 
+/// A route's Programmed condition: whether every connected proxy runs a configuration version
+/// that has the route as it is now (`since`: the first version that did), counted as "n/m".
+fn programmed(
+    accepted: bool,
+    since: Option<u64>,
+    proxies: &[(String, u64)],
+    version: u64,
+) -> Desired {
+    let Some(since) = since.filter(|_| accepted) else {
+        return Desired {
+            type_: conditions::PROGRAMMED,
+            status: false,
+            reason: "NotAccepted".to_owned(),
+            message: "The route is not part of the configuration.".to_owned(),
+        };
+    };
+    let total = proxies.len();
+    let at = proxies.iter().filter(|(_, acked)| *acked >= since).count();
+    Desired {
+        type_: conditions::PROGRAMMED,
+        status: total > 0 && at == total,
+        reason: if total == 0 {
+            "NoProxies"
+        } else if at == total {
+            "Programmed"
+        } else {
+            "Pending"
+        }
+        .to_owned(),
+        message: format!("{at}/{total} proxies at version {version}"),
+    }
+}
+
 impl StatusWriter {
     /// Writes statuses while leading, forever.
     pub async fn run(mut self) {
@@ -214,31 +247,12 @@ impl StatusWriter {
                 "The route is valid and part of the configuration.",
                 &route_diags,
             );
-            let programmed = match p.route_versions.get(&key) {
-                Some(&since) if accepted.status => {
-                    let total = proxies.len();
-                    let at = proxies.iter().filter(|(_, acked)| *acked >= since).count();
-                    Desired {
-                        type_: conditions::PROGRAMMED,
-                        status: total > 0 && at == total,
-                        reason: if total == 0 {
-                            "NoProxies"
-                        } else if at == total {
-                            "Programmed"
-                        } else {
-                            "Pending"
-                        }
-                        .to_owned(),
-                        message: format!("{at}/{total} proxies at version {}", p.version),
-                    }
-                }
-                _ => Desired {
-                    type_: conditions::PROGRAMMED,
-                    status: false,
-                    reason: "NotAccepted".to_owned(),
-                    message: "The route is not part of the configuration.".to_owned(),
-                },
-            };
+            let programmed = programmed(
+                accepted.status,
+                p.route_versions.get(&key).copied(),
+                &proxies,
+                p.version,
+            );
             let current = route
                 .status
                 .as_ref()
@@ -394,5 +408,187 @@ impl StatusWriter {
                 tracing::debug!(error = %e, "cannot publish event");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desired(type_: &'static str, status: bool, reason: &str) -> Desired {
+        Desired {
+            type_,
+            status,
+            reason: reason.to_owned(),
+            message: format!("{type_} is {status}"),
+        }
+    }
+
+    fn proxies(acked: &[u64]) -> Vec<(String, u64)> {
+        acked
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("proxy-{i}"), *v))
+            .collect()
+    }
+
+    #[test]
+    fn programmed_counts_the_proxies_that_run_the_routes_version() {
+        let p = programmed(true, Some(7), &proxies(&[7, 9, 6]), 9);
+        assert_eq!((p.status, p.reason.as_str()), (false, "Pending"));
+        assert_eq!(p.message, "2/3 proxies at version 9");
+
+        let p = programmed(true, Some(7), &proxies(&[7, 9]), 9);
+        assert_eq!((p.status, p.reason.as_str()), (true, "Programmed"));
+        assert_eq!(p.message, "2/2 proxies at version 9");
+
+        let p = programmed(true, Some(7), &[], 9);
+        assert_eq!((p.status, p.reason.as_str()), (false, "NoProxies"));
+        assert_eq!(p.message, "0/0 proxies at version 9");
+
+        for (accepted, since) in [(false, Some(7)), (true, None)] {
+            let p = programmed(accepted, since, &proxies(&[9]), 9);
+            assert_eq!((p.status, p.reason.as_str()), (false, "NotAccepted"));
+        }
+    }
+
+    #[test]
+    fn last_transition_time_changes_only_when_the_status_does() {
+        let first = Timestamp::now();
+        let later = first
+            .checked_add(jiff::SignedDuration::from_mins(5))
+            .expect("instant");
+        let pending = condition(
+            &desired("Programmed", false, "Pending"),
+            Some(1),
+            &[],
+            first,
+        );
+        assert_eq!(pending.last_transition_time, Time(first));
+        assert_eq!(pending.observed_generation, Some(1));
+
+        // Still False, another reason and generation: the transition time stays.
+        let current = vec![pending.clone()];
+        let no_proxies = condition(
+            &desired("Programmed", false, "NoProxies"),
+            Some(2),
+            &current,
+            later,
+        );
+        assert_eq!(no_proxies.last_transition_time, Time(first));
+        assert_eq!(
+            (no_proxies.reason.as_str(), no_proxies.observed_generation),
+            ("NoProxies", Some(2))
+        );
+        assert!(
+            !same(&current, std::slice::from_ref(&no_proxies)),
+            "a new reason is written"
+        );
+
+        // False to True: a transition, now.
+        let programmed = condition(
+            &desired("Programmed", true, "Programmed"),
+            Some(2),
+            &current,
+            later,
+        );
+        assert_eq!(programmed.last_transition_time, Time(later));
+
+        // Another condition type's time is not borrowed.
+        let ready = condition(
+            &desired("Ready", false, "Pending"),
+            Some(1),
+            &current,
+            later,
+        );
+        assert_eq!(ready.last_transition_time, Time(later));
+    }
+
+    #[test]
+    fn an_unchanged_status_is_not_written_again() {
+        let now = Timestamp::now();
+        let current = vec![
+            condition(&desired("Accepted", true, "Accepted"), Some(3), &[], now),
+            condition(
+                &desired("Programmed", true, "Programmed"),
+                Some(3),
+                &[],
+                now,
+            ),
+        ];
+        let later = now
+            .checked_add(jiff::SignedDuration::from_hours(1))
+            .expect("instant");
+        let wanted: Vec<_> = [
+            desired("Accepted", true, "Accepted"),
+            desired("Programmed", true, "Programmed"),
+        ]
+        .iter()
+        .map(|d| condition(d, Some(3), &current, later))
+        .collect();
+        assert!(same(&current, &wanted));
+        let regenerated: Vec<_> = wanted
+            .iter()
+            .map(|c| Condition {
+                observed_generation: Some(4),
+                ..c.clone()
+            })
+            .collect();
+        assert!(
+            !same(&current, &regenerated),
+            "a new generation is acknowledged"
+        );
+    }
+
+    #[test]
+    fn diagnostics_become_one_false_condition_naming_every_field() {
+        let diag = |field: &str, reason, message: &str| Diagnostic {
+            kind: ObjectKind::Tenant,
+            object: ObjectKey::new("shop", "acme"),
+            field: field.to_owned(),
+            reason,
+            message: message.to_owned(),
+        };
+        let ok = from_diagnostics(conditions::READY, "Ready", "All good.", &[]);
+        assert_eq!(
+            (ok.status, ok.reason.as_str(), ok.message.as_str()),
+            (true, "Ready", "All good.")
+        );
+
+        let missing = diag(
+            "spec.apiKeys[0].secretRef",
+            Reason::SecretNotFound,
+            "Secret acme-key not found",
+        );
+        let invalid = diag("spec.quotaPolicyRef", Reason::Invalid, "no such plan");
+        let not_ready = from_diagnostics(
+            conditions::READY,
+            "Ready",
+            "All good.",
+            &[&missing, &invalid],
+        );
+        assert!(!not_ready.status);
+        assert_eq!(
+            not_ready.reason,
+            Reason::SecretNotFound.as_str(),
+            "the first diagnostic's reason"
+        );
+        assert!(
+            not_ready
+                .message
+                .contains("spec.apiKeys[0].secretRef: Secret acme-key not found")
+        );
+        assert!(
+            not_ready
+                .message
+                .contains("kubectl label secret NAME tollgate.dev/api-key=true"),
+            "{}",
+            not_ready.message
+        );
+        assert!(
+            not_ready
+                .message
+                .ends_with("; spec.quotaPolicyRef: no such plan")
+        );
     }
 }
