@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use tokio::sync::{Notify, watch};
-use tollgate_crds::compile::{Diagnostic, Objects, compile};
+use tollgate_crds::compile::{Compiled, Diagnostic, Objects, compile};
 use tollgate_crds::resources::SubscriptionStatus;
 use tollgate_crds::snapshot::{ObjectKey, Snapshot};
 use tollgate_crds::stream::{Delta, diff};
@@ -103,6 +103,26 @@ fn compile_caches(
         .excluded_objects
         .set(i64::try_from(excluded.len()).unwrap_or(i64::MAX));
 
+    let next = next_publication(previous, compiled, Timestamp::now())?;
+    if next.version != previous.version {
+        tracing::info!(
+            version = next.version,
+            routes = next.snapshot.routes.len(),
+            tenants = next.snapshot.tenants.len(),
+            plans = next.snapshot.plans.len(),
+            excluded = next.diagnostics.len(),
+            compile_ms = started.elapsed().as_millis() as u64,
+            "published a new configuration"
+        );
+    }
+    Some(next)
+}
+
+/// What follows `previous` once `compiled` is in: `None` when nothing changed; the same version
+/// with new diagnostics or subscription states when only those changed; otherwise a new version
+/// (microseconds since the epoch at `now`, and always above the previous one) with its delta and
+/// the version in which each route last changed.
+fn next_publication(previous: &Published, compiled: Compiled, now: Timestamp) -> Option<Published> {
     let snapshot_changed = previous.version == 0 || *previous.snapshot != compiled.snapshot;
     if !snapshot_changed
         && previous.diagnostics == compiled.diagnostics
@@ -121,7 +141,7 @@ fn compile_caches(
             route_versions: previous.route_versions.clone(),
         });
     }
-    let now = u64::try_from(Timestamp::now().as_microsecond()).unwrap_or(0);
+    let now = u64::try_from(now.as_microsecond()).unwrap_or(0);
     let version = now.max(previous.version + 1);
     let delta = (previous.version != 0).then(|| {
         Arc::new(diff(
@@ -142,15 +162,6 @@ fn compile_caches(
             route_versions.insert(route.key.clone(), version);
         }
     }
-    tracing::info!(
-        version,
-        routes = compiled.snapshot.routes.len(),
-        tenants = compiled.snapshot.tenants.len(),
-        plans = compiled.snapshot.plans.len(),
-        excluded = compiled.diagnostics.len(),
-        compile_ms = started.elapsed().as_millis() as u64,
-        "published a new configuration"
-    );
     Some(Published {
         version,
         published_at: Some(Instant::now()),
@@ -160,4 +171,120 @@ fn compile_caches(
         subscriptions: compiled.subscriptions,
         route_versions,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use jiff::SignedDuration;
+    use serde_json::json;
+    use tollgate_crds::resources::{ApiRoute, Tenant};
+
+    use super::*;
+
+    fn route(name: &str, body: &str) -> ApiRoute {
+        serde_json::from_value(
+            json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "ApiRoute",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"match": {"pathPrefix": format!("/{name}")},
+                     "backend": {"directResponse": {"status": 200, "body": body}}}}),
+        )
+        .expect("a valid ApiRoute")
+    }
+
+    /// A tenant whose plan does not exist: left out, with a diagnostic.
+    fn broken_tenant() -> Tenant {
+        serde_json::from_value(
+            json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": "acme", "namespace": "shop"},
+            "spec": {"quotaPolicyRef": {"name": "missing"}}}),
+        )
+        .expect("a valid Tenant")
+    }
+
+    fn compiled(routes: &[ApiRoute], tenants: &[Tenant]) -> Compiled {
+        compile(&Objects {
+            routes: routes.iter().collect(),
+            tenants: tenants.iter().collect(),
+            ..Objects::default()
+        })
+    }
+
+    fn key(name: &str) -> ObjectKey {
+        ObjectKey::new("shop", name)
+    }
+
+    #[test]
+    fn versions_increase_and_remember_when_each_route_last_changed() {
+        let t0 = Timestamp::now();
+        let first = next_publication(
+            &Published::default(),
+            compiled(&[route("a", "1"), route("b", "1")], &[]),
+            t0,
+        )
+        .expect("a first version");
+        assert_eq!(
+            first.version,
+            u64::try_from(t0.as_microsecond()).expect("after 1970")
+        );
+        assert!(first.delta.is_none(), "the first version is sent whole");
+        assert_eq!(first.route_versions[&key("a")], first.version);
+
+        // Route b edited, c added, a unchanged; the clock reads a second later.
+        let t1 = t0
+            .checked_add(SignedDuration::from_secs(1))
+            .expect("instant");
+        let second = next_publication(
+            &first,
+            compiled(&[route("a", "1"), route("b", "2"), route("c", "1")], &[]),
+            t1,
+        )
+        .expect("a second version");
+        assert!(second.version > first.version);
+        assert!(second.delta.is_some());
+        assert_eq!(
+            second.route_versions[&key("a")],
+            first.version,
+            "a did not change"
+        );
+        assert_eq!(second.route_versions[&key("b")], second.version);
+        assert_eq!(second.route_versions[&key("c")], second.version);
+
+        // Route c deleted, and the clock stepped back an hour: still a higher version.
+        let stepped_back = t0
+            .checked_sub(SignedDuration::from_hours(1))
+            .expect("instant");
+        let third = next_publication(
+            &second,
+            compiled(&[route("a", "1"), route("b", "2")], &[]),
+            stepped_back,
+        )
+        .expect("a third version");
+        assert_eq!(third.version, second.version + 1);
+        assert!(!third.route_versions.contains_key(&key("c")));
+        assert_eq!(third.route_versions[&key("b")], second.version);
+    }
+
+    #[test]
+    fn nothing_changed_publishes_nothing_and_a_new_diagnostic_keeps_the_version() {
+        let now = Timestamp::now();
+        let first = next_publication(
+            &Published::default(),
+            compiled(&[route("a", "1")], &[]),
+            now,
+        )
+        .expect("a first version");
+        assert!(next_publication(&first, compiled(&[route("a", "1")], &[]), now).is_none());
+
+        // A tenant that cannot be compiled changes no snapshot, only what status says.
+        let with_broken = next_publication(
+            &first,
+            compiled(&[route("a", "1")], &[broken_tenant()]),
+            now,
+        )
+        .expect("new diagnostics");
+        assert_eq!(with_broken.version, first.version);
+        assert!(Arc::ptr_eq(&with_broken.snapshot, &first.snapshot));
+        assert_eq!(with_broken.diagnostics.len(), 1);
+        assert_eq!(with_broken.diagnostics[0].object, key("acme"));
+    }
 }
