@@ -243,7 +243,7 @@ fn compile_plan(key: &ObjectKey, plan: &QuotaPolicy) -> Result<Plan, Vec<FieldEr
                 format!("{field}.window"),
                 "window must be between 1s and 1h",
             )),
-            Err(e) => errors.push(invalid(format!("{field}.window"), e)),
+            Err(e) => errors.push(invalid(format!("{field}.window"), e.to_string())),
         }
     }
 
@@ -618,7 +618,7 @@ fn compile_route(key: &ObjectKey, route: &ApiRoute) -> Result<Route, Vec<FieldEr
             DEFAULT_TIMEOUT_MS
         }
         Some(Err(e)) => {
-            errors.push(invalid("spec.backend.timeout", e));
+            errors.push(invalid("spec.backend.timeout", e.to_string()));
             DEFAULT_TIMEOUT_MS
         }
     };

@@ -2,11 +2,18 @@
 
 use std::time::Duration;
 
+/// A duration string that does not parse; the message says why and what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidDuration(String);
+
 /// Parses a duration string into a [`Duration`]. Accepts the units ms, s, m and h, which may repeat
 /// (`1h30m`) and carry a fraction (`1.5s`); rejects empty strings, signs and unknown units.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, InvalidDuration> {
     if text.is_empty() {
-        return Err("empty duration; use a number and a unit, for example 1s or 500ms".to_owned());
+        return Err(InvalidDuration(
+            "empty duration; use a number and a unit, for example 1s or 500ms".to_owned(),
+        ));
     }
     let mut rest = text;
     let mut total_nanos: u128 = 0;
@@ -16,9 +23,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .unwrap_or(rest.len());
         let (number, after) = rest.split_at(number_len);
         if number.is_empty() {
-            return Err(format!(
+            return Err(InvalidDuration(format!(
                 "invalid duration {text:?}: expected a number at {rest:?}"
-            ));
+            )));
         }
         let unit_len = after
             .find(|c: char| c.is_ascii_digit() || c == '.')
@@ -30,32 +37,36 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "m" => 60_000_000_000,
             "h" => 3_600_000_000_000,
             "" => {
-                return Err(format!(
+                return Err(InvalidDuration(format!(
                     "invalid duration {text:?}: missing unit (ms, s, m or h)"
-                ));
+                )));
             }
             other => {
-                return Err(format!(
+                return Err(InvalidDuration(format!(
                     "invalid duration {text:?}: unknown unit {other:?} (use ms, s, m or h)"
-                ));
+                )));
             }
         };
         let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
         if whole.is_empty() && fraction.is_empty() {
-            return Err(format!("invalid duration {text:?}: expected a number"));
+            return Err(InvalidDuration(format!(
+                "invalid duration {text:?}: expected a number"
+            )));
         }
         let whole: u128 = if whole.is_empty() {
             0
         } else {
-            whole
-                .parse()
-                .map_err(|_| format!("invalid duration {text:?}: number too large"))?
+            whole.parse().map_err(|_| {
+                InvalidDuration(format!("invalid duration {text:?}: number too large"))
+            })?
         };
         let mut fraction_nanos: u128 = 0;
         let mut scale = unit_nanos;
         for digit in fraction.bytes() {
             if !digit.is_ascii_digit() {
-                return Err(format!("invalid duration {text:?}: malformed number"));
+                return Err(InvalidDuration(format!(
+                    "invalid duration {text:?}: malformed number"
+                )));
             }
             scale /= 10;
             fraction_nanos += u128::from(digit - b'0') * scale;
@@ -64,11 +75,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .checked_mul(unit_nanos)
             .and_then(|n| n.checked_add(fraction_nanos))
             .and_then(|n| n.checked_add(total_nanos))
-            .ok_or_else(|| format!("invalid duration {text:?}: too large"))?;
+            .ok_or_else(|| InvalidDuration(format!("invalid duration {text:?}: too large")))?;
         rest = next;
     }
     let secs = u64::try_from(total_nanos / 1_000_000_000)
-        .map_err(|_| format!("invalid duration {text:?}: too large"))?;
+        .map_err(|_| InvalidDuration(format!("invalid duration {text:?}: too large")))?;
     // The remainder of a division by 1e9 always fits in u32.
     let nanos = u32::try_from(total_nanos % 1_000_000_000).unwrap_or(0);
     Ok(Duration::new(secs, nanos))
@@ -92,7 +103,7 @@ mod tests {
     fn rejects_malformed_input_with_a_reason() {
         for bad in ["", "1", "s", "1d", "-1s", "1.2.3s", "1 s"] {
             let err = parse_duration(bad).expect_err(bad);
-            assert!(err.contains("duration"), "{bad}: {err}");
+            assert!(err.to_string().contains("duration"), "{bad}: {err}");
         }
     }
 }

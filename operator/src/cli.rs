@@ -135,6 +135,6 @@ pub enum LogFormat {
     Json,
 }
 
-fn duration(text: &str) -> Result<Duration, String> {
+fn duration(text: &str) -> Result<Duration, tollgate_crds::duration::InvalidDuration> {
     tollgate_crds::duration::parse_duration(text)
 }

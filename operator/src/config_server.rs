@@ -190,17 +190,20 @@ impl ConfigServer {
             .map(str::trim)
             .unwrap_or_default()
             .to_owned();
-        if token.is_empty() {
-            return json_response(
-                StatusCode::UNAUTHORIZED,
-                "send the proxy's ServiceAccount token as a Bearer token",
-            );
-        }
         let identity = match self.auth.verify(&token).await {
             Ok(identity) => identity,
             Err(why) => {
-                tracing::warn!(reason = %why, "refused a proxy");
-                return json_response(StatusCode::UNAUTHORIZED, &why);
+                self.metrics
+                    .proxy_refusals
+                    .with_label_values(&[why.label()])
+                    .inc();
+                tracing::warn!(reason = %why, "refused a caller of the configuration stream");
+                let status = if why.is_callers_fault() {
+                    StatusCode::UNAUTHORIZED
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                return json_response(status, &why.to_string());
             }
         };
         if !*self.leading.borrow() {

@@ -33,6 +33,8 @@ pub struct OperatorMetrics {
     pub watch_events: IntCounterVec,
     /// Watch errors, by kind.
     pub watch_errors: IntCounterVec,
+    /// Callers of the configuration stream refused, by reason.
+    pub proxy_refusals: IntCounterVec,
     /// Rounds of reading usage from Redis, by result (ok, error: some tenants not read).
     pub usage_reads: IntCounterVec,
     /// Time to read every tenant's usage from Redis.
@@ -122,6 +124,13 @@ impl OperatorMetrics {
                 ),
                 &["kind"],
             )?,
+            proxy_refusals: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_operator_proxy_refusals_total",
+                    "Callers of the configuration stream refused, by reason: no_token, not_authenticated, not_allowed (401), review_failed (503: the TokenReview could not be made).",
+                ),
+                &["reason"],
+            )?,
             usage_reads: IntCounterVec::new(
                 Opts::new(
                     "tollgate_operator_usage_reads_total",
@@ -160,6 +169,7 @@ impl OperatorMetrics {
         registry.register(Box::new(m.usage_read_duration.clone()))?;
         registry.register(Box::new(m.status_write_duration.clone()))?;
         registry.register(Box::new(m.watch_errors.clone()))?;
+        registry.register(Box::new(m.proxy_refusals.clone()))?;
         // process_resident_memory_bytes, process_cpu_seconds_total, open fds: what sizing and
         // the memory alerts read.
         registry.register(Box::new(

@@ -190,13 +190,13 @@ pub enum LogFormat {
     Json,
 }
 
-fn duration(text: &str) -> Result<Duration, String> {
+fn duration(text: &str) -> Result<Duration, tollgate_crds::duration::InvalidDuration> {
     tollgate_crds::duration::parse_duration(text)
 }
 
 /// A duration above zero: a zero connection timeout would close every connection at once.
 fn positive_duration(text: &str) -> Result<Duration, String> {
-    match duration(text)? {
+    match duration(text).map_err(|e| e.to_string())? {
         Duration::ZERO => {
             Err("must be more than 0 (a zero timeout would close every connection at once)".into())
         }

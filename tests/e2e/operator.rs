@@ -496,6 +496,15 @@ async fn the_config_stream_refuses_callers_that_are_not_proxies() -> Result<()> 
         "401",
         "wrong audience"
     );
+    // Each refusal is counted by its reason.
+    for (reason, count) in [
+        ("no_token", 1.0),
+        ("not_authenticated", 2.0),
+        ("not_allowed", 1.0),
+    ] {
+        let series = format!("tollgate_operator_proxy_refusals_total{{reason=\"{reason}\"}}");
+        assert_eq!(operator_metric(&fleet, &series).await, count, "{series}");
+    }
     Ok(())
 }
 
