@@ -7,6 +7,7 @@ use http::{HeaderValue, StatusCode};
 use tollgate_crds::resources::LifecycleState;
 use tollgate_crds::snapshot::{Route, RouteBackend};
 
+use crate::http1::date::http_date;
 use crate::upstream::{Upstream, parse_upstream};
 
 /// How often a route's failing backend may be warned about: the first failure at once, then a
@@ -89,9 +90,4 @@ impl RouteEntry {
             ),
         }
     }
-}
-
-/// RFC 9110 IMF-fixdate, as used by Sunset.
-pub fn http_date(t: jiff::Timestamp) -> String {
-    t.strftime("%a, %d %b %Y %H:%M:%S GMT").to_string()
 }

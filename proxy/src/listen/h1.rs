@@ -21,7 +21,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header;
@@ -575,7 +575,7 @@ fn write_head(
     }
     if !has_date {
         out.extend_from_slice(b"date: ");
-        http_date(out);
+        crate::http1::date::write_http_date_now(out);
         out.extend_from_slice(b"\r\n");
     }
     match framing {
@@ -596,25 +596,6 @@ fn write_head(
 fn write_chunk_size(out: &mut Vec<u8>, len: usize) {
     use std::io::Write;
     let _ = write!(out, "{len:x}\r\n");
-}
-
-/// Appends the current time as an HTTP-date, formatted once per second per thread.
-fn http_date(out: &mut Vec<u8>) {
-    use std::cell::RefCell;
-    thread_local! {
-        static CACHE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
-    }
-    let now = SystemTime::now();
-    let second = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    CACHE.with_borrow_mut(|(cached, text)| {
-        if *cached != second {
-            *cached = second;
-            *text = httpdate::fmt_http_date(now);
-        }
-        out.extend_from_slice(text.as_bytes());
-    });
 }
 
 /// A connection handed to hyper: the bytes this engine read but did not serve come first.

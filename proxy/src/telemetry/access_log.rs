@@ -20,6 +20,8 @@ use parking_lot::{Condvar, Mutex};
 
 use prometheus::IntCounter;
 
+use crate::http1::date::{SecondCache, empty_cache, write_per_second};
+
 /// One request's outcome.
 #[derive(Debug)]
 pub struct AccessRecord<'a> {
@@ -342,20 +344,16 @@ impl AccessRecord<'_> {
 /// RFC 3339 in UTC with nanoseconds; the date and time of day are formatted once per second.
 fn write_time(out: &mut Vec<u8>, time: jiff::Timestamp) {
     thread_local! {
-        static SECOND: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+        static SECOND: SecondCache = const { empty_cache() };
     }
-    let second = time.as_second();
-    SECOND.with_borrow_mut(|(cached, text)| {
-        if *cached != second {
-            *cached = second;
-            // Whole seconds print without a fraction: "2026-11-25T21:03:04Z".
-            let whole = jiff::Timestamp::from_second(second)
-                .unwrap_or(time)
-                .to_string();
-            *text = whole.trim_end_matches('Z').to_owned();
-        }
-        out.extend_from_slice(text.as_bytes());
-    });
+    // Whole seconds print without a fraction: "2026-11-25T21:03:04Z".
+    let whole = |second| {
+        let text = jiff::Timestamp::from_second(second)
+            .unwrap_or(time)
+            .to_string();
+        text.trim_end_matches('Z').to_owned()
+    };
+    write_per_second(&SECOND, time.as_second(), whole, out);
     out.push(b'.');
     write_padded(out, time.subsec_nanosecond().unsigned_abs(), 9);
     out.push(b'Z');
