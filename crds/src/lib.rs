@@ -7,6 +7,7 @@
 //! - [`path`]: the one spelling of a URL path that routes are matched on.
 //! - `counter_store` (feature `redis`): the fleet counters' Redis key layout and connection.
 //! - [`error_chain`]: the binaries' one-line error messages.
+//! - `process` (feature `process`): logging, signals and the admin listener of both binaries.
 #![forbid(unsafe_code)]
 // kube's `printcolumn(...)` repeats `type_ = "string"` on purpose; clippy mistakes that for duplicates.
 #![allow(clippy::duplicated_attributes)]
@@ -46,6 +47,8 @@ pub mod compile;
 pub mod counter_store;
 pub mod duration;
 pub mod error_chain;
+#[cfg(feature = "process")]
+pub mod process;
 
 pub use compile::{Compiled, Diagnostic, ObjectKind, Objects, Reason, compile};
 pub mod stream;

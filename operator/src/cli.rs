@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
 /// Tollgate operator: watches ApiRoute, Tenant and QuotaPolicy (and the Secrets with API keys),
 /// compiles them, streams the configuration to tollgate-proxy pods over HTTPS, and reports status.
@@ -126,14 +126,7 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use tollgate_crds::process::LogFormat;
 
 fn duration(text: &str) -> Result<Duration, tollgate_crds::duration::InvalidDuration> {
     tollgate_crds::duration::parse_duration(text)

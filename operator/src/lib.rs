@@ -17,22 +17,18 @@ pub mod status;
 pub mod usage;
 pub mod watch;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
-use bytes::Bytes;
-use http::{Response, StatusCode};
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use http::StatusCode;
 use kube::runtime::events::{Recorder, Reporter};
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::Registry;
 use tokio::sync::{Notify, watch as channel};
 use tollgate_crds::counter_store::StoreTarget;
+use tollgate_crds::process::{ShutdownSignal, metrics_response, text_response};
 
-use crate::cli::{Cli, LogFormat};
+use crate::cli::Cli;
 use crate::config_server::{ConfigServer, ProxyRegistry};
 use crate::metrics::OperatorMetrics;
 use crate::proxy_auth::ProxyAuthenticator;
@@ -40,23 +36,13 @@ use crate::publisher::Published;
 use crate::status::StatusWriter;
 use crate::usage::{RedisUsage, UsageSource};
 
-/// Sets up logging on stderr (`RUST_LOG` filters; default `info`).
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only on a terminal: log files and collectors get plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
-}
+pub use tollgate_crds::process::init_logging;
 
 /// Runs the operator until SIGTERM or SIGINT.
 pub async fn run(cli: Cli) -> Result<()> {
+    // Listened for before anything else: a SIGTERM during start-up (a rollout that changed its
+    // mind) shuts down gracefully instead of killing the process mid-way.
+    let shutdown = ShutdownSignal::listen().context("listening for SIGTERM and SIGINT")?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default()
         .await
@@ -184,7 +170,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         published_rx,
     ));
 
-    shutdown_signal().await;
+    shutdown.received().await;
     tracing::info!("shutting down");
     election_task.abort();
     if leader_flag.load(Ordering::Acquire) {
@@ -193,9 +179,8 @@ pub async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// Longest life of one connection to the admin port (one request and its response).
-const ADMIN_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
-
+/// The admin port: `/metrics`, `/healthz`, and `/readyz` (ready only while leading with synced
+/// caches: only the leader serves proxies, so the Service routes them to it).
 async fn serve_admin(
     listener: tokio::net::TcpListener,
     registry: Registry,
@@ -203,72 +188,21 @@ async fn serve_admin(
     leader: Arc<AtomicBool>,
     published: channel::Receiver<Arc<Published>>,
 ) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+    tollgate_crds::process::serve_admin(listener, move |req| {
+        let leading = leader.load(Ordering::Acquire);
+        metrics.leader.set(i64::from(leading));
+        let synced = published.borrow().version != 0;
+        let resp = match req.path {
+            "/metrics" => metrics_response(&registry),
+            "/healthz" => text_response(StatusCode::OK, "ok\n"),
+            "/readyz" if leading && synced => text_response(StatusCode::OK, "ready\n"),
+            "/readyz" => text_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not the leader, or caches not synced\n",
+            ),
+            _ => text_response(StatusCode::NOT_FOUND, "try /metrics, /healthz or /readyz\n"),
         };
-        let (registry, metrics, leader, published) = (
-            registry.clone(),
-            metrics.clone(),
-            leader.clone(),
-            published.clone(),
-        );
-        tokio::spawn(async move {
-            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let leading = leader.load(Ordering::Acquire);
-                metrics.leader.set(i64::from(leading));
-                let synced = published.borrow().version != 0;
-                let (status, body, content_type) = match req.uri().path() {
-                    "/metrics" => {
-                        let mut out = Vec::new();
-                        let _ = TextEncoder::new().encode(&registry.gather(), &mut out);
-                        (StatusCode::OK, out, "text/plain; version=0.0.4")
-                    }
-                    "/healthz" => (StatusCode::OK, b"ok\n".to_vec(), "text/plain"),
-                    // Only the leader serves proxies, so only the leader is ready (the Service
-                    // then routes proxies to it).
-                    "/readyz" if leading && synced => {
-                        (StatusCode::OK, b"ready\n".to_vec(), "text/plain")
-                    }
-                    "/readyz" => (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        b"not the leader, or caches not synced\n".to_vec(),
-                        "text/plain",
-                    ),
-                    _ => (
-                        StatusCode::NOT_FOUND,
-                        b"try /metrics, /healthz or /readyz\n".to_vec(),
-                        "text/plain",
-                    ),
-                };
-                let mut resp = Response::new(Full::new(Bytes::from(body)));
-                *resp.status_mut() = status;
-                if let Ok(v) = content_type.parse() {
-                    resp.headers_mut().insert(http::header::CONTENT_TYPE, v);
-                }
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            // One request per connection, a bounded head and a bounded life: scrapes and probes
-            // need no more, and an idle client cannot pile up connections.
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(config_server::HEADER_TIMEOUT)
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(ADMIN_CONNECTION_LIFETIME, conn).await;
-        });
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match term.as_mut() {
-                Some(t) => { t.recv().await; }
-                None => std::future::pending::<()>().await,
-            }
-        } => {}
-    }
+        async move { resp }
+    })
+    .await;
 }

@@ -6,25 +6,21 @@
 //! inside the pod). The operator gets the same figures over the config stream, so nothing else
 //! needs it. Connections are HTTP/1.1, one request each (a scrape every few seconds gains nothing
 //! from keep-alive, and an idle connection cannot hold a slot), with a head timeout and a bounded
-//! life, at most [`MAX_CONNECTIONS`] at once.
+//! life, a bounded number at once (`tollgate_crds::process::serve_admin`).
 
-use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
+use http::{Response, StatusCode, header};
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use jiff::Timestamp;
-use prometheus::{Encoder, Registry, TextEncoder};
+use prometheus::Registry;
 use rust_decimal::Decimal;
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tollgate_crds::process::{AdminRequest, metrics_response, serve_admin, text_response};
 
 use crate::pipeline::Proxy;
 use crate::quota::CounterStore;
@@ -61,13 +57,6 @@ struct UsageEntry {
     period_end: Timestamp,
 }
 
-/// Time a client has to send a request head.
-const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-/// Longest life of one connection (its one request and a response as large as `/usage` gets).
-const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
-/// Most connections open at once; more wait in the accept queue.
-pub const MAX_CONNECTIONS: usize = 1024;
-
 /// Whether a connection from `peer` to `local` may read `/usage`: made on loopback at both
 /// ends, from the proxy's own host (or pod). The local end matters too: a mesh sidecar (Istio's
 /// inbound passthrough) connects from 127.0.0.6 to the pod's own address on behalf of any
@@ -77,23 +66,9 @@ fn may_read_usage(peer: IpAddr, local: IpAddr) -> bool {
 }
 
 impl<S: CounterStore> Admin<S> {
-    fn respond(&self, path: &str, peer: IpAddr, local: IpAddr) -> Response<Full<Bytes>> {
-        match path {
-            "/metrics" => {
-                let mut body = Vec::new();
-                let encoder = TextEncoder::new();
-                if let Err(e) = encoder.encode(&self.registry.gather(), &mut body) {
-                    return text(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("encoding metrics: {e}"),
-                    );
-                }
-                let mut resp = Response::new(Full::new(Bytes::from(body)));
-                if let Ok(v) = encoder.format_type().parse() {
-                    resp.headers_mut().insert(header::CONTENT_TYPE, v);
-                }
-                resp
-            }
+    fn respond(&self, req: AdminRequest<'_>) -> Response<Full<Bytes>> {
+        match req.path {
+            "/metrics" => metrics_response(&self.registry),
             "/healthz" => text(StatusCode::OK, "ok\n".into()),
             "/readyz" if self.ready.load(Ordering::Acquire) => {
                 text(StatusCode::OK, "ready\n".into())
@@ -102,7 +77,7 @@ impl<S: CounterStore> Admin<S> {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no configuration loaded yet\n".into(),
             ),
-            "/usage" if !may_read_usage(peer, local) => text(
+            "/usage" if !may_read_usage(req.peer, req.local) => text(
                 StatusCode::FORBIDDEN,
                 "/usage lists every tenant and answers loopback clients only: read it from the \
                  proxy's host, or through `kubectl port-forward`\n"
@@ -163,56 +138,16 @@ impl<S: CounterStore> Admin<S> {
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
+    text_response(status, body)
 }
 
 /// Serves the admin endpoints until the task is dropped.
 pub async fn serve<S: CounterStore>(listener: TcpListener, admin: Arc<Admin<S>>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(local) = stream.local_addr() else {
-            continue;
-        };
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let service = service_fn(move |req: Request<Incoming>| {
-                let admin = admin.clone();
-                async move {
-                    Ok::<_, Infallible>(admin.respond(req.uri().path(), peer.ip(), local.ip()))
-                }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .keep_alive(false)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
-        });
-    }
-}
-
-/// The address actually bound (for logs when port 0 was asked).
-pub fn bound(listener: &TcpListener, asked: SocketAddr) -> SocketAddr {
-    listener.local_addr().unwrap_or(asked)
+    serve_admin(listener, move |req| {
+        let resp = admin.respond(req);
+        async move { resp }
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{ArgAction, Parser};
 
 /// Tollgate proxy: authenticates API callers by key and enforces their plans (402 Payment
 /// Required for quotas and billing, 429 for rate limits), with RFC 9457 problem bodies and
@@ -181,14 +181,7 @@ pub struct Cli {
     pub reload_interval: Duration,
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use tollgate_crds::process::LogFormat;
 
 fn duration(text: &str) -> Result<Duration, tollgate_crds::duration::InvalidDuration> {
     tollgate_crds::duration::parse_duration(text)

@@ -37,4 +37,5 @@ pub mod sources;
 pub mod telemetry;
 pub mod upstream;
 
-pub use run::{init_logging, run};
+pub use run::run;
+pub use tollgate_crds::process::init_logging;

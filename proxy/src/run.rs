@@ -12,7 +12,7 @@ use tollgate_crds::counter_store::StoreTarget;
 use tollgate_crds::error_chain::error_chain;
 
 use crate::admin::Admin;
-use crate::cli::{Cli, LogFormat};
+use crate::cli::Cli;
 use crate::config::ProxyConfig;
 use crate::pipeline::Proxy;
 use crate::quota::{CounterStore, MemoryStore, persist};
@@ -23,21 +23,7 @@ use crate::telemetry::metrics::ProxyMetrics;
 use crate::telemetry::{access_log, metrics};
 use crate::upstream::forward;
 use crate::{admin, quota};
-
-/// Sets up logging on stderr (`RUST_LOG` filters; default `info`).
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only on a terminal: log files and collectors get plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
-}
+use tollgate_crds::process::{ShutdownSignal, host_name};
 
 /// Runs the proxy until SIGTERM or SIGINT.
 pub fn run(cli: Cli) -> Result<()> {
@@ -146,7 +132,7 @@ async fn serve_with<S: CounterStore>(
     ));
     let ready = Arc::new(AtomicBool::new(false));
 
-    let shutdown = ShutdownSignal::listen()?;
+    let shutdown = ShutdownSignal::listen().context("listening for SIGTERM and SIGINT")?;
     let stop = Arc::new(AtomicBool::new(false));
     let mut watcher = None;
     let mut subscription = None;
@@ -186,7 +172,10 @@ async fn serve_with<S: CounterStore>(
             urls: cli.control_plane.clone(),
             ca_file: cli.control_plane_ca.clone(),
             token_file: cli.control_plane_token_file.clone(),
-            name: cli.proxy_name.clone().unwrap_or_else(host_name),
+            name: cli
+                .proxy_name
+                .clone()
+                .unwrap_or_else(|| host_name("tollgate-proxy")),
             state_dir: cli.state_dir.clone(),
         };
         subscription = Some(tokio::spawn(plane.run(
@@ -208,8 +197,8 @@ async fn serve_with<S: CounterStore>(
         .await
         .with_context(|| format!("binding --admin-listen {}", cli.admin_listen))?;
     tracing::info!(
-        listen = %admin::bound(&listener, cli.listen),
-        admin = %admin::bound(&admin_listener, cli.admin_listen),
+        listen = %tollgate_crds::process::bound(&listener, cli.listen),
+        admin = %tollgate_crds::process::bound(&admin_listener, cli.admin_listen),
         tls = tls.is_some(),
         config = %source,
         "tollgate-proxy serving"
@@ -345,45 +334,6 @@ async fn flush_periodically(
             }
             Err(e) => tracing::error!(error = %e, "counter flush task failed"),
         }
-    }
-}
-
-fn host_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let host = host.trim();
-    if host.is_empty() {
-        format!("tollgate-proxy-{}", std::process::id())
-    } else {
-        host.to_owned()
-    }
-}
-
-/// SIGTERM or SIGINT, listened for from the moment this is made: a signal that arrives before
-/// the server first waits for it still starts a graceful shutdown instead of killing the process
-/// (the default action), however soon after readiness it comes.
-struct ShutdownSignal {
-    terminate: tokio::signal::unix::Signal,
-    interrupt: tokio::signal::unix::Signal,
-}
-
-impl ShutdownSignal {
-    fn listen() -> Result<Self> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Self {
-            terminate: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
-            interrupt: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
-        })
-    }
-
-    async fn received(mut self) {
-        let name = tokio::select! {
-            _ = self.terminate.recv() => "SIGTERM",
-            _ = self.interrupt.recv() => "SIGINT",
-        };
-        tracing::info!(
-            signal = name,
-            "shutdown signal received; no longer accepting connections"
-        );
     }
 }
 
