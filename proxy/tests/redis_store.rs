@@ -7,7 +7,7 @@ use std::time::Duration;
 use jiff::{Timestamp, ToSpan, Zoned};
 
 use support::ProxyProcess;
-use support::redis::Redis;
+use tollgate_tests::redis::Redis;
 
 fn world(limit: u32, policy: &str) -> String {
     format!(
@@ -342,7 +342,7 @@ async fn a_refused_request_during_an_outage_leaves_no_debt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_cluster_counts_exactly_like_one_server() {
-    let cluster = support::redis::RedisCluster::start();
+    let cluster = tollgate_tests::redis::RedisCluster::start();
     let proxies = fleet_on(&["--store", &cluster.url()], 10, "FailClosed", 4).await;
     let (admitted, refused, other) = drive(&proxies, 40).await;
     assert_eq!((admitted, refused, other), (10, 150, 0));
@@ -749,7 +749,7 @@ async fn mutual_tls_counts_with_a_client_certificate_and_refuses_without() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sentinel_failover_moves_the_count_to_the_new_master() {
-    let mut group = support::redis::RedisSentinel::start();
+    let mut group = tollgate_tests::redis::RedisSentinel::start();
     let proxies = fleet_on(&["--store", &group.url()], 20, "FailClosed", 2).await;
     let key = ("x-api-key", "key-fleet");
     for p in proxies.iter().cycle().take(6) {

@@ -116,8 +116,8 @@ async fn compile_size_and_propagation() -> Result<()> {
 #[ignore = "benchmark: bench/operator.sh"]
 async fn usage_roll_up_from_redis() -> Result<()> {
     use tollgate_crds::counter_store::StoreTarget;
-    let dir = tempfile::tempdir()?;
-    let (_redis, port) = tollgate_tests::process::redis_server(dir.path())?;
+    let redis = tollgate_tests::redis::Redis::start(tollgate_tests::process::free_port()?);
+    let port = redis.port;
     let snapshot = tollgate_crds::compile(&synthetic("bench", 10_000, 1_000).objects()).snapshot;
     let metrics = tollgate_operator::metrics::OperatorMetrics::new(&prometheus::Registry::new())?;
     let target = StoreTarget {

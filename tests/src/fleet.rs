@@ -56,8 +56,7 @@ pub struct Fleet {
     pub proxies: Vec<ProxyProcess>,
     /// Extra flags for every proxy started after they are set (`--store=redis://...`).
     pub proxy_args: Vec<String>,
-    redis: Option<Supervised>,
-    redis_port: u16,
+    redis: Option<crate::redis::Redis>,
 }
 
 /// A response, fully read.
@@ -192,7 +191,6 @@ impl Fleet {
             proxies: Vec::new(),
             proxy_args: Vec::new(),
             redis: None,
-            redis_port: 0,
         })
     }
 
@@ -390,22 +388,16 @@ impl Fleet {
 
     /// Starts a redis-server on a free port, stopped with the fleet; its URL.
     pub fn start_redis(&mut self) -> Result<String> {
-        let dir = self.dir.path().join("redis");
-        std::fs::create_dir_all(&dir)?;
-        let (server, port) = crate::process::redis_server(&dir)?;
+        let server = crate::redis::Redis::start(crate::process::free_port()?);
+        let url = server.url();
         self.redis = Some(server);
-        self.redis_port = port;
-        Ok(format!("redis://127.0.0.1:{port}"))
+        Ok(url)
     }
 
     /// Runs redis-cli against the fleet's redis-server; its output.
     pub fn redis_cli(&self, args: &[&str]) -> Result<String> {
-        let out = std::process::Command::new("redis-cli")
-            .args(["-p", &self.redis_port.to_string()])
-            .args(args)
-            .output()
-            .context("redis-cli (Debian package redis-tools)")?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        let redis = self.redis.as_ref().context("no redis-server started")?;
+        Ok(redis.cli(args))
     }
 
     /// Starts a proxy that presents the token in `token_file` (another ServiceAccount's).
@@ -558,7 +550,7 @@ impl Drop for Fleet {
             op.process.stop_and_wait();
         }
         if let Some(redis) = self.redis.as_mut() {
-            redis.stop_and_wait();
+            redis.stop();
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod layout;
 pub mod pki;
 pub mod process;
+pub mod redis;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -140,39 +140,3 @@ pub fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
-
-/// A redis-server (Debian's package) on a free port with its files in `dir` (never the test's
-/// working directory: Redis loads a dump.rdb it finds there); waits until it accepts connections.
-pub fn redis_server(dir: &Path) -> Result<(Supervised, u16)> {
-    let port = free_port()?;
-    let args: Vec<String> = [
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--dir",
-        &dir.display().to_string(),
-    ]
-    .map(str::to_owned)
-    .to_vec();
-    let log = dir.join("redis.log");
-    let server = Supervised::spawn(
-        "redis-server",
-        Path::new("/usr/bin/redis-server"),
-        &args,
-        &log,
-        None,
-    )?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "redis-server did not start: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    Ok((server, port))
-}

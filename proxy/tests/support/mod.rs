@@ -2,8 +2,6 @@
 //! ports with its own manifest and state directories, and a small HTTP client.
 #![allow(dead_code)]
 
-pub mod redis;
-
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -247,11 +245,7 @@ pub fn clock_starting_at(start: jiff::Timestamp) -> Vec<(&'static str, String)> 
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    tollgate_tests::process::free_port().expect("a free port on 127.0.0.1")
 }
 
 impl ProxyProcess {

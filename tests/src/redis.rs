@@ -1,10 +1,15 @@
 //! Real redis-server processes (Debian's package) on free ports: one server, one with TLS, or a
-//! three-node Redis Cluster.
+//! three-node Redis Cluster. Shared by the proxy's and the operator's tests.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+fn free_port() -> u16 {
+    crate::process::free_port().expect("a free port on 127.0.0.1")
+}
+
+#[derive(Debug)]
 pub struct Redis {
     pub port: u16,
     child: Option<Child>,
@@ -145,6 +150,7 @@ impl Drop for Redis {
 }
 
 /// A Redis Cluster of three primaries (no replicas), every slot assigned.
+#[derive(Debug)]
 pub struct RedisCluster {
     pub nodes: Vec<Redis>,
     _dir: tempfile::TempDir,
@@ -155,7 +161,7 @@ impl RedisCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let nodes: Vec<Redis> = (0..3)
             .map(|i| {
-                let port = super::free_port();
+                let port = free_port();
                 let node_dir = dir.path().join(format!("node{i}"));
                 std::fs::create_dir_all(&node_dir).expect("mkdir");
                 Redis::start_with(
@@ -214,6 +220,7 @@ impl RedisCluster {
 
 /// A master, one replica and one Sentinel watching them (master name `tollgate`), with a fast
 /// failover (down after 500 ms).
+#[derive(Debug)]
 pub struct RedisSentinel {
     pub master: Redis,
     pub replica: Redis,
@@ -224,13 +231,13 @@ pub struct RedisSentinel {
 impl RedisSentinel {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let master = Redis::start(super::free_port());
-        let replica_port = super::free_port();
+        let master = Redis::start(free_port());
+        let replica_port = free_port();
         let replica = Redis::start_with(
             replica_port,
             &["--replicaof", "127.0.0.1", &master.port.to_string()],
         );
-        let sentinel_port = super::free_port();
+        let sentinel_port = free_port();
         let config = dir.path().join("sentinel.conf");
         std::fs::write(
             &config,
