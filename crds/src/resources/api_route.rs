@@ -2,7 +2,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, DURATION_PATTERN, OBJECT_NAME_PATTERN};
+use super::common::{Condition, DURATION_PATTERN, OBJECT_NAME_PATTERN};
 
 /// An API that tenants subscribe to and call through the Tollgate proxy.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -190,7 +190,7 @@ pub struct Backend {
 #[serde(rename_all = "camelCase")]
 pub struct ServiceBackend {
     /// Service name, in the route's namespace.
-    #[schemars(length(min = 1, max = 63), regex(pattern = super::DNS_LABEL_PATTERN))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = super::common::DNS_LABEL_PATTERN))]
     pub name: String,
     /// Service port number.
     #[schemars(range(min = 1, max = 65535))]

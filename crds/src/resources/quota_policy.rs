@@ -2,7 +2,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, DECIMAL_PATTERN, DNS_LABEL_PATTERN, DURATION_PATTERN};
+use super::common::{Condition, DECIMAL_PATTERN, DNS_LABEL_PATTERN, DURATION_PATTERN};
 
 /// A plan: what a tenant may use in a billing period, its short-window rate limits, and what usage costs.
 ///

@@ -2,7 +2,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, LocalObjectReference, OBJECT_NAME_PATTERN};
+use super::common::{Condition, LocalObjectReference, OBJECT_NAME_PATTERN};
 
 /// A customer or team that calls APIs through Tollgate with its own API keys, under a plan.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
