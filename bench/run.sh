@@ -22,6 +22,9 @@
 #   ROUNDS=5 DURATION=20s bench/run.sh
 #   H2=1 bench/run.sh                # also h2load over h2c against nginx (http2) and Tollgate
 #   TOLLGATE_BIN=/tmp/old bench/run.sh   # another build of tollgate-proxy
+#   BASELINE_BIN=/tmp/old bench/run.sh   # an A/B: that build runs too, as the target `baseline`,
+#                                    # right after `tollgate` in every round (the two swap order each
+#                                    # round), and each round's tollgate/baseline ratio is reported
 #   LAYOUT=shared bench/run.sh       # nothing pinned; each proxy runs one worker per CPU (nginx
 #                                    # worker_processes, Tollgate --worker-threads), as in a pod
 #                                    # without CPU pinning. The CPU columns then mean little.
@@ -57,7 +60,9 @@ bin="${TOLLGATE_BIN:-${CARGO_TARGET_DIR:-target}/release/tollgate-proxy}"
 # shellcheck source=bench/common.sh
 source bench/common.sh
 bench_workspace
-UP=$(port); NGX=$(port); NGX_H2=$(port); TG=$(port); TG_ADMIN=$(port)
+UP=$(port); NGX=$(port); NGX_H2=$(port); TG=$(port); TG_ADMIN=$(port); BASE=$(port); BASE_ADMIN=$(port)
+BASELINE_BIN=${BASELINE_BIN:-}
+[[ -z $BASELINE_BIN || -x $BASELINE_BIN ]] || { echo "bench: BASELINE_BIN '$BASELINE_BIN' is not an executable" >&2; exit 1; }
 nginx_conf upstream "server { listen 127.0.0.1:$UP; location / { return 200 'ok'; } }"
 nginx_conf proxy "server { listen 127.0.0.1:$NGX; listen 127.0.0.1:$NGX_H2 http2;
     location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
@@ -70,8 +75,14 @@ sed -i "s/^worker_processes 1;/worker_processes $workers;/" "$work/proxy.conf"
 "${cpu1[@]}" "$bin" --manifests "$work/manifests" --listen "127.0.0.1:$TG" \
     --admin-listen "127.0.0.1:$TG_ADMIN" --state-dir "$work/state" --worker-threads "$workers" \
     >/dev/null 2>"$work/tollgate.log" & pids+=($!)
+if [[ -n $BASELINE_BIN ]]; then
+    "${cpu1[@]}" "$BASELINE_BIN" --manifests "$work/manifests" --listen "127.0.0.1:$BASE" \
+        --admin-listen "127.0.0.1:$BASE_ADMIN" --state-dir "$work/baseline-state" --worker-threads "$workers" \
+        >/dev/null 2>"$work/baseline.log" & pids+=($!)
+fi
 for _ in $(seq 1 100); do
-    curl -sf "http://127.0.0.1:$TG_ADMIN/readyz" >/dev/null && curl -sf "http://127.0.0.1:$NGX/" >/dev/null && break
+    curl -sf "http://127.0.0.1:$TG_ADMIN/readyz" >/dev/null && curl -sf "http://127.0.0.1:$NGX/" >/dev/null \
+        && { [[ -z $BASELINE_BIN ]] || curl -sf "http://127.0.0.1:$BASE_ADMIN/readyz" >/dev/null; } && break
     sleep 0.1
 done
 
@@ -103,14 +114,20 @@ run_wrk() { # target url -> "rps p50_us p99_us non2xx server_core_us_per_req cli
 }
 declare -A results
 targets=(direct nginx-proxy tollgate)
-declare -A urls=([direct]="http://127.0.0.1:$UP/" [nginx-proxy]="http://127.0.0.1:$NGX/" [tollgate]="http://127.0.0.1:$TG/")
+[[ -n $BASELINE_BIN ]] && targets+=(baseline)
+declare -A urls=([direct]="http://127.0.0.1:$UP/" [nginx-proxy]="http://127.0.0.1:$NGX/" [tollgate]="http://127.0.0.1:$TG/" [baseline]="http://127.0.0.1:$BASE/")
 # Warm-up: fill connection pools and caches.
 for t in "${targets[@]}"; do "${cpu0[@]}" wrk -t1 -c"$CONNECTIONS" -d2s -H "$KEY" "${urls[$t]}" >/dev/null; done
-ratios=(); cost_ratios=()
+ratios=(); cost_ratios=(); ab_ratios=(); ab_cost_ratios=()
 for round in $(seq 1 "$ROUNDS"); do
     # The two proxies swap places every round, so neither always runs right after the other.
     order=(direct nginx-proxy tollgate)
     (( round % 2 == 0 )) && order=(direct tollgate nginx-proxy)
+    # An A/B: the baseline build runs next to this one, before it in even rounds.
+    if [[ -n $BASELINE_BIN ]]; then
+        order=(direct nginx-proxy tollgate baseline)
+        (( round % 2 == 0 )) && order=(direct baseline tollgate nginx-proxy)
+    fi
     declare -A this_round=() this_cost=()
     for t in "${order[@]}"; do
         r=$(run_wrk "${urls[$t]}")
@@ -122,6 +139,10 @@ for round in $(seq 1 "$ROUNDS"); do
     # Paired: the two proxies measured back to back, so a slow spell of the machine hits both.
     ratios+=("$(awk -v a="${this_round[tollgate]}" -v b="${this_round[nginx-proxy]}" 'BEGIN {printf "%.3f", a/b}')")
     cost_ratios+=("$(awk -v a="${this_cost[tollgate]}" -v b="${this_cost[nginx-proxy]}" 'BEGIN {printf "%.3f", a/b}')")
+    if [[ -n $BASELINE_BIN ]]; then
+        ab_ratios+=("$(awk -v a="${this_round[tollgate]}" -v b="${this_round[baseline]}" 'BEGIN {printf "%.3f", a/b}')")
+        ab_cost_ratios+=("$(awk -v a="${this_cost[tollgate]}" -v b="${this_cost[baseline]}" 'BEGIN {printf "%.3f", a/b}')")
+    fi
 done
 
 field() { tr ';' '\n' <<<"${results[$1]}" | awk -v f="$2" 'NF {print $f}' | median; }
@@ -144,6 +165,12 @@ if [[ $LAYOUT == pinned ]]; then
     tgc=$(field tollgate 5); ngc=$(field nginx-proxy 5)
     echo "server CPU per request: $(awk -v a="$tgc" -v b="$ngc" 'BEGIN {printf "%.2fx", a/b}') by medians; per round ${cost_ratios[*]}"
     echo "  $(printf '%s\n' "${cost_ratios[@]}" | median_summary)"
+fi
+if [[ -n $BASELINE_BIN ]]; then
+    echo "A/B per round (tollgate/baseline $BASELINE_BIN, back to back): ${ab_ratios[*]}"
+    echo "  $(printf '%s\n' "${ab_ratios[@]}" | median_summary)"
+    [[ $LAYOUT == pinned ]] && echo "A/B server CPU per request per round: ${ab_cost_ratios[*]}" \
+        && echo "  $(printf '%s\n' "${ab_cost_ratios[@]}" | median_summary)"
 fi
 
 if [[ "$H2" == 1 ]] && command -v h2load >/dev/null; then
