@@ -10,9 +10,9 @@ log() { echo "== $*" >&2; }
 # Debian packages: real Redis, nginx and wrk for tests and benchmarks, Prometheus and promtool, curl,
 # libfaketime (a proxy clock at a period boundary), iproute2 (an address of a test's own network
 # namespace), openssl (a TLS client that stops half-way through a request), containerd (the
-# offline images imported and run) and binutils (strip).
+# offline images imported and run), binutils (strip) and python3 (the image builder).
 need_pkgs=()
-for pair in curl:curl redis-server:redis-server redis-cli:redis-tools nginx:nginx wrk:wrk promtool:prometheus h2load:nghttp2-client faketime:faketime ip:iproute2 openssl:openssl containerd:containerd strip:binutils; do
+for pair in curl:curl redis-server:redis-server redis-cli:redis-tools nginx:nginx wrk:wrk promtool:prometheus h2load:nghttp2-client faketime:faketime ip:iproute2 openssl:openssl containerd:containerd strip:binutils python3:python3; do
     command -v "${pair%%:*}" >/dev/null || need_pkgs+=("${pair#*:}")
 done
 if ((${#need_pkgs[@]})); then

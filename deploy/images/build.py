@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -30,7 +31,12 @@ REGISTRY = "ghcr.io/tollgate-dev"
 
 def shared_libraries(binary):
     """The files `binary` loads at start (ldd), the loader included; vDSO left out."""
-    out = subprocess.run(["ldd", binary], check=True, capture_output=True, text=True).stdout
+    ran = subprocess.run(["ldd", binary], capture_output=True, text=True)
+    if ran.returncode != 0:
+        if "not a dynamic executable" in ran.stdout + ran.stderr:
+            return []  # a static binary needs nothing beside it
+        sys.exit(f"build.py: ldd {binary} failed: {(ran.stderr or ran.stdout).strip()}")
+    out = ran.stdout
     libs = set()
     for line in out.splitlines():
         parts = line.split()
@@ -160,8 +166,16 @@ def main():
     parser.add_argument("--port", type=int, action="append", default=[], help="a port the image listens on (repeat)")
     parser.add_argument("--out", required=True, help="directory for the archive")
     args = parser.parse_args()
-    if not os.access(args.binary, os.X_OK):
+    if not (os.path.isfile(args.binary) and os.access(args.binary, os.X_OK)):
         sys.exit(f"build.py: {args.binary} is not an executable file (build it first: cargo build --release)")
+    # The OCI grammar of a name component and of a tag: anything else would name no image.
+    if not re.fullmatch(r"[a-z0-9]+([._-][a-z0-9]+)*", args.name):
+        sys.exit(f"build.py: --name {args.name!r} is not an image name (lower-case letters, digits, '.', '_', '-')")
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}", args.tag):
+        sys.exit(f"build.py: --tag {args.tag!r} is not an image tag (letters, digits, '.', '_', '-'; at most 128)")
+    for port in args.port:
+        if not 1 <= port <= 65535:
+            sys.exit(f"build.py: --port {port} is not a TCP port (1-65535)")
     archive, digest, ref = build(args.binary, args.name, args.tag, args.port, args.out)
     print(f"{archive} {ref} {digest} {os.path.getsize(archive)} bytes")
 

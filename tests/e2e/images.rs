@@ -206,3 +206,51 @@ fn containerd_imports_the_proxy_image_and_runs_it() -> Result<()> {
     );
     Ok(())
 }
+
+/// What a careless caller passes gets a sentence, and no archive.
+#[test]
+fn bad_arguments_are_refused_with_a_reason() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let binary = stripped("tollgate-proxy", dir.path())?;
+    let binary = binary.display().to_string();
+    let out = dir.path().display().to_string();
+    for (args, says) in [
+        (
+            vec!["/nonexistent", "--name", "x", "--tag", "1"],
+            "is not an executable file",
+        ),
+        (
+            vec![out.as_str(), "--name", "x", "--tag", "1"],
+            "is not an executable file",
+        ),
+        (
+            vec![binary.as_str(), "--name", "../evil", "--tag", "1"],
+            "is not an image name",
+        ),
+        (
+            vec![binary.as_str(), "--name", "x", "--tag", "a:b"],
+            "is not an image tag",
+        ),
+        (
+            vec![binary.as_str(), "--name", "x", "--tag", "1", "--port", "0"],
+            "is not a TCP port",
+        ),
+    ] {
+        let result = Command::new(repo_root().join("deploy/images/build.py"))
+            .args(&args)
+            .args(["--out", &out])
+            .output()?;
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(!result.status.success(), "{args:?} accepted");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(!stderr.contains("Traceback"), "{args:?}: {stderr}");
+    }
+    let archives = std::fs::read_dir(dir.path())?
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "tar"))
+        })
+        .count();
+    assert_eq!(archives, 0, "nothing written");
+    Ok(())
+}
