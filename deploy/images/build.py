@@ -10,7 +10,9 @@ so the same binary and libraries give the same bytes.
 
     deploy/images/build.py BINARY --name tollgate-proxy --tag 0.1.0 --port 8080 --port 9090 --out DIR
 
-prints the archive's path, its manifest digest and its size.
+prints the archive's path, its reference, its manifest digest and its size. The tests build their
+own images the same way (the pods' sandbox, an echo backend, Redis from Debian's redis-server):
+`--registry` names them, `--also` adds more binaries (with their libraries) to /usr/local/bin.
 """
 
 import argparse
@@ -64,12 +66,15 @@ def tar_entry(tar, name, data=None, mode=0o644, directory=False, uid=0):
         tar.addfile(info, io.BytesIO(data))
 
 
-def layer(binary, target_path):
-    """The image's one layer, as (uncompressed tar, gzip of it)."""
-    files = {target_path: (open(binary, "rb").read(), 0o755)}
-    for lib in shared_libraries(binary):
-        # Kept where the loader and the binary's NEEDED entries look (resolved through symlinks).
-        files[lib] = (open(os.path.realpath(lib), "rb").read(), 0o755)
+def layer(binaries):
+    """The image's one layer, as (uncompressed tar, gzip of it); `binaries` maps a path in the
+    image to the file it is copied from."""
+    files = {}
+    for target_path, binary in binaries.items():
+        files[target_path] = (open(binary, "rb").read(), 0o755)
+        for lib in shared_libraries(binary):
+            # Kept where the loader and the binary's NEEDED entries look (resolved through symlinks).
+            files[lib] = (open(os.path.realpath(lib), "rb").read(), 0o755)
     files[CA_BUNDLE] = (open(CA_BUNDLE, "rb").read(), 0o644)
     files["/etc/passwd"] = (f"root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:{USER}:{USER}:nonroot:/home/nonroot:/sbin/nologin\n".encode(), 0o644)
     files["/etc/group"] = (f"root:x:0:\nnonroot:x:{USER}:\n".encode(), 0o644)
@@ -98,10 +103,13 @@ def sha256(data):
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def build(binary, name, tag, ports, out_dir):
+def build(binary, name, tag, ports, out_dir, registry=REGISTRY, also=()):
     target_path = f"/usr/local/bin/{name}"
-    raw, packed = layer(binary, target_path)
-    ref = f"{REGISTRY}/{name}:{tag}"
+    binaries = {target_path: binary}
+    for extra in also:
+        binaries[f"/usr/local/bin/{os.path.basename(extra)}"] = extra
+    raw, packed = layer(binaries)
+    ref = f"{registry}/{name}:{tag}"
     labels = {
         "org.opencontainers.image.title": name,
         "org.opencontainers.image.version": tag,
@@ -165,9 +173,14 @@ def main():
     parser.add_argument("--tag", required=True, help="image tag, e.g. 0.1.0")
     parser.add_argument("--port", type=int, action="append", default=[], help="a port the image listens on (repeat)")
     parser.add_argument("--out", required=True, help="directory for the archive")
+    parser.add_argument("--registry", default=REGISTRY, help=f"the registry part of the image's name (default {REGISTRY})")
+    parser.add_argument("--also", action="append", default=[], help="another binary for /usr/local/bin, e.g. redis-cli beside redis-server (repeat)")
     args = parser.parse_args()
-    if not (os.path.isfile(args.binary) and os.access(args.binary, os.X_OK)):
-        sys.exit(f"build.py: {args.binary} is not an executable file (build it first: cargo build --release)")
+    for binary in [args.binary, *args.also]:
+        if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+            sys.exit(f"build.py: {binary} is not an executable file (build it first: cargo build --release)")
+    if not re.fullmatch(r"[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*", args.registry):
+        sys.exit(f"build.py: --registry {args.registry!r} is not a registry name (host[:port][/path], lower case)")
     # The OCI grammar of a name component and of a tag: anything else would name no image.
     if not re.fullmatch(r"[a-z0-9]+([._-][a-z0-9]+)*", args.name):
         sys.exit(f"build.py: --name {args.name!r} is not an image name (lower-case letters, digits, '.', '_', '-')")
@@ -176,7 +189,7 @@ def main():
     for port in args.port:
         if not 1 <= port <= 65535:
             sys.exit(f"build.py: --port {port} is not a TCP port (1-65535)")
-    archive, digest, ref = build(args.binary, args.name, args.tag, args.port, args.out)
+    archive, digest, ref = build(args.binary, args.name, args.tag, args.port, args.out, args.registry, args.also)
     print(f"{archive} {ref} {digest} {os.path.getsize(archive)} bytes")
 
 

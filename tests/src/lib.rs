@@ -8,7 +8,10 @@
 
 pub mod control_plane;
 pub mod fleet;
+pub mod images;
 pub mod layout;
+pub mod netns;
+pub mod node;
 pub mod pki;
 pub mod process;
 pub mod redis;
@@ -24,6 +27,8 @@ use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use control_plane::LocalControlPlane;
+use netns::NodeNamespaces;
+use node::Node;
 
 /// Environment variable naming an existing cluster's kubeconfig to test against instead.
 pub const EXTERNAL_KUBECONFIG_ENV: &str = "TOLLGATE_TEST_KUBECONFIG";
@@ -35,6 +40,9 @@ pub const TESTENV_BIN_ENV: &str = "TOLLGATE_TESTENV_BIN";
 pub enum Cluster {
     /// etcd + kube-apiserver started by this test binary.
     Local(Box<LocalControlPlane>),
+    /// The same inside a node's namespaces, with the node (kubelet, containerd, kube-proxy,
+    /// DNS, controller-manager, scheduler): pods run.
+    LocalWithNode(Box<LocalNode>),
     /// An existing cluster (kind, k3d...).
     External {
         /// Its kubeconfig.
@@ -42,19 +50,56 @@ pub enum Cluster {
     },
 }
 
+/// A local control plane and its node.
+#[derive(Debug)]
+pub struct LocalNode {
+    /// etcd, kube-apiserver (in the node's network).
+    pub plane: LocalControlPlane,
+    /// kubelet and the rest.
+    pub node: Node,
+    /// The images imported into the node.
+    pub images: Vec<images::Image>,
+    /// How long building them took.
+    pub images_built_in: std::time::Duration,
+}
+
 static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
 
 /// The shared cluster, started on first use. Panics with the start-up error (a test cannot run
 /// without it, and the message says how to fix it).
 pub fn cluster() -> &'static Cluster {
-    let started = CLUSTER.get_or_init(|| start_cluster().map_err(|e| format!("{e:#}")));
-    match started {
+    started(CLUSTER.get_or_init(|| start_cluster(false).map_err(|e| format!("{e:#}"))))
+}
+
+/// The shared cluster with a node that runs pods (see [`node`]), started on first use. A test
+/// binary uses either this or [`cluster`] first: the cluster is started once.
+pub fn cluster_with_node() -> &'static Cluster {
+    let cluster = started(CLUSTER.get_or_init(|| start_cluster(true).map_err(|e| format!("{e:#}"))));
+    if let Cluster::Local(_) = cluster {
+        panic!("this test binary started a cluster without a node before asking for one");
+    }
+    cluster
+}
+
+/// The local node of [`cluster_with_node`]. Tests against an existing cluster
+/// (`TOLLGATE_TEST_KUBECONFIG`) cannot reach pod addresses from here: they panic with that.
+pub fn node() -> &'static LocalNode {
+    match cluster_with_node() {
+        Cluster::LocalWithNode(local) => local,
+        _ => panic!(
+            "the tests on a node need the local test node; {EXTERNAL_KUBECONFIG_ENV} clusters are not supported by them yet"
+        ),
+    }
+}
+
+fn started(result: &'static Result<Cluster, String>) -> &'static Cluster {
+    match result {
         Ok(cluster) => cluster,
         Err(e) => panic!("test cluster unavailable: {e}"),
     }
 }
 
-fn start_cluster() -> Result<Cluster> {
+fn start_cluster(with_node: bool) -> Result<Cluster> {
     if let Ok(path) = std::env::var(EXTERNAL_KUBECONFIG_ENV) {
         return Ok(Cluster::External {
             kubeconfig: PathBuf::from(path),
@@ -64,7 +109,28 @@ fn start_cluster() -> Result<Cluster> {
         Ok(bin) => PathBuf::from(bin),
         Err(_) => provision()?,
     };
-    let cluster = Cluster::Local(Box::new(LocalControlPlane::start(&bin)?));
+    let cluster = if with_node {
+        let building = std::time::Instant::now();
+        // Image archives and the namespaces' log; removed once the test binary is gone.
+        let scratch = tempfile::Builder::new()
+            .prefix("tollgate-testenv-node-")
+            .tempdir()?
+            .keep();
+        let images = images::node_images(&bin, &scratch)?;
+        let images_built_in = building.elapsed();
+        let started = std::time::Instant::now();
+        let namespaces = NodeNamespaces::create(&scratch)?;
+        let plane = LocalControlPlane::start(&bin, Some(&namespaces))?;
+        let node = Node::start(&bin, &plane, namespaces, started, &images)?;
+        Cluster::LocalWithNode(Box::new(LocalNode {
+            plane,
+            node,
+            images,
+            images_built_in,
+        }))
+    } else {
+        Cluster::Local(Box::new(LocalControlPlane::start(&bin, None)?))
+    };
     install_crds(&cluster)?;
     Ok(cluster)
 }
@@ -109,6 +175,7 @@ impl Cluster {
     pub fn kubeconfig(&self) -> &Path {
         match self {
             Self::Local(plane) => &plane.admin_kubeconfig,
+            Self::LocalWithNode(local) => &local.plane.admin_kubeconfig,
             Self::External { kubeconfig } => kubeconfig,
         }
     }
@@ -141,6 +208,7 @@ impl Cluster {
     pub fn user_kubeconfig(&self, user: &str, groups: &[&str]) -> Result<PathBuf> {
         match self {
             Self::Local(plane) => plane.user_kubeconfig(user, groups),
+            Self::LocalWithNode(local) => local.plane.user_kubeconfig(user, groups),
             Self::External { .. } => {
                 bail!("minting client certificates needs the local test control plane")
             }
@@ -248,8 +316,9 @@ impl TestNamespace {
     }
 }
 
-/// The directory with this workspace's binaries (`target/debug`), building `tollgate-operator` and
-/// `tollgate-proxy` first if a test needs them and they are not there.
+/// The path of one of this workspace's binaries (`target/debug/NAME`), building
+/// `tollgate-operator`, `tollgate-proxy` and the test binaries (`echo-backend`) first if a test
+/// needs them and they are not there.
 pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
@@ -276,6 +345,8 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
                 "tollgate-operator",
                 "-p",
                 "tollgate-proxy",
+                "-p",
+                "tollgate-tests",
                 "--profile",
                 profile,
             ])
@@ -318,6 +389,7 @@ impl Cluster {
         // Inside the control plane's scratch dir, which goes away with it.
         let dir = match self {
             Self::Local(plane) => plane.dir.clone(),
+            Self::LocalWithNode(local) => local.plane.dir.clone(),
             Self::External { .. } => std::env::temp_dir(),
         };
         let path = dir.join(format!("{name}.kubeconfig"));

@@ -9,15 +9,19 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, Result};
 
+//
+// The server runs in a process group of its own (setsid), and signals go to the whole group: a
+// server started through `nsenter` into a PID namespace is nsenter's child, and nsenter does not
+// pass signals on. The watchdog waits until no process of the group is left.
 const WATCHDOG: &str = r#"
 parent=$1; scratch=$2; log=$3; shift 3
-"$@" >>"$log" 2>&1 &
+setsid "$@" >>"$log" 2>&1 &
 child=$!
-trap 'kill -TERM $child 2>/dev/null' TERM INT
+trap 'kill -TERM -$child 2>/dev/null' TERM INT
 while kill -0 "$parent" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 0.2; done
-kill -TERM "$child" 2>/dev/null
-for _ in $(seq 1 50); do kill -0 "$child" 2>/dev/null || break; sleep 0.1; done
-kill -KILL "$child" 2>/dev/null
+kill -TERM -"$child" 2>/dev/null
+for _ in $(seq 1 50); do kill -0 -"$child" 2>/dev/null || break; sleep 0.1; done
+kill -KILL -"$child" 2>/dev/null
 wait "$child" 2>/dev/null
 echo "== exited" >>"$log"
 # Keep logs for the error message while the tests run; clean up once the test binary is gone.

@@ -2,8 +2,14 @@
 # Builds the real Kubernetes control plane used by Tollgate's end-to-end tests, once, into a cache
 # outside the checkout (keyed by version), and prints the directory that holds the binaries.
 #
-#   kube-apiserver  from k8s.io/kubernetes (module in tests/testenv/kube: staging modules replaced
-#                   with their published versions, since k8s.io/kubernetes cannot be `go install`ed)
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy
+#                   from k8s.io/kubernetes (module in tests/testenv/kube: staging modules replaced
+#                   with their published versions, since k8s.io/kubernetes cannot be `go install`ed);
+#                   the last four only run in the tests of a real node (tests/e2e/node.rs)
+#   coredns         cluster DNS for that node, from github.com/coredns/coredns with the plugins a
+#                   cluster's DNS uses (module in tests/testenv/coredns)
+#   pause           the pods' sandbox image's binary, from the Kubernetes module's own pause.c
+#                   (`gcc -static`; no registry to pull registry.k8s.io/pause from)
 #   etcd            from go.etcd.io/etcd/server/v3 (module in tests/testenv/etcd)
 #   helm            `go install helm.sh/helm/v3/cmd/helm`
 #
@@ -37,9 +43,24 @@ build() { # name, module dir, package, extra ldflags
 }
 
 minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
-build kube-apiserver "$here/kube" k8s.io/kubernetes/cmd/kube-apiserver \
-    "-X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
+kube_version_flags="-X k8s.io/component-base/version.gitVersion=$KUBE_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
+for name in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
+    build "$name" "$here/kube" "k8s.io/kubernetes/cmd/$name" "$kube_version_flags"
+done
 build etcd "$here/etcd" tollgate.dev/testenv/etcd
+build coredns "$here/coredns" tollgate.dev/testenv/coredns
+
+if [[ ! -x "$bin/pause" ]]; then
+    if ! command -v gcc >/dev/null; then
+        log "gcc is required to build the pause binary (apt-get install gcc libc6-dev)"
+        exit 1
+    fi
+    pause_c="$(cd "$here/kube" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
+    log "building pause from $pause_c"
+    gcc -Os -static -Wall -Werror -DVERSION="$KUBE_VERSION" -o "$bin/pause.tmp" "$pause_c"
+    strip "$bin/pause.tmp"
+    mv "$bin/pause.tmp" "$bin/pause"
+fi
 
 if [[ ! -x "$bin/helm" ]]; then
     log "building helm $HELM_VERSION"
