@@ -41,7 +41,8 @@ pub struct Cli {
     )]
     pub config_listen: SocketAddr,
 
-    /// Address for /metrics, /healthz and /readyz (ready = leader with a synced cache).
+    /// Address for /metrics, /healthz and /readyz (ready = caches synced and a configuration
+    /// compiled; the leader and standbys alike).
     #[arg(
         long,
         env = "TOLLGATE_ADMIN_LISTEN",
@@ -97,6 +98,12 @@ pub struct Cli {
         value_name = "NAME"
     )]
     pub lease_name: String,
+
+    /// Label this replica's pod (named by --identity, in --operator-namespace) with
+    /// tollgate.dev/role=leader while it leads and =standby otherwise, so that a Service selecting
+    /// the leader label sends proxies to the leader. Needs get/patch on pods (the chart grants it).
+    #[arg(long, env = "TOLLGATE_LABEL_POD_ROLE")]
+    pub label_pod_role: bool,
 
     /// How long a leader's lease lasts without renewal (failover time).
     #[arg(long, env = "TOLLGATE_LEASE_DURATION", default_value = "15s", value_parser = duration, value_name = "DURATION")]

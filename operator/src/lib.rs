@@ -3,13 +3,15 @@
 //!
 //! - [`watch`]: reflector caches; [`publisher`]: debounced compile into versions and deltas.
 //! - [`config_server`]: the HTTPS stream to proxies; [`proxy_auth`]: who may subscribe.
-//! - [`leader`]: Lease election; [`status`]: conditions and events, written by the leader.
+//! - [`leader`]: Lease election; [`pod_role`]: the leader's pod label the stream's Service selects;
+//!   [`status`]: conditions and events, written by the leader.
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod config_server;
 pub mod leader;
 pub mod metrics;
+pub mod pod_role;
 pub mod proxy_auth;
 pub mod publisher;
 pub mod serving_cert;
@@ -79,6 +81,20 @@ pub async fn run(cli: Cli) -> Result<()> {
         leading_tx,
         leader_flag.clone(),
     ));
+
+    if cli.label_pod_role {
+        let Some(pod) = cli.identity.clone() else {
+            anyhow::bail!(
+                "--label-pod-role needs the pod's name in --identity (POD_NAME from the downward API)"
+            );
+        };
+        tokio::spawn(pod_role::run(
+            client.clone(),
+            cli.operator_namespace.clone(),
+            pod,
+            leading_rx.clone(),
+        ));
+    }
 
     let cert = serving_cert::load_or_create(
         client.clone(),
@@ -179,8 +195,9 @@ pub async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-/// The admin port: `/metrics`, `/healthz`, and `/readyz` (ready only while leading with synced
-/// caches: only the leader serves proxies, so the Service routes them to it).
+/// The admin port: `/metrics`, `/healthz`, and `/readyz` (ready once the caches are synced and a
+/// first configuration is compiled, leader or not: routing to the leader is the pod label's job,
+/// see [`pod_role`]).
 async fn serve_admin(
     listener: tokio::net::TcpListener,
     registry: Registry,
@@ -195,11 +212,8 @@ async fn serve_admin(
         let resp = match req.path {
             "/metrics" => metrics_response(&registry),
             "/healthz" => text_response(StatusCode::OK, "ok\n"),
-            "/readyz" if leading && synced => text_response(StatusCode::OK, "ready\n"),
-            "/readyz" => text_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not the leader, or caches not synced\n",
-            ),
+            "/readyz" if synced => text_response(StatusCode::OK, "ready\n"),
+            "/readyz" => text_response(StatusCode::SERVICE_UNAVAILABLE, "caches not synced\n"),
             _ => text_response(StatusCode::NOT_FOUND, "try /metrics, /healthz or /readyz\n"),
         };
         async move { resp }

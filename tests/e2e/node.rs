@@ -169,7 +169,336 @@ fn pods_start_from_imported_images_and_answer_through_their_service() -> Result<
         assert_eq!(body["path"], "/hello", "{body}");
         pods.insert(body["pod"].as_str().unwrap_or_default().to_owned());
     }
-    assert_eq!(pods.len(), 2, "both pods answer behind the Service: {pods:?}");
-    eprintln!("echo pods answered in {:.1}s", started.elapsed().as_secs_f64());
+    assert_eq!(
+        pods.len(),
+        2,
+        "both pods answer behind the Service: {pods:?}"
+    );
+    eprintln!(
+        "echo pods answered in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn run_helm(args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(tollgate_tests::helm()?)
+        .arg("--kubeconfig")
+        .arg(tollgate_tests::cluster().kubeconfig())
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "helm {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// What went on in a namespace, for a failure message: pods, events, and every container's log.
+fn diagnostics(ns: &TestNamespace) -> String {
+    let mut text = String::new();
+    if let Ok(out) = ns.kubectl(&["get", "pods,events", "-o", "wide"], None) {
+        text.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    if let Ok(out) = ns.kubectl(
+        &[
+            "logs",
+            "--all-containers",
+            "--prefix",
+            "--tail=30",
+            "-l",
+            "app.kubernetes.io/part-of=tollgate",
+        ],
+        None,
+    ) {
+        text.push_str(&String::from_utf8_lossy(&out.stdout));
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    text
+}
+
+/// The pod IPs of the pods matching `selector`.
+fn pod_ips(ns: &TestNamespace, selector: &str) -> Result<Vec<std::net::IpAddr>> {
+    let out = ns.kubectl(
+        &[
+            "get",
+            "pods",
+            "-l",
+            selector,
+            "-o",
+            "jsonpath={.items[*].status.podIP}",
+        ],
+        None,
+    )?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|ip| ip.parse().with_context(|| format!("pod IP {ip:?}")))
+        .collect()
+}
+
+/// The plans, keys, tenants and routes of the test: `roomy` never limits, `hourly` allows one
+/// request an hour (a second one at the same proxy is 429), `tiny` one request a month (a second
+/// one is 402). Proxies count on their own here (no Redis): with two of them, three requests
+/// always reach a proxy that has admitted one already.
+fn tenants_yaml(roomy_per_second: u32) -> String {
+    let mut yaml = format!(
+        r#"apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {{name: roomy}}
+spec:
+  rateLimits: [{{name: per-second, requests: {roomy_per_second}, window: 1s}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {{name: hourly}}
+spec:
+  rateLimits: [{{name: per-hour, requests: 1, window: 1h}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {{name: tiny}}
+spec:
+  quotas: [{{name: monthly-requests, metric: Requests, limit: "1", period: Month}}]
+  paymentUrl: https://billing.example.com/upgrade?plan=tiny
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {{name: echo}}
+spec:
+  match: {{pathPrefix: /echo}}
+  backend: {{service: {{name: echo, port: 80}}}}
+"#
+    );
+    for (tenant, plan) in [("globex", "roomy"), ("acme", "hourly"), ("initech", "tiny")] {
+        yaml.push_str(&format!(
+            r#"---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: {tenant}-key
+  labels: {{tollgate.dev/api-key: "true"}}
+stringData: {{apiKey: tg_node_{tenant}_0001}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Tenant
+metadata: {{name: {tenant}}}
+spec:
+  quotaPolicyRef: {{name: {plan}}}
+  apiKeys: [{{secretRef: {{name: {tenant}-key}}}}]
+  subscriptions: [{{apiRouteRef: {{name: echo}}}}]
+"#
+        ));
+    }
+    yaml
+}
+
+fn key(tenant: &str) -> String {
+    format!("Bearer tg_node_{tenant}_0001")
+}
+
+/// Asks `address` until `done` holds for a response (bounded); the last response.
+fn until(
+    address: SocketAddr,
+    tenant: &str,
+    what: &str,
+    done: impl Fn(&Response) -> bool,
+) -> Result<Response> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let authorization = key(tenant);
+    loop {
+        let last = request(address, "/echo/x", &[("Authorization", &authorization)]);
+        match &last {
+            Ok(response) if done(response) => return last,
+            _ if Instant::now() > deadline => bail!("{what}: not within 90 s; last: {last:?}"),
+            _ => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+#[test]
+fn helm_install_runs_tollgate_as_pods_that_enforce_plans() -> Result<()> {
+    let local = node();
+    let rt = tokio::runtime::Runtime::new()?;
+    let system = rt.block_on(TestNamespace::new("tollgate-system"))?;
+    let app = rt.block_on(TestNamespace::new("shop"))?;
+    let started = Instant::now();
+    let proxy_image = local
+        .images
+        .iter()
+        .find(|i| i.name == "tollgate-proxy")
+        .context("proxy image")?;
+    let tag = proxy_image
+        .reference
+        .rsplit_once(':')
+        .map(|(_, tag)| tag)
+        .context("image tag")?;
+    let installed = run_helm(&[
+        "install",
+        "tollgate",
+        &tollgate_tests::repo_root()
+            .join("charts/tollgate")
+            .display()
+            .to_string(),
+        "--namespace",
+        &system.name,
+        "--set",
+        &format!("image.tag={tag}"),
+        "--wait",
+        "--timeout",
+        "5m",
+    ]);
+    if let Err(e) = installed {
+        bail!("{e:#}\n{}", diagnostics(&system));
+    }
+    eprintln!(
+        "helm install --wait: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // One leader among the operator's pods.
+    let holder = system.kubectl(
+        &[
+            "get",
+            "lease",
+            "tollgate-operator",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+        None,
+    )?;
+    let holder = String::from_utf8_lossy(&holder.stdout).trim().to_owned();
+    let operators = system.kubectl(
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=tollgate-operator",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ],
+        None,
+    )?;
+    let operators = String::from_utf8_lossy(&operators.stdout).into_owned();
+    assert!(
+        operators.split_whitespace().any(|pod| pod == holder),
+        "the lease is held by one of the operator pods {operators:?}: {holder:?}"
+    );
+
+    app.apply_ok(&echo_backend_yaml(1))?;
+    wait_rollout(&app, "echo", "120s")?;
+    app.apply_ok(&tenants_yaml(1000))?;
+    let proxy = service_address(&system, "tollgate-proxy")?;
+
+    // 200 through the proxy Service, forwarded to the echo pod with the tenant named.
+    let ok = until(proxy, "globex", "200 for globex", |r| r.status == 200)
+        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", diagnostics(&system)))?;
+    let echoed: serde_json::Value = serde_json::from_str(&ok.body)?;
+    assert_eq!(echoed["path"], "/echo/x", "{echoed}");
+    assert_eq!(
+        echoed["headers"]["x-tollgate-tenant"],
+        format!("{}/globex", app.name),
+        "{echoed}"
+    );
+    assert!(
+        echoed["headers"].get("authorization").is_none(),
+        "the key is not forwarded: {echoed}"
+    );
+    assert_eq!(
+        ok.header("ratelimit-policy"),
+        Some("\"per-second\";q=1000;w=1"),
+        "{ok:?}"
+    );
+
+    // 429: one request an hour per proxy.
+    let limited = until(proxy, "acme", "429 for acme", |r| r.status == 429)?;
+    assert!(limited.header("retry-after").is_some(), "{limited:?}");
+    assert_eq!(
+        limited.header("content-type"),
+        Some("application/problem+json")
+    );
+    let problem: serde_json::Value = serde_json::from_str(&limited.body)?;
+    assert_eq!(
+        problem["type"], "https://tollgate.dev/problems/rate-limited",
+        "{problem}"
+    );
+    assert_eq!(problem["status"], 429);
+
+    // 402: the month's one request is spent.
+    let exhausted = until(proxy, "initech", "402 for initech", |r| r.status == 402)?;
+    let problem: serde_json::Value = serde_json::from_str(&exhausted.body)?;
+    assert_eq!(
+        problem["type"], "https://tollgate.dev/problems/quota-exhausted",
+        "{problem}"
+    );
+    assert_eq!(problem["quota"], "monthly-requests", "{problem}");
+    assert_eq!(
+        problem["paymentUrl"],
+        "https://billing.example.com/upgrade?plan=tiny"
+    );
+    assert!(exhausted.header("retry-after").is_some(), "{exhausted:?}");
+
+    // A plan change reaches every proxy pod.
+    app.apply_ok(&tenants_yaml(999))?;
+    // The Deployment starts with one proxy; the HorizontalPodAutoscaler raises it to its minimum
+    // of two within its first sync.
+    let scaled = system.kubectl(
+        &[
+            "wait",
+            "deployment/tollgate-proxy",
+            "--for=jsonpath={.status.readyReplicas}=2",
+            "--timeout=120s",
+        ],
+        None,
+    )?;
+    if !scaled.status.success() {
+        bail!(
+            "two ready proxies: {}\n{}",
+            String::from_utf8_lossy(&scaled.stderr),
+            diagnostics(&system)
+        );
+    }
+    let proxies = pod_ips(&system, "app.kubernetes.io/name=tollgate-proxy")?;
+    assert_eq!(
+        proxies.len(),
+        2,
+        "the chart's default: two proxies ({proxies:?})"
+    );
+    for ip in &proxies {
+        let pod = SocketAddr::new(*ip, 8080);
+        until(pod, "globex", "the new plan at every proxy", |r| {
+            r.header("ratelimit-policy") == Some("\"per-second\";q=999;w=1")
+        })?;
+    }
+
+    // Metrics from each pod: what it answered.
+    let mut answered = 0.0;
+    for ip in &proxies {
+        let response = request(SocketAddr::new(*ip, 9090), "/metrics", &[])?;
+        assert_eq!(response.status, 200);
+        for line in response.body.lines() {
+            if line.starts_with("tollgate_proxy_requests_total{") {
+                answered += line
+                    .rsplit_once(' ')
+                    .and_then(|(_, v)| v.parse::<f64>().ok())
+                    .unwrap_or(0.0);
+            }
+        }
+        assert!(
+            response.body.contains("tollgate_proxy_config_version"),
+            "{}",
+            response.body
+        );
+    }
+    assert!(
+        answered >= 6.0,
+        "both pods' metrics count the requests: {answered}"
+    );
+    eprintln!(
+        "helm install to plans enforced: {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -299,9 +299,44 @@ async fn leader_gauges(fleet: &Fleet) -> (Option<f64>, Option<f64>) {
 #[tokio::test]
 async fn only_the_leader_writes_status_and_a_follower_takes_over() -> Result<()> {
     let mut fleet = Fleet::new("op-leader").await?;
-    fleet.start_operator().await?;
+    // The pods the operators would run in (objects only: nothing runs them here), for their
+    // tollgate.dev/role labels.
+    for pod in ["operator-0", "operator-1"] {
+        fleet.ns.apply_ok(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}}}\nspec: {{containers: [{{name: operator, image: tollgate-operator}}]}}\n"
+        ))?;
+    }
+    let kubeconfig = fleet.operator_kubeconfig().to_path_buf();
+    let label_pods = [("TOLLGATE_LABEL_POD_ROLE", "true".to_owned())];
+    fleet
+        .start_operator_with_env(&kubeconfig, &[], &label_pods)
+        .await?;
     fleet.wait_leader(0).await?;
-    fleet.start_operator().await?;
+    fleet
+        .start_operator_with_env(&kubeconfig, &[], &label_pods)
+        .await?;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(fleet.ns.client.clone(), &fleet.ns.name);
+    let roles = || async {
+        let mut roles = Vec::new();
+        for pod in ["operator-0", "operator-1"] {
+            let labels = pods
+                .get(pod)
+                .await
+                .ok()?
+                .metadata
+                .labels
+                .unwrap_or_default();
+            roles.push(labels.get("tollgate.dev/role")?.clone());
+        }
+        Some(roles)
+    };
+    eventually(
+        WAIT,
+        "the leader's and the standby's pod labels",
+        || async { roles().await.filter(|r| r == &["leader", "standby"]) },
+    )
+    .await?;
     fleet.ns.apply_ok(WORLD)?;
     fleet.start_proxy("proxy-a")?;
     fleet.wait_status(0, "/hello", "key-probe", 200).await?;
@@ -326,12 +361,14 @@ async fn only_the_leader_writes_status_and_a_follower_takes_over() -> Result<()>
         0.0,
         "the follower wrote none"
     );
+    // A follower is ready (rollouts wait for it), but does not serve the stream: its pod is not
+    // labelled leader, and a proxy that reaches it anyway is told to go elsewhere.
     assert_eq!(
         tollgate_tests::fleet::get(follower, "/readyz", &[])
             .await?
             .status,
-        503,
-        "a follower is not ready"
+        200,
+        "a synced follower is ready"
     );
 
     // The leader goes away: the follower takes over and the proxy follows it.
@@ -339,6 +376,10 @@ async fn only_the_leader_writes_status_and_a_follower_takes_over() -> Result<()>
     fleet.wait_leader(1).await?;
     fleet.ns.apply_ok("apiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {name: late}\nspec: {match: {path: /late}, backend: {directResponse: {status: 200}}}\n---\napiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {name: probe}\nspec:\n  apiKeys: [{secretRef: {name: keys, key: probe}}]\n  subscriptions: [{apiRouteRef: {name: hello}}, {apiRouteRef: {name: late}}]\n")?;
     fleet.wait_status(0, "/late", "key-probe", 200).await?;
+    eventually(WAIT, "the new leader's pod label", || async {
+        roles().await.filter(|r| r[1] == "leader")
+    })
+    .await?;
     assert!(
         Fleet::metric(follower, "tollgate_operator_status_writes_total")
             .await

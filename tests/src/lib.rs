@@ -74,7 +74,8 @@ pub fn cluster() -> &'static Cluster {
 /// The shared cluster with a node that runs pods (see [`node`]), started on first use. A test
 /// binary uses either this or [`cluster`] first: the cluster is started once.
 pub fn cluster_with_node() -> &'static Cluster {
-    let cluster = started(CLUSTER.get_or_init(|| start_cluster(true).map_err(|e| format!("{e:#}"))));
+    let cluster =
+        started(CLUSTER.get_or_init(|| start_cluster(true).map_err(|e| format!("{e:#}"))));
     if let Cluster::Local(_) = cluster {
         panic!("this test binary started a cluster without a node before asking for one");
     }

@@ -69,7 +69,11 @@ impl Node {
                 bin.join(name).display()
             );
         }
-        for program in ["/usr/bin/containerd", "/usr/sbin/runc", "/usr/lib/cni/bridge"] {
+        for program in [
+            "/usr/bin/containerd",
+            "/usr/sbin/runc",
+            "/usr/lib/cni/bridge",
+        ] {
             ensure!(
                 Path::new(program).exists(),
                 "{program} not found: apt-get install containerd runc containernetworking-plugins (tests/run.sh does)"
@@ -265,10 +269,8 @@ state = "{dir}/containerd/state"
     }
 
     fn start_kubelet(&mut self, bin: &Path, plane: &LocalControlPlane) -> Result<()> {
-        let kubeconfig = plane.node_kubeconfig(
-            &format!("system:node:{NODE_NAME}"),
-            &["system:nodes"],
-        )?;
+        let kubeconfig =
+            plane.node_kubeconfig(&format!("system:node:{NODE_NAME}"), &["system:nodes"])?;
         let root = self.dir.join("kubelet");
         std::fs::create_dir_all(&root)?;
         // Pods that do not use cluster DNS resolve through it too: nothing outside exists.
