@@ -9,12 +9,16 @@ log() { echo "== $*" >&2; }
 
 # Debian packages: real Redis, nginx and wrk for tests and benchmarks, Prometheus and promtool, curl,
 # libfaketime (a proxy clock at a period boundary), iproute2 (an address of a test's own network
-# namespace), openssl (a TLS client that stops half-way through a request), containerd (the
-# offline images imported and run), binutils (strip) and python3 (the image builder).
+# namespace), openssl (a TLS client that stops half-way through a request), containerd and runc
+# (the offline images imported and run, and the test node's runtime), binutils (strip), python3
+# (the image builder), and for the test node: the CNI plugins, iptables and conntrack
+# (kube-proxy), socat (the API server's port on the host) and gcc with a static libc (pause).
 need_pkgs=()
-for pair in curl:curl redis-server:redis-server redis-cli:redis-tools nginx:nginx wrk:wrk promtool:prometheus h2load:nghttp2-client faketime:faketime ip:iproute2 openssl:openssl containerd:containerd strip:binutils python3:python3; do
+for pair in curl:curl redis-server:redis-server redis-cli:redis-tools nginx:nginx wrk:wrk promtool:prometheus h2load:nghttp2-client faketime:faketime ip:iproute2 openssl:openssl containerd:containerd runc:runc strip:binutils python3:python3 iptables:iptables conntrack:conntrack socat:socat gcc:gcc; do
     command -v "${pair%%:*}" >/dev/null || need_pkgs+=("${pair#*:}")
 done
+[[ -x /usr/lib/cni/bridge ]] || need_pkgs+=(containernetworking-plugins)
+[[ -f /usr/lib/x86_64-linux-gnu/libc.a ]] || need_pkgs+=(libc6-dev)
 if ((${#need_pkgs[@]})); then
     log "installing ${need_pkgs[*]}"
     if [[ $(id -u) -eq 0 ]]; then SUDO=(); else SUDO=(sudo); fi
@@ -27,7 +31,7 @@ for svc in nginx redis-server prometheus; do
 done
 
 if [[ -z "${TOLLGATE_TEST_KUBECONFIG:-}" ]]; then
-    log "provisioning kube-apiserver, etcd and helm"
+    log "provisioning the Kubernetes binaries, etcd, CoreDNS, helm and pause"
     TOLLGATE_TESTENV_BIN="$(tests/testenv/provision.sh)"
     export TOLLGATE_TESTENV_BIN
 fi

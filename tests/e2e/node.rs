@@ -318,83 +318,137 @@ fn until(
     }
 }
 
+/// A release of the chart on the node, watching one application namespace of its own (so that
+/// the tests' releases never see each other's tenants), with the echo backend and the tenants of
+/// [`tenants_yaml`] there.
+struct Installed {
+    release: String,
+    system: TestNamespace,
+    app: TestNamespace,
+    /// The proxy Service's address.
+    proxy: SocketAddr,
+}
+
+impl Installed {
+    fn new(release: &str, extra: &[&str]) -> Result<Self> {
+        let local = node();
+        let rt = tokio::runtime::Runtime::new()?;
+        let system = rt.block_on(TestNamespace::new(&format!("{release}-system")))?;
+        let app = rt.block_on(TestNamespace::new(&format!("{release}-app")))?;
+        let started = Instant::now();
+        let proxy_image = local
+            .images
+            .iter()
+            .find(|i| i.name == "tollgate-proxy")
+            .context("proxy image")?;
+        let tag = proxy_image
+            .reference
+            .rsplit_once(':')
+            .map(|(_, tag)| tag)
+            .context("image tag")?;
+        let chart = tollgate_tests::repo_root().join("charts/tollgate");
+        let mut args = vec![
+            "install".to_owned(),
+            release.to_owned(),
+            chart.display().to_string(),
+            "--namespace".into(),
+            system.name.clone(),
+            "--set".into(),
+            format!("image.tag={tag}"),
+            "--set".into(),
+            format!("operator.watchNamespaces={{{}}}", app.name),
+            "--wait".into(),
+            "--timeout".into(),
+            "5m".into(),
+        ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        if let Err(e) = run_helm(&args) {
+            bail!("{e:#}\n{}", diagnostics(&system));
+        }
+        eprintln!(
+            "{release}: helm install --wait took {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        app.apply_ok(&echo_backend_yaml(1))?;
+        wait_rollout(&app, "echo", "120s")?;
+        app.apply_ok(&tenants_yaml(1000))?;
+        let proxy = service_address(&system, &format!("{release}-proxy"))?;
+        Ok(Self {
+            release: release.to_owned(),
+            system,
+            app,
+            proxy,
+        })
+    }
+
+    fn deployment(&self, component: &str) -> String {
+        format!("{}-{component}", self.release)
+    }
+
+    /// The operator pods and the Lease's holder.
+    fn operators(&self) -> Result<(Vec<String>, String)> {
+        let holder = self.system.kubectl(
+            &[
+                "get",
+                "lease",
+                &self.deployment("operator"),
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ],
+            None,
+        )?;
+        let pods = self.system.kubectl(
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/name=tollgate-operator",
+                "--field-selector=status.phase=Running",
+                "-o",
+                "jsonpath={.items[*].metadata.name}",
+            ],
+            None,
+        )?;
+        Ok((
+            String::from_utf8_lossy(&pods.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
+            String::from_utf8_lossy(&holder.stdout).trim().to_owned(),
+        ))
+    }
+}
+
 #[test]
 fn helm_install_runs_tollgate_as_pods_that_enforce_plans() -> Result<()> {
-    let local = node();
-    let rt = tokio::runtime::Runtime::new()?;
-    let system = rt.block_on(TestNamespace::new("tollgate-system"))?;
-    let app = rt.block_on(TestNamespace::new("shop"))?;
     let started = Instant::now();
-    let proxy_image = local
-        .images
-        .iter()
-        .find(|i| i.name == "tollgate-proxy")
-        .context("proxy image")?;
-    let tag = proxy_image
-        .reference
-        .rsplit_once(':')
-        .map(|(_, tag)| tag)
-        .context("image tag")?;
-    let installed = run_helm(&[
-        "install",
-        "tollgate",
-        &tollgate_tests::repo_root()
-            .join("charts/tollgate")
-            .display()
-            .to_string(),
-        "--namespace",
-        &system.name,
-        "--set",
-        &format!("image.tag={tag}"),
-        "--wait",
-        "--timeout",
-        "5m",
-    ]);
-    if let Err(e) = installed {
-        bail!("{e:#}\n{}", diagnostics(&system));
-    }
-    eprintln!(
-        "helm install --wait: {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
+    let installed = Installed::new("tollgate", &[])?;
+    let (system, app, proxy) = (&installed.system, &installed.app, installed.proxy);
 
-    // One leader among the operator's pods.
-    let holder = system.kubectl(
-        &[
-            "get",
-            "lease",
-            "tollgate-operator",
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ],
-        None,
-    )?;
-    let holder = String::from_utf8_lossy(&holder.stdout).trim().to_owned();
-    let operators = system.kubectl(
+    // One leader among the operator's pods, and the config Service routes to it alone.
+    let (operators, holder) = installed.operators()?;
+    assert_eq!(operators.len(), 2, "{operators:?}");
+    assert!(
+        operators.contains(&holder),
+        "the lease is held by one of the operator pods {operators:?}: {holder:?}"
+    );
+    let leaders = system.kubectl(
         &[
             "get",
             "pods",
             "-l",
-            "app.kubernetes.io/name=tollgate-operator",
+            "tollgate.dev/role=leader",
             "-o",
             "jsonpath={.items[*].metadata.name}",
         ],
         None,
     )?;
-    let operators = String::from_utf8_lossy(&operators.stdout).into_owned();
-    assert!(
-        operators.split_whitespace().any(|pod| pod == holder),
-        "the lease is held by one of the operator pods {operators:?}: {holder:?}"
-    );
-
-    app.apply_ok(&echo_backend_yaml(1))?;
-    wait_rollout(&app, "echo", "120s")?;
-    app.apply_ok(&tenants_yaml(1000))?;
-    let proxy = service_address(&system, "tollgate-proxy")?;
+    assert_eq!(String::from_utf8_lossy(&leaders.stdout).trim(), holder);
 
     // 200 through the proxy Service, forwarded to the echo pod with the tenant named.
     let ok = until(proxy, "globex", "200 for globex", |r| r.status == 200)
-        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", diagnostics(&system)))?;
+        .map_err(|e| anyhow::anyhow!("{e:#}\n{}", diagnostics(system)))?;
     let echoed: serde_json::Value = serde_json::from_str(&ok.body)?;
     assert_eq!(echoed["path"], "/echo/x", "{echoed}");
     assert_eq!(
@@ -447,7 +501,7 @@ fn helm_install_runs_tollgate_as_pods_that_enforce_plans() -> Result<()> {
     let scaled = system.kubectl(
         &[
             "wait",
-            "deployment/tollgate-proxy",
+            &format!("deployment/{}", installed.deployment("proxy")),
             "--for=jsonpath={.status.readyReplicas}=2",
             "--timeout=120s",
         ],
@@ -457,10 +511,10 @@ fn helm_install_runs_tollgate_as_pods_that_enforce_plans() -> Result<()> {
         bail!(
             "two ready proxies: {}\n{}",
             String::from_utf8_lossy(&scaled.stderr),
-            diagnostics(&system)
+            diagnostics(system)
         );
     }
-    let proxies = pod_ips(&system, "app.kubernetes.io/name=tollgate-proxy")?;
+    let proxies = pod_ips(system, "app.kubernetes.io/name=tollgate-proxy")?;
     assert_eq!(
         proxies.len(),
         2,
@@ -499,6 +553,314 @@ fn helm_install_runs_tollgate_as_pods_that_enforce_plans() -> Result<()> {
     eprintln!(
         "helm install to plans enforced: {:.1}s",
         started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Steady traffic from inside the node's network: `threads` clients, each sending one request
+/// per fresh connection (what most clients of a public API do), until stopped; bounded by count
+/// and time.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    workers: Vec<std::thread::JoinHandle<Tally>>,
+}
+
+/// What a client saw.
+#[derive(Debug, Default)]
+struct Tally {
+    ok: u64,
+    /// Status codes other than 200, and connection errors, with a sample of each.
+    failures: std::collections::BTreeMap<String, (u64, String)>,
+}
+
+impl Tally {
+    fn failed(&self) -> u64 {
+        self.failures.values().map(|(n, _)| n).sum()
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.ok += other.ok;
+        for (kind, (n, sample)) in other.failures {
+            let entry = self.failures.entry(kind).or_insert((0, sample));
+            entry.0 += n;
+        }
+    }
+}
+
+impl Load {
+    const MAX_REQUESTS_PER_CLIENT: u64 = 200_000;
+    const MAX_DURATION: Duration = Duration::from_secs(300);
+
+    fn start(address: SocketAddr, tenant: &str, threads: usize) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let workers = (0..threads)
+            .map(|_| {
+                let stop = stop.clone();
+                let authorization = key(tenant);
+                std::thread::spawn(move || {
+                    let mut tally = Tally::default();
+                    let started = Instant::now();
+                    for _ in 0..Self::MAX_REQUESTS_PER_CLIENT {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed)
+                            || started.elapsed() > Self::MAX_DURATION
+                        {
+                            break;
+                        }
+                        match request(address, "/echo/load", &[("Authorization", &authorization)]) {
+                            Ok(r) if r.status == 200 => tally.ok += 1,
+                            Ok(r) => {
+                                let entry = tally
+                                    .failures
+                                    .entry(format!("status {}", r.status))
+                                    .or_insert((0, r.body.clone()));
+                                entry.0 += 1;
+                            }
+                            Err(e) => {
+                                let text = format!("{e:#}");
+                                let kind = text.rsplit(": ").next().unwrap_or("").to_owned();
+                                let entry = tally.failures.entry(kind).or_insert((0, text));
+                                entry.0 += 1;
+                            }
+                        }
+                    }
+                    tally
+                })
+            })
+            .collect();
+        Self { stop, workers }
+    }
+
+    fn finish(self) -> Tally {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut total = Tally::default();
+        for worker in self.workers {
+            if let Ok(tally) = worker.join() {
+                total.merge(tally);
+            }
+        }
+        total
+    }
+}
+
+impl Installed {
+    /// Waits until the proxy Deployment has `n` ready pods (the autoscaler's minimum is 2).
+    fn wait_proxies(&self, n: u32) -> Result<()> {
+        let out = self.system.kubectl(
+            &[
+                "wait",
+                &format!("deployment/{}", self.deployment("proxy")),
+                &format!("--for=jsonpath={{.status.readyReplicas}}={n}"),
+                "--timeout=120s",
+            ],
+            None,
+        )?;
+        if !out.status.success() {
+            bail!(
+                "{n} ready proxies: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                diagnostics(&self.system)
+            );
+        }
+        Ok(())
+    }
+
+    fn pods(&self, selector: &str) -> Result<Vec<String>> {
+        let out = self.system.kubectl(
+            &[
+                "get",
+                "pods",
+                "-l",
+                selector,
+                "-o",
+                "jsonpath={.items[*].metadata.name}",
+            ],
+            None,
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Waits until each of `pods` is gone (terminated and deleted).
+    fn wait_deleted(&self, pods: &[String]) -> Result<()> {
+        let mut args = vec!["wait", "--for=delete", "--timeout=120s"];
+        let names: Vec<String> = pods.iter().map(|p| format!("pod/{p}")).collect();
+        args.extend(names.iter().map(String::as_str));
+        let out = self.system.kubectl(&args, None)?;
+        if !out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("NotFound") {
+            bail!(
+                "pods {pods:?} not gone: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                diagnostics(&self.system)
+            );
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_rolling_restart_of_the_proxies_under_load_fails_no_request() -> Result<()> {
+    let installed = Installed::new("tollgate-roll", &[])?;
+    installed.wait_proxies(2)?;
+    until(installed.proxy, "globex", "200 for globex", |r| {
+        r.status == 200
+    })?;
+    let old = installed.pods("app.kubernetes.io/name=tollgate-proxy")?;
+    let load = Load::start(installed.proxy, "globex", 2);
+    std::thread::sleep(Duration::from_secs(2));
+    let proxy = format!("deployment/{}", installed.deployment("proxy"));
+    let restarted = Instant::now();
+    let out = installed
+        .system
+        .kubectl(&["rollout", "restart", &proxy], None)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_rollout(&installed.system, &installed.deployment("proxy"), "180s")?;
+    // The old pods drain after the rollout counts them out: the load runs until they are gone.
+    installed.wait_deleted(&old)?;
+    let rolled = restarted.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let tally = load.finish();
+    eprintln!(
+        "rollout restart of the proxies in {:.1}s under load: {} requests answered 200, {} failed {:?}",
+        rolled.as_secs_f64(),
+        tally.ok,
+        tally.failed(),
+        tally.failures
+    );
+    assert!(tally.ok > 0, "the load ran");
+    assert_eq!(tally.failed(), 0, "no request failed: {:?}", tally.failures);
+    Ok(())
+}
+
+impl Installed {
+    /// The containerd ID of a pod's first container.
+    fn container_id(&self, pod: &str) -> Result<String> {
+        let out = self.system.kubectl(
+            &[
+                "get",
+                "pod",
+                pod,
+                "-o",
+                "jsonpath={.status.containerStatuses[0].containerID}",
+            ],
+            None,
+        )?;
+        let id = String::from_utf8_lossy(&out.stdout);
+        id.trim()
+            .strip_prefix("containerd://")
+            .map(str::to_owned)
+            .with_context(|| format!("{pod}'s container ID: {id:?}"))
+    }
+
+    /// Waits until the Lease names a holder other than `old`; the new holder.
+    fn wait_new_leader(&self, old: &str) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (_, holder) = self.operators()?;
+            if !holder.is_empty() && holder != old {
+                return Ok(holder);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no new leader after {old} stopped leading\n{}",
+                    diagnostics(&self.system)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits until exactly one operator pod is labelled leader, and it is `holder`.
+    fn wait_leader_label(&self, holder: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let labelled = self.pods("tollgate.dev/role=leader")?;
+            if labelled == [holder] {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("pods labelled leader: {labelled:?}, the Lease's holder: {holder}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Applies `tenants_yaml(per_second)` and waits until every proxy pod enforces it.
+    fn change_plan_everywhere(&self, per_second: u32) -> Result<()> {
+        self.app.apply_ok(&tenants_yaml(per_second))?;
+        let policy = format!("\"per-second\";q={per_second};w=1");
+        for ip in pod_ips(&self.system, "app.kubernetes.io/name=tollgate-proxy")? {
+            until(
+                SocketAddr::new(ip, 8080),
+                "globex",
+                "the change at every proxy",
+                |r| r.header("ratelimit-policy") == Some(policy.as_str()),
+            )
+            .map_err(|e| anyhow::anyhow!("{e:#}\n{}", diagnostics(&self.system)))?;
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn when_the_operator_leader_hangs_or_goes_a_standby_takes_over_and_proxies_keep_serving()
+-> Result<()> {
+    let installed = Installed::new("tollgate-failover", &[])?;
+    installed.wait_proxies(2)?;
+    until(installed.proxy, "globex", "200 for globex", |r| {
+        r.status == 200
+    })?;
+    let (_, first) = installed.operators()?;
+    let load = Load::start(installed.proxy, "globex", 1);
+
+    // The leader hangs (frozen: it cannot renew, release or step down): the standby takes over
+    // once the Lease has gone a full duration without renewal.
+    let frozen = installed.container_id(&first)?;
+    let hung = Instant::now();
+    node().node.pause_container(&frozen)?;
+    let second = installed.wait_new_leader(&first);
+    let took_over = hung.elapsed();
+    // Thawed: the old leader finds its Lease gone and stands by (one leader, one label).
+    node().node.resume_container(&frozen)?;
+    let second = second?;
+    installed.wait_leader_label(&second)?;
+    installed.change_plan_everywhere(998)?;
+
+    // The new leader's pod is deleted (a drain, a rollout): it hands the Lease over at once.
+    let deleted = Instant::now();
+    let out = installed
+        .system
+        .kubectl(&["delete", "pod", &second, "--wait=false"], None)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let third = installed.wait_new_leader(&second)?;
+    let handed_over = deleted.elapsed();
+    installed.wait_leader_label(&third)?;
+    installed.change_plan_everywhere(997)?;
+
+    let tally = load.finish();
+    eprintln!(
+        "leader frozen: {second} took over in {:.1}s (lease 15s); leader's pod deleted: {third} took over in {:.1}s; under load {} answered 200, {} failed {:?}",
+        took_over.as_secs_f64(),
+        handed_over.as_secs_f64(),
+        tally.ok,
+        tally.failed(),
+        tally.failures
+    );
+    assert!(tally.ok > 0, "the load ran");
+    assert_eq!(
+        tally.failed(),
+        0,
+        "the proxies kept serving: {:?}",
+        tally.failures
     );
     Ok(())
 }

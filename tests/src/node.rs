@@ -443,6 +443,27 @@ healthzBindAddress: 127.0.0.1:10256
         self.namespaces.connect(address, Duration::from_secs(5))
     }
 
+    /// SIGKILLs a container's process, as a crash or the kernel's OOM killer would: nothing in it
+    /// gets to clean up (a leader does not release its Lease). `id` is the container ID of the
+    /// pod's status without its `containerd://` prefix.
+    pub fn kill_container(&self, id: &str) -> Result<()> {
+        self.ctr(&["tasks", "kill", "--signal", "SIGKILL", id])?;
+        Ok(())
+    }
+
+    /// Freezes a container's processes (the cgroup freezer): a hung process, or one cut off
+    /// from everything, that still exists. [`Node::resume_container`] thaws it.
+    pub fn pause_container(&self, id: &str) -> Result<()> {
+        self.ctr(&["tasks", "pause", id])?;
+        Ok(())
+    }
+
+    /// Thaws a container frozen by [`Node::pause_container`].
+    pub fn resume_container(&self, id: &str) -> Result<()> {
+        self.ctr(&["tasks", "resume", id])?;
+        Ok(())
+    }
+
     /// Stops containerd (its containers keep running, as on a real node) and starts it again.
     pub fn restart_containerd(&self) -> Result<()> {
         let index = self
