@@ -208,13 +208,18 @@ fn diagnostics(ns: &TestNamespace) -> String {
             "logs",
             "--all-containers",
             "--prefix",
-            "--tail=30",
+            "--tail=400",
             "-l",
             "app.kubernetes.io/part-of=tollgate",
         ],
         None,
     ) {
-        text.push_str(&String::from_utf8_lossy(&out.stdout));
+        // The events of each process, not the access log (lines with a "path").
+        let logs = String::from_utf8_lossy(&out.stdout);
+        for line in logs.lines().filter(|l| !l.contains("\"path\":")) {
+            text.push_str(line);
+            text.push('\n');
+        }
         text.push_str(&String::from_utf8_lossy(&out.stderr));
     }
     text
@@ -265,6 +270,12 @@ spec:
   paymentUrl: https://billing.example.com/upgrade?plan=tiny
 ---
 apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {{name: fleet}}
+spec:
+  quotas: [{{name: monthly-requests, metric: Requests, limit: "{FLEET_LIMIT}", period: Month}}]
+---
+apiVersion: tollgate.dev/v1alpha1
 kind: ApiRoute
 metadata: {{name: echo}}
 spec:
@@ -272,7 +283,12 @@ spec:
   backend: {{service: {{name: echo, port: 80}}}}
 "#
     );
-    for (tenant, plan) in [("globex", "roomy"), ("acme", "hourly"), ("initech", "tiny")] {
+    for (tenant, plan) in [
+        ("globex", "roomy"),
+        ("acme", "hourly"),
+        ("initech", "tiny"),
+        ("hooli", "fleet"),
+    ] {
         yaml.push_str(&format!(
             r#"---
 apiVersion: v1
@@ -294,6 +310,9 @@ spec:
     }
     yaml
 }
+
+/// The monthly requests of the `fleet` plan (tenant hooli), counted in Redis across proxies.
+const FLEET_LIMIT: u64 = 600;
 
 fn key(tenant: &str) -> String {
     format!("Bearer tg_node_{tenant}_0001")
@@ -562,6 +581,10 @@ fn helm_install_runs_tollgate_as_pods_that_enforce_plans() -> Result<()> {
 /// and time.
 struct Load {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// 200s so far, over all clients.
+    ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// 402s so far, over all clients.
+    payment_required: std::sync::Arc<std::sync::atomic::AtomicU64>,
     workers: Vec<std::thread::JoinHandle<Tally>>,
 }
 
@@ -593,9 +616,13 @@ impl Load {
 
     fn start(address: SocketAddr, tenant: &str, threads: usize) -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ok = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let payment_required = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let workers = (0..threads)
             .map(|_| {
                 let stop = stop.clone();
+                let ok = ok.clone();
+                let payment_required = payment_required.clone();
                 let authorization = key(tenant);
                 std::thread::spawn(move || {
                     let mut tally = Tally::default();
@@ -607,8 +634,15 @@ impl Load {
                             break;
                         }
                         match request(address, "/echo/load", &[("Authorization", &authorization)]) {
-                            Ok(r) if r.status == 200 => tally.ok += 1,
+                            Ok(r) if r.status == 200 => {
+                                tally.ok += 1;
+                                ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
                             Ok(r) => {
+                                if r.status == 402 {
+                                    payment_required
+                                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                }
                                 let entry = tally
                                     .failures
                                     .entry(format!("status {}", r.status))
@@ -627,7 +661,21 @@ impl Load {
                 })
             })
             .collect();
-        Self { stop, workers }
+        Self {
+            stop,
+            ok,
+            payment_required,
+            workers,
+        }
+    }
+
+    /// Waits until the clients have had `n` answers counted by `counter` (bounded by the load's
+    /// own limits).
+    fn wait_for(counter: &std::sync::atomic::AtomicU64, n: u64) {
+        let deadline = Instant::now() + Self::MAX_DURATION;
+        while counter.load(std::sync::atomic::Ordering::Relaxed) < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn finish(self) -> Tally {
@@ -861,6 +909,135 @@ fn when_the_operator_leader_hangs_or_goes_a_standby_takes_over_and_proxies_keep_
         0,
         "the proxies kept serving: {:?}",
         tally.failures
+    );
+    Ok(())
+}
+
+#[test]
+fn under_redis_fleet_quotas_a_killed_proxy_and_a_restarted_containerd_never_overspend() -> Result<()>
+{
+    // The chart's Redis StatefulSet keeps its append-only file on a PersistentVolume: a hostPath
+    // one here (no provisioner on the test node), owned by the Redis user.
+    let data = tempfile::Builder::new()
+        .prefix("tollgate-node-redis-")
+        .tempdir()?;
+    std::os::unix::fs::chown(data.path(), Some(999), Some(999))?;
+    let pv = format!(
+        "apiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: redis-data-{pid}}}\n\
+         spec: {{capacity: {{storage: 1Gi}}, accessModes: [ReadWriteOnce], persistentVolumeReclaimPolicy: Retain, \
+         hostPath: {{path: {path}, type: Directory}}}}\n",
+        pid = std::process::id(),
+        path = data.path().display()
+    );
+    // node() first: it starts this binary's cluster with the node.
+    let out = tollgate_tests::kubectl_with(
+        &node().plane.admin_kubeconfig,
+        &["apply", "-f", "-"],
+        Some(&pv),
+    )?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let installed = Installed::new(
+        "tollgate-redis",
+        &[
+            "--set",
+            "redis.deploy=true",
+            "--set",
+            &format!("redis.image={TEST_REGISTRY}/redis:{TEST_TAG}"),
+        ],
+    )?;
+    installed.wait_proxies(2)?;
+    until(installed.proxy, "hooli", "200 for hooli", |r| {
+        r.status == 200
+    })
+    .map_err(|e| anyhow::anyhow!("{e:#}\n{}", diagnostics(&installed.system)))?;
+    let mut admitted = 1;
+
+    // Half-way through the month's requests, one proxy is SIGKILLed (no drain, no flush).
+    let load = Load::start(installed.proxy, "hooli", 2);
+    Load::wait_for(&load.ok, FLEET_LIMIT / 2);
+    let victim = installed
+        .pods("app.kubernetes.io/name=tollgate-proxy")?
+        .into_iter()
+        .next()
+        .context("a proxy pod")?;
+    node()
+        .node
+        .kill_container(&installed.container_id(&victim)?)?;
+    installed.wait_proxies(2)?;
+    // Until the quota is spent, at both proxies.
+    Load::wait_for(&load.payment_required, 100);
+    let tally = load.finish();
+    admitted += tally.ok;
+    eprintln!(
+        "fleet quota of {FLEET_LIMIT} under load with a proxy SIGKILLed: {admitted} admitted, other answers {:?}",
+        tally.failures
+    );
+    assert!(
+        admitted <= FLEET_LIMIT,
+        "the fleet admitted {admitted} requests over a quota of {FLEET_LIMIT}"
+    );
+    assert!(
+        tally.failures.contains_key("status 402")
+            && tally
+                .failures
+                .keys()
+                .all(|kind| kind == "status 402" || !kind.starts_with("status")),
+        "402s once spent, and no other status (the killed pod may drop connections): {:?}",
+        tally.failures
+    );
+
+    // containerd restarts under the running pods: they keep running, and the counters hold.
+    let restarted = Instant::now();
+    node().node.restart_containerd()?;
+    for deployment in ["proxy", "operator"] {
+        wait_rollout(&installed.system, &installed.deployment(deployment), "120s")?;
+    }
+    // Admissions after the restart (a proxy may still hold leased units) count too. While
+    // kubelet reconnects to containerd the Service may refuse connections for a moment.
+    let authorization = key("hooli");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut refused = 0;
+    loop {
+        match request(
+            installed.proxy,
+            "/echo/x",
+            &[("Authorization", &authorization)],
+        ) {
+            Ok(response) if response.status == 200 => admitted += 1,
+            Ok(response) if response.status == 402 => break,
+            Ok(response) => bail!("hooli after containerd's restart: {response:?}"),
+            Err(e) if Instant::now() < deadline => {
+                refused += 1;
+                if refused == 1 {
+                    eprintln!("after containerd's restart: {e:#}");
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "the proxies after containerd's restart\n{}",
+                    diagnostics(&installed.system)
+                )));
+            }
+        }
+        assert!(
+            admitted <= FLEET_LIMIT,
+            "{admitted} admitted over {FLEET_LIMIT}"
+        );
+    }
+    until(
+        installed.proxy,
+        "globex",
+        "200 after containerd's restart",
+        |r| r.status == 200,
+    )?;
+    eprintln!(
+        "containerd restarted; pods serving and the quota still spent ({admitted} of {FLEET_LIMIT} admitted) after {:.1}s ({refused} attempts refused meanwhile)",
+        restarted.elapsed().as_secs_f64()
     );
     Ok(())
 }
