@@ -45,6 +45,15 @@ pub async fn run(cli: Cli) -> Result<()> {
     // Listened for before anything else: a SIGTERM during start-up (a rollout that changed its
     // mind) shuts down gracefully instead of killing the process mid-way.
     let shutdown = ShutdownSignal::listen().context("listening for SIGTERM and SIGINT")?;
+    // Checked before anything starts: an operator that took the Lease and then stopped over a
+    // flag would cost the fleet a lease's worth of failover.
+    let role_pod = match (cli.label_pod_role, &cli.identity) {
+        (false, _) => None,
+        (true, Some(pod)) => Some(pod.clone()),
+        (true, None) => anyhow::bail!(
+            "--label-pod-role needs the pod's name in --identity (POD_NAME from the downward API)"
+        ),
+    };
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default()
         .await
@@ -82,12 +91,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         leader_flag.clone(),
     ));
 
-    if cli.label_pod_role {
-        let Some(pod) = cli.identity.clone() else {
-            anyhow::bail!(
-                "--label-pod-role needs the pod's name in --identity (POD_NAME from the downward API)"
-            );
-        };
+    if let Some(pod) = role_pod {
         tokio::spawn(pod_role::run(
             client.clone(),
             cli.operator_namespace.clone(),

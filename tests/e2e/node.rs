@@ -63,6 +63,19 @@ impl Response {
     }
 }
 
+/// How many requests of `tenant` reached the echo backend (its log has a line per request).
+fn backend_requests(app: &TestNamespace, tenant: &str) -> Result<u64> {
+    let out = app.kubectl(&["logs", "deployment/echo"], None)?;
+    if !out.status.success() {
+        bail!("kubectl logs: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let needle = format!("tenant={}/{tenant}", app.name);
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.ends_with(&needle))
+        .count() as u64)
+}
+
 /// The ClusterIP and first port of a Service.
 fn service_address(ns: &TestNamespace, service: &str) -> Result<SocketAddr> {
     let out = ns.kubectl(
@@ -311,6 +324,9 @@ spec:
     yaml
 }
 
+/// The `roomy` plan's rate: never reached by the tests' load, whatever the machine's speed.
+const ROOMY_PER_SECOND: u32 = 1_000_000;
+
 /// The monthly requests of the `fleet` plan (tenant hooli), counted in Redis across proxies.
 const FLEET_LIMIT: u64 = 600;
 
@@ -391,7 +407,7 @@ impl Installed {
         );
         app.apply_ok(&echo_backend_yaml(1))?;
         wait_rollout(&app, "echo", "120s")?;
-        app.apply_ok(&tenants_yaml(1000))?;
+        app.apply_ok(&tenants_yaml(ROOMY_PER_SECOND))?;
         let proxy = service_address(&system, &format!("{release}-proxy"))?;
         Ok(Self {
             release: release.to_owned(),
@@ -445,25 +461,16 @@ fn helm_install_runs_tollgate_as_pods_that_enforce_plans() -> Result<()> {
     let installed = Installed::new("tollgate", &[])?;
     let (system, app, proxy) = (&installed.system, &installed.app, installed.proxy);
 
-    // One leader among the operator's pods, and the config Service routes to it alone.
-    let (operators, holder) = installed.operators()?;
+    // One leader among the operator's pods (Ready does not wait for the election), and its pod
+    // alone labelled for the config Service.
+    let holder = installed.wait_new_leader("")?;
+    let (operators, _) = installed.operators()?;
     assert_eq!(operators.len(), 2, "{operators:?}");
     assert!(
         operators.contains(&holder),
         "the lease is held by one of the operator pods {operators:?}: {holder:?}"
     );
-    let leaders = system.kubectl(
-        &[
-            "get",
-            "pods",
-            "-l",
-            "tollgate.dev/role=leader",
-            "-o",
-            "jsonpath={.items[*].metadata.name}",
-        ],
-        None,
-    )?;
-    assert_eq!(String::from_utf8_lossy(&leaders.stdout).trim(), holder);
+    installed.wait_leader_label(&holder)?;
 
     // 200 through the proxy Service, forwarded to the echo pod with the tenant named.
     let ok = until(proxy, "globex", "200 for globex", |r| r.status == 200)
@@ -481,7 +488,7 @@ fn helm_install_runs_tollgate_as_pods_that_enforce_plans() -> Result<()> {
     );
     assert_eq!(
         ok.header("ratelimit-policy"),
-        Some("\"per-second\";q=1000;w=1"),
+        Some(format!("\"per-second\";q={ROOMY_PER_SECOND};w=1").as_str()),
         "{ok:?}"
     );
 
@@ -678,15 +685,22 @@ impl Load {
         }
     }
 
-    fn finish(self) -> Tally {
+    fn finish(mut self) -> Tally {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut total = Tally::default();
-        for worker in self.workers {
+        for worker in std::mem::take(&mut self.workers) {
             if let Ok(tally) = worker.join() {
                 total.merge(tally);
             }
         }
         total
+    }
+}
+
+/// A test that fails half-way stops its clients too (they would load the machine for minutes).
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -972,6 +986,14 @@ fn under_redis_fleet_quotas_a_killed_proxy_and_a_restarted_containerd_never_over
     Load::wait_for(&load.payment_required, 100);
     let tally = load.finish();
     admitted += tally.ok;
+    // The backend's count is the truth: a request admitted whose answer was lost with the killed
+    // pod's connection counts there and not at the client.
+    let reached = backend_requests(&installed.app, "hooli")?;
+    assert!(
+        reached >= admitted,
+        "{reached} reached the backend, {admitted} answered 200"
+    );
+    admitted = reached;
     eprintln!(
         "fleet quota of {FLEET_LIMIT} under load with a proxy SIGKILLed: {admitted} admitted, other answers {:?}",
         tally.failures
@@ -1029,6 +1051,20 @@ fn under_redis_fleet_quotas_a_killed_proxy_and_a_restarted_containerd_never_over
             "{admitted} admitted over {FLEET_LIMIT}"
         );
     }
+    // And every proxy is spent: none holds leased units the other did not count.
+    for ip in pod_ips(&installed.system, "app.kubernetes.io/name=tollgate-proxy")? {
+        until(
+            SocketAddr::new(ip, 8080),
+            "hooli",
+            "402 at every proxy",
+            |r| r.status == 402,
+        )?;
+    }
+    let reached = backend_requests(&installed.app, "hooli")?;
+    assert!(
+        reached <= FLEET_LIMIT,
+        "{reached} requests reached the backend over a quota of {FLEET_LIMIT}"
+    );
     until(
         installed.proxy,
         "globex",

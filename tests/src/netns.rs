@@ -3,10 +3,11 @@
 //! container runtime and kubelet, so that nothing they start outlives the test binary.
 //!
 //! A holder process (`unshare --net --pid --mount --fork --kill-child`) is PID 1 of the new PID
-//! namespace. When the test binary ends, the holder's watchdog kills `unshare`, the kernel kills the
-//! holder (`--kill-child`), and with it every process of the PID namespace — containerd's shims
-//! and every container — and the mount namespace, with every mount kubelet and containerd made,
-//! goes with its last process. Nothing is mounted on the host.
+//! namespace. When the test binary ends, the holder's watchdog signals `unshare` (which waits out
+//! SIGTERM; SIGKILL follows within seconds), the kernel kills the holder (`--kill-child`), and with
+//! it every process of the PID namespace — containerd's shims and every container — and the mount
+//! namespace, with every mount kubelet and containerd made, goes with its last process. Nothing is
+//! mounted on the host; the containers' cgroups are removed last (see `CLEANUP`).
 
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -26,6 +27,16 @@ const HOLDER: &str = r#"
 set -e
 read -r pid _ < /proc/self/stat
 mount -t proc proc /proc
+# kubelet sets six kernel-wide settings (panic on oops, reboot 10 s after a panic, overcommit...)
+# unless they already hold its values, and they are not namespaced: it would change the host's.
+# Inside this mount namespace it reads files that hold its values, and leaves the host alone.
+for setting in vm/overcommit_memory=1 vm/panic_on_oom=0 kernel/panic=10 kernel/panic_on_oops=1 \
+        kernel/keys/root_maxkeys=1000000 kernel/keys/root_maxbytes=25000000; do
+    name=${setting%%=*}
+    shown="$SYSCTL_DIR/$(echo "$name" | tr / .)"
+    echo "${setting#*=}" > "$shown"
+    mount --bind "$shown" "/proc/sys/$name"
+done
 # Where containerd, its CNI plugins and kubelet keep state at fixed paths: private to the node.
 for dir in /run/netns /run/containerd /var/lib/cni /var/log/pods /var/log/containers; do
     mkdir -p "$dir"
@@ -41,11 +52,34 @@ echo "$pid" > "$PID_FILE"
 exec sleep infinity
 "#;
 
+/// Run once the holder (and so every container) is gone: containerd leaves each container's
+/// cgroups behind (under `k8s.io/<id>` in every hierarchy), and a frozen container cannot die
+/// until thawed. The containers are those containerd still had tasks for.
+const CLEANUP: &str = r#"
+tasks="$1/node/containerd/state/io.containerd.runtime.v2.task/k8s.io"
+for id in $(ls "$tasks" 2>/dev/null); do
+    state=/sys/fs/cgroup/freezer/k8s.io/$id/freezer.state
+    [ -f "$state" ] && echo THAWED > "$state"
+done
+for _ in $(seq 1 60); do
+    left=0
+    for id in $(ls "$tasks" 2>/dev/null); do
+        for cgroup in /sys/fs/cgroup/*/k8s.io/"$id" /sys/fs/cgroup/k8s.io/"$id"; do
+            [ -d "$cgroup" ] || continue
+            rmdir "$cgroup" 2>/dev/null || left=1
+        done
+    done
+    [ "$left" = 0 ] && exit 0
+    sleep 0.5
+done
+"#;
+
 /// A network + PID + mount namespace held open for the test binary's lifetime.
 #[derive(Debug)]
 pub struct NodeNamespaces {
     holder: Supervised,
     pid: u32,
+    dir: PathBuf,
 }
 
 impl NodeNamespaces {
@@ -53,7 +87,9 @@ impl NodeNamespaces {
     /// test binary is gone.
     pub fn create(dir: &Path) -> Result<Self> {
         let pid_file = dir.join("netns.pid");
-        let mut holder = Supervised::spawn_with_env(
+        let sysctl_dir = dir.join("sysctl-as-kubelet-wants");
+        std::fs::create_dir_all(&sysctl_dir)?;
+        let mut holder = Supervised::spawn_with_cleanup(
             "namespaces",
             Path::new("/usr/bin/unshare"),
             &[
@@ -71,8 +107,10 @@ impl NodeNamespaces {
             Some(dir),
             &[
                 ("PID_FILE", pid_file.display().to_string()),
+                ("SYSCTL_DIR", sysctl_dir.display().to_string()),
                 ("NODE_IP", NODE_IP.to_string()),
             ],
+            CLEANUP,
         )?;
         let deadline = Instant::now() + Duration::from_secs(10);
         let pid = loop {
@@ -89,7 +127,17 @@ impl NodeNamespaces {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        Ok(Self { holder, pid })
+        Ok(Self {
+            holder,
+            pid,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// The directory removed last, once everything in the namespaces is gone: the node keeps
+    /// its files (containerd's, kubelet's) here.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// `/proc/PID/ns/net` of the holder.

@@ -7,8 +7,8 @@
 //! Settings this machine needs, measured (../shared/notes/node-spike.md):
 //! - `restrict_oom_score_adj`: the test process lacks CAP_SYS_RESOURCE, so runc cannot set the
 //!   negative oom_score_adj containerd asks for sandboxes;
-//! - kubelet without QoS cgroups (`cgroupsPerQOS: false`), cgroupfs driver, pods under a cgroup of
-//!   this node's own (removed when the test binary ends), no swap check;
+//! - kubelet without QoS cgroups (`cgroupsPerQOS: false`), cgroupfs driver, no swap check (the
+//!   containers' cgroups, `k8s.io/<id>`, are removed when the test binary ends: see netns.rs);
 //! - kube-proxy masquerades all Service traffic (`masqueradeAll`): pods on one bridge then see
 //!   replies come back through the node, without br_netfilter.
 
@@ -79,7 +79,9 @@ impl Node {
                 "{program} not found: apt-get install containerd runc containernetworking-plugins (tests/run.sh does)"
             );
         }
-        let dir = plane.dir.join("node");
+        // In the namespaces' directory, removed after everything in them is gone (the control
+        // plane's goes when etcd and kube-apiserver stop, while kubelet may still write).
+        let dir = namespaces.dir().join("node");
         std::fs::create_dir_all(&dir)?;
         let mut node = Self {
             namespaces,
@@ -288,7 +290,6 @@ healthzBindAddress: 127.0.0.1
 containerRuntimeEndpoint: unix://{socket}
 cgroupDriver: cgroupfs
 cgroupsPerQOS: false
-cgroupRoot: /{cgroup}
 enforceNodeAllocatable: []
 failSwapOn: false
 localStorageCapacityIsolation: false
@@ -310,12 +311,10 @@ syncFrequency: 10s
 fileCheckFrequency: 10s
 "#,
                 socket = self.containerd_socket.display(),
-                cgroup = cgroup_name(),
                 resolv = resolv.display(),
                 ca = plane.ca_file().display(),
             ),
         )?;
-        sweep_cgroups_after_exit();
         self.spawn_all(
             "kubelet",
             &bin.join("kubelet"),
@@ -486,32 +485,4 @@ healthzBindAddress: 127.0.0.1:10256
         )?);
         self.wait_containerd()
     }
-}
-
-/// The cgroup (in every hierarchy) the node's pods live under: one per test binary.
-fn cgroup_name() -> String {
-    format!("tollgate-test-node-{}", std::process::id())
-}
-
-/// Once the test binary is gone (and with it every container), removes the node's cgroups: the
-/// kernel keeps empty cgroup directories until someone removes them, deepest first.
-fn sweep_cgroups_after_exit() {
-    let script = r#"
-while kill -0 "$1" 2>/dev/null; do sleep 0.5; done
-sleep 2
-for root in /sys/fs/cgroup/*/"$2" /sys/fs/cgroup/"$2"; do
-    [ -d "$root" ] && find "$root" -depth -type d -exec rmdir {} \; 2>/dev/null
-done
-exit 0
-"#;
-    let _ = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .arg("cgroup-sweeper")
-        .arg(std::process::id().to_string())
-        .arg(cgroup_name())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn();
 }

@@ -13,12 +13,21 @@ use anyhow::{Context, Result};
 // The server runs in a process group of its own (setsid), and signals go to the whole group: a
 // server started through `nsenter` into a PID namespace is nsenter's child, and nsenter does not
 // pass signals on. The watchdog waits until no process of the group is left.
+//
+// The watchdog ignores SIGHUP and SIGINT (a closed terminal, a Ctrl-C reaching the whole
+// foreground group) and passes SIGTERM on: it must outlive the test binary to clean up. Liveness
+// is checked on the group, whose ID cannot be reused while any member lives (and signals only
+// ever go to the group, never to a bare PID that may have been reused).
 const WATCHDOG: &str = r#"
-parent=$1; scratch=$2; log=$3; shift 3
+parent=$1; scratch=$2; log=$3; cleanup=$4; shift 4
+child=
+trap '[ -n "$child" ] && kill -TERM -$child 2>/dev/null' TERM
 setsid "$@" >>"$log" 2>&1 &
 child=$!
-trap 'kill -TERM -$child 2>/dev/null' TERM INT
-while kill -0 "$parent" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 0.2; done
+# After the start: a signal ignored here would stay ignored in the server.
+trap '' HUP INT
+# The group exists once setsid has run; until then the process does.
+while kill -0 "$parent" 2>/dev/null && { kill -0 -"$child" || kill -0 "$child"; } 2>/dev/null; do sleep 0.2; done
 kill -TERM -"$child" 2>/dev/null
 for _ in $(seq 1 50); do kill -0 -"$child" 2>/dev/null || break; sleep 0.1; done
 kill -KILL -"$child" 2>/dev/null
@@ -26,6 +35,7 @@ wait "$child" 2>/dev/null
 echo "== exited" >>"$log"
 # Keep logs for the error message while the tests run; clean up once the test binary is gone.
 while kill -0 "$parent" 2>/dev/null; do sleep 0.5; done
+[ -n "$cleanup" ] && sh -c "$cleanup" cleanup "$scratch" >>"$log" 2>&1
 [ -n "$scratch" ] && rm -rf "$scratch"
 "#;
 
@@ -60,6 +70,21 @@ impl Supervised {
         scratch: Option<&Path>,
         env: &[(&str, String)],
     ) -> Result<Self> {
+        Self::spawn_with_cleanup(name, program, args, log, scratch, env, "")
+    }
+
+    /// Like [`Supervised::spawn_with_env`], with a shell script run once the server and the test
+    /// binary are gone, before `scratch` is removed (`$1` is `scratch`): for what the server
+    /// leaves outside it.
+    pub fn spawn_with_cleanup(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        scratch: Option<&Path>,
+        env: &[(&str, String)],
+        cleanup: &str,
+    ) -> Result<Self> {
         let mut cmd = Command::new("sh");
         for (k, v) in env {
             cmd.env(k, v);
@@ -70,6 +95,7 @@ impl Supervised {
             .arg(std::process::id().to_string())
             .arg(scratch.map(|p| p.display().to_string()).unwrap_or_default())
             .arg(log)
+            .arg(cleanup)
             .arg(program)
             .args(args)
             .stdin(Stdio::null())

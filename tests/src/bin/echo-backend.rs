@@ -1,6 +1,7 @@
 //! The echo backend of the end-to-end tests on a real node: an HTTP/1.1 server that answers every
 //! request with a JSON description of it (method, path, headers) and of who answered (the pod's
-//! name from `POD_NAME`), so a test can see what the proxy forwarded and which pod served it.
+//! name from `POD_NAME`), so a test can see what the proxy forwarded and which pod served it. Each
+//! request is also logged on stdout (method, path, `X-Tollgate-Tenant`): what reached the backend.
 //! Shipped as a test-only image (tests/src/images.rs); it exits at once on SIGTERM.
 //!
 //!     echo-backend [--listen 0.0.0.0:8080]
@@ -48,6 +49,13 @@ async fn describe(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infal
         .collect();
     let method = req.method().to_string();
     let path = req.uri().to_string();
+    // One line per request, for tests that count what reached the backend (`kubectl logs`).
+    let tenant = req
+        .headers()
+        .get("x-tollgate-tenant")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    println!("{method} {path} tenant={tenant}");
     let body_len = match req.into_body().collect().await {
         Ok(body) => body.to_bytes().len(),
         Err(_) => 0,
