@@ -101,7 +101,7 @@ pub struct Cli {
 
     /// Label this replica's pod (named by --identity, in --operator-namespace) with
     /// tollgate.dev/role=leader while it leads and =standby otherwise, so that a Service selecting
-    /// the leader label sends proxies to the leader. Needs get/patch on pods (the chart grants it).
+    /// the leader label sends proxies to the leader. Needs patch on pods (the chart grants patch).
     #[arg(long, env = "TOLLGATE_LABEL_POD_ROLE")]
     pub label_pod_role: bool,
 

@@ -48,7 +48,7 @@ pub async fn run(
                 role,
                 error = %e,
                 retry_in = ?backoff,
-                "cannot label this replica's pod with its role (the chart's Role grants pods get/patch); proxies find the leader only by that label"
+                "cannot label this replica's pod with its role (the chart's Role grants patch on pods); proxies find the leader only by that label"
             );
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}

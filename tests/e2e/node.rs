@@ -553,6 +553,47 @@ fn helm_install_runs_tollgate_as_pods_that_enforce_plans() -> Result<()> {
         })?;
     }
 
+    // The README's install steps end with the quickstart examples: they work through the
+    // proxy Service too.
+    let examples = tollgate_tests::repo_root().join("examples/quickstart");
+    let out = app.kubectl(&["apply", "-f", &examples.display().to_string()], None)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hello = {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let last = request(
+                proxy,
+                "/v1/hello",
+                &[("Authorization", "Bearer tg_demo_globex_0001")],
+            );
+            match &last {
+                Ok(r) if r.status == 200 => break last?,
+                _ if Instant::now() > deadline => bail!("the quickstart's hello: {last:?}"),
+                _ => std::thread::sleep(Duration::from_millis(250)),
+            }
+        }
+    };
+    assert_eq!(hello.body, r#"{"hello":"world"}"#);
+    let out = app.kubectl(
+        &[
+            "wait",
+            "tenant/acme",
+            "tenant/globex",
+            "--for=condition=Ready",
+            "--timeout=60s",
+        ],
+        None,
+    )?;
+    assert!(
+        out.status.success(),
+        "the quickstart's tenants Ready: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Metrics from each pod: what it answered.
     let mut answered = 0.0;
     for ip in &proxies {
