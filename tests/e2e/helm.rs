@@ -1,33 +1,16 @@
 //! The Helm chart: lint, render for every documented option, schema validation, deploy/ kept in
 //! sync, and a real `helm install` into the test API server whose RBAC the operator then runs on.
 
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use kube::api::Api;
 use tollgate_crds::resources::QuotaPolicy;
 use tollgate_tests::fleet::{Fleet, eventually};
-use tollgate_tests::{cluster, helm, repo_root};
+use tollgate_tests::{cluster, helm_ok, repo_root, run_helm};
 
 fn chart() -> String {
     repo_root().join("charts/tollgate").display().to_string()
-}
-
-fn run_helm(args: &[&str]) -> Result<std::process::Output> {
-    Ok(Command::new(helm()?).args(args).output()?)
-}
-
-fn helm_ok(args: &[&str]) -> Result<String> {
-    let out = run_helm(args)?;
-    if !out.status.success() {
-        bail!(
-            "helm {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn kinds(rendered: &str) -> Vec<String> {

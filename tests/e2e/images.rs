@@ -8,38 +8,17 @@ use std::process::Command;
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use tollgate_tests::process::Supervised;
-use tollgate_tests::{repo_root, workspace_binary};
+use tollgate_tests::{images, repo_root, workspace_binary};
 
-/// The binary, stripped (the image builder is fed stripped release binaries; the debug build's
-/// symbols would only make the test slow).
+/// `name` from this workspace, stripped (the image builder is fed stripped release binaries; the
+/// debug build's symbols would only make the test slow).
 fn stripped(name: &str, dir: &Path) -> Result<PathBuf> {
-    let out = dir.join(name);
-    let status = Command::new("strip")
-        .arg("-o")
-        .arg(&out)
-        .arg(workspace_binary(name)?)
-        .status()
-        .context("strip (Debian package binutils)")?;
-    ensure!(status.success(), "strip failed");
-    Ok(out)
+    images::stripped(&workspace_binary(name)?, dir)
 }
 
 /// Builds `name`'s image into `out`; the archive's path.
 fn build(binary: &Path, name: &str, ports: &[u16], out: &Path) -> Result<PathBuf> {
-    let mut cmd = Command::new(repo_root().join("deploy/images/build.py"));
-    cmd.arg(binary)
-        .args(["--name", name, "--tag", "0.0.0-test", "--out"])
-        .arg(out);
-    for port in ports {
-        cmd.args(["--port", &port.to_string()]);
-    }
-    let result = cmd.output().context("python3 deploy/images/build.py")?;
-    ensure!(
-        result.status.success(),
-        "build.py failed: {}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    Ok(out.join(format!("{name}-0.0.0-test.oci.tar")))
+    Ok(images::build(binary, name, None, ports, &[], out)?.archive)
 }
 
 fn unpack(archive: &Path, into: &Path) -> Result<()> {
@@ -234,6 +213,30 @@ fn bad_arguments_are_refused_with_a_reason() -> Result<()> {
         (
             vec![binary.as_str(), "--name", "x", "--tag", "1", "--port", "0"],
             "is not a TCP port",
+        ),
+        (
+            vec![
+                binary.as_str(),
+                "--name",
+                "x",
+                "--tag",
+                "1",
+                "--registry",
+                "Evil Registry/",
+            ],
+            "is not a registry name",
+        ),
+        (
+            vec![
+                binary.as_str(),
+                "--name",
+                "x",
+                "--tag",
+                "1",
+                "--also",
+                "/nonexistent",
+            ],
+            "is not an executable file",
         ),
     ] {
         let result = Command::new(repo_root().join("deploy/images/build.py"))

@@ -194,22 +194,6 @@ fn pods_start_from_imported_images_and_answer_through_their_service() -> Result<
     Ok(())
 }
 
-fn run_helm(args: &[&str]) -> Result<String> {
-    let out = std::process::Command::new(tollgate_tests::helm()?)
-        .arg("--kubeconfig")
-        .arg(tollgate_tests::cluster().kubeconfig())
-        .args(args)
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "helm {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// What went on in a namespace, for a failure message: pods, events, and every container's log.
 fn diagnostics(ns: &TestNamespace) -> String {
     let mut text = String::new();
@@ -383,6 +367,8 @@ impl Installed {
             .context("image tag")?;
         let chart = tollgate_tests::repo_root().join("charts/tollgate");
         let mut args = vec![
+            "--kubeconfig".to_owned(),
+            local.plane.admin_kubeconfig.display().to_string(),
             "install".to_owned(),
             release.to_owned(),
             chart.display().to_string(),
@@ -398,7 +384,7 @@ impl Installed {
         ];
         args.extend(extra.iter().map(|a| (*a).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        if let Err(e) = run_helm(&args) {
+        if let Err(e) = tollgate_tests::helm_ok(&args) {
             bail!("{e:#}\n{}", diagnostics(&system));
         }
         eprintln!(

@@ -414,3 +414,21 @@ pub fn helm() -> Result<PathBuf> {
     };
     Ok(bin.join("helm"))
 }
+
+/// `helm ARGS` with the test environment's helm; the output, successful or not.
+pub fn run_helm(args: &[&str]) -> Result<Output> {
+    Ok(Command::new(helm()?).args(args).output()?)
+}
+
+/// `helm ARGS`, failing with helm's message unless it succeeds; returns stdout.
+pub fn helm_ok(args: &[&str]) -> Result<String> {
+    let out = run_helm(args)?;
+    if !out.status.success() {
+        bail!(
+            "helm {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

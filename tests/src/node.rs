@@ -101,24 +101,25 @@ impl Node {
         Ok(node)
     }
 
-    fn spawn_net(&mut self, name: &str, program: &Path, args: Vec<String>) -> Result<()> {
-        let mut full = self.namespaces.enter_net();
+    /// Starts a daemon through `nsenter ENTER program args`, logging to DIR/NAME.log.
+    fn spawn(&self, enter: Vec<String>, name: &str, program: &Path, args: &[String]) -> Result<()> {
+        let mut full = enter;
         full.push(program.display().to_string());
-        full.extend(args);
+        full.extend_from_slice(args);
         let log = self.dir.join(format!("{name}.log"));
         let daemon = Supervised::spawn(name, Path::new("/usr/bin/nsenter"), &full, &log, None)?;
         self.daemons().push(daemon);
         Ok(())
     }
 
-    fn spawn_all(&mut self, name: &str, program: &Path, args: Vec<String>) -> Result<()> {
-        let mut full = self.namespaces.enter_all();
-        full.push(program.display().to_string());
-        full.extend(args);
-        let log = self.dir.join(format!("{name}.log"));
-        let daemon = Supervised::spawn(name, Path::new("/usr/bin/nsenter"), &full, &log, None)?;
-        self.daemons().push(daemon);
-        Ok(())
+    /// A daemon in the node's network only.
+    fn spawn_net(&self, name: &str, program: &Path, args: Vec<String>) -> Result<()> {
+        self.spawn(self.namespaces.enter_net(), name, program, &args)
+    }
+
+    /// A daemon that starts containers or mounts volumes: in all three namespaces.
+    fn spawn_all(&self, name: &str, program: &Path, args: &[String]) -> Result<()> {
+        self.spawn(self.namespaces.enter_all(), name, program, args)
     }
 
     fn start_controllers(&mut self, bin: &Path, plane: &LocalControlPlane) -> Result<()> {
@@ -219,7 +220,7 @@ state = "{dir}/containerd/state"
         self.spawn_all(
             "containerd",
             Path::new("/usr/bin/containerd"),
-            self.containerd_args.clone(),
+            &self.containerd_args,
         )?;
         self.wait_containerd()?;
         for image in images {
@@ -318,7 +319,7 @@ fileCheckFrequency: 10s
         self.spawn_all(
             "kubelet",
             &bin.join("kubelet"),
-            vec![
+            &[
                 format!("--config={}", config.display()),
                 format!("--kubeconfig={}", kubeconfig.display()),
                 format!("--root-dir={}", root.display()),
@@ -472,17 +473,11 @@ healthzBindAddress: 127.0.0.1:10256
             .context("containerd is not running")?;
         let mut old = self.daemons().remove(index);
         old.stop_and_wait();
-        let log = self.dir.join("containerd.log");
-        let mut full = self.namespaces.enter_all();
-        full.push("/usr/bin/containerd".into());
-        full.extend(self.containerd_args.clone());
-        self.daemons().push(Supervised::spawn(
+        self.spawn_all(
             "containerd",
-            Path::new("/usr/bin/nsenter"),
-            &full,
-            &log,
-            None,
-        )?);
+            Path::new("/usr/bin/containerd"),
+            &self.containerd_args,
+        )?;
         self.wait_containerd()
     }
 }
