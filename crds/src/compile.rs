@@ -20,8 +20,8 @@ use crate::resources::{
     self, ApiRoute, Approval, Metric, QuotaPolicy, SubscriptionState, SubscriptionStatus,
 };
 use crate::snapshot::{
-    HostMatch, KeyDigest, ModelPrice, ObjectKey, PathMatch, Plan, Pricing, Quota, RateLimit, Route,
-    RouteBackend, Snapshot, Tenant, TenantSubscription,
+    HostMatch, KeyDigest, ModelPrice, ObjectKey, PathMatch, Plan, Pricing, Quota, RateLimit,
+    ReservationPolicy, Route, RouteBackend, Snapshot, Tenant, TenantSubscription,
 };
 
 /// Namespace of objects that do not name one (standalone manifests).
@@ -331,6 +331,16 @@ fn compile_plan(key: &ObjectKey, plan: &QuotaPolicy) -> Result<Plan, Vec<FieldEr
         pricing,
         payment_url: spec.payment_url.clone(),
         failure_policy: spec.failure_policy,
+        reservation: spec
+            .reservation
+            .as_ref()
+            .map_or_else(ReservationPolicy::default, |r| ReservationPolicy {
+                max_output_tokens: r
+                    .max_output_tokens
+                    .unwrap_or(ReservationPolicy::DEFAULT_MAX_OUTPUT_TOKENS)
+                    .max(1),
+                estimate: r.estimate,
+            }),
     })
 }
 
@@ -359,15 +369,38 @@ fn compile_pricing(p: &resources::Pricing) -> Result<Pricing, Vec<FieldError>> {
                 format!("model {:?} is priced twice", m.model),
             ));
         }
-        let input = parse_decimal(&m.input_per_million_tokens)
-            .map_err(|e| errors.push(invalid(format!("{field}.inputPerMillionTokens"), e)));
-        let output = parse_decimal(&m.output_per_million_tokens)
-            .map_err(|e| errors.push(invalid(format!("{field}.outputPerMillionTokens"), e)));
-        if let (Ok(input), Ok(output)) = (input, output) {
+        let mut price = |name: &str, text: Option<&str>| match text.map(parse_decimal) {
+            Some(Ok(d)) => Ok(Some(d)),
+            None => Ok(None),
+            Some(Err(e)) => {
+                errors.push(invalid(format!("{field}.{name}"), e));
+                Err(())
+            }
+        };
+        let input = price("inputPerMillionTokens", Some(&m.input_per_million_tokens));
+        let output = price("outputPerMillionTokens", Some(&m.output_per_million_tokens));
+        let cached = price(
+            "cachedInputPerMillionTokens",
+            m.cached_input_per_million_tokens.as_deref(),
+        );
+        let cache_write = price(
+            "cacheWriteInputPerMillionTokens",
+            m.cache_write_input_per_million_tokens.as_deref(),
+        );
+        let reasoning = price(
+            "reasoningPerMillionTokens",
+            m.reasoning_per_million_tokens.as_deref(),
+        );
+        if let (Ok(Some(input)), Ok(Some(output)), Ok(cached), Ok(cache_write), Ok(reasoning)) =
+            (input, output, cached, cache_write, reasoning)
+        {
             models.push(ModelPrice {
                 model: m.model.clone(),
                 input_per_million_tokens: input,
                 output_per_million_tokens: output,
+                cached_input_per_million_tokens: cached,
+                cache_write_input_per_million_tokens: cache_write,
+                reasoning_per_million_tokens: reasoning,
             });
         }
     }

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::resources::{
     Approval, BillingState, FailurePolicy, HttpMethod, LifecycleState, Metering, Metric, Period,
-    SubscriptionState,
+    ReservationEstimate, SubscriptionState,
 };
 
 /// Namespace and name of an object. Displayed as `namespace/name`.
@@ -310,6 +310,33 @@ pub struct Plan {
     pub payment_url: Option<String>,
     /// Behaviour when the counter store is unreachable.
     pub failure_policy: FailurePolicy,
+    /// How token and Cost quotas reserve before a call (defaults when a snapshot predates it).
+    #[serde(default)]
+    pub reservation: ReservationPolicy,
+}
+
+/// How a call's usage is reserved at admission (QuotaPolicy `spec.reservation`, defaults filled).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReservationPolicy {
+    /// Output tokens reserved when a call names no bound, and the most reserved for one.
+    pub max_output_tokens: u64,
+    /// Learned or Bound.
+    pub estimate: ReservationEstimate,
+}
+
+impl ReservationPolicy {
+    /// Output tokens reserved for a call naming no bound, unless the plan says otherwise.
+    pub const DEFAULT_MAX_OUTPUT_TOKENS: u64 = 4096;
+}
+
+impl Default for ReservationPolicy {
+    fn default() -> Self {
+        Self {
+            max_output_tokens: Self::DEFAULT_MAX_OUTPUT_TOKENS,
+            estimate: ReservationEstimate::Learned,
+        }
+    }
 }
 
 /// A short-window rate limit.
@@ -372,6 +399,15 @@ pub struct ModelPrice {
     pub input_per_million_tokens: Decimal,
     /// Price per million completion tokens.
     pub output_per_million_tokens: Decimal,
+    /// Price per million cached prompt tokens read (the input price when not given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_million_tokens: Option<Decimal>,
+    /// Price per million prompt tokens written to a cache (the input price when not given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_write_input_per_million_tokens: Option<Decimal>,
+    /// Price per million reasoning tokens (the output price when not given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_per_million_tokens: Option<Decimal>,
 }
 
 #[cfg(test)]
@@ -418,6 +454,9 @@ mod tests {
             model: m.into(),
             input_per_million_tokens: Decimal::ONE,
             output_per_million_tokens: Decimal::ONE,
+            cached_input_per_million_tokens: None,
+            cache_write_input_per_million_tokens: None,
+            reasoning_per_million_tokens: None,
         };
         let pricing = Pricing {
             currency: "USD".into(),

@@ -202,6 +202,7 @@ mod tests {
             pricing: None,
             payment_url: None,
             failure_policy: FailurePolicy::FailClosed,
+            reservation: Default::default(),
         }
     }
 

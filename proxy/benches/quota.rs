@@ -9,7 +9,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use tollgate_crds::synthetic::synthetic;
 use tollgate_proxy::config::ProxyConfig;
 use tollgate_proxy::pipeline::auth::KeyMemo;
-use tollgate_proxy::quota::{CounterStore, MemoryStore, Subject};
+use tollgate_proxy::quota::{CounterStore, MemoryStore, Metered, Subject};
 
 fn admission(c: &mut Criterion) {
     let world = synthetic("bench", 10_000, 1_000);
@@ -35,6 +35,7 @@ fn admission(c: &mut Criterion) {
                     plan,
                 },
                 black_box(now),
+                &Metered::default(),
             ))
         })
     });
@@ -50,6 +51,7 @@ fn admission(c: &mut Criterion) {
                     plan,
                 },
                 black_box(now),
+                &Metered::default(),
             ))
         })
     });

@@ -11,7 +11,8 @@
 //! - [`quota`]: plans as the counters see them, the counter stores (memory, Redis) and the
 //!   RateLimit header rendering.
 //! - [`upstream`]: the request the backend sees, pooled backend connections, the exchange.
-//! - [`metering`]: usage read from a backend's response (tokens, cost) and charged when it ends.
+//! - [`llm`]: calls whose usage is metered (tokens, cost): the request read and its usage
+//!   reserved before it goes upstream, the response's usage read as it streams and settled.
 //! - [`telemetry`]: Prometheus metrics, the access log, throttled warnings.
 //!
 //! And the control path:
@@ -29,7 +30,7 @@ pub mod config;
 pub mod fast_map;
 pub mod http1;
 pub mod listen;
-pub mod metering;
+pub mod llm;
 pub mod pipeline;
 pub mod quota;
 pub mod run;

@@ -1,5 +1,7 @@
-//! Token and Cost quotas charged from an OpenAI-compatible backend's reported usage, for JSON and
-//! streamed (SSE) responses.
+//! Token and Cost quotas: each call's usage reserved at admission and settled from the usage the
+//! backend reports (OpenAI, Anthropic and Gemini formats, JSON and streamed), with the ways a
+//! call used to leave unmetered (no usage in a stream, a client leaving before the usage chunk,
+//! a huge JSON body, many concurrent calls on a nearly spent budget) each closed.
 
 mod support;
 
@@ -7,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::{Backend, ProxyProcess};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn world(backend: &str) -> String {
     format!(
@@ -15,13 +18,28 @@ apiVersion: tollgate.dev/v1alpha1
 kind: QuotaPolicy
 metadata: {{name: tokens}}
 spec:
-  quotas: [{{name: daily-tokens, metric: TotalTokens, limit: "50", period: Day}}]
+  quotas: [{{name: daily-tokens, metric: TotalTokens, limit: "100", period: Day}}]
+  reservation: {{maxOutputTokens: 20}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {{name: big}}
+spec:
+  quotas: [{{name: daily-tokens, metric: TotalTokens, limit: "1000000", period: Day}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {{name: nearly-spent}}
+spec:
+  quotas: [{{name: daily-tokens, metric: TotalTokens, limit: "3000", period: Day}}]
+  reservation: {{estimate: Bound}}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: QuotaPolicy
 metadata: {{name: budget}}
 spec:
-  quotas: [{{name: monthly-cost, metric: Cost, limit: "0.01", period: Month}}]
+  quotas: [{{name: monthly-cost, metric: Cost, limit: "0.02", period: Month}}]
+  reservation: {{maxOutputTokens: 20}}
   pricing:
     currency: USD
     perRequest: "0.001"
@@ -35,10 +53,26 @@ spec:
   backend: {{url: "{backend}"}}
   metering: OpenAI
 ---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {{name: messages}}
+spec:
+  match: {{pathPrefix: /v1/messages}}
+  backend: {{url: "{backend}"}}
+  metering: Anthropic
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {{name: gemini}}
+spec:
+  match: {{pathPrefix: /v1beta/models}}
+  backend: {{url: "{backend}"}}
+  metering: Gemini
+---
 apiVersion: v1
 kind: Secret
 metadata: {{name: keys}}
-stringData: {{t: key-tokens, b: key-budget}}
+stringData: {{t: key-tokens, b: key-budget, g: key-big, n: key-nearly}}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: Tenant
@@ -55,9 +89,28 @@ spec:
   quotaPolicyRef: {{name: budget}}
   apiKeys: [{{secretRef: {{name: keys, key: b}}}}]
   subscriptions: [{{apiRouteRef: {{name: chat}}}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Tenant
+metadata: {{name: heavy}}
+spec:
+  quotaPolicyRef: {{name: big}}
+  apiKeys: [{{secretRef: {{name: keys, key: g}}}}]
+  subscriptions: [{{apiRouteRef: {{name: chat}}}}, {{apiRouteRef: {{name: messages}}}}, {{apiRouteRef: {{name: gemini}}}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Tenant
+metadata: {{name: late}}
+spec:
+  quotaPolicyRef: {{name: nearly-spent}}
+  apiKeys: [{{secretRef: {{name: keys, key: n}}}}]
+  subscriptions: [{{apiRouteRef: {{name: chat}}}}]
 "#
     )
 }
+
+const CHAT: &str = "/v1/chat/completions";
+const JSON: (&str, &str) = ("content-type", "application/json");
 
 async fn used(p: &ProxyProcess, tenant: &str, quota: &str) -> String {
     let (_, _, body) = support::get_raw(p.admin, "/usage", &[])
@@ -76,7 +129,7 @@ async fn used(p: &ProxyProcess, tenant: &str, quota: &str) -> String {
 }
 
 async fn wait_used(p: &ProxyProcess, tenant: &str, quota: &str, want: &str) {
-    // Polled up to 20 s: charging follows the response, and a loaded machine may take a while.
+    // Polled up to 20 s: settling follows the response, and a loaded machine may take a while.
     for _ in 0..1000 {
         if used(p, tenant, quota).await == want {
             return;
@@ -89,19 +142,20 @@ async fn wait_used(p: &ProxyProcess, tenant: &str, quota: &str, want: &str) {
     );
 }
 
-#[tokio::test]
-async fn tokens_from_json_responses_count_and_exhaust_the_quota() {
+async fn start() -> (Backend, ProxyProcess) {
     let backend = Backend::start().await;
     let p = ProxyProcess::start(&[("world.yaml", world(&backend.url()))]).await;
+    (backend, p)
+}
+
+#[tokio::test]
+async fn usage_replaces_the_reservation_and_a_call_whose_reservation_cannot_fit_is_refused() {
+    let (_backend, p) = start().await;
     let auth = ("authorization", "Bearer key-tokens");
-    for expected in ["30", "60"] {
-        let r = p
-            .post(
-                "/v1/chat/completions",
-                &[auth, ("content-type", "application/json")],
-                r#"{"model":"gpt-4o-mini"}"#,
-            )
-            .await;
+    let body = r#"{"model":"gpt-4o-mini","max_tokens":20}"#;
+    // Each call reports 10 + 20 tokens; it reserved its bound (20) plus an input estimate.
+    for expected in ["30", "60", "90"] {
+        let r = p.post(CHAT, &[auth, JSON], body).await;
         assert_eq!(r.status, 200);
         assert_eq!(
             r.json()["choices"][0]["message"]["content"],
@@ -110,27 +164,33 @@ async fn tokens_from_json_responses_count_and_exhaust_the_quota() {
         );
         wait_used(&p, "counter", "daily-tokens", expected).await;
     }
-    let r = p.post("/v1/chat/completions", &[auth], "{}").await;
-    let body = r.problem(402, "quota-exhausted");
+    // 10 tokens are left, the call may use 30: refused before the backend, saying so.
+    let r = p.post(CHAT, &[auth, JSON], body).await;
+    let problem = r.problem(402, "quota-exhausted");
     assert_eq!(
-        (body["quota"].as_str(), body["metric"].as_str()),
+        (problem["quota"].as_str(), problem["metric"].as_str()),
         (Some("daily-tokens"), Some("TotalTokens"))
     );
-    assert_eq!(body["used"], 60);
+    assert_eq!(problem["used"], 90);
+    assert_eq!(problem["reserved"], 30, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("could use up to 30")),
+        "{problem}"
+    );
+    // A call asking for less output fits.
+    let small = r#"{"model":"gpt-4o-mini","max_tokens":0}"#;
+    assert_eq!(p.post(CHAT, &[auth, JSON], small).await.status, 200);
+    wait_used(&p, "counter", "daily-tokens", "100").await;
 }
 
 #[tokio::test]
 async fn tokens_are_counted_for_a_bodiless_request_relayed_inline() {
     // A GET takes the inline backend path, whose response headers are relayed as bytes: the
     // meter still learns the body is JSON.
-    let backend = Backend::start().await;
-    let p = ProxyProcess::start(&[("world.yaml", world(&backend.url()))]).await;
-    let r = p
-        .get(
-            "/v1/chat/completions",
-            &[("authorization", "Bearer key-tokens")],
-        )
-        .await;
+    let (_backend, p) = start().await;
+    let r = p.get(CHAT, &[("authorization", "Bearer key-tokens")]).await;
     assert_eq!(
         (r.status, r.header("content-type")),
         (200, Some("application/json"))
@@ -139,14 +199,15 @@ async fn tokens_are_counted_for_a_bodiless_request_relayed_inline() {
 }
 
 #[tokio::test]
-async fn tokens_from_a_streamed_response_are_counted_and_the_stream_passes_through() {
-    let backend = Backend::start().await;
-    let p = ProxyProcess::start(&[("world.yaml", world(&backend.url()))]).await;
+async fn a_stream_is_asked_for_usage_and_the_client_sees_only_what_it_asked_for() {
+    let (_backend, p) = start().await;
+    let auth = ("authorization", "Bearer key-big");
+    // The client did not ask for usage: Tollgate asks, reads it, and keeps that chunk away.
     let r = p
         .post(
-            "/v1/chat/completions",
-            &[("authorization", "Bearer key-tokens")],
-            r#"{"stream":true}"#,
+            CHAT,
+            &[auth, JSON],
+            r#"{"model":"gpt-4o-mini","stream":true}"#,
         )
         .await;
     assert_eq!(
@@ -156,41 +217,172 @@ async fn tokens_from_a_streamed_response_are_counted_and_the_stream_passes_throu
     let text = String::from_utf8_lossy(&r.body);
     assert_eq!(
         text.matches("data: ").count(),
-        4,
-        "every event reaches the client: {text}"
+        3,
+        "two chunks and [DONE]: {text}"
     );
+    assert!(!text.contains("\"usage\":{"), "{text}");
     assert!(text.ends_with("data: [DONE]\n\n"));
-    wait_used(&p, "counter", "daily-tokens", "30").await;
+    wait_used(&p, "heavy", "daily-tokens", "30").await;
+    // A client that asked gets the usage chunk, as the provider sent it.
+    let asked = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true}}"#;
+    let r = p.post(CHAT, &[auth, JSON], asked).await;
+    let text = String::from_utf8_lossy(&r.body);
+    assert_eq!(text.matches("data: ").count(), 4, "{text}");
+    assert!(text.contains("\"completion_tokens\":20"), "{text}");
+    wait_used(&p, "heavy", "daily-tokens", "60").await;
 }
 
 #[tokio::test]
-async fn cost_is_priced_per_request_and_per_token_by_model() {
-    let backend = Backend::start().await;
-    let p = ProxyProcess::start(&[("world.yaml", world(&backend.url()))]).await;
+async fn cost_is_priced_per_request_and_per_token_by_model_and_an_unpriced_model_is_refused() {
+    let (_backend, p) = start().await;
     let auth = ("authorization", "Bearer key-budget");
+    let body = r#"{"model":"gpt-4o-mini","max_tokens":20}"#;
     // 0.001 per request + 10 x 100/1M + 20 x 200/1M = 0.006 per call.
-    assert_eq!(
-        p.post("/v1/chat/completions", &[auth], "{}").await.status,
-        200
-    );
+    assert_eq!(p.post(CHAT, &[auth, JSON], body).await.status, 200);
     wait_used(&p, "spender", "monthly-cost", "0.006").await;
-    assert_eq!(
-        p.post("/v1/chat/completions", &[auth], r#"{"stream":true}"#)
-            .await
-            .status,
-        200
-    );
+    let streamed = r#"{"model":"gpt-4o-mini","max_tokens":20,"stream":true}"#;
+    assert_eq!(p.post(CHAT, &[auth, JSON], streamed).await.status, 200);
     wait_used(&p, "spender", "monthly-cost", "0.012").await;
-    let body = p
-        .post("/v1/chat/completions", &[auth], "{}")
+    assert_eq!(p.post(CHAT, &[auth, JSON], body).await.status, 200);
+    wait_used(&p, "spender", "monthly-cost", "0.018").await;
+    let problem = p
+        .post(CHAT, &[auth, JSON], body)
         .await
         .problem(402, "quota-exhausted");
     assert_eq!(
         (
-            body["metric"].as_str(),
-            body["limit"].as_str(),
-            body["used"].as_str()
+            problem["metric"].as_str(),
+            problem["limit"].as_str(),
+            problem["used"].as_str()
         ),
-        (Some("Cost"), Some("0.01"), Some("0.012"))
+        (Some("Cost"), Some("0.02"), Some("0.018"))
     );
+    // A model the plan has no price for is never served free.
+    let unpriced = r#"{"model":"mystery-model","max_tokens":5}"#;
+    let problem = p
+        .post(CHAT, &[auth, JSON], unpriced)
+        .await
+        .problem(403, "model-not-priced");
+    assert_eq!(problem["model"], "mystery-model");
+    assert_eq!(used(&p, "spender", "monthly-cost").await, "0.018");
+}
+
+#[tokio::test]
+async fn a_stream_without_usage_is_charged_its_reservation() {
+    // Bypass (a): the backend sends no usage, even asked. Five calls, five reservations charged.
+    let (_backend, p) = start().await;
+    let auth = ("authorization", "Bearer key-big");
+    let body = r#"{"model":"gpt-4o-mini","stream":true,"max_tokens":100}"#;
+    let headers = [auth, JSON, ("x-llm-usage", "none")];
+    let call = || p.post(CHAT, &headers, body);
+    assert_eq!(call().await.status, 200);
+    // 54 bytes at 0.5 tokens per byte (nothing learned: no usage came) + 100.
+    wait_used(&p, "heavy", "daily-tokens", "127").await;
+    for _ in 0..4 {
+        assert_eq!(call().await.status, 200);
+    }
+    wait_used(&p, "heavy", "daily-tokens", "635").await;
+}
+
+#[tokio::test]
+async fn a_client_leaving_before_the_usage_chunk_is_charged_its_reservation() {
+    // Bypass (b): read up to finish_reason, hang up while the usage chunk is pending.
+    let (_backend, p) = start().await;
+    let body = r#"{"model":"gpt-4o-mini","stream":true,"max_tokens":100}"#;
+    let mut conn = tokio::net::TcpStream::connect(p.listen)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST {CHAT} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer key-big\r\n\
+         Content-Type: application/json\r\nX-Llm-Pause-Before-Usage-Ms: 3000\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.expect("write");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\"finish_reason\":\"stop\"") {
+        let n = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut buf))
+            .await
+            .expect("the stream goes on")
+            .expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(conn);
+    wait_used(&p, "heavy", "daily-tokens", "127").await;
+}
+
+#[tokio::test]
+async fn a_json_answer_of_any_size_is_metered() {
+    // Bypass (c): 5 MiB of logprobs before the usage, past the old 4 MiB inspection limit.
+    let (_backend, p) = start().await;
+    let auth = ("authorization", "Bearer key-big");
+    let big = (5 * 1024 * 1024).to_string();
+    let r = p
+        .post(
+            CHAT,
+            &[auth, JSON, ("x-llm-logprobs-bytes", big.as_str())],
+            r#"{"model":"gpt-4o-mini","max_tokens":100}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.len() > 5 * 1024 * 1024);
+    wait_used(&p, "heavy", "daily-tokens", "30").await;
+}
+
+#[tokio::test]
+async fn concurrent_slow_calls_cannot_spend_past_a_nearly_spent_budget() {
+    // Bypass (d): 20 concurrent slow calls, each using 1010 tokens, on a 3000-token budget.
+    let (_backend, p) = start().await;
+    let body = r#"{"model":"gpt-4o-mini","max_tokens":1000}"#;
+    let headers = [
+        ("authorization", "Bearer key-nearly"),
+        JSON,
+        ("x-llm-output-tokens", "1000"),
+        ("x-llm-delay-ms", "500"),
+    ];
+    let calls: Vec<_> = (0..20).map(|_| p.post(CHAT, &headers, body)).collect();
+    let replies = futures::future::join_all(calls).await;
+    let served = replies.iter().filter(|r| r.status == 200).count();
+    for refused in replies.iter().filter(|r| r.status != 200) {
+        let problem = refused.problem(402, "quota-exhausted");
+        assert!(
+            problem["reserved"].as_u64().is_some_and(|r| r >= 1000),
+            "{problem}"
+        );
+    }
+    // Each reserved 1000 + 21 (41 bytes at 0.5 per byte): two fit in 3000, the third does not.
+    assert_eq!(
+        served,
+        2,
+        "{:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    wait_used(&p, "late", "daily-tokens", "2020").await;
+}
+
+#[tokio::test]
+async fn anthropic_and_gemini_usage_is_read_json_and_streamed() {
+    let (_backend, p) = start().await;
+    let auth = ("authorization", "Bearer key-big");
+    let messages = r#"{"model":"claude-sonnet-4-5","max_tokens":100,"messages":[{"role":"user","content":"Hi"}]}"#;
+    assert_eq!(
+        p.post("/v1/messages", &[auth, JSON], messages).await.status,
+        200
+    );
+    wait_used(&p, "heavy", "daily-tokens", "30").await;
+    let streamed = r#"{"model":"claude-sonnet-4-5","max_tokens":100,"stream":true,"messages":[]}"#;
+    let r = p.post("/v1/messages", &[auth, JSON], streamed).await;
+    assert!(String::from_utf8_lossy(&r.body).contains("event: message_delta"));
+    wait_used(&p, "heavy", "daily-tokens", "60").await;
+    let gemini =
+        r#"{"contents":[{"parts":[{"text":"Hi"}]}],"generationConfig":{"maxOutputTokens":100}}"#;
+    let path = "/v1beta/models/gemini-2.5-flash:generateContent";
+    assert_eq!(p.post(path, &[auth, JSON], gemini).await.status, 200);
+    wait_used(&p, "heavy", "daily-tokens", "90").await;
+    let path = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse";
+    let r = p.post(path, &[auth, JSON], gemini).await;
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    wait_used(&p, "heavy", "daily-tokens", "120").await;
 }

@@ -303,7 +303,7 @@ async fn a_refused_request_during_an_outage_leaves_no_debt() {
     let mut redis = Redis::start(port);
     let world = format!(
         "apiVersion: tollgate.dev/v1alpha1\nkind: QuotaPolicy\nmetadata: {{name: plan}}\n\
-         spec: {{failurePolicy: FailOpen, quotas: [{{name: calls, limit: \"100\", period: Month}}, {{name: tokens, metric: TotalTokens, limit: \"1\", period: Month}}]}}\n---\n\
+         spec: {{failurePolicy: FailOpen, reservation: {{maxOutputTokens: 20}}, quotas: [{{name: calls, limit: \"100\", period: Month}}, {{name: tokens, metric: TotalTokens, limit: \"31\", period: Month}}]}}\n---\n\
          apiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {{name: chat}}\n\
          spec: {{match: {{pathPrefix: /v1/chat}}, backend: {{url: \"{}\"}}, metering: OpenAI}}\n---\n\
          apiVersion: v1\nkind: Secret\nmetadata: {{name: k}}\nstringData: {{apiKey: key-debt}}\n---\n\
@@ -821,7 +821,13 @@ async fn a_slice_held_when_the_period_ends_goes_back_to_that_period() {
         plan: &plan,
     };
     assert!(matches!(
-        store.admit(subject, last_second).await,
+        store
+            .admit(
+                subject,
+                last_second,
+                &tollgate_proxy::quota::Metered::default()
+            )
+            .await,
         tollgate_proxy::quota::Admission::Admitted { .. }
     ));
     let november = format!(
@@ -836,5 +842,59 @@ async fn a_slice_held_when_the_period_ends_goes_back_to_that_period() {
         redis.total(&november),
         1,
         "November counts what was admitted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_llm_calls_on_two_proxies_cannot_spend_past_the_budget() {
+    // Reservations are taken in Redis atomically: 20 slow calls spread over two proxies, each
+    // reserving 1021 tokens and using 1010, on a 3000-token budget. Two fit; the fleet's count
+    // ends at what they used.
+    let backend = support::Backend::start().await;
+    let port = support::free_port();
+    let redis = Redis::start(port);
+    let world = format!(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: QuotaPolicy\nmetadata: {{name: plan}}\n\
+         spec: {{reservation: {{estimate: Bound}}, quotas: [{{name: tokens, metric: TotalTokens, limit: \"3000\", period: Month}}]}}\n---\n\
+         apiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {{name: chat}}\n\
+         spec: {{match: {{pathPrefix: /v1/chat}}, backend: {{url: \"{}\"}}, metering: OpenAI}}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {{name: k}}\nstringData: {{apiKey: key-llm}}\n---\n\
+         apiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: t}}\n\
+         spec: {{quotaPolicyRef: {{name: plan}}, apiKeys: [{{secretRef: {{name: k}}}}], subscriptions: [{{apiRouteRef: {{name: chat}}}}]}}\n",
+        backend.url()
+    );
+    let mut proxies = Vec::new();
+    for _ in 0..2 {
+        proxies.push(
+            ProxyProcess::start_with(&[("world.yaml", world.clone())], &["--store", &redis.url()])
+                .await,
+        );
+    }
+    let headers = [
+        ("x-api-key", "key-llm"),
+        ("content-type", "application/json"),
+        ("x-llm-output-tokens", "1000"),
+        ("x-llm-delay-ms", "500"),
+    ];
+    let body = r#"{"model":"gpt-4o-mini","max_tokens":1000}"#;
+    let calls = (0..20).map(|i| proxies[i % 2].post("/v1/chat/completions", &headers, body));
+    let replies = futures::future::join_all(calls).await;
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses.iter().filter(|s| **s == 402).count(), 18);
+    // Settled from 2 x 1021 reserved to 2 x 1010 used.
+    for _ in 0..500 {
+        if redis.total("tollgate:*:tokens:*") == 2020 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "the fleet's count is {}, not 2020",
+        redis.total("tollgate:*:tokens:*")
     );
 }

@@ -220,8 +220,23 @@ pub enum Metering {
     /// Count requests only.
     #[default]
     Requests,
-    /// Also count tokens from OpenAI-style `usage` in JSON and SSE responses.
+    /// Also count tokens from OpenAI's `usage` (Chat Completions, Responses, Embeddings), JSON and
+    /// streamed (SSE). Streamed chat requests that did not ask for usage get
+    /// `stream_options.include_usage`, and the extra usage chunk is kept from the client.
     OpenAI,
+    /// Also count tokens from Anthropic Messages' `usage` (`message_start`/`message_delta` events
+    /// when streamed), cache creation and cache read tokens included.
+    Anthropic,
+    /// Also count tokens from Google Gemini's `usageMetadata` (`generateContent`,
+    /// `streamGenerateContent` as SSE or a JSON array), thoughts tokens as output.
+    Gemini,
+}
+
+impl Metering {
+    /// Whether responses carry token usage to read.
+    pub fn reads_tokens(self) -> bool {
+        self != Self::Requests
+    }
 }
 
 /// Subscription approval mode.

@@ -68,6 +68,11 @@ pub struct QuotaPolicySpec {
     #[schemars(length(max = 2048), regex(pattern = r"^https?://"))]
     pub payment_url: Option<String>,
 
+    /// How token and Cost quotas reserve usage before a call goes upstream (routes with token
+    /// metering). Defaults: at most 4096 output tokens, estimates learned per model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservation: Option<Reservation>,
+
     /// What proxies do when the shared counter store cannot be reached: FailClosed (default) answers
     /// 503 quota-store-unavailable; FailOpen keeps serving, counts locally and reconciles later.
     #[serde(default)]
@@ -122,11 +127,12 @@ pub enum Metric {
     /// Admitted requests.
     #[default]
     Requests,
-    /// Prompt tokens reported by the backend (metering: OpenAI).
+    /// Prompt tokens reported by the backend (routes with token metering), cached and
+    /// cache-write tokens included.
     InputTokens,
-    /// Completion tokens reported by the backend (metering: OpenAI).
+    /// Completion tokens reported by the backend, reasoning tokens included.
     OutputTokens,
-    /// Prompt plus completion tokens reported by the backend (metering: OpenAI).
+    /// Input plus output tokens.
     TotalTokens,
     /// Money, priced with spec.pricing.
     Cost,
@@ -158,8 +164,9 @@ pub struct Pricing {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 22), regex(pattern = DECIMAL_PATTERN))]
     pub per_request: Option<String>,
-    /// Token prices for routes with `metering: OpenAI`, matched against the response's `model`
-    /// (exact name first, then the longest prefix).
+    /// Token prices for routes with token metering, matched against the model the request names
+    /// and the response reports (exact name first, then the longest prefix). Under a Cost quota,
+    /// a call naming a model priced here by nothing is refused (403 model-not-priced).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 512))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["model".into()]))]
@@ -179,6 +186,52 @@ pub struct ModelPrice {
     /// Price per million completion tokens, as a decimal string.
     #[schemars(length(max = 22), regex(pattern = DECIMAL_PATTERN))]
     pub output_per_million_tokens: String,
+    /// Price per million cached prompt tokens read (OpenAI `cached_tokens`, Anthropic
+    /// `cache_read_input_tokens`, Gemini `cachedContentTokenCount`). Defaults to the input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 22), regex(pattern = DECIMAL_PATTERN))]
+    pub cached_input_per_million_tokens: Option<String>,
+    /// Price per million prompt tokens written to a cache (Anthropic
+    /// `cache_creation_input_tokens`). Defaults to the input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 22), regex(pattern = DECIMAL_PATTERN))]
+    pub cache_write_input_per_million_tokens: Option<String>,
+    /// Price per million reasoning tokens (OpenAI `reasoning_tokens`, Gemini
+    /// `thoughtsTokenCount`). Defaults to the output price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 22), regex(pattern = DECIMAL_PATTERN))]
+    pub reasoning_per_million_tokens: Option<String>,
+}
+
+/// How a call's usage is reserved at admission, before it goes upstream.
+///
+/// A call is admitted only if its reservation fits in every token and Cost quota; when the
+/// response ends, the reported usage replaces the reservation (or the reservation is kept when
+/// no usage was reported for a successful response).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Reservation {
+    /// Output tokens reserved for a call that names no bound (`max_tokens`,
+    /// `max_completion_tokens`, `max_output_tokens`, `generationConfig.maxOutputTokens`), and the
+    /// most reserved for one that names a larger bound. Default 4096.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub max_output_tokens: Option<u64>,
+    /// Learned (default): reserve what recent calls of the same model used (the most of the last
+    /// 20), never more than the bound, so typical calls do not reserve the worst case. Bound:
+    /// always reserve the bound.
+    #[serde(default)]
+    pub estimate: ReservationEstimate,
+}
+
+/// How much output a reservation assumes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum ReservationEstimate {
+    /// What recent calls of the model used, at most the bound.
+    #[default]
+    Learned,
+    /// The call's bound.
+    Bound,
 }
 
 /// Behaviour when the shared counter store is unreachable.

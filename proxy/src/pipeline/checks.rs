@@ -20,7 +20,8 @@ use crate::config::router::request_host;
 use crate::config::{PlanEntry, ProxyConfig, RouteEntry, TenantEntry};
 use crate::http1::client_headers::ClientHeaders;
 use crate::http1::raw_headers::RawHeaders;
-use crate::quota::{Admission, LimitState, Subject};
+use crate::llm::CallRequest;
+use crate::quota::{Admission, LimitState, Metered, Subject};
 
 /// What was decided about a request, borrowed from the configuration version it loaded (no
 /// reference counts touched per request). Filled in as the checks pass: a refusal still knows
@@ -35,8 +36,12 @@ pub struct Verdict<'c> {
     pub plan: Option<&'c Arc<PlanEntry>>,
     /// Limit states for the RateLimit headers: (rate limits, quotas).
     pub limits: Option<(Vec<LimitState>, Vec<LimitState>)>,
-    /// Admission charged one request (refunded if forwarding fails).
+    /// Admission charged one request and the reservation (refunded if forwarding fails).
     pub charged: bool,
+    /// What admission reserved in the token and Cost quotas.
+    pub reserved: Metered,
+    /// The metered call's request, when its body was read (boxed: most requests have none).
+    pub call: Option<Box<CallRequest>>,
 }
 
 /// Runs the checks up to the quotas. `Err` is the first that fails; `Ok(Some(subject))` the
@@ -258,23 +263,45 @@ pub fn admitted(admission: Admission, now: Timestamp, v: &mut Verdict<'_>) -> Re
         }
         Admission::QuotaExhausted {
             exhausted,
+            needed,
             rate_limits,
             quotas,
         } => {
             v.limits = Some((rate_limits, quotas));
             let quota = &plan.plan.quotas[exhausted.index];
             let window = exhausted.window;
-            Err(Problem::new(
-                ProblemKind::QuotaExhausted,
+            let upgrade = if plan.plan.payment_url.is_some() {
+                " at paymentUrl"
+            } else {
+                ""
+            };
+            // A metered call refused with allowance left: its reservation did not fit.
+            let reservation_too_large =
+                quota.metric != tollgate_crds::resources::Metric::Requests
+                    && exhausted.used < quota.limit;
+            let detail = if reservation_too_large {
                 format!(
-                    "Tenant {tenant_name} used its {} allowance of {} ({:?}) for this {:?}. Upgrade the plan{} or wait for the next period.",
+                    "This call could use up to {} ({:?}), more than the {} left of tenant {tenant_name}'s {} allowance of {} for this {:?}; it was not sent. Ask for less output (max_tokens), upgrade the plan{upgrade}, or wait for the next period.",
+                    needed.normalize(),
+                    quota.metric,
+                    exhausted.remaining.normalize(),
                     quota.name,
                     quota.limit,
-                    quota.metric,
                     quota.period,
-                    if plan.plan.payment_url.is_some() { " at paymentUrl" } else { "" }
-                ),
-            )
+                )
+            } else {
+                format!(
+                    "Tenant {tenant_name} used its {} allowance of {} ({:?}) for this {:?}. Upgrade the plan{upgrade} or wait for the next period.",
+                    quota.name, quota.limit, quota.metric, quota.period,
+                )
+            };
+            let problem = Problem::new(ProblemKind::QuotaExhausted, detail);
+            let problem = if reservation_too_large {
+                problem.with("reserved", decimal_json(needed))
+            } else {
+                problem
+            };
+            Err(problem
             .with("tenant", &*tenant.id)
             .with("apiRoute", route_name)
             .with("quota", quota.name.as_str())
@@ -724,6 +751,7 @@ mod tests {
         let (fate, charged, limits) = admit(
             Admission::QuotaExhausted {
                 exhausted: limit(0, 20, 3600),
+                needed: Decimal::ONE,
                 rate_limits: vec![],
                 quotas: vec![limit(0, 20, 3600)],
             },

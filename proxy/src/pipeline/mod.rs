@@ -23,8 +23,9 @@ use jiff::Timestamp;
 
 use crate::config::{ProxyConfig, RouteEntry};
 use crate::http1::raw_headers::RawHeaders;
-use crate::metering::{Meter, MeteredBody};
-use crate::quota::{CounterStore, Subject};
+use crate::llm::meter::Settlement;
+use crate::llm::{CallRequest, Estimates, Meter, MeteredBody, request, reservation};
+use crate::quota::{CounterStore, Metered, PlanEntry, Subject};
 use crate::telemetry::access_log::{AccessLog, AccessRecord};
 use crate::telemetry::metrics::ProxyMetrics;
 use crate::upstream::Upstream;
@@ -60,6 +61,8 @@ pub struct Proxy<S> {
     pool: Arc<UpstreamPool>,
     metrics: ProxyMetrics,
     access_log: AccessLog,
+    /// Recent usage by model, for metered calls' reservations.
+    estimates: Arc<Estimates>,
 }
 
 /// The client end of a connection, described once per connection.
@@ -139,6 +142,7 @@ impl<S: CounterStore> Proxy<S> {
             pool: UpstreamPool::new(),
             metrics,
             access_log,
+            estimates: Arc::new(Estimates::new()),
         }
     }
 
@@ -194,8 +198,19 @@ impl<S: CounterStore> Proxy<S> {
             };
             let decided = match checked {
                 Ok(Some(subject)) => {
-                    let admission = self.store.admit(subject, now).await;
-                    checks::admitted(admission, now, &mut verdict)
+                    // Boxed: only plans with token or Cost quotas reserve (a cold path here).
+                    let reserved = match subject.plan.meters_usage {
+                        true => Box::pin(self.reserve(&mut req, &mut verdict, subject.plan)).await,
+                        false => Ok(Metered::default()),
+                    };
+                    match reserved {
+                        Ok(reserved) => {
+                            let admission = self.store.admit(subject, now, &reserved).await;
+                            verdict.reserved = reserved;
+                            checks::admitted(admission, now, &mut verdict)
+                        }
+                        Err(problem) => Err(problem),
+                    }
                 }
                 Ok(None) => Ok(()),
                 Err(problem) => Err(problem),
@@ -223,7 +238,7 @@ impl<S: CounterStore> Proxy<S> {
                     let kind = problem.kind;
                     (problem_response(&problem, path), Some(kind))
                 }
-                Ok(()) => match self.prepare(req, &raw, &verdict, client, now) {
+                Ok(()) => match self.prepare(req, &raw, &mut verdict, client, now) {
                     Forward::Answered(resp) => (resp, None),
                     Forward::Refused(kind, detail) => {
                         Box::pin(self.failed(&verdict, now, kind, detail, path)).await
@@ -249,7 +264,7 @@ impl<S: CounterStore> Proxy<S> {
                         match sent {
                             Ok(resp) => {
                                 backend_started = Some(started);
-                                (self.relayed(resp, &verdict, route, now), None)
+                                (self.relayed(resp, &mut verdict, route, now), None)
                             }
                             // Boxed: only a failure awaits (its refund).
                             Err(err) => {
@@ -322,7 +337,7 @@ impl<S: CounterStore> Proxy<S> {
         &'a self,
         req: Request<RequestBody>,
         raw: &RawHeaders,
-        v: &Verdict<'a>,
+        v: &mut Verdict<'a>,
         client: &ClientConn,
         now: Timestamp,
     ) -> Forward<'a> {
@@ -330,8 +345,8 @@ impl<S: CounterStore> Proxy<S> {
             return Forward::Refused(ProblemKind::RouteNotFound, "No route.");
         };
         if let Some(direct) = &route.direct {
-            // Nothing to read in a direct response, but a per-request price still applies.
-            if let Some(mut meter) = self.meter_for(v, route, None, now) {
+            // Nothing to read in a direct response: the reservation is settled at once.
+            if let Some(mut meter) = self.meter_for(v, route, direct.status, None, now) {
                 meter.finish();
             }
             let mut resp = Response::new(Either::Left(Full::new(direct.body.clone())));
@@ -453,31 +468,97 @@ impl<S: CounterStore> Proxy<S> {
     fn relayed(
         &self,
         resp: Response<UpstreamBody>,
-        v: &Verdict<'_>,
+        v: &mut Verdict<'_>,
         route: &RouteEntry,
         now: Timestamp,
     ) -> Response<ProxyBody> {
         // The content type is looked up only for a plan that meters usage.
         let meter = match &v.plan {
             Some(plan) if plan.meters_usage => {
-                self.meter_for(v, route, backend_content_type(&resp), now)
+                self.meter_for(v, route, resp.status(), backend_content_type(&resp), now)
             }
             _ => None,
         };
+        let strip_usage_chunk = v.call.as_ref().is_some_and(|c| c.strip_usage_chunk)
+            && backend_content_type(&resp).is_some_and(|ct| ct.starts_with("text/event-stream"));
         let read_timeout = Duration::from_millis(route.route.timeout_ms);
         resp.map(|body| {
             Either::Right(MeteredBody::new(
                 body.with_read_timeout(read_timeout),
                 meter,
+                strip_usage_chunk,
             ))
         })
     }
 
-    /// A meter for the response when the plan has token or Cost quotas.
+    /// Reads a metered call's request (on a route that reads tokens) and computes what it
+    /// reserves: `Err` when it cannot be (too large, unreadable, a model without a price).
+    async fn reserve(
+        &self,
+        req: &mut Request<RequestBody>,
+        v: &mut Verdict<'_>,
+        plan: &PlanEntry,
+    ) -> Result<Metered, Problem> {
+        let Some(route) = v.route else {
+            return Ok(Metered::default());
+        };
+        let metering = route.route.metering;
+        if !metering.reads_tokens() {
+            return reservation::reserve(plan, metering, None, &self.estimates)
+                .map_err(|_| Problem::new(ProblemKind::BadRequest, "No model to price."));
+        }
+        let route_name = route.route.key.name.as_str();
+        let body = std::mem::replace(req.body_mut(), RequestBody::Empty);
+        let timeout = Duration::from_millis(route.route.timeout_ms);
+        let limited = http_body_util::Limited::new(body, request::MAX_BODY);
+        let read = tokio::time::timeout(timeout, http_body_util::BodyExt::collect(limited)).await;
+        let bytes = match read {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(Problem::new(
+                    ProblemKind::RequestTooLarge,
+                    format!(
+                        "The request body is larger than {} MiB, the most a metered call can have: its usage cannot be estimated. Send a smaller request.",
+                        request::MAX_BODY / (1024 * 1024)
+                    ),
+                )
+                .with("apiRoute", route_name));
+            }
+            Ok(Err(_)) | Err(_) => {
+                return Err(Problem::new(
+                    ProblemKind::BadRequest,
+                    "The request body could not be read in full; send it again.",
+                )
+                .with("apiRoute", route_name));
+            }
+        };
+        let mut call = request::inspect(metering, req.uri().path(), &bytes);
+        let sent = call.rewritten.take().unwrap_or(bytes);
+        *req.body_mut() = RequestBody::Buffered(Some(sent));
+        let reserved = reservation::reserve(plan, metering, Some(&call), &self.estimates);
+        v.call = Some(Box::new(call));
+        reserved.map_err(|unpriced| {
+            let tenant = v.tenant.map_or("", |t| &*t.id);
+            Problem::new(
+                ProblemKind::ModelNotPriced,
+                format!(
+                    "The plan {} has no price for the model {}, and its usage counts against a Cost quota, so it cannot be charged. Use a model the plan prices, or ask the API provider to price this one.",
+                    plan.plan.key.name, unpriced.model
+                ),
+            )
+            .with("model", unpriced.model)
+            .with("tenant", tenant)
+            .with("apiRoute", route_name)
+        })
+    }
+
+    /// A meter for the response when the plan has token or Cost quotas: it settles the call's
+    /// reservation when the response ends.
     fn meter_for(
         &self,
         v: &Verdict<'_>,
         route: &RouteEntry,
+        status: http::StatusCode,
         content_type: Option<&str>,
         now: Timestamp,
     ) -> Option<Meter> {
@@ -485,26 +566,36 @@ impl<S: CounterStore> Proxy<S> {
         if !plan.meters_usage {
             return None;
         }
-        // The charge runs after the response; it keeps its own references.
-        let (tenant, plan) = (Arc::clone(&tenant.id), Arc::clone(plan));
-        let tokens = route.route.metering == tollgate_crds::resources::Metering::OpenAI;
-        let store = self.store.clone();
         let pricing = plan.plan.pricing.clone();
-        let charge = Box::new(move |metered| {
+        let prices_tokens = reservation::prices_tokens(plan);
+        // The settlement runs after the response; it keeps its own references.
+        let (tenant, plan) = (Arc::clone(&tenant.id), Arc::clone(plan));
+        let store = self.store.clone();
+        let reserved = v.reserved;
+        let settle = Box::new(move |used: Metered| {
+            if used == reserved {
+                return;
+            }
             tokio::spawn(async move {
-                store
-                    .charge(
-                        Subject {
-                            tenant: &tenant,
-                            plan: &plan,
-                        },
-                        metered,
-                        now,
-                    )
-                    .await
+                let subject = Subject {
+                    tenant: &tenant,
+                    plan: &plan,
+                };
+                store.settle(subject, &reserved, &used, now).await
             });
         });
-        Some(Meter::new(tokens, content_type, pricing, charge))
+        let call = v.call.as_deref();
+        let settlement = Settlement {
+            metering: route.route.metering,
+            reserved,
+            pricing,
+            prices_tokens,
+            request_model: call.and_then(|c| c.model.clone()),
+            body_bytes: call.map_or(0, |c: &CallRequest| c.body_bytes),
+            estimates: Arc::clone(&self.estimates),
+            settle,
+        };
+        Some(Meter::new(status, content_type, settlement))
     }
 
     /// A request the proxy failed: refund the charge, answer with a problem.
@@ -524,6 +615,7 @@ impl<S: CounterStore> Proxy<S> {
                     tenant: &tenant.id,
                     plan,
                 },
+                &v.reserved,
                 now,
             ))
             .await;

@@ -43,6 +43,10 @@ pub enum ProblemKind {
     BackendTimeout,
     /// 400: the request cannot be routed (no usable Host, malformed target).
     BadRequest,
+    /// 403: the call names a model the plan has no price for, under a Cost quota.
+    ModelNotPriced,
+    /// 413: a metered call's body is larger than can be read to estimate it.
+    RequestTooLarge,
 }
 
 impl ProblemKind {
@@ -65,6 +69,8 @@ impl ProblemKind {
             Self::BackendUnavailable => "backend-unavailable",
             Self::BackendTimeout => "backend-timeout",
             Self::BadRequest => "bad-request",
+            Self::ModelNotPriced => "model-not-priced",
+            Self::RequestTooLarge => "request-too-large",
         }
     }
 
@@ -74,9 +80,11 @@ impl ProblemKind {
             Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::RouteRetired => StatusCode::GONE,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::NotSubscribed | Self::ApprovalPending | Self::SubscriptionRejected => {
-                StatusCode::FORBIDDEN
-            }
+            Self::NotSubscribed
+            | Self::ApprovalPending
+            | Self::SubscriptionRejected
+            | Self::ModelNotPriced => StatusCode::FORBIDDEN,
+            Self::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::AccountPastDue
             | Self::AccountSuspended
             | Self::SubscriptionCancelled
@@ -109,6 +117,8 @@ impl ProblemKind {
             Self::BackendUnavailable => "Backend unavailable",
             Self::BackendTimeout => "Backend timeout",
             Self::BadRequest => "Bad request",
+            Self::ModelNotPriced => "Model not priced",
+            Self::RequestTooLarge => "Request too large to meter",
         }
     }
 }

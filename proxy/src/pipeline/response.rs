@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::checks::Verdict;
 use super::problem::{self, Problem, ProblemKind};
 use crate::http1::raw_headers::{self, OwnLines, RawHeaders};
-use crate::metering::MeteredBody;
+use crate::llm::MeteredBody;
 
 /// Response body: a buffered body made by the proxy, or the backend's streamed body.
 pub type ProxyBody = Either<Full<Bytes>, MeteredBody>;

@@ -2,6 +2,7 @@
 
 use rust_decimal::Decimal;
 use tollgate_crds::period::PeriodWindow;
+use tollgate_crds::resources::Metric;
 
 /// The state of one limit after a decision, for RateLimit headers and problem bodies.
 #[derive(Clone, Debug, PartialEq)]
@@ -28,10 +29,12 @@ pub enum Admission {
         /// Quota states.
         quotas: Vec<LimitState>,
     },
-    /// A quota is exhausted (402).
+    /// A quota is exhausted, or the call's reservation does not fit in what is left (402).
     QuotaExhausted {
         /// The exhausted quota.
         exhausted: LimitState,
+        /// What the call needed from it: one request, or its reservation.
+        needed: Decimal,
         /// All rate limit states (for headers).
         rate_limits: Vec<LimitState>,
         /// All quota states (for headers).
@@ -50,7 +53,8 @@ pub enum Admission {
     StoreUnavailable,
 }
 
-/// Usage metered from a backend response, charged to token and Cost quotas.
+/// Usage of a call for token and Cost quotas: reserved at admission, or metered from the
+/// backend's response.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Metered {
     /// Prompt tokens.
@@ -59,4 +63,20 @@ pub struct Metered {
     pub output_tokens: u64,
     /// Cost in the plan's currency.
     pub cost: Decimal,
+}
+
+impl Metered {
+    /// What this usage counts in a quota of `metric` (`None` for Requests quotas, which count
+    /// admissions).
+    pub fn amount(&self, metric: Metric) -> Option<Decimal> {
+        Some(match metric {
+            Metric::Requests => return None,
+            Metric::InputTokens => Decimal::from(self.input_tokens),
+            Metric::OutputTokens => Decimal::from(self.output_tokens),
+            Metric::TotalTokens => {
+                Decimal::from(self.input_tokens) + Decimal::from(self.output_tokens)
+            }
+            Metric::Cost => self.cost,
+        })
+    }
 }

@@ -186,6 +186,22 @@ impl MemoryStore {
         }
     }
 
+    /// Adds `delta(metric)` to each quota of the period of `admitted` (never below zero).
+    fn adjust(&self, subject: Subject<'_>, admitted: Timestamp, delta: impl Fn(Metric) -> Decimal) {
+        let plan = subject.plan;
+        let counters = self.counters(subject);
+        let mut c = counters.lock();
+        for (i, quota) in plan.plan.quotas.iter().enumerate() {
+            let delta = delta(quota.metric);
+            if !delta.is_zero()
+                && let Some(counter) = c.quota_admitted_at(plan, i, admitted)
+            {
+                counter.used = (counter.used + delta).max(Decimal::ZERO);
+            }
+        }
+        self.dirty.store(true, Ordering::Release);
+    }
+
     fn peek_now(&self, subject: Subject<'_>, now: Timestamp) -> (Vec<LimitState>, Vec<LimitState>) {
         let plan = subject.plan;
         let now_ns = i64::try_from(now.as_nanosecond()).unwrap_or(i64::MAX);
@@ -228,7 +244,7 @@ impl MemoryStore {
         (rate_limits, quotas)
     }
 
-    fn admit_now(&self, subject: Subject<'_>, now: Timestamp) -> Admission {
+    fn admit_now(&self, subject: Subject<'_>, now: Timestamp, reservation: &Metered) -> Admission {
         let plan = subject.plan;
         let now_ns = i64::try_from(now.as_nanosecond()).unwrap_or(i64::MAX);
         let counters = self.counters(subject);
@@ -238,11 +254,8 @@ impl MemoryStore {
         let mut exhausted = None;
         for (i, quota) in plan.plan.quotas.iter().enumerate() {
             let counter = c.quota(plan, i, now);
-            let fits = if quota.metric == Metric::Requests {
-                counter.used + Decimal::ONE <= quota.limit
-            } else {
-                counter.used < quota.limit
-            };
+            let needed = reservation.amount(quota.metric).unwrap_or(Decimal::ONE);
+            let fits = counter.used < quota.limit && counter.used + needed <= quota.limit;
             let state = LimitState {
                 index: i,
                 remaining: (quota.limit - counter.used).max(Decimal::ZERO),
@@ -251,7 +264,7 @@ impl MemoryStore {
                 window: Some(counter.window),
             };
             if !fits && exhausted.is_none() {
-                exhausted = Some(state.clone());
+                exhausted = Some((state.clone(), needed));
             }
             quotas.push(state);
         }
@@ -282,9 +295,10 @@ impl MemoryStore {
             rate_limits.push(state);
         }
 
-        if let Some(exhausted) = exhausted {
+        if let Some((exhausted, needed)) = exhausted {
             return Admission::QuotaExhausted {
                 exhausted,
+                needed,
                 rate_limits,
                 quotas,
             };
@@ -297,12 +311,17 @@ impl MemoryStore {
             };
         }
 
-        // Charge: one request to each Requests quota, and advance each rate limit.
-        for &i in &plan.request_quotas {
+        // Charge: one request to each Requests quota, the reservation to the others, and
+        // advance each rate limit.
+        for (i, quota) in plan.plan.quotas.iter().enumerate() {
+            let taken = reservation.amount(quota.metric).unwrap_or(Decimal::ONE);
+            if taken.is_zero() {
+                continue;
+            }
             let counter = c.quota(plan, i, now);
-            counter.used += Decimal::ONE;
+            counter.used += taken;
             quotas[i].used = counter.used;
-            quotas[i].remaining = (quotas[i].remaining - Decimal::ONE).max(Decimal::ZERO);
+            quotas[i].remaining = (quotas[i].remaining - taken).max(Decimal::ZERO);
         }
         for (i, rl) in plan.plan.rate_limits.iter().enumerate() {
             let gcra = c.rate(&rl.name);
@@ -328,8 +347,13 @@ impl MemoryStore {
 }
 
 impl CounterStore for MemoryStore {
-    async fn admit(&self, subject: Subject<'_>, now: Timestamp) -> Admission {
-        self.admit_now(subject, now)
+    async fn admit(
+        &self,
+        subject: Subject<'_>,
+        now: Timestamp,
+        reservation: &Metered,
+    ) -> Admission {
+        self.admit_now(subject, now, reservation)
     }
 
     async fn peek(
@@ -340,37 +364,25 @@ impl CounterStore for MemoryStore {
         self.peek_now(subject, now)
     }
 
-    async fn refund(&self, subject: Subject<'_>, now: Timestamp) {
-        let plan = subject.plan;
-        let counters = self.counters(subject);
-        let mut c = counters.lock();
-        for &i in &plan.request_quotas {
-            if let Some(counter) = c.quota_admitted_at(plan, i, now) {
-                counter.used = (counter.used - Decimal::ONE).max(Decimal::ZERO);
-            }
-        }
-        self.dirty.store(true, Ordering::Release);
+    async fn refund(&self, subject: Subject<'_>, reservation: &Metered, now: Timestamp) {
+        self.adjust(subject, now, |metric| {
+            -reservation.amount(metric).unwrap_or(Decimal::ONE)
+        });
     }
 
-    async fn charge(&self, subject: Subject<'_>, metered: Metered, now: Timestamp) {
-        let plan = subject.plan;
-        let counters = self.counters(subject);
-        let mut c = counters.lock();
-        for (i, quota) in plan.plan.quotas.iter().enumerate() {
-            let amount = match quota.metric {
-                Metric::Requests => continue,
-                Metric::InputTokens => Decimal::from(metered.input_tokens),
-                Metric::OutputTokens => Decimal::from(metered.output_tokens),
-                Metric::TotalTokens => Decimal::from(metered.input_tokens + metered.output_tokens),
-                Metric::Cost => metered.cost,
-            };
-            if !amount.is_zero()
-                && let Some(counter) = c.quota_admitted_at(plan, i, now)
-            {
-                counter.used += amount;
+    async fn settle(
+        &self,
+        subject: Subject<'_>,
+        reserved: &Metered,
+        used: &Metered,
+        now: Timestamp,
+    ) {
+        self.adjust(subject, now, |metric| {
+            match (used.amount(metric), reserved.amount(metric)) {
+                (Some(used), Some(reserved)) => used - reserved,
+                _ => Decimal::ZERO,
             }
-        }
-        self.dirty.store(true, Ordering::Release);
+        });
     }
 
     fn usage(&self) -> Vec<UsageRow> {
@@ -387,7 +399,7 @@ impl CounterStore for MemoryStore {
                     quota: q.name.clone(),
                     period_start: q.window.start,
                     period_end: q.window.end,
-                    used: q.used,
+                    used: q.used.normalize(),
                 });
             }
         }
@@ -448,9 +460,13 @@ mod tests {
             .end
             .checked_sub(SignedDuration::from_secs(1))
             .expect("instant");
-        assert!(admitted(&store.admit(subject, day.start).await));
-        assert!(admitted(&store.admit(subject, late).await));
-        match store.admit(subject, late).await {
+        assert!(admitted(
+            &store.admit(subject, day.start, &Metered::default()).await
+        ));
+        assert!(admitted(
+            &store.admit(subject, late, &Metered::default()).await
+        ));
+        match store.admit(subject, late, &Metered::default()).await {
             Admission::QuotaExhausted { exhausted, .. } => {
                 assert_eq!(exhausted.used, Decimal::from(2));
                 assert_eq!(exhausted.reset_seconds, 1);
@@ -459,7 +475,9 @@ mod tests {
             other => panic!("the third request of the day: {other:?}"),
         }
         // The next day starts from zero.
-        assert!(admitted(&store.admit(subject, day.end).await));
+        assert!(admitted(
+            &store.admit(subject, day.end, &Metered::default()).await
+        ));
         assert_eq!(used(&store), vec![(Decimal::ONE, day.end)]);
     }
 
@@ -471,15 +489,19 @@ mod tests {
             plan: &plan,
         };
         let now = Timestamp::now();
-        assert!(admitted(&store.admit(subject, now).await));
-        assert!(!admitted(&store.admit(subject, now).await));
-        store.refund(subject, now).await;
+        assert!(admitted(
+            &store.admit(subject, now, &Metered::default()).await
+        ));
+        assert!(!admitted(
+            &store.admit(subject, now, &Metered::default()).await
+        ));
+        store.refund(subject, &Metered::default(), now).await;
         assert!(
-            admitted(&store.admit(subject, now).await),
+            admitted(&store.admit(subject, now, &Metered::default()).await),
             "the refunded unit is usable"
         );
-        store.refund(subject, now).await;
-        store.refund(subject, now).await;
+        store.refund(subject, &Metered::default(), now).await;
+        store.refund(subject, &Metered::default(), now).await;
         assert_eq!(used(&store)[0].0, Decimal::ZERO);
     }
 
@@ -491,14 +513,19 @@ mod tests {
             plan: &plan,
         };
         let now = Timestamp::now();
-        assert!(admitted(&store.admit(subject, now).await));
+        assert!(admitted(
+            &store.admit(subject, now, &Metered::default()).await
+        ));
         let metered = Metered {
             input_tokens: 60,
             output_tokens: 39,
             cost: Decimal::ZERO,
         };
         store.charge(subject, metered, now).await;
-        assert!(admitted(&store.admit(subject, now).await), "99 of 100 used");
+        assert!(
+            admitted(&store.admit(subject, now, &Metered::default()).await),
+            "99 of 100 used"
+        );
         store
             .charge(
                 subject,
@@ -511,7 +538,9 @@ mod tests {
             .await;
         // The last request may overshoot by its own usage; the next is refused.
         assert_eq!(used(&store)[0].0, Decimal::from(104));
-        assert!(!admitted(&store.admit(subject, now).await));
+        assert!(!admitted(
+            &store.admit(subject, now, &Metered::default()).await
+        ));
     }
 
     /// Regression: usage metered for a request admitted before midnight, charged after the
@@ -530,14 +559,16 @@ mod tests {
             let day = today();
             let started = day.end.checked_sub(before).expect("instant");
             assert!(
-                admitted(&store.admit(subject, started).await),
+                admitted(&store.admit(subject, started, &Metered::default()).await),
                 "a long stream starts"
             );
             let next_day = day
                 .end
                 .checked_add(SignedDuration::from_mins(5))
                 .expect("instant");
-            assert!(admitted(&store.admit(subject, next_day).await));
+            assert!(admitted(
+                &store.admit(subject, next_day, &Metered::default()).await
+            ));
             store
                 .charge(
                     subject,
@@ -559,14 +590,14 @@ mod tests {
                     started,
                 )
                 .await;
-            store.refund(subject, started).await;
+            store.refund(subject, &Metered::default(), started).await;
             assert_eq!(
                 used(&store),
                 vec![(Decimal::from(300), day.end)],
                 "{before:?} before"
             );
             assert!(
-                admitted(&store.admit(subject, next_day).await),
+                admitted(&store.admit(subject, next_day, &Metered::default()).await),
                 "the new day still has room"
             );
         }
@@ -591,9 +622,15 @@ mod tests {
             .end
             .checked_add(SignedDuration::from_millis(1))
             .expect("instant");
-        assert!(admitted(&store.admit(subject, just_after).await));
-        assert!(admitted(&store.admit(subject, just_before).await));
-        assert!(admitted(&store.admit(subject, just_after).await));
+        assert!(admitted(
+            &store.admit(subject, just_after, &Metered::default()).await
+        ));
+        assert!(admitted(
+            &store.admit(subject, just_before, &Metered::default()).await
+        ));
+        assert!(admitted(
+            &store.admit(subject, just_after, &Metered::default()).await
+        ));
         assert_eq!(used(&store), vec![(Decimal::from(3), day.end)]);
     }
 
@@ -605,8 +642,12 @@ mod tests {
             plan: &plan,
         };
         let day = today();
-        assert!(admitted(&store.admit(subject, day.end).await));
-        assert!(admitted(&store.admit(subject, day.start).await));
+        assert!(admitted(
+            &store.admit(subject, day.end, &Metered::default()).await
+        ));
+        assert!(admitted(
+            &store.admit(subject, day.start, &Metered::default()).await
+        ));
         assert_eq!(used(&store), vec![(Decimal::ONE, day.start)]);
     }
 
@@ -618,13 +659,19 @@ mod tests {
             plan: &plan,
         };
         let now = Timestamp::now();
-        assert!(admitted(&store.admit(subject, now).await));
-        assert!(admitted(&store.admit(subject, now).await));
+        assert!(admitted(
+            &store.admit(subject, now, &Metered::default()).await
+        ));
+        assert!(admitted(
+            &store.admit(subject, now, &Metered::default()).await
+        ));
         let restored = MemoryStore::new();
         restored.restore(store.usage());
-        assert!(admitted(&restored.admit(subject, now).await));
+        assert!(admitted(
+            &restored.admit(subject, now, &Metered::default()).await
+        ));
         assert!(
-            !admitted(&restored.admit(subject, now).await),
+            !admitted(&restored.admit(subject, now, &Metered::default()).await),
             "2 restored + 1 = the limit"
         );
     }

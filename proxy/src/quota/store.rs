@@ -22,9 +22,15 @@ pub use tollgate_crds::stream::UsageRecord as UsageRow;
 
 /// Where counters live.
 pub trait CounterStore: Send + Sync + 'static {
-    /// Checks the plan's quotas, then its rate limits, and charges one request if all pass.
-    fn admit(&self, subject: Subject<'_>, now: Timestamp)
-    -> impl Future<Output = Admission> + Send;
+    /// Checks the plan's quotas, then its rate limits, and if all pass charges one request to
+    /// Requests quotas and `reservation` to token and Cost quotas. A token or Cost quota admits
+    /// while it is not used up and the reservation fits in what is left.
+    fn admit(
+        &self,
+        subject: Subject<'_>,
+        now: Timestamp,
+        reservation: &Metered,
+    ) -> impl Future<Output = Admission> + Send;
 
     /// The current states without charging (for RateLimit headers on responses that were refused
     /// before the quota check: 403, billing 402s).
@@ -34,18 +40,35 @@ pub trait CounterStore: Send + Sync + 'static {
         now: Timestamp,
     ) -> impl Future<Output = (Vec<LimitState>, Vec<LimitState>)> + Send;
 
-    /// Gives back the request charged by `admit` (the proxy failed it: 502/504). `now` is when
-    /// it was admitted: a period that has ended since is not touched.
-    fn refund(&self, subject: Subject<'_>, now: Timestamp) -> impl Future<Output = ()> + Send;
+    /// Gives back what `admit` charged (the proxy failed the request: 502/504): the request and
+    /// the reservation. `now` is when it was admitted: a period that has ended since is not
+    /// touched.
+    fn refund(
+        &self,
+        subject: Subject<'_>,
+        reservation: &Metered,
+        now: Timestamp,
+    ) -> impl Future<Output = ()> + Send;
 
-    /// Charges metered usage to the token and Cost quotas, in the period of `now`, when the
-    /// request was admitted (a response may end in the next period).
+    /// Replaces a call's reservation with what it used, in the token and Cost quotas of the
+    /// period of `now`, when the call was admitted (a response may end in the next period).
+    fn settle(
+        &self,
+        subject: Subject<'_>,
+        reserved: &Metered,
+        used: &Metered,
+        now: Timestamp,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// Charges usage that nothing reserved.
     fn charge(
         &self,
         subject: Subject<'_>,
-        metered: Metered,
+        used: Metered,
         now: Timestamp,
-    ) -> impl Future<Output = ()> + Send;
+    ) -> impl Future<Output = ()> + Send {
+        async move { self.settle(subject, &Metered::default(), &used, now).await }
+    }
 
     /// Current counters.
     fn usage(&self) -> Vec<UsageRow>;

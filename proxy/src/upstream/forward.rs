@@ -33,6 +33,9 @@ pub enum RequestBody {
     Empty,
     /// A body streamed from a connection hyper serves.
     Streaming(Incoming),
+    /// A body read whole before forwarding (a metered call, read to reserve its usage), sent
+    /// once.
+    Buffered(Option<Bytes>),
 }
 
 impl http_body::Body for RequestBody {
@@ -46,6 +49,12 @@ impl http_body::Body for RequestBody {
         match self.get_mut() {
             Self::Empty => Poll::Ready(None),
             Self::Streaming(body) => Pin::new(body).poll_frame(cx),
+            Self::Buffered(bytes) => Poll::Ready(
+                bytes
+                    .take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(http_body::Frame::data(b))),
+            ),
         }
     }
 
@@ -53,6 +62,7 @@ impl http_body::Body for RequestBody {
         match self {
             Self::Empty => true,
             Self::Streaming(body) => body.is_end_stream(),
+            Self::Buffered(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
         }
     }
 
@@ -60,6 +70,9 @@ impl http_body::Body for RequestBody {
         match self {
             Self::Empty => http_body::SizeHint::with_exact(0),
             Self::Streaming(body) => body.size_hint(),
+            Self::Buffered(bytes) => {
+                http_body::SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
         }
     }
 }
@@ -151,6 +164,11 @@ pub fn upstream_request(
             }
         }
     });
+    if let RequestBody::Buffered(body) = req.body() {
+        // The body read whole may have been rewritten: its length is the one sent.
+        let length = body.as_ref().map_or(0, Bytes::len);
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
     *req.headers_mut() = headers;
     Ok(req)
 }

@@ -2,6 +2,8 @@
 //! ports with its own manifest and state directories, and a small HTTP client.
 #![allow(dead_code)]
 
+pub mod llm;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -80,39 +82,10 @@ impl Backend {
     }
 }
 
-/// An OpenAI-compatible completion: 10 prompt tokens, 20 completion tokens, JSON or streamed (SSE).
-async fn completion(req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let streamed = String::from_utf8_lossy(&body).contains("\"stream\":true");
-    let (content_type, text) = if streamed {
-        let chunks = [
-            json!({"model": "gpt-4o-mini", "choices": [{"delta": {"content": "Hel"}}], "usage": null}),
-            json!({"model": "gpt-4o-mini", "choices": [{"delta": {"content": "lo"}}], "usage": null}),
-            json!({"model": "gpt-4o-mini", "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}}),
-        ];
-        let mut text: String = chunks.iter().map(|c| format!("data: {c}\n\n")).collect();
-        text.push_str("data: [DONE]\n\n");
-        ("text/event-stream", text)
-    } else {
-        let doc = json!({"model": "gpt-4o-mini-2024-07-18", "choices": [{"message": {"content": "Hello"}}],
-                         "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}});
-        ("application/json", doc.to_string())
-    };
-    let mut resp = Response::new(Full::new(Bytes::from(text)));
-    resp.headers_mut()
-        .insert("content-type", content_type.parse().expect("value"));
-    resp
-}
-
-async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn echo(req: Request<Incoming>) -> Result<Response<llm::AnyBody>, Infallible> {
     let path = req.uri().path().to_owned();
-    if path == "/v1/chat/completions" {
-        return Ok(completion(req).await);
+    if llm::handles(&path) {
+        return Ok(llm::answer(req).await);
     }
     let mut status = 200;
     if let Some(ms) = path
@@ -144,7 +117,7 @@ async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallibl
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let doc = json!({"method": method, "uri": uri, "headers": headers, "body": String::from_utf8_lossy(&body)});
-    let mut resp = Response::new(Full::new(Bytes::from(doc.to_string())));
+    let mut resp = Response::new(Full::new(Bytes::from(doc.to_string())).boxed());
     *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
     resp.headers_mut()
         .insert("content-type", "application/json".parse().expect("value"));

@@ -12,8 +12,11 @@
 //! another still holds unused units (at most one slice per proxy), and idle slices go back to
 //! Redis after 2 s and on shutdown. A proxy killed with SIGKILL loses at most its current slices.
 //!
-//! Token and Cost quotas are charged with INCRBY after the response (Cost in millionths) and
-//! admitted while the last known total is below the limit.
+//! Token and Cost quotas take a call's reservation at admission with the same Lua call, granting
+//! exactly the reservation or nothing (Cost in millionths), so the fleet's reservations never add
+//! up past the limit; the response's usage then replaces the reservation (an at-most-once
+//! change, below). A call that reserves nothing (a route that reads no tokens, under a token
+//! quota) is admitted while the last known total is below the limit.
 //!
 //! When Redis cannot be reached: FailClosed plans answer 503; FailOpen plans admit, count locally,
 //! and add what they admitted to Redis when it is back (nothing lost).
@@ -160,10 +163,10 @@ impl Counter {
 /// What a request took from a counter.
 #[derive(Debug, Clone, Copy)]
 enum Taken {
-    /// A unit of a slice.
-    Unit,
-    /// A unit counted locally while Redis was unreachable (FailOpen).
-    Debt,
+    /// Units granted by Redis (a unit of a slice, or a reservation).
+    Units(i64),
+    /// Units counted locally while Redis was unreachable (FailOpen).
+    Debt(i64),
 }
 
 /// Counters in Redis, leased in slices.
@@ -236,24 +239,31 @@ impl RedisStore {
         })
     }
 
+    /// Leases from `key`: a slice, or exactly `exact` units (or nothing when they do not fit).
     async fn lease_from_redis(
         &self,
         key: &str,
         limit: i64,
         ttl: i64,
+        exact: Option<i64>,
     ) -> redis::RedisResult<(i64, i64)> {
         let mut conn = self.conn.clone();
         let started = Instant::now();
         let mut call = self.lease.key(key);
         // The naive comparison mode (a call per admission) keeps no records.
-        let record = self.slices.then(|| self.record_key(key));
+        let record = (self.slices || exact.is_some()).then(|| self.record_key(key));
         if let Some(record) = &record {
             call.key(record);
         }
+        let amount = match exact {
+            Some(n) => n.to_string(),
+            None if self.slices => "slice".to_owned(),
+            None => "1".to_owned(),
+        };
         let result: redis::RedisResult<(i64, i64)> = call
             .arg(limit)
             .arg(ttl)
-            .arg(i64::from(self.slices))
+            .arg(amount)
             .arg(RECORD_SECONDS)
             .invoke_async(&mut conn)
             .await;
@@ -370,7 +380,7 @@ impl RedisStore {
                 return Ok(true);
             }
         }
-        let (grant, used) = self.lease_from_redis(key, limit, ttl).await?;
+        let (grant, used) = self.lease_from_redis(key, limit, ttl, None).await?;
         if let Some(c) = self.counters.lock().get_mut(key) {
             c.redis_used = used;
             c.leased += u64::try_from(grant - 1).unwrap_or(0);
@@ -378,29 +388,60 @@ impl RedisStore {
         Ok(grant > 0)
     }
 
-    /// Takes one unit of `key` for this request, per the plan's failure policy; records what was
-    /// taken in `taken` so a later refusal can put it back. `Err(())`: Redis is unreachable and
-    /// the plan is FailClosed.
+    /// Takes a call's reservation of `units` from the counter `key` (which must exist), in one
+    /// atomic call: all of them, or `Ok(false)` when they do not fit.
+    async fn take_reservation(
+        &self,
+        key: &str,
+        limit: i64,
+        ttl: i64,
+        units: i64,
+    ) -> redis::RedisResult<bool> {
+        let (grant, used) = self.lease_from_redis(key, limit, ttl, Some(units)).await?;
+        if let Some(c) = self.counters.lock().get_mut(key) {
+            c.redis_used = used;
+        }
+        Ok(grant > 0)
+    }
+
+    /// Takes `units` of `key` for this request (`None`: one unit, from a slice), per the plan's
+    /// failure policy; records what was taken in `taken` so a later refusal can put it back.
+    /// `Err(())`: Redis is unreachable and the plan is FailClosed.
+    #[allow(clippy::too_many_arguments)]
     async fn take_for_request(
         &self,
         key: &str,
         limit: i64,
         ttl: i64,
+        units: Option<i64>,
         fail_open: bool,
         counts_debt: bool,
         taken: &mut Vec<(String, Taken)>,
     ) -> Result<bool, ()> {
-        match self.take_one(key, limit, ttl).await {
+        let result = match units {
+            None => self.take_one(key, limit, ttl).await,
+            Some(n) => self.take_reservation(key, limit, ttl, n).await,
+        };
+        let n = units.unwrap_or(1);
+        match result {
             Ok(true) => {
-                taken.push((key.to_owned(), Taken::Unit));
+                taken.push((key.to_owned(), Taken::Units(n)));
                 Ok(true)
             }
             Ok(false) => Ok(false),
             Err(_) if fail_open => {
-                if counts_debt && let Some(c) = self.counters.lock().get_mut(key) {
-                    c.debt += 1;
-                    self.metrics.unreconciled_units.inc();
-                    taken.push((key.to_owned(), Taken::Debt));
+                let mut counters = self.counters.lock();
+                // A reservation is checked against the last total Redis gave, plus what this
+                // proxy counted since: an outage does not lift a token or Cost quota.
+                if let (Some(n), Some(c)) = (units, counters.get(key))
+                    && c.redis_used + c.unconfirmed() + n > limit
+                {
+                    return Ok(false);
+                }
+                if counts_debt && let Some(c) = counters.get_mut(key) {
+                    c.debt += n;
+                    self.metrics.unreconciled_units.add(n);
+                    taken.push((key.to_owned(), Taken::Debt(n)));
                 }
                 Ok(true)
             }
@@ -408,7 +449,12 @@ impl RedisStore {
         }
     }
 
-    async fn admit_inner(&self, subject: Subject<'_>, now: Timestamp) -> Admission {
+    async fn admit_inner(
+        &self,
+        subject: Subject<'_>,
+        now: Timestamp,
+        reservation: &Metered,
+    ) -> Admission {
         let plan: &PlanEntry = subject.plan;
         let fail_open = plan.plan.failure_policy == FailurePolicy::FailOpen;
         let mut taken: Vec<(String, Taken)> = Vec::new();
@@ -417,24 +463,31 @@ impl RedisStore {
         let windows: Vec<(String, PeriodWindow)> = (0..plan.plan.quotas.len())
             .map(|i| Self::window_key(&subject, i, now))
             .collect();
-        // 1. Quotas: one unit of every Requests quota; token and Cost quotas by their last total.
+        // 1. Quotas: one unit of every Requests quota, the reservation of the others (those
+        // that reserve nothing: by their last known total).
         for (i, quota) in plan.plan.quotas.iter().enumerate() {
             let (key, w) = (&windows[i].0, windows[i].1);
             let limit = units(quota.metric, quota.limit);
+            let reserve = reservation
+                .amount(quota.metric)
+                .map(|amount| units(quota.metric, amount));
             let over = {
                 let mut counters = self.counters.lock();
                 let c = Self::counter(&mut counters, &subject, i, key, w);
-                quota.metric != Metric::Requests && c.redis_used + c.unconfirmed() >= limit
+                c.redis_used + c.unconfirmed() >= limit
             };
-            if quota.metric != Metric::Requests || exhausted.is_some() {
+            if exhausted.is_some() || (reserve == Some(0) && over) {
                 if over {
                     exhausted.get_or_insert(i);
                 }
                 continue;
             }
+            if reserve == Some(0) {
+                continue;
+            }
             let ttl = time_to_live(key_expiry(w, false), now);
             match self
-                .take_for_request(key, limit, ttl, fail_open, true, &mut taken)
+                .take_for_request(key, limit, ttl, reserve, fail_open, true, &mut taken)
                 .await
             {
                 Ok(true) => {}
@@ -465,7 +518,7 @@ impl RedisStore {
                 // FailOpen admits the window locally; there is nothing to reconcile for it.
                 let ttl = time_to_live(key_expiry(w, true), now);
                 match self
-                    .take_for_request(&key, limit, ttl, fail_open, false, &mut taken)
+                    .take_for_request(&key, limit, ttl, None, fail_open, false, &mut taken)
                     .await
                 {
                     Ok(admitted) => denied = !admitted,
@@ -501,19 +554,25 @@ impl RedisStore {
         for (i, quota) in plan.plan.quotas.iter().enumerate() {
             let (key, w) = (&windows[i].0, windows[i].1);
             let c = Self::counter(&mut counters, &subject, i, key, w);
-            if exhausted.is_none() && exceeded.is_none() && quota.metric == Metric::Requests {
-                c.spent += Decimal::ONE;
+            if exhausted.is_none() && exceeded.is_none() {
+                c.spent += reservation.amount(quota.metric).unwrap_or(Decimal::ONE);
                 c.last_used = Instant::now();
             }
             quotas.push(Self::state(c, quota.limit, quota.metric, i, now));
         }
         drop(counters);
         if let Some(i) = exhausted {
+            let quota = &plan.plan.quotas[i];
+            let needed = reservation.amount(quota.metric).unwrap_or(Decimal::ONE);
             let mut state = quotas[i].clone();
-            state.used = state.used.max(plan.plan.quotas[i].limit);
-            state.remaining = Decimal::ZERO;
+            if needed <= state.remaining {
+                // Redis knew better than this proxy's last reading: the quota is used up.
+                state.used = state.used.max(quota.limit);
+                state.remaining = Decimal::ZERO;
+            }
             return Admission::QuotaExhausted {
                 exhausted: state,
+                needed,
                 rate_limits,
                 quotas,
             };
@@ -548,11 +607,12 @@ impl RedisStore {
         let mut counters = self.counters.lock();
         for (key, what) in taken {
             if let Some(c) = counters.get_mut(key) {
-                match what {
-                    Taken::Unit => c.leased += 1,
-                    Taken::Debt => {
-                        c.debt -= 1;
-                        self.metrics.unreconciled_units.dec();
+                match *what {
+                    // Kept as this proxy's to give back to Redis (or spend, for a unit).
+                    Taken::Units(n) => c.leased += u64::try_from(n).unwrap_or(0),
+                    Taken::Debt(n) => {
+                        c.debt -= n;
+                        self.metrics.unreconciled_units.sub(n);
                     }
                 }
             }
@@ -661,8 +721,13 @@ impl RedisStore {
 }
 
 impl CounterStore for RedisStore {
-    async fn admit(&self, subject: Subject<'_>, now: Timestamp) -> Admission {
-        self.admit_inner(subject, now).await
+    async fn admit(
+        &self,
+        subject: Subject<'_>,
+        now: Timestamp,
+        reservation: &Metered,
+    ) -> Admission {
+        self.admit_inner(subject, now, reservation).await
     }
 
     async fn peek(
@@ -691,31 +756,38 @@ impl CounterStore for RedisStore {
         (Vec::new(), quotas)
     }
 
-    async fn refund(&self, subject: Subject<'_>, now: Timestamp) {
-        let mut counters = self.counters.lock();
-        for &i in &subject.plan.request_quotas {
-            let (key, w) = Self::window_key(&subject, i, now);
-            let c = Self::counter(&mut counters, &subject, i, &key, w);
-            c.leased += 1;
-            c.spent = (c.spent - Decimal::ONE).max(Decimal::ZERO);
+    async fn refund(&self, subject: Subject<'_>, reservation: &Metered, now: Timestamp) {
+        {
+            let mut counters = self.counters.lock();
+            for &i in &subject.plan.request_quotas {
+                let (key, w) = Self::window_key(&subject, i, now);
+                let c = Self::counter(&mut counters, &subject, i, &key, w);
+                c.leased += 1;
+                c.spent = (c.spent - Decimal::ONE).max(Decimal::ZERO);
+            }
         }
+        CounterStore::settle(self, subject, reservation, &Metered::default(), now).await;
     }
 
-    async fn charge(&self, subject: Subject<'_>, metered: Metered, now: Timestamp) {
+    async fn settle(
+        &self,
+        subject: Subject<'_>,
+        reserved: &Metered,
+        used: &Metered,
+        now: Timestamp,
+    ) {
         let plan = subject.plan;
         for (i, quota) in plan.plan.quotas.iter().enumerate() {
-            let amount = match quota.metric {
-                Metric::Requests => continue,
-                Metric::InputTokens => Decimal::from(metered.input_tokens),
-                Metric::OutputTokens => Decimal::from(metered.output_tokens),
-                Metric::TotalTokens => Decimal::from(metered.input_tokens + metered.output_tokens),
-                Metric::Cost => metered.cost,
+            let (Some(used), Some(reserved)) =
+                (used.amount(quota.metric), reserved.amount(quota.metric))
+            else {
+                continue;
             };
-            if amount.is_zero() {
+            let delta = units(quota.metric, used) - units(quota.metric, reserved);
+            if delta == 0 {
                 continue;
             }
             let (key, w) = Self::window_key(&subject, i, now);
-            let delta = units(quota.metric, amount);
             let change = Adjustment {
                 op: self.record_key(&key),
                 delta,
@@ -724,14 +796,17 @@ impl CounterStore for RedisStore {
             let result = self.adjust(&key, &change, ttl, "charge").await;
             let mut counters = self.counters.lock();
             let c = Self::counter(&mut counters, &subject, i, &key, w);
-            c.spent += amount;
+            c.spent = (c.spent + used - reserved).max(Decimal::ZERO);
             match result {
                 Ok(total) => c.redis_used = total,
                 // Usage already happened: whatever the failure policy, it is kept and retried
-                // (with the same id: if Redis did apply it, it is not counted twice).
+                // (with the same id: if Redis did apply it, it is not counted twice). Units
+                // given back are counted as returned when they arrive.
                 Err(_) => {
                     c.unanswered.push(change);
-                    self.metrics.unreconciled_units.add(delta);
+                    if delta > 0 {
+                        self.metrics.unreconciled_units.add(delta);
+                    }
                 }
             }
         }
@@ -748,7 +823,7 @@ impl CounterStore for RedisStore {
                 quota: c.quota.clone(),
                 period_start: c.window.start,
                 period_end: c.window.end,
-                used: c.spent,
+                used: c.spent.normalize(),
             })
             .collect();
         rows.sort_by(|a, b| (&a.tenant, &a.plan, &a.quota).cmp(&(&b.tenant, &b.plan, &b.quota)));
@@ -808,7 +883,7 @@ mod tests {
         };
         let now = Timestamp::now();
         for _ in 0..2 {
-            let admission = store.admit(subject, now).await;
+            let admission = store.admit(subject, now, &Metered::default()).await;
             assert!(
                 matches!(admission, Admission::Admitted { .. }),
                 "{admission:?}"
@@ -831,7 +906,7 @@ mod tests {
             .await;
         assert_eq!(owed(&store, "tokens"), 20);
         assert_eq!(metrics.unreconciled_units.get(), 22);
-        let refused = store.admit(subject, now).await;
+        let refused = store.admit(subject, now, &Metered::default()).await;
         assert!(
             matches!(refused, Admission::QuotaExhausted { .. }),
             "{refused:?}"
@@ -841,7 +916,7 @@ mod tests {
         assert_eq!(metrics.unreconciled_units.get(), 22);
 
         // A refund gives the request back: one unit less to add when Redis is back.
-        store.refund(subject, now).await;
+        store.refund(subject, &Metered::default(), now).await;
         assert_eq!(owed(&store, "monthly"), 1);
         assert_eq!(metrics.partitioned.get(), 1, "the outage is shown");
     }
@@ -857,7 +932,9 @@ mod tests {
             tenant: &tenant,
             plan: &plan,
         };
-        let admission = store.admit(subject, Timestamp::now()).await;
+        let admission = store
+            .admit(subject, Timestamp::now(), &Metered::default())
+            .await;
         assert_eq!(admission, Admission::StoreUnavailable);
         assert_eq!(owed(&store, "monthly"), 0);
         assert_eq!(metrics.unreconciled_units.get(), 0);

@@ -1,0 +1,559 @@
+//! Metering a backend response as it streams by, and settling the call's reservation when it
+//! ends.
+//!
+//! Bodies are read as they go to the client, never buffered for it: a JSON body through
+//! [`MemberScanner`] (any size, constant memory), an event stream line by line. What the provider
+//! reported ([`Report`]) is priced with the plan's prices and replaces the reservation taken at
+//! admission:
+//! - usage reported: that usage is charged (priced by the model the response names, else the one
+//!   the request named);
+//! - no usage from a successful (2xx) response — the client left before the usage chunk, the
+//!   backend never sent one, the body was cut: the reservation is charged, nothing is free;
+//! - no usage from a failed response (the provider bills nothing): the tokens are released, the
+//!   per-request price stays (the backend answered).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use serde_json::Value;
+use tollgate_crds::resources::Metering;
+use tollgate_crds::snapshot::Pricing;
+
+use super::estimate::Estimates;
+use super::formats::{MEMBERS, Report};
+use super::json_scan::MemberScanner;
+use crate::http1::raw_headers::{OwnLines, RawHeaders};
+use crate::quota::Metered;
+use crate::telemetry::warn_throttle::WarnThrottle;
+use crate::upstream::pool::UpstreamBody;
+
+/// Longest single SSE line kept while looking for usage (longer lines are skipped).
+const MAX_SSE_LINE: usize = 1024 * 1024;
+
+/// Warnings about usage of a model without a price, at most one per minute.
+static UNPRICED_WARNINGS: WarnThrottle = WarnThrottle::new(Duration::from_secs(60));
+
+/// Replaces the call's reservation with what it used (the store's settle).
+pub type Settle = Box<dyn FnOnce(Metered) + Send>;
+
+/// What the meter needs to settle a call.
+pub struct Settlement {
+    /// The route's usage format.
+    pub metering: Metering,
+    /// What admission reserved.
+    pub reserved: Metered,
+    /// The plan's prices.
+    pub pricing: Option<Pricing>,
+    /// Whether the plan counts money (an unpriced model is then worth a warning).
+    pub prices_tokens: bool,
+    /// The model the request named.
+    pub request_model: Option<String>,
+    /// The request body's size (the estimates learn tokens per byte).
+    pub body_bytes: usize,
+    /// Recent usage by model, to learn from this call.
+    pub estimates: Arc<Estimates>,
+    /// Called once with the actual usage.
+    pub settle: Settle,
+}
+
+/// How the body is read.
+#[derive(Debug)]
+enum Format {
+    /// `application/json`: the members that carry usage, picked out as they pass.
+    Json(MemberScanner),
+    /// `text/event-stream`: `data:` lines, each a JSON document; the line being read.
+    EventStream(Vec<u8>),
+    /// Nothing to read.
+    None,
+}
+
+/// Watches a body go by and settles the call when it ends.
+pub struct Meter {
+    format: Format,
+    report: Report,
+    /// The backend answered 2xx.
+    success: bool,
+    settlement: Option<Settlement>,
+}
+
+impl std::fmt::Debug for Settlement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settlement")
+            .field("metering", &self.metering)
+            .field("reserved", &self.reserved)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Meter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Meter")
+            .field("format", &self.format)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Meter {
+    /// A meter for a response with `status` and `content_type`.
+    pub fn new(
+        status: http::StatusCode,
+        content_type: Option<&str>,
+        settlement: Settlement,
+    ) -> Self {
+        let format = match content_type {
+            _ if !settlement.metering.reads_tokens() => Format::None,
+            Some(ct) if ct.starts_with("text/event-stream") => Format::EventStream(Vec::new()),
+            Some(ct) if ct.starts_with("application/json") || ct.contains("+json") => {
+                Format::Json(MemberScanner::new(MEMBERS))
+            }
+            _ => Format::None,
+        };
+        Self {
+            format,
+            report: Report::default(),
+            success: status.is_success(),
+            settlement: Some(settlement),
+        }
+    }
+
+    fn metering(&self) -> Metering {
+        self.settlement
+            .as_ref()
+            .map_or(Metering::Requests, |s| s.metering)
+    }
+
+    /// Feeds one chunk of the body.
+    pub fn observe(&mut self, chunk: &[u8]) {
+        let metering = self.metering();
+        let report = &mut self.report;
+        match &mut self.format {
+            Format::None => {}
+            Format::Json(scanner) => scanner.feed(chunk, &mut |name, value| {
+                if let Ok(value) = serde_json::from_slice::<Value>(value) {
+                    let mut doc = serde_json::Map::new();
+                    doc.insert(name.to_owned(), value);
+                    report.read(metering, &Value::Object(doc));
+                }
+            }),
+            Format::EventStream(line) => {
+                for &byte in chunk {
+                    if byte == b'\n' {
+                        sse_line(metering, report, line);
+                        line.clear();
+                    } else if line.len() < MAX_SSE_LINE {
+                        line.push(byte);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The body ended (or was dropped): settle the call (once).
+    pub fn finish(&mut self) {
+        let Some(s) = self.settlement.take() else {
+            return;
+        };
+        if let Format::EventStream(line) = &mut self.format
+            && !line.is_empty()
+        {
+            sse_line(s.metering, &mut self.report, line);
+            line.clear();
+        }
+        let per_request = s
+            .pricing
+            .as_ref()
+            .and_then(|p| p.per_request)
+            .unwrap_or_default();
+        let actual = match self.report.usage {
+            Some(usage) => {
+                let by_response = self.report.model.as_deref();
+                let price = |m: Option<&str>| m.and_then(|m| s.pricing.as_ref()?.model(m));
+                let price = price(by_response).or_else(|| price(s.request_model.as_deref()));
+                if price.is_none()
+                    && s.prices_tokens
+                    && usage != Default::default()
+                    && let Some(left_out) = UNPRICED_WARNINGS.due(Instant::now())
+                {
+                    tracing::warn!(
+                        model = by_response.or(s.request_model.as_deref()).unwrap_or("-"),
+                        warnings_not_logged = left_out,
+                        "usage of a model without a price: its tokens count, but cost only the \
+                         per-request price; add the model to the plan's pricing.models"
+                    );
+                }
+                if let Some(model) = s.request_model.as_deref().or(by_response) {
+                    s.estimates.learn(
+                        model,
+                        s.body_bytes,
+                        usage.input_tokens(),
+                        usage.output_tokens(),
+                    );
+                }
+                usage.metered(s.pricing.as_ref(), price)
+            }
+            // What the call may have used stands: the provider may bill it.
+            None if self.success && s.metering.reads_tokens() => s.reserved,
+            None => Metered {
+                cost: per_request,
+                ..Metered::default()
+            },
+        };
+        (s.settle)(actual);
+    }
+}
+
+fn sse_line(metering: Metering, report: &mut Report, line: &[u8]) {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Some(data) = line.strip_prefix(b"data:") else {
+        return;
+    };
+    let data = data.trim_ascii();
+    if data.is_empty() || data == b"[DONE]" {
+        return;
+    }
+    if let Ok(doc) = serde_json::from_slice::<Value>(data) {
+        report.read(metering, &doc);
+    }
+}
+
+/// Keeps the usage-only chunk that Tollgate asked an OpenAI stream for (`include_usage`) from a
+/// client that did not ask for it: complete events pass as soon as they end, that one is dropped.
+#[derive(Debug, Default)]
+pub struct UsageChunkFilter {
+    pending: BytesMut,
+}
+
+impl UsageChunkFilter {
+    /// The complete events in `pending` + `chunk`, minus the usage-only ones.
+    fn pass(&mut self, chunk: &[u8]) -> Bytes {
+        self.pending.extend_from_slice(chunk);
+        let mut out = BytesMut::new();
+        while let Some(end) = event_end(&self.pending) {
+            let event = self.pending.split_to(end);
+            if !is_usage_only(&event) {
+                out.extend_from_slice(&event);
+            }
+        }
+        out.freeze()
+    }
+
+    /// What is left when the stream ends (an unterminated last event).
+    fn rest(&mut self) -> Bytes {
+        std::mem::take(&mut self.pending).freeze()
+    }
+}
+
+/// The end (past the blank line) of the first complete event in `buf`.
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < buf.len() {
+        if buf[i] == b'\n' {
+            match buf.get(i + 1) {
+                Some(b'\n') => return Some(i + 2),
+                Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some(i + 3),
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// An event whose data is a chunk with no choices and a usage object.
+fn is_usage_only(event: &[u8]) -> bool {
+    if !event.windows(5).any(|w| w == b"usage") {
+        return false;
+    }
+    event.split(|&b| b == b'\n').any(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        line.strip_prefix(b"data:")
+            .and_then(|d| serde_json::from_slice::<Value>(d.trim_ascii()).ok())
+            .is_some_and(|doc| {
+                doc.get("choices")
+                    .and_then(Value::as_array)
+                    .is_some_and(Vec::is_empty)
+                    && doc.get("usage").is_some_and(Value::is_object)
+            })
+    })
+}
+
+/// A backend body, metered when the route and plan need it.
+#[derive(Debug)]
+pub struct MeteredBody {
+    /// Boxed: a response is moved several times on its way to the client, and the backend body
+    /// (its connection, framing state and relayed headers) is most of its size.
+    inner: Box<UpstreamBody>,
+    meter: Option<Box<Meter>>,
+    /// Set when the usage chunk Tollgate asked for is kept from the client.
+    filter: Option<Box<UsageChunkFilter>>,
+    /// Headers the proxy adds, as lines (its `RateLimit` headers), written with the relayed ones.
+    own_lines: OwnLines,
+}
+
+impl MeteredBody {
+    /// `inner`, watched by `meter` if any; `strip_usage_chunk` keeps the usage-only SSE chunk
+    /// from the client.
+    pub fn new(inner: UpstreamBody, meter: Option<Meter>, strip_usage_chunk: bool) -> Self {
+        Self {
+            inner: Box::new(inner),
+            meter: meter.map(Box::new),
+            filter: strip_usage_chunk.then(Box::default),
+            own_lines: OwnLines::default(),
+        }
+    }
+
+    /// Sets the headers the proxy adds as lines; they override relayed ones of the same name.
+    pub fn set_own_lines(&mut self, lines: OwnLines) {
+        self.own_lines = lines;
+    }
+
+    /// Takes the proxy's lines and the backend's headers still to relay as bytes (see
+    /// [`crate::http1::raw_headers`]).
+    pub fn take_lines(&mut self) -> (OwnLines, RawHeaders) {
+        (
+            std::mem::take(&mut self.own_lines),
+            self.inner.take_relayed_headers(),
+        )
+    }
+}
+
+impl Body for MeteredBody {
+    type Data = Bytes;
+    type Error = crate::upstream::pool::BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        loop {
+            let polled = Pin::new(&mut *self.inner).poll_frame(cx);
+            let this = &mut *self;
+            if let Some(meter) = this.meter.as_mut() {
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            meter.observe(data);
+                        }
+                    }
+                    Poll::Ready(None) => meter.finish(),
+                    _ => {}
+                }
+            }
+            let Some(filter) = this.filter.as_mut() else {
+                return polled;
+            };
+            return match polled {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        let passed = filter.pass(&data);
+                        if passed.is_empty() {
+                            continue; // Only part of an event, or the dropped chunk.
+                        }
+                        Poll::Ready(Some(Ok(Frame::data(passed))))
+                    }
+                    Err(frame) => Poll::Ready(Some(Ok(frame))),
+                },
+                Poll::Ready(None) => {
+                    let rest = filter.rest();
+                    this.filter = None;
+                    if rest.is_empty() {
+                        Poll::Ready(None)
+                    } else {
+                        Poll::Ready(Some(Ok(Frame::data(rest))))
+                    }
+                }
+                other => other,
+            };
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.filter.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.filter.is_some() {
+            // Events may be dropped: the length is not known.
+            return SizeHint::default();
+        }
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for MeteredBody {
+    fn drop(&mut self) {
+        // The client went away mid-stream, or the server never polled an empty body: what the
+        // backend reported so far is charged, else the reservation (see the module).
+        if let Some(meter) = self.meter.as_mut() {
+            meter.finish();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use rust_decimal::Decimal;
+    use tollgate_crds::snapshot::ModelPrice;
+
+    use super::*;
+
+    fn pricing() -> Pricing {
+        Pricing {
+            currency: "USD".into(),
+            per_request: Some(Decimal::new(1, 4)),
+            models: vec![ModelPrice {
+                model: "gpt-4o-mini".into(),
+                input_per_million_tokens: Decimal::new(15, 2),
+                output_per_million_tokens: Decimal::new(60, 2),
+                cached_input_per_million_tokens: None,
+                cache_write_input_per_million_tokens: None,
+                reasoning_per_million_tokens: None,
+            }],
+        }
+    }
+
+    const RESERVED: Metered = Metered {
+        input_tokens: 100,
+        output_tokens: 500,
+        cost: Decimal::ONE,
+    };
+
+    fn meter_with(
+        metering: Metering,
+        status: u16,
+        content_type: &str,
+    ) -> (Meter, Arc<Mutex<Vec<Metered>>>) {
+        let charged = Arc::new(Mutex::new(Vec::new()));
+        let sink = charged.clone();
+        let m = Meter::new(
+            http::StatusCode::from_u16(status).expect("status"),
+            Some(content_type),
+            Settlement {
+                metering,
+                reserved: RESERVED,
+                pricing: Some(pricing()),
+                prices_tokens: true,
+                request_model: Some("gpt-4o-mini".into()),
+                body_bytes: 100,
+                estimates: Arc::new(Estimates::new()),
+                settle: Box::new(move |u| sink.lock().expect("lock").push(u)),
+            },
+        );
+        (m, charged)
+    }
+
+    fn meter(content_type: &str) -> (Meter, Arc<Mutex<Vec<Metered>>>) {
+        meter_with(Metering::OpenAI, 200, content_type)
+    }
+
+    #[test]
+    fn json_usage_is_priced_by_model() {
+        let (mut m, charged) = meter("application/json");
+        let body = br#"{"id":"x","model":"gpt-4o-mini-2024-07-18","usage":{"prompt_tokens":1000,"completion_tokens":2000,"total_tokens":3000}}"#;
+        m.observe(&body[..20]);
+        m.observe(&body[20..]);
+        m.finish();
+        m.finish();
+        let charged = charged.lock().expect("lock");
+        assert_eq!(charged.len(), 1, "charged once");
+        assert_eq!(
+            (charged[0].input_tokens, charged[0].output_tokens),
+            (1000, 2000)
+        );
+        // 0.0001 + 1000 * 0.15/1e6 + 2000 * 0.60/1e6 = 0.0001 + 0.00015 + 0.0012
+        assert_eq!(charged[0].cost, Decimal::new(145, 5));
+    }
+
+    #[test]
+    fn streamed_usage_is_read_from_the_last_chunk_split_anywhere() {
+        let (mut m, charged) = meter("text/event-stream; charset=utf-8");
+        let stream = "data: {\"model\":\"gpt-4o-mini\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n\
+                      data: {\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":5}}\r\n\r\n\
+                      data: [DONE]\n\n";
+        for chunk in stream.as_bytes().chunks(13) {
+            m.observe(chunk);
+        }
+        m.finish();
+        let charged = charged.lock().expect("lock");
+        assert_eq!((charged[0].input_tokens, charged[0].output_tokens), (7, 5));
+    }
+
+    #[test]
+    fn without_usage_a_success_keeps_its_reservation_and_a_failure_releases_it() {
+        // A stream cut before its usage chunk (or a backend that sends none).
+        let (mut m, charged) = meter("text/event-stream");
+        m.observe(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}\n\n");
+        m.finish();
+        assert_eq!(charged.lock().expect("lock")[0], RESERVED);
+        // A body that is not JSON at all.
+        let (mut m, charged) = meter("text/plain");
+        m.observe(b"hello");
+        m.finish();
+        assert_eq!(charged.lock().expect("lock")[0], RESERVED);
+        // The provider refused the call: it bills nothing; the per-request price stays.
+        let (mut m, charged) = meter_with(Metering::OpenAI, 429, "application/json");
+        m.observe(br#"{"error":{"message":"slow down"}}"#);
+        m.finish();
+        assert_eq!(
+            charged.lock().expect("lock")[0],
+            Metered {
+                cost: Decimal::new(1, 4),
+                ..Metered::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_route_that_reads_no_tokens_charges_the_per_request_price() {
+        let (mut m, charged) = meter_with(Metering::Requests, 200, "application/json");
+        m.observe(br#"{"usage":{"prompt_tokens":1}}"#);
+        m.finish();
+        assert_eq!(
+            charged.lock().expect("lock")[0],
+            Metered {
+                cost: Decimal::new(1, 4),
+                ..Metered::default()
+            }
+        );
+    }
+
+    #[test]
+    fn anthropic_and_gemini_streams_are_read() {
+        let (mut m, charged) = meter_with(Metering::Anthropic, 200, "text/event-stream");
+        m.observe(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude\",\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n");
+        m.observe(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":30}}\n\n");
+        m.finish();
+        let got = charged.lock().expect("lock")[0];
+        assert_eq!((got.input_tokens, got.output_tokens), (9, 30));
+        // Gemini without alt=sse: a JSON array of responses, the last usage wins.
+        let (mut m, charged) = meter_with(Metering::Gemini, 200, "application/json");
+        m.observe(br#"[{"usageMetadata":{"promptTokenCount":4,"candidatesTokenCount":1}},"#);
+        m.observe(br#"{"usageMetadata":{"promptTokenCount":4,"candidatesTokenCount":8,"thoughtsTokenCount":2}}]"#);
+        m.finish();
+        let got = charged.lock().expect("lock")[0];
+        assert_eq!((got.input_tokens, got.output_tokens), (4, 10));
+    }
+
+    #[test]
+    fn the_usage_chunk_asked_for_by_tollgate_is_kept_from_the_client() {
+        let mut filter = UsageChunkFilter::default();
+        let stream = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n\
+                      data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":5}}\r\n\r\n\
+                      data: [DONE]\n\n";
+        let mut out = Vec::new();
+        for chunk in stream.as_bytes().chunks(7) {
+            out.extend_from_slice(&filter.pass(chunk));
+        }
+        out.extend_from_slice(&filter.rest());
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\ndata: [DONE]\n\n"
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! Provider-compatible answers for the test backend: OpenAI Chat Completions, Anthropic Messages
+//! and Gemini `generateContent`, JSON and streamed, with the usage each provider reports.
+//!
+//! Like the providers, an OpenAI stream reports usage only when the request asked
+//! (`stream_options.include_usage`). Test knobs come as request headers (the proxy relays them):
+//! `x-llm-delay-ms` (wait before answering), `x-llm-usage: none` (never report usage),
+//! `x-llm-logprobs-bytes` (inflate a JSON answer), `x-llm-output-tokens` (a longer answer), `x-llm-pause-before-usage-ms` (a stream
+//! pauses after its last content chunk, before its usage).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use serde_json::{Value, json};
+
+/// Prompt tokens every answer reports.
+pub const PROMPT_TOKENS: u64 = 10;
+/// Output tokens an answer reports when the request's bound allows.
+pub const OUTPUT_TOKENS: u64 = 20;
+
+pub type AnyBody = BoxBody<Bytes, Infallible>;
+
+/// Whether `path` is one of the provider APIs answered here.
+pub fn handles(path: &str) -> bool {
+    path.ends_with("/chat/completions")
+        || path == "/v1/messages"
+        || path.contains(":generateContent")
+        || path.contains(":streamGenerateContent")
+}
+
+struct Knobs {
+    /// Output tokens to report (before the request's bound); `OUTPUT_TOKENS` when 0.
+    output_tokens: u64,
+    delay_ms: u64,
+    no_usage: bool,
+    logprobs_bytes: usize,
+    pause_before_usage_ms: u64,
+}
+
+fn header_number(req: &Request<Incoming>, name: &str) -> u64 {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Answers a provider call.
+pub async fn answer(req: Request<Incoming>) -> Response<AnyBody> {
+    let knobs = Knobs {
+        output_tokens: header_number(&req, "x-llm-output-tokens"),
+        delay_ms: header_number(&req, "x-llm-delay-ms"),
+        no_usage: req
+            .headers()
+            .get("x-llm-usage")
+            .is_some_and(|v| v == "none"),
+        logprobs_bytes: header_number(&req, "x-llm-logprobs-bytes") as usize,
+        pause_before_usage_ms: header_number(&req, "x-llm-pause-before-usage-ms"),
+    };
+    let path = req.uri().path().to_owned();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let doc: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
+    tokio::time::sleep(Duration::from_millis(knobs.delay_ms)).await;
+    let bound = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|n| doc[*n].as_u64())
+        .or_else(|| doc["generationConfig"]["maxOutputTokens"].as_u64())
+        .unwrap_or(u64::MAX);
+    let wanted = match knobs.output_tokens {
+        0 => OUTPUT_TOKENS,
+        n => n,
+    };
+    let output = wanted.min(bound);
+    let streamed = doc["stream"] == true || path.contains(":streamGenerateContent");
+    let (events, json_body) = if path == "/v1/messages" {
+        anthropic(&doc, output, &knobs)
+    } else if path.contains("GenerateContent") || path.contains("generateContent") {
+        gemini(output, &knobs)
+    } else {
+        openai(&doc, output, &knobs)
+    };
+    if streamed {
+        stream(events, knobs.pause_before_usage_ms)
+    } else {
+        let mut resp = Response::new(Full::new(Bytes::from(json_body.to_string())).boxed());
+        resp.headers_mut()
+            .insert("content-type", "application/json".parse().expect("value"));
+        resp
+    }
+}
+
+/// SSE events (the last one or two carry usage) and the JSON answer.
+type Answer = (Vec<(Option<&'static str>, Value)>, Value);
+
+fn openai(doc: &Value, output: u64, knobs: &Knobs) -> Answer {
+    let model = doc["model"].as_str().unwrap_or("gpt-4o-mini").to_owned();
+    let usage = json!({"prompt_tokens": PROMPT_TOKENS, "completion_tokens": output,
+                       "total_tokens": PROMPT_TOKENS + output,
+                       "prompt_tokens_details": {"cached_tokens": 0}});
+    let mut events = vec![
+        (
+            None,
+            json!({"model": model, "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": null}], "usage": null}),
+        ),
+        (
+            None,
+            json!({"model": model, "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}], "usage": null}),
+        ),
+    ];
+    let asked = doc["stream_options"]["include_usage"] == true;
+    if asked && !knobs.no_usage {
+        events.push((None, json!({"model": model, "choices": [], "usage": usage})));
+    }
+    let mut answer = json!({"id": "chatcmpl-1", "object": "chat.completion", "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"}, "finish_reason": "stop",
+                     "logprobs": {"filler": "x".repeat(knobs.logprobs_bytes)}}]});
+    if !knobs.no_usage {
+        answer["usage"] = usage;
+    }
+    (events, answer)
+}
+
+fn anthropic(doc: &Value, output: u64, knobs: &Knobs) -> Answer {
+    let model = doc["model"]
+        .as_str()
+        .unwrap_or("claude-sonnet-4-5")
+        .to_owned();
+    let start_usage = json!({"input_tokens": PROMPT_TOKENS, "cache_creation_input_tokens": 0,
+                             "cache_read_input_tokens": 0, "output_tokens": 1});
+    let mut events = vec![
+        (
+            Some("message_start"),
+            json!({"type": "message_start", "message": {"id": "msg_1", "type": "message",
+            "role": "assistant", "model": model, "content": [], "usage": start_usage}}),
+        ),
+        (
+            Some("content_block_delta"),
+            json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": "Hello"}}),
+        ),
+    ];
+    if !knobs.no_usage {
+        events.push((
+            Some("message_delta"),
+            json!({"type": "message_delta",
+            "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": output}}),
+        ));
+    }
+    events.push((Some("message_stop"), json!({"type": "message_stop"})));
+    let answer = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": model,
+        "content": [{"type": "text", "text": "Hello"}], "stop_reason": "end_turn",
+        "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": output,
+                  "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}});
+    (events, answer)
+}
+
+fn gemini(output: u64, knobs: &Knobs) -> Answer {
+    let usage = |out: u64| {
+        json!({"promptTokenCount": PROMPT_TOKENS, "candidatesTokenCount": out,
+                                  "totalTokenCount": PROMPT_TOKENS + out})
+    };
+    let chunk = |text: &str, out: u64| {
+        let mut c = json!({"candidates": [{"content": {"parts": [{"text": text}], "role": "model"}}],
+                           "modelVersion": "gemini-2.5-flash"});
+        if !knobs.no_usage {
+            c["usageMetadata"] = usage(out);
+        }
+        c
+    };
+    let events = vec![(None, chunk("Hel", 1)), (None, chunk("lo", output))];
+    (events, chunk("Hello", output))
+}
+
+/// Streams `events` as SSE, pausing before the last event when it carries usage.
+fn stream(events: Vec<(Option<&'static str>, Value)>, pause_ms: u64) -> Response<AnyBody> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Frame<Bytes>>(4);
+    let frames = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|f| (Ok::<_, Infallible>(f), rx))
+    });
+    let body = http_body_util::StreamBody::new(frames);
+    tokio::spawn(async move {
+        let last = events.len().saturating_sub(1);
+        for (i, (event, data)) in events.into_iter().enumerate() {
+            if i == last && pause_ms > 0 && data.to_string().contains("usage") {
+                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            }
+            let text = match event {
+                Some(name) => format!("event: {name}\ndata: {data}\n\n"),
+                None => format!("data: {data}\n\n"),
+            };
+            if tx.send(Frame::data(Bytes::from(text))).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx
+            .send(Frame::data(Bytes::from_static(b"data: [DONE]\n\n")))
+            .await;
+    });
+    let mut resp = Response::new(body.boxed());
+    resp.headers_mut()
+        .insert("content-type", "text/event-stream".parse().expect("value"));
+    resp
+}
