@@ -11,14 +11,17 @@ log() { echo "== $*" >&2; }
 # libfaketime (a proxy clock at a period boundary), iproute2 (an address of a test's own network
 # namespace), openssl (a TLS client that stops half-way through a request), containerd and runc
 # (the offline images imported and run, and the test node's runtime), binutils (strip), python3
-# (the image builder), and for the test node: the CNI plugins, iptables and conntrack
-# (kube-proxy), socat (the API server's port on the host) and gcc with a static libc (pause).
+# (the image builder; with python3-venv, the provider SDKs the LLM tests use), and for the test
+# node: the CNI plugins, iptables and conntrack (kube-proxy), socat (the API server's port on the
+# host) and gcc with a static libc (pause).
 need_pkgs=()
 for pair in curl:curl redis-server:redis-server redis-cli:redis-tools nginx:nginx wrk:wrk promtool:prometheus h2load:nghttp2-client faketime:faketime ip:iproute2 openssl:openssl containerd:containerd runc:runc strip:binutils python3:python3 iptables:iptables conntrack:conntrack socat:socat gcc:gcc; do
     command -v "${pair%%:*}" >/dev/null || need_pkgs+=("${pair#*:}")
 done
 [[ -x /usr/lib/cni/bridge ]] || need_pkgs+=(containernetworking-plugins)
 [[ -f /usr/lib/x86_64-linux-gnu/libc.a ]] || need_pkgs+=(libc6-dev)
+# A virtual environment for the official provider SDKs (tollgate_tests::python).
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 if ((${#need_pkgs[@]})); then
     log "installing ${need_pkgs[*]}"
     if [[ $(id -u) -eq 0 ]]; then SUDO=(); else SUDO=(sudo); fi

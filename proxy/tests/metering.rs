@@ -366,13 +366,13 @@ async fn concurrent_slow_calls_cannot_spend_past_a_nearly_spent_budget() {
 async fn anthropic_and_gemini_usage_is_read_json_and_streamed() {
     let (_backend, p) = start().await;
     let auth = ("authorization", "Bearer key-big");
-    let messages = r#"{"model":"claude-sonnet-4-5","max_tokens":100,"messages":[{"role":"user","content":"Hi"}]}"#;
+    let messages = r#"{"model":"claude-opus-4-6","max_tokens":100,"messages":[{"role":"user","content":"Hi"}]}"#;
     assert_eq!(
         p.post("/v1/messages", &[auth, JSON], messages).await.status,
         200
     );
     wait_used(&p, "heavy", "daily-tokens", "30").await;
-    let streamed = r#"{"model":"claude-sonnet-4-5","max_tokens":100,"stream":true,"messages":[]}"#;
+    let streamed = r#"{"model":"claude-opus-4-6","max_tokens":100,"stream":true,"messages":[]}"#;
     let r = p.post("/v1/messages", &[auth, JSON], streamed).await;
     assert!(String::from_utf8_lossy(&r.body).contains("event: message_delta"));
     wait_used(&p, "heavy", "daily-tokens", "60").await;

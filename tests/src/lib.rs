@@ -10,10 +10,12 @@ pub mod control_plane;
 pub mod fleet;
 pub mod images;
 pub mod layout;
+pub mod llm_backend;
 pub mod netns;
 pub mod node;
 pub mod pki;
 pub mod process;
+pub mod python;
 pub mod redis;
 
 use std::path::{Path, PathBuf};

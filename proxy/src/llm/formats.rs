@@ -205,13 +205,13 @@ mod tests {
         let report = read(
             Metering::Anthropic,
             &[
-                json!({"type": "message_start", "message": {"model": "claude-sonnet-4-5", "usage": {"input_tokens": 12,
+                json!({"type": "message_start", "message": {"model": "claude-opus-4-6", "usage": {"input_tokens": 12,
                     "cache_creation_input_tokens": 300, "cache_read_input_tokens": 2000, "output_tokens": 1}}}),
                 json!({"type": "content_block_delta", "delta": {"text": "Hi"}}),
                 json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 42}}),
             ],
         );
-        assert_eq!(report.model.as_deref(), Some("claude-sonnet-4-5"));
+        assert_eq!(report.model.as_deref(), Some("claude-opus-4-6"));
         assert_eq!(
             report.usage,
             Some(Usage {

@@ -126,7 +126,7 @@ mod tests {
         let anthropic = inspect(
             Metering::Anthropic,
             "/v1/messages",
-            br#"{"model":"claude-sonnet-4-5","max_tokens":1024,"messages":[]}"#,
+            br#"{"model":"claude-opus-4-6","max_tokens":1024,"messages":[]}"#,
         );
         assert_eq!(anthropic.output_bound, Some(1024));
         let gemini = inspect(

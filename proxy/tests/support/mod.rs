@@ -2,8 +2,6 @@
 //! ports with its own manifest and state directories, and a small HTTP client.
 #![allow(dead_code)]
 
-pub mod llm;
-
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,6 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tollgate_tests::llm_backend as llm;
 
 /// A backend that answers every request with a JSON echo of what it received. `/slow/<ms>`
 /// waits that long first; `/status/<code>` answers with that status.

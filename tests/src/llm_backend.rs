@@ -1,5 +1,7 @@
-//! Provider-compatible answers for the test backend: OpenAI Chat Completions, Anthropic Messages
-//! and Gemini `generateContent`, JSON and streamed, with the usage each provider reports.
+//! A provider-compatible test backend: OpenAI Chat Completions, Anthropic Messages and Gemini
+//! `generateContent`, JSON and streamed, shaped as the official SDKs parse them, with the usage
+//! each provider reports. [`answer`] serves one request (the proxy tests' echo backend hands
+//! these paths to it); [`LlmBackend`] runs it on its own port.
 //!
 //! Like the providers, an OpenAI stream reports usage only when the request asked
 //! (`stream_options.include_usage`). Test knobs come as request headers (the proxy relays them):
@@ -8,14 +10,57 @@
 //! pauses after its last content chunk, before its usage).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
 use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+
+/// The backend on a loopback port; dropping it stops it.
+pub struct LlmBackend {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LlmBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl LlmBackend {
+    /// Starts on a free loopback port.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the LLM backend");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    let serve = service_fn(|req| async { Ok::<_, Infallible>(answer(req).await) });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), serve)
+                        .await;
+                });
+            }
+        });
+        Self { addr, task }
+    }
+
+    /// Its base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
 
 /// Prompt tokens every answer reports.
 pub const PROMPT_TOKENS: u64 = 10;
@@ -81,6 +126,7 @@ pub async fn answer(req: Request<Incoming>) -> Response<AnyBody> {
     };
     let output = wanted.min(bound);
     let streamed = doc["stream"] == true || path.contains(":streamGenerateContent");
+    let openai_api = path.ends_with("/chat/completions");
     let (events, json_body) = if path == "/v1/messages" {
         anthropic(&doc, output, &knobs)
     } else if path.contains("GenerateContent") || path.contains("generateContent") {
@@ -89,7 +135,7 @@ pub async fn answer(req: Request<Incoming>) -> Response<AnyBody> {
         openai(&doc, output, &knobs)
     };
     if streamed {
-        stream(events, knobs.pause_before_usage_ms)
+        stream(events, knobs.pause_before_usage_ms, openai_api)
     } else {
         let mut resp = Response::new(Full::new(Bytes::from(json_body.to_string())).boxed());
         resp.headers_mut()
@@ -106,21 +152,32 @@ fn openai(doc: &Value, output: u64, knobs: &Knobs) -> Answer {
     let usage = json!({"prompt_tokens": PROMPT_TOKENS, "completion_tokens": output,
                        "total_tokens": PROMPT_TOKENS + output,
                        "prompt_tokens_details": {"cached_tokens": 0}});
+    let chunk = |choices: Value, usage: Value| {
+        json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1_700_000_000,
+               "model": model, "choices": choices, "usage": usage})
+    };
     let mut events = vec![
         (
             None,
-            json!({"model": model, "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": null}], "usage": null}),
+            chunk(
+                json!([{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": null}]),
+                Value::Null,
+            ),
         ),
         (
             None,
-            json!({"model": model, "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}], "usage": null}),
+            chunk(
+                json!([{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]),
+                Value::Null,
+            ),
         ),
     ];
     let asked = doc["stream_options"]["include_usage"] == true;
     if asked && !knobs.no_usage {
-        events.push((None, json!({"model": model, "choices": [], "usage": usage})));
+        events.push((None, chunk(json!([]), usage.clone())));
     }
-    let mut answer = json!({"id": "chatcmpl-1", "object": "chat.completion", "model": model,
+    let mut answer = json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1_700_000_000,
+        "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"}, "finish_reason": "stop",
                      "logprobs": {"filler": "x".repeat(knobs.logprobs_bytes)}}]});
     if !knobs.no_usage {
@@ -132,7 +189,7 @@ fn openai(doc: &Value, output: u64, knobs: &Knobs) -> Answer {
 fn anthropic(doc: &Value, output: u64, knobs: &Knobs) -> Answer {
     let model = doc["model"]
         .as_str()
-        .unwrap_or("claude-sonnet-4-5")
+        .unwrap_or("claude-opus-4-6")
         .to_owned();
     let start_usage = json!({"input_tokens": PROMPT_TOKENS, "cache_creation_input_tokens": 0,
                              "cache_read_input_tokens": 0, "output_tokens": 1});
@@ -143,21 +200,30 @@ fn anthropic(doc: &Value, output: u64, knobs: &Knobs) -> Answer {
             "role": "assistant", "model": model, "content": [], "usage": start_usage}}),
         ),
         (
+            Some("content_block_start"),
+            json!({"type": "content_block_start", "index": 0,
+                   "content_block": {"type": "text", "text": ""}}),
+        ),
+        (
             Some("content_block_delta"),
             json!({"type": "content_block_delta", "index": 0,
             "delta": {"type": "text_delta", "text": "Hello"}}),
+        ),
+        (
+            Some("content_block_stop"),
+            json!({"type": "content_block_stop", "index": 0}),
         ),
     ];
     if !knobs.no_usage {
         events.push((
             Some("message_delta"),
             json!({"type": "message_delta",
-            "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": output}}),
+            "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": output}}),
         ));
     }
     events.push((Some("message_stop"), json!({"type": "message_stop"})));
     let answer = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": model,
-        "content": [{"type": "text", "text": "Hello"}], "stop_reason": "end_turn",
+        "content": [{"type": "text", "text": "Hello"}], "stop_reason": "end_turn", "stop_sequence": null,
         "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": output,
                   "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}});
     (events, answer)
@@ -181,7 +247,11 @@ fn gemini(output: u64, knobs: &Knobs) -> Answer {
 }
 
 /// Streams `events` as SSE, pausing before the last event when it carries usage.
-fn stream(events: Vec<(Option<&'static str>, Value)>, pause_ms: u64) -> Response<AnyBody> {
+fn stream(
+    events: Vec<(Option<&'static str>, Value)>,
+    pause_ms: u64,
+    done: bool,
+) -> Response<AnyBody> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Frame<Bytes>>(4);
     let frames = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|f| (Ok::<_, Infallible>(f), rx))
