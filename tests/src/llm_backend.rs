@@ -23,6 +23,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 /// The backend on a loopback port; dropping it stops it.
+#[derive(Debug)]
 pub struct LlmBackend {
     /// Where it listens.
     pub addr: SocketAddr,
@@ -246,7 +247,8 @@ fn gemini(output: u64, knobs: &Knobs) -> Answer {
     (events, chunk("Hello", output))
 }
 
-/// Streams `events` as SSE, pausing before the last event when it carries usage.
+/// Streams `events` as SSE (ended by `data: [DONE]` when `done`), pausing `pause_ms` before the
+/// usage.
 fn stream(
     events: Vec<(Option<&'static str>, Value)>,
     pause_ms: u64,
@@ -258,9 +260,16 @@ fn stream(
     });
     let body = http_body_util::StreamBody::new(frames);
     tokio::spawn(async move {
-        let last = events.len().saturating_sub(1);
+        // The pause comes before the last event that reports usage (after the content).
+        let reports = |d: &Value| {
+            d.get("usage").is_some_and(|u| !u.is_null()) || d.get("usageMetadata").is_some()
+        };
+        let pause_at = events
+            .iter()
+            .rposition(|(_, d)| reports(d))
+            .filter(|&i| i > 0);
         for (i, (event, data)) in events.into_iter().enumerate() {
-            if i == last && pause_ms > 0 && data.to_string().contains("usage") {
+            if Some(i) == pause_at && pause_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(pause_ms)).await;
             }
             let text = match event {
@@ -270,6 +279,10 @@ fn stream(
             if tx.send(Frame::data(Bytes::from(text))).await.is_err() {
                 return;
             }
+        }
+        // Only OpenAI ends its streams so.
+        if !done {
+            return;
         }
         let _ = tx
             .send(Frame::data(Bytes::from_static(b"data: [DONE]\n\n")))
