@@ -186,16 +186,72 @@ async fn usage_replaces_the_reservation_and_a_call_whose_reservation_cannot_fit_
 }
 
 #[tokio::test]
-async fn tokens_are_counted_for_a_bodiless_request_relayed_inline() {
-    // A GET takes the inline backend path, whose response headers are relayed as bytes: the
-    // meter still learns the body is JSON.
+async fn requests_that_generate_nothing_are_not_charged_tokens() {
     let (_backend, p) = start().await;
-    let r = p.get(CHAT, &[("authorization", "Bearer key-tokens")]).await;
+    let auth = ("authorization", "Bearer key-tokens");
+    // A GET (fetching a stored answer, listing models) is not a generation: its usage, if the
+    // answer repeats one, was charged when it was generated.
+    let r = p.get(CHAT, &[auth]).await;
     assert_eq!(
         (r.status, r.header("content-type")),
         (200, Some("application/json"))
     );
+    assert!(
+        r.json()["usage"].is_object(),
+        "the stored answer names its usage"
+    );
+    // A POST answered with a whole JSON document without usage (counting tokens, say).
+    let r = p
+        .post(
+            "/v1/chat/count",
+            &[auth, JSON],
+            r#"{"model":"gpt-4o-mini"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    // Both settled: then a call that reports usage is counted alone.
+    let body = r#"{"model":"gpt-4o-mini","max_tokens":20}"#;
+    assert_eq!(p.post(CHAT, &[auth, JSON], body).await.status, 200);
     wait_used(&p, "counter", "daily-tokens", "30").await;
+}
+
+#[tokio::test]
+async fn a_call_that_cannot_be_estimated_or_read_compressed_is_handled_so() {
+    let (_backend, p) = start().await;
+    let auth = ("authorization", "Bearer key-big");
+    // Not a JSON object (here: a compressed body): refused, nothing reaches the backend.
+    let problem = p
+        .post(
+            CHAT,
+            &[auth, ("content-encoding", "gzip")],
+            "\x1f\u{8b}not json",
+        )
+        .await
+        .problem(400, "bad-request");
+    assert_eq!(problem["apiRoute"], "chat");
+    // The client may accept compression; the backend is asked for none (its usage is read).
+    let r = p
+        .post(
+            "/v1/chat/echo",
+            &[auth, JSON, ("accept-encoding", "gzip, br")],
+            r#"{"model":"gpt-4o-mini"}"#,
+        )
+        .await;
+    assert_eq!(r.json()["headers"]["accept-encoding"], "identity");
+    // Under a Cost quota a call must name its model.
+    let problem = p
+        .post(
+            CHAT,
+            &[("authorization", "Bearer key-budget"), JSON],
+            r#"{"max_tokens":5}"#,
+        )
+        .await
+        .problem(403, "model-not-priced");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("names no model"))
+    );
 }
 
 #[tokio::test]

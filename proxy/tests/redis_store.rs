@@ -898,3 +898,51 @@ async fn concurrent_llm_calls_on_two_proxies_cannot_spend_past_the_budget() {
         redis.total("tollgate:*:tokens:*")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reservation_refused_by_a_rate_limit_goes_back_to_redis() {
+    // Regression: the units Redis granted for a reservation that a rate limit then refused
+    // stayed with the proxy while the tenant kept being admitted, and the fleet answered 402
+    // with nearly all the budget left. Each call reserves 1021 of 5000 tokens and uses 30; one
+    // call in three is refused by the rate limit (2 a second, a call every 300 ms).
+    let backend = support::Backend::start().await;
+    let port = support::free_port();
+    let redis = Redis::start(port);
+    let world = format!(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: QuotaPolicy\nmetadata: {{name: plan}}\n\
+         spec: {{reservation: {{estimate: Bound}}, rateLimits: [{{name: per-second, requests: 2, window: 1s}}], quotas: [{{name: tokens, metric: TotalTokens, limit: \"5000\", period: Month}}]}}\n---\n\
+         apiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {{name: chat}}\n\
+         spec: {{match: {{pathPrefix: /v1/chat}}, backend: {{url: \"{}\"}}, metering: OpenAI}}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {{name: k}}\nstringData: {{apiKey: key-rl}}\n---\n\
+         apiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: t}}\n\
+         spec: {{quotaPolicyRef: {{name: plan}}, apiKeys: [{{secretRef: {{name: k}}}}], subscriptions: [{{apiRouteRef: {{name: chat}}}}]}}\n",
+        backend.url()
+    );
+    let proxy =
+        ProxyProcess::start_with(&[("world.yaml", world)], &["--store", &redis.url()]).await;
+    let headers = [
+        ("x-api-key", "key-rl"),
+        ("content-type", "application/json"),
+    ];
+    let body = r#"{"model":"gpt-4o-mini","max_tokens":1000}"#;
+    let (mut served, mut limited) = (0, 0);
+    for _ in 0..30 {
+        match proxy
+            .post("/v1/chat/completions", &headers, body)
+            .await
+            .status
+        {
+            200 => served += 1,
+            429 => limited += 1,
+            other => panic!(
+                "{other} after {served} served and {limited} rate-limited: Redis counts {}",
+                redis.total("tollgate:*:tokens:*")
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        served > 0 && limited > 0,
+        "{served} served, {limited} limited"
+    );
+}

@@ -6,7 +6,8 @@
 //! Like the providers, an OpenAI stream reports usage only when the request asked
 //! (`stream_options.include_usage`). Test knobs come as request headers (the proxy relays them):
 //! `x-llm-delay-ms` (wait before answering), `x-llm-usage: none` (never report usage),
-//! `x-llm-logprobs-bytes` (inflate a JSON answer), `x-llm-output-tokens` (a longer answer), `x-llm-pause-before-usage-ms` (a stream
+//! `x-llm-chunks` (content chunks in an OpenAI stream), `x-llm-logprobs-bytes` (inflate a JSON
+//! answer), `x-llm-output-tokens` (a longer answer), `x-llm-pause-before-usage-ms` (a stream
 //! pauses after its last content chunk, before its usage).
 
 use std::convert::Infallible;
@@ -39,14 +40,18 @@ impl Drop for LlmBackend {
 impl LlmBackend {
     /// Starts on a free loopback port.
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
-            .expect("bind the LLM backend");
-        let addr = listener.local_addr().expect("addr");
+            .expect("bind the LLM backend")
+    }
+
+    /// Starts on `addr`.
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
-                conns.spawn(async move {
+                tokio::spawn(async move {
                     let serve = service_fn(|req| async { Ok::<_, Infallible>(answer(req).await) });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), serve)
@@ -54,7 +59,7 @@ impl LlmBackend {
                 });
             }
         });
-        Self { addr, task }
+        Ok(Self { addr, task })
     }
 
     /// Its base URL.
@@ -79,6 +84,8 @@ pub fn handles(path: &str) -> bool {
 }
 
 struct Knobs {
+    /// Content chunks in a stream (2 when 0).
+    chunks: u64,
     /// Output tokens to report (before the request's bound); `OUTPUT_TOKENS` when 0.
     output_tokens: u64,
     delay_ms: u64,
@@ -98,6 +105,7 @@ fn header_number(req: &Request<Incoming>, name: &str) -> u64 {
 /// Answers a provider call.
 pub async fn answer(req: Request<Incoming>) -> Response<AnyBody> {
     let knobs = Knobs {
+        chunks: header_number(&req, "x-llm-chunks"),
         output_tokens: header_number(&req, "x-llm-output-tokens"),
         delay_ms: header_number(&req, "x-llm-delay-ms"),
         no_usage: req
@@ -157,22 +165,29 @@ fn openai(doc: &Value, output: u64, knobs: &Knobs) -> Answer {
         json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1_700_000_000,
                "model": model, "choices": choices, "usage": usage})
     };
-    let mut events = vec![
-        (
+    // "Hel", then as many "lo" as asked, the last one finishing the answer.
+    let extra = knobs.chunks.saturating_sub(2);
+    let mut events = vec![(
+        None,
+        chunk(
+            json!([{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": null}]),
+            Value::Null,
+        ),
+    )];
+    for i in 0..=extra {
+        let finish = if i == extra {
+            json!("stop")
+        } else {
+            Value::Null
+        };
+        events.push((
             None,
             chunk(
-                json!([{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": null}]),
+                json!([{"index": 0, "delta": {"content": "lo"}, "finish_reason": finish}]),
                 Value::Null,
             ),
-        ),
-        (
-            None,
-            chunk(
-                json!([{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]),
-                Value::Null,
-            ),
-        ),
-    ];
+        ));
+    }
     let asked = doc["stream_options"]["include_usage"] == true;
     if asked && !knobs.no_usage {
         events.push((None, chunk(json!([]), usage.clone())));

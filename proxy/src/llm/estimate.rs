@@ -1,9 +1,10 @@
-//! What recent calls of each model used, so that a typical call reserves what calls like it use
-//! rather than its worst case.
+//! What a tenant's recent calls of each model used, so that a typical call reserves what calls
+//! like it use rather than its worst case.
 //!
-//! Per model, the last [`WINDOW`] calls' output tokens and input tokens per request byte. A
-//! reservation takes the largest of each (a cautious estimate: one long answer in the last 20
-//! raises it). Kept per proxy: each learns from the calls it serves.
+//! Per (tenant, model), the last [`WINDOW`] calls' output tokens and input tokens per request
+//! byte. A reservation takes the largest of each (a cautious estimate: one long answer in the
+//! last 20 raises it). Per tenant: one tenant's short calls never lower what another's reserve.
+//! Kept per proxy: each learns from the calls it serves.
 
 use std::collections::HashMap;
 
@@ -11,8 +12,9 @@ use parking_lot::RwLock;
 
 /// Calls remembered per model.
 pub const WINDOW: usize = 20;
-/// Models remembered (further ones are estimated with the defaults).
-const MAX_MODELS: usize = 4096;
+/// (tenant, model) pairs remembered (further ones are estimated with the defaults): about
+/// 400 bytes each.
+const MAX_ENTRIES: usize = 65_536;
 /// Input tokens per request byte assumed for a model with no history: English text and JSON run
 /// near 0.25, other scripts higher; a cautious start that the first answer corrects.
 pub const DEFAULT_INPUT_PER_BYTE: f64 = 0.5;
@@ -25,10 +27,11 @@ struct Recent {
     next: usize,
 }
 
-/// Recent usage by model.
+/// Recent usage by tenant, then model.
 #[derive(Debug, Default)]
 pub struct Estimates {
-    models: RwLock<HashMap<String, Recent>>,
+    tenants: RwLock<HashMap<String, HashMap<String, Recent>>>,
+    entries: std::sync::atomic::AtomicUsize,
 }
 
 impl Estimates {
@@ -37,17 +40,19 @@ impl Estimates {
         Self::default()
     }
 
-    /// The most output tokens among the model's recent calls (`None`: no history).
-    pub fn output(&self, model: &str) -> Option<u64> {
-        let models = self.models.read();
-        let recent = models.get(model)?;
+    /// The most output tokens among the tenant's recent calls of the model (`None`: no history).
+    pub fn output(&self, tenant: &str, model: &str) -> Option<u64> {
+        let tenants = self.tenants.read();
+        let recent = tenants.get(tenant)?.get(model)?;
         recent.outputs[..recent.len].iter().copied().max()
     }
 
-    /// Input tokens per request byte for the model: the most among its recent calls.
-    pub fn input_per_byte(&self, model: Option<&str>) -> f64 {
-        let models = self.models.read();
-        let Some(recent) = model.and_then(|m| models.get(m)) else {
+    /// Input tokens per request byte for the tenant's calls of the model: the most among its
+    /// recent calls.
+    pub fn input_per_byte(&self, tenant: &str, model: Option<&str>) -> f64 {
+        let tenants = self.tenants.read();
+        let recent = model.and_then(|m| tenants.get(tenant)?.get(m));
+        let Some(recent) = recent.filter(|r| r.len > 0) else {
             return DEFAULT_INPUT_PER_BYTE;
         };
         recent.input_per_byte[..recent.len]
@@ -56,14 +61,30 @@ impl Estimates {
             .fold(0.0, f64::max)
     }
 
-    /// Remembers a call of `model` whose request had `body_bytes` and which used
+    /// Remembers `tenant`'s call of `model` whose request had `body_bytes` and which used
     /// `input_tokens` and `output_tokens`.
-    pub fn learn(&self, model: &str, body_bytes: usize, input_tokens: u64, output_tokens: u64) {
-        let mut models = self.models.write();
-        if models.len() >= MAX_MODELS && !models.contains_key(model) {
+    pub fn learn(
+        &self,
+        tenant: &str,
+        model: &str,
+        body_bytes: usize,
+        input_tokens: u64,
+        output_tokens: u64,
+    ) {
+        use std::sync::atomic::Ordering;
+        let mut tenants = self.tenants.write();
+        let known = tenants.get(tenant).is_some_and(|m| m.contains_key(model));
+        if !known && self.entries.load(Ordering::Relaxed) >= MAX_ENTRIES {
             return;
         }
-        let recent = models.entry(model.to_owned()).or_default();
+        if !known {
+            self.entries.fetch_add(1, Ordering::Relaxed);
+        }
+        let recent = tenants
+            .entry(tenant.to_owned())
+            .or_default()
+            .entry(model.to_owned())
+            .or_default();
         let i = recent.next;
         recent.outputs[i] = output_tokens;
         // A bodiless call (or one whose input is not in its body) teaches nothing about bytes.
@@ -84,18 +105,19 @@ mod tests {
     #[test]
     fn the_largest_of_the_recent_calls_is_the_estimate() {
         let e = Estimates::new();
-        assert_eq!(e.output("m"), None);
-        assert_eq!(e.input_per_byte(Some("m")), DEFAULT_INPUT_PER_BYTE);
-        e.learn("m", 400, 100, 30);
-        e.learn("m", 400, 50, 90);
-        assert_eq!(e.output("m"), Some(90));
-        assert_eq!(e.input_per_byte(Some("m")), 0.25);
+        assert_eq!(e.output("t", "m"), None);
+        assert_eq!(e.input_per_byte("t", Some("m")), DEFAULT_INPUT_PER_BYTE);
+        e.learn("t", "m", 400, 100, 30);
+        e.learn("t", "m", 400, 50, 90);
+        assert_eq!(e.output("t", "m"), Some(90));
+        assert_eq!(e.input_per_byte("t", Some("m")), 0.25);
         // After WINDOW more calls, the long one is forgotten.
         for _ in 0..WINDOW {
-            e.learn("m", 100, 10, 20);
+            e.learn("t", "m", 100, 10, 20);
         }
-        assert_eq!(e.output("m"), Some(20));
-        assert_eq!(e.input_per_byte(Some("m")), 0.1);
-        assert_eq!(e.output("other"), None);
+        assert_eq!(e.output("t", "m"), Some(20));
+        assert_eq!(e.input_per_byte("t", Some("m")), 0.1);
+        assert_eq!(e.output("t", "other"), None);
+        assert_eq!(e.output("another tenant", "m"), None);
     }
 }

@@ -7,15 +7,19 @@
 //! admission:
 //! - usage reported: that usage is charged (priced by the model the response names, else the one
 //!   the request named);
-//! - no usage from a successful (2xx) response — the client left before the usage chunk, the
-//!   backend never sent one, the body was cut: the reservation is charged, nothing is free;
-//! - no usage from a failed response (the provider bills nothing): the tokens are released, the
-//!   per-request price stays (the backend answered).
+//! - a complete JSON body without usage (a call that generated nothing: counting tokens, a
+//!   moderation), or a failed response (the provider bills nothing): no tokens, the per-request
+//!   price only;
+//! - no usage from a successful response otherwise — the client left before the usage chunk, a
+//!   stream that never reported, a body that was cut or cannot be read: the call's bound is
+//!   charged ([`super::reservation::Reserved::unreported`]), never nothing.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use memchr::memmem;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
@@ -33,6 +37,9 @@ use crate::upstream::pool::UpstreamBody;
 
 /// Longest single SSE line kept while looking for usage (longer lines are skipped).
 const MAX_SSE_LINE: usize = 1024 * 1024;
+/// Longest incomplete event the usage-chunk filter holds back; past it, the stream is not
+/// filtered any more (it is not the event stream it claims to be).
+const MAX_PENDING_EVENT: usize = 1024 * 1024;
 
 /// Warnings about usage of a model without a price, at most one per minute.
 static UNPRICED_WARNINGS: WarnThrottle = WarnThrottle::new(Duration::from_secs(60));
@@ -42,10 +49,14 @@ pub type Settle = Box<dyn FnOnce(Metered) + Send>;
 
 /// What the meter needs to settle a call.
 pub struct Settlement {
-    /// The route's usage format.
+    /// The usage format: the route's for a call that generates, `Requests` for anything else.
     pub metering: Metering,
+    /// The tenant (estimates are learned per tenant).
+    pub tenant: Arc<str>,
     /// What admission reserved.
     pub reserved: Metered,
+    /// What is charged when a successful response reports no usage.
+    pub unreported: Metered,
     /// The plan's prices.
     pub pricing: Option<Pricing>,
     /// Whether the plan counts money (an unpriced model is then worth a warning).
@@ -104,7 +115,8 @@ impl Meter {
         content_type: Option<&str>,
         settlement: Settlement,
     ) -> Self {
-        let format = match content_type {
+        let content_type = content_type.map(str::to_ascii_lowercase);
+        let format = match content_type.as_deref() {
             _ if !settlement.metering.reads_tokens() => Format::None,
             Some(ct) if ct.starts_with("text/event-stream") => Format::EventStream(Vec::new()),
             Some(ct) if ct.starts_with("application/json") || ct.contains("+json") => {
@@ -140,20 +152,24 @@ impl Meter {
                 }
             }),
             Format::EventStream(line) => {
-                for &byte in chunk {
-                    if byte == b'\n' {
+                let mut rest = chunk;
+                while let Some(end) = memchr::memchr(b'\n', rest) {
+                    if line.is_empty() {
+                        sse_line(metering, report, &rest[..end]);
+                    } else {
+                        keep(line, &rest[..end]);
                         sse_line(metering, report, line);
                         line.clear();
-                    } else if line.len() < MAX_SSE_LINE {
-                        line.push(byte);
                     }
+                    rest = &rest[end + 1..];
                 }
+                keep(line, rest);
             }
         }
     }
 
-    /// The body ended (or was dropped): settle the call (once).
-    pub fn finish(&mut self) {
+    /// The body ended (`ended`), or was dropped before its end: settle the call (once).
+    pub fn finish(&mut self, ended: bool) {
         let Some(s) = self.settlement.take() else {
             return;
         };
@@ -187,6 +203,7 @@ impl Meter {
                 }
                 if let Some(model) = s.request_model.as_deref().or(by_response) {
                     s.estimates.learn(
+                        &s.tenant,
                         model,
                         s.body_bytes,
                         usage.input_tokens(),
@@ -195,8 +212,13 @@ impl Meter {
                 }
                 usage.metered(s.pricing.as_ref(), price)
             }
-            // What the call may have used stands: the provider may bill it.
-            None if self.success && s.metering.reads_tokens() => s.reserved,
+            // A whole JSON answer without usage: nothing was generated.
+            None if ended && matches!(self.format, Format::Json(_)) => Metered {
+                cost: per_request,
+                ..Metered::default()
+            },
+            // Never reported: what the call may have used is charged, the provider may bill it.
+            None if self.success && s.metering.reads_tokens() => s.unreported,
             None => Metered {
                 cost: per_request,
                 ..Metered::default()
@@ -206,37 +228,73 @@ impl Meter {
     }
 }
 
+/// Adds `bytes` to the line being read, up to [`MAX_SSE_LINE`].
+fn keep(line: &mut Vec<u8>, bytes: &[u8]) {
+    let room = MAX_SSE_LINE.saturating_sub(line.len());
+    line.extend_from_slice(&bytes[..bytes.len().min(room)]);
+}
+
+/// Reads one SSE line: only a `data:` line that carries a usage object is parsed (every
+/// provider names the model in it too); the others are content, passed over without parsing.
 fn sse_line(metering: Metering, report: &mut Report, line: &[u8]) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let Some(data) = line.strip_prefix(b"data:") else {
         return;
     };
-    let data = data.trim_ascii();
-    if data.is_empty() || data == b"[DONE]" {
+    if !carries_usage(data) {
         return;
     }
-    if let Ok(doc) = serde_json::from_slice::<Value>(data) {
+    if let Ok(doc) = serde_json::from_slice::<Value>(data.trim_ascii()) {
         report.read(metering, &doc);
     }
 }
 
+/// Whether `data` has a `"usage"` or `"usageMetadata"` member whose value is an object.
+fn carries_usage(data: &[u8]) -> bool {
+    memmem::find_iter(data, b"\"usage").any(|at| {
+        let rest = &data[at + 6..];
+        let rest = rest.strip_prefix(b"Metadata").unwrap_or(rest);
+        let Some(rest) = rest.strip_prefix(b"\"") else {
+            return false;
+        };
+        let rest = rest.trim_ascii_start();
+        rest.strip_prefix(b":")
+            .is_some_and(|v| v.trim_ascii_start().starts_with(b"{"))
+    })
+}
+
 /// Keeps the usage-only chunk that Tollgate asked an OpenAI stream for (`include_usage`) from a
 /// client that did not ask for it: complete events pass as soon as they end, that one is dropped.
+/// A stream whose events never end (not an event stream, whatever its type says) is passed
+/// through unfiltered once [`MAX_PENDING_EVENT`] bytes are held.
 #[derive(Debug, Default)]
 pub struct UsageChunkFilter {
     pending: BytesMut,
+    /// Given up: everything passes.
+    off: bool,
 }
 
 impl UsageChunkFilter {
     /// The complete events in `pending` + `chunk`, minus the usage-only ones.
-    fn pass(&mut self, chunk: &[u8]) -> Bytes {
-        self.pending.extend_from_slice(chunk);
+    fn pass(&mut self, chunk: Bytes) -> Bytes {
+        if self.off {
+            return chunk;
+        }
+        if self.pending.is_empty() && chunk.ends_with(b"\n\n") && !carries_usage(&chunk) {
+            // The common case: whole events without usage, passed as they came (no copy).
+            return chunk;
+        }
+        self.pending.extend_from_slice(&chunk);
         let mut out = BytesMut::new();
         while let Some(end) = event_end(&self.pending) {
             let event = self.pending.split_to(end);
             if !is_usage_only(&event) {
                 out.extend_from_slice(&event);
             }
+        }
+        if self.pending.len() > MAX_PENDING_EVENT {
+            self.off = true;
+            out.extend_from_slice(&std::mem::take(&mut self.pending));
         }
         out.freeze()
     }
@@ -249,23 +307,16 @@ impl UsageChunkFilter {
 
 /// The end (past the blank line) of the first complete event in `buf`.
 fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            match buf.get(i + 1) {
-                Some(b'\n') => return Some(i + 2),
-                Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some(i + 3),
-                _ => {}
-            }
-        }
-        i += 1;
-    }
-    None
+    memchr::memchr_iter(b'\n', buf).find_map(|i| match buf.get(i + 1) {
+        Some(b'\n') => Some(i + 2),
+        Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => Some(i + 3),
+        _ => None,
+    })
 }
 
 /// An event whose data is a chunk with no choices and a usage object.
 fn is_usage_only(event: &[u8]) -> bool {
-    if !event.windows(5).any(|w| w == b"usage") {
+    if !carries_usage(event) {
         return false;
     }
     event.split(|&b| b == b'\n').any(|line| {
@@ -290,6 +341,8 @@ pub struct MeteredBody {
     meter: Option<Box<Meter>>,
     /// Set when the usage chunk Tollgate asked for is kept from the client.
     filter: Option<Box<UsageChunkFilter>>,
+    /// Trailers held back while the filter's last bytes go out first.
+    held: Option<Frame<Bytes>>,
     /// Headers the proxy adds, as lines (its `RateLimit` headers), written with the relayed ones.
     own_lines: OwnLines,
 }
@@ -302,6 +355,7 @@ impl MeteredBody {
             inner: Box::new(inner),
             meter: meter.map(Box::new),
             filter: strip_usage_chunk.then(Box::default),
+            held: None,
             own_lines: OwnLines::default(),
         }
     }
@@ -329,6 +383,9 @@ impl Body for MeteredBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(trailers) = self.held.take() {
+            return Poll::Ready(Some(Ok(trailers)));
+        }
         loop {
             let polled = Pin::new(&mut *self.inner).poll_frame(cx);
             let this = &mut *self;
@@ -338,8 +395,12 @@ impl Body for MeteredBody {
                         if let Some(data) = frame.data_ref() {
                             meter.observe(data);
                         }
+                        // A body of known length is not polled past its last byte.
+                        if this.inner.is_end_stream() {
+                            meter.finish(true);
+                        }
                     }
-                    Poll::Ready(None) => meter.finish(),
+                    Poll::Ready(None) => meter.finish(true),
                     _ => {}
                 }
             }
@@ -349,13 +410,22 @@ impl Body for MeteredBody {
             return match polled {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
-                        let passed = filter.pass(&data);
+                        let passed = filter.pass(data);
                         if passed.is_empty() {
                             continue; // Only part of an event, or the dropped chunk.
                         }
                         Poll::Ready(Some(Ok(Frame::data(passed))))
                     }
-                    Err(frame) => Poll::Ready(Some(Ok(frame))),
+                    // Trailers: what the filter still holds goes first.
+                    Err(trailers) => {
+                        let rest = filter.rest();
+                        if rest.is_empty() {
+                            Poll::Ready(Some(Ok(trailers)))
+                        } else {
+                            this.held = Some(trailers);
+                            Poll::Ready(Some(Ok(Frame::data(rest))))
+                        }
+                    }
                 },
                 Poll::Ready(None) => {
                     let rest = filter.rest();
@@ -389,7 +459,7 @@ impl Drop for MeteredBody {
         // The client went away mid-stream, or the server never polled an empty body: what the
         // backend reported so far is charged, else the reservation (see the module).
         if let Some(meter) = self.meter.as_mut() {
-            meter.finish();
+            meter.finish(false);
         }
     }
 }
@@ -423,6 +493,11 @@ mod tests {
         output_tokens: 500,
         cost: Decimal::ONE,
     };
+    const UNREPORTED: Metered = Metered {
+        input_tokens: 100,
+        output_tokens: 4096,
+        cost: Decimal::TWO,
+    };
 
     fn meter_with(
         metering: Metering,
@@ -436,7 +511,9 @@ mod tests {
             Some(content_type),
             Settlement {
                 metering,
+                tenant: Arc::from("shop/a"),
                 reserved: RESERVED,
+                unreported: UNREPORTED,
                 pricing: Some(pricing()),
                 prices_tokens: true,
                 request_model: Some("gpt-4o-mini".into()),
@@ -458,8 +535,8 @@ mod tests {
         let body = br#"{"id":"x","model":"gpt-4o-mini-2024-07-18","usage":{"prompt_tokens":1000,"completion_tokens":2000,"total_tokens":3000}}"#;
         m.observe(&body[..20]);
         m.observe(&body[20..]);
-        m.finish();
-        m.finish();
+        m.finish(true);
+        m.finish(true);
         let charged = charged.lock().expect("lock");
         assert_eq!(charged.len(), 1, "charged once");
         assert_eq!(
@@ -479,41 +556,62 @@ mod tests {
         for chunk in stream.as_bytes().chunks(13) {
             m.observe(chunk);
         }
-        m.finish();
+        m.finish(true);
         let charged = charged.lock().expect("lock");
         assert_eq!((charged[0].input_tokens, charged[0].output_tokens), (7, 5));
     }
 
     #[test]
-    fn without_usage_a_success_keeps_its_reservation_and_a_failure_releases_it() {
+    fn without_usage_a_success_is_charged_its_bound_unless_it_generated_nothing() {
+        let per_request = Metered {
+            cost: Decimal::new(1, 4),
+            ..Metered::default()
+        };
         // A stream cut before its usage chunk (or a backend that sends none).
         let (mut m, charged) = meter("text/event-stream");
         m.observe(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}\n\n");
-        m.finish();
-        assert_eq!(charged.lock().expect("lock")[0], RESERVED);
-        // A body that is not JSON at all.
+        m.finish(false);
+        assert_eq!(charged.lock().expect("lock")[0], UNREPORTED);
+        // A JSON answer cut short, or a body that cannot be read at all.
+        let (mut m, charged) = meter("application/json");
+        m.observe(br#"{"choices":[{"message":{"content":"hel"#);
+        m.finish(false);
+        assert_eq!(charged.lock().expect("lock")[0], UNREPORTED);
         let (mut m, charged) = meter("text/plain");
         m.observe(b"hello");
-        m.finish();
-        assert_eq!(charged.lock().expect("lock")[0], RESERVED);
+        m.finish(true);
+        assert_eq!(charged.lock().expect("lock")[0], UNREPORTED);
+        // A whole JSON answer without usage generated nothing (counting tokens, a model list).
+        let (mut m, charged) = meter("Application/JSON; charset=utf-8");
+        m.observe(br#"{"input_tokens":1234}"#);
+        m.finish(true);
+        assert_eq!(charged.lock().expect("lock")[0], per_request);
         // The provider refused the call: it bills nothing; the per-request price stays.
         let (mut m, charged) = meter_with(Metering::OpenAI, 429, "application/json");
         m.observe(br#"{"error":{"message":"slow down"}}"#);
-        m.finish();
-        assert_eq!(
-            charged.lock().expect("lock")[0],
-            Metered {
-                cost: Decimal::new(1, 4),
-                ..Metered::default()
-            }
-        );
+        m.finish(false);
+        assert_eq!(charged.lock().expect("lock")[0], per_request);
+    }
+
+    #[test]
+    fn only_usage_objects_are_parsed() {
+        assert!(carries_usage(
+            br#"{"choices":[],"usage" : {"prompt_tokens":1}}"#
+        ));
+        assert!(carries_usage(
+            br#"{"usageMetadata":{"promptTokenCount":1}}"#
+        ));
+        assert!(!carries_usage(
+            br#"{"choices":[{"delta":{}}],"usage":null}"#
+        ));
+        assert!(!carries_usage(br#"{"content":"the usage of words"}"#));
     }
 
     #[test]
     fn a_route_that_reads_no_tokens_charges_the_per_request_price() {
         let (mut m, charged) = meter_with(Metering::Requests, 200, "application/json");
         m.observe(br#"{"usage":{"prompt_tokens":1}}"#);
-        m.finish();
+        m.finish(true);
         assert_eq!(
             charged.lock().expect("lock")[0],
             Metered {
@@ -528,14 +626,14 @@ mod tests {
         let (mut m, charged) = meter_with(Metering::Anthropic, 200, "text/event-stream");
         m.observe(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude\",\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n");
         m.observe(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":30}}\n\n");
-        m.finish();
+        m.finish(true);
         let got = charged.lock().expect("lock")[0];
         assert_eq!((got.input_tokens, got.output_tokens), (9, 30));
         // Gemini without alt=sse: a JSON array of responses, the last usage wins.
         let (mut m, charged) = meter_with(Metering::Gemini, 200, "application/json");
         m.observe(br#"[{"usageMetadata":{"promptTokenCount":4,"candidatesTokenCount":1}},"#);
         m.observe(br#"{"usageMetadata":{"promptTokenCount":4,"candidatesTokenCount":8,"thoughtsTokenCount":2}}]"#);
-        m.finish();
+        m.finish(true);
         let got = charged.lock().expect("lock")[0];
         assert_eq!((got.input_tokens, got.output_tokens), (4, 10));
     }
@@ -548,7 +646,7 @@ mod tests {
                       data: [DONE]\n\n";
         let mut out = Vec::new();
         for chunk in stream.as_bytes().chunks(7) {
-            out.extend_from_slice(&filter.pass(chunk));
+            out.extend_from_slice(&filter.pass(Bytes::copy_from_slice(chunk)));
         }
         out.extend_from_slice(&filter.rest());
         assert_eq!(

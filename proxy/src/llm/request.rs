@@ -27,9 +27,10 @@ pub struct CallRequest {
     pub strip_usage_chunk: bool,
 }
 
-/// Reads `body` of a request to `path` on a route metered as `metering`. A body that is not a
-/// JSON object names nothing (its size still counts).
-pub fn inspect(metering: Metering, path: &str, body: &[u8]) -> CallRequest {
+/// Reads `body` of a request to `path` on a route metered as `metering`; `None` when it is not a
+/// JSON object (every provider's calls are; a compressed or malformed body cannot be estimated,
+/// and its model cannot be known).
+pub fn inspect(metering: Metering, path: &str, body: &[u8]) -> Option<CallRequest> {
     let mut call = CallRequest {
         body_bytes: body.len(),
         ..CallRequest::default()
@@ -38,7 +39,7 @@ pub fn inspect(metering: Metering, path: &str, body: &[u8]) -> CallRequest {
         call.model = gemini_model(path).map(str::to_owned);
     }
     let Ok(Value::Object(mut doc)) = serde_json::from_slice::<Value>(body) else {
-        return call;
+        return None;
     };
     let number = |v: Option<&Value>| v.and_then(Value::as_u64);
     let (bound, choices) = match metering {
@@ -88,7 +89,7 @@ pub fn inspect(metering: Metering, path: &str, body: &[u8]) -> CallRequest {
             call.strip_usage_chunk = true;
         }
     }
-    call
+    Some(call)
 }
 
 /// The model in a Gemini path: `/v1beta/models/gemini-2.5-flash:generateContent`.
@@ -108,7 +109,8 @@ mod tests {
             Metering::OpenAI,
             "/v1/chat/completions",
             br#"{"model":"gpt-4o","max_completion_tokens":100,"max_tokens":5,"n":3}"#,
-        );
+        )
+        .expect("a JSON object");
         assert_eq!(
             (openai.model.as_deref(), openai.output_bound),
             (Some("gpt-4o"), Some(300))
@@ -117,7 +119,8 @@ mod tests {
             Metering::OpenAI,
             "/v1/responses",
             br#"{"model":"o4-mini","max_output_tokens":64,"stream":true}"#,
-        );
+        )
+        .expect("a JSON object");
         assert_eq!(responses.output_bound, Some(64));
         assert!(
             responses.rewritten.is_none(),
@@ -127,13 +130,15 @@ mod tests {
             Metering::Anthropic,
             "/v1/messages",
             br#"{"model":"claude-opus-4-6","max_tokens":1024,"messages":[]}"#,
-        );
+        )
+        .expect("a JSON object");
         assert_eq!(anthropic.output_bound, Some(1024));
         let gemini = inspect(
             Metering::Gemini,
             "/v1beta/models/gemini-2.5-flash:streamGenerateContent",
             br#"{"contents":[],"generationConfig":{"maxOutputTokens":50,"candidateCount":2}}"#,
-        );
+        )
+        .expect("a JSON object");
         assert_eq!(
             (gemini.model.as_deref(), gemini.output_bound),
             (Some("gemini-2.5-flash"), Some(100))
@@ -142,9 +147,11 @@ mod tests {
             Metering::OpenAI,
             "/v1/embeddings",
             br#"{"model":"e","input":"x"}"#,
-        );
+        )
+        .expect("a JSON object");
         assert_eq!((unbounded.output_bound, unbounded.body_bytes), (None, 25));
-        assert_eq!(inspect(Metering::OpenAI, "/v1/x", b"not json").model, None);
+        assert_eq!(inspect(Metering::OpenAI, "/v1/x", b"not json"), None);
+        assert_eq!(inspect(Metering::OpenAI, "/v1/x", b"[1]"), None);
     }
 
     #[test]
@@ -153,7 +160,8 @@ mod tests {
             Metering::OpenAI,
             "/v1/chat/completions",
             br#"{"model":"gpt-4o","stream":true,"stream_options":{"other":1}}"#,
-        );
+        )
+        .expect("a JSON object");
         assert!(call.strip_usage_chunk);
         let sent: Value =
             serde_json::from_slice(&call.rewritten.expect("rewritten")).expect("json");
@@ -165,13 +173,15 @@ mod tests {
             Metering::OpenAI,
             "/v1/chat/completions",
             br#"{"stream":true,"stream_options":{"include_usage":true}}"#,
-        );
+        )
+        .expect("a JSON object");
         assert!(asked.rewritten.is_none() && !asked.strip_usage_chunk);
         let not_streamed = inspect(
             Metering::OpenAI,
             "/v1/chat/completions",
             br#"{"stream":false}"#,
-        );
+        )
+        .expect("a JSON object");
         assert!(not_streamed.rewritten.is_none());
     }
 }

@@ -8,19 +8,32 @@
 //! model's prices, plus the plan's per-request price.
 
 use rust_decimal::Decimal;
-use tollgate_crds::resources::{Metering, Metric, ReservationEstimate};
+use tollgate_crds::resources::{Metric, ReservationEstimate};
 
 use super::estimate::Estimates;
 use super::request::CallRequest;
 use super::usage::Usage;
 use crate::quota::{Metered, PlanEntry};
 
-/// The call names a model the plan has no price for, and the plan has a Cost quota: it cannot be
-/// charged, so it is not served (never silently free).
+/// Why a call cannot be reserved, so is not served.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unpriced {
-    /// The model named.
-    pub model: String,
+pub enum Refusal {
+    /// The call names a model the plan has no price for, and the plan has a Cost quota: it
+    /// cannot be charged (never silently free).
+    Unpriced(String),
+    /// The call names no model, and the plan has a Cost quota.
+    NoModel,
+}
+
+/// What a call reserves, and what it is charged if no usage is ever reported for it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reserved {
+    /// Taken from the quotas at admission.
+    pub reserved: Metered,
+    /// Charged when a successful response ends without a usage report (a stream cut by the
+    /// client, a stream that never reports): the call's bound rather than the learned estimate,
+    /// so that cutting a stream short never pays less than the call may have cost.
+    pub unreported: Metered,
 }
 
 /// Whether the plan counts money: then every token must have a price.
@@ -28,48 +41,59 @@ pub fn prices_tokens(plan: &PlanEntry) -> bool {
     plan.plan.quotas.iter().any(|q| q.metric == Metric::Cost)
 }
 
-/// The reservation for a call on a route metered as `metering` under `plan`; `call` is `None`
-/// when the route reads no tokens (only the per-request price is reserved).
+/// Input tokens per byte assumed at least when a call's usage is never reported (English text
+/// runs near 0.25; a tenant padding its calls must not lower what a cut stream is charged).
+const UNREPORTED_MIN_INPUT_PER_BYTE: f64 = 0.25;
+
+/// The reservation of `tenant`'s call under `plan`; `call` is `None` for a request that
+/// generates nothing (not a POST, or a route that reads no tokens): only the per-request price.
 pub fn reserve(
     plan: &PlanEntry,
-    metering: Metering,
+    tenant: &str,
     call: Option<&CallRequest>,
     estimates: &Estimates,
-) -> Result<Metered, Unpriced> {
+) -> Result<Reserved, Refusal> {
     let pricing = plan.plan.pricing.as_ref();
     let per_request = pricing.and_then(|p| p.per_request).unwrap_or(Decimal::ZERO);
-    let Some(call) = call.filter(|_| metering.reads_tokens()) else {
-        return Ok(Metered {
+    let Some(call) = call else {
+        let only = Metered {
             cost: per_request,
             ..Metered::default()
+        };
+        return Ok(Reserved {
+            reserved: only,
+            unreported: only,
         });
     };
     let model = call.model.as_deref();
     let price = model.and_then(|m| pricing.and_then(|p| p.model(m)));
-    if let Some(model) = model
-        && price.is_none()
-        && prices_tokens(plan)
-    {
-        return Err(Unpriced {
-            model: model.to_owned(),
-        });
+    if prices_tokens(plan) && price.is_none() {
+        return Err(model.map_or(Refusal::NoModel, |m| Refusal::Unpriced(m.to_owned())));
     }
     let policy = plan.plan.reservation;
     let bound = call
         .output_bound
         .unwrap_or(policy.max_output_tokens)
         .min(policy.max_output_tokens);
-    let output = match (policy.estimate, model.and_then(|m| estimates.output(m))) {
+    let learned = model.and_then(|m| estimates.output(tenant, m));
+    let output = match (policy.estimate, learned) {
         (ReservationEstimate::Learned, Some(recent)) => recent.min(bound),
         _ => bound,
     };
-    let input = (call.body_bytes as f64 * estimates.input_per_byte(model)).ceil() as u64;
-    let usage = Usage {
-        input,
-        output,
-        ..Usage::default()
+    let per_byte = estimates.input_per_byte(tenant, model);
+    let tokens = |per_byte: f64| (call.body_bytes as f64 * per_byte).ceil() as u64;
+    let priced = |input, output| {
+        Usage {
+            input,
+            output,
+            ..Usage::default()
+        }
+        .metered(pricing, price)
     };
-    Ok(usage.metered(pricing, price))
+    Ok(Reserved {
+        reserved: priced(tokens(per_byte), output),
+        unreported: priced(tokens(per_byte.max(UNREPORTED_MIN_INPUT_PER_BYTE)), bound),
+    })
 }
 
 #[cfg(test)]
@@ -95,85 +119,89 @@ mod tests {
         }
     }
 
+    fn tokens(m: Metered) -> (u64, u64) {
+        (m.input_tokens, m.output_tokens)
+    }
+
     #[test]
-    fn bound_clamped_by_the_plan_and_learned_from_recent_calls() {
+    fn bound_clamped_by_the_plan_and_learned_from_the_tenants_recent_calls() {
         let estimates = Estimates::new();
         let capped = plan(json!({"maxOutputTokens": 1000}));
-        let reserve = |c: &CallRequest| reserve(&capped, Metering::OpenAI, Some(c), &estimates);
+        let reserve = |tenant: &str, c: &CallRequest| {
+            reserve(&capped, tenant, Some(c), &estimates).expect("priced")
+        };
         // No history: the request's bound, clamped to 1000; 200 bytes at 0.5 tokens per byte.
-        let r = reserve(&call(Some("gpt-4o"), Some(5000), 200)).expect("priced");
-        assert_eq!((r.input_tokens, r.output_tokens), (100, 1000));
+        let r = reserve("shop/a", &call(Some("gpt-4o"), Some(5000), 200));
+        assert_eq!(tokens(r.reserved), (100, 1000));
         // 0.001 + 100 * 2.5/1e6 + 1000 * 10/1e6
-        assert_eq!(r.cost, "0.01125".parse::<Decimal>().expect("decimal"));
+        assert_eq!(
+            r.reserved.cost,
+            "0.01125".parse::<Decimal>().expect("decimal")
+        );
+        assert_eq!(r.unreported, r.reserved);
         // No bound named: the plan's.
-        assert_eq!(
-            reserve(&call(Some("gpt-4o"), None, 0))
-                .expect("priced")
-                .output_tokens,
-            1000
-        );
-        // Learned: recent calls used at most 40 output tokens and 0.25 tokens per byte.
-        estimates.learn("gpt-4o", 200, 50, 40);
-        let r = reserve(&call(Some("gpt-4o"), Some(5000), 200)).expect("priced");
-        assert_eq!((r.input_tokens, r.output_tokens), (50, 40));
+        let r = reserve("shop/a", &call(Some("gpt-4o"), None, 0));
+        assert_eq!(r.reserved.output_tokens, 1000);
+        // Learned: this tenant's recent calls used at most 40 output tokens, 0.1 tokens per byte.
+        estimates.learn("shop/a", "gpt-4o", 200, 20, 40);
+        let r = reserve("shop/a", &call(Some("gpt-4o"), Some(5000), 200));
+        assert_eq!(tokens(r.reserved), (20, 40));
+        // Unreported usage is charged the bound, the input at no less than 0.25 per byte.
+        assert_eq!(tokens(r.unreported), (50, 1000));
+        // Another tenant's history does not lower this one's (nor the other way round).
+        let r = reserve("shop/b", &call(Some("gpt-4o"), Some(5000), 200));
+        assert_eq!(tokens(r.reserved), (100, 1000));
         // Never more than the call's own bound.
-        assert_eq!(
-            reserve(&call(Some("gpt-4o"), Some(10), 0))
-                .expect("priced")
-                .output_tokens,
-            10
-        );
+        let r = reserve("shop/a", &call(Some("gpt-4o"), Some(10), 0));
+        assert_eq!(r.reserved.output_tokens, 10);
         // Bound: the learned history is not used.
         let worst = plan(json!({"estimate": "Bound"}));
         let r = super::reserve(
             &worst,
-            Metering::OpenAI,
+            "shop/a",
             Some(&call(Some("gpt-4o"), None, 0)),
             &estimates,
         )
         .expect("priced");
-        assert_eq!(r.output_tokens, 4096, "the default maxOutputTokens");
+        assert_eq!(
+            r.reserved.output_tokens, 4096,
+            "the default maxOutputTokens"
+        );
     }
 
     #[test]
-    fn an_unpriced_model_is_refused_under_a_cost_quota_only() {
+    fn an_unpriced_or_unnamed_model_is_refused_under_a_cost_quota_only() {
         let estimates = Estimates::new();
+        let cost = plan(json!({}));
         let refused = reserve(
-            &plan(json!({})),
-            Metering::OpenAI,
+            &cost,
+            "t",
             Some(&call(Some("mystery"), None, 10)),
             &estimates,
         );
-        assert_eq!(
-            refused,
-            Err(Unpriced {
-                model: "mystery".into()
-            })
-        );
+        assert_eq!(refused, Err(Refusal::Unpriced("mystery".into())));
+        let unnamed = reserve(&cost, "t", Some(&call(None, None, 10)), &estimates);
+        assert_eq!(unnamed, Err(Refusal::NoModel));
         let tokens_only = PlanEntry::from_spec(json!({
             "quotas": [{"name": "t", "metric": "TotalTokens", "limit": "5000", "period": "Day"}]}));
         let r = reserve(
             &tokens_only,
-            Metering::OpenAI,
+            "t",
             Some(&call(Some("mystery"), Some(7), 0)),
             &estimates,
         )
         .expect("no prices needed");
-        assert_eq!((r.output_tokens, r.cost), (7, Decimal::ZERO));
-        // A route that reads no tokens reserves the per-request price only.
-        let r = reserve(
-            &plan(json!({})),
-            Metering::Requests,
-            Some(&call(Some("mystery"), None, 10)),
-            &estimates,
-        )
-        .expect("no tokens");
         assert_eq!(
-            r,
+            (r.reserved.output_tokens, r.reserved.cost),
+            (7, Decimal::ZERO)
+        );
+        // A request that generates nothing reserves the per-request price only.
+        let r = reserve(&cost, "t", None, &estimates).expect("nothing to price");
+        assert_eq!(
+            r.reserved,
             Metered {
-                input_tokens: 0,
-                output_tokens: 0,
-                cost: "0.001".parse().expect("decimal")
+                cost: "0.001".parse().expect("decimal"),
+                ..Metered::default()
             }
         );
     }

@@ -21,7 +21,8 @@ use crate::config::{PlanEntry, ProxyConfig, RouteEntry, TenantEntry};
 use crate::http1::client_headers::ClientHeaders;
 use crate::http1::raw_headers::RawHeaders;
 use crate::llm::CallRequest;
-use crate::quota::{Admission, LimitState, Metered, Subject};
+use crate::llm::reservation::Reserved;
+use crate::quota::{Admission, LimitState, Subject};
 
 /// What was decided about a request, borrowed from the configuration version it loaded (no
 /// reference counts touched per request). Filled in as the checks pass: a refusal still knows
@@ -39,7 +40,7 @@ pub struct Verdict<'c> {
     /// Admission charged one request and the reservation (refunded if forwarding fails).
     pub charged: bool,
     /// What admission reserved in the token and Cost quotas.
-    pub reserved: Metered,
+    pub reserved: Reserved,
     /// The metered call's request, when its body was read (boxed: most requests have none).
     pub call: Option<Box<CallRequest>>,
 }

@@ -24,7 +24,8 @@ use jiff::Timestamp;
 use crate::config::{ProxyConfig, RouteEntry};
 use crate::http1::raw_headers::RawHeaders;
 use crate::llm::meter::Settlement;
-use crate::llm::{CallRequest, Estimates, Meter, MeteredBody, request, reservation};
+use crate::llm::reservation::{self, Refusal, Reserved};
+use crate::llm::{CallRequest, Estimates, Meter, MeteredBody, request};
 use crate::quota::{CounterStore, Metered, PlanEntry, Subject};
 use crate::telemetry::access_log::{AccessLog, AccessRecord};
 use crate::telemetry::metrics::ProxyMetrics;
@@ -201,11 +202,12 @@ impl<S: CounterStore> Proxy<S> {
                     // Boxed: only plans with token or Cost quotas reserve (a cold path here).
                     let reserved = match subject.plan.meters_usage {
                         true => Box::pin(self.reserve(&mut req, &mut verdict, subject.plan)).await,
-                        false => Ok(Metered::default()),
+                        false => Ok(Reserved::default()),
                     };
                     match reserved {
                         Ok(reserved) => {
-                            let admission = self.store.admit(subject, now, &reserved).await;
+                            let admission =
+                                self.store.admit(subject, now, &reserved.reserved).await;
                             verdict.reserved = reserved;
                             checks::admitted(admission, now, &mut verdict)
                         }
@@ -345,9 +347,9 @@ impl<S: CounterStore> Proxy<S> {
             return Forward::Refused(ProblemKind::RouteNotFound, "No route.");
         };
         if let Some(direct) = &route.direct {
-            // Nothing to read in a direct response: the reservation is settled at once.
-            if let Some(mut meter) = self.meter_for(v, route, direct.status, None, now) {
-                meter.finish();
+            // No backend generated anything: only the per-request price stays.
+            if let Some(mut meter) = self.meter_for(v, route, direct.status, None, now, false) {
+                meter.finish(true);
             }
             let mut resp = Response::new(Either::Left(Full::new(direct.body.clone())));
             *resp.status_mut() = direct.status;
@@ -367,6 +369,8 @@ impl<S: CounterStore> Proxy<S> {
             client_ip: &client.ip_header,
             tls: client.tls,
             authority: req.uri().authority().cloned(),
+            // A metered call's answer is read on its way: never compressed.
+            identity_encoding: v.call.is_some(),
         };
         let plain_http = upstream.scheme == http::uri::Scheme::HTTP;
         let started = Instant::now();
@@ -474,13 +478,24 @@ impl<S: CounterStore> Proxy<S> {
     ) -> Response<ProxyBody> {
         // The content type is looked up only for a plan that meters usage.
         let meter = match &v.plan {
-            Some(plan) if plan.meters_usage => {
-                self.meter_for(v, route, resp.status(), backend_content_type(&resp), now)
-            }
+            Some(plan) if plan.meters_usage => self.meter_for(
+                v,
+                route,
+                resp.status(),
+                backend_content_type(&resp),
+                now,
+                true,
+            ),
             _ => None,
         };
         let strip_usage_chunk = v.call.as_ref().is_some_and(|c| c.strip_usage_chunk)
-            && backend_content_type(&resp).is_some_and(|ct| ct.starts_with("text/event-stream"));
+            && backend_content_type(&resp)
+                .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("text/event-stream"));
+        let mut resp = resp;
+        if strip_usage_chunk {
+            // The client gets fewer bytes than the backend sent.
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
+        }
         let read_timeout = Duration::from_millis(route.route.timeout_ms);
         resp.map(|body| {
             Either::Right(MeteredBody::new(
@@ -491,23 +506,30 @@ impl<S: CounterStore> Proxy<S> {
         })
     }
 
-    /// Reads a metered call's request (on a route that reads tokens) and computes what it
-    /// reserves: `Err` when it cannot be (too large, unreadable, a model without a price).
+    /// Reads a metered call's request and computes what it reserves. A call generates (and is
+    /// read) when it is a POST on a route that reads tokens; anything else (a model list, a
+    /// stored answer fetched again) reserves the per-request price only. `Err` when the call
+    /// cannot be reserved: too large, unreadable or not JSON, a model without a price.
     async fn reserve(
         &self,
         req: &mut Request<RequestBody>,
         v: &mut Verdict<'_>,
         plan: &PlanEntry,
-    ) -> Result<Metered, Problem> {
-        let Some(route) = v.route else {
-            return Ok(Metered::default());
+    ) -> Result<Reserved, Problem> {
+        let (Some(route), Some(tenant)) = (v.route, v.tenant) else {
+            return Ok(Reserved::default());
         };
         let metering = route.route.metering;
-        if !metering.reads_tokens() {
-            return reservation::reserve(plan, metering, None, &self.estimates)
-                .map_err(|_| Problem::new(ProblemKind::BadRequest, "No model to price."));
-        }
         let route_name = route.route.key.name.as_str();
+        let refused = |kind, detail: String| {
+            Problem::new(kind, detail)
+                .with("tenant", &*tenant.id)
+                .with("apiRoute", route_name)
+        };
+        if !metering.reads_tokens() || req.method() != http::Method::POST {
+            return reservation::reserve(plan, &tenant.id, None, &self.estimates)
+                .map_err(|_| refused(ProblemKind::BadRequest, "Nothing to price.".to_owned()));
+        }
         let body = std::mem::replace(req.body_mut(), RequestBody::Empty);
         let timeout = Duration::from_millis(route.route.timeout_ms);
         let limited = http_body_util::Limited::new(body, request::MAX_BODY);
@@ -515,40 +537,50 @@ impl<S: CounterStore> Proxy<S> {
         let bytes = match read {
             Ok(Ok(collected)) => collected.to_bytes(),
             Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(Problem::new(
+                return Err(refused(
                     ProblemKind::RequestTooLarge,
                     format!(
                         "The request body is larger than {} MiB, the most a metered call can have: its usage cannot be estimated. Send a smaller request.",
                         request::MAX_BODY / (1024 * 1024)
                     ),
-                )
-                .with("apiRoute", route_name));
+                ));
             }
             Ok(Err(_)) | Err(_) => {
-                return Err(Problem::new(
+                return Err(refused(
                     ProblemKind::BadRequest,
-                    "The request body could not be read in full; send it again.",
-                )
-                .with("apiRoute", route_name));
+                    "The request body could not be read in full; send it again.".to_owned(),
+                ));
             }
         };
-        let mut call = request::inspect(metering, req.uri().path(), &bytes);
+        let Some(mut call) = request::inspect(metering, req.uri().path(), &bytes) else {
+            return Err(refused(
+                ProblemKind::BadRequest,
+                format!(
+                    "A call to the metered API {route_name} must send a JSON object (uncompressed): its usage is estimated from it before it is sent."
+                ),
+            ));
+        };
         let sent = call.rewritten.take().unwrap_or(bytes);
         *req.body_mut() = RequestBody::Buffered(Some(sent));
-        let reserved = reservation::reserve(plan, metering, Some(&call), &self.estimates);
+        let reserved = reservation::reserve(plan, &tenant.id, Some(&call), &self.estimates);
         v.call = Some(Box::new(call));
-        reserved.map_err(|unpriced| {
-            let tenant = v.tenant.map_or("", |t| &*t.id);
-            Problem::new(
-                ProblemKind::ModelNotPriced,
-                format!(
-                    "The plan {} has no price for the model {}, and its usage counts against a Cost quota, so it cannot be charged. Use a model the plan prices, or ask the API provider to price this one.",
-                    plan.plan.key.name, unpriced.model
+        reserved.map_err(|refusal| {
+            let plan_name = plan.plan.key.name.as_str();
+            match refusal {
+                Refusal::Unpriced(model) => refused(
+                    ProblemKind::ModelNotPriced,
+                    format!(
+                        "The plan {plan_name} has no price for the model {model}, and its usage counts against a Cost quota, so it cannot be charged. Use a model the plan prices, or ask the API provider to price this one."
+                    ),
+                )
+                .with("model", model),
+                Refusal::NoModel => refused(
+                    ProblemKind::ModelNotPriced,
+                    format!(
+                        "The call names no model, and the plan {plan_name} counts cost by model. Name the model in the request."
+                    ),
                 ),
-            )
-            .with("model", unpriced.model)
-            .with("tenant", tenant)
-            .with("apiRoute", route_name)
+            }
         })
     }
 
@@ -561,6 +593,7 @@ impl<S: CounterStore> Proxy<S> {
         status: http::StatusCode,
         content_type: Option<&str>,
         now: Timestamp,
+        from_backend: bool,
     ) -> Option<Meter> {
         let (tenant, plan) = (v.tenant?, v.plan?);
         if !plan.meters_usage {
@@ -571,7 +604,11 @@ impl<S: CounterStore> Proxy<S> {
         // The settlement runs after the response; it keeps its own references.
         let (tenant, plan) = (Arc::clone(&tenant.id), Arc::clone(plan));
         let store = self.store.clone();
-        let reserved = v.reserved;
+        let Reserved {
+            reserved,
+            unreported,
+        } = v.reserved;
+        let settled_tenant = Arc::clone(&tenant);
         let settle = Box::new(move |used: Metered| {
             if used == reserved {
                 return;
@@ -585,9 +622,16 @@ impl<S: CounterStore> Proxy<S> {
             });
         });
         let call = v.call.as_deref();
+        // Only a call that generates, answered by its backend, has usage to read.
+        let metering = match (&v.call, from_backend) {
+            (Some(_), true) => route.route.metering,
+            _ => tollgate_crds::resources::Metering::Requests,
+        };
         let settlement = Settlement {
-            metering: route.route.metering,
+            metering,
+            tenant: settled_tenant,
             reserved,
+            unreported,
             pricing,
             prices_tokens,
             request_model: call.and_then(|c| c.model.clone()),
@@ -615,7 +659,7 @@ impl<S: CounterStore> Proxy<S> {
                     tenant: &tenant.id,
                     plan,
                 },
-                &v.reserved,
+                &v.reserved.reserved,
                 now,
             ))
             .await;

@@ -115,6 +115,9 @@ pub struct ForwardContext<'a> {
     /// absolute-form HTTP/1.1 target): the host the request was routed on, which RFC 9112 puts
     /// before the `Host` header. `None` for the usual origin-form request.
     pub authority: Option<http::uri::Authority>,
+    /// Ask the backend for an uncompressed answer (`Accept-Encoding: identity`): a metered call's
+    /// usage is read from it.
+    pub identity_encoding: bool,
 }
 
 /// Rewrites a client request into the backend request. The URI is origin-form (`/path?query`) for
@@ -227,8 +230,17 @@ fn forwarded_headers<'a>(
         if field.api_key().is_some() || replaced_or_hop_by_hop(name) || hop_by_hop.names(name) {
             return;
         }
+        if cx.identity_encoding && name.eq_ignore_ascii_case(b"accept-encoding") {
+            return;
+        }
         emit(field);
     });
+    if cx.identity_encoding {
+        emit(Field::Raw {
+            name: b"accept-encoding",
+            value: b"identity",
+        });
+    }
     if let Some(tenant) = cx.tenant {
         emit(Field::Typed(&X_TOLLGATE_TENANT, tenant));
     }
@@ -497,6 +509,7 @@ mod tests {
             client_ip: &client_ip,
             tls: true,
             authority: None,
+            identity_encoding: false,
         };
         let sent = [
             ("host", "api.example.com"),

@@ -124,6 +124,10 @@ struct Counter {
     last_used: Instant,
     /// A rate-limit window (not reported as quota usage).
     rate: bool,
+    /// A token or Cost quota: calls take reservations, never slices, so units it holds (a
+    /// reservation put back after a refusal, an unanswered one found granted) go back to Redis
+    /// at the next settle instead of waiting for the counter to idle.
+    reserves: bool,
 }
 
 /// A change to a counter, applied at most once (see [`ADJUST_ONCE`]).
@@ -151,6 +155,7 @@ impl Counter {
             expire_at: key_expiry(window, rate),
             last_used: Instant::now(),
             rate,
+            reserves: false,
         }
     }
 
@@ -235,7 +240,11 @@ impl RedisStore {
         w: PeriodWindow,
     ) -> &'a mut Counter {
         counters.entry(key.to_owned()).or_insert_with(|| {
-            Counter::new(subject, &subject.plan.plan.quotas[index].name, w, false)
+            let quota = &subject.plan.plan.quotas[index];
+            Counter {
+                reserves: quota.metric != Metric::Requests,
+                ..Counter::new(subject, &quota.name, w, false)
+            }
         })
     }
 
@@ -645,7 +654,7 @@ impl RedisStore {
                 if ended && c.rate {
                     c.leased = 0;
                 }
-                if c.leased > 0 && (all || ended || c.last_used.elapsed() > IDLE_RETURN) {
+                if c.leased > 0 && (all || ended || c.reserves || c.last_used.elapsed() > IDLE_RETURN) {
                     let back = i64::try_from(std::mem::take(&mut c.leased)).unwrap_or(i64::MAX);
                     c.unanswered.push(Adjustment {
                         op: self.record_key(key),
