@@ -20,8 +20,8 @@ use crate::resources::{
     self, ApiRoute, Approval, Metric, QuotaPolicy, SubscriptionState, SubscriptionStatus,
 };
 use crate::snapshot::{
-    HostMatch, KeyDigest, ModelPrice, ObjectKey, PathMatch, Plan, Pricing, Quota, RateLimit,
-    ReservationPolicy, Route, RouteBackend, Snapshot, Tenant, TenantSubscription,
+    HostMatch, InjectedHeader, KeyDigest, ModelPrice, ObjectKey, PathMatch, Plan, Pricing, Quota,
+    RateLimit, ReservationPolicy, Route, RouteBackend, Snapshot, Tenant, TenantSubscription,
 };
 
 /// Namespace of objects that do not name one (standalone manifests).
@@ -482,9 +482,10 @@ fn compile_routes(objects: &Objects<'_>, out: &mut Compiled) {
     });
     type Claim = (Option<HostMatch>, PathMatch, Option<resources::HttpMethod>);
     let mut claimed: HashMap<Claim, ObjectKey> = HashMap::new();
+    let secrets = secrets_by_key(objects);
     for route in routes {
         let key = object_key(route);
-        let compiled = match compile_route(&key, route) {
+        let compiled = match compile_route(&key, route, &secrets) {
             Ok(r) => r,
             Err(errors) => {
                 push_all(&mut out.diagnostics, ObjectKind::ApiRoute, &key, errors);
@@ -512,7 +513,112 @@ fn compile_routes(objects: &Objects<'_>, out: &mut Compiled) {
     }
 }
 
-fn compile_route(key: &ObjectKey, route: &ApiRoute) -> Result<Route, Vec<FieldError>> {
+/// The Secrets by namespace and name.
+fn secrets_by_key<'a>(objects: &Objects<'a>) -> HashMap<ObjectKey, &'a Secret> {
+    objects
+        .secrets
+        .iter()
+        .map(|s| (object_key(*s), *s))
+        .collect()
+}
+
+/// Headers a route may not set on backend requests: hop-by-hop ones, the host, and the ones
+/// Tollgate sets itself.
+fn reserved_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    matches!(
+        name.as_str(),
+        "host"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "content-length"
+    ) || name.starts_with("x-tollgate-")
+        || name.starts_with("x-forwarded-")
+}
+
+/// The route's backend request headers, each value read from its Secret.
+fn compile_request_headers(
+    key: &ObjectKey,
+    headers: &[resources::RequestHeader],
+    secrets: &HashMap<ObjectKey, &Secret>,
+    errors: &mut Vec<FieldError>,
+) -> Vec<InjectedHeader> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, h) in headers.iter().enumerate() {
+        let field = format!("spec.backend.requestHeaders[{i}]");
+        if reserved_header(&h.name) {
+            errors.push(invalid(
+                format!("{field}.name"),
+                format!(
+                    "{:?} is set by the proxy or the connection; it cannot be configured",
+                    h.name
+                ),
+            ));
+            continue;
+        }
+        if !seen.insert(h.name.to_ascii_lowercase()) {
+            errors.push(invalid(
+                format!("{field}.name"),
+                format!("header {:?} is listed twice", h.name),
+            ));
+            continue;
+        }
+        let secret_ref = &h.secret_key_ref;
+        let Some(secret) = secrets.get(&key.sibling(&secret_ref.name)) else {
+            errors.push((
+                format!("{field}.secretKeyRef.name"),
+                Reason::SecretNotFound,
+                format!(
+                    "Secret {:?} not found in namespace {} (the operator reads only Secrets labelled tollgate.dev/api-key)",
+                    secret_ref.name, key.namespace
+                ),
+            ));
+            continue;
+        };
+        let Some(value) = secret_value(secret, &secret_ref.key) else {
+            errors.push((
+                format!("{field}.secretKeyRef.key"),
+                Reason::SecretKeyNotFound,
+                format!(
+                    "Secret {:?} has no non-empty key {:?}",
+                    secret_ref.name, secret_ref.key
+                ),
+            ));
+            continue;
+        };
+        let prefix = h.value_prefix.as_deref().unwrap_or("");
+        let value = [prefix.as_bytes(), value].concat();
+        // A header value: visible ASCII and spaces (no line breaks that would split the request).
+        match String::from_utf8(value) {
+            Ok(value) if value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) => {
+                out.push(InjectedHeader {
+                    name: h.name.clone(),
+                    value,
+                })
+            }
+            _ => errors.push(invalid(
+                format!("{field}.secretKeyRef.key"),
+                format!(
+                    "the value in Secret {:?} key {:?} (with the prefix) is not a valid header value: printable ASCII only",
+                    secret_ref.name, secret_ref.key
+                ),
+            )),
+        }
+    }
+    out
+}
+
+fn compile_route(
+    key: &ObjectKey,
+    route: &ApiRoute,
+    secrets: &HashMap<ObjectKey, &Secret>,
+) -> Result<Route, Vec<FieldError>> {
     let spec = &route.spec;
     let mut errors = Vec::new();
 
@@ -709,6 +815,9 @@ fn compile_route(key: &ObjectKey, route: &ApiRoute) -> Result<Route, Vec<FieldEr
     methods.sort();
     methods.dedup();
 
+    let request_headers =
+        compile_request_headers(key, &spec.backend.request_headers, secrets, &mut errors);
+
     match (path, backend, errors.is_empty()) {
         (Some(path), Some(backend), true) => Ok(Route {
             key: key.clone(),
@@ -718,6 +827,7 @@ fn compile_route(key: &ObjectKey, route: &ApiRoute) -> Result<Route, Vec<FieldEr
             methods,
             backend,
             timeout_ms,
+            request_headers,
             metering: spec.metering,
             approval: spec.approval,
             approved_tenants: spec.approved_tenants.clone(),
@@ -776,11 +886,7 @@ fn compile_tenants(
     plan_state: &HashMap<ObjectKey, bool>,
     out: &mut Compiled,
 ) {
-    let secrets: HashMap<ObjectKey, &Secret> = objects
-        .secrets
-        .iter()
-        .map(|s| (object_key(*s), *s))
-        .collect();
+    let secrets = secrets_by_key(objects);
     let mut tenants: Vec<&resources::Tenant> = objects.tenants.clone();
     // Oldest first: when two tenants present the same key, the older one keeps it.
     tenants.sort_by(|a, b| {

@@ -109,6 +109,9 @@ pub struct Route {
     pub backend: RouteBackend,
     /// Time to wait for backend response headers.
     pub timeout_ms: u64,
+    /// Headers added to backend requests (provider credentials from Secrets).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers: Vec<InjectedHeader>,
     /// Request or token metering.
     pub metering: Metering,
     /// Approval mode.
@@ -290,6 +293,25 @@ pub struct TenantSubscription {
     pub route: String,
     /// Plan for this route; `None` uses the tenant's plan.
     pub plan: Option<ObjectKey>,
+}
+
+/// A header added to backend requests (a provider credential).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct InjectedHeader {
+    /// Header name.
+    pub name: String,
+    /// Value (prefix and the Secret's value). Never shown by `Debug`.
+    pub value: String,
+}
+
+impl fmt::Debug for InjectedHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InjectedHeader")
+            .field("name", &self.name)
+            .field("value", &"<redacted>")
+            .finish()
+    }
 }
 
 /// An accepted plan.

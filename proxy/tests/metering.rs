@@ -69,6 +69,21 @@ spec:
   backend: {{url: "{backend}"}}
   metering: Gemini
 ---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {{name: provider}}
+spec:
+  match: {{pathPrefix: /provider}}
+  backend:
+    url: "{backend}"
+    requestHeaders: [{{name: Authorization, secretKeyRef: {{name: provider-key}}, valuePrefix: "Bearer "}}]
+  metering: OpenAI
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: provider-key}}
+stringData: {{apiKey: sk-provider-secret}}
+---
 apiVersion: v1
 kind: Secret
 metadata: {{name: keys}}
@@ -96,7 +111,7 @@ metadata: {{name: heavy}}
 spec:
   quotaPolicyRef: {{name: big}}
   apiKeys: [{{secretRef: {{name: keys, key: g}}}}]
-  subscriptions: [{{apiRouteRef: {{name: chat}}}}, {{apiRouteRef: {{name: messages}}}}, {{apiRouteRef: {{name: gemini}}}}]
+  subscriptions: [{{apiRouteRef: {{name: chat}}}}, {{apiRouteRef: {{name: messages}}}}, {{apiRouteRef: {{name: gemini}}}}, {{apiRouteRef: {{name: provider}}}}]
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: Tenant
@@ -441,4 +456,31 @@ async fn anthropic_and_gemini_usage_is_read_json_and_streamed() {
     let r = p.post(path, &[auth, JSON], gemini).await;
     assert_eq!(r.header("content-type"), Some("text/event-stream"));
     wait_used(&p, "heavy", "daily-tokens", "120").await;
+}
+
+#[tokio::test]
+async fn the_provider_key_comes_from_a_secret_and_never_from_or_to_the_caller() {
+    let (_backend, p) = start().await;
+    let r = p
+        .post(
+            "/provider/echo",
+            &[
+                ("authorization", "Bearer key-big"),
+                ("x-goog-api-key", "caller-made-up"),
+                JSON,
+            ],
+            r#"{"model":"gpt-4o-mini"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let seen = &r.json()["headers"];
+    assert_eq!(seen["authorization"], "Bearer sk-provider-secret");
+    assert_eq!(seen["x-tollgate-tenant"], "default/heavy");
+    assert!(
+        !r.body.windows(7).any(|w| w == b"key-big"),
+        "the caller's key never reaches the backend"
+    );
+    // The access log and the proxy's own log never carry the credential.
+    let log = format!("{:?}{}", p.access_log(), p.stderr());
+    assert!(!log.contains("sk-provider-secret"), "{log}");
 }

@@ -494,3 +494,59 @@ fn parse_decimal_accepts_money_and_rejects_floats() {
         assert!(parse_decimal(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn backend_request_headers_take_their_values_from_secrets() {
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: openai, namespace: shop}\nstringData: {apiKey: \"sk-test-123\\n\"}\n";
+    let spec = "{match: {pathPrefix: /llm}, backend: {url: 'https://api.openai.com', requestHeaders: [{name: Authorization, secretKeyRef: {name: openai}, valuePrefix: 'Bearer '}]}}";
+    let c = World::parse(BASE)
+        .with(secret)
+        .with(&route_yaml("llm", "2026-02-01T00:00:00Z", spec))
+        .compile();
+    assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
+    let route = c
+        .snapshot
+        .routes
+        .iter()
+        .find(|r| r.key.name == "llm")
+        .expect("compiled");
+    assert_eq!(route.request_headers.len(), 1);
+    assert_eq!(route.request_headers[0].name, "Authorization");
+    assert_eq!(route.request_headers[0].value, "Bearer sk-test-123");
+    assert!(
+        !format!("{route:?}").contains("sk-test"),
+        "Debug never shows a credential"
+    );
+
+    // Missing Secret, missing key, a header the proxy owns, a value that would split a request.
+    for (spec, field, reason) in [
+        (
+            "{match: {pathPrefix: /b}, backend: {url: 'http://x:1', requestHeaders: [{name: x-api-key, secretKeyRef: {name: nowhere}}]}}",
+            "spec.backend.requestHeaders[0].secretKeyRef.name",
+            Reason::SecretNotFound,
+        ),
+        (
+            "{match: {pathPrefix: /b}, backend: {url: 'http://x:1', requestHeaders: [{name: x-api-key, secretKeyRef: {name: acme-key, key: other}}]}}",
+            "spec.backend.requestHeaders[0].secretKeyRef.key",
+            Reason::SecretKeyNotFound,
+        ),
+        (
+            "{match: {pathPrefix: /b}, backend: {url: 'http://x:1', requestHeaders: [{name: X-Tollgate-Tenant, secretKeyRef: {name: acme-key}}]}}",
+            "spec.backend.requestHeaders[0].name",
+            Reason::Invalid,
+        ),
+        (
+            "{match: {pathPrefix: /b}, backend: {url: 'http://x:1', requestHeaders: [{name: x-api-key, secretKeyRef: {name: acme-key}, valuePrefix: \"a\\r\\nb: \"}]}}",
+            "spec.backend.requestHeaders[0].secretKeyRef.key",
+            Reason::Invalid,
+        ),
+    ] {
+        let d = route_diagnostic(spec);
+        assert_eq!(
+            (d.field.as_str(), d.reason),
+            (field, reason),
+            "{spec}: {}",
+            d.message
+        );
+    }
+}

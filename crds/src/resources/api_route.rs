@@ -183,6 +183,33 @@ pub struct Backend {
         "!self.matches('^([0-9]+(\\\\.[0-9]+)?(ms|s|m|h))+$') || (duration(self) > duration('0s') && duration(self) <= duration('1h'))"
     ).message("timeout must be more than 0s and at most 1h"))]
     pub timeout: Option<String>,
+    /// Headers added to every request sent to the backend, each value read from a Secret: a
+    /// provider's API key (`Authorization: Bearer sk-...`, Anthropic's `x-api-key`, Gemini's
+    /// `x-goog-api-key`) that callers never hold. A caller's header of the same name is dropped.
+    /// The Secret (same namespace) needs the label `tollgate.dev/api-key` for the operator to
+    /// read it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub request_headers: Vec<RequestHeader>,
+}
+
+/// A header the proxy adds to backend requests, its value from a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestHeader {
+    /// Header name, for example `Authorization` or `x-api-key`. Not a hop-by-hop header, `Host`,
+    /// or one Tollgate sets (`X-Tollgate-*`, `X-Forwarded-*`).
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+    )]
+    pub name: String,
+    /// The Secret and key holding the value.
+    pub secret_key_ref: super::tenant::SecretKeyRef,
+    /// Text put before the Secret's value, for example `"Bearer "`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub value_prefix: Option<String>,
 }
 
 /// A Service backend.

@@ -51,7 +51,13 @@ impl RouteEntry {
     pub fn new(route: Route) -> Self {
         let id: Arc<str> = Arc::from(route.key.to_string());
         let (upstream, direct) = match &route.backend {
-            RouteBackend::Http { base_url } => (parse_upstream(base_url), None),
+            RouteBackend::Http { base_url } => (
+                parse_upstream(base_url).map(|mut upstream| {
+                    upstream.request_headers = injected_headers(&route.request_headers);
+                    upstream
+                }),
+                None,
+            ),
             RouteBackend::Direct {
                 status,
                 content_type,
@@ -90,4 +96,21 @@ impl RouteEntry {
             ),
         }
     }
+}
+
+/// The route's backend request headers, parsed once; marked sensitive (never shown by `Debug`,
+/// never indexed by HTTP/2 header compression). Compile checked them; one that still does not
+/// parse is left out rather than sent malformed.
+fn injected_headers(
+    headers: &[tollgate_crds::snapshot::InjectedHeader],
+) -> Vec<(http::HeaderName, HeaderValue)> {
+    headers
+        .iter()
+        .filter_map(|h| {
+            let name = http::HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+            let mut value = HeaderValue::from_str(&h.value).ok()?;
+            value.set_sensitive(true);
+            Some((name, value))
+        })
+        .collect()
 }

@@ -152,6 +152,7 @@ mod tests {
                 base_url: "http://127.0.0.1:1".into(),
             },
             timeout_ms: 1000,
+            request_headers: vec![],
             metering: Default::default(),
             approval: Default::default(),
             approved_tenants: vec![],

@@ -276,7 +276,7 @@ pub struct UsageChunkFilter {
 
 impl UsageChunkFilter {
     /// The complete events in `pending` + `chunk`, minus the usage-only ones.
-    fn pass(&mut self, chunk: Bytes) -> Bytes {
+    pub fn pass(&mut self, chunk: Bytes) -> Bytes {
         if self.off {
             return chunk;
         }
@@ -300,7 +300,7 @@ impl UsageChunkFilter {
     }
 
     /// What is left when the stream ends (an unterminated last event).
-    fn rest(&mut self) -> Bytes {
+    pub fn rest(&mut self) -> Bytes {
         std::mem::take(&mut self.pending).freeze()
     }
 }

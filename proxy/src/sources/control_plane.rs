@@ -80,7 +80,18 @@ fn persist(state_dir: &Path, version: u64, snapshot: &Snapshot) -> Result<()> {
         version,
         snapshot: snapshot.clone(),
     })?;
-    std::fs::write(&tmp, body)?;
+    // Owner-only: the snapshot holds backend credentials (routes' requestHeaders).
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(&body)?;
+    }
     std::fs::rename(&tmp, state_dir.join(SNAPSHOT_FILE))?;
     Ok(())
 }
@@ -290,5 +301,27 @@ async fn post_json(
         Ok(Ok(resp)) => Err(format!("operator answered {}", resp.status())),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("timed out after 5 s".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn the_persisted_snapshot_is_readable_by_its_owner_only_and_loads_back() -> Result<()> {
+        // It holds routes' backend credentials.
+        let dir = tempfile::tempdir()?;
+        let snapshot = Snapshot::default();
+        persist(dir.path(), 7, &snapshot)?;
+        persist(dir.path(), 8, &snapshot)?;
+        let mode = std::fs::metadata(dir.path().join(SNAPSHOT_FILE))?
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(load_persisted(dir.path())?.map(|(v, _)| v), Some(8));
+        Ok(())
     }
 }

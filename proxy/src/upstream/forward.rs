@@ -233,8 +233,18 @@ fn forwarded_headers<'a>(
         if cx.identity_encoding && name.eq_ignore_ascii_case(b"accept-encoding") {
             return;
         }
+        let injected = &cx.upstream.request_headers;
+        if injected
+            .iter()
+            .any(|(n, _)| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+        {
+            return;
+        }
         emit(field);
     });
+    for (name, value) in &cx.upstream.request_headers {
+        emit(Field::Typed(name, value));
+    }
     if cx.identity_encoding {
         emit(Field::Raw {
             name: b"accept-encoding",
@@ -500,6 +510,7 @@ mod tests {
             authority: http::uri::Authority::from_static("backend:8080"),
             base_path: "/base".into(),
             host_header: HeaderValue::from_static("backend:8080"),
+            request_headers: Vec::new(),
         };
         let tenant = HeaderValue::from_static("shop/acme");
         let client_ip = HeaderValue::from_static("10.0.0.7");

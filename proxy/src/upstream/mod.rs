@@ -18,6 +18,9 @@ pub struct Upstream {
     pub base_path: String,
     /// Host header value for the backend.
     pub host_header: HeaderValue,
+    /// Headers added to every request (provider credentials from Secrets); a client's header of
+    /// the same name is dropped.
+    pub request_headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 /// The backend a route forwards to, from its base URL (`None` if unusable).
@@ -32,5 +35,6 @@ pub fn parse_upstream(base_url: &str) -> Option<Upstream> {
         authority,
         base_path,
         host_header,
+        request_headers: Vec::new(),
     })
 }

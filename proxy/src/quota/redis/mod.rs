@@ -654,7 +654,9 @@ impl RedisStore {
                 if ended && c.rate {
                     c.leased = 0;
                 }
-                if c.leased > 0 && (all || ended || c.reserves || c.last_used.elapsed() > IDLE_RETURN) {
+                if c.leased > 0
+                    && (all || ended || c.reserves || c.last_used.elapsed() > IDLE_RETURN)
+                {
                     let back = i64::try_from(std::mem::take(&mut c.leased)).unwrap_or(i64::MAX);
                     c.unanswered.push(Adjustment {
                         op: self.record_key(key),
