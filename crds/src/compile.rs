@@ -522,22 +522,42 @@ fn secrets_by_key<'a>(objects: &Objects<'a>) -> HashMap<ObjectKey, &'a Secret> {
         .collect()
 }
 
-/// Headers a route may not set on backend requests: hop-by-hop ones, the host, and the ones
-/// Tollgate sets itself.
+/// The label a Secret needs for the operator to see it as a tenant's API key source. Any value.
+pub const API_KEY_LABEL: &str = "tollgate.dev/api-key";
+
+/// The label a Secret needs to hold a backend credential (`backend.requestHeaders`). A Secret
+/// with [`API_KEY_LABEL`] too is refused: whoever may write an ApiRoute could otherwise send a
+/// tenant's key to a backend of their choosing.
+pub const BACKEND_CREDENTIALS_LABEL: &str = "tollgate.dev/backend-credentials";
+
+fn has_label(secret: &Secret, label: &str) -> bool {
+    secret
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(label))
+}
+
+/// Headers a route may not set on backend requests: hop-by-hop ones, the host, the encoding
+/// metering relies on, the ones Tollgate sets itself, and any with `_` (CGI-style backends read
+/// it as `-`).
 fn reserved_header(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    matches!(
-        name.as_str(),
-        "host"
-            | "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "content-length"
-    ) || name.starts_with("x-tollgate-")
+    name.contains('_')
+        || matches!(
+            name.as_str(),
+            "host"
+                | "accept-encoding"
+                | "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+                | "content-length"
+        )
+        || name.starts_with("x-tollgate-")
         || name.starts_with("x-forwarded-")
 }
 
@@ -575,12 +595,22 @@ fn compile_request_headers(
                 format!("{field}.secretKeyRef.name"),
                 Reason::SecretNotFound,
                 format!(
-                    "Secret {:?} not found in namespace {} (the operator reads only Secrets labelled tollgate.dev/api-key)",
+                    "Secret {:?} not found in namespace {} (the operator reads only Secrets labelled {BACKEND_CREDENTIALS_LABEL} for backend credentials)",
                     secret_ref.name, key.namespace
                 ),
             ));
             continue;
         };
+        if !has_label(secret, BACKEND_CREDENTIALS_LABEL) || has_label(secret, API_KEY_LABEL) {
+            errors.push(invalid(
+                format!("{field}.secretKeyRef.name"),
+                format!(
+                    "Secret {:?} must carry the label {BACKEND_CREDENTIALS_LABEL} and not {API_KEY_LABEL}: a backend credential is never a tenant's key",
+                    secret_ref.name
+                ),
+            ));
+            continue;
+        }
         let Some(value) = secret_value(secret, &secret_ref.key) else {
             errors.push((
                 format!("{field}.secretKeyRef.key"),

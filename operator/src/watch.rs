@@ -10,8 +10,9 @@
 //! one wakes the compiler.
 //!
 //! What is cached: ApiRoutes, Tenants and QuotaPolicies in scope, and only the Secrets labelled
-//! [`API_KEY_LABEL`] (RBAC still grants list/watch on Secrets, which cannot be narrowed by label;
-//! the operator asks for the labelled ones only). `managedFields` are dropped before caching:
+//! [`API_KEY_LABEL`] (tenants' keys) or [`BACKEND_CREDENTIALS_LABEL`] (routes' backend
+//! credentials) (RBAC still grants list/watch on Secrets, which cannot be narrowed by label; the
+//! operator asks for the labelled ones only). `managedFields` are dropped before caching:
 //! nothing reads them, and they are a large share of each object.
 
 use std::collections::HashMap;
@@ -31,9 +32,10 @@ use tollgate_crds::resources::{ApiRoute, QuotaPolicy, Tenant};
 
 use crate::metrics::OperatorMetrics;
 
-/// The label a Secret needs for the operator to see it: `kubectl label secret NAME
-/// tollgate.dev/api-key=true`. Any value counts.
-pub const API_KEY_LABEL: &str = "tollgate.dev/api-key";
+/// The label a Secret needs for the operator to see it as a tenant key: `kubectl label secret
+/// NAME tollgate.dev/api-key=true`. Any value counts. Backend credentials carry
+/// [`BACKEND_CREDENTIALS_LABEL`] instead.
+pub use tollgate_crds::compile::{API_KEY_LABEL, BACKEND_CREDENTIALS_LABEL};
 
 /// Caches of every watched kind (one store per namespace when a namespace list is given).
 #[derive(Clone)]
@@ -44,7 +46,7 @@ pub struct Caches {
     pub tenants: Vec<Store<Tenant>>,
     /// QuotaPolicies.
     pub plans: Vec<Store<QuotaPolicy>>,
-    /// Secrets (API keys).
+    /// Secrets (tenants' API keys, routes' backend credentials).
     pub secrets: Vec<Store<Secret>>,
 }
 
@@ -91,13 +93,18 @@ pub fn start(
         routes: watch_kind::<ApiRoute>(client, namespaces, &changed, metrics, everything()),
         tenants: watch_kind::<Tenant>(client, namespaces, &changed, metrics, everything()),
         plans: watch_kind::<QuotaPolicy>(client, namespaces, &changed, metrics, everything()),
-        secrets: watch_kind::<Secret>(
-            client,
-            namespaces,
-            &changed,
-            metrics,
-            everything().labels(API_KEY_LABEL),
-        ),
+        secrets: [API_KEY_LABEL, BACKEND_CREDENTIALS_LABEL]
+            .into_iter()
+            .flat_map(|label| {
+                watch_kind::<Secret>(
+                    client,
+                    namespaces,
+                    &changed,
+                    metrics,
+                    everything().labels(label),
+                )
+            })
+            .collect(),
     }
 }
 

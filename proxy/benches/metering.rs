@@ -46,11 +46,13 @@ fn metering(c: &mut Criterion) {
             let mut meter = Meter::new(
                 http::StatusCode::OK,
                 Some("text/event-stream"),
+                None,
                 Settlement {
                     metering: Metering::OpenAI,
                     tenant: Arc::from("bench/t"),
                     reserved: Metered::default(),
                     unreported: Metered::default(),
+                    free_without_usage: false,
                     pricing: None,
                     prices_tokens: false,
                     request_model: Some("gpt-4o".into()),

@@ -76,12 +76,14 @@ spec:
   match: {{pathPrefix: /provider}}
   backend:
     url: "{backend}"
-    requestHeaders: [{{name: Authorization, secretKeyRef: {{name: provider-key}}, valuePrefix: "Bearer "}}]
+    requestHeaders:
+    - {{name: Authorization, secretKeyRef: {{name: provider-key}}, valuePrefix: "Bearer "}}
+    - {{name: x-goog-api-key, secretKeyRef: {{name: provider-key}}}}
   metering: OpenAI
 ---
 apiVersion: v1
 kind: Secret
-metadata: {{name: provider-key}}
+metadata: {{name: provider-key, labels: {{tollgate.dev/backend-credentials: "true"}}}}
 stringData: {{apiKey: sk-provider-secret}}
 ---
 apiVersion: v1
@@ -201,7 +203,7 @@ async fn usage_replaces_the_reservation_and_a_call_whose_reservation_cannot_fit_
 }
 
 #[tokio::test]
-async fn requests_that_generate_nothing_are_not_charged_tokens() {
+async fn requests_that_generate_nothing_are_not_charged_tokens_and_queued_work_is() {
     let (_backend, p) = start().await;
     let auth = ("authorization", "Bearer key-tokens");
     // A GET (fetching a stored answer, listing models) is not a generation: its usage, if the
@@ -215,19 +217,29 @@ async fn requests_that_generate_nothing_are_not_charged_tokens() {
         r.json()["usage"].is_object(),
         "the stored answer names its usage"
     );
-    // A POST answered with a whole JSON document without usage (counting tokens, say).
+    // A free API's whole answer without usage (counting tokens).
     let r = p
         .post(
-            "/v1/chat/count",
+            "/v1/chat/count_tokens",
             &[auth, JSON],
             r#"{"model":"gpt-4o-mini"}"#,
         )
         .await;
     assert_eq!(r.status, 200);
-    // Both settled: then a call that reports usage is counted alone.
+    // Both settled at nothing: then a call that reports usage is counted alone.
     let body = r#"{"model":"gpt-4o-mini","max_tokens":20}"#;
     assert_eq!(p.post(CHAT, &[auth, JSON], body).await.status, 200);
     wait_used(&p, "counter", "daily-tokens", "30").await;
+    // A POST answered without usage on another API (work queued for later, as a background
+    // call): charged its bound, 5 output tokens and 38 bytes at the learned 10 tokens per 39.
+    let queued = r#"{"model":"gpt-4o-mini","max_tokens":5}"#;
+    assert_eq!(
+        p.post("/v1/chat/queued", &[auth, JSON], queued)
+            .await
+            .status,
+        200
+    );
+    wait_used(&p, "counter", "daily-tokens", "45").await;
 }
 
 #[tokio::test]
@@ -466,7 +478,7 @@ async fn the_provider_key_comes_from_a_secret_and_never_from_or_to_the_caller() 
             "/provider/echo",
             &[
                 ("authorization", "Bearer key-big"),
-                ("x-goog-api-key", "caller-made-up"),
+                ("X_Goog_Api_Key", "caller-made-up"),
                 JSON,
             ],
             r#"{"model":"gpt-4o-mini"}"#,
@@ -475,6 +487,11 @@ async fn the_provider_key_comes_from_a_secret_and_never_from_or_to_the_caller() 
     assert_eq!(r.status, 200);
     let seen = &r.json()["headers"];
     assert_eq!(seen["authorization"], "Bearer sk-provider-secret");
+    assert_eq!(seen["x-goog-api-key"], "sk-provider-secret");
+    assert!(
+        !r.body.windows(14).any(|w| w == b"caller-made-up"),
+        "a caller's header of the same name, even spelled with `_`, is dropped: {seen}"
+    );
     assert_eq!(seen["x-tollgate-tenant"], "default/heavy");
     assert!(
         !r.body.windows(7).any(|w| w == b"key-big"),
@@ -483,4 +500,35 @@ async fn the_provider_key_comes_from_a_secret_and_never_from_or_to_the_caller() 
     // The access log and the proxy's own log never carry the credential.
     let log = format!("{:?}{}", p.access_log(), p.stderr());
     assert!(!log.contains("sk-provider-secret"), "{log}");
+}
+
+#[tokio::test]
+async fn an_anthropic_stream_cut_before_its_last_report_is_charged_its_bound() {
+    // message_start says 1 output token: a client that reads the content and hangs up before
+    // message_delta must not pay for 1.
+    let (_backend, p) = start().await;
+    let body = r#"{"model":"claude-opus-4-6","stream":true,"max_tokens":100,"messages":[]}"#;
+    let mut conn = tokio::net::TcpStream::connect(p.listen)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nX-Api-Key: key-big\r\n\
+         Content-Type: application/json\r\nX-Llm-Pause-Before-Usage-Ms: 3000\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.expect("write");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("content_block_stop") {
+        let n = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut buf))
+            .await
+            .expect("the stream goes on")
+            .expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(conn);
+    // 72 bytes at 0.5 tokens per byte, and the bound of 100.
+    wait_used(&p, "heavy", "daily-tokens", "136").await;
 }

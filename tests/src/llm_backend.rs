@@ -250,16 +250,23 @@ fn gemini(output: u64, knobs: &Knobs) -> Answer {
         json!({"promptTokenCount": PROMPT_TOKENS, "candidatesTokenCount": out,
                                   "totalTokenCount": PROMPT_TOKENS + out})
     };
-    let chunk = |text: &str, out: u64| {
+    // The last chunk finishes the candidate (`finishReason`), its usage the final count.
+    let chunk = |text: &str, out: u64, last: bool| {
         let mut c = json!({"candidates": [{"content": {"parts": [{"text": text}], "role": "model"}}],
                            "modelVersion": "gemini-2.5-flash"});
+        if last {
+            c["candidates"][0]["finishReason"] = json!("STOP");
+        }
         if !knobs.no_usage {
             c["usageMetadata"] = usage(out);
         }
         c
     };
-    let events = vec![(None, chunk("Hel", 1)), (None, chunk("lo", output))];
-    (events, chunk("Hello", output))
+    let events = vec![
+        (None, chunk("Hel", 1, false)),
+        (None, chunk("lo", output, true)),
+    ];
+    (events, chunk("Hello", output, true))
 }
 
 /// Streams `events` as SSE (ended by `data: [DONE]` when `done`), pausing `pause_ms` before the

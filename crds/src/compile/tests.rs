@@ -497,7 +497,7 @@ fn parse_decimal_accepts_money_and_rejects_floats() {
 
 #[test]
 fn backend_request_headers_take_their_values_from_secrets() {
-    let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: openai, namespace: shop}\nstringData: {apiKey: \"sk-test-123\\n\"}\n";
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: openai, namespace: shop, labels: {tollgate.dev/backend-credentials: 'true'}}\nstringData: {apiKey: \"sk-test-123\\n\", other: x}\n";
     let spec = "{match: {pathPrefix: /llm}, backend: {url: 'https://api.openai.com', requestHeaders: [{name: Authorization, secretKeyRef: {name: openai}, valuePrefix: 'Bearer '}]}}";
     let c = World::parse(BASE)
         .with(secret)
@@ -518,7 +518,8 @@ fn backend_request_headers_take_their_values_from_secrets() {
         "Debug never shows a credential"
     );
 
-    // Missing Secret, missing key, a header the proxy owns, a value that would split a request.
+    // Missing Secret, missing key, a header the proxy owns, a value that would split a request,
+    // a tenant's key Secret (labelled tollgate.dev/api-key, not as a backend credential).
     for (spec, field, reason) in [
         (
             "{match: {pathPrefix: /b}, backend: {url: 'http://x:1', requestHeaders: [{name: x-api-key, secretKeyRef: {name: nowhere}}]}}",
@@ -526,22 +527,36 @@ fn backend_request_headers_take_their_values_from_secrets() {
             Reason::SecretNotFound,
         ),
         (
-            "{match: {pathPrefix: /b}, backend: {url: 'http://x:1', requestHeaders: [{name: x-api-key, secretKeyRef: {name: acme-key, key: other}}]}}",
+            "{match: {pathPrefix: /b}, backend: {url: 'http://x:1', requestHeaders: [{name: x-api-key, secretKeyRef: {name: openai, key: missing}}]}}",
             "spec.backend.requestHeaders[0].secretKeyRef.key",
             Reason::SecretKeyNotFound,
         ),
         (
-            "{match: {pathPrefix: /b}, backend: {url: 'http://x:1', requestHeaders: [{name: X-Tollgate-Tenant, secretKeyRef: {name: acme-key}}]}}",
+            "{match: {pathPrefix: /b}, backend: {url: 'http://x:1', requestHeaders: [{name: X-Tollgate-Tenant, secretKeyRef: {name: openai}}]}}",
             "spec.backend.requestHeaders[0].name",
             Reason::Invalid,
         ),
         (
-            "{match: {pathPrefix: /b}, backend: {url: 'http://x:1', requestHeaders: [{name: x-api-key, secretKeyRef: {name: acme-key}, valuePrefix: \"a\\r\\nb: \"}]}}",
+            "{match: {pathPrefix: /b}, backend: {url: 'http://x:1', requestHeaders: [{name: x_api_key, secretKeyRef: {name: openai}}]}}",
+            "spec.backend.requestHeaders[0].name",
+            Reason::Invalid,
+        ),
+        (
+            "{match: {pathPrefix: /b}, backend: {url: 'http://x:1', requestHeaders: [{name: x-api-key, secretKeyRef: {name: acme-key}}]}}",
+            "spec.backend.requestHeaders[0].secretKeyRef.name",
+            Reason::Invalid,
+        ),
+        (
+            "{match: {pathPrefix: /b}, backend: {url: 'http://x:1', requestHeaders: [{name: x-api-key, secretKeyRef: {name: openai, key: other}, valuePrefix: \"a\\r\\nb: \"}]}}",
             "spec.backend.requestHeaders[0].secretKeyRef.key",
             Reason::Invalid,
         ),
     ] {
-        let d = route_diagnostic(spec);
+        let c = World::parse(BASE)
+            .with(secret)
+            .with(&route_yaml("bad", "2026-02-01T00:00:00Z", spec))
+            .compile();
+        let d = only_diagnostic(&c);
         assert_eq!(
             (d.field.as_str(), d.reason),
             (field, reason),

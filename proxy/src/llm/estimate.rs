@@ -15,6 +15,10 @@ pub const WINDOW: usize = 20;
 /// (tenant, model) pairs remembered (further ones are estimated with the defaults): about
 /// 400 bytes each.
 const MAX_ENTRIES: usize = 65_536;
+/// Models remembered per tenant: a tenant naming made-up models cannot take the others' room.
+const MAX_MODELS_PER_TENANT: usize = 32;
+/// Longest model name remembered.
+const MAX_MODEL_NAME: usize = 256;
 /// Input tokens per request byte assumed for a model with no history: English text and JSON run
 /// near 0.25, other scripts higher; a cautious start that the first answer corrects.
 pub const DEFAULT_INPUT_PER_BYTE: f64 = 0.5;
@@ -72,9 +76,15 @@ impl Estimates {
         output_tokens: u64,
     ) {
         use std::sync::atomic::Ordering;
+        if model.len() > MAX_MODEL_NAME {
+            return;
+        }
         let mut tenants = self.tenants.write();
-        let known = tenants.get(tenant).is_some_and(|m| m.contains_key(model));
-        if !known && self.entries.load(Ordering::Relaxed) >= MAX_ENTRIES {
+        let models = tenants.get(tenant);
+        let known = models.is_some_and(|m| m.contains_key(model));
+        let full = models.is_some_and(|m| m.len() >= MAX_MODELS_PER_TENANT)
+            || self.entries.load(Ordering::Relaxed) >= MAX_ENTRIES;
+        if !known && full {
             return;
         }
         if !known {
@@ -119,5 +129,12 @@ mod tests {
         assert_eq!(e.input_per_byte("t", Some("m")), 0.1);
         assert_eq!(e.output("t", "other"), None);
         assert_eq!(e.output("another tenant", "m"), None);
+        // A tenant naming ever new models fills only its own room.
+        for i in 0..100 {
+            e.learn("t", &format!("made-up-{i}"), 100, 10, 1);
+        }
+        assert_eq!(e.output("t", "made-up-99"), None);
+        e.learn("u", "m", 100, 10, 7);
+        assert_eq!(e.output("u", "m"), Some(7));
     }
 }

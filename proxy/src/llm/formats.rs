@@ -35,6 +35,10 @@ pub struct Report {
     pub usage: Option<Usage>,
     /// The model that answered, as the response names it.
     pub model: Option<String>,
+    /// A streamed report that comes only once the call is over: OpenAI's usage (its only report),
+    /// Anthropic's `message_delta`, Gemini's chunk with a `finishReason`. Before it, the counts are
+    /// running totals (Anthropic's `message_start` says 1 output token).
+    pub last: bool,
 }
 
 impl Report {
@@ -49,6 +53,7 @@ impl Report {
                 self.model_from(doc, "model");
                 if let Some(usage) = doc.get("usage").filter(|u| u.is_object()) {
                     self.openai(usage);
+                    self.last = true;
                 }
             }
             Metering::Anthropic => {
@@ -60,11 +65,22 @@ impl Report {
                         self.anthropic(usage);
                     }
                 }
+                let event = doc.get("type").and_then(Value::as_str);
+                if matches!(event, Some("message_delta" | "message_stop")) {
+                    self.last = true;
+                }
             }
             Metering::Gemini => {
                 self.model_from(doc, "modelVersion");
                 if let Some(usage) = doc.get("usageMetadata").filter(|u| u.is_object()) {
                     self.gemini(usage);
+                }
+                let finished = doc
+                    .get("candidates")
+                    .and_then(Value::as_array)
+                    .is_some_and(|c| c.iter().any(|c| c.get("finishReason").is_some()));
+                if finished {
+                    self.last = true;
                 }
             }
         }
@@ -212,6 +228,14 @@ mod tests {
             ],
         );
         assert_eq!(report.model.as_deref(), Some("claude-opus-4-6"));
+        assert!(report.last, "message_delta is the last report");
+        let started = read(
+            Metering::Anthropic,
+            &[
+                json!({"type": "message_start", "message": {"usage": {"input_tokens": 12, "output_tokens": 1}}}),
+            ],
+        );
+        assert!(!started.last, "message_start's counts are running totals");
         assert_eq!(
             report.usage,
             Some(Usage {

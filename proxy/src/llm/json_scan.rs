@@ -38,6 +38,8 @@ pub struct MemberScanner {
     name: Vec<u8>,
     /// The value of a wanted member being captured (`None`: not wanted, or too large).
     value: Option<Vec<u8>>,
+    /// The top-level value has closed: the document is whole.
+    closed: bool,
 }
 
 impl MemberScanner {
@@ -52,7 +54,13 @@ impl MemberScanner {
             expect: Expect::Name,
             name: Vec::new(),
             value: None,
+            closed: false,
         }
+    }
+
+    /// Whether the document's top-level object or array has closed (a body cut short has not).
+    pub fn complete(&self) -> bool {
+        self.closed
     }
 
     /// Reads `chunk`; each wanted member completed in it is passed to `found` (name, value bytes).
@@ -108,6 +116,9 @@ impl MemberScanner {
                     self.end_value(found);
                 }
                 self.depth = self.depth.saturating_sub(1);
+                if self.depth == 0 && self.member_depth.is_some() {
+                    self.closed = true;
+                }
                 self.keep(b);
             }
             b',' if self.at_member_level() => {
@@ -194,6 +205,11 @@ mod tests {
         let doc = r#"[{"usage":{"n":1},"x":[{"usage":9}]},
             {"model":"gemini","usage":{"n":2}}]"#;
         let found = scan(doc, 3);
+        let mut whole = MemberScanner::new(&[]);
+        whole.feed(&doc.as_bytes()[..doc.len() - 1], &mut |_, _| {});
+        assert!(!whole.complete(), "the closing bracket has not come");
+        whole.feed(b"]", &mut |_, _| {});
+        assert!(whole.complete());
         let names: Vec<_> = found.iter().map(|(n, v)| format!("{n}={v}")).collect();
         assert_eq!(
             names,

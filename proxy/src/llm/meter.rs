@@ -57,6 +57,8 @@ pub struct Settlement {
     pub reserved: Metered,
     /// What is charged when a successful response reports no usage.
     pub unreported: Metered,
+    /// An API that is free and reports no usage (token counts, moderations).
+    pub free_without_usage: bool,
     /// The plan's prices.
     pub pricing: Option<Pricing>,
     /// Whether the plan counts money (an unpriced model is then worth a warning).
@@ -110,14 +112,18 @@ impl std::fmt::Debug for Meter {
 
 impl Meter {
     /// A meter for a response with `status` and `content_type`.
+    /// A meter for a response with `status`, `content_type` and `content_encoding` (a body that
+    /// is compressed cannot be read: it is charged as one that reported nothing).
     pub fn new(
         status: http::StatusCode,
         content_type: Option<&str>,
+        content_encoding: Option<&str>,
         settlement: Settlement,
     ) -> Self {
         let content_type = content_type.map(str::to_ascii_lowercase);
+        let encoded = content_encoding.is_some_and(|e| !e.trim().eq_ignore_ascii_case("identity"));
         let format = match content_type.as_deref() {
-            _ if !settlement.metering.reads_tokens() => Format::None,
+            _ if !settlement.metering.reads_tokens() || encoded => Format::None,
             Some(ct) if ct.starts_with("text/event-stream") => Format::EventStream(Vec::new()),
             Some(ct) if ct.starts_with("application/json") || ct.contains("+json") => {
                 Format::Json(MemberScanner::new(MEMBERS))
@@ -184,7 +190,25 @@ impl Meter {
             .as_ref()
             .and_then(|p| p.per_request)
             .unwrap_or_default();
+        // Whether what was reported is the final count: a last streamed report, or a whole JSON
+        // document (its usage is the call's).
+        let whole_json = matches!(&self.format, Format::Json(scanner) if scanner.complete());
+        let final_count = self.report.last || whole_json;
         let actual = match self.report.usage {
+            // Running totals of an answer cut short (Anthropic's `message_start` says 1 output
+            // token): what was reported, or the call's bound when that is more.
+            Some(usage) if !final_count && self.success => {
+                let price = |m: Option<&str>| m.and_then(|m| s.pricing.as_ref()?.model(m));
+                let price = price(self.report.model.as_deref())
+                    .or_else(|| price(s.request_model.as_deref()));
+                let reported = usage.metered(s.pricing.as_ref(), price);
+                let tokens = |m: &Metered| m.input_tokens.saturating_add(m.output_tokens);
+                if tokens(&reported) > tokens(&s.unreported) {
+                    reported
+                } else {
+                    s.unreported
+                }
+            }
             Some(usage) => {
                 let by_response = self.report.model.as_deref();
                 let price = |m: Option<&str>| m.and_then(|m| s.pricing.as_ref()?.model(m));
@@ -212,8 +236,8 @@ impl Meter {
                 }
                 usage.metered(s.pricing.as_ref(), price)
             }
-            // A whole JSON answer without usage: nothing was generated.
-            None if ended && matches!(self.format, Format::Json(_)) => Metered {
+            // A free API's whole answer (token counts, moderations).
+            None if s.free_without_usage && (whole_json || ended) => Metered {
                 cost: per_request,
                 ..Metered::default()
             },
@@ -299,9 +323,14 @@ impl UsageChunkFilter {
         out.freeze()
     }
 
-    /// What is left when the stream ends (an unterminated last event).
+    /// What is left when the stream ends (an unterminated last event, dropped if it is the
+    /// usage chunk).
     pub fn rest(&mut self) -> Bytes {
-        std::mem::take(&mut self.pending).freeze()
+        let rest = std::mem::take(&mut self.pending).freeze();
+        if !self.off && is_usage_only(&rest) {
+            return Bytes::new();
+        }
+        rest
     }
 }
 
@@ -504,16 +533,28 @@ mod tests {
         status: u16,
         content_type: &str,
     ) -> (Meter, Arc<Mutex<Vec<Metered>>>) {
+        meter_for(metering, status, content_type, None, false)
+    }
+
+    fn meter_for(
+        metering: Metering,
+        status: u16,
+        content_type: &str,
+        content_encoding: Option<&str>,
+        free_without_usage: bool,
+    ) -> (Meter, Arc<Mutex<Vec<Metered>>>) {
         let charged = Arc::new(Mutex::new(Vec::new()));
         let sink = charged.clone();
         let m = Meter::new(
             http::StatusCode::from_u16(status).expect("status"),
             Some(content_type),
+            content_encoding,
             Settlement {
                 metering,
                 tenant: Arc::from("shop/a"),
                 reserved: RESERVED,
                 unreported: UNREPORTED,
+                free_without_usage,
                 pricing: Some(pricing()),
                 prices_tokens: true,
                 request_model: Some("gpt-4o-mini".into()),
@@ -581,11 +622,32 @@ mod tests {
         m.observe(b"hello");
         m.finish(true);
         assert_eq!(charged.lock().expect("lock")[0], UNREPORTED);
-        // A whole JSON answer without usage generated nothing (counting tokens, a model list).
+        // A whole JSON answer without usage: generated elsewhere or later (a background call)
+        // unless the API is a free one (counting tokens).
         let (mut m, charged) = meter("Application/JSON; charset=utf-8");
+        m.observe(br#"{"id":"resp_1","status":"queued","usage":null}"#);
+        m.finish(true);
+        assert_eq!(charged.lock().expect("lock")[0], UNREPORTED);
+        let (mut m, charged) = meter_for(Metering::Anthropic, 200, "application/json", None, true);
         m.observe(br#"{"input_tokens":1234}"#);
         m.finish(true);
         assert_eq!(charged.lock().expect("lock")[0], per_request);
+        // A compressed answer cannot be read.
+        let (mut m, charged) = meter_for(
+            Metering::OpenAI,
+            200,
+            "application/json",
+            Some("gzip"),
+            false,
+        );
+        m.observe(b"\x1f\x8b...");
+        m.finish(true);
+        assert_eq!(charged.lock().expect("lock")[0], UNREPORTED);
+        // Running totals of a stream cut before its last report: the bound, when it is more.
+        let (mut m, charged) = meter_with(Metering::Anthropic, 200, "text/event-stream");
+        m.observe(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":9,\"output_tokens\":1}}}\n\n");
+        m.finish(false);
+        assert_eq!(charged.lock().expect("lock")[0], UNREPORTED);
         // The provider refused the call: it bills nothing; the per-request price stays.
         let (mut m, charged) = meter_with(Metering::OpenAI, 429, "application/json");
         m.observe(br#"{"error":{"message":"slow down"}}"#);

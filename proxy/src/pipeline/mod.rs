@@ -40,17 +40,18 @@ use checks::Verdict;
 use problem::{Problem, ProblemKind};
 pub use response::{ProxyBody, ResponseLines, problem_response, take_lines, with_lines_in_map};
 
-/// A backend response's `Content-Type`, from its map or its relayed lines.
-fn backend_content_type(resp: &Response<UpstreamBody>) -> Option<&str> {
+/// A backend response's header `name` (lower case), from its map or its relayed lines.
+fn backend_header<'r>(resp: &'r Response<UpstreamBody>, name: &'static str) -> Option<&'r str> {
     resp.headers()
-        .get(header::CONTENT_TYPE)
+        .get(name)
         .map(HeaderValue::as_bytes)
-        .or_else(|| {
-            resp.body()
-                .relayed_headers()
-                .and_then(|r| r.get("content-type"))
-        })
+        .or_else(|| resp.body().relayed_headers().and_then(|r| r.get(name)))
         .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// A backend response's `Content-Type`.
+fn backend_content_type(resp: &Response<UpstreamBody>) -> Option<&str> {
+    backend_header(resp, "content-type")
 }
 
 /// The proxy: current configuration, counters, the backend client and telemetry.
@@ -348,7 +349,9 @@ impl<S: CounterStore> Proxy<S> {
         };
         if let Some(direct) = &route.direct {
             // No backend generated anything: only the per-request price stays.
-            if let Some(mut meter) = self.meter_for(v, route, direct.status, None, now, false) {
+            if let Some(mut meter) =
+                self.meter_for(v, route, direct.status, (None, None), now, false)
+            {
                 meter.finish(true);
             }
             let mut resp = Response::new(Either::Left(Full::new(direct.body.clone())));
@@ -482,7 +485,10 @@ impl<S: CounterStore> Proxy<S> {
                 v,
                 route,
                 resp.status(),
-                backend_content_type(&resp),
+                (
+                    backend_content_type(&resp),
+                    backend_header(&resp, "content-encoding"),
+                ),
                 now,
                 true,
             ),
@@ -552,7 +558,9 @@ impl<S: CounterStore> Proxy<S> {
                 ));
             }
         };
-        let Some(mut call) = request::inspect(metering, req.uri().path(), &bytes) else {
+        let max_output = plan.plan.reservation.max_output_tokens;
+        let Some(mut call) = request::inspect(metering, req.uri().path(), &bytes, max_output)
+        else {
             return Err(refused(
                 ProblemKind::BadRequest,
                 format!(
@@ -591,7 +599,7 @@ impl<S: CounterStore> Proxy<S> {
         v: &Verdict<'_>,
         route: &RouteEntry,
         status: http::StatusCode,
-        content_type: Option<&str>,
+        (content_type, content_encoding): (Option<&str>, Option<&str>),
         now: Timestamp,
         from_backend: bool,
     ) -> Option<Meter> {
@@ -632,6 +640,7 @@ impl<S: CounterStore> Proxy<S> {
             tenant: settled_tenant,
             reserved,
             unreported,
+            free_without_usage: call.is_some_and(|c| c.free_without_usage),
             pricing,
             prices_tokens,
             request_model: call.and_then(|c| c.model.clone()),
@@ -639,7 +648,12 @@ impl<S: CounterStore> Proxy<S> {
             estimates: Arc::clone(&self.estimates),
             settle,
         };
-        Some(Meter::new(status, content_type, settlement))
+        Some(Meter::new(
+            status,
+            content_type,
+            content_encoding,
+            settlement,
+        ))
     }
 
     /// A request the proxy failed: refund the charge, answer with a problem.

@@ -233,10 +233,11 @@ fn forwarded_headers<'a>(
         if cx.identity_encoding && name.eq_ignore_ascii_case(b"accept-encoding") {
             return;
         }
+        // Dropped in any case and with `_` for `-`, as CGI-style backends read names.
         let injected = &cx.upstream.request_headers;
         if injected
             .iter()
-            .any(|(n, _)| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+            .any(|(n, _)| same_header_name(name, n.as_str().as_bytes()))
         {
             return;
         }
