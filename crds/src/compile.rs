@@ -311,6 +311,16 @@ fn compile_plan(key: &ObjectKey, plan: &QuotaPolicy) -> Result<Plan, Vec<FieldEr
         },
     };
 
+    for (i, model) in spec.allowed_models.iter().enumerate() {
+        let star = model.find('*');
+        if model.is_empty() || model.len() > 256 || star.is_some_and(|at| at + 1 != model.len()) {
+            errors.push(invalid(
+                format!("spec.allowedModels[{i}]"),
+                format!("{model:?} must be a model name, or a prefix ending in a single *"),
+            ));
+        }
+    }
+
     if let Some(url) = &spec.payment_url
         && !(url.starts_with("https://") || url.starts_with("http://"))
     {
@@ -331,6 +341,7 @@ fn compile_plan(key: &ObjectKey, plan: &QuotaPolicy) -> Result<Plan, Vec<FieldEr
         pricing,
         payment_url: spec.payment_url.clone(),
         failure_policy: spec.failure_policy,
+        allowed_models: spec.allowed_models.clone(),
         reservation: spec
             .reservation
             .as_ref()

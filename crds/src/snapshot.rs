@@ -335,6 +335,27 @@ pub struct Plan {
     /// How token and Cost quotas reserve before a call (defaults when a snapshot predates it).
     #[serde(default)]
     pub reservation: ReservationPolicy,
+    /// Models callable on metered routes (exact names, or prefixes ending in `*`); empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_models: Vec<String>,
+}
+
+impl Plan {
+    /// Whether the plan lets a call name `model` (`None`: the call names none).
+    pub fn allows_model(&self, model: Option<&str>) -> bool {
+        if self.allowed_models.is_empty() {
+            return true;
+        }
+        let Some(model) = model else {
+            return false;
+        };
+        self.allowed_models
+            .iter()
+            .any(|allowed| match allowed.strip_suffix('*') {
+                Some(prefix) => model.starts_with(prefix),
+                None => allowed == model,
+            })
+    }
 }
 
 /// How a call's usage is reserved at admission (QuotaPolicy `spec.reservation`, defaults filled).

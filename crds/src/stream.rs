@@ -203,6 +203,7 @@ mod tests {
             payment_url: None,
             failure_policy: FailurePolicy::FailClosed,
             reservation: Default::default(),
+            allowed_models: vec![],
         }
     }
 

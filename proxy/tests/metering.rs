@@ -26,6 +26,7 @@ kind: QuotaPolicy
 metadata: {{name: big}}
 spec:
   quotas: [{{name: daily-tokens, metric: TotalTokens, limit: "1000000", period: Day}}]
+  allowedModels: [gpt-4o-mini, "claude-*", "gemini-*"]
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: QuotaPolicy
@@ -531,4 +532,27 @@ async fn an_anthropic_stream_cut_before_its_last_report_is_charged_its_bound() {
     drop(conn);
     // 72 bytes at 0.5 tokens per byte, and the bound of 100.
     wait_used(&p, "heavy", "daily-tokens", "136").await;
+}
+
+#[tokio::test]
+async fn a_model_the_plan_does_not_allow_is_refused_before_the_backend() {
+    let (_backend, p) = start().await;
+    let auth = ("authorization", "Bearer key-big");
+    let problem = p
+        .post(CHAT, &[auth, JSON], r#"{"model":"gpt-4o","max_tokens":5}"#)
+        .await
+        .problem(403, "model-not-allowed");
+    assert_eq!(problem["model"], "gpt-4o");
+    assert_eq!(
+        problem["allowedModels"],
+        serde_json::json!(["gpt-4o-mini", "claude-*", "gemini-*"])
+    );
+    // A plan that lists models needs the call to name one.
+    p.post(CHAT, &[auth, JSON], r#"{"max_tokens":5}"#)
+        .await
+        .problem(403, "model-not-allowed");
+    // Nothing was reserved or charged for either.
+    assert_eq!(used(&p, "heavy", "daily-tokens").await, "0");
+    let allowed = r#"{"model":"gpt-4o-mini","max_tokens":5}"#;
+    assert_eq!(p.post(CHAT, &[auth, JSON], allowed).await.status, 200);
 }

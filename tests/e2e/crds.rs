@@ -157,6 +157,11 @@ const REJECTIONS: &[(&str, &str, &str)] = &[
         "a quota with metric Cost needs spec.pricing",
     ),
     (
+        "an allowed model with * inside",
+        "kind: QuotaPolicy\nspec: {allowedModels: [gpt-4o, 'claude-*-opus']}",
+        "spec.allowedModels[1]: Invalid value",
+    ),
+    (
         "fractional limit on a count",
         "kind: QuotaPolicy\nspec: {quotas: [{name: q, metric: Requests, limit: '10.5', period: Month}]}",
         "limit must be a whole number unless metric is Cost",

@@ -565,3 +565,27 @@ fn backend_request_headers_take_their_values_from_secrets() {
         );
     }
 }
+
+#[test]
+fn allowed_models_are_names_or_prefixes_ending_in_a_star() {
+    let d = plan_diagnostic("{allowedModels: [gpt-4o, 'claude-*-opus']}");
+    assert_eq!(d.field, "spec.allowedModels[1]");
+    let c = World::parse(BASE)
+        .with("apiVersion: tollgate.dev/v1alpha1\nkind: QuotaPolicy\nmetadata: {name: llm, namespace: shop}\nspec: {allowedModels: [gpt-4o, 'claude-*']}\n")
+        .compile();
+    let plan = c
+        .snapshot
+        .plans
+        .iter()
+        .find(|p| p.key.name == "llm")
+        .expect("compiled");
+    for (model, allowed) in [
+        (Some("gpt-4o"), true),
+        (Some("gpt-4o-mini"), false),
+        (Some("claude-opus-4-6"), true),
+        (Some("gemini-2.5-flash"), false),
+        (None, false),
+    ] {
+        assert_eq!(plan.allows_model(model), allowed, "{model:?}");
+    }
+}

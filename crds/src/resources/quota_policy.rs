@@ -68,6 +68,16 @@ pub struct QuotaPolicySpec {
     #[schemars(length(max = 2048), regex(pattern = r"^https?://"))]
     pub payment_url: Option<String>,
 
+    /// Models a tenant on this plan may call on routes with token metering: exact names, or
+    /// prefixes ending in `*` (`claude-*`). A call naming another model, or none, is refused with
+    /// 403 model-not-allowed. Empty (default): any model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 256),
+        inner(length(min = 1, max = 256), regex(pattern = r"^[^*]+\*?$"))
+    )]
+    pub allowed_models: Vec<String>,
+
     /// How token and Cost quotas reserve usage before a call goes upstream (routes with token
     /// metering). Defaults: at most 4096 output tokens, estimates learned per model.
     #[serde(default, skip_serializing_if = "Option::is_none")]

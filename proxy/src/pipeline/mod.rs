@@ -568,6 +568,19 @@ impl<S: CounterStore> Proxy<S> {
                 ),
             ));
         };
+        if !plan.plan.allows_model(call.model.as_deref()) {
+            let plan_name = plan.plan.key.name.as_str();
+            let named = call.model.as_deref().unwrap_or("(none)");
+            return Err(refused(
+                ProblemKind::ModelNotAllowed,
+                format!(
+                    "The plan {plan_name} does not allow the model {named}. Use one of: {}.",
+                    plan.plan.allowed_models.join(", ")
+                ),
+            )
+            .with("model", named)
+            .with("allowedModels", plan.plan.allowed_models.clone()));
+        }
         let sent = call.rewritten.take().unwrap_or(bytes);
         *req.body_mut() = RequestBody::Buffered(Some(sent));
         let reserved = reservation::reserve(plan, &tenant.id, Some(&call), &self.estimates);

@@ -45,6 +45,8 @@ pub enum ProblemKind {
     BadRequest,
     /// 403: the call names a model the plan has no price for, under a Cost quota.
     ModelNotPriced,
+    /// 403: the call names a model the plan does not allow (or none, when it lists models).
+    ModelNotAllowed,
     /// 413: a metered call's body is larger than can be read to estimate it.
     RequestTooLarge,
 }
@@ -70,6 +72,7 @@ impl ProblemKind {
             Self::BackendTimeout => "backend-timeout",
             Self::BadRequest => "bad-request",
             Self::ModelNotPriced => "model-not-priced",
+            Self::ModelNotAllowed => "model-not-allowed",
             Self::RequestTooLarge => "request-too-large",
         }
     }
@@ -83,7 +86,8 @@ impl ProblemKind {
             Self::NotSubscribed
             | Self::ApprovalPending
             | Self::SubscriptionRejected
-            | Self::ModelNotPriced => StatusCode::FORBIDDEN,
+            | Self::ModelNotPriced
+            | Self::ModelNotAllowed => StatusCode::FORBIDDEN,
             Self::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::AccountPastDue
             | Self::AccountSuspended
@@ -118,6 +122,7 @@ impl ProblemKind {
             Self::BackendTimeout => "Backend timeout",
             Self::BadRequest => "Bad request",
             Self::ModelNotPriced => "Model not priced",
+            Self::ModelNotAllowed => "Model not allowed",
             Self::RequestTooLarge => "Request too large to meter",
         }
     }
