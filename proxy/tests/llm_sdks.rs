@@ -112,18 +112,7 @@ async fn sdk(p: &ProxyProcess, mut s: Value) -> Vec<Value> {
 }
 
 async fn used(p: &ProxyProcess, tenant: &str) -> Decimal {
-    let (_, _, body) = support::get_raw(p.admin, "/usage", &[])
-        .await
-        .expect("usage");
-    let usage: Value = serde_json::from_slice(&body).expect("json");
-    usage["usage"]
-        .as_array()
-        .and_then(|rows| {
-            rows.iter()
-                .find(|r| r["tenant"] == format!("default/{tenant}"))
-        })
-        .and_then(|r| r["used"].as_str())
-        .map_or(Decimal::ZERO, |u| u.parse().expect("a decimal"))
+    p.used(tenant, None).await.parse().expect("a decimal")
 }
 
 /// Waits for `tenant`'s usage to read `want` (settling follows the response).

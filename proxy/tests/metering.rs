@@ -7,7 +7,6 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::Value;
 use support::{Backend, ProxyProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -131,19 +130,7 @@ const CHAT: &str = "/v1/chat/completions";
 const JSON: (&str, &str) = ("content-type", "application/json");
 
 async fn used(p: &ProxyProcess, tenant: &str, quota: &str) -> String {
-    let (_, _, body) = support::get_raw(p.admin, "/usage", &[])
-        .await
-        .expect("usage");
-    let usage: Value = serde_json::from_slice(&body).expect("json");
-    usage["usage"]
-        .as_array()
-        .and_then(|rows| {
-            rows.iter()
-                .find(|r| r["tenant"] == format!("default/{tenant}") && r["quota"] == quota)
-        })
-        .and_then(|r| r["used"].as_str())
-        .unwrap_or("0")
-        .to_owned()
+    p.used(tenant, Some(quota)).await
 }
 
 async fn wait_used(p: &ProxyProcess, tenant: &str, quota: &str, want: &str) {
@@ -158,6 +145,36 @@ async fn wait_used(p: &ProxyProcess, tenant: &str, quota: &str, want: &str) {
         "{tenant}/{quota}: used {} (wanted {want})",
         used(p, tenant, quota).await
     );
+}
+
+/// POSTs `body` to `path` with `headers` (lines ending in CRLF) over a raw connection, reads the
+/// streamed answer until `marker` has arrived, and hangs up: a client that leaves mid-stream.
+async fn read_until_then_hang_up(
+    p: &ProxyProcess,
+    path: &str,
+    headers: &str,
+    body: &str,
+    marker: &str,
+) {
+    let mut conn = tokio::net::TcpStream::connect(p.listen)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Content-Type: application/json\r\n\
+         X-Llm-Pause-Before-Usage-Ms: 3000\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.expect("write");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(marker) {
+        let n = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut buf))
+            .await
+            .expect("the stream goes on")
+            .expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
 }
 
 async fn start() -> (Backend, ProxyProcess) {
@@ -373,27 +390,14 @@ async fn a_client_leaving_before_the_usage_chunk_is_charged_its_reservation() {
     // Bypass (b): read up to finish_reason, hang up while the usage chunk is pending.
     let (_backend, p) = start().await;
     let body = r#"{"model":"gpt-4o-mini","stream":true,"max_tokens":100}"#;
-    let mut conn = tokio::net::TcpStream::connect(p.listen)
-        .await
-        .expect("connect");
-    let head = format!(
-        "POST {CHAT} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer key-big\r\n\
-         Content-Type: application/json\r\nX-Llm-Pause-Before-Usage-Ms: 3000\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    conn.write_all(head.as_bytes()).await.expect("write");
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&seen).contains("\"finish_reason\":\"stop\"") {
-        let n = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut buf))
-            .await
-            .expect("the stream goes on")
-            .expect("read");
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&buf[..n]);
-    }
-    drop(conn);
+    read_until_then_hang_up(
+        &p,
+        CHAT,
+        "Authorization: Bearer key-big\r\n",
+        body,
+        "\"finish_reason\":\"stop\"",
+    )
+    .await;
     wait_used(&p, "heavy", "daily-tokens", "127").await;
 }
 
@@ -509,27 +513,14 @@ async fn an_anthropic_stream_cut_before_its_last_report_is_charged_its_bound() {
     // message_delta must not pay for 1.
     let (_backend, p) = start().await;
     let body = r#"{"model":"claude-opus-4-6","stream":true,"max_tokens":100,"messages":[]}"#;
-    let mut conn = tokio::net::TcpStream::connect(p.listen)
-        .await
-        .expect("connect");
-    let head = format!(
-        "POST /v1/messages HTTP/1.1\r\nHost: localhost\r\nX-Api-Key: key-big\r\n\
-         Content-Type: application/json\r\nX-Llm-Pause-Before-Usage-Ms: 3000\r\n\
-         Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    conn.write_all(head.as_bytes()).await.expect("write");
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&seen).contains("content_block_stop") {
-        let n = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut buf))
-            .await
-            .expect("the stream goes on")
-            .expect("read");
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
-        seen.extend_from_slice(&buf[..n]);
-    }
-    drop(conn);
+    read_until_then_hang_up(
+        &p,
+        "/v1/messages",
+        "X-Api-Key: key-big\r\n",
+        body,
+        "content_block_stop",
+    )
+    .await;
     // 72 bytes at 0.5 tokens per byte, and the bound of 100.
     wait_used(&p, "heavy", "daily-tokens", "136").await;
 }

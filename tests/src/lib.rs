@@ -434,3 +434,20 @@ pub fn helm_ok(args: &[&str]) -> Result<String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// The `--listen ADDRESS:PORT` argument of the test servers (`echo-backend`, `llm-backend`),
+/// `default` when absent; `Err` is the message to print (`usage` for `--help`).
+pub fn listen_argument(usage: &str, default: &str) -> Result<std::net::SocketAddr, String> {
+    let mut args = std::env::args().skip(1);
+    let mut listen = default.to_owned();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--listen" => listen = args.next().ok_or(usage)?,
+            "--help" | "-h" => return Err(usage.to_owned()),
+            other => return Err(format!("unknown argument {other:?}\n{usage}")),
+        }
+    }
+    listen
+        .parse()
+        .map_err(|e| format!("--listen {listen:?}: {e}\n{usage}"))
+}

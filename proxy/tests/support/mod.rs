@@ -315,6 +315,24 @@ impl ProxyProcess {
     }
 
     /// The value of one metric series (`name{labels}` exactly as exposed), 0 when absent.
+    /// What `/usage` says tenant `default/TENANT` used of `quota` (of its first quota when
+    /// `None`), as the decimal string it shows; "0" when there is no row yet.
+    pub async fn used(&self, tenant: &str, quota: Option<&str>) -> String {
+        let (_, _, body) = get_raw(self.admin, "/usage", &[]).await.expect("usage");
+        let usage: Value = serde_json::from_slice(&body).expect("json");
+        usage["usage"]
+            .as_array()
+            .and_then(|rows| {
+                rows.iter().find(|r| {
+                    r["tenant"] == format!("default/{tenant}")
+                        && quota.is_none_or(|q| r["quota"] == q)
+                })
+            })
+            .and_then(|r| r["used"].as_str())
+            .unwrap_or("0")
+            .to_owned()
+    }
+
     pub async fn metric(&self, series: &str) -> f64 {
         let (_, _, body) = get_raw(self.admin, "/metrics", &[]).await.expect("metrics");
         let prefix = format!("{series} ");

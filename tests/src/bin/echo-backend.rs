@@ -20,18 +20,7 @@ use hyper_util::server::conn::auto;
 const USAGE: &str = "usage: echo-backend [--listen ADDRESS:PORT]   (default 0.0.0.0:8080)";
 
 fn listen_address() -> Result<SocketAddr, String> {
-    let mut args = std::env::args().skip(1);
-    let mut listen = "0.0.0.0:8080".to_owned();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--listen" => listen = args.next().ok_or(USAGE)?,
-            "--help" | "-h" => return Err(USAGE.to_owned()),
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
-        }
-    }
-    listen
-        .parse()
-        .map_err(|e| format!("--listen {listen:?}: {e}\n{USAGE}"))
+    tollgate_tests::listen_argument(USAGE, "0.0.0.0:8080")
 }
 
 async fn describe(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {

@@ -8,18 +8,7 @@ use std::net::SocketAddr;
 const USAGE: &str = "usage: llm-backend [--listen ADDRESS:PORT]   (default 127.0.0.1:8090)";
 
 fn listen_address() -> Result<SocketAddr, String> {
-    let mut args = std::env::args().skip(1);
-    let mut listen = "127.0.0.1:8090".to_owned();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--listen" => listen = args.next().ok_or(USAGE)?,
-            "--help" | "-h" => return Err(USAGE.to_owned()),
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
-        }
-    }
-    listen
-        .parse()
-        .map_err(|e| format!("--listen {listen:?}: {e}\n{USAGE}"))
+    tollgate_tests::listen_argument(USAGE, "127.0.0.1:8090")
 }
 
 fn main() -> std::process::ExitCode {
