@@ -247,6 +247,17 @@ fn compile_plan(key: &ObjectKey, plan: &QuotaPolicy) -> Result<Plan, Vec<FieldEr
         }
     }
 
+    // The schema's limit, checked here too for YAML that never met the API server: the proxy
+    // keeps one bit per quota for a call (which quotas count it).
+    if spec.quotas.len() > MAX_QUOTAS {
+        errors.push(invalid(
+            "spec.quotas",
+            format!(
+                "{} quotas: a plan has at most {MAX_QUOTAS}",
+                spec.quotas.len()
+            ),
+        ));
+    }
     let mut quota_names = BTreeSet::new();
     let mut quotas = Vec::new();
     for (i, q) in spec.quotas.iter().enumerate() {
@@ -275,6 +286,7 @@ fn compile_plan(key: &ObjectKey, plan: &QuotaPolicy) -> Result<Plan, Vec<FieldEr
                 metric: q.metric,
                 limit,
                 period: q.period,
+                models: q.models.clone(),
             }),
             Err(e) => errors.push(invalid(format!("{field}.limit"), e)),
         }
@@ -311,14 +323,9 @@ fn compile_plan(key: &ObjectKey, plan: &QuotaPolicy) -> Result<Plan, Vec<FieldEr
         },
     };
 
-    for (i, model) in spec.allowed_models.iter().enumerate() {
-        let star = model.find('*');
-        if model.is_empty() || model.len() > 256 || star.is_some_and(|at| at + 1 != model.len()) {
-            errors.push(invalid(
-                format!("spec.allowedModels[{i}]"),
-                format!("{model:?} must be a model name, or a prefix ending in a single *"),
-            ));
-        }
+    check_model_patterns("spec.allowedModels", &spec.allowed_models, &mut errors);
+    for (i, q) in spec.quotas.iter().enumerate() {
+        check_model_patterns(&format!("spec.quotas[{i}].models"), &q.models, &mut errors);
     }
 
     if let Some(url) = &spec.payment_url
@@ -353,6 +360,29 @@ fn compile_plan(key: &ObjectKey, plan: &QuotaPolicy) -> Result<Plan, Vec<FieldEr
                 estimate: r.estimate,
             }),
     })
+}
+
+/// Quotas a plan may have (the QuotaPolicy schema's `maxItems`).
+pub const MAX_QUOTAS: usize = 16;
+
+/// Checks model names and prefixes (`allowedModels`, a quota's `models`): a name, or a prefix
+/// ending in a single `*`.
+fn check_model_patterns(field: &str, patterns: &[String], errors: &mut Vec<FieldError>) {
+    for (i, model) in patterns.iter().enumerate() {
+        let star = model.find('*');
+        // A lone `*` is refused as by the schema: an allowlist of everything is an empty list.
+        if model.is_empty()
+            || model.len() > 256
+            || star.is_some_and(|at| at == 0 || at + 1 != model.len())
+        {
+            errors.push(invalid(
+                format!("{field}[{i}]"),
+                format!(
+                    "{model:?} must be a model name, or a non-empty prefix ending in a single *"
+                ),
+            ));
+        }
+    }
 }
 
 fn compile_pricing(p: &resources::Pricing) -> Result<Pricing, Vec<FieldError>> {

@@ -346,15 +346,7 @@ impl Plan {
         if self.allowed_models.is_empty() {
             return true;
         }
-        let Some(model) = model else {
-            return false;
-        };
-        self.allowed_models
-            .iter()
-            .any(|allowed| match allowed.strip_suffix('*') {
-                Some(prefix) => model.starts_with(prefix),
-                None => allowed == model,
-            })
+        model.is_some_and(|m| matches_any(&self.allowed_models, m))
     }
 }
 
@@ -406,6 +398,26 @@ pub struct Quota {
     pub limit: Decimal,
     /// Period.
     pub period: Period,
+    /// Models whose calls it counts (exact names, or prefixes ending in `*`); empty: every
+    /// request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+}
+
+impl Quota {
+    /// Whether a call naming `model` counts in this quota (`None`: a request that names no
+    /// model, or is not a call).
+    pub fn counts_model(&self, model: Option<&str>) -> bool {
+        self.models.is_empty() || model.is_some_and(|m| matches_any(&self.models, m))
+    }
+}
+
+/// Whether `model` is one of `patterns`: exact names, or prefixes ending in `*`.
+pub fn matches_any(patterns: &[String], model: &str) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => model.starts_with(prefix),
+        None => p == model,
+    })
 }
 
 /// Prices.

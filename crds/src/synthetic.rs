@@ -49,6 +49,7 @@ pub fn synthetic(namespace: &str, tenants: usize, routes: usize) -> Synthetic {
                     metric: Default::default(),
                     limit: format!("{}", 1000 * (i + 1)),
                     period: Period::Month,
+                    models: vec![],
                 }],
                 timezone: "UTC".into(),
                 ..Default::default()

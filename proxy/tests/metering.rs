@@ -46,6 +46,27 @@ spec:
     models: [{{model: gpt-4o-mini, inputPerMillionTokens: "100", outputPerMillionTokens: "200"}}]
 ---
 apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {{name: per-model}}
+spec:
+  quotas:
+  - {{name: calls, limit: "100", period: Day}}
+  - {{name: gpt-4o-calls, limit: "1", period: Day, models: [gpt-4o]}}
+  - {{name: claude-tokens, metric: TotalTokens, limit: "50", period: Day, models: ["claude-*"]}}
+  - {{name: claude-cost, metric: Cost, limit: "1", period: Day, models: ["claude-*"]}}
+  reservation: {{maxOutputTokens: 20}}
+  pricing:
+    currency: USD
+    models: [{{model: claude-opus-4-6, inputPerMillionTokens: "5", outputPerMillionTokens: "25"}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {{name: models-only}}
+spec:
+  quotas: [{{name: calls, limit: "100", period: Day}}]
+  allowedModels: [gpt-4o-mini]
+---
+apiVersion: tollgate.dev/v1alpha1
 kind: ApiRoute
 metadata: {{name: chat}}
 spec:
@@ -89,7 +110,7 @@ stringData: {{apiKey: sk-provider-secret}}
 apiVersion: v1
 kind: Secret
 metadata: {{name: keys}}
-stringData: {{t: key-tokens, b: key-budget, g: key-big, n: key-nearly}}
+stringData: {{t: key-tokens, b: key-budget, g: key-big, n: key-nearly, m: key-models, a: key-allow}}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: Tenant
@@ -121,6 +142,22 @@ metadata: {{name: late}}
 spec:
   quotaPolicyRef: {{name: nearly-spent}}
   apiKeys: [{{secretRef: {{name: keys, key: n}}}}]
+  subscriptions: [{{apiRouteRef: {{name: chat}}}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Tenant
+metadata: {{name: team}}
+spec:
+  quotaPolicyRef: {{name: per-model}}
+  apiKeys: [{{secretRef: {{name: keys, key: m}}}}]
+  subscriptions: [{{apiRouteRef: {{name: chat}}}}, {{apiRouteRef: {{name: messages}}}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Tenant
+metadata: {{name: picky}}
+spec:
+  quotaPolicyRef: {{name: models-only}}
+  apiKeys: [{{secretRef: {{name: keys, key: a}}}}]
   subscriptions: [{{apiRouteRef: {{name: chat}}}}]
 "#
     )
@@ -546,4 +583,109 @@ async fn a_model_the_plan_does_not_allow_is_refused_before_the_backend() {
     assert_eq!(used(&p, "heavy", "daily-tokens").await, "0");
     let allowed = r#"{"model":"gpt-4o-mini","max_tokens":5}"#;
     assert_eq!(p.post(CHAT, &[auth, JSON], allowed).await.status, 200);
+}
+
+/// Per-model budgets inside one plan (tenant `team`): what each call is refused, and by which
+/// quota. The counters themselves are checked by the callers.
+async fn spend_per_model_budgets(p: &ProxyProcess) {
+    let auth = ("authorization", "Bearer key-models");
+    let gpt4o = r#"{"model":"gpt-4o","max_tokens":20}"#;
+    let r = p.post(CHAT, &[auth, JSON], gpt4o).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // The headers name what every request counts in, not the quotas for some models.
+    let policy = r.header("ratelimit-policy").expect("RateLimit-Policy");
+    assert!(
+        policy.contains("\"calls\"") && !policy.contains("gpt-4o-calls"),
+        "{policy}"
+    );
+    let problem = p
+        .post(CHAT, &[auth, JSON], gpt4o)
+        .await
+        .problem(402, "quota-exhausted");
+    assert_eq!(problem["quota"], "gpt-4o-calls");
+    // Another model is not refused by gpt-4o's spent quota, and needs no price: no Cost quota
+    // counts it.
+    let mini = r#"{"model":"gpt-4o-mini","max_tokens":20}"#;
+    assert_eq!(p.post(CHAT, &[auth, JSON], mini).await.status, 200);
+    // A request that is not a call counts in `calls` only.
+    assert_eq!(p.get(CHAT, &[auth]).await.status, 200);
+    // Claude: 10 input and 20 output tokens are used of the 50 (42 reserved: 43 bytes at the
+    // first guess of 0.5 tokens per byte, and the bound of 20).
+    let claude = r#"{"model":"claude-opus-4-6","max_tokens":20}"#;
+    assert_eq!(
+        p.post("/v1/messages", &[auth, JSON], claude).await.status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_plan_budgets_some_models_apart_and_other_calls_are_neither_counted_nor_refused() {
+    let (_backend, p) = start().await;
+    spend_per_model_budgets(&p).await;
+    wait_used(&p, "team", "claude-tokens", "30").await;
+    // 10 x 5 + 20 x 25 per million.
+    wait_used(&p, "team", "claude-cost", "0.00055").await;
+    assert_eq!(used(&p, "team", "gpt-4o-calls").await, "1");
+    assert_eq!(used(&p, "team", "calls").await, "4");
+    // The next Claude call reserves what the last used (30), more than the 20 left.
+    let auth = ("authorization", "Bearer key-models");
+    let claude = r#"{"model":"claude-opus-4-6","max_tokens":20}"#;
+    let problem = p
+        .post("/v1/messages", &[auth, JSON], claude)
+        .await
+        .problem(402, "quota-exhausted");
+    assert_eq!(problem["quota"], "claude-tokens");
+    let mini = r#"{"model":"gpt-4o-mini","max_tokens":20}"#;
+    assert_eq!(p.post(CHAT, &[auth, JSON], mini).await.status, 200);
+    assert_eq!(used(&p, "team", "claude-tokens").await, "30");
+    assert_eq!(used(&p, "team", "calls").await, "5");
+}
+
+#[tokio::test]
+async fn per_model_budgets_hold_with_redis() {
+    let redis = tollgate_tests::redis::Redis::start(support::free_port());
+    let backend = Backend::start().await;
+    let p = ProxyProcess::start_with(
+        &[("world.yaml", world(&backend.url()))],
+        &["--store", &redis.url()],
+    )
+    .await;
+    spend_per_model_budgets(&p).await;
+    // Settled in the fleet's counters (Cost in millionths).
+    let counter = |quota: &str| redis.total(&format!("tollgate:{{default/team|*}}:{quota}:*"));
+    for _ in 0..1000 {
+        if counter("claude-tokens") == 30 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        ["claude-tokens", "claude-cost", "gpt-4o-calls", "calls"].map(counter),
+        [30, 550, 1, 4]
+    );
+    let auth = ("authorization", "Bearer key-models");
+    let claude = r#"{"model":"claude-opus-4-6","max_tokens":20}"#;
+    p.post("/v1/messages", &[auth, JSON], claude)
+        .await
+        .problem(402, "quota-exhausted");
+    let mini = r#"{"model":"gpt-4o-mini","max_tokens":20}"#;
+    assert_eq!(p.post(CHAT, &[auth, JSON], mini).await.status, 200);
+}
+
+#[tokio::test]
+async fn an_allowlist_holds_on_a_plan_that_counts_requests_only_and_sends_calls_unchanged() {
+    let (_backend, p) = start().await;
+    let auth = ("authorization", "Bearer key-allow");
+    p.post(CHAT, &[auth, JSON], r#"{"model":"gpt-4o","max_tokens":5}"#)
+        .await
+        .problem(403, "model-not-allowed");
+    assert_eq!(used(&p, "picky", "calls").await, "0");
+    // No token budget: the call's own bound is not lowered to the plan's default of 4096.
+    let big = r#"{"model":"gpt-4o-mini","max_tokens":5000}"#;
+    let r = p
+        .post(CHAT, &[auth, JSON, ("x-llm-output-tokens", "5000")], big)
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["usage"]["completion_tokens"], 5000);
+    assert_eq!(used(&p, "picky", "calls").await, "1");
 }

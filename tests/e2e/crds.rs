@@ -162,6 +162,11 @@ const REJECTIONS: &[(&str, &str, &str)] = &[
         "spec.allowedModels[1]: Invalid value",
     ),
     (
+        "a quota for models, one of them a lone *",
+        "kind: QuotaPolicy\nspec: {quotas: [{name: q, limit: '1', period: Day, models: [gpt-4o, '*']}]}",
+        "spec.quotas[0].models[1]: Invalid value",
+    ),
+    (
         "fractional limit on a count",
         "kind: QuotaPolicy\nspec: {quotas: [{name: q, metric: Requests, limit: '10.5', period: Month}]}",
         "limit must be a whole number unless metric is Cost",

@@ -589,3 +589,35 @@ fn allowed_models_are_names_or_prefixes_ending_in_a_star() {
         assert_eq!(plan.allows_model(model), allowed, "{model:?}");
     }
 }
+
+#[test]
+fn a_quota_for_some_models_counts_only_their_calls_and_a_plan_has_at_most_16_quotas() {
+    let d =
+        plan_diagnostic("{quotas: [{name: q, limit: '1', period: Day, models: [gpt-4o, '*']}]}");
+    assert_eq!(d.field, "spec.quotas[0].models[1]");
+    let many: Vec<String> = (0..17)
+        .map(|i| format!("{{name: q{i}, limit: '1', period: Day}}"))
+        .collect();
+    let d = plan_diagnostic(&format!("{{quotas: [{}]}}", many.join(", ")));
+    assert_eq!(d.field, "spec.quotas");
+    assert!(d.message.contains("at most 16"), "{}", d.message);
+
+    let c = World::parse(BASE)
+        .with("apiVersion: tollgate.dev/v1alpha1\nkind: QuotaPolicy\nmetadata: {name: llm, namespace: shop}\nspec: {quotas: [{name: all, limit: '9', period: Day}, {name: claude, limit: '1', period: Day, models: ['claude-*']}]}\n")
+        .compile();
+    let plan = c
+        .snapshot
+        .plans
+        .iter()
+        .find(|p| p.key.name == "llm")
+        .expect("compiled");
+    let (all, claude) = (&plan.quotas[0], &plan.quotas[1]);
+    for (model, counted) in [
+        (Some("claude-opus-4-6"), true),
+        (Some("gpt-4o"), false),
+        (None, false),
+    ] {
+        assert!(all.counts_model(model), "{model:?}");
+        assert_eq!(claude.counts_model(model), counted, "{model:?}");
+    }
+}

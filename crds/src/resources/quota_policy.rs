@@ -129,6 +129,16 @@ pub struct Quota {
     pub limit: String,
     /// Calendar period in spec.timezone: Hour, Day, Week (from Monday), Month or Year.
     pub period: Period,
+    /// A budget for some models only: the quota counts calls naming one of these models (exact
+    /// names, or prefixes ending in `*`) on routes with token metering, and nothing else. Calls
+    /// to other models, and requests on other routes, neither count in it nor are refused by it.
+    /// Empty (default): every request counts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(length(min = 1, max = 256), regex(pattern = r"^[^*]+\*?$"))
+    )]
+    pub models: Vec<String>,
 }
 
 /// What a quota counts.

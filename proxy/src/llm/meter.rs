@@ -521,11 +521,13 @@ mod tests {
         input_tokens: 100,
         output_tokens: 500,
         cost: Decimal::ONE,
+        outside: 0,
     };
     const UNREPORTED: Metered = Metered {
         input_tokens: 100,
         output_tokens: 4096,
         cost: Decimal::TWO,
+        outside: 0,
     };
 
     fn meter_with(

@@ -36,9 +36,13 @@ pub struct Reserved {
     pub unreported: Metered,
 }
 
-/// Whether the plan counts money: then every token must have a price.
-pub fn prices_tokens(plan: &PlanEntry) -> bool {
-    plan.plan.quotas.iter().any(|q| q.metric == Metric::Cost)
+/// Whether a call naming `model` counts in a Cost quota of the plan: then its tokens must have a
+/// price.
+pub fn prices_tokens(plan: &PlanEntry, model: Option<&str>) -> bool {
+    plan.plan
+        .quotas
+        .iter()
+        .any(|q| q.metric == Metric::Cost && q.counts_model(model))
 }
 
 /// Input tokens per byte assumed at least when a call's usage is never reported (English text
@@ -58,6 +62,7 @@ pub fn reserve(
     let Some(call) = call else {
         let only = Metered {
             cost: per_request,
+            outside: plan.quotas_outside(None),
             ..Metered::default()
         };
         return Ok(Reserved {
@@ -67,7 +72,7 @@ pub fn reserve(
     };
     let model = call.model.as_deref();
     let price = model.and_then(|m| pricing.and_then(|p| p.model(m)));
-    if prices_tokens(plan) && price.is_none() {
+    if prices_tokens(plan, model) && price.is_none() {
         return Err(model.map_or(Refusal::NoModel, |m| Refusal::Unpriced(m.to_owned())));
     }
     let policy = plan.plan.reservation;
@@ -82,8 +87,10 @@ pub fn reserve(
     };
     let per_byte = estimates.input_per_byte(tenant, model);
     let tokens = |per_byte: f64| (call.body_bytes as f64 * per_byte).ceil() as u64;
-    let priced = |input, output| {
-        Usage {
+    let outside = plan.quotas_outside(model);
+    let priced = |input, output| Metered {
+        outside,
+        ..Usage {
             input,
             output,
             ..Usage::default()

@@ -44,6 +44,7 @@ impl Usage {
             input_tokens: self.input_tokens(),
             output_tokens: self.output_tokens(),
             cost: per_request + price.map_or(Decimal::ZERO, |p| self.token_cost(p)),
+            outside: 0,
         }
     }
 

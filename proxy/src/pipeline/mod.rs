@@ -200,8 +200,8 @@ impl<S: CounterStore> Proxy<S> {
             };
             let decided = match checked {
                 Ok(Some(subject)) => {
-                    // Boxed: only plans with token or Cost quotas reserve (a cold path here).
-                    let reserved = match subject.plan.meters_usage {
+                    // Boxed: only plans that read calls reserve (a cold path here).
+                    let reserved = match subject.plan.reads_calls {
                         true => Box::pin(self.reserve(&mut req, &mut verdict, subject.plan)).await,
                         false => Ok(Reserved::default()),
                     };
@@ -581,6 +581,12 @@ impl<S: CounterStore> Proxy<S> {
             .with("model", named)
             .with("allowedModels", plan.plan.allowed_models.clone()));
         }
+        if !plan.meters_usage {
+            // Read for its model only (an allowlist, quotas for some models): nothing is
+            // reserved from a bound, so the call goes as it came.
+            call.rewritten = None;
+            call.strip_usage_chunk = false;
+        }
         let sent = call.rewritten.take().unwrap_or(bytes);
         *req.body_mut() = RequestBody::Buffered(Some(sent));
         let reserved = reservation::reserve(plan, &tenant.id, Some(&call), &self.estimates);
@@ -621,7 +627,8 @@ impl<S: CounterStore> Proxy<S> {
             return None;
         }
         let pricing = plan.plan.pricing.clone();
-        let prices_tokens = reservation::prices_tokens(plan);
+        let call = v.call.as_deref();
+        let prices_tokens = reservation::prices_tokens(plan, call.and_then(|c| c.model.as_deref()));
         // The settlement runs after the response; it keeps its own references.
         let (tenant, plan) = (Arc::clone(&tenant.id), Arc::clone(plan));
         let store = self.store.clone();
@@ -631,6 +638,11 @@ impl<S: CounterStore> Proxy<S> {
         } = v.reserved;
         let settled_tenant = Arc::clone(&tenant);
         let settle = Box::new(move |used: Metered| {
+            // The quotas that count the call are the ones its reservation was taken from.
+            let used = Metered {
+                outside: reserved.outside,
+                ..used
+            };
             if used == reserved {
                 return;
             }
@@ -642,7 +654,6 @@ impl<S: CounterStore> Proxy<S> {
                 store.settle(subject, &reserved, &used, now).await
             });
         });
-        let call = v.call.as_deref();
         // Only a call that generates, answered by its backend, has usage to read.
         let metering = match (&v.call, from_backend) {
             (Some(_), true) => route.route.metering,

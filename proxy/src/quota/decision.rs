@@ -63,9 +63,27 @@ pub struct Metered {
     pub output_tokens: u64,
     /// Cost in the plan's currency.
     pub cost: Decimal,
+    /// The plan's quotas (bit `i` for `quotas[i]`) that do not count this request: quotas for
+    /// other models. They neither take a share of it nor refuse it.
+    pub outside: u16,
 }
 
+// One bit of `Metered::outside` per quota.
+const _: () = assert!(tollgate_crds::compile::MAX_QUOTAS <= 16);
+
 impl Metered {
+    /// Whether quota `index` of the plan counts this request.
+    pub fn counts_in(&self, index: usize) -> bool {
+        index >= 16 || self.outside & (1 << index) == 0
+    }
+
+    /// What this request takes from quota `index`, of `metric`: `None` when that quota does not
+    /// count it, one for a Requests quota, else its amount.
+    pub fn share(&self, index: usize, metric: Metric) -> Option<Decimal> {
+        self.counts_in(index)
+            .then(|| self.amount(metric).unwrap_or(Decimal::ONE))
+    }
+
     /// What this usage counts in a quota of `metric` (`None` for Requests quotas, which count
     /// admissions).
     pub fn amount(&self, metric: Metric) -> Option<Decimal> {

@@ -187,12 +187,17 @@ impl MemoryStore {
     }
 
     /// Adds `delta(metric)` to each quota of the period of `admitted` (never below zero).
-    fn adjust(&self, subject: Subject<'_>, admitted: Timestamp, delta: impl Fn(Metric) -> Decimal) {
+    fn adjust(
+        &self,
+        subject: Subject<'_>,
+        admitted: Timestamp,
+        delta: impl Fn(usize, Metric) -> Decimal,
+    ) {
         let plan = subject.plan;
         let counters = self.counters(subject);
         let mut c = counters.lock();
         for (i, quota) in plan.plan.quotas.iter().enumerate() {
-            let delta = delta(quota.metric);
+            let delta = delta(i, quota.metric);
             if !delta.is_zero()
                 && let Some(counter) = c.quota_admitted_at(plan, i, admitted)
             {
@@ -254,8 +259,6 @@ impl MemoryStore {
         let mut exhausted = None;
         for (i, quota) in plan.plan.quotas.iter().enumerate() {
             let counter = c.quota(plan, i, now);
-            let needed = reservation.amount(quota.metric).unwrap_or(Decimal::ONE);
-            let fits = counter.used < quota.limit && counter.used + needed <= quota.limit;
             let state = LimitState {
                 index: i,
                 remaining: (quota.limit - counter.used).max(Decimal::ZERO),
@@ -263,6 +266,12 @@ impl MemoryStore {
                 reset_seconds: counter.window.seconds_until_end(now),
                 window: Some(counter.window),
             };
+            // A quota for other models neither counts nor refuses the request.
+            let Some(needed) = reservation.share(i, quota.metric) else {
+                quotas.push(state);
+                continue;
+            };
+            let fits = counter.used < quota.limit && counter.used + needed <= quota.limit;
             if !fits && exhausted.is_none() {
                 exhausted = Some((state.clone(), needed));
             }
@@ -314,7 +323,7 @@ impl MemoryStore {
         // Charge: one request to each Requests quota, the reservation to the others, and
         // advance each rate limit.
         for (i, quota) in plan.plan.quotas.iter().enumerate() {
-            let taken = reservation.amount(quota.metric).unwrap_or(Decimal::ONE);
+            let taken = reservation.share(i, quota.metric).unwrap_or(Decimal::ZERO);
             if taken.is_zero() {
                 continue;
             }
@@ -365,8 +374,8 @@ impl CounterStore for MemoryStore {
     }
 
     async fn refund(&self, subject: Subject<'_>, reservation: &Metered, now: Timestamp) {
-        self.adjust(subject, now, |metric| {
-            -reservation.amount(metric).unwrap_or(Decimal::ONE)
+        self.adjust(subject, now, |i, metric| {
+            -reservation.share(i, metric).unwrap_or(Decimal::ZERO)
         });
     }
 
@@ -377,7 +386,10 @@ impl CounterStore for MemoryStore {
         used: &Metered,
         now: Timestamp,
     ) {
-        self.adjust(subject, now, |metric| {
+        self.adjust(subject, now, |i, metric| {
+            if !reserved.counts_in(i) {
+                return Decimal::ZERO;
+            }
             match (used.amount(metric), reserved.amount(metric)) {
                 (Some(used), Some(reserved)) => used - reserved,
                 _ => Decimal::ZERO,
@@ -519,7 +531,7 @@ mod tests {
         let metered = Metered {
             input_tokens: 60,
             output_tokens: 39,
-            cost: Decimal::ZERO,
+            ..Metered::default()
         };
         store.charge(subject, metered, now).await;
         assert!(

@@ -22,6 +22,12 @@ pub struct PlanEntry {
     pub request_quotas: Vec<usize>,
     /// Whether responses must be metered: a token or Cost quota is charged after the response.
     pub meters_usage: bool,
+    /// Quotas for some models only (bit `i` for `quotas[i]`): a request that is not a call to
+    /// one of their models is outside them.
+    pub model_quotas: u16,
+    /// Whether admission must read what a call asks for (its model, its bound): the plan meters
+    /// usage, allows some models only, or has quotas for some models.
+    pub reads_calls: bool,
     /// The RateLimit headers' fixed parts.
     pub ratelimit_headers: headers::Template,
 }
@@ -38,7 +44,21 @@ impl PlanEntry {
             .map(|(i, _)| i)
             .collect();
         let meters_usage = plan.quotas.iter().any(|q| q.metric != Metric::Requests);
-        let ratelimit_headers = headers::Template::new(&plan, &request_quotas);
+        let model_quotas = plan
+            .quotas
+            .iter()
+            .enumerate()
+            .filter(|(i, q)| !q.models.is_empty() && *i < 16)
+            .fold(0u16, |mask, (i, _)| mask | 1 << i);
+        let reads_calls = meters_usage || model_quotas != 0 || !plan.allowed_models.is_empty();
+        // The headers describe what every request counts in: quotas for some models are named
+        // in the problem that refuses a call, not on every response.
+        let every_request: Vec<usize> = request_quotas
+            .iter()
+            .copied()
+            .filter(|&i| plan.quotas[i].models.is_empty())
+            .collect();
+        let ratelimit_headers = headers::Template::new(&plan, &every_request);
         Self {
             ratelimit_headers,
             id: Arc::from(plan.key.to_string()),
@@ -46,7 +66,23 @@ impl PlanEntry {
             tz,
             request_quotas,
             meters_usage,
+            model_quotas,
+            reads_calls,
         }
+    }
+
+    /// The quotas that do not count a call naming `model` (`None`: a request that names none,
+    /// or is not a call), as [`super::Metered::outside`].
+    pub fn quotas_outside(&self, model: Option<&str>) -> u16 {
+        if self.model_quotas == 0 {
+            return 0;
+        }
+        self.plan
+            .quotas
+            .iter()
+            .enumerate()
+            .filter(|(i, q)| self.model_quotas & (1 << i) != 0 && !q.counts_model(model))
+            .fold(0u16, |mask, (i, _)| mask | 1 << i)
     }
 }
 

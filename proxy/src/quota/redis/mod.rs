@@ -475,6 +475,10 @@ impl RedisStore {
         // 1. Quotas: one unit of every Requests quota, the reservation of the others (those
         // that reserve nothing: by their last known total).
         for (i, quota) in plan.plan.quotas.iter().enumerate() {
+            if !reservation.counts_in(i) {
+                // A quota for other models neither counts nor refuses the request.
+                continue;
+            }
             let (key, w) = (&windows[i].0, windows[i].1);
             let limit = units(quota.metric, quota.limit);
             let reserve = reservation
@@ -564,7 +568,7 @@ impl RedisStore {
             let (key, w) = (&windows[i].0, windows[i].1);
             let c = Self::counter(&mut counters, &subject, i, key, w);
             if exhausted.is_none() && exceeded.is_none() {
-                c.spent += reservation.amount(quota.metric).unwrap_or(Decimal::ONE);
+                c.spent += reservation.share(i, quota.metric).unwrap_or(Decimal::ZERO);
                 c.last_used = Instant::now();
             }
             quotas.push(Self::state(c, quota.limit, quota.metric, i, now));
@@ -771,6 +775,9 @@ impl CounterStore for RedisStore {
         {
             let mut counters = self.counters.lock();
             for &i in &subject.plan.request_quotas {
+                if !reservation.counts_in(i) {
+                    continue;
+                }
                 let (key, w) = Self::window_key(&subject, i, now);
                 let c = Self::counter(&mut counters, &subject, i, &key, w);
                 c.leased += 1;
@@ -790,7 +797,7 @@ impl CounterStore for RedisStore {
         let plan = subject.plan;
         for (i, quota) in plan.plan.quotas.iter().enumerate() {
             let (Some(used), Some(reserved)) =
-                (used.amount(quota.metric), reserved.amount(quota.metric))
+                (used.amount(quota.metric), reserved.share(i, quota.metric))
             else {
                 continue;
             };
