@@ -155,6 +155,64 @@ pub struct UsageReport {
     pub proxy: String,
     /// Its counters (all of them: a report replaces the previous one).
     pub counters: Vec<UsageRecord>,
+    /// Its metered calls' usage by token type and cost, per tenant and plan, in the current
+    /// month (absent from proxies that predate it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<CallUsageRecord>,
+}
+
+/// Tokens of metered calls, by how they are priced.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenCounts {
+    /// Prompt tokens neither read from nor written to a cache.
+    pub input: u64,
+    /// Prompt tokens read from a cache.
+    pub cached_input: u64,
+    /// Prompt tokens written to a cache.
+    pub cache_write_input: u64,
+    /// Output tokens other than reasoning.
+    pub output: u64,
+    /// Reasoning (thinking) tokens.
+    pub reasoning: u64,
+}
+
+impl TokenCounts {
+    /// Adds `other`, saturating.
+    pub fn add(&mut self, other: &TokenCounts) {
+        self.input = self.input.saturating_add(other.input);
+        self.cached_input = self.cached_input.saturating_add(other.cached_input);
+        self.cache_write_input = self
+            .cache_write_input
+            .saturating_add(other.cache_write_input);
+        self.output = self.output.saturating_add(other.output);
+        self.reasoning = self.reasoning.saturating_add(other.reasoning);
+    }
+}
+
+/// A tenant's requests under one plan that meters usage (token or Cost quotas), in one calendar
+/// month of the plan's time zone: how many, their tokens by type, and what they cost in the
+/// plan's currency.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CallUsageRecord {
+    /// `namespace/name` of the tenant.
+    pub tenant: String,
+    /// `namespace/name` of the plan.
+    pub plan: String,
+    /// Start of the month.
+    pub period_start: jiff::Timestamp,
+    /// End of the month.
+    pub period_end: jiff::Timestamp,
+    /// Requests settled (answered: those refunded after a backend failure are not counted).
+    pub requests: u64,
+    /// Their tokens (a call that never reported usage counts what it was charged: its bound).
+    pub tokens: TokenCounts,
+    /// What they cost, per-request prices included (fixed-point decimal).
+    pub cost: rust_decimal::Decimal,
+    /// The plan's `pricing.currency`; absent when the plan has no prices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
 }
 
 /// One counter: a tenant's use of one quota of one plan in one period.

@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tollgate_crds::snapshot::Snapshot;
-use tollgate_crds::stream::{Delta, UsageRecord, UsageReport, diff};
+use tollgate_crds::stream::{CallUsageRecord, Delta, UsageRecord, UsageReport, diff};
 
 use crate::metrics::OperatorMetrics;
 use crate::proxy_auth::ProxyAuthenticator;
@@ -49,6 +49,8 @@ pub struct ProxyRegistry {
     /// Each proxy's last usage report. Kept after a disconnect: its counts still belong to the
     /// period (a restarted proxy keeps its counters and reports under the same name).
     usage: Mutex<HashMap<String, Vec<UsageRecord>>>,
+    /// Each proxy's last report of the month's call usage, kept likewise.
+    calls: Mutex<HashMap<String, Vec<CallUsageRecord>>>,
     seq: AtomicU64,
     /// Notified on connect, disconnect and ack.
     pub changed: Notify,
@@ -91,8 +93,29 @@ impl ProxyRegistry {
     }
 
     fn report(&self, report: UsageReport) {
+        self.calls.lock().insert(report.proxy.clone(), report.calls);
         self.usage.lock().insert(report.proxy, report.counters);
         self.changed.notify_one();
+    }
+
+    /// A tenant's call usage summed over every proxy's last report, per (plan, month), for the
+    /// months that have not ended at `now`.
+    pub fn call_usage_of(&self, tenant: &str, now: jiff::Timestamp) -> Vec<CallUsageRecord> {
+        let mut sums: std::collections::BTreeMap<(String, jiff::Timestamp), CallUsageRecord> =
+            Default::default();
+        for record in self.calls.lock().values().flatten() {
+            if record.tenant != tenant || record.period_end <= now {
+                continue;
+            }
+            sums.entry((record.plan.clone(), record.period_start))
+                .and_modify(|sum| {
+                    sum.requests = sum.requests.saturating_add(record.requests);
+                    sum.tokens.add(&record.tokens);
+                    sum.cost += record.cost;
+                })
+                .or_insert_with(|| record.clone());
+        }
+        sums.into_values().collect()
     }
 
     /// A tenant's usage summed over every proxy's last report, per (plan, quota, period), for the

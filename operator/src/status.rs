@@ -16,7 +16,8 @@ use serde_json::json;
 use tokio::sync::watch;
 use tollgate_crds::compile::{Diagnostic, ObjectKind, Reason, object_key};
 use tollgate_crds::resources::{
-    Condition, SubscriptionState, SubscriptionStatus, Tenant, UsageStatus, conditions,
+    CallUsageStatus, Condition, SubscriptionState, SubscriptionStatus, Tenant, TokenStatus,
+    UsageStatus, conditions,
 };
 use tollgate_crds::snapshot::ObjectKey;
 
@@ -274,9 +275,13 @@ impl StatusWriter {
             );
             let subscriptions = p.subscriptions.get(&key).cloned().unwrap_or_default();
             let usage = self.usage_of(&key, p, now);
+            let call_usage = self.call_usage_of(&key, now);
             let status = tenant.status.clone().unwrap_or_default();
-            let same_extra = status.subscriptions == subscriptions && status.usage == usage;
-            let extra = json!({"subscriptions": subscriptions, "usage": usage});
+            let same_extra = status.subscriptions == subscriptions
+                && status.usage == usage
+                && status.call_usage == call_usage;
+            let extra =
+                json!({"subscriptions": subscriptions, "usage": usage, "callUsage": call_usage});
             self.apply(
                 tenant,
                 key,
@@ -368,6 +373,33 @@ impl StatusWriter {
                     used: record.used.normalize().to_string(),
                     limit: quota.limit.normalize().to_string(),
                 })
+            })
+            .collect()
+    }
+
+    /// The tenant's requests under plans that meter usage this month, from the proxies' reports
+    /// (with either counter store: Redis holds quotas, not tokens by type).
+    fn call_usage_of(&self, key: &ObjectKey, now: Timestamp) -> Vec<CallUsageStatus> {
+        self.registry
+            .call_usage_of(&key.to_string(), now)
+            .into_iter()
+            .map(|r| CallUsageStatus {
+                quota_policy: r
+                    .plan
+                    .split_once('/')
+                    .map_or(r.plan.as_str(), |(_, n)| n)
+                    .to_owned(),
+                period_start: r.period_start.to_string(),
+                requests: r.requests,
+                tokens: TokenStatus {
+                    input: r.tokens.input,
+                    cached_input: r.tokens.cached_input,
+                    cache_write_input: r.tokens.cache_write_input,
+                    output: r.tokens.output,
+                    reasoning: r.tokens.reasoning,
+                },
+                cost: r.cost.normalize().to_string(),
+                currency: r.currency,
             })
             .collect()
     }

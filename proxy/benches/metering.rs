@@ -52,6 +52,7 @@ fn metering(c: &mut Criterion) {
                     tenant: Arc::from("bench/t"),
                     reserved: Metered::default(),
                     unreported: Metered::default(),
+                    unreported_tokens: Default::default(),
                     free_without_usage: false,
                     pricing: None,
                     prices_tokens: false,

@@ -40,7 +40,10 @@ pub struct Admin<S> {
 #[serde(rename_all = "camelCase")]
 struct UsageReport {
     config_version: u64,
+    /// Quota counters.
     usage: Vec<UsageEntry>,
+    /// Requests under plans that meter usage, this month: tokens by type and cost.
+    calls: Vec<tollgate_crds::stream::CallUsageRecord>,
 }
 
 #[derive(Serialize)]
@@ -133,6 +136,7 @@ impl<S: CounterStore> Admin<S> {
         UsageReport {
             config_version: config.version,
             usage,
+            calls: self.proxy.call_usage(now),
         }
     }
 }

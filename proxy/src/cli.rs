@@ -100,8 +100,8 @@ pub struct Cli {
     #[command(flatten)]
     pub store_tls: tollgate_crds::counter_store::StoreTlsArgs,
 
-    /// Directory for state that must survive restarts (quota counters). Created if missing; the
-    /// proxy will not start if it cannot write there.
+    /// Directory for state that must survive restarts (quota counters with --store memory, the
+    /// month's call usage, the last configuration from the operator). Created if missing.
     #[arg(
         long,
         env = "TOLLGATE_STATE_DIR",

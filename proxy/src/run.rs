@@ -14,6 +14,7 @@ use tollgate_crds::error_chain::error_chain;
 use crate::admin::Admin;
 use crate::cli::Cli;
 use crate::config::ProxyConfig;
+use crate::llm::Ledger;
 use crate::pipeline::Proxy;
 use crate::quota::{CounterStore, MemoryStore, persist};
 use crate::sources::control_plane;
@@ -124,11 +125,23 @@ async fn serve_with<S: CounterStore>(
     metrics: ProxyMetrics,
     access_log: AccessLog,
 ) -> Result<()> {
+    let ledger = Arc::new(Ledger::new());
+    let restored = persist::load_calls(&cli.state_dir)?;
+    tracing::info!(state_dir = %cli.state_dir.display(), rows = restored.len(), "restored this month's call usage");
+    ledger.restore(restored);
     let proxy = Arc::new(Proxy::new(
         store.clone(),
         forward::client(),
         metrics.clone(),
         access_log,
+        ledger,
+    ));
+    let (stop_saving_calls, saving_calls_stopped) = tokio::sync::oneshot::channel();
+    let call_saver = tokio::spawn(save_calls_periodically(
+        proxy.clone(),
+        cli.state_dir.clone(),
+        metrics.clone(),
+        saving_calls_stopped,
     ));
     let ready = Arc::new(AtomicBool::new(false));
 
@@ -229,6 +242,11 @@ async fn serve_with<S: CounterStore>(
     .await;
 
     stop.store(true, Ordering::Release);
+    // As with the counters: the periodic save finishes first, the final one lands last.
+    let _ = stop_saving_calls.send(());
+    let _ = call_saver.await;
+    persist::save_calls(&cli.state_dir, proxy.call_usage(jiff::Timestamp::now()))
+        .context("saving the month's call usage on shutdown")?;
     admin_task.abort();
     if let Some(watcher) = watcher {
         let _ = watcher.join();
@@ -333,6 +351,35 @@ async fn flush_periodically(
                 tracing::error!(error = %error_chain(e.as_ref()), "cannot save quota counters; will retry");
             }
             Err(e) => tracing::error!(error = %e, "counter flush task failed"),
+        }
+    }
+}
+
+/// Saves the month's call usage every second when it changed, until `stop` fires.
+async fn save_calls_periodically<S: CounterStore>(
+    proxy: Arc<Proxy<S>>,
+    state_dir: std::path::PathBuf,
+    metrics: ProxyMetrics,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut stop => return,
+        }
+        if !proxy.ledger_changed() {
+            continue;
+        }
+        let rows = proxy.call_usage(jiff::Timestamp::now());
+        let dir = state_dir.clone();
+        match tokio::task::spawn_blocking(move || persist::save_calls(&dir, rows)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                metrics.state_flush_errors.inc();
+                tracing::error!(error = %error_chain(e.as_ref()), "cannot save the month's call usage; will retry");
+            }
+            Err(e) => tracing::error!(error = %e, "call usage save task failed"),
         }
     }
 }

@@ -627,6 +627,67 @@ async fn a_plan_budgets_some_models_apart_and_other_calls_are_neither_counted_no
     wait_used(&p, "team", "claude-cost", "0.00055").await;
     assert_eq!(used(&p, "team", "gpt-4o-calls").await, "1");
     assert_eq!(used(&p, "team", "calls").await, "4");
+    // The month's usage by token type and in money: the four requests answered (the GET and
+    // the unpriced models cost nothing, Claude's call its tokens), in /usage and the metrics.
+    let usage = p.usage().await;
+    let month = usage["calls"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["tenant"] == "default/team"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no calls row for team: {usage}"));
+    assert_eq!(
+        (&month["requests"], &month["cost"], &month["currency"]),
+        (
+            &serde_json::json!(4),
+            &serde_json::json!("0.00055"),
+            &serde_json::json!("USD")
+        )
+    );
+    assert_eq!(
+        month["tokens"],
+        serde_json::json!({"input": 30, "cachedInput": 0, "cacheWriteInput": 0, "output": 60, "reasoning": 0})
+    );
+    let messages = "route=\"default/messages\"";
+    let exposed = p.metrics_text().await;
+    let series = |name: &str, label: &str| {
+        exposed
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains(messages) && l.contains(label))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+    };
+    assert_eq!(
+        series("tollgate_proxy_llm_tokens_total", "type=\"output\""),
+        Some(20)
+    );
+    assert_eq!(
+        series("tollgate_proxy_llm_tokens_total", "type=\"input\""),
+        Some(10)
+    );
+    assert_eq!(
+        series("tollgate_proxy_llm_cost_micros_total", "currency=\"USD\""),
+        Some(550)
+    );
+    // The call's access-log line, written when its answer ended, says what it used.
+    let line = p
+        .access_log()
+        .into_iter()
+        .find(|l| l["path"] == "/v1/messages" && l["status"] == 200)
+        .expect("the Claude call's line");
+    assert_eq!(
+        (
+            &line["tenant"],
+            &line["model"],
+            &line["cost"],
+            &line["currency"]
+        ),
+        (
+            &serde_json::json!("default/team"),
+            &serde_json::json!("claude-opus-4-6"),
+            &serde_json::json!("0.00055"),
+            &serde_json::json!("USD")
+        )
+    );
+    assert_eq!(line["tokens"]["output"], 20);
     // The next Claude call reserves what the last used (30), more than the 20 left.
     let auth = ("authorization", "Bearer key-models");
     let claude = r#"{"model":"claude-opus-4-6","max_tokens":20}"#;
@@ -688,4 +749,36 @@ async fn an_allowlist_holds_on_a_plan_that_counts_requests_only_and_sends_calls_
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["usage"]["completion_tokens"], 5000);
     assert_eq!(used(&p, "picky", "calls").await, "1");
+}
+
+#[tokio::test]
+async fn the_months_call_usage_survives_a_restart() {
+    let (_backend, mut p) = start().await;
+    let auth = ("authorization", "Bearer key-budget");
+    let body = r#"{"model":"gpt-4o-mini","max_tokens":5}"#;
+    assert_eq!(p.post(CHAT, &[auth, JSON], body).await.status, 200);
+    // 0.001 per request, 10 x 100 and 5 x 200 per million tokens.
+    wait_used(&p, "spender", "monthly-cost", "0.003").await;
+    let month = |usage: serde_json::Value| {
+        usage["calls"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["tenant"] == "default/spender"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let before = month(p.usage().await);
+    assert_eq!(
+        (
+            &before["requests"],
+            &before["cost"],
+            &before["tokens"]["output"]
+        ),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!("0.003"),
+            &serde_json::json!(5)
+        )
+    );
+    p.restart().await;
+    assert_eq!(month(p.usage().await), before);
 }

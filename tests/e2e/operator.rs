@@ -18,6 +18,13 @@ spec:
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: QuotaPolicy
+metadata: {name: priced}
+spec:
+  quotas: [{name: monthly-spend, metric: Cost, limit: "10", period: Month}]
+  pricing: {currency: EUR, perRequest: "0.25"}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
 metadata: {name: rate2}
 spec:
   rateLimits: [{name: per-hour, requests: 2, window: 1h}]
@@ -40,7 +47,7 @@ spec:
 apiVersion: v1
 kind: Secret
 metadata: {name: keys, labels: {tollgate.dev/api-key: "true"}}
-stringData: {probe: key-probe, alice: key-alice, bob: key-bob, carol: key-carol}
+stringData: {probe: key-probe, alice: key-alice, bob: key-bob, carol: key-carol, dave: key-dave}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: Tenant
@@ -72,6 +79,14 @@ spec:
   quotaPolicyRef: {name: quota3}
   apiKeys: [{secretRef: {name: keys, key: carol}}]
   subscriptions: [{apiRouteRef: {name: manual}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Tenant
+metadata: {name: dave}
+spec:
+  quotaPolicyRef: {name: priced}
+  apiKeys: [{secretRef: {name: keys, key: dave}}]
+  subscriptions: [{apiRouteRef: {name: hello}}]
 "#;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -196,6 +211,23 @@ async fn the_fleet_enforces_plans_and_follows_every_edit() -> Result<()> {
         usage.period_start.ends_with("-01T00:00:00Z"),
         "calendar month: {}",
         usage.period_start
+    );
+    // The month's requests and cost under a priced plan, summed likewise (one call per proxy).
+    for proxy in 0..2 {
+        assert_eq!(fleet.call(proxy, "/hello", "key-dave").await?.status, 200);
+    }
+    let month = eventually(WAIT, "dave's month summed over both proxies", || async {
+        let s = tenants.get("dave").await.ok()?.status?;
+        s.call_usage.first().filter(|u| u.requests == 2).cloned()
+    })
+    .await?;
+    assert_eq!(
+        (
+            month.quota_policy.as_str(),
+            month.cost.as_str(),
+            month.currency.as_deref()
+        ),
+        ("priced", "0.5", Some("EUR"))
     );
 
     // Manual approval: 403 until the route owner approves, then served without a restart.

@@ -148,6 +148,45 @@ pub struct TenantStatus {
     /// Usage in the current period, per plan and quota.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub usage: Vec<UsageStatus>,
+    /// This month's requests under plans that meter usage (token or Cost quotas), per plan:
+    /// tokens by type and cost in the plan's currency, summed over the proxies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub call_usage: Vec<CallUsageStatus>,
+}
+
+/// A tenant's requests under one plan in the current month (the plan's time zone).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CallUsageStatus {
+    /// The QuotaPolicy (plan).
+    pub quota_policy: String,
+    /// Start of the month, RFC 3339.
+    pub period_start: String,
+    /// Requests answered.
+    pub requests: u64,
+    /// Tokens by type: input, cachedInput, cacheWriteInput, output, reasoning.
+    pub tokens: TokenStatus,
+    /// Cost, as a decimal string in `currency`.
+    pub cost: String,
+    /// The plan's currency (absent when it has no prices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+}
+
+/// Tokens by how they are priced.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenStatus {
+    /// Prompt tokens neither read from nor written to a cache.
+    pub input: u64,
+    /// Prompt tokens read from a cache.
+    pub cached_input: u64,
+    /// Prompt tokens written to a cache.
+    pub cache_write_input: u64,
+    /// Output tokens other than reasoning.
+    pub output: u64,
+    /// Reasoning (thinking) tokens.
+    pub reasoning: u64,
 }
 
 /// Observed state of one subscription.

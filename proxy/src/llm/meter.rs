@@ -30,6 +30,7 @@ use tollgate_crds::snapshot::Pricing;
 use super::estimate::Estimates;
 use super::formats::{MEMBERS, Report};
 use super::json_scan::MemberScanner;
+use super::usage::Usage;
 use crate::http1::raw_headers::{OwnLines, RawHeaders};
 use crate::quota::Metered;
 use crate::telemetry::warn_throttle::WarnThrottle;
@@ -44,8 +45,19 @@ const MAX_PENDING_EVENT: usize = 1024 * 1024;
 /// Warnings about usage of a model without a price, at most one per minute.
 static UNPRICED_WARNINGS: WarnThrottle = WarnThrottle::new(Duration::from_secs(60));
 
-/// Replaces the call's reservation with what it used (the store's settle).
-pub type Settle = Box<dyn FnOnce(Metered) + Send>;
+/// Replaces the call's reservation with what it used (the store's settle), and records it.
+pub type Settle = Box<dyn FnOnce(Charge) + Send>;
+
+/// What a call is charged when its response ends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Charge {
+    /// What its quotas count.
+    pub metered: Metered,
+    /// Its tokens by type (the call's bound when no usage was reported).
+    pub tokens: Usage,
+    /// The model the answer named, else the request.
+    pub model: Option<String>,
+}
 
 /// What the meter needs to settle a call.
 pub struct Settlement {
@@ -57,6 +69,8 @@ pub struct Settlement {
     pub reserved: Metered,
     /// What is charged when a successful response reports no usage.
     pub unreported: Metered,
+    /// The tokens behind `unreported`.
+    pub unreported_tokens: Usage,
     /// An API that is free and reports no usage (token counts, moderations).
     pub free_without_usage: bool,
     /// The plan's prices.
@@ -194,7 +208,7 @@ impl Meter {
         // document (its usage is the call's).
         let whole_json = matches!(&self.format, Format::Json(scanner) if scanner.complete());
         let final_count = self.report.last || whole_json;
-        let actual = match self.report.usage {
+        let (metered, tokens) = match self.report.usage {
             // Running totals of an answer cut short (Anthropic's `message_start` says 1 output
             // token): what was reported, or the call's bound when that is more.
             Some(usage) if !final_count && self.success => {
@@ -204,9 +218,9 @@ impl Meter {
                 let reported = usage.metered(s.pricing.as_ref(), price);
                 let tokens = |m: &Metered| m.input_tokens.saturating_add(m.output_tokens);
                 if tokens(&reported) > tokens(&s.unreported) {
-                    reported
+                    (reported, usage)
                 } else {
-                    s.unreported
+                    (s.unreported, s.unreported_tokens)
                 }
             }
             Some(usage) => {
@@ -234,21 +248,34 @@ impl Meter {
                         usage.output_tokens(),
                     );
                 }
-                usage.metered(s.pricing.as_ref(), price)
+                (usage.metered(s.pricing.as_ref(), price), usage)
             }
             // A free API's whole answer (token counts, moderations).
-            None if s.free_without_usage && (whole_json || ended) => Metered {
-                cost: per_request,
-                ..Metered::default()
-            },
+            None if s.free_without_usage && (whole_json || ended) => (
+                Metered {
+                    cost: per_request,
+                    ..Metered::default()
+                },
+                Usage::default(),
+            ),
             // Never reported: what the call may have used is charged, the provider may bill it.
-            None if self.success && s.metering.reads_tokens() => s.unreported,
-            None => Metered {
-                cost: per_request,
-                ..Metered::default()
-            },
+            None if self.success && s.metering.reads_tokens() => {
+                (s.unreported, s.unreported_tokens)
+            }
+            None => (
+                Metered {
+                    cost: per_request,
+                    ..Metered::default()
+                },
+                Usage::default(),
+            ),
         };
-        (s.settle)(actual);
+        let model = self.report.model.take().or(s.request_model);
+        (s.settle)(Charge {
+            metered,
+            tokens,
+            model,
+        });
     }
 }
 
@@ -556,13 +583,18 @@ mod tests {
                 tenant: Arc::from("shop/a"),
                 reserved: RESERVED,
                 unreported: UNREPORTED,
+                unreported_tokens: Usage {
+                    input: UNREPORTED.input_tokens,
+                    output: UNREPORTED.output_tokens,
+                    ..Usage::default()
+                },
                 free_without_usage,
                 pricing: Some(pricing()),
                 prices_tokens: true,
                 request_model: Some("gpt-4o-mini".into()),
                 body_bytes: 100,
                 estimates: Arc::new(Estimates::new()),
-                settle: Box::new(move |u| sink.lock().expect("lock").push(u)),
+                settle: Box::new(move |c: Charge| sink.lock().expect("lock").push(c.metered)),
             },
         );
         (m, charged)

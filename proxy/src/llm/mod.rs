@@ -10,7 +10,8 @@
 //!    reservation fits in every quota, and takes it (402 before the backend is called otherwise).
 //! 3. [`meter`]: the response is read as it streams to the client; [`formats`] knows where each
 //!    provider reports usage, [`json_scan`] finds it in a JSON body of any size, and [`usage`]
-//!    prices it. When the body ends, the usage replaces the reservation in the store.
+//!    prices it. When the body ends, the usage replaces the reservation in the store, and
+//!    [`ledger`] adds it to the tenant's month (tokens by type, cost).
 //!
 //! A budget is therefore exceeded only by what calls in flight when it runs out use beyond their
 //! reservations (docs/reference.md states the bound).
@@ -18,11 +19,13 @@
 pub mod estimate;
 pub mod formats;
 pub mod json_scan;
+pub mod ledger;
 pub mod meter;
 pub mod request;
 pub mod reservation;
 pub mod usage;
 
 pub use estimate::Estimates;
-pub use meter::{Meter, MeteredBody, Settlement};
+pub use ledger::Ledger;
+pub use meter::{Charge, Meter, MeteredBody, Settlement};
 pub use request::CallRequest;

@@ -34,6 +34,8 @@ pub struct Reserved {
     /// client, a stream that never reports): the call's bound rather than the learned estimate,
     /// so that cutting a stream short never pays less than the call may have cost.
     pub unreported: Metered,
+    /// The tokens behind `unreported`.
+    pub unreported_tokens: Usage,
 }
 
 /// Whether a call naming `model` counts in a Cost quota of the plan: then its tokens must have a
@@ -68,6 +70,7 @@ pub fn reserve(
         return Ok(Reserved {
             reserved: only,
             unreported: only,
+            unreported_tokens: Usage::default(),
         });
     };
     let model = call.model.as_deref();
@@ -88,18 +91,20 @@ pub fn reserve(
     let per_byte = estimates.input_per_byte(tenant, model);
     let tokens = |per_byte: f64| (call.body_bytes as f64 * per_byte).ceil() as u64;
     let outside = plan.quotas_outside(model);
-    let priced = |input, output| Metered {
-        outside,
-        ..Usage {
-            input,
-            output,
-            ..Usage::default()
-        }
-        .metered(pricing, price)
+    let usage = |input, output| Usage {
+        input,
+        output,
+        ..Usage::default()
     };
+    let priced = |usage: Usage| Metered {
+        outside,
+        ..usage.metered(pricing, price)
+    };
+    let unreported_tokens = usage(tokens(per_byte.max(UNREPORTED_MIN_INPUT_PER_BYTE)), bound);
     Ok(Reserved {
-        reserved: priced(tokens(per_byte), output),
-        unreported: priced(tokens(per_byte.max(UNREPORTED_MIN_INPUT_PER_BYTE)), bound),
+        reserved: priced(usage(tokens(per_byte), output)),
+        unreported: priced(unreported_tokens),
+        unreported_tokens,
     })
 }
 

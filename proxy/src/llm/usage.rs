@@ -23,6 +23,18 @@ pub struct Usage {
     pub reasoning: u64,
 }
 
+impl From<Usage> for tollgate_crds::stream::TokenCounts {
+    fn from(u: Usage) -> Self {
+        Self {
+            input: u.input,
+            cached_input: u.cache_read,
+            cache_write_input: u.cache_write,
+            output: u.output,
+            reasoning: u.reasoning,
+        }
+    }
+}
+
 impl Usage {
     /// All prompt tokens (InputTokens quotas).
     pub fn input_tokens(&self) -> u64 {

@@ -23,6 +23,7 @@ use crate::http1::raw_headers::RawHeaders;
 use crate::llm::CallRequest;
 use crate::llm::reservation::Reserved;
 use crate::quota::{Admission, LimitState, Subject};
+use crate::telemetry::access_log::DeferredLine;
 
 /// What was decided about a request, borrowed from the configuration version it loaded (no
 /// reference counts touched per request). Filled in as the checks pass: a refusal still knows
@@ -43,6 +44,8 @@ pub struct Verdict<'c> {
     pub reserved: Reserved,
     /// The metered call's request, when its body was read (boxed: most requests have none).
     pub call: Option<Box<CallRequest>>,
+    /// A metered response's access-log line, written when the call is settled.
+    pub deferred_line: Option<Arc<DeferredLine>>,
 }
 
 /// Runs the checks up to the quotas. `Err` is the first that fails; `Ok(Some(subject))` the

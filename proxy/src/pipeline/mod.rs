@@ -25,10 +25,10 @@ use crate::config::{ProxyConfig, RouteEntry};
 use crate::http1::raw_headers::RawHeaders;
 use crate::llm::meter::Settlement;
 use crate::llm::reservation::{self, Refusal, Reserved};
-use crate::llm::{CallRequest, Estimates, Meter, MeteredBody, request};
+use crate::llm::{CallRequest, Charge, Estimates, Ledger, Meter, MeteredBody, request};
 use crate::quota::{CounterStore, Metered, PlanEntry, Subject};
-use crate::telemetry::access_log::{AccessLog, AccessRecord};
-use crate::telemetry::metrics::ProxyMetrics;
+use crate::telemetry::access_log::{AccessLog, AccessRecord, CallFields, DeferredLine};
+use crate::telemetry::metrics::{ProxyMetrics, TOKEN_TYPES, micros, token_values};
 use crate::upstream::Upstream;
 use crate::upstream::forward::{
     self, ForwardContext, RequestBody, UpstreamClient, downstream_response, upstream_request,
@@ -65,6 +65,8 @@ pub struct Proxy<S> {
     access_log: AccessLog,
     /// Recent usage by model, for metered calls' reservations.
     estimates: Arc<Estimates>,
+    /// What each tenant's metered calls used this month.
+    ledger: Arc<Ledger>,
 }
 
 /// The client end of a connection, described once per connection.
@@ -136,6 +138,7 @@ impl<S: CounterStore> Proxy<S> {
         client: UpstreamClient,
         metrics: ProxyMetrics,
         access_log: AccessLog,
+        ledger: Arc<Ledger>,
     ) -> Self {
         Self {
             config: ArcSwap::from_pointee(ProxyConfig::empty()),
@@ -145,7 +148,26 @@ impl<S: CounterStore> Proxy<S> {
             metrics,
             access_log,
             estimates: Arc::new(Estimates::new()),
+            ledger,
         }
+    }
+
+    /// Whether call usage was recorded since the last time this was asked (worth saving).
+    pub fn ledger_changed(&self) -> bool {
+        self.ledger.take_dirty()
+    }
+
+    /// What each tenant's requests under plans that meter usage used in the month current at
+    /// `now` (this proxy's share), priced in each plan's currency.
+    pub fn call_usage(&self, now: Timestamp) -> Vec<tollgate_crds::stream::CallUsageRecord> {
+        let config = self.config();
+        let currencies: std::collections::HashMap<&str, &str> = config
+            .plans
+            .values()
+            .filter_map(|p| Some((&*p.id, p.plan.pricing.as_ref()?.currency.as_str())))
+            .collect();
+        self.ledger
+            .current(now, |plan| currencies.get(plan).map(|c| (*c).to_owned()))
     }
 
     /// Swaps in a new configuration; in-flight requests finish with the one they loaded.
@@ -319,7 +341,7 @@ impl<S: CounterStore> Proxy<S> {
             {
                 per_tenant.with_label_values(&[&tenant.id, reason]).inc();
             }
-            self.access_log.record(&AccessRecord {
+            let record = AccessRecord {
                 time: now,
                 client: &client.ip,
                 method: method.as_str(),
@@ -330,7 +352,20 @@ impl<S: CounterStore> Proxy<S> {
                 problem: problem_kind.map(ProblemKind::slug),
                 latency: elapsed,
                 bytes: http_body::Body::size_hint(response.body()).exact(),
-            });
+                call: None,
+            };
+            match &verdict.deferred_line {
+                // A metered response: its line waits for what the call used.
+                Some(line) => line.head(
+                    &self.access_log,
+                    &record,
+                    &client.ip,
+                    verdict.route.map(|r| &r.id),
+                    verdict.tenant.map(|t| &t.id),
+                    problem_kind.map(ProblemKind::slug),
+                ),
+                None => self.access_log.record(&record),
+            }
             response
         }
     }
@@ -615,7 +650,7 @@ impl<S: CounterStore> Proxy<S> {
     /// reservation when the response ends.
     fn meter_for(
         &self,
-        v: &Verdict<'_>,
+        v: &mut Verdict<'_>,
         route: &RouteEntry,
         status: http::StatusCode,
         (content_type, content_encoding): (Option<&str>, Option<&str>),
@@ -635,13 +670,25 @@ impl<S: CounterStore> Proxy<S> {
         let Reserved {
             reserved,
             unreported,
+            unreported_tokens,
         } = v.reserved;
         let settled_tenant = Arc::clone(&tenant);
-        let settle = Box::new(move |used: Metered| {
+        let line = Arc::new(DeferredLine::default());
+        v.deferred_line = Some(Arc::clone(&line));
+        let recorded = Recorded {
+            ledger: Arc::clone(&self.ledger),
+            metrics: self.metrics.clone(),
+            access_log: self.access_log.clone(),
+            route: Arc::clone(&route.id),
+            currency: pricing.as_ref().map(|p| p.currency.clone()),
+            line,
+        };
+        let settle = Box::new(move |charge: Charge| {
+            recorded.record(&tenant, &plan, now, &charge);
             // The quotas that count the call are the ones its reservation was taken from.
             let used = Metered {
                 outside: reserved.outside,
-                ..used
+                ..charge.metered
             };
             if used == reserved {
                 return;
@@ -664,6 +711,7 @@ impl<S: CounterStore> Proxy<S> {
             tenant: settled_tenant,
             reserved,
             unreported,
+            unreported_tokens,
             free_without_usage: call.is_some_and(|c| c.free_without_usage),
             pricing,
             prices_tokens,
@@ -707,5 +755,59 @@ impl<S: CounterStore> Proxy<S> {
             problem = problem.with("apiRoute", route.route.key.name.as_str());
         }
         (problem_response(&problem, path), Some(kind))
+    }
+}
+
+/// Where a settled call is recorded besides its quotas: the tenant's month in the ledger, the
+/// token and cost metrics, and the call's access-log line.
+struct Recorded {
+    ledger: Arc<Ledger>,
+    metrics: ProxyMetrics,
+    access_log: AccessLog,
+    route: Arc<str>,
+    currency: Option<String>,
+    line: Arc<DeferredLine>,
+}
+
+impl Recorded {
+    fn record(&self, tenant: &Arc<str>, plan: &PlanEntry, admitted: Timestamp, charge: &Charge) {
+        let tokens = charge.tokens.into();
+        let cost = charge.metered.cost;
+        self.ledger.record(tenant, plan, admitted, &tokens, cost);
+        let per_tenant = self.metrics.tenant_llm.as_ref();
+        for (kind, count) in TOKEN_TYPES.iter().zip(token_values(&tokens)) {
+            if count > 0 {
+                self.metrics
+                    .llm_tokens
+                    .with_label_values(&[&*self.route, kind])
+                    .inc_by(count);
+                if let Some((by_tenant, _)) = per_tenant {
+                    by_tenant
+                        .with_label_values(&[&**tenant, kind])
+                        .inc_by(count);
+                }
+            }
+        }
+        if let Some(currency) = &self.currency {
+            let micros = micros(cost);
+            self.metrics
+                .llm_cost_micros
+                .with_label_values(&[&*self.route, currency])
+                .inc_by(micros);
+            if let Some((_, by_tenant)) = per_tenant {
+                by_tenant
+                    .with_label_values(&[&**tenant, currency])
+                    .inc_by(micros);
+            }
+        }
+        self.line.used(
+            &self.access_log,
+            CallFields {
+                model: charge.model.clone(),
+                tokens,
+                cost,
+                currency: self.currency.clone(),
+            },
+        );
     }
 }

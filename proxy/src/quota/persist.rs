@@ -1,4 +1,5 @@
-//! Counters on disk, so that a restart does not reset a month.
+//! Counters on disk, so that a restart does not reset a month; and the month's call usage
+//! (`calls.json`, [`crate::llm::Ledger`]), kept the same way with either counter store.
 //!
 //! The whole counter table is written to `counters.json` in the state dir (write to a temporary
 //! file, fsync, rename: a crash leaves the old or the new file, never a torn one). The proxy writes
@@ -18,6 +19,13 @@ use anyhow::{Context, Result};
 use super::store::UsageRow;
 
 const FILE: &str = "counters.json";
+const CALLS_FILE: &str = "calls.json";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CallsFile {
+    version: u32,
+    calls: Vec<tollgate_crds::stream::CallUsageRecord>,
+}
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct CounterFile {
@@ -32,19 +40,37 @@ pub fn path(state_dir: &Path) -> PathBuf {
 
 /// Reads persisted counters; an absent file is an empty table.
 pub fn load(state_dir: &Path) -> Result<Vec<UsageRow>> {
-    let file = path(state_dir);
-    let text = match std::fs::read(&file) {
+    Ok(read::<CounterFile>(&path(state_dir))?.map_or_else(Vec::new, |f| f.counters))
+}
+
+/// Reads the persisted call usage; an absent file is none.
+pub fn load_calls(state_dir: &Path) -> Result<Vec<tollgate_crds::stream::CallUsageRecord>> {
+    Ok(read::<CallsFile>(&state_dir.join(CALLS_FILE))?.map_or_else(Vec::new, |f| f.calls))
+}
+
+/// Writes the month's call usage atomically.
+pub fn save_calls(
+    state_dir: &Path,
+    calls: Vec<tollgate_crds::stream::CallUsageRecord>,
+) -> Result<()> {
+    let body = serde_json::to_vec(&CallsFile { version: 1, calls })?;
+    write_atomically(state_dir, CALLS_FILE, &body)
+}
+
+/// `file` parsed; `None` when it does not exist.
+fn read<T: serde::de::DeserializeOwned>(file: &Path) -> Result<Option<T>> {
+    let text = match std::fs::read(file) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
     };
-    let parsed: CounterFile = serde_json::from_slice(&text).with_context(|| {
+    let parsed = serde_json::from_slice(&text).with_context(|| {
         format!(
             "parsing {} (move it away to start from zero)",
             file.display()
         )
     })?;
-    Ok(parsed.counters)
+    Ok(Some(parsed))
 }
 
 /// Held while a save writes and renames the temporary file.
@@ -52,21 +78,26 @@ static SAVING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Writes `rows` atomically; concurrent calls take turns.
 pub fn save(state_dir: &Path, rows: Vec<UsageRow>) -> Result<()> {
+    let body = serde_json::to_vec(&CounterFile {
+        version: 1,
+        counters: rows,
+    })?;
+    write_atomically(state_dir, FILE, &body)
+}
+
+/// Replaces `state_dir/name` with `body`: a temporary file, fsync, rename.
+fn write_atomically(state_dir: &Path, name: &str, body: &[u8]) -> Result<()> {
     // A save that panicked left no state behind the lock worth refusing to write over.
     let _saving = SAVING
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;
-    let file = path(state_dir);
-    let tmp = state_dir.join(format!("{FILE}.tmp"));
-    let body = serde_json::to_vec(&CounterFile {
-        version: 1,
-        counters: rows,
-    })?;
+    let file = state_dir.join(name);
+    let tmp = state_dir.join(format!("{name}.tmp"));
     let mut out =
         std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    out.write_all(&body)?;
+    out.write_all(body)?;
     out.sync_all()?;
     std::fs::rename(&tmp, &file).with_context(|| format!("replacing {}", file.display()))?;
     Ok(())

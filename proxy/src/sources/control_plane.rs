@@ -196,7 +196,9 @@ impl ControlPlane {
             let read = tokio::select! {
                 read = tokio::time::timeout(IDLE_TIMEOUT, body.frame()) => read,
                 _ = report.tick() => {
-                    self.report_usage(http, url, token.trim(), proxy.store().usage()).await;
+                    let calls = proxy.call_usage(jiff::Timestamp::now());
+                    self.report_usage(http, url, token.trim(), proxy.store().usage(), calls)
+                        .await;
                     continue;
                 }
             };
@@ -263,10 +265,12 @@ impl ControlPlane {
         url: &str,
         token: &str,
         counters: Vec<crate::quota::UsageRow>,
+        calls: Vec<tollgate_crds::stream::CallUsageRecord>,
     ) {
         let report = UsageReport {
             proxy: self.name.clone(),
             counters,
+            calls,
         };
         if let Err(why) = post_json(http, &format!("{url}/v1/usage"), token, &report).await {
             tracing::debug!(%why, "usage report not delivered; the next one replaces it");

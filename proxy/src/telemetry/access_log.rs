@@ -17,6 +17,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
+use rust_decimal::Decimal;
+use tollgate_crds::stream::TokenCounts;
 
 use prometheus::IntCounter;
 
@@ -45,6 +47,116 @@ pub struct AccessRecord<'a> {
     pub latency: Duration,
     /// Response body bytes, when known up front (Content-Length).
     pub bytes: Option<u64>,
+    /// What a metered call used (its line is written when the response ends).
+    pub call: Option<&'a CallFields>,
+}
+
+/// What a metered call used, as its access-log line shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallFields {
+    /// The model the answer (else the request) named.
+    pub model: Option<String>,
+    /// Tokens by type.
+    pub tokens: TokenCounts,
+    /// What the call cost (fixed-point decimal, written as a string).
+    pub cost: Decimal,
+    /// The plan's currency.
+    pub currency: Option<String>,
+}
+
+/// The line of a metered call: written when its response ends, with what the call used, rather
+/// than when the head is sent. Whichever of the two comes second writes it.
+#[derive(Debug, Default)]
+pub struct DeferredLine {
+    state: Mutex<Deferred>,
+}
+
+#[derive(Debug, Default)]
+enum Deferred {
+    #[default]
+    Waiting,
+    Head(OwnedRecord),
+    Used(CallFields),
+    Written,
+}
+
+/// An [`AccessRecord`] that outlives its request.
+#[derive(Debug)]
+struct OwnedRecord {
+    time: jiff::Timestamp,
+    client: Arc<str>,
+    method: String,
+    path: String,
+    route: Option<Arc<str>>,
+    tenant: Option<Arc<str>>,
+    status: u16,
+    problem: Option<&'static str>,
+    latency: Duration,
+    bytes: Option<u64>,
+}
+
+impl DeferredLine {
+    /// The response head was sent: `record` (its `call` unset) waits for the call's usage.
+    pub fn head(
+        &self,
+        log: &AccessLog,
+        record: &AccessRecord<'_>,
+        client: &Arc<str>,
+        route: Option<&Arc<str>>,
+        tenant: Option<&Arc<str>>,
+        problem: Option<&'static str>,
+    ) {
+        let mut state = self.state.lock();
+        match std::mem::take(&mut *state) {
+            Deferred::Used(call) => {
+                log.record(&AccessRecord {
+                    call: Some(&call),
+                    ..*record
+                });
+                *state = Deferred::Written;
+            }
+            Deferred::Waiting => {
+                *state = Deferred::Head(OwnedRecord {
+                    time: record.time,
+                    client: Arc::clone(client),
+                    method: record.method.to_owned(),
+                    path: record.path.to_owned(),
+                    route: route.cloned(),
+                    tenant: tenant.cloned(),
+                    status: record.status,
+                    problem,
+                    latency: record.latency,
+                    bytes: record.bytes,
+                });
+            }
+            other => *state = other,
+        }
+    }
+
+    /// The call was settled: its line is written with `call` (now, or when the head is sent).
+    pub fn used(&self, log: &AccessLog, call: CallFields) {
+        let mut state = self.state.lock();
+        match std::mem::take(&mut *state) {
+            Deferred::Head(r) => {
+                log.record(&AccessRecord {
+                    time: r.time,
+                    client: &r.client,
+                    method: &r.method,
+                    path: &r.path,
+                    route: r.route.as_deref(),
+                    tenant: r.tenant.as_deref(),
+                    status: r.status,
+                    problem: r.problem,
+                    latency: r.latency,
+                    bytes: r.bytes,
+                    call: Some(&call),
+                });
+                *state = Deferred::Written;
+            }
+            Deferred::Waiting => *state = Deferred::Used(call),
+            other => *state = other,
+        }
+    }
 }
 
 /// Handle to the writer thread.
@@ -337,7 +449,35 @@ impl AccessRecord<'_> {
             Some(b) => out.extend_from_slice(n.format(b).as_bytes()),
             None => out.extend_from_slice(b"null"),
         }
+        if let Some(call) = self.call {
+            call.write_json(out);
+        }
         out.extend_from_slice(b"}\n");
+    }
+}
+
+impl CallFields {
+    /// The members a metered call adds to its line (`model`, `tokens`, `cost`, `currency`).
+    fn write_json(&self, out: &mut Vec<u8>) {
+        let mut n = itoa::Buffer::new();
+        out.extend_from_slice(b",\"model\":");
+        write_opt_str(out, self.model.as_deref());
+        let t = &self.tokens;
+        for (name, value) in [
+            (&b",\"tokens\":{\"input\":"[..], t.input),
+            (b",\"cachedInput\":", t.cached_input),
+            (b",\"cacheWriteInput\":", t.cache_write_input),
+            (b",\"output\":", t.output),
+            (b",\"reasoning\":", t.reasoning),
+        ] {
+            out.extend_from_slice(name);
+            out.extend_from_slice(n.format(value).as_bytes());
+        }
+        // A string: a decimal of any precision, never a float.
+        out.extend_from_slice(b"},\"cost\":\"");
+        out.extend_from_slice(self.cost.normalize().to_string().as_bytes());
+        out.extend_from_slice(b"\",\"currency\":");
+        write_opt_str(out, self.currency.as_deref());
     }
 }
 
@@ -588,6 +728,7 @@ mod tests {
             problem: Some("quota-exhausted"),
             latency: Duration::from_nanos(1_234_567_000),
             bytes: Some(311),
+            call: None,
         });
         assert_eq!(
             v,
@@ -619,6 +760,7 @@ mod tests {
             problem: None,
             latency: Duration::ZERO,
             bytes: None,
+            call: None,
         });
         assert_eq!(v["path"], nasty);
         assert_eq!(v["time"], "1970-01-01T00:00:00.000000000Z");
@@ -646,6 +788,7 @@ mod tests {
                 problem: None,
                 latency: Duration::from_micros(5),
                 bytes: Some(2),
+                call: None,
             });
             let parsed: jiff::Timestamp = v["time"]
                 .as_str()
@@ -730,6 +873,7 @@ mod tests {
             problem: None,
             latency: Duration::from_micros(5),
             bytes: None,
+            call: None,
         }
     }
 

@@ -1,7 +1,8 @@
 //! Prometheus metrics of the proxy, registered into a registry passed down from `main`.
 //!
 //! Label sets are bounded: `route` is a configured ApiRoute (or `none`), `reason` a problem slug or
-//! `ok`, `status` an HTTP status code. Tenants are not a label (unbounded); `/usage` serves them.
+//! `ok`, `status` an HTTP status code, `type` a token type, `currency` a plan's currency. Tenants
+//! are not a label (unbounded) unless per-tenant series are asked for; `/usage` serves them.
 
 use std::sync::OnceLock;
 
@@ -43,6 +44,43 @@ pub struct ProxyMetrics {
     pub control_plane_connected: IntGauge,
     /// Requests per tenant and status class (opt-in: one series per tenant).
     pub tenant_requests: Option<IntCounterVec>,
+    /// Tokens of metered calls by route and type (input, cached_input, cache_write_input,
+    /// output, reasoning).
+    pub llm_tokens: IntCounterVec,
+    /// Cost of metered calls by route and currency, in millionths of the currency unit (a
+    /// counter of whole numbers: money is never a float here).
+    pub llm_cost_micros: IntCounterVec,
+    /// The same two per tenant (opt-in with the per-tenant requests).
+    pub tenant_llm: Option<(IntCounterVec, IntCounterVec)>,
+}
+
+/// Token types, as the `type` label names them, in the order of [`token_values`].
+pub const TOKEN_TYPES: [&str; 5] = [
+    "input",
+    "cached_input",
+    "cache_write_input",
+    "output",
+    "reasoning",
+];
+
+/// The counts of `tokens` in the order of [`TOKEN_TYPES`].
+pub fn token_values(tokens: &tollgate_crds::stream::TokenCounts) -> [u64; 5] {
+    [
+        tokens.input,
+        tokens.cached_input,
+        tokens.cache_write_input,
+        tokens.output,
+        tokens.reasoning,
+    ]
+}
+
+/// `cost` in whole millionths, rounded to the nearest (half away from zero).
+pub fn micros(cost: rust_decimal::Decimal) -> u64 {
+    use rust_decimal::prelude::ToPrimitive;
+    (cost * rust_decimal::Decimal::from(1_000_000))
+        .round()
+        .to_u64()
+        .unwrap_or(0)
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -66,8 +104,44 @@ impl ProxyMetrics {
         } else {
             None
         };
+        let tenant_llm = if per_tenant {
+            let tokens = IntCounterVec::new(
+                Opts::new(
+                    "tollgate_proxy_tenant_llm_tokens_total",
+                    "Tokens of metered calls per tenant and type.",
+                ),
+                &["tenant", "type"],
+            )?;
+            let cost = IntCounterVec::new(
+                Opts::new(
+                    "tollgate_proxy_tenant_llm_cost_micros_total",
+                    "Cost of metered calls per tenant and currency, in millionths of the currency unit.",
+                ),
+                &["tenant", "currency"],
+            )?;
+            registry.register(Box::new(tokens.clone()))?;
+            registry.register(Box::new(cost.clone()))?;
+            Some((tokens, cost))
+        } else {
+            None
+        };
         let m = Self {
             tenant_requests,
+            tenant_llm,
+            llm_tokens: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_proxy_llm_tokens_total",
+                    "Tokens of metered calls by route and type (input, cached_input, cache_write_input, output, reasoning), as charged.",
+                ),
+                &["route", "type"],
+            )?,
+            llm_cost_micros: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_proxy_llm_cost_micros_total",
+                    "Cost of metered calls by route and currency, in millionths of the currency unit.",
+                ),
+                &["route", "currency"],
+            )?,
             requests: IntCounterVec::new(
                 Opts::new(
                     "tollgate_proxy_requests_total",
@@ -145,6 +219,8 @@ impl ProxyMetrics {
             )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.llm_tokens.clone()))?;
+        registry.register(Box::new(m.llm_cost_micros.clone()))?;
         registry.register(Box::new(m.rejections.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
         registry.register(Box::new(m.upstream_duration.clone()))?;

@@ -314,13 +314,16 @@ impl ProxyProcess {
         }
     }
 
-    /// The value of one metric series (`name{labels}` exactly as exposed), 0 when absent.
+    /// `/usage`, parsed.
+    pub async fn usage(&self) -> Value {
+        let (_, _, body) = get_raw(self.admin, "/usage", &[]).await.expect("usage");
+        serde_json::from_slice(&body).expect("json")
+    }
+
     /// What `/usage` says tenant `default/TENANT` used of `quota` (of its first quota when
     /// `None`), as the decimal string it shows; "0" when there is no row yet.
     pub async fn used(&self, tenant: &str, quota: Option<&str>) -> String {
-        let (_, _, body) = get_raw(self.admin, "/usage", &[]).await.expect("usage");
-        let usage: Value = serde_json::from_slice(&body).expect("json");
-        usage["usage"]
+        self.usage().await["usage"]
             .as_array()
             .and_then(|rows| {
                 rows.iter().find(|r| {
@@ -333,10 +336,17 @@ impl ProxyProcess {
             .to_owned()
     }
 
-    pub async fn metric(&self, series: &str) -> f64 {
+    /// `/metrics`, as exposed.
+    pub async fn metrics_text(&self) -> String {
         let (_, _, body) = get_raw(self.admin, "/metrics", &[]).await.expect("metrics");
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    /// The value of one metric series (`name{labels}` exactly as exposed), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
         let prefix = format!("{series} ");
-        String::from_utf8_lossy(&body)
+        self.metrics_text()
+            .await
             .lines()
             .find_map(|l| l.strip_prefix(&prefix).and_then(|v| v.trim().parse().ok()))
             .unwrap_or(0.0)
