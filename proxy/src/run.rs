@@ -245,8 +245,11 @@ async fn serve_with<S: CounterStore>(
     // As with the counters: the periodic save finishes first, the final one lands last.
     let _ = stop_saving_calls.send(());
     let _ = call_saver.await;
-    persist::save_calls(&cli.state_dir, proxy.call_usage(jiff::Timestamp::now()))
-        .context("saving the month's call usage on shutdown")?;
+    // Not fatal: the store's own shutdown (its counters, Redis slices) must still run.
+    if let Err(e) = persist::save_calls(&cli.state_dir, proxy.call_usage(jiff::Timestamp::now())) {
+        metrics.state_flush_errors.inc();
+        tracing::error!(error = %error_chain(e.as_ref()), "cannot save the month's call usage on shutdown");
+    }
     admin_task.abort();
     if let Some(watcher) = watcher {
         let _ = watcher.join();

@@ -61,6 +61,12 @@ spec:
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: QuotaPolicy
+metadata: {{name: gpt-4o-calls-only}}
+spec:
+  quotas: [{{name: gpt-4o-calls, limit: "1", period: Day, models: [gpt-4o]}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
 metadata: {{name: models-only}}
 spec:
   quotas: [{{name: calls, limit: "100", period: Day}}]
@@ -110,7 +116,7 @@ stringData: {{apiKey: sk-provider-secret}}
 apiVersion: v1
 kind: Secret
 metadata: {{name: keys}}
-stringData: {{t: key-tokens, b: key-budget, g: key-big, n: key-nearly, m: key-models, a: key-allow}}
+stringData: {{t: key-tokens, b: key-budget, g: key-big, n: key-nearly, m: key-models, a: key-allow, u: key-upload}}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: Tenant
@@ -158,6 +164,14 @@ metadata: {{name: picky}}
 spec:
   quotaPolicyRef: {{name: models-only}}
   apiKeys: [{{secretRef: {{name: keys, key: a}}}}]
+  subscriptions: [{{apiRouteRef: {{name: chat}}}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Tenant
+metadata: {{name: uploader}}
+spec:
+  quotaPolicyRef: {{name: gpt-4o-calls-only}}
+  apiKeys: [{{secretRef: {{name: keys, key: u}}}}]
   subscriptions: [{{apiRouteRef: {{name: chat}}}}]
 "#
     )
@@ -668,11 +682,19 @@ async fn a_plan_budgets_some_models_apart_and_other_calls_are_neither_counted_no
         Some(550)
     );
     // The call's access-log line, written when its answer ended, says what it used.
-    let line = p
-        .access_log()
-        .into_iter()
-        .find(|l| l["path"] == "/v1/messages" && l["status"] == 200)
-        .expect("the Claude call's line");
+    // Lines reach stdout within a writer tick: polled (up to 10 s on a loaded machine).
+    let mut line = None;
+    for _ in 0..500 {
+        line = p
+            .access_log()
+            .into_iter()
+            .find(|l| l["path"] == "/v1/messages" && l["status"] == 200);
+        if line.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let line = line.expect("the Claude call's line");
     assert_eq!(
         (
             &line["tenant"],
@@ -688,6 +710,15 @@ async fn a_plan_budgets_some_models_apart_and_other_calls_are_neither_counted_no
         )
     );
     assert_eq!(line["tokens"]["output"], 20);
+    // A model name longer than any model's is refused before anything is reserved.
+    let long = format!(r#"{{"model":"claude-{}","max_tokens":5}}"#, "x".repeat(300));
+    p.post(
+        "/v1/messages",
+        &[("authorization", "Bearer key-models"), JSON],
+        &long,
+    )
+    .await
+    .problem(400, "bad-request");
     // The next Claude call reserves what the last used (30), more than the 20 left.
     let auth = ("authorization", "Bearer key-models");
     let claude = r#"{"model":"claude-opus-4-6","max_tokens":20}"#;
@@ -781,4 +812,31 @@ async fn the_months_call_usage_survives_a_restart() {
     );
     p.restart().await;
     assert_eq!(month(p.usage().await), before);
+}
+
+#[tokio::test]
+async fn a_quota_for_some_models_lets_other_requests_through_as_they_came() {
+    // Regression: a plan with only a quota for gpt-4o refused a body that is not a JSON call
+    // (an upload) with 400, though no quota of it counts such a request.
+    let (_backend, p) = start().await;
+    let auth = ("authorization", "Bearer key-upload");
+    let upload = p
+        .post(
+            CHAT,
+            &[auth, ("content-type", "text/plain")],
+            "not a JSON call",
+        )
+        .await;
+    assert_eq!(
+        upload.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&upload.body)
+    );
+    let gpt4o = r#"{"model":"gpt-4o","max_tokens":5}"#;
+    assert_eq!(p.post(CHAT, &[auth, JSON], gpt4o).await.status, 200);
+    p.post(CHAT, &[auth, JSON], gpt4o)
+        .await
+        .problem(402, "quota-exhausted");
+    assert_eq!(used(&p, "uploader", "gpt-4o-calls").await, "1");
 }

@@ -18,7 +18,7 @@ const MAX_ENTRIES: usize = 65_536;
 /// Models remembered per tenant: a tenant naming made-up models cannot take the others' room.
 const MAX_MODELS_PER_TENANT: usize = 32;
 /// Longest model name remembered.
-const MAX_MODEL_NAME: usize = 256;
+pub const MAX_MODEL_NAME: usize = 256;
 /// Input tokens per request byte assumed for a model with no history: English text and JSON run
 /// near 0.25, other scripts higher; a cautious start that the first answer corrects.
 pub const DEFAULT_INPUT_PER_BYTE: f64 = 0.5;

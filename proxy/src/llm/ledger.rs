@@ -64,7 +64,7 @@ impl Ledger {
                 tokens: TokenCounts::default(),
                 cost: Decimal::ZERO,
             });
-        if entry.month.start < month.start {
+        if month.start >= entry.month.end {
             // A new month starts from nothing.
             *entry = Entry {
                 month,
@@ -72,10 +72,14 @@ impl Ledger {
                 tokens: TokenCounts::default(),
                 cost: Decimal::ZERO,
             };
-        } else if entry.month.start > month.start {
+        } else if month.end <= entry.month.start {
             // A call admitted last month and settled in this one was counted there, by the
             // quotas; the ledger keeps the month it is in.
             return;
+        } else {
+            // The same month, maybe shifted by a change of the plan's time zone: kept, in the
+            // current zone's bounds.
+            entry.month = month;
         }
         entry.requests += 1;
         entry.tokens.add(tokens);
@@ -191,6 +195,12 @@ mod tests {
             1,
             "b's ended month is forgotten"
         );
+        // A plan moved to another time zone mid-month keeps its month (before: the entry was
+        // reset, or every call dropped until the next month).
+        let west = PlanEntry::from_spec(json!({"timezone": "America/Los_Angeles"}));
+        let west_mid = window(Period::Month, &west.tz, next).start + 36.hours();
+        ledger.record(&a, &west, west_mid, &tokens, cost);
+        assert_eq!(ledger.current(west_mid, |_| None)[0].requests, 2);
         // What was saved comes back after a restart.
         assert!(ledger.take_dirty() && !ledger.take_dirty());
         let restarted = Ledger::new();

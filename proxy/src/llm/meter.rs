@@ -270,7 +270,15 @@ impl Meter {
                 Usage::default(),
             ),
         };
-        let model = self.report.model.take().or(s.request_model);
+        // Shown in the access log: a backend's name is cut to what a model name can be.
+        let model = self.report.model.take().or(s.request_model).map(|mut m| {
+            let mut end = m.len().min(super::estimate::MAX_MODEL_NAME);
+            while !m.is_char_boundary(end) {
+                end -= 1;
+            }
+            m.truncate(end);
+            m
+        });
         (s.settle)(Charge {
             metered,
             tokens,

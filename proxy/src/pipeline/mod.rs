@@ -408,7 +408,7 @@ impl<S: CounterStore> Proxy<S> {
             tls: client.tls,
             authority: req.uri().authority().cloned(),
             // A metered call's answer is read on its way: never compressed.
-            identity_encoding: v.call.is_some(),
+            identity_encoding: v.call.is_some() && v.plan.is_some_and(|p| p.meters_usage),
         };
         let plain_http = upstream.scheme == http::uri::Scheme::HTTP;
         let started = Instant::now();
@@ -594,8 +594,27 @@ impl<S: CounterStore> Proxy<S> {
             }
         };
         let max_output = plan.plan.reservation.max_output_tokens;
-        let Some(mut call) = request::inspect(metering, req.uri().path(), &bytes, max_output)
-        else {
+        let inspected = request::inspect(metering, req.uri().path(), &bytes, max_output);
+        // A plan that reads calls only for quotas of some models needs no model from a request
+        // that is not a JSON call (an upload): it goes as it came, outside those quotas.
+        if inspected.is_none() && !plan.meters_usage && plan.plan.allowed_models.is_empty() {
+            *req.body_mut() = RequestBody::Buffered(Some(bytes));
+            return reservation::reserve(plan, &tenant.id, None, &self.estimates)
+                .map_err(|_| refused(ProblemKind::BadRequest, "Nothing to price.".to_owned()));
+        }
+        if let Some(model) = inspected.as_ref().and_then(|c| c.model.as_deref())
+            && model.len() > crate::llm::estimate::MAX_MODEL_NAME
+        {
+            return Err(refused(
+                ProblemKind::BadRequest,
+                format!(
+                    "The model name is {} bytes long; a model name has at most {}.",
+                    model.len(),
+                    crate::llm::estimate::MAX_MODEL_NAME
+                ),
+            ));
+        }
+        let Some(mut call) = inspected else {
             return Err(refused(
                 ProblemKind::BadRequest,
                 format!(

@@ -81,7 +81,7 @@ impl PlanEntry {
             .quotas
             .iter()
             .enumerate()
-            .filter(|(i, q)| self.model_quotas & (1 << i) != 0 && !q.counts_model(model))
+            .filter(|(i, q)| *i < 16 && self.model_quotas & (1 << i) != 0 && !q.counts_model(model))
             .fold(0u16, |mask, (i, _)| mask | 1 << i)
     }
 }

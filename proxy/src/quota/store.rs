@@ -67,7 +67,12 @@ pub trait CounterStore: Send + Sync + 'static {
         used: Metered,
         now: Timestamp,
     ) -> impl Future<Output = ()> + Send {
-        async move { self.settle(subject, &Metered::default(), &used, now).await }
+        // Counted in the quotas that count the call, as a reservation would have been.
+        let nothing = Metered {
+            outside: used.outside,
+            ..Metered::default()
+        };
+        async move { self.settle(subject, &nothing, &used, now).await }
     }
 
     /// Current counters.
