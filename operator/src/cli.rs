@@ -131,6 +131,70 @@ pub struct Cli {
     /// Format of the operator's logs (stderr; RUST_LOG filters, default info).
     #[arg(long, env = "TOLLGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub injection: InjectionArgs,
+}
+
+/// Sidecar injection (off unless --webhook-listen is set).
+#[derive(Debug, Clone, clap::Args)]
+pub struct InjectionArgs {
+    /// Serve the sidecar-injection webhook (HTTPS, `POST /inject`, the serving certificate of
+    /// the config stream) on this address. Every replica serves it, leader or not.
+    #[arg(long, env = "TOLLGATE_WEBHOOK_LISTEN", value_name = "ADDR")]
+    pub webhook_listen: Option<SocketAddr>,
+
+    /// The MutatingWebhookConfiguration whose caBundle the operator keeps equal to its serving
+    /// CA (needs get and patch on it; the chart grants both for its own).
+    #[arg(long, env = "TOLLGATE_WEBHOOK_CONFIGURATION", value_name = "NAME")]
+    pub webhook_configuration: Option<String>,
+
+    /// The proxy image injected as the sidecar (required with --webhook-listen).
+    #[arg(long, env = "TOLLGATE_SIDECAR_IMAGE", value_name = "IMAGE")]
+    pub sidecar_image: Option<String>,
+
+    /// The sidecar image's pull policy.
+    #[arg(
+        long,
+        env = "TOLLGATE_SIDECAR_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent",
+        value_name = "POLICY"
+    )]
+    pub sidecar_image_pull_policy: String,
+
+    /// The configuration stream's URL as sidecars reach it (required with --webhook-listen), for
+    /// example https://tollgate-operator.tollgate-system.svc:8443.
+    #[arg(long, env = "TOLLGATE_SIDECAR_CONTROL_PLANE", value_name = "URL")]
+    pub sidecar_control_plane: Option<String>,
+
+    /// Sidecar resources unless a pod's annotations say otherwise: requests.cpu, requests.memory,
+    /// limits.cpu, limits.memory (empty: none).
+    #[arg(
+        long,
+        env = "TOLLGATE_SIDECAR_RESOURCES",
+        value_delimiter = ',',
+        default_value = "20m,32Mi,,64Mi",
+        value_name = "CPU,MEM,CPU_LIMIT,MEM_LIMIT"
+    )]
+    pub sidecar_resources: Vec<String>,
+
+    /// The sidecar's admin port (metrics and the kubelet's probes), on the pod's addresses.
+    #[arg(
+        long,
+        env = "TOLLGATE_SIDECAR_ADMIN_PORT",
+        default_value_t = 15090,
+        value_name = "PORT"
+    )]
+    pub sidecar_admin_port: u16,
+
+    /// The egress sidecar's port on 127.0.0.1 when a pod names none.
+    #[arg(
+        long,
+        env = "TOLLGATE_SIDECAR_EGRESS_PORT",
+        default_value_t = 15080,
+        value_name = "PORT"
+    )]
+    pub sidecar_egress_port: u16,
 }
 
 pub use tollgate_crds::process::LogFormat;

@@ -412,12 +412,27 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the stream over TLS until the task is dropped.
 pub async fn serve(listener: TcpListener, tls: TlsAcceptor, server: Arc<ConfigServer>) {
+    serve_https(listener, tls, move |req| {
+        let server = server.clone();
+        async move { server.handle(req).await }
+    })
+    .await;
+}
+
+/// Serves HTTPS/1.1 on `listener`, each request answered by `handle`.
+pub async fn serve_https<F, Fut, B>(listener: TcpListener, tls: TlsAcceptor, handle: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (tls, server) = (tls.clone(), server.clone());
+        let (tls, handle) = (tls.clone(), handle.clone());
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await {
                 Ok(Ok(s)) => s,
@@ -427,8 +442,8 @@ pub async fn serve(listener: TcpListener, tls: TlsAcceptor, server: Arc<ConfigSe
                 }
             };
             let service = service_fn(move |req| {
-                let server = server.clone();
-                async move { Ok::<_, Infallible>(server.handle(req).await) }
+                let handle = handle.clone();
+                async move { Ok::<_, Infallible>(handle(req).await) }
             });
             // Streams are long by design; a head is not: a client that never finishes one is
             // dropped rather than held (the port is reachable from the whole cluster).

@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod config_server;
+pub mod inject;
 pub mod leader;
 pub mod metrics;
 pub mod pod_role;
@@ -108,6 +109,38 @@ pub async fn run(cli: Cli) -> Result<()> {
     )
     .await?;
     let tls = tokio_rustls::TlsAcceptor::from(serving_cert::server_config(&cert)?);
+    let webhook_listener = match cli.injection.webhook_listen {
+        Some(addr) => {
+            let webhook = Arc::new(inject::webhook::Webhook::from_args(
+                &cli.injection,
+                &cli.token_audience,
+                &cli.operator_namespace,
+                &cert.ca_pem,
+                metrics.clone(),
+            )?);
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding --webhook-listen {addr}"))?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            tokio::spawn(config_server::serve_https(
+                listener,
+                tls.clone(),
+                move |req| {
+                    let webhook = webhook.clone();
+                    async move { webhook.handle(req).await }
+                },
+            ));
+            if let Some(name) = &cli.injection.webhook_configuration {
+                tokio::spawn(inject::ca_bundle::keep(
+                    client.clone(),
+                    name.clone(),
+                    cert.ca_pem.clone(),
+                ));
+            }
+            Some(bound)
+        }
+        None => None,
+    };
     let proxies = Arc::new(ProxyRegistry::default());
     let server = Arc::new(ConfigServer {
         published: published_rx.clone(),
@@ -129,6 +162,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     tracing::info!(
         config = %listener.local_addr().unwrap_or(cli.config_listen),
         admin = %admin.local_addr().unwrap_or(cli.admin_listen),
+        webhook = %webhook_listener.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         %identity,
         namespaces = ?cli.namespace,
         "tollgate-operator starting"

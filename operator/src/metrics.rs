@@ -39,6 +39,8 @@ pub struct OperatorMetrics {
     pub usage_reads: IntCounterVec,
     /// Time to read every tenant's usage from Redis.
     pub usage_read_duration: Histogram,
+    /// Pods seen by the sidecar-injection webhook, by result (injected, skipped, denied).
+    pub injections: IntCounterVec,
 }
 
 impl OperatorMetrics {
@@ -145,6 +147,13 @@ impl OperatorMetrics {
                 )
                 .buckets(buckets.clone()),
             )?,
+            injections: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_operator_injections_total",
+                    "Pod creations seen by the sidecar-injection webhook, by result: injected, skipped (not annotated, already injected, excluded namespace), denied (wrong annotations).",
+                ),
+                &["result"],
+            )?,
             status_write_duration: Histogram::with_opts(
                 HistogramOpts::new(
                     "tollgate_operator_status_write_duration_seconds",
@@ -170,6 +179,7 @@ impl OperatorMetrics {
         registry.register(Box::new(m.status_write_duration.clone()))?;
         registry.register(Box::new(m.watch_errors.clone()))?;
         registry.register(Box::new(m.proxy_refusals.clone()))?;
+        registry.register(Box::new(m.injections.clone()))?;
         // process_resident_memory_bytes, process_cpu_seconds_total, open fds: what sizing and
         // the memory alerts read.
         registry.register(Box::new(

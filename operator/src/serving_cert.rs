@@ -18,6 +18,8 @@ pub struct ServingCert {
     pub cert_pem: Vec<u8>,
     /// Private key, PEM.
     pub key_pem: Vec<u8>,
+    /// The CA that clients trust it by (`ca.crt`; the certificate itself when self-signed).
+    pub ca_pem: Vec<u8>,
 }
 
 /// Loads the certificate from `namespace/name`, creating it if missing.
@@ -70,8 +72,12 @@ pub async fn load_or_create(
 
 fn from_secret(secret: &Secret) -> Option<ServingCert> {
     let data = secret.data.as_ref()?;
+    let cert_pem = data.get("tls.crt")?.0.clone();
     Some(ServingCert {
-        cert_pem: data.get("tls.crt")?.0.clone(),
+        ca_pem: data
+            .get("ca.crt")
+            .map_or_else(|| cert_pem.clone(), |c| c.0.clone()),
+        cert_pem,
         key_pem: data.get("tls.key")?.0.clone(),
     })
 }
@@ -95,6 +101,7 @@ fn generate(namespace: &str, extra: &[String]) -> Result<ServingCert> {
     let cert = params.self_signed(&key)?;
     Ok(ServingCert {
         cert_pem: cert.pem().into_bytes(),
+        ca_pem: cert.pem().into_bytes(),
         key_pem: key.serialize_pem().into_bytes(),
     })
 }

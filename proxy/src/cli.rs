@@ -47,6 +47,16 @@ pub struct Cli {
     )]
     pub control_plane_ca: PathBuf,
 
+    /// The same CA as PEM text, instead of the file (an injected sidecar gets it so: its
+    /// namespace cannot mount the operator's Secret).
+    #[arg(
+        long,
+        env = "TOLLGATE_CONTROL_PLANE_CA_PEM",
+        value_name = "PEM",
+        hide_env_values = true
+    )]
+    pub control_plane_ca_pem: Option<String>,
+
     /// File with the ServiceAccount token presented to the operator (a projected token with
     /// audience `tollgate`; re-read on every connect).
     #[arg(

@@ -183,7 +183,10 @@ async fn serve_with<S: CounterStore>(
         }
         let plane = control_plane::ControlPlane {
             urls: cli.control_plane.clone(),
-            ca_file: cli.control_plane_ca.clone(),
+            ca: match &cli.control_plane_ca_pem {
+                Some(pem) => control_plane::OperatorCa::Pem(pem.clone()),
+                None => control_plane::OperatorCa::File(cli.control_plane_ca.clone()),
+            },
             token_file: cli.control_plane_token_file.clone(),
             name: cli
                 .proxy_name

@@ -424,3 +424,68 @@ async fn helm_install_creates_the_release_and_the_operator_reconciles_with_its_r
     ])?;
     Ok(())
 }
+
+#[test]
+fn injection_renders_a_webhook_that_never_reaches_kube_system_or_the_release() -> Result<()> {
+    let default = helm_ok(&["template", "t", &chart()])?;
+    assert!(objects(&default, "MutatingWebhookConfiguration").is_empty());
+    let rendered = helm_ok(&[
+        "template",
+        "t",
+        &chart(),
+        "--namespace",
+        "tg",
+        "--set",
+        "injection.enabled=true",
+    ])?;
+    let webhooks = objects(&rendered, "MutatingWebhookConfiguration");
+    let [(name, configuration)] = &webhooks[..] else {
+        bail!("one MutatingWebhookConfiguration, not {}", webhooks.len());
+    };
+    assert_eq!(name, "t-tollgate-sidecar-injector");
+    let hook = &configuration["webhooks"][0];
+    assert_eq!(
+        hook["namespaceSelector"]["matchLabels"],
+        serde_json::json!({"tollgate.dev/injection": "enabled"})
+    );
+    let excluded = &hook["namespaceSelector"]["matchExpressions"][0];
+    assert_eq!(excluded["operator"], "NotIn");
+    for ns in ["kube-system", "tg"] {
+        assert!(
+            excluded["values"]
+                .as_array()
+                .is_some_and(|v| v.iter().any(|n| n == ns)),
+            "{ns} excluded: {excluded}"
+        );
+    }
+    assert_eq!(
+        (
+            &hook["failurePolicy"],
+            &hook["sideEffects"],
+            &hook["timeoutSeconds"]
+        ),
+        (
+            &serde_json::json!("Fail"),
+            &serde_json::json!("None"),
+            &serde_json::json!(5)
+        )
+    );
+    assert_eq!(
+        hook["clientConfig"]["service"]["name"],
+        "t-tollgate-operator-webhook"
+    );
+    // The operator serves it, keeps its caBundle, and its certificate names the Service (read
+    // as text: the pod template's labels repeat a key, which the YAML parser here refuses).
+    for wanted in [
+        "- --webhook-listen=0.0.0.0:9443\n",
+        "- --webhook-configuration=t-tollgate-sidecar-injector\n",
+        "- --sidecar-control-plane=https://t-tollgate-operator.tg.svc:8443\n",
+        ",t-tollgate-operator-webhook.tg.svc\n",
+    ] {
+        assert!(
+            rendered.contains(wanted),
+            "{wanted:?} in the operator's args"
+        );
+    }
+    Ok(())
+}

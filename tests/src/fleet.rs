@@ -23,6 +23,8 @@ pub struct OperatorProcess {
     pub url: String,
     /// Admin address (/metrics, /readyz).
     pub admin: SocketAddr,
+    /// The sidecar-injection webhook, when started with --webhook-listen.
+    pub webhook: Option<SocketAddr>,
     process: Supervised,
 }
 
@@ -268,9 +270,14 @@ impl Fleet {
             Ok(a) => (a[0], a[1]),
             Err(e) => return Err(e.context(process.log_tail())),
         };
+        let webhook = match flags.contains_key("--webhook-listen") {
+            true => Some(logged_addresses(&log, "tollgate-operator starting", &["webhook="])?[0]),
+            false => None,
+        };
         let mut op = OperatorProcess {
             url: format!("https://{config}"),
             admin,
+            webhook,
             process,
         };
         eventually(

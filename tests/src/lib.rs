@@ -190,15 +190,7 @@ impl Cluster {
 
     /// Like [`Self::kubectl`], failing with kubectl's stderr unless it succeeds; returns stdout.
     pub fn kubectl_ok(&self, args: &[&str]) -> Result<String> {
-        let out = self.kubectl(args)?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        ok_output(args, self.kubectl(args)?)
     }
 
     /// A kube client acting as admin. Create one per test: clients belong to a tokio runtime.
@@ -289,6 +281,16 @@ impl TestNamespace {
         kubectl_with(cluster().kubeconfig(), &full, stdin)
     }
 
+    /// `kubectl -n NS args...` (with `stdin`), failing with kubectl's message; its stdout.
+    pub fn kubectl_ok_stdin(&self, args: &[&str], stdin: &str) -> Result<String> {
+        ok_output(args, self.kubectl(args, Some(stdin))?)
+    }
+
+    /// `kubectl -n NS args...`, failing with kubectl's message; its stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> Result<String> {
+        ok_output(args, self.kubectl(args, None)?)
+    }
+
     /// `kubectl -n NS apply -f -` with `yaml`; returns the output, successful or not.
     pub fn apply(&self, yaml: &str) -> Result<Output> {
         self.kubectl(&["apply", "-f", "-"], Some(yaml))
@@ -317,6 +319,18 @@ impl TestNamespace {
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
+}
+
+/// `out`'s stdout when kubectl `args` succeeded, else an error with its stderr.
+fn ok_output(args: &[&str], out: Output) -> Result<String> {
+    if !out.status.success() {
+        bail!(
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The path of one of this workspace's binaries (`target/debug/NAME`), building

@@ -41,8 +41,8 @@ const SNAPSHOT_FILE: &str = "snapshot.json";
 pub struct ControlPlane {
     /// Operator base URLs (`https://tollgate-operator.tollgate-system.svc:8443`), tried in turn.
     pub urls: Vec<String>,
-    /// PEM file with the operator's CA.
-    pub ca_file: PathBuf,
+    /// The operator's CA.
+    pub ca: OperatorCa,
     /// File with the bearer token (re-read on every connect: projected tokens rotate).
     pub token_file: PathBuf,
     /// This proxy's name in acknowledgements and operator status (the pod name).
@@ -96,15 +96,34 @@ fn persist(state_dir: &Path, version: u64, snapshot: &Snapshot) -> Result<()> {
     Ok(())
 }
 
-fn client(ca_file: &Path) -> Result<HttpsClient> {
+/// Where the operator's CA comes from.
+#[derive(Debug, Clone)]
+pub enum OperatorCa {
+    /// A PEM file (a mounted Secret's `ca.crt`).
+    File(PathBuf),
+    /// PEM text (`TOLLGATE_CONTROL_PLANE_CA_PEM`, set by sidecar injection).
+    Pem(String),
+}
+
+fn client(ca: &OperatorCa) -> Result<HttpsClient> {
+    let (certs, source): (Vec<_>, String) = match ca {
+        OperatorCa::File(file) => (
+            CertificateDer::pem_file_iter(file)
+                .with_context(|| format!("reading {}", file.display()))?
+                .collect(),
+            file.display().to_string(),
+        ),
+        OperatorCa::Pem(text) => (
+            CertificateDer::pem_slice_iter(text.as_bytes()).collect(),
+            "TOLLGATE_CONTROL_PLANE_CA_PEM".to_owned(),
+        ),
+    };
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca_file)
-        .with_context(|| format!("reading {}", ca_file.display()))?
-    {
-        roots.add(cert.with_context(|| format!("parsing {}", ca_file.display()))?)?;
+    for cert in certs {
+        roots.add(cert.with_context(|| format!("parsing {source}"))?)?;
     }
     if roots.is_empty() {
-        bail!("{} holds no PEM certificate", ca_file.display());
+        bail!("{source} holds no PEM certificate");
     }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -133,7 +152,7 @@ impl ControlPlane {
         loop {
             let url = &self.urls[attempt % self.urls.len()];
             attempt += 1;
-            let result = match client(&self.ca_file) {
+            let result = match client(&self.ca) {
                 Ok(http) => {
                     self.subscribe(&http, url, &proxy, &metrics, &ready, &mut backoff)
                         .await
@@ -313,6 +332,29 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    #[test]
+    fn the_operators_ca_comes_from_a_file_or_from_pem_text() -> Result<()> {
+        let key = rcgen::KeyPair::generate()?;
+        let ca = rcgen::CertificateParams::new(vec!["tollgate-operator".to_owned()])?
+            .self_signed(&key)?
+            .pem();
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("ca.crt");
+        std::fs::write(&file, &ca)?;
+        assert!(client(&OperatorCa::File(file)).is_ok());
+        assert!(client(&OperatorCa::Pem(ca)).is_ok());
+        // Text that holds no certificate says where it came from.
+        let refused = client(&OperatorCa::Pem("not a certificate".into()))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            refused.contains("TOLLGATE_CONTROL_PLANE_CA_PEM"),
+            "{refused}"
+        );
+        Ok(())
+    }
 
     #[test]
     fn the_persisted_snapshot_is_readable_by_its_owner_only_and_loads_back() -> Result<()> {
