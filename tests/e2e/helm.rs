@@ -474,6 +474,21 @@ fn injection_renders_a_webhook_that_never_reaches_kube_system_or_the_release() -
         hook["clientConfig"]["service"]["name"],
         "t-tollgate-operator-webhook"
     );
+    // Sidecars in opted-in namespaces may reach the config stream through the NetworkPolicy.
+    let policy = objects(&rendered, "NetworkPolicy")
+        .into_iter()
+        .find(|(name, _)| name == "t-tollgate-operator")
+        .map(|(_, p)| p)
+        .expect("the operator's NetworkPolicy");
+    let sidecars = serde_json::json!([{"namespaceSelector": {"matchLabels": {"tollgate.dev/injection": "enabled"}}}]);
+    assert!(
+        policy["spec"]["ingress"]
+            .as_array()
+            .is_some_and(|rules| rules.iter().any(
+                |r| r["from"] == sidecars && r["ports"] == serde_json::json!([{"port": 8443}])
+            )),
+        "{policy}"
+    );
     // The operator serves it, keeps its caBundle, and its certificate names the Service (read
     // as text: the pod template's labels repeat a key, which the YAML parser here refuses).
     for wanted in [

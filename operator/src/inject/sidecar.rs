@@ -194,6 +194,24 @@ pub fn patch(template: &Template, pod: &Pod, wanted: &Wanted) -> Result<Vec<Valu
     let listen = match &mode {
         Mode::Ingress { listen, .. } | Mode::Egress { listen, .. } => *listen,
     };
+    // The sidecar's own two ports, and the app's, must differ.
+    let app = match &mode {
+        Mode::Ingress { app, .. } => Some(*app),
+        Mode::Egress { .. } => None,
+    };
+    if listen == template.admin_port || app == Some(template.admin_port) {
+        return Err(InjectError::Annotation {
+            name: if listen == template.admin_port {
+                a::LISTEN_PORT
+            } else {
+                a::APP_PORT
+            },
+            problem: format!(
+                "port {} is the sidecar's admin port (metrics and probes); choose another",
+                template.admin_port
+            ),
+        });
+    }
     for (port, what) in [
         (listen, "its listener"),
         (template.admin_port, "its admin port"),
@@ -212,7 +230,8 @@ pub fn patch(template: &Template, pod: &Pod, wanted: &Wanted) -> Result<Vec<Valu
             });
         }
     }
-    let container = sidecar(template, &mode, &wanted.resources);
+    let resources = resources(&template.resources, &wanted.resources)?;
+    let container = sidecar(template, &mode, &resources);
     let mut ops = Vec::new();
     // First among the init containers: the proxy is up before anything else in the pod runs.
     let container = serde_json::to_value(container).unwrap_or(Value::Null);
@@ -248,7 +267,57 @@ pub fn patch(template: &Template, pod: &Pod, wanted: &Wanted) -> Result<Vec<Valu
     Ok(ops)
 }
 
-fn sidecar(template: &Template, mode: &Mode, overrides: &[Option<String>; 4]) -> Container {
+/// The pod's resource overrides over the defaults, kept consistent: a request raised above a
+/// default limit raises that limit, a limit lowered below a default request lowers that request;
+/// a pod whose own request exceeds its own limit is refused.
+fn resources(
+    defaults: &[Option<String>; 4],
+    overrides: &[Option<String>; 4],
+) -> Result<[Option<String>; 4], InjectError> {
+    let mut merged: [Option<String>; 4] =
+        std::array::from_fn(|i| overrides[i].clone().or_else(|| defaults[i].clone()));
+    // (request, limit) slots: cpu, memory.
+    for (request, limit) in [(0, 2), (1, 3)] {
+        let (Some(r), Some(l)) = (&merged[request], &merged[limit]) else {
+            continue;
+        };
+        if amount(r) <= amount(l) {
+            continue;
+        }
+        match (overrides[request].is_some(), overrides[limit].is_some()) {
+            (true, false) => merged[limit] = merged[request].clone(),
+            (false, true) => merged[request] = merged[limit].clone(),
+            _ => {
+                return Err(InjectError::Annotation {
+                    name: a::RESOURCES[request],
+                    problem: format!("{r} is more than the limit {l}"),
+                });
+            }
+        }
+    }
+    Ok(merged)
+}
+
+/// A quantity in base units (cores, bytes), for comparing a request with a limit.
+fn amount(quantity: &str) -> f64 {
+    let digits = quantity.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let number: f64 = digits.parse().unwrap_or(0.0);
+    let scale = match &quantity[digits.len()..] {
+        "m" => 0.001,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => 1.0,
+    };
+    number * scale
+}
+
+fn sidecar(template: &Template, mode: &Mode, resources: &[Option<String>; 4]) -> Container {
     let (listen, bind) = match mode {
         Mode::Ingress { listen, .. } => (*listen, "0.0.0.0"),
         // Only the pod's own containers reach it.
@@ -279,11 +348,7 @@ fn sidecar(template: &Template, mode: &Mode, overrides: &[Option<String>; 4]) ->
             ..EnvVar::default()
         },
     ];
-    let resource = |i: usize| {
-        overrides[i]
-            .clone()
-            .or_else(|| template.resources[i].clone())
-    };
+    let resource = |i: usize| resources[i].clone();
     let pair = |cpu: Option<String>, memory: Option<String>| {
         let map: BTreeMap<String, Quantity> = [("cpu", cpu), ("memory", memory)]
             .into_iter()
@@ -611,6 +676,50 @@ mod tests {
             args.contains(&"--listen=127.0.0.1:15080".to_owned()),
             "egress listens on localhost only: {args:?}"
         );
+    }
+
+    #[test]
+    fn the_sidecars_admin_port_is_not_given_away_and_resources_stay_consistent() {
+        let app = pod(json!({"containers": [{"name": "app", "image": "app"}]}));
+        let ingress = |listen, app| Wanted {
+            mode: Mode::Ingress { listen, app },
+            resources: Default::default(),
+        };
+        for (wanted, at_fault) in [
+            (ingress(15090, 8081), a::LISTEN_PORT),
+            (ingress(8080, 15090), a::APP_PORT),
+        ] {
+            match patch(&template(), &app, &wanted) {
+                Err(InjectError::Annotation { name, .. }) => assert_eq!(name, at_fault),
+                other => panic!("{wanted:?}: {other:?}"),
+            }
+        }
+        let limits = |overrides: [Option<&str>; 4]| {
+            resources(
+                &template().resources,
+                &overrides.map(|o| o.map(str::to_owned)),
+            )
+        };
+        // A request above the default limit raises the limit; a limit below the default
+        // request lowers the request.
+        assert_eq!(
+            limits([None, Some("128Mi"), None, None]),
+            Ok([
+                Some("20m".into()),
+                Some("128Mi".into()),
+                None,
+                Some("128Mi".into())
+            ])
+        );
+        assert_eq!(
+            limits([None, None, Some("10m"), None]).map(|r| r[0].clone()),
+            Ok(Some("10m".into()))
+        );
+        // The pod's own request over its own limit is refused, naming the request.
+        match limits([None, Some("1Gi"), None, Some("512Mi")]) {
+            Err(InjectError::Annotation { name, .. }) => assert_eq!(name, a::RESOURCES[1]),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -12,8 +12,11 @@ use super::sidecar::{self, Template};
 use crate::cli::InjectionArgs;
 use crate::metrics::OperatorMetrics;
 
-/// The largest AdmissionReview read (a pod with large inline env runs to hundreds of KiB).
-const MAX_REVIEW: usize = 8 * 1024 * 1024;
+/// The largest AdmissionReview read: the API server's own limit on a request body is 3 MiB.
+const MAX_REVIEW: usize = 4 * 1024 * 1024;
+/// How long the body may take to arrive (the API server sends it at once; a client that
+/// trickles it is not the API server).
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Answers the API server's admission calls.
 #[derive(Debug)]
@@ -84,7 +87,14 @@ impl Webhook {
                 admin_port: args.sidecar_admin_port,
                 egress_port: args.sidecar_egress_port,
             },
-            excluded_namespaces: vec!["kube-system".into(), operator_namespace.to_owned()],
+            excluded_namespaces: [
+                "kube-system",
+                "kube-public",
+                "kube-node-lease",
+                operator_namespace,
+            ]
+            .map(str::to_owned)
+            .to_vec(),
             metrics,
         })
     }
@@ -97,9 +107,11 @@ impl Webhook {
                 "POST /inject with an AdmissionReview\n",
             );
         }
-        let body = match Limited::new(req.into_body(), MAX_REVIEW).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => return text(StatusCode::BAD_REQUEST, "body too large or unreadable\n"),
+        let read = Limited::new(req.into_body(), MAX_REVIEW).collect();
+        let body = match tokio::time::timeout(BODY_TIMEOUT, read).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(_)) => return text(StatusCode::BAD_REQUEST, "body too large or unreadable\n"),
+            Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "the body took too long\n"),
         };
         let review: AdmissionReview<Pod> = match serde_json::from_slice(&body) {
             Ok(r) => r,
