@@ -76,11 +76,17 @@ async fn serve(
             "--state-dir must be a writable directory: quota counters are saved there every second",
         )?;
         let (stop_flushing, flushing_stopped) = tokio::sync::oneshot::channel();
-        let flusher = tokio::spawn(flush_periodically(
-            store.clone(),
-            cli.state_dir.clone(),
+        let (saved, dir) = (store.clone(), cli.state_dir.clone());
+        let flusher = tokio::spawn(save_periodically(
+            "quota counters",
             metrics.clone(),
             flushing_stopped,
+            move || {
+                saved.take_dirty().then(|| {
+                    let (rows, dir) = (saved.usage(), dir.clone());
+                    Box::new(move || persist::save(&dir, rows)) as Save
+                })
+            },
         ));
         serve_with(&cli, store.clone(), registry, metrics, access_log).await?;
         // The flusher finishes a save it has begun: the final save below must be the last, or an
@@ -137,11 +143,17 @@ async fn serve_with<S: CounterStore>(
         ledger,
     ));
     let (stop_saving_calls, saving_calls_stopped) = tokio::sync::oneshot::channel();
-    let call_saver = tokio::spawn(save_calls_periodically(
-        proxy.clone(),
-        cli.state_dir.clone(),
+    let (saved, dir) = (proxy.clone(), cli.state_dir.clone());
+    let call_saver = tokio::spawn(save_periodically(
+        "the month's call usage",
         metrics.clone(),
         saving_calls_stopped,
+        move || {
+            saved.ledger_changed().then(|| {
+                let (rows, dir) = (saved.call_usage(jiff::Timestamp::now()), dir.clone());
+                Box::new(move || persist::save_calls(&dir, rows)) as Save
+            })
+        },
     ));
     let ready = Arc::new(AtomicBool::new(false));
 
@@ -332,41 +344,16 @@ fn spawn_watcher<S: CounterStore>(
         .context("starting the manifest watcher")
 }
 
-/// Saves changed counters every second until `stop` fires (between saves, never during one).
-async fn flush_periodically(
-    store: Arc<MemoryStore>,
-    state_dir: std::path::PathBuf,
-    metrics: ProxyMetrics,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = &mut stop => return,
-        }
-        if !store.take_dirty() {
-            continue;
-        }
-        let rows = store.usage();
-        let dir = state_dir.clone();
-        match tokio::task::spawn_blocking(move || persist::save(&dir, rows)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                metrics.state_flush_errors.inc();
-                tracing::error!(error = %error_chain(e.as_ref()), "cannot save quota counters; will retry");
-            }
-            Err(e) => tracing::error!(error = %e, "counter flush task failed"),
-        }
-    }
-}
+/// A save of state to the state directory, run on a blocking thread.
+type Save = Box<dyn FnOnce() -> Result<()> + Send>;
 
-/// Saves the month's call usage every second when it changed, until `stop` fires.
-async fn save_calls_periodically<S: CounterStore>(
-    proxy: Arc<Proxy<S>>,
-    state_dir: std::path::PathBuf,
+/// Every second until `stop` fires (between saves, never during one): the save `changed` returns
+/// when something changed since the last one. `what` names the state in logs.
+async fn save_periodically(
+    what: &'static str,
     metrics: ProxyMetrics,
     mut stop: tokio::sync::oneshot::Receiver<()>,
+    changed: impl Fn() -> Option<Save>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -374,18 +361,16 @@ async fn save_calls_periodically<S: CounterStore>(
             _ = tick.tick() => {}
             _ = &mut stop => return,
         }
-        if !proxy.ledger_changed() {
+        let Some(save) = changed() else {
             continue;
-        }
-        let rows = proxy.call_usage(jiff::Timestamp::now());
-        let dir = state_dir.clone();
-        match tokio::task::spawn_blocking(move || persist::save_calls(&dir, rows)).await {
+        };
+        match tokio::task::spawn_blocking(save).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 metrics.state_flush_errors.inc();
-                tracing::error!(error = %error_chain(e.as_ref()), "cannot save the month's call usage; will retry");
+                tracing::error!(error = %error_chain(e.as_ref()), "cannot save {what}; will retry");
             }
-            Err(e) => tracing::error!(error = %e, "call usage save task failed"),
+            Err(e) => tracing::error!(error = %e, "saving {what} failed"),
         }
     }
 }

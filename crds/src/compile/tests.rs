@@ -566,19 +566,26 @@ fn backend_request_headers_take_their_values_from_secrets() {
     }
 }
 
+/// The QuotaPolicy `shop/llm` with `spec`, compiled beside the base world.
+fn compiled_plan(spec: &str) -> crate::snapshot::Plan {
+    let yaml = format!(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: QuotaPolicy\nmetadata: {{name: llm, namespace: shop}}\nspec: {spec}\n"
+    );
+    World::parse(BASE)
+        .with(&yaml)
+        .compile()
+        .snapshot
+        .plans
+        .into_iter()
+        .find(|p| p.key.name == "llm")
+        .expect("compiled")
+}
+
 #[test]
 fn allowed_models_are_names_or_prefixes_ending_in_a_star() {
     let d = plan_diagnostic("{allowedModels: [gpt-4o, 'claude-*-opus']}");
     assert_eq!(d.field, "spec.allowedModels[1]");
-    let c = World::parse(BASE)
-        .with("apiVersion: tollgate.dev/v1alpha1\nkind: QuotaPolicy\nmetadata: {name: llm, namespace: shop}\nspec: {allowedModels: [gpt-4o, 'claude-*']}\n")
-        .compile();
-    let plan = c
-        .snapshot
-        .plans
-        .iter()
-        .find(|p| p.key.name == "llm")
-        .expect("compiled");
+    let plan = compiled_plan("{allowedModels: [gpt-4o, 'claude-*']}");
     for (model, allowed) in [
         (Some("gpt-4o"), true),
         (Some("gpt-4o-mini"), false),
@@ -602,15 +609,9 @@ fn a_quota_for_some_models_counts_only_their_calls_and_a_plan_has_at_most_16_quo
     assert_eq!(d.field, "spec.quotas");
     assert!(d.message.contains("at most 16"), "{}", d.message);
 
-    let c = World::parse(BASE)
-        .with("apiVersion: tollgate.dev/v1alpha1\nkind: QuotaPolicy\nmetadata: {name: llm, namespace: shop}\nspec: {quotas: [{name: all, limit: '9', period: Day}, {name: claude, limit: '1', period: Day, models: ['claude-*']}]}\n")
-        .compile();
-    let plan = c
-        .snapshot
-        .plans
-        .iter()
-        .find(|p| p.key.name == "llm")
-        .expect("compiled");
+    let plan = compiled_plan(
+        "{quotas: [{name: all, limit: '9', period: Day}, {name: claude, limit: '1', period: Day, models: ['claude-*']}]}",
+    );
     let (all, claude) = (&plan.quotas[0], &plan.quotas[1]);
     for (model, counted) in [
         (Some("claude-opus-4-6"), true),
