@@ -772,10 +772,12 @@ fn compile_route(
     let set = usize::from(b.service.is_some())
         + usize::from(b.url.is_some())
         + usize::from(b.direct_response.is_some());
-    let backend = if set != 1 {
+    let backend = if set == 0 && spec.workload_selector.is_some() {
+        Some(RouteBackend::Workload)
+    } else if set != 1 {
         errors.push(invalid(
             "spec.backend",
-            "exactly one of backend.service, backend.url or backend.directResponse must be set",
+            "exactly one of backend.service, backend.url or backend.directResponse must be set (only a route with a workloadSelector may name none: it forwards to the selected pods' app)",
         ));
         None
     } else if let Some(svc) = &b.service {
@@ -814,6 +816,15 @@ fn compile_route(
     } else {
         None
     };
+
+    if let Some(selector) = &spec.workload_selector
+        && selector.match_labels.is_empty()
+    {
+        errors.push(invalid(
+            "spec.workloadSelector.matchLabels",
+            "workloadSelector.matchLabels needs at least one label",
+        ));
+    }
 
     let timeout_ms = match b.timeout.as_deref().map(parse_duration) {
         None => DEFAULT_TIMEOUT_MS,
@@ -906,6 +917,10 @@ fn compile_route(
             lifecycle: spec.lifecycle.state,
             sunset,
             deprecated_at,
+            workload_selector: spec
+                .workload_selector
+                .as_ref()
+                .map(|w| w.match_labels.clone()),
         }),
         _ => Err(errors),
     }

@@ -3,6 +3,7 @@
 //! - [`resources`]: the ApiRoute, Tenant and QuotaPolicy custom resources users write.
 //! - [`snapshot`]: the compiled, validated configuration the operator pushes and the proxy enforces.
 //! - [`compile()`]: the pure function from the first to the second, with per-object diagnostics.
+//! - [`scope`]: which part of a snapshot the fleet and each sidecar receive.
 //! - [`period`]: calendar billing periods in IANA time zones.
 //! - [`path`]: the one spelling of a URL path that routes are matched on.
 //! - `counter_store` (feature `redis`): the fleet counters' Redis key layout and connection.
@@ -51,5 +52,6 @@ pub mod error_chain;
 pub mod process;
 
 pub use compile::{Compiled, Diagnostic, ObjectKind, Objects, Reason, compile};
+pub mod scope;
 pub mod stream;
 pub mod synthetic;

@@ -68,6 +68,10 @@ pub struct Snapshot {
     pub tenants: Vec<Tenant>,
     /// Accepted plans.
     pub plans: Vec<Plan>,
+    /// An egress sidecar's own Tenant: every request it takes (on localhost only) is this
+    /// tenant's, without an API key. Set by the operator for egress sidecars alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_tenant: Option<ObjectKey>,
 }
 
 impl Snapshot {
@@ -127,6 +131,10 @@ pub struct Route {
     /// When the route was deprecated (RFC 9745 Deprecation header).
     #[serde(default)]
     pub deprecated_at: Option<Timestamp>,
+    /// Labels of the pods whose sidecars serve this route (in its namespace); `None`: the
+    /// central proxies serve it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// How specific a route's match is; smaller sorts first and wins.
@@ -244,6 +252,10 @@ pub enum RouteBackend {
         /// Base URL.
         base_url: String,
     },
+    /// The app beside the sidecar that serves the route (a route with a workload selector and
+    /// no other backend). The operator turns it into `Http` on localhost for each ingress
+    /// sidecar; a proxy never receives it.
+    Workload,
     /// Answer from the proxy.
     Direct {
         /// Status code.

@@ -3,7 +3,12 @@
 //! `POST /v1/config/ack` records the version a proxy applied; `POST /v1/usage` takes a proxy's
 //! counters, summed across proxies into `Tenant.status.usage`. Only the leader serves (followers
 //! answer 503 and are not ready, so the Service sends proxies to the leader).
+//!
+//! Each stream carries its caller's share (see [`tollgate_crds::scope`]): the central proxies
+//! everything but the sidecars' routes, a sidecar its own pod's routes, tenants and plans, as its
+//! pod's labels and annotations said when the stream opened.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -23,11 +28,12 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
+use tollgate_crds::scope::{Direction, Workload, fleet_delta, fleet_view, workload_view};
 use tollgate_crds::snapshot::Snapshot;
 use tollgate_crds::stream::{CallUsageRecord, Delta, UsageRecord, UsageReport, diff};
 
 use crate::metrics::OperatorMetrics;
-use crate::proxy_auth::ProxyAuthenticator;
+use crate::proxy_auth::{Caller, ProxyAuthenticator, RefusedProxy};
 use crate::publisher::Published;
 
 const PING_EVERY: Duration = Duration::from_secs(15);
@@ -171,6 +177,24 @@ struct Ack {
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
+/// Which share of the configuration a stream carries.
+#[derive(Debug, Clone)]
+enum Audience {
+    /// A central proxy: everything but the sidecars' routes.
+    Fleet,
+    /// A sidecar: its pod's routes, their tenants and plans.
+    Workload(Workload),
+}
+
+impl Audience {
+    fn view<'s>(&self, snapshot: &'s Snapshot) -> Cow<'s, Snapshot> {
+        match self {
+            Self::Fleet => fleet_view(snapshot),
+            Self::Workload(w) => Cow::Owned(workload_view(snapshot, w)),
+        }
+    }
+}
+
 /// Shared state of the config server.
 #[derive(Debug)]
 pub struct ConfigServer {
@@ -213,21 +237,9 @@ impl ConfigServer {
             .map(str::trim)
             .unwrap_or_default()
             .to_owned();
-        let identity = match self.auth.verify(&token).await {
-            Ok(identity) => identity,
-            Err(why) => {
-                self.metrics
-                    .proxy_refusals
-                    .with_label_values(&[why.label()])
-                    .inc();
-                tracing::warn!(reason = %why, "refused a caller of the configuration stream");
-                let status = if why.is_callers_fault() {
-                    StatusCode::UNAUTHORIZED
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                };
-                return json_response(status, &why.to_string());
-            }
+        let caller = match self.auth.verify(&token).await {
+            Ok(caller) => caller,
+            Err(why) => return self.refuse(why),
         };
         if !*self.leading.borrow() {
             return json_response(
@@ -243,10 +255,24 @@ impl ConfigServer {
                     .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("proxy=")))
                     .filter(|n| !n.is_empty() && n.len() <= 253)
                     .map(str::to_owned);
-                match name {
-                    Some(name) => self.stream(name, identity),
-                    None => json_response(StatusCode::BAD_REQUEST, "missing ?proxy=NAME"),
+                let Some(name) = name else {
+                    return json_response(StatusCode::BAD_REQUEST, "missing ?proxy=NAME");
+                };
+                if !caller.may_use_name(&name) {
+                    return wrong_name(&caller, &name);
                 }
+                let audience = match &caller {
+                    Caller::Fleet(_) => Audience::Fleet,
+                    Caller::Pod {
+                        namespace,
+                        name,
+                        uid,
+                    } => match self.auth.workload_of(namespace, name, uid).await {
+                        Ok(workload) => Audience::Workload(workload),
+                        Err(why) => return self.refuse(why),
+                    },
+                };
+                self.stream(name, caller.identity(), audience)
             }
             (&Method::POST, "/v1/config/ack") => {
                 let body = match Limited::new(req.into_body(), 4096).collect().await {
@@ -264,6 +290,9 @@ impl ConfigServer {
                         "expected {\"proxy\": NAME, \"version\": N}",
                     );
                 };
+                if !caller.may_use_name(&ack.proxy) {
+                    return wrong_name(&caller, &ack.proxy);
+                }
                 if !self.registry.ack(&ack.proxy, ack.version) {
                     return json_response(StatusCode::NOT_FOUND, "no stream open for this proxy");
                 }
@@ -290,12 +319,22 @@ impl ConfigServer {
                         );
                     }
                 };
-                let Ok(report) = serde_json::from_slice::<UsageReport>(&body) else {
+                let Ok(mut report) = serde_json::from_slice::<UsageReport>(&body) else {
                     return json_response(
                         StatusCode::BAD_REQUEST,
                         "expected {\"proxy\": NAME, \"counters\": [...]}",
                     );
                 };
+                if !caller.may_use_name(&report.proxy) {
+                    return wrong_name(&caller, &report.proxy);
+                }
+                // A sidecar speaks for its own namespace's tenants only.
+                if let Some(namespace) = caller.namespace() {
+                    let own =
+                        |tenant: &str| tenant.split_once('/').map(|(ns, _)| ns) == Some(namespace);
+                    report.counters.retain(|r| own(&r.tenant));
+                    report.calls.retain(|r| own(&r.tenant));
+                }
                 self.registry.report(report);
                 let mut resp = Response::new(Full::new(Bytes::new()).boxed_unsync());
                 *resp.status_mut() = StatusCode::NO_CONTENT;
@@ -308,7 +347,27 @@ impl ConfigServer {
         }
     }
 
-    fn stream(self: Arc<Self>, name: String, identity: String) -> Response<Body> {
+    /// Answers a caller that is not let in (401, or 503 when the fault is the operator's).
+    fn refuse(&self, why: RefusedProxy) -> Response<Body> {
+        self.metrics
+            .proxy_refusals
+            .with_label_values(&[why.label()])
+            .inc();
+        tracing::warn!(reason = %why, "refused a caller of the configuration stream");
+        let status = if why.is_callers_fault() {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        json_response(status, &why.to_string())
+    }
+
+    fn stream(
+        self: Arc<Self>,
+        name: String,
+        identity: String,
+        audience: Audience,
+    ) -> Response<Body> {
         let (tx, rx) = mpsc::channel::<Bytes>(8);
         let server = self.clone();
         tokio::spawn(async move {
@@ -318,7 +377,7 @@ impl ConfigServer {
                 .connected_proxies
                 .set(i64::try_from(server.registry.list().len()).unwrap_or(0));
             tracing::info!(proxy = %name, %identity, "proxy subscribed");
-            server.feed(&name, tx).await;
+            server.feed(&name, &audience, tx).await;
             server.registry.disconnect(&name, conn);
             server
                 .metrics
@@ -352,7 +411,7 @@ impl ConfigServer {
     }
 
     /// Writes the stream until the proxy goes away or this replica stops leading.
-    async fn feed(&self, name: &str, tx: mpsc::Sender<Bytes>) {
+    async fn feed(&self, name: &str, audience: &Audience, tx: mpsc::Sender<Bytes>) {
         let mut published = self.published.clone();
         let mut leading = self.leading.clone();
         let mut last = published.borrow_and_update().clone();
@@ -362,10 +421,20 @@ impl ConfigServer {
             }
             last = published.borrow_and_update().clone();
         }
+        // What this stream's proxy holds: kept for a sidecar, whose deltas are computed from
+        // its own view (the fleet's come from the published delta).
+        let mut held: Option<Snapshot> = None;
+        let view = audience.view(&last.snapshot);
+        if let Audience::Workload(workload) = audience {
+            warn_if_unserved(name, workload, &view);
+        }
         let full = encode(&Outgoing::Full {
             version: last.version,
-            snapshot: &last.snapshot,
+            snapshot: &view,
         });
+        if let Audience::Workload(_) = audience {
+            held = Some(view.into_owned());
+        }
         tracing::debug!(proxy = %name, version = last.version, bytes = full.len(), "sending full snapshot");
         if !self.send(&tx, "full", full).await {
             return;
@@ -382,10 +451,19 @@ impl ConfigServer {
                     if next.version == last.version {
                         continue;
                     }
-                    let line = match &next.delta {
-                        Some(delta) if delta.base == last.version => encode(&Outgoing::Delta(delta)),
-                        // This stream missed a version: send the difference from what it has.
-                        _ => encode(&Outgoing::Delta(&diff(&last.snapshot, &next.snapshot, last.version, next.version))),
+                    let line = match (audience, &mut held) {
+                        (Audience::Workload(workload), Some(held)) => {
+                            // Sent even when empty: the sidecar acknowledges every version.
+                            let view = workload_view(&next.snapshot, workload);
+                            let line = encode(&Outgoing::Delta(&diff(held, &view, last.version, next.version)));
+                            *held = view;
+                            line
+                        }
+                        _ => match &next.delta {
+                            Some(delta) if delta.base == last.version => encode(&Outgoing::Delta(&fleet_delta(delta))),
+                            // This stream missed a version: send the difference from what it has.
+                            _ => encode(&Outgoing::Delta(&fleet_delta(&diff(&last.snapshot, &next.snapshot, last.version, next.version)))),
+                        },
                     };
                     if !self.send(&tx, "delta", line).await {
                         return;
@@ -404,6 +482,31 @@ impl ConfigServer {
                 }
             }
         }
+    }
+}
+
+/// A caller naming a proxy that is not its own (403).
+fn wrong_name(caller: &Caller, proxy: &str) -> Response<Body> {
+    json_response(
+        StatusCode::FORBIDDEN,
+        &format!(
+            "{} may only use its own proxy name (NAMESPACE/POD), not {proxy:?}",
+            caller.identity()
+        ),
+    )
+}
+
+/// Logs why a sidecar has nothing to serve, once per stream: a selector that matches no route
+/// of its pod, or an egress Tenant that is missing or was not accepted, leaves every request
+/// refused, and the reason belongs in the operator's log where the routes are.
+fn warn_if_unserved(proxy: &str, workload: &Workload, view: &Snapshot) {
+    if view.routes.is_empty() {
+        tracing::warn!(%proxy, namespace = %workload.namespace, labels = ?workload.labels, "no ApiRoute's workloadSelector matches this sidecar's pod: it answers 404 to everything");
+    }
+    if let Direction::Egress { tenant } = &workload.direction
+        && view.workload_tenant.is_none()
+    {
+        tracing::warn!(%proxy, namespace = %workload.namespace, %tenant, "the egress sidecar's Tenant does not exist or was not accepted: its app's calls get 401");
     }
 }
 

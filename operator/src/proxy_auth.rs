@@ -1,20 +1,83 @@
 //! Who may subscribe to the configuration stream: proxies present their ServiceAccount token
 //! (projected, audience-bound, rotated by the kubelet), which the operator verifies with a
-//! TokenReview and checks against the allowed ServiceAccounts. No shared secret to distribute or
-//! rotate, and a stolen token expires within the hour. Results are cached for a minute.
+//! TokenReview. No shared secret to distribute or rotate, and a stolen token expires within the
+//! hour. Results are cached for a minute.
+//!
+//! - A central proxy's ServiceAccount is one of the allowed ones: it is the fleet.
+//! - A sidecar's token is bound to its pod (the API server names the pod in the review): it is
+//!   that pod, and receives that pod's share of the configuration, read from the pod's labels
+//!   and annotations when its stream opens.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
+use tollgate_crds::scope::{Direction, Workload};
+
+use crate::inject::annotations as a;
+use crate::inject::sidecar::{Mode, wanted};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 const CACHE_FOR: Duration = Duration::from_secs(60);
 
 /// A TokenReview's answer (identity or refusal) and when it was made.
-type CachedReview = (Result<String, RefusedProxy>, Instant);
+type CachedReview = (Result<Caller, RefusedProxy>, Instant);
+
+/// The key of `user.extra` in which the API server names the pod a token is bound to.
+const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+/// The same for the pod's uid (a pod deleted and created again under its name is another pod).
+const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
+
+/// Who is calling the configuration stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A central proxy, by its ServiceAccount username.
+    Fleet(String),
+    /// A sidecar: the pod its token is bound to.
+    Pod {
+        /// The pod's namespace (its ServiceAccount's).
+        namespace: String,
+        /// The pod's name.
+        name: String,
+        /// The pod's uid.
+        uid: String,
+    },
+}
+
+impl Caller {
+    /// For logs and the registry: the ServiceAccount, or `pod NAMESPACE/NAME`.
+    pub fn identity(&self) -> String {
+        match self {
+            Self::Fleet(username) => username.clone(),
+            Self::Pod {
+                namespace, name, ..
+            } => format!("pod {namespace}/{name}"),
+        }
+    }
+
+    /// Whether the caller may use the proxy name `proxy` (in the stream, acks and usage
+    /// reports): a sidecar only its own, `NAMESPACE/POD`, so it can neither take a central
+    /// proxy's place in the registry nor overwrite another's usage.
+    pub fn may_use_name(&self, proxy: &str) -> bool {
+        match self {
+            Self::Fleet(_) => true,
+            Self::Pod {
+                namespace, name, ..
+            } => proxy.split_once('/') == Some((namespace.as_str(), name.as_str())),
+        }
+    }
+
+    /// The namespace whose tenants a caller's usage reports may speak for (`None`: any).
+    pub fn namespace(&self) -> Option<&str> {
+        match self {
+            Self::Fleet(_) => None,
+            Self::Pod { namespace, .. } => Some(namespace),
+        }
+    }
+}
 
 /// Why a caller of the configuration stream was not let in.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,9 +88,12 @@ pub enum RefusedProxy {
     /// The API server did not authenticate the token (expired, another audience, garbage).
     #[error("the token is not valid: {0}")]
     NotAuthenticated(String),
-    /// A valid token of a ServiceAccount that is not an allowed proxy's.
-    #[error("{0} is not an allowed proxy ServiceAccount")]
+    /// A valid token of a ServiceAccount that is not an allowed proxy's, and not bound to a pod.
+    #[error("{0} is not an allowed proxy ServiceAccount, and its token is not bound to a pod")]
     NotAllowed(String),
+    /// A pod's token, but the pod has no sidecar (or a different one than it claims).
+    #[error("{0}")]
+    NotASidecar(String),
     /// The TokenReview could not be made (the API server is unreachable or refused it): the
     /// token may be fine, so this is not remembered and the proxy is told to retry.
     #[error("cannot verify the token now (TokenReview failed: {0}); retry")]
@@ -41,6 +107,7 @@ impl RefusedProxy {
             Self::NoToken => "no_token",
             Self::NotAuthenticated(_) => "not_authenticated",
             Self::NotAllowed(_) => "not_allowed",
+            Self::NotASidecar(_) => "not_a_sidecar",
             Self::ReviewFailed(_) => "review_failed",
         }
     }
@@ -84,8 +151,8 @@ impl ProxyAuthenticator {
         }
     }
 
-    /// The proxy's identity (its ServiceAccount username), or why it is refused.
-    pub async fn verify(&self, token: &str) -> Result<String, RefusedProxy> {
+    /// Who presents `token`, or why it is refused.
+    pub async fn verify(&self, token: &str) -> Result<Caller, RefusedProxy> {
         if token.is_empty() {
             return Err(RefusedProxy::NoToken);
         }
@@ -107,7 +174,7 @@ impl ProxyAuthenticator {
         result
     }
 
-    async fn review(&self, token: &str) -> Result<String, RefusedProxy> {
+    async fn review(&self, token: &str) -> Result<Caller, RefusedProxy> {
         let api: Api<TokenReview> = Api::all(self.client.clone());
         let review = TokenReview {
             spec: TokenReviewSpec {
@@ -128,12 +195,82 @@ impl ProxyAuthenticator {
                     .unwrap_or_else(|| "not authenticated".to_owned()),
             ));
         }
-        let username = status.user.and_then(|u| u.username).unwrap_or_default();
-        if !self.allowed.contains(&username) {
-            return Err(RefusedProxy::NotAllowed(username));
+        let user = status.user.unwrap_or_default();
+        let username = user.username.unwrap_or_default();
+        if self.allowed.contains(&username) {
+            return Ok(Caller::Fleet(username));
         }
-        Ok(username)
+        let extra = user.extra.unwrap_or_default();
+        let one = |key: &str| extra.get(key).and_then(|v| v.first()).cloned();
+        let namespace = username
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|sa| sa.split_once(':'))
+            .map(|(ns, _)| ns.to_owned());
+        match (namespace, one(POD_NAME_EXTRA), one(POD_UID_EXTRA)) {
+            (Some(namespace), Some(name), Some(uid)) => Ok(Caller::Pod {
+                namespace,
+                name,
+                uid,
+            }),
+            _ => Err(RefusedProxy::NotAllowed(username)),
+        }
     }
+
+    /// The workload a sidecar serves, from its pod as it is now: the pod must be the one the
+    /// token is bound to (same uid) and carry an injected sidecar.
+    pub async fn workload_of(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+    ) -> Result<Workload, RefusedProxy> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let pod = pods
+            .get_opt(name)
+            .await
+            .map_err(|e| RefusedProxy::ReviewFailed(format!("reading pod {namespace}/{name}: {e}")))?
+            .filter(|p| p.metadata.uid.as_deref() == Some(uid))
+            .ok_or_else(|| {
+                RefusedProxy::NotAuthenticated(format!(
+                    "pod {namespace}/{name} (uid {uid}), which the token is bound to, no longer exists"
+                ))
+            })?;
+        workload(namespace, &pod)
+    }
+}
+
+/// A pod's workload, from its labels and its sidecar's annotations.
+pub fn workload(namespace: &str, pod: &Pod) -> Result<Workload, RefusedProxy> {
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    if !annotations.contains_key(a::INJECTED) {
+        return Err(RefusedProxy::NotASidecar(format!(
+            "pod {namespace}/{name} has no injected Tollgate sidecar (no {} annotation)",
+            a::INJECTED
+        )));
+    }
+    let mode = match wanted(&annotations) {
+        Ok(Some(wanted)) => wanted.mode,
+        Ok(None) => {
+            return Err(RefusedProxy::NotASidecar(format!(
+                "pod {namespace}/{name} no longer says {}: ingress or egress",
+                a::INJECT
+            )));
+        }
+        Err(e) => {
+            return Err(RefusedProxy::NotASidecar(format!(
+                "pod {namespace}/{name}: {e}"
+            )));
+        }
+    };
+    Ok(Workload {
+        namespace: namespace.to_owned(),
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+        direction: match mode {
+            Mode::Ingress { app, .. } => Direction::Ingress { app_port: app },
+            Mode::Egress { tenant, .. } => Direction::Egress { tenant },
+        },
+    })
 }
 
 #[cfg(test)]
@@ -167,6 +304,81 @@ mod tests {
         assert!(!refused.is_callers_fault(), "answered 503, not 401");
         assert_eq!(refused.label(), "review_failed");
         assert!(auth.cache.lock().is_empty(), "nothing remembered");
+    }
+
+    fn pod(annotations: &[(&str, &str)]) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "reports-7d9", "namespace": "shop", "uid": "u-1",
+                "labels": {"app": "reports"},
+                "annotations": annotations.iter().copied().collect::<std::collections::BTreeMap<_, _>>(),
+            }
+        }))
+        .expect("a pod")
+    }
+
+    #[test]
+    fn a_sidecars_workload_comes_from_its_pods_labels_and_annotations() {
+        let ingress = pod(&[
+            (a::INJECT, "ingress"),
+            (a::LISTEN_PORT, "8080"),
+            (a::APP_PORT, "8081"),
+            (a::INJECTED, "ingress listen=8080 app=8081"),
+        ]);
+        let reports = workload("shop", &ingress).expect("a sidecar");
+        assert_eq!(
+            reports.labels.get("app").map(String::as_str),
+            Some("reports")
+        );
+        assert_eq!(reports.direction, Direction::Ingress { app_port: 8081 });
+
+        let egress = pod(&[
+            (a::INJECT, "egress"),
+            (a::TENANT, "team-ml"),
+            (a::INJECTED, "egress listen=15080 tenant=team-ml"),
+        ]);
+        assert_eq!(
+            workload("shop", &egress).expect("a sidecar").direction,
+            Direction::Egress {
+                tenant: "team-ml".into()
+            }
+        );
+
+        // A pod the webhook never saw gets nothing, whatever it asks for.
+        let not_injected = pod(&[
+            (a::INJECT, "ingress"),
+            (a::LISTEN_PORT, "8080"),
+            (a::APP_PORT, "8081"),
+        ]);
+        let refused = workload("shop", &not_injected).expect_err("no sidecar");
+        assert_eq!(refused.label(), "not_a_sidecar");
+        assert!(refused.is_callers_fault());
+        assert!(
+            refused.to_string().contains("shop/reports-7d9"),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn a_sidecar_may_use_only_its_own_name_and_namespace() {
+        let sidecar = Caller::Pod {
+            namespace: "shop".into(),
+            name: "reports-7d9".into(),
+            uid: "u-1".into(),
+        };
+        assert!(sidecar.may_use_name("shop/reports-7d9"));
+        for other in [
+            "reports-7d9",
+            "tollgate-proxy-0",
+            "other/reports-7d9",
+            "shop/reports-7d9/x",
+        ] {
+            assert!(!sidecar.may_use_name(other), "{other}");
+        }
+        assert_eq!(sidecar.namespace(), Some("shop"));
+        let fleet = Caller::Fleet("system:serviceaccount:tollgate-system:tollgate-proxy".into());
+        assert!(fleet.may_use_name("tollgate-proxy-0"));
+        assert_eq!(fleet.namespace(), None);
     }
 
     #[tokio::test]

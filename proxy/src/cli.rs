@@ -138,6 +138,11 @@ pub struct Cli {
     )]
     pub tls_key: Option<PathBuf>,
 
+    /// PEM file of CA certificates trusted for https:// backends, besides the Mozilla root store
+    /// (a provider reached through a private CA or a TLS-inspecting egress proxy).
+    #[arg(long, env = "TOLLGATE_BACKEND_CA", value_name = "FILE")]
+    pub backend_ca: Option<PathBuf>,
+
     /// Worker threads for the async runtime [default: number of CPUs].
     #[arg(long, env = "TOLLGATE_WORKER_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_threads: Option<u16>,

@@ -1,6 +1,7 @@
 //! Process wiring: the runtime, the counter store, the configuration source, the listeners, and
 //! shutdown on SIGTERM/SIGINT.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -135,13 +136,16 @@ async fn serve_with<S: CounterStore>(
     let restored = persist::load_calls(&cli.state_dir)?;
     tracing::info!(state_dir = %cli.state_dir.display(), rows = restored.len(), "restored this month's call usage");
     ledger.restore(restored);
-    let proxy = Arc::new(Proxy::new(
-        store.clone(),
-        forward::client(),
-        metrics.clone(),
-        access_log,
-        ledger,
-    ));
+    let proxy = Arc::new(
+        Proxy::new(
+            store.clone(),
+            forward::client(backend_roots(cli.backend_ca.as_deref())?)?,
+            metrics.clone(),
+            access_log,
+            ledger,
+        )
+        .listening_on(cli.listen),
+    );
     let (stop_saving_calls, saving_calls_stopped) = tokio::sync::oneshot::channel();
     let (saved, dir) = (proxy.clone(), cli.state_dir.clone());
     let call_saver = tokio::spawn(save_periodically(
@@ -380,3 +384,20 @@ const _: fn() = || {
     fn assert_store<S: CounterStore>() {}
     assert_store::<MemoryStore>();
 };
+
+/// The certificates of `--backend-ca`: none without it; an error for a file that cannot be read
+/// or holds none (a typo must not leave https backends failing one by one at request time).
+fn backend_roots(file: Option<&Path>) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
+    use rustls_pki_types::pem::PemObject;
+    let Some(file) = file else {
+        return Ok(Vec::new());
+    };
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(file)
+        .with_context(|| format!("reading --backend-ca {}", file.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing --backend-ca {}", file.display()))?;
+    if certs.is_empty() {
+        bail!("--backend-ca {} holds no PEM certificate", file.display());
+    }
+    Ok(certs)
+}

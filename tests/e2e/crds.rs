@@ -107,6 +107,16 @@ const REJECTIONS: &[(&str, &str, &str)] = &[
         "exactly one of backend.service, backend.url or backend.directResponse must be set",
     ),
     (
+        "no backend at all",
+        "kind: ApiRoute\nspec: {match: {path: /a}}",
+        "exactly one of backend.service, backend.url or backend.directResponse must be set",
+    ),
+    (
+        "a workload selector without labels",
+        "kind: ApiRoute\nspec: {match: {path: /a}, workloadSelector: {matchLabels: {}}}",
+        "workloadSelector.matchLabels needs at least one label",
+    ),
+    (
         "approvedTenants with Automatic approval",
         "kind: ApiRoute\nspec: {match: {path: /a}, backend: {url: 'http://x:1'}, approvedTenants: [acme]}",
         "approvedTenants is only allowed with approval: Manual",
@@ -284,6 +294,14 @@ spec:
   approvedTenants: [acme]
   rejectedTenants: [initech]
   lifecycle: {state: Deprecated, sunset: "2027-01-01T00:00:00Z", deprecatedAt: "2026-06-01T00:00:00Z"}
+---
+# Served by the sidecars of the pods labelled app=reports, forwarding to the app beside each.
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {name: sidecar}
+spec:
+  workloadSelector: {matchLabels: {app: reports}}
+  match: {pathPrefix: /reports}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: QuotaPolicy

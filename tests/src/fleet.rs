@@ -507,7 +507,7 @@ pub async fn tenants_with_status(
 }
 
 /// Waits (up to 30 s) for a log line containing `marker` and parses the `name=ADDR` fields of it.
-fn logged_addresses(
+pub fn logged_addresses(
     log: &std::path::Path,
     marker: &str,
     fields: &[&str],

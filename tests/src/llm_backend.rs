@@ -66,6 +66,68 @@ impl LlmBackend {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+
+    /// Starts on a free loopback port as a provider does: HTTPS with `cert`, and 401 to every
+    /// request that does not carry `authorization` (the credential only the gateway holds).
+    pub async fn start_tls(
+        cert: &crate::pki::CertPair,
+        authorization: &str,
+    ) -> anyhow::Result<Self> {
+        use rustls_pki_types::pem::PemObject;
+        let certs = rustls_pki_types::CertificateDer::pem_slice_iter(cert.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes())?;
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+        let tls = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = listener.local_addr()?;
+        let authorization = http::HeaderValue::from_str(authorization)?;
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (tls, authorization) = (tls.clone(), authorization.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = tls.accept(stream).await else {
+                        return;
+                    };
+                    let serve = service_fn(move |req: Request<Incoming>| {
+                        let authorized = req.headers().get("authorization") == Some(&authorization);
+                        async move {
+                            Ok::<_, Infallible>(if authorized {
+                                answer(req).await
+                            } else {
+                                unauthorized()
+                            })
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), serve)
+                        .await;
+                });
+            }
+        });
+        Ok(Self { addr, task })
+    }
+
+    /// Its HTTPS base URL (from [`LlmBackend::start_tls`]).
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+}
+
+/// OpenAI's answer to a missing or wrong API key.
+fn unauthorized() -> Response<AnyBody> {
+    let body = json!({"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error",
+                                "code": "invalid_api_key"}});
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    *resp.status_mut() = hyper::StatusCode::UNAUTHORIZED;
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().expect("value"));
+    resp
 }
 
 /// Prompt tokens every answer reports.

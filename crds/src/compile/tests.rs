@@ -294,6 +294,45 @@ fn route_needs_exactly_one_backend() {
 }
 
 #[test]
+fn a_route_for_sidecars_may_leave_its_backend_to_the_selected_pods_app() {
+    let d = route_diagnostic("{match: {path: /a}}");
+    assert_eq!(d.field, "spec.backend", "no backend, no selector");
+    let d = route_diagnostic("{match: {path: /a}, workloadSelector: {matchLabels: {}}}");
+    assert_eq!(d.field, "spec.workloadSelector.matchLabels");
+
+    let c = World::parse(BASE)
+        .with(&route_yaml(
+            "sidecar",
+            "2026-02-01T00:00:00Z",
+            "{match: {path: /a}, workloadSelector: {matchLabels: {app: reports}}}",
+        ))
+        .with(&route_yaml(
+            "egress",
+            "2026-02-01T00:00:00Z",
+            "{match: {path: /v1/chat/completions}, workloadSelector: {matchLabels: {app: batch}}, backend: {url: 'https://api.openai.com'}}",
+        ))
+        .compile();
+    assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
+    let route = |name: &str| {
+        c.snapshot
+            .routes
+            .iter()
+            .find(|r| r.key.name == name)
+            .expect("compiled")
+    };
+    assert_eq!(route("sidecar").backend, RouteBackend::Workload);
+    assert_eq!(
+        route("sidecar")
+            .workload_selector
+            .as_ref()
+            .and_then(|s| s.get("app"))
+            .map(String::as_str),
+        Some("reports")
+    );
+    assert!(matches!(route("egress").backend, RouteBackend::Http { .. }));
+}
+
+#[test]
 fn route_url_must_be_a_base_url() {
     let d = route_diagnostic("{match: {path: /a}, backend: {url: 'ftp://x'}}");
     assert_eq!(d.field, "spec.backend.url");

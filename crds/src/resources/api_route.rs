@@ -49,6 +49,9 @@ use super::common::{Condition, DURATION_PATTERN, OBJECT_NAME_PATTERN};
 #[x_kube(validation = Rule::new(
     "(has(self.approval) && self.approval == 'Manual') || !has(self.rejectedTenants) || size(self.rejectedTenants) == 0"
 ).message("rejectedTenants is only allowed with approval: Manual").field_path(".rejectedTenants"))]
+#[x_kube(validation = Rule::new(
+    "has(self.workloadSelector) || (has(self.backend) && (has(self.backend.service) || has(self.backend.url) || has(self.backend.directResponse)))"
+).message("exactly one of backend.service, backend.url or backend.directResponse must be set (only a route with a workloadSelector may name none: it forwards to the selected pods' app)").field_path(".backend"))]
 #[serde(rename_all = "camelCase")]
 pub struct ApiRouteSpec {
     /// Host names this route serves: exact names (api.example.com) or one leading wildcard label
@@ -67,8 +70,19 @@ pub struct ApiRouteSpec {
     #[serde(rename = "match")]
     pub route_match: RouteMatch,
 
-    /// Where admitted requests go: exactly one of service, url or directResponse.
+    /// Where admitted requests go: exactly one of service, url or directResponse. A route with a
+    /// workloadSelector may name none of them: its sidecars forward to the app beside them.
+    #[serde(default)]
     pub backend: Backend,
+
+    /// Serve this route from the Tollgate sidecars of the pods in this namespace whose labels
+    /// match, instead of from the central proxies. An ingress sidecar (`tollgate.dev/inject:
+    /// ingress`) forwards to its app on localhost when the backend names no service, url or
+    /// directResponse; an egress sidecar (`tollgate.dev/inject: egress`) sends its app's calls to
+    /// the backend's url, charged to the Tenant the pod names. Each sidecar receives only the
+    /// routes that select its pod, the tenants subscribed to them and their plans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<WorkloadSelector>,
 
     /// How usage is metered: Requests (default) counts requests; OpenAI also reads token counts from
     /// the `usage` object of JSON and streamed (SSE) responses, for token and Cost quotas.
@@ -159,7 +173,7 @@ impl HttpMethod {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(
-    "(has(self.service) ? 1 : 0) + (has(self.url) ? 1 : 0) + (has(self.directResponse) ? 1 : 0) == 1"
+    "(has(self.service) ? 1 : 0) + (has(self.url) ? 1 : 0) + (has(self.directResponse) ? 1 : 0) <= 1"
 ).message("exactly one of backend.service, backend.url or backend.directResponse must be set"))]
 pub struct Backend {
     /// A Service in this namespace; requests go to http://NAME.NAMESPACE.svc:PORT.
@@ -306,6 +320,17 @@ pub enum LifecycleState {
     Deprecated,
     /// Answered 410 route-retired.
     Retired,
+}
+
+/// The pods whose sidecars serve a route.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadSelector {
+    /// Labels a pod (in the route's namespace) must all carry. At least one: a route is never
+    /// served by every sidecar of a namespace by accident.
+    #[schemars(length(min = 1, max = 16))]
+    #[x_kube(validation = Rule::new("size(self) >= 1").message("workloadSelector.matchLabels needs at least one label"))]
+    pub match_labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Observed state of an ApiRoute.

@@ -378,6 +378,9 @@ fn sidecar(template: &Template, mode: &Mode, resources: &[Option<String>; 4]) ->
             format!("--listen={bind}:{listen}"),
             format!("--admin-listen=0.0.0.0:{}", template.admin_port),
             format!("--state-dir={STATE_DIR}"),
+            // The name the operator knows a sidecar by (its token names the pod); the kubelet
+            // expands the variables from the environment above.
+            "--proxy-name=$(POD_NAMESPACE)/$(POD_NAME)".to_owned(),
         ]),
         env: Some(env),
         ports: Some(vec![ContainerPort {

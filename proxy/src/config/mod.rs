@@ -31,6 +31,9 @@ pub struct ProxyConfig {
     pub tenants_by_key: FastMap<[u8; 32], Arc<TenantEntry>>,
     /// Plans by key.
     pub plans: HashMap<ObjectKey, Arc<PlanEntry>>,
+    /// An egress sidecar's tenant: every request is its, whatever key it carries (the app's
+    /// SDK may insist on sending one).
+    pub workload_tenant: Option<Arc<TenantEntry>>,
 }
 
 impl ProxyConfig {
@@ -49,8 +52,12 @@ impl ProxyConfig {
                 .collect(),
         );
         let mut tenants_by_key = FastMap::default();
+        let mut workload_tenant = None;
         for tenant in &snapshot.tenants {
             let entry = Arc::new(TenantEntry::new(tenant.clone(), &plans));
+            if snapshot.workload_tenant.as_ref() == Some(&tenant.key) {
+                workload_tenant = Some(entry.clone());
+            }
             for digest in &tenant.key_digests {
                 if let Some(raw) = digest_bytes(digest) {
                     tenants_by_key.insert(raw, entry.clone());
@@ -63,7 +70,22 @@ impl ProxyConfig {
             routes,
             tenants_by_key,
             plans,
+            workload_tenant,
         }
+    }
+
+    /// This configuration as a proxy listening on loopback only (`loopback_only`) or beyond may
+    /// enforce it: only on loopback does a workload tenant (an egress sidecar's identity) stand
+    /// for every request; reachable from elsewhere, anyone could call as that tenant without a
+    /// key, so the identity is dropped (requests need keys) and the mistake is logged.
+    pub fn for_listener(mut self, loopback_only: bool) -> Self {
+        if self.workload_tenant.is_some() && !loopback_only {
+            tracing::error!(
+                "the configuration makes every request the egress sidecar's tenant, but this proxy listens beyond localhost: ignoring that identity (requests need API keys); an egress sidecar listens on 127.0.0.1"
+            );
+            self.workload_tenant = None;
+        }
+        self
     }
 
     /// An empty configuration (before the first snapshot): every request is 404.

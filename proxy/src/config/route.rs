@@ -58,6 +58,9 @@ impl RouteEntry {
                 }),
                 None,
             ),
+            // Only the operator's view for an ingress sidecar resolves it (to the app on
+            // localhost); a route that still names it has nowhere to go (502).
+            RouteBackend::Workload => (None, None),
             RouteBackend::Direct {
                 status,
                 content_type,

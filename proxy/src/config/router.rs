@@ -160,6 +160,7 @@ mod tests {
             lifecycle: Default::default(),
             sunset: None,
             deprecated_at: None,
+            workload_selector: None,
         }
     }
 

@@ -129,12 +129,16 @@ fn lifecycle(route: &RouteEntry) -> Result<(), Problem> {
     .with("apiRoute", route_name))
 }
 
-/// The tenant whose key the request presents (401 for none or an unknown one; 400 for two).
+/// The tenant whose key the request presents (401 for none or an unknown one; 400 for two);
+/// on an egress sidecar, its workload's tenant.
 fn tenant<'c>(
     config: &'c ProxyConfig,
     headers: ClientHeaders<'_>,
     keys: &KeyMemo,
 ) -> Result<&'c Arc<TenantEntry>, Problem> {
+    if let Some(own) = &config.workload_tenant {
+        return Ok(own);
+    }
     let presented = presented_key(headers, keys).map_err(|ConflictingKeys| {
         Problem::new(
             ProblemKind::BadRequest,
@@ -674,6 +678,57 @@ mod tests {
                 ),
             }
         }
+    }
+
+    /// An egress sidecar: the app's SDK may send a key of its own (or none); every request is
+    /// the workload's tenant's, and only where the proxy listens on loopback.
+    #[test]
+    fn an_egress_sidecars_requests_are_its_workloads_tenants_on_loopback_only() {
+        let now = Timestamp::now();
+        let mut snapshot = (*world(now).snapshot).clone();
+        snapshot.workload_tenant = Some(tollgate_crds::snapshot::ObjectKey::new("shop", "paying"));
+        let snapshot = Arc::new(snapshot);
+        let request = |key: Option<&str>| {
+            let mut req = Request::builder()
+                .uri("/v1/open")
+                .header(header::HOST, "api.example.com");
+            if let Some(key) = key {
+                req = req.header(header::AUTHORIZATION, key);
+            }
+            req.body(()).expect("request")
+        };
+        let tenant_of = |config: &ProxyConfig, key: Option<&str>| {
+            let mut verdict = Verdict::default();
+            check(
+                config,
+                &request(key),
+                &RawHeaders::default(),
+                &KeyMemo::default(),
+                now,
+                &mut verdict,
+            )
+            .map(|s| s.map(|s| s.tenant.to_string()))
+            .map_err(|p| p.kind)
+        };
+        let sidecar = ProxyConfig::build(2, snapshot.clone()).for_listener(true);
+        for key in [
+            None,
+            Some("Bearer sk-app-placeholder"),
+            Some("Bearer key-shop-late"),
+        ] {
+            assert_eq!(
+                tenant_of(&sidecar, key),
+                Ok(Some("shop/paying".to_owned())),
+                "{key:?}"
+            );
+        }
+        let exposed = ProxyConfig::build(2, snapshot).for_listener(false);
+        assert!(exposed.workload_tenant.is_none());
+        assert_eq!(tenant_of(&exposed, None), Err(ProblemKind::Unauthorized));
+        assert_eq!(
+            tenant_of(&exposed, Some("Bearer key-shop-late")),
+            Err(ProblemKind::AccountPastDue)
+        );
     }
 
     #[test]

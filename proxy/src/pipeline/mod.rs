@@ -67,6 +67,9 @@ pub struct Proxy<S> {
     estimates: Arc<Estimates>,
     /// What each tenant's metered calls used this month.
     ledger: Arc<Ledger>,
+    /// Whether the listener takes connections from this host only: the one case where requests
+    /// may be a workload's own without a key (an egress sidecar's).
+    loopback_only: bool,
 }
 
 /// The client end of a connection, described once per connection.
@@ -149,7 +152,16 @@ impl<S: CounterStore> Proxy<S> {
             access_log,
             estimates: Arc::new(Estimates::new()),
             ledger,
+            loopback_only: false,
         }
+    }
+
+    /// Tells the proxy where it listens. Only on a loopback address does it take a snapshot's
+    /// workload tenant (an egress sidecar's identity): reachable from elsewhere, that would let
+    /// anyone call as the tenant without a key.
+    pub fn listening_on(mut self, listen: std::net::SocketAddr) -> Self {
+        self.loopback_only = listen.ip().is_loopback();
+        self
     }
 
     /// Whether call usage was recorded since the last time this was asked (worth saving).
@@ -172,6 +184,7 @@ impl<S: CounterStore> Proxy<S> {
 
     /// Swaps in a new configuration; in-flight requests finish with the one they loaded.
     pub fn apply(&self, config: ProxyConfig) {
+        let config = config.for_listener(self.loopback_only);
         self.metrics
             .config_version
             .set(i64::try_from(config.version).unwrap_or(i64::MAX));

@@ -136,7 +136,23 @@ impl ManifestDir {
         }
         self.last_good = current;
         self.fingerprint = files;
-        let compiled = self.compile(&mut warnings);
+        let mut compiled = self.compile(&mut warnings);
+        // Routes for sidecars are served by the sidecars the operator configures, not here.
+        let for_sidecars = compiled
+            .snapshot
+            .routes
+            .iter()
+            .filter(|r| r.workload_selector.is_some())
+            .count();
+        if for_sidecars > 0 {
+            warnings.push(format!(
+                "{for_sidecars} ApiRoute(s) with a workloadSelector are not served by a standalone proxy (only by the sidecars of the pods they select)"
+            ));
+            compiled
+                .snapshot
+                .routes
+                .retain(|r| r.workload_selector.is_none());
+        }
         Ok(Load {
             compiled,
             file_errors,
@@ -339,6 +355,35 @@ mod tests {
         let file = dir.path().join("hostile.yaml");
         std::fs::write(&file, text).expect("write");
         parse_file(&file, &mut Vec::new())
+    }
+
+    #[test]
+    fn routes_for_sidecars_are_not_served_standalone_and_the_warning_says_so() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("routes.yaml"),
+            "apiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {name: central}\n\
+             spec: {match: {pathPrefix: /a}, backend: {url: 'http://127.0.0.1:1'}}\n---\n\
+             apiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {name: sidecar}\n\
+             spec: {match: {pathPrefix: /b}, workloadSelector: {matchLabels: {app: b}}}\n",
+        )
+        .expect("write");
+        let load = ManifestDir::new(dir.path())
+            .and_then(|mut d| d.load())
+            .expect("load");
+        let names: Vec<&str> = load
+            .compiled
+            .snapshot
+            .routes
+            .iter()
+            .map(|r| r.key.name.as_str())
+            .collect();
+        assert_eq!(names, ["central"]);
+        assert!(
+            load.warnings.iter().any(|w| w.contains("workloadSelector")),
+            "{:?}",
+            load.warnings
+        );
     }
 
     #[test]
