@@ -8,7 +8,6 @@
 //! everything but the sidecars' routes, a sidecar its own pod's routes, tenants and plans, as its
 //! pod's labels and annotations said when the stream opened.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -41,10 +40,12 @@ const PING_EVERY: Duration = Duration::from_secs(15);
 /// A proxy subscribed to the stream.
 #[derive(Debug, Clone)]
 pub struct ConnectedProxy {
-    /// Its ServiceAccount.
+    /// Its ServiceAccount, or its pod.
     pub identity: String,
     /// The last version it acknowledged.
     pub acked_version: u64,
+    /// A sidecar's workload; `None` for a central proxy.
+    pub workload: Option<Workload>,
     conn: u64,
 }
 
@@ -63,13 +64,14 @@ pub struct ProxyRegistry {
 }
 
 impl ProxyRegistry {
-    fn connect(&self, name: &str, identity: &str) -> u64 {
+    fn connect(&self, name: &str, identity: &str, workload: Option<Workload>) -> u64 {
         let conn = self.seq.fetch_add(1, Ordering::Relaxed);
         self.proxies.lock().insert(
             name.to_owned(),
             ConnectedProxy {
                 identity: identity.to_owned(),
                 acked_version: 0,
+                workload,
                 conn,
             },
         );
@@ -98,9 +100,25 @@ impl ProxyRegistry {
         true
     }
 
-    fn report(&self, report: UsageReport) {
-        self.calls.lock().insert(report.proxy.clone(), report.calls);
-        self.usage.lock().insert(report.proxy, report.counters);
+    /// Whether `name` has a stream open as `identity` (a sidecar reports only while subscribed).
+    fn is_connected(&self, name: &str, identity: &str) -> bool {
+        self.proxies
+            .lock()
+            .get(name)
+            .is_some_and(|p| p.identity == identity)
+    }
+
+    fn report(&self, report: UsageReport, now: jiff::Timestamp) {
+        // Reports whose periods have all ended count nowhere any more: dropped, so the names of
+        // sidecars long replaced (a pod's name changes with each rollout) do not pile up.
+        let mut calls = self.calls.lock();
+        calls.retain(|_, records| records.iter().any(|r| r.period_end > now));
+        calls.insert(report.proxy.clone(), report.calls);
+        drop(calls);
+        let mut usage = self.usage.lock();
+        usage.retain(|_, records| records.iter().any(|r| r.period_end > now));
+        usage.insert(report.proxy, report.counters);
+        drop(usage);
         self.changed.notify_one();
     }
 
@@ -144,6 +162,18 @@ impl ProxyRegistry {
         sums.into_values().collect()
     }
 
+    /// Every connected proxy, by name.
+    pub fn connected(&self) -> Vec<(String, ConnectedProxy)> {
+        let mut out: Vec<_> = self
+            .proxies
+            .lock()
+            .iter()
+            .map(|(n, p)| (n.clone(), p.clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
     /// Name and acknowledged version of every connected proxy.
     pub fn list(&self) -> Vec<(String, u64)> {
         let mut out: Vec<(String, u64)> = self
@@ -184,15 +214,6 @@ enum Audience {
     Fleet,
     /// A sidecar: its pod's routes, their tenants and plans.
     Workload(Workload),
-}
-
-impl Audience {
-    fn view<'s>(&self, snapshot: &'s Snapshot) -> Cow<'s, Snapshot> {
-        match self {
-            Self::Fleet => fleet_view(snapshot),
-            Self::Workload(w) => Cow::Owned(workload_view(snapshot, w)),
-        }
-    }
 }
 
 /// Shared state of the config server.
@@ -259,7 +280,7 @@ impl ConfigServer {
                     return json_response(StatusCode::BAD_REQUEST, "missing ?proxy=NAME");
                 };
                 if !caller.may_use_name(&name) {
-                    return wrong_name(&caller, &name);
+                    return self.wrong_name(&caller, &name);
                 }
                 let audience = match &caller {
                     Caller::Fleet(_) => Audience::Fleet,
@@ -291,7 +312,7 @@ impl ConfigServer {
                     );
                 };
                 if !caller.may_use_name(&ack.proxy) {
-                    return wrong_name(&caller, &ack.proxy);
+                    return self.wrong_name(&caller, &ack.proxy);
                 }
                 if !self.registry.ack(&ack.proxy, ack.version) {
                     return json_response(StatusCode::NOT_FOUND, "no stream open for this proxy");
@@ -326,16 +347,26 @@ impl ConfigServer {
                     );
                 };
                 if !caller.may_use_name(&report.proxy) {
-                    return wrong_name(&caller, &report.proxy);
+                    return self.wrong_name(&caller, &report.proxy);
                 }
-                // A sidecar speaks for its own namespace's tenants only.
+                // A sidecar reports only while its stream is open (so only an injected pod can),
+                // and speaks for its own namespace's tenants only.
                 if let Some(namespace) = caller.namespace() {
+                    if !self
+                        .registry
+                        .is_connected(&report.proxy, &caller.identity())
+                    {
+                        return json_response(
+                            StatusCode::CONFLICT,
+                            "a sidecar reports usage only while its configuration stream is open",
+                        );
+                    }
                     let own =
                         |tenant: &str| tenant.split_once('/').map(|(ns, _)| ns) == Some(namespace);
                     report.counters.retain(|r| own(&r.tenant));
                     report.calls.retain(|r| own(&r.tenant));
                 }
-                self.registry.report(report);
+                self.registry.report(report, jiff::Timestamp::now());
                 let mut resp = Response::new(Full::new(Bytes::new()).boxed_unsync());
                 *resp.status_mut() = StatusCode::NO_CONTENT;
                 resp
@@ -345,6 +376,21 @@ impl ConfigServer {
                 "try GET /v1/config/stream, POST /v1/config/ack or POST /v1/usage",
             ),
         }
+    }
+
+    /// A caller naming a proxy that is not its own (403): logged and counted, as a sidecar that
+    /// does so is misconfigured (its `--proxy-name`) or trying to pass for another proxy.
+    fn wrong_name(&self, caller: &Caller, proxy: &str) -> Response<Body> {
+        self.metrics
+            .proxy_refusals
+            .with_label_values(&["wrong_name"])
+            .inc();
+        let detail = format!(
+            "{} may only use its own proxy name (NAMESPACE/POD, as the injected --proxy-name gives it), not {proxy:?}",
+            caller.identity()
+        );
+        tracing::warn!(%detail, "refused a caller of the configuration stream");
+        json_response(StatusCode::FORBIDDEN, &detail)
     }
 
     /// Answers a caller that is not let in (401, or 503 when the fault is the operator's).
@@ -371,7 +417,11 @@ impl ConfigServer {
         let (tx, rx) = mpsc::channel::<Bytes>(8);
         let server = self.clone();
         tokio::spawn(async move {
-            let conn = server.registry.connect(&name, &identity);
+            let workload = match &audience {
+                Audience::Fleet => None,
+                Audience::Workload(w) => Some(w.clone()),
+            };
+            let conn = server.registry.connect(&name, &identity, workload);
             server
                 .metrics
                 .connected_proxies
@@ -421,20 +471,29 @@ impl ConfigServer {
             }
             last = published.borrow_and_update().clone();
         }
-        // What this stream's proxy holds: kept for a sidecar, whose deltas are computed from
-        // its own view (the fleet's come from the published delta).
-        let mut held: Option<Snapshot> = None;
-        let view = audience.view(&last.snapshot);
-        if let Audience::Workload(workload) = audience {
-            warn_if_unserved(name, workload, &view);
-        }
-        let full = encode(&Outgoing::Full {
-            version: last.version,
-            snapshot: &view,
-        });
-        if let Audience::Workload(_) = audience {
-            held = Some(view.into_owned());
-        }
+        // A sidecar's deltas are computed from the view it holds; the fleet's come from the
+        // published delta, filtered.
+        let mut held = match audience {
+            Audience::Fleet => None,
+            Audience::Workload(workload) => Some((
+                workload,
+                workload_view(&last.snapshot, workload),
+                Vec::new(),
+            )),
+        };
+        let full = match &mut held {
+            None => encode(&Outgoing::Full {
+                version: last.version,
+                snapshot: &fleet_view(&last.snapshot),
+            }),
+            Some((workload, view, problems)) => {
+                log_unserved(name, problems, unserved(workload, &last.snapshot, view));
+                encode(&Outgoing::Full {
+                    version: last.version,
+                    snapshot: view,
+                })
+            }
+        };
         tracing::debug!(proxy = %name, version = last.version, bytes = full.len(), "sending full snapshot");
         if !self.send(&tx, "full", full).await {
             return;
@@ -451,21 +510,28 @@ impl ConfigServer {
                     if next.version == last.version {
                         continue;
                     }
-                    let line = match (audience, &mut held) {
-                        (Audience::Workload(workload), Some(held)) => {
-                            // Sent even when empty: the sidecar acknowledges every version.
-                            let view = workload_view(&next.snapshot, workload);
-                            let line = encode(&Outgoing::Delta(&diff(held, &view, last.version, next.version)));
-                            *held = view;
-                            line
-                        }
-                        _ => match &next.delta {
+                    let (kind, line) = match &mut held {
+                        None => ("delta", match &next.delta {
                             Some(delta) if delta.base == last.version => encode(&Outgoing::Delta(&fleet_delta(delta))),
                             // This stream missed a version: send the difference from what it has.
                             _ => encode(&Outgoing::Delta(&fleet_delta(&diff(&last.snapshot, &next.snapshot, last.version, next.version)))),
-                        },
+                        }),
+                        Some((workload, held, problems)) => {
+                            let view = workload_view(&next.snapshot, workload);
+                            log_unserved(name, problems, unserved(workload, &next.snapshot, &view));
+                            // A delta does not carry the egress identity: when it changes (the
+                            // Tenant appeared after the sidecar connected), the whole view goes.
+                            // Otherwise a delta, sent even when empty: every version is acked.
+                            let line = if view.workload_tenant == held.workload_tenant {
+                                ("delta", encode(&Outgoing::Delta(&diff(held, &view, last.version, next.version))))
+                            } else {
+                                ("full", encode(&Outgoing::Full { version: next.version, snapshot: &view }))
+                            };
+                            *held = view;
+                            line
+                        }
                     };
-                    if !self.send(&tx, "delta", line).await {
+                    if !self.send(&tx, kind, line).await {
                         return;
                     }
                     last = next;
@@ -485,29 +551,56 @@ impl ConfigServer {
     }
 }
 
-/// A caller naming a proxy that is not its own (403).
-fn wrong_name(caller: &Caller, proxy: &str) -> Response<Body> {
-    json_response(
-        StatusCode::FORBIDDEN,
-        &format!(
-            "{} may only use its own proxy name (NAMESPACE/POD), not {proxy:?}",
-            caller.identity()
-        ),
-    )
+/// Why a sidecar's view leaves every request refused: a selector that matches none of its
+/// pod's routes, routes no tenant subscribes to, an egress Tenant missing or not accepted. The
+/// reason belongs in the operator's log, where the routes are; the sidecar only sees 404 or 401.
+fn unserved(workload: &Workload, snapshot: &Snapshot, view: &Snapshot) -> Vec<String> {
+    let mut problems = Vec::new();
+    let ns = &workload.namespace;
+    if view.routes.is_empty() {
+        let selected: Vec<String> = snapshot
+            .routes
+            .iter()
+            .filter(|r| workload.selects(r))
+            .map(|r| r.key.name.clone())
+            .collect();
+        problems.push(if selected.is_empty() {
+            format!(
+                "no ApiRoute in namespace {ns} has a workloadSelector matching this pod's labels {:?}: the sidecar answers 404 to everything",
+                workload.labels
+            )
+        } else {
+            format!(
+                "the ApiRoutes {selected:?} select this egress sidecar's pod but name no backend.url (an egress route leads out of the pod): the sidecar answers 404 to everything"
+            )
+        });
+    }
+    match &workload.direction {
+        Direction::Egress { tenant } if view.workload_tenant.is_none() => problems.push(format!(
+            "the egress sidecar's Tenant {ns}/{tenant} does not exist or was not accepted (see its status): the app's calls get 401"
+        )),
+        Direction::Ingress { .. } if !view.routes.is_empty() && view.tenants.is_empty() => {
+            problems.push(format!(
+                "no Tenant in namespace {ns} subscribes to this sidecar's routes: every request gets 401"
+            ));
+        }
+        _ => {}
+    }
+    problems
 }
 
-/// Logs why a sidecar has nothing to serve, once per stream: a selector that matches no route
-/// of its pod, or an egress Tenant that is missing or was not accepted, leaves every request
-/// refused, and the reason belongs in the operator's log where the routes are.
-fn warn_if_unserved(proxy: &str, workload: &Workload, view: &Snapshot) {
-    if view.routes.is_empty() {
-        tracing::warn!(%proxy, namespace = %workload.namespace, labels = ?workload.labels, "no ApiRoute's workloadSelector matches this sidecar's pod: it answers 404 to everything");
+/// Logs a sidecar's problems when they change (and when they clear), not on every version.
+fn log_unserved(proxy: &str, logged: &mut Vec<String>, now: Vec<String>) {
+    if *logged == now {
+        return;
     }
-    if let Direction::Egress { tenant } = &workload.direction
-        && view.workload_tenant.is_none()
-    {
-        tracing::warn!(%proxy, namespace = %workload.namespace, %tenant, "the egress sidecar's Tenant does not exist or was not accepted: its app's calls get 401");
+    for problem in now.iter().filter(|p| !logged.contains(p)) {
+        tracing::warn!(%proxy, "{problem}");
     }
+    if now.is_empty() {
+        tracing::info!(%proxy, "the sidecar's configuration serves its workload again");
+    }
+    *logged = now;
 }
 
 /// Time a client has to finish its TLS handshake, then each request head.

@@ -17,7 +17,7 @@ use kube::api::{Api, PostParams};
 use tollgate_crds::scope::{Direction, Workload};
 
 use crate::inject::annotations as a;
-use crate::inject::sidecar::{Mode, wanted};
+use crate::inject::sidecar::{CONTAINER, Mode, wanted};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
@@ -91,9 +91,16 @@ pub enum RefusedProxy {
     /// A valid token of a ServiceAccount that is not an allowed proxy's, and not bound to a pod.
     #[error("{0} is not an allowed proxy ServiceAccount, and its token is not bound to a pod")]
     NotAllowed(String),
-    /// A pod's token, but the pod has no sidecar (or a different one than it claims).
+    /// A pod's token, but the pod has no injected sidecar, or its annotations no longer agree
+    /// with the sidecar it runs.
     #[error("{0}")]
     NotASidecar(String),
+    /// The pod the token is bound to could not be read: the operator's fault (503), not the
+    /// sidecar's, and not remembered.
+    #[error(
+        "cannot read pod {0} now ({1}); retry (the operator needs `get` on pods: deploy/operator-rbac.yaml)"
+    )]
+    PodReadFailed(String, String),
     /// The TokenReview could not be made (the API server is unreachable or refused it): the
     /// token may be fine, so this is not remembered and the proxy is told to retry.
     #[error("cannot verify the token now (TokenReview failed: {0}); retry")]
@@ -108,13 +115,14 @@ impl RefusedProxy {
             Self::NotAuthenticated(_) => "not_authenticated",
             Self::NotAllowed(_) => "not_allowed",
             Self::NotASidecar(_) => "not_a_sidecar",
+            Self::PodReadFailed(..) => "pod_read_failed",
             Self::ReviewFailed(_) => "review_failed",
         }
     }
 
     /// Whether the caller itself is at fault (401) rather than the operator (503).
     pub fn is_callers_fault(&self) -> bool {
-        !matches!(self, Self::ReviewFailed(_))
+        !matches!(self, Self::ReviewFailed(_) | Self::PodReadFailed(..))
     }
 }
 
@@ -228,7 +236,7 @@ impl ProxyAuthenticator {
         let pod = pods
             .get_opt(name)
             .await
-            .map_err(|e| RefusedProxy::ReviewFailed(format!("reading pod {namespace}/{name}: {e}")))?
+            .map_err(|e| RefusedProxy::PodReadFailed(format!("{namespace}/{name}"), e.to_string()))?
             .filter(|p| p.metadata.uid.as_deref() == Some(uid))
             .ok_or_else(|| {
                 RefusedProxy::NotAuthenticated(format!(
@@ -239,16 +247,41 @@ impl ProxyAuthenticator {
     }
 }
 
-/// A pod's workload, from its labels and its sidecar's annotations.
+/// A pod's workload, from its labels and its sidecar's annotations, which must agree with the
+/// sidecar container it runs (a pod's containers cannot change; its annotations can).
 pub fn workload(namespace: &str, pod: &Pod) -> Result<Workload, RefusedProxy> {
     let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let refuse = |why: String| {
+        Err(RefusedProxy::NotASidecar(format!(
+            "pod {namespace}/{name}: {why}"
+        )))
+    };
     let annotations = pod.metadata.annotations.clone().unwrap_or_default();
-    if !annotations.contains_key(a::INJECTED) {
-        return Err(RefusedProxy::NotASidecar(format!(
-            "pod {namespace}/{name} has no injected Tollgate sidecar (no {} annotation)",
+    let spec = pod.spec.clone().unwrap_or_default();
+    let sidecar = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == CONTAINER && c.restart_policy.as_deref() == Some("Always"));
+    let (Some(sidecar), true) = (sidecar, annotations.contains_key(a::INJECTED)) else {
+        return refuse(format!(
+            "no injected Tollgate sidecar (a native sidecar named {CONTAINER} and the {} annotation)",
             a::INJECTED
-        )));
+        ));
+    };
+    // On the node's network, 127.0.0.1 is the node's: an egress identity would be anyone's there.
+    if spec.host_network == Some(true) {
+        return refuse("a sidecar on the host's network (hostNetwork) is not served".to_owned());
     }
+    let arg = |flag: &str| {
+        sidecar
+            .args
+            .iter()
+            .flatten()
+            .find_map(|a| a.strip_prefix(flag)?.strip_prefix('='))
+            .and_then(|addr| addr.parse::<std::net::SocketAddr>().ok())
+    };
+    let (listen, admin) = (arg("--listen"), arg("--admin-listen"));
     let mode = match wanted(&annotations) {
         Ok(Some(wanted)) => wanted.mode,
         Ok(None) => {
@@ -263,6 +296,20 @@ pub fn workload(namespace: &str, pod: &Pod) -> Result<Workload, RefusedProxy> {
             )));
         }
     };
+    match &mode {
+        Mode::Egress { .. } if !listen.is_some_and(|l| l.ip().is_loopback()) => {
+            return refuse(format!(
+                "its annotations say egress, but its sidecar listens on {listen:?}, not on localhost"
+            ));
+        }
+        Mode::Ingress { app, .. } if [listen, admin].iter().flatten().any(|a| a.port() == *app) => {
+            return refuse(format!(
+                "{} {app} is one of the sidecar's own ports",
+                a::APP_PORT
+            ));
+        }
+        _ => {}
+    }
     Ok(Workload {
         namespace: namespace.to_owned(),
         labels: pod.metadata.labels.clone().unwrap_or_default(),
@@ -306,57 +353,87 @@ mod tests {
         assert!(auth.cache.lock().is_empty(), "nothing remembered");
     }
 
-    fn pod(annotations: &[(&str, &str)]) -> Pod {
+    /// A pod with `annotations` whose native sidecar listens on `listen` (admin on 15090).
+    fn pod(annotations: &[(&str, &str)], listen: &str) -> Pod {
         serde_json::from_value(serde_json::json!({
             "metadata": {
                 "name": "reports-7d9", "namespace": "shop", "uid": "u-1",
                 "labels": {"app": "reports"},
                 "annotations": annotations.iter().copied().collect::<std::collections::BTreeMap<_, _>>(),
+            },
+            "spec": {
+                "initContainers": [{"name": "tollgate-proxy", "restartPolicy": "Always",
+                                    "args": [format!("--listen={listen}"), "--admin-listen=0.0.0.0:15090"]}],
+                "containers": [{"name": "app"}],
             }
         }))
         .expect("a pod")
     }
 
+    const INGRESS: [(&str, &str); 4] = [
+        (a::INJECT, "ingress"),
+        (a::LISTEN_PORT, "8080"),
+        (a::APP_PORT, "8081"),
+        (a::INJECTED, "ingress listen=8080 app=8081"),
+    ];
+    const EGRESS: [(&str, &str); 3] = [
+        (a::INJECT, "egress"),
+        (a::TENANT, "team-ml"),
+        (a::INJECTED, "egress listen=15080 tenant=team-ml"),
+    ];
+
     #[test]
     fn a_sidecars_workload_comes_from_its_pods_labels_and_annotations() {
-        let ingress = pod(&[
-            (a::INJECT, "ingress"),
-            (a::LISTEN_PORT, "8080"),
-            (a::APP_PORT, "8081"),
-            (a::INJECTED, "ingress listen=8080 app=8081"),
-        ]);
-        let reports = workload("shop", &ingress).expect("a sidecar");
+        let reports = workload("shop", &pod(&INGRESS, "0.0.0.0:8080")).expect("a sidecar");
         assert_eq!(
             reports.labels.get("app").map(String::as_str),
             Some("reports")
         );
         assert_eq!(reports.direction, Direction::Ingress { app_port: 8081 });
-
-        let egress = pod(&[
-            (a::INJECT, "egress"),
-            (a::TENANT, "team-ml"),
-            (a::INJECTED, "egress listen=15080 tenant=team-ml"),
-        ]);
         assert_eq!(
-            workload("shop", &egress).expect("a sidecar").direction,
+            workload("shop", &pod(&EGRESS, "127.0.0.1:15080"))
+                .expect("a sidecar")
+                .direction,
             Direction::Egress {
                 tenant: "team-ml".into()
             }
         );
+    }
 
-        // A pod the webhook never saw gets nothing, whatever it asks for.
-        let not_injected = pod(&[
-            (a::INJECT, "ingress"),
-            (a::LISTEN_PORT, "8080"),
-            (a::APP_PORT, "8081"),
-        ]);
-        let refused = workload("shop", &not_injected).expect_err("no sidecar");
-        assert_eq!(refused.label(), "not_a_sidecar");
-        assert!(refused.is_callers_fault());
-        assert!(
-            refused.to_string().contains("shop/reports-7d9"),
-            "{refused}"
+    /// Annotations can be edited on a running pod, containers cannot: a pod is served only when
+    /// they agree with the sidecar it runs.
+    #[test]
+    fn a_pod_whose_annotations_disagree_with_its_sidecar_is_refused() {
+        let refused = |pod: Pod, says: &str| {
+            let why = workload("shop", &pod).expect_err("refused");
+            assert_eq!(why.label(), "not_a_sidecar");
+            assert!(why.is_callers_fault());
+            let message = why.to_string();
+            assert!(
+                message.contains("shop/reports-7d9") && message.contains(says),
+                "{message}"
+            );
+        };
+        // Never seen by the webhook: annotations alone, or a sidecar without the annotation.
+        let mut no_sidecar = pod(&INGRESS, "0.0.0.0:8080");
+        no_sidecar.spec.as_mut().expect("spec").init_containers = None;
+        refused(no_sidecar, "no injected Tollgate sidecar");
+        refused(
+            pod(&INGRESS[..3], "0.0.0.0:8080"),
+            "no injected Tollgate sidecar",
         );
+        // Switched to egress after an ingress sidecar (listening on every address) was injected.
+        refused(pod(&EGRESS, "0.0.0.0:8080"), "not on localhost");
+        // The app port moved onto the sidecar's admin port (its /usage is for loopback callers).
+        let mut onto_admin = INGRESS;
+        onto_admin[2] = (a::APP_PORT, "15090");
+        refused(
+            pod(&onto_admin, "0.0.0.0:8080"),
+            "one of the sidecar's own ports",
+        );
+        let mut on_host = pod(&EGRESS, "127.0.0.1:15080");
+        on_host.spec.as_mut().expect("spec").host_network = Some(true);
+        refused(on_host, "hostNetwork");
     }
 
     #[test]

@@ -149,12 +149,14 @@ fn from_diagnostics(
     }
 }
 
-/// A route's Programmed condition: whether every connected proxy runs a configuration version
-/// that has the route as it is now (`since`: the first version that did), counted as "n/m".
+/// A route's Programmed condition: whether every proxy that serves it (`acked`: the versions
+/// they acknowledged) runs a configuration version that has the route as it is now (`since`: the
+/// first version that did), counted as "n/m proxies" (or sidecars).
 fn programmed(
     accepted: bool,
     since: Option<u64>,
-    proxies: &[(String, u64)],
+    acked: &[u64],
+    noun: &str,
     version: u64,
 ) -> Desired {
     let Some(since) = since.filter(|_| accepted) else {
@@ -165,8 +167,8 @@ fn programmed(
             message: "The route is not part of the configuration.".to_owned(),
         };
     };
-    let total = proxies.len();
-    let at = proxies.iter().filter(|(_, acked)| *acked >= since).count();
+    let total = acked.len();
+    let at = acked.iter().filter(|acked| **acked >= since).count();
     Desired {
         type_: conditions::PROGRAMMED,
         status: total > 0 && at == total,
@@ -178,7 +180,7 @@ fn programmed(
             "Pending"
         }
         .to_owned(),
-        message: format!("{at}/{total} proxies at version {version}"),
+        message: format!("{at}/{total} {noun} at version {version}"),
     }
 }
 
@@ -238,7 +240,16 @@ impl StatusWriter {
         let plans: Vec<_> = plans.collect();
         concurrently(plans).await;
 
-        let proxies = self.registry.list();
+        // The central proxies serve the routes without a workload selector; a route with one is
+        // served by the sidecars of the pods it selects, and only theirs count for it.
+        let connected = self.registry.connected();
+        let fleet: Vec<u64> = connected
+            .iter()
+            .filter(|(_, p)| p.workload.is_none())
+            .map(|(_, p)| p.acked_version)
+            .collect();
+        let compiled: HashMap<&ObjectKey, &tollgate_crds::snapshot::Route> =
+            p.snapshot.routes.iter().map(|r| (&r.key, r)).collect();
         let routes = all(&self.caches.routes).into_iter().map(|route| {
             let key = object_key(route.as_ref());
             let route_diags = diags(ObjectKind::ApiRoute, &key);
@@ -248,10 +259,23 @@ impl StatusWriter {
                 "The route is valid and part of the configuration.",
                 &route_diags,
             );
+            let sidecars: Vec<u64>;
+            let (acked, noun) = match compiled.get(&key) {
+                Some(r) if r.workload_selector.is_some() => {
+                    sidecars = connected
+                        .iter()
+                        .filter(|(_, p)| p.workload.as_ref().is_some_and(|w| w.selects(r)))
+                        .map(|(_, p)| p.acked_version)
+                        .collect();
+                    (sidecars.as_slice(), "sidecars")
+                }
+                _ => (fleet.as_slice(), "proxies"),
+            };
             let programmed = programmed(
                 accepted.status,
                 p.route_versions.get(&key).copied(),
-                &proxies,
+                acked,
+                noun,
                 p.version,
             );
             let current = route
@@ -456,30 +480,22 @@ mod tests {
         }
     }
 
-    fn proxies(acked: &[u64]) -> Vec<(String, u64)> {
-        acked
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (format!("proxy-{i}"), *v))
-            .collect()
-    }
-
     #[test]
     fn programmed_counts_the_proxies_that_run_the_routes_version() {
-        let p = programmed(true, Some(7), &proxies(&[7, 9, 6]), 9);
+        let p = programmed(true, Some(7), &[7, 9, 6], "proxies", 9);
         assert_eq!((p.status, p.reason.as_str()), (false, "Pending"));
         assert_eq!(p.message, "2/3 proxies at version 9");
 
-        let p = programmed(true, Some(7), &proxies(&[7, 9]), 9);
+        let p = programmed(true, Some(7), &[7, 9], "proxies", 9);
         assert_eq!((p.status, p.reason.as_str()), (true, "Programmed"));
         assert_eq!(p.message, "2/2 proxies at version 9");
 
-        let p = programmed(true, Some(7), &[], 9);
+        let p = programmed(true, Some(7), &[], "sidecars", 9);
         assert_eq!((p.status, p.reason.as_str()), (false, "NoProxies"));
-        assert_eq!(p.message, "0/0 proxies at version 9");
+        assert_eq!(p.message, "0/0 sidecars at version 9");
 
         for (accepted, since) in [(false, Some(7)), (true, None)] {
-            let p = programmed(accepted, since, &proxies(&[9]), 9);
+            let p = programmed(accepted, since, &[9], "proxies", 9);
             assert_eq!((p.status, p.reason.as_str()), (false, "NotAccepted"));
         }
     }

@@ -139,7 +139,8 @@ async fn serve_with<S: CounterStore>(
     let proxy = Arc::new(
         Proxy::new(
             store.clone(),
-            forward::client(backend_roots(cli.backend_ca.as_deref())?)?,
+            forward::client(backend_roots(cli.backend_ca.as_deref())?)
+                .context("adding the --backend-ca certificates")?,
             metrics.clone(),
             access_log,
             ledger,

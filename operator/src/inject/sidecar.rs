@@ -184,6 +184,16 @@ pub fn patch(template: &Template, pod: &Pod, wanted: &Wanted) -> Result<Vec<Valu
     {
         return Ok(Vec::new());
     }
+    // On the node's network, the sidecar's ports and localhost would be the node's: an egress
+    // sidecar's identity (every request on 127.0.0.1 is the tenant's) would be anyone's there.
+    if spec.host_network == Some(true) {
+        return Err(InjectError::Annotation {
+            name: a::INJECT,
+            problem:
+                "a pod on the host's network (hostNetwork: true) cannot have a Tollgate sidecar"
+                    .to_owned(),
+        });
+    }
     let mode = match &wanted.mode {
         Mode::Egress { listen: 0, tenant } => Mode::Egress {
             listen: template.egress_port,
@@ -745,5 +755,20 @@ mod tests {
                 container: "app".into()
             })
         );
+    }
+
+    #[test]
+    fn a_pod_on_the_hosts_network_is_refused() {
+        let app =
+            pod(json!({"hostNetwork": true, "containers": [{"name": "app", "image": "app"}]}));
+        let wanted = Wanted {
+            mode: Mode::Egress {
+                listen: 0,
+                tenant: "team-ml".into(),
+            },
+            resources: Default::default(),
+        };
+        let refused = patch(&template(), &app, &wanted).expect_err("refused");
+        assert!(refused.to_string().contains("hostNetwork"), "{refused}");
     }
 }
