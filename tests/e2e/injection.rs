@@ -15,11 +15,11 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use serde_json::{Value, json};
 use tollgate_crds::resources::Tenant;
-use tollgate_operator::inject::sidecar::{Template, patch, wanted};
-use tollgate_tests::fleet::{Fleet, eventually, get, logged_addresses};
+use tollgate_tests::TestNamespace;
+use tollgate_tests::fleet::{Fleet, eventually, get};
 use tollgate_tests::llm_backend::LlmBackend;
-use tollgate_tests::process::{Supervised, free_port};
-use tollgate_tests::{TestNamespace, workspace_binary};
+use tollgate_tests::process::free_port;
+use tollgate_tests::sidecar::{injected_pod, run_sidecar, template};
 
 /// The name deploy/operator-rbac.yaml lets the operator patch.
 const CONFIGURATION: &str = "tollgate-sidecar-injector";
@@ -285,121 +285,6 @@ async fn annotated_pods_in_opted_in_namespaces_get_the_sidecar_and_nothing_else_
     Ok(())
 }
 
-/// What the kubelet would run for the injected container of `pod`: its arguments (with the
-/// `$(VAR)`s expanded from its environment) and environment, and its pod-bound token. A shared
-/// test machine needs a few things instead of the pod's own: the operator's local address,
-/// loopback addresses (the pod's ports are free ports the test annotated), a temporary state
-/// directory, and `extra` arguments.
-fn run_sidecar(
-    fleet: &Fleet,
-    pod: &Pod,
-    token: &str,
-    extra: &[String],
-) -> Result<(Supervised, SocketAddr, SocketAddr)> {
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
-    let container = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.init_containers.as_ref())
-        .and_then(|c| c.first())
-        .context("no injected container")?;
-    let dir = fleet.dir().join(format!("sidecar-{name}"));
-    std::fs::create_dir_all(&dir)?;
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, token.trim())?;
-    let mut env: Vec<(&str, String)> = vec![("RUST_LOG", "info".into())];
-    for var in container.env.iter().flatten() {
-        let value = match (var.name.as_str(), &var.value) {
-            ("POD_NAME", _) => name.clone(),
-            ("POD_NAMESPACE", _) => namespace.clone(),
-            (_, Some(value)) => value.clone(),
-            (_, None) => continue,
-        };
-        let known = ["POD_NAME", "POD_NAMESPACE", "TOLLGATE_CONTROL_PLANE_CA_PEM"];
-        if let Some(var) = known.iter().find(|k| **k == var.name) {
-            env.push((var, value));
-        }
-    }
-    let expand = |arg: &str| {
-        env.iter().fold(arg.to_owned(), |arg, (k, v)| {
-            arg.replace(&format!("$({k})"), v)
-        })
-    };
-    let mut args: Vec<String> = container
-        .args
-        .iter()
-        .flatten()
-        .map(|arg| {
-            let arg = expand(arg);
-            match arg.split_once('=') {
-                Some(("--control-plane", _)) => {
-                    format!("--control-plane={}", fleet.operators[0].url)
-                }
-                Some(("--control-plane-token-file", _)) => {
-                    format!("--control-plane-token-file={}", token_file.display())
-                }
-                Some(("--admin-listen", _)) => "--admin-listen=127.0.0.1:0".to_owned(),
-                Some(("--listen", addr)) => {
-                    format!("--listen={}", addr.replace("0.0.0.0", "127.0.0.1"))
-                }
-                Some(("--state-dir", _)) => format!("--state-dir={}", dir.join("state").display()),
-                _ => arg,
-            }
-        })
-        .collect();
-    args.extend(extra.iter().cloned());
-    let log = dir.join("proxy.log");
-    let process = Supervised::spawn_with_env(
-        "tollgate-proxy",
-        &workspace_binary("tollgate-proxy")?,
-        &args,
-        &log,
-        None,
-        &env,
-    )?;
-    let addresses = logged_addresses(&log, "tollgate-proxy serving", &["listen=", "admin="])?;
-    Ok((process, addresses[0], addresses[1]))
-}
-
-/// Creates `pod` in `ns` with the sidecar the webhook would give it (the webhook itself is tested
-/// above; one MutatingWebhookConfiguration name is allowed, so the tests do not share it), and a
-/// token bound to it with the sidecar's audience.
-async fn injected_pod(
-    ns: &TestNamespace,
-    template: &Template,
-    pod: Value,
-) -> Result<(Pod, String)> {
-    let asked: Pod = serde_json::from_value(pod.clone())?;
-    let annotations = asked.metadata.annotations.clone().unwrap_or_default();
-    let wanted = wanted(&annotations)?.context("the pod asks for a sidecar")?;
-    let ops = patch(template, &asked, &wanted)?;
-    let mut injected = pod;
-    let ops: json_patch::Patch = serde_json::from_value(Value::Array(ops))?;
-    json_patch::patch(&mut injected, &ops)?;
-    ns.kubectl_ok_stdin(&["create", "-f", "-"], &injected.to_string())?;
-    let name = asked.metadata.name.clone().unwrap_or_default();
-    let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
-    let created = pods.get(&name).await?;
-    let uid = created.metadata.uid.clone().unwrap_or_default();
-    let token = ns.kubectl_ok(&[
-        "create",
-        "token",
-        "default",
-        "--audience",
-        "tollgate",
-        "--duration",
-        "1h",
-        "--bound-object-kind",
-        "Pod",
-        "--bound-object-name",
-        &name,
-        "--bound-object-uid",
-        &uid,
-    ])?;
-    Ok((created, token))
-}
-
 async fn request(addr: SocketAddr, path: &str, key: &str) -> Result<tollgate_tests::fleet::Reply> {
     get(addr, path, &[("authorization", &format!("Bearer {key}"))]).await
 }
@@ -516,17 +401,7 @@ spec:
         provider = provider.https_url()
     ))?;
 
-    let ca_pem = std::fs::read_to_string(fleet.ca_file())?;
-    let template = Template {
-        image: "tollgate-proxy:test".into(),
-        image_pull_policy: "IfNotPresent".into(),
-        control_plane: "https://tollgate-operator.tollgate-system.svc:8443".into(),
-        ca_pem,
-        token_audience: "tollgate".into(),
-        resources: Default::default(),
-        admin_port: 15090,
-        egress_port: 15080,
-    };
+    let template = template(&fleet)?;
     let pod = |name: &str, annotations: Value| {
         json!({"apiVersion": "v1", "kind": "Pod",
                "metadata": {"name": name, "namespace": apps.name, "labels": {"app": name},
@@ -556,7 +431,8 @@ spec:
     .await?;
 
     // The ingress sidecar: the app's API behind the plans of the tenants subscribed to it.
-    let (_reports_sidecar, listen, admin) = run_sidecar(&fleet, &reports, &reports_token, &[])?;
+    let reports_sidecar = run_sidecar(&fleet, &reports, &reports_token, &[])?;
+    let (listen, admin) = (reports_sidecar.listen, reports_sidecar.admin);
     eventually(WAIT, "the ingress sidecar's configuration", || async {
         request(listen, "/reports/q1", "key-capped")
             .await
@@ -632,12 +508,13 @@ spec:
     // The egress sidecar: the app calls with the official SDK, with no key of its own; the
     // sidecar adds the team's provider key (the provider answers 401 without it), meters the
     // calls and refuses those the budget cannot hold: 30 tokens a call, 100 a month.
-    let (_batch_sidecar, egress, egress_admin) = run_sidecar(
+    let batch_sidecar = run_sidecar(
         &fleet,
         &batch,
         &batch_token,
         &[format!("--backend-ca={}", provider_ca_file.display())],
     )?;
+    let (egress, egress_admin) = (batch_sidecar.listen, batch_sidecar.admin);
     assert!(
         egress.ip().is_loopback(),
         "never reachable from outside the pod"

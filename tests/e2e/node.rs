@@ -1104,3 +1104,243 @@ fn under_redis_fleet_quotas_a_killed_proxy_and_a_restarted_containerd_never_over
     );
     Ok(())
 }
+
+/// Sidecars on a real node (issue #21): the chart's webhook injects them, the kubelet runs them as
+/// native sidecars with their pod-bound tokens, and each enforces only its own workload's plans:
+/// an app's API behind its ingress sidecar (402 and 429 through its Service), and a Job's LLM
+/// calls through its egress sidecar (the provider key added, the team's budget ending in 402, the
+/// Job completing).
+#[test]
+fn injected_sidecars_guard_an_apps_api_and_hold_a_jobs_llm_budget() -> Result<()> {
+    let installed = Installed::new("tollgate-inject", &["--set", "injection.enabled=true"])?;
+    let (system, app) = (&installed.system, &installed.app);
+    app.kubectl_ok(&[
+        "label",
+        "namespace",
+        &app.name,
+        "tollgate.dev/injection=enabled",
+    ])?;
+    // The operator writes its CA into the webhook's configuration; pods wait for that.
+    let configuration = format!("{}-sidecar-injector", installed.release);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let bundle = system.kubectl_ok(&[
+            "get",
+            "mutatingwebhookconfiguration",
+            &configuration,
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.caBundle}",
+        ])?;
+        if !bundle.trim().is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("no caBundle in {configuration}\n{}", diagnostics(system));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let ns = &app.name;
+    let image = format!("{TEST_REGISTRY}/echo-backend:{TEST_TAG}");
+    app.apply_ok(&format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: sidecar-keys, labels: {{tollgate.dev/api-key: "true"}}}}
+stringData: {{capped: tg_sidecar_capped, burst: tg_sidecar_burst}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: provider-key, labels: {{tollgate.dev/backend-credentials: "true"}}}}
+stringData: {{apiKey: sk-team-ml}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {{name: capped}}
+spec: {{quotas: [{{name: monthly-requests, metric: Requests, limit: "2", period: Month}}]}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {{name: burst}}
+spec: {{rateLimits: [{{name: per-hour, requests: 1, window: 1h}}]}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {{name: team-budget}}
+spec:
+  quotas: [{{name: monthly-tokens, metric: TotalTokens, limit: "100", period: Month}}]
+  reservation: {{maxOutputTokens: 20, estimate: Bound}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {{name: reports}}
+spec: {{workloadSelector: {{matchLabels: {{app: reports}}}}, match: {{pathPrefix: /reports}}}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {{name: openai}}
+spec:
+  workloadSelector: {{matchLabels: {{app: summaries}}}}
+  match: {{pathPrefix: /v1/chat/completions}}
+  backend:
+    url: http://llm.{ns}.svc
+    requestHeaders: [{{name: Authorization, secretKeyRef: {{name: provider-key}}, valuePrefix: "Bearer "}}]
+  metering: OpenAI
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Tenant
+metadata: {{name: capped}}
+spec: {{quotaPolicyRef: {{name: capped}}, apiKeys: [{{secretRef: {{name: sidecar-keys, key: capped}}}}], subscriptions: [{{apiRouteRef: {{name: reports}}}}]}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Tenant
+metadata: {{name: burst}}
+spec: {{quotaPolicyRef: {{name: burst}}, apiKeys: [{{secretRef: {{name: sidecar-keys, key: burst}}}}], subscriptions: [{{apiRouteRef: {{name: reports}}}}]}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Tenant
+metadata: {{name: team-ml}}
+spec: {{quotaPolicyRef: {{name: team-budget}}, subscriptions: [{{apiRouteRef: {{name: openai}}}}]}}
+---
+# The provider: answers chat completions only with the team's key.
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: llm}}
+spec:
+  selector: {{matchLabels: {{app: llm}}}}
+  template:
+    metadata: {{labels: {{app: llm}}}}
+    spec:
+      containers:
+      - {{name: llm, image: "{image}", imagePullPolicy: Never, args: [--provider-key, "Bearer sk-team-ml"]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: llm}}
+spec: {{selector: {{app: llm}}, ports: [{{port: 80, targetPort: 8080}}]}}
+---
+# The app whose API the ingress sidecar guards: it listens on localhost only.
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: reports}}
+spec:
+  selector: {{matchLabels: {{app: reports}}}}
+  template:
+    metadata:
+      labels: {{app: reports}}
+      annotations: {{tollgate.dev/inject: ingress, tollgate.dev/listen-port: "8080", tollgate.dev/app-port: "8081"}}
+    spec:
+      containers:
+      - {{name: app, image: "{image}", imagePullPolicy: Never, args: [--listen, "127.0.0.1:8081"]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: reports}}
+spec: {{selector: {{app: reports}}, ports: [{{port: 80, targetPort: 8080}}]}}
+"#
+    ))?;
+    wait_rollout(app, "llm", "120s")?;
+    wait_rollout(app, "reports", "180s")?;
+    let containers = app.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=reports",
+        "-o",
+        "jsonpath={.items[0].spec.initContainers[*].name}",
+    ])?;
+    assert_eq!(containers.trim(), "tollgate-proxy", "the injected sidecar");
+
+    // Through the app's own Service: its sidecar enforces the plans.
+    let reports = service_address(app, "reports")?;
+    let call = |key: &str| {
+        request(
+            reports,
+            "/reports/q1",
+            &[("Authorization", &format!("Bearer {key}"))],
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let first = loop {
+        let r = call("tg_sidecar_capped");
+        match r {
+            Ok(r) if r.status == 200 => break r,
+            r if Instant::now() > deadline => {
+                bail!(
+                    "the ingress sidecar never answered 200: {r:?}\n{}",
+                    diagnostics(app)
+                )
+            }
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    };
+    let echoed: serde_json::Value = serde_json::from_str(&first.body)?;
+    assert_eq!(
+        echoed["headers"]["x-tollgate-tenant"],
+        format!("{ns}/capped"),
+        "the app received the request, with its tenant: {echoed}"
+    );
+    assert_eq!(call("tg_sidecar_capped")?.status, 200);
+    let exhausted = call("tg_sidecar_capped")?;
+    assert_eq!(exhausted.status, 402, "{exhausted:?}");
+    assert!(exhausted.body.contains("quota-exhausted"), "{exhausted:?}");
+    assert_eq!(call("tg_sidecar_burst")?.status, 200);
+    assert_eq!(call("tg_sidecar_burst")?.status, 429);
+
+    // A Job that calls the provider through its egress sidecar, with no key of its own.
+    app.apply_ok(&format!(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata: {{name: summaries}}
+spec:
+  backoffLimit: 0
+  template:
+    metadata:
+      labels: {{app: summaries}}
+      annotations: {{tollgate.dev/inject: egress, tollgate.dev/tenant: team-ml}}
+    spec:
+      restartPolicy: Never
+      containers:
+      - name: app
+        image: "{image}"
+        imagePullPolicy: Never
+        args: [--call, "http://127.0.0.1:15080/v1/chat/completions", --times, "5"]
+"#
+    ))?;
+    let done = app.kubectl(
+        &[
+            "wait",
+            "--for=condition=complete",
+            "job/summaries",
+            "--timeout=180s",
+        ],
+        None,
+    )?;
+    if !done.status.success() {
+        bail!(
+            "the Job did not complete: {}\n{}",
+            String::from_utf8_lossy(&done.stderr),
+            diagnostics(app)
+        );
+    }
+    let printed = app.kubectl_ok(&["logs", "job/summaries", "-c", "app"])?;
+    let statuses: Vec<u16> = printed
+        .lines()
+        .filter_map(|l| l.strip_prefix("status ")?.trim().parse().ok())
+        .collect();
+    let served = statuses.iter().take_while(|s| **s == 200).count();
+    assert!(
+        served >= 1 && served < statuses.len() && statuses[served..].iter().all(|s| *s == 402),
+        "calls admitted while the budget holds, then 402: {statuses:?}"
+    );
+    // The provider saw the team's key on every call it answered, and nothing else.
+    let provider = app.kubectl_ok(&["logs", "deployment/llm"])?;
+    let keyed = provider
+        .lines()
+        .filter(|l| l.contains("provider-key=valid"))
+        .count();
+    assert_eq!(keyed, served, "{provider}");
+    assert!(
+        !provider.contains("provider-key=missing-or-wrong"),
+        "{provider}"
+    );
+    Ok(())
+}

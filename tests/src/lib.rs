@@ -17,6 +17,7 @@ pub mod pki;
 pub mod process;
 pub mod python;
 pub mod redis;
+pub mod sidecar;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
