@@ -51,6 +51,16 @@ impl Workload {
     }
 }
 
+impl Workload {
+    /// Whether this workload's sidecar serves `route`: it selects the pod, and it is not a route
+    /// back into the app on an egress sidecar (which leads out of the pod).
+    pub fn serves(&self, route: &Route) -> bool {
+        self.selects(route)
+            && !(route.backend == RouteBackend::Workload
+                && matches!(self.direction, Direction::Egress { .. }))
+    }
+}
+
 /// Whether any route is served by sidecars (and so must be kept from the fleet).
 fn has_workload_routes(snapshot: &Snapshot) -> bool {
     snapshot
@@ -92,22 +102,17 @@ pub fn workload_view(snapshot: &Snapshot, workload: &Workload) -> Snapshot {
     let routes: Vec<Route> = snapshot
         .routes
         .iter()
-        .filter(|r| workload.selects(r))
-        .filter_map(|r| {
+        .filter(|r| workload.serves(r))
+        .map(|r| {
             let mut route = r.clone();
-            if route.backend == RouteBackend::Workload {
-                match workload.direction {
-                    Direction::Ingress { app_port } => {
-                        route.backend = RouteBackend::Http {
-                            base_url: format!("http://127.0.0.1:{app_port}"),
-                        };
-                    }
-                    // An egress sidecar's routes lead out of the pod: back into its own app
-                    // would be a loop.
-                    Direction::Egress { .. } => return None,
-                }
+            if let (RouteBackend::Workload, Direction::Ingress { app_port }) =
+                (&route.backend, &workload.direction)
+            {
+                route.backend = RouteBackend::Http {
+                    base_url: format!("http://127.0.0.1:{app_port}"),
+                };
             }
-            Some(route)
+            route
         })
         .collect();
     let names: HashSet<&str> = routes.iter().map(|r| r.key.name.as_str()).collect();
@@ -315,6 +320,13 @@ mod tests {
         };
         let view = workload_view(&world, &job);
         assert_eq!(keys(&view.routes, |r| &r.key), ["shop/openai"]);
+        let reports = world
+            .route(&ObjectKey::new("shop", "reports"))
+            .expect("route");
+        assert!(
+            job.selects(reports) && !job.serves(reports),
+            "no route back into the app"
+        );
         assert_eq!(keys(&view.tenants, |t| &t.key), ["shop/team-ml"]);
         assert!(view.tenants[0].key_digests.is_empty());
         assert_eq!(view.tenants[0].subscriptions.len(), 1);

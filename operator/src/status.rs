@@ -264,7 +264,7 @@ impl StatusWriter {
                 Some(r) if r.workload_selector.is_some() => {
                     sidecars = connected
                         .iter()
-                        .filter(|(_, p)| p.workload.as_ref().is_some_and(|w| w.selects(r)))
+                        .filter(|(_, p)| p.workload.as_ref().is_some_and(|w| w.serves(r)))
                         .map(|(_, p)| p.acked_version)
                         .collect();
                     (sidecars.as_slice(), "sidecars")
