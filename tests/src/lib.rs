@@ -349,10 +349,25 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
             .to_path_buf();
         let target = debug.parent().ok_or("unexpected target dir")?.to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        // Build with the profile of the running tests (target/debug or target/release).
-        let profile = match debug.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev",
-            Some(other) => other,
+        // Build with the profile of the running tests (target/debug or target/release), unless
+        // TOLLGATE_TEST_PROFILE names another: benchmarks run release binaries from a test
+        // harness built in the dev profile, which saves building the harness with fat LTO.
+        let (debug, profile) = match std::env::var("TOLLGATE_TEST_PROFILE") {
+            Ok(profile) if !profile.is_empty() => {
+                let dir = if profile == "dev" {
+                    "debug"
+                } else {
+                    profile.as_str()
+                };
+                (target.join(dir), profile)
+            }
+            _ => {
+                let profile = match debug.file_name().and_then(|n| n.to_str()) {
+                    Some("debug") | None => "dev",
+                    Some(other) => other,
+                };
+                (debug.clone(), profile.to_owned())
+            }
         };
         let status = Command::new(cargo)
             .args([
@@ -366,7 +381,7 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
                 "-p",
                 "tollgate-tests",
                 "--profile",
-                profile,
+                &profile,
             ])
             .arg("--target-dir")
             .arg(&target)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Sidecar footprint (issue #21): a sidecar's RSS with its workload's configuration next to a
+# central proxy holding the whole namespace, the time from its start to ready, and the latency it
+# adds on loopback against calling the app directly (real kube-apiserver and operator).
+#
+# The proxy and operator run as release builds; the harness (kube-apiserver set-up, the client
+# that measures latency) is a dev build, the same client for the direct and the proxied requests.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+TOLLGATE_TESTENV_BIN="$(tests/testenv/provision.sh)"
+export TOLLGATE_TESTENV_BIN TOLLGATE_TEST_PROFILE=release
+cargo build --release -q --bins
+cargo test -q -p tollgate-tests --test sidecar_bench -- --ignored --nocapture 2>&1 | grep -v '^$'
