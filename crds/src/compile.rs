@@ -15,6 +15,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use rust_decimal::Decimal;
 
+pub mod billing;
+
 use crate::duration::parse_duration;
 use crate::resources::{
     self, ApiRoute, Approval, Metric, QuotaPolicy, SubscriptionState, SubscriptionStatus,
@@ -52,6 +54,8 @@ pub struct Compiled {
     pub diagnostics: Vec<Diagnostic>,
     /// Subscription states per compiled tenant (for Tenant status).
     pub subscriptions: BTreeMap<ObjectKey, Vec<SubscriptionStatus>>,
+    /// Effective billing state per compiled tenant (for Tenant status).
+    pub billing: BTreeMap<ObjectKey, resources::BillingStatus>,
 }
 
 impl Compiled {
@@ -337,10 +341,20 @@ fn compile_plan(key: &ObjectKey, plan: &QuotaPolicy) -> Result<Plan, Vec<FieldEr
         ));
     }
 
+    let past_due_grace_ms = match spec.past_due_grace_period.as_deref().map(parse_duration) {
+        None => 0,
+        Some(Ok(d)) => u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+        Some(Err(e)) => {
+            errors.push(invalid("spec.pastDueGracePeriod", e.to_string()));
+            0
+        }
+    };
+
     if !errors.is_empty() {
         return Err(errors);
     }
     Ok(Plan {
+        past_due_grace_ms,
         key: key.clone(),
         rate_limits,
         quotas,
@@ -1127,12 +1141,21 @@ fn compile_tenants(
             })
             .collect();
         out.subscriptions.insert(key.clone(), states);
+        let grace = plan
+            .as_ref()
+            .and_then(|p| out.snapshot.plan(p))
+            .map(|p| std::time::Duration::from_millis(p.past_due_grace_ms))
+            .filter(|g| !g.is_zero());
+        let stripe = tenant.status.as_ref().and_then(|s| s.stripe.as_ref());
+        let billing = billing::effective_billing(&spec.billing, stripe, grace);
+        out.billing.insert(key.clone(), billing.status());
         out.snapshot.tenants.push(Tenant {
             key,
             display_name: spec.display_name.clone(),
             key_digests: digests,
             plan,
-            billing_state: spec.billing.state,
+            billing_state: billing.state,
+            past_due_grace_until: billing.grace_until,
             paid_through,
             subscriptions,
         });

@@ -207,6 +207,7 @@ mod tests {
             key_digests: vec![KeyDigest::of(name.as_bytes())],
             plan: Some(ObjectKey::new(namespace, format!("{name}-plan"))),
             billing_state: Default::default(),
+            past_due_grace_until: None,
             paid_through: None,
             subscriptions: routes
                 .iter()

@@ -281,6 +281,10 @@ pub struct Tenant {
     pub plan: Option<ObjectKey>,
     /// Billing state.
     pub billing_state: BillingState,
+    /// PastDue: requests are served until then (the plan's grace period, for a state from
+    /// Stripe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub past_due_grace_until: Option<Timestamp>,
     /// Paid-through time.
     pub paid_through: Option<Timestamp>,
     /// Subscriptions.
@@ -350,6 +354,13 @@ pub struct Plan {
     /// Models callable on metered routes (exact names, or prefixes ending in `*`); empty: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_models: Vec<String>,
+    /// How long a tenant past due (from Stripe) is still served, in milliseconds; 0: not at all.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub past_due_grace_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Plan {

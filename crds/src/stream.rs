@@ -246,6 +246,7 @@ mod tests {
             key_digests: vec![KeyDigest::of(name.as_bytes())],
             plan: None,
             billing_state: state,
+            past_due_grace_until: None,
             paid_through: None,
             subscriptions: vec![],
         }
@@ -262,6 +263,7 @@ mod tests {
             failure_policy: FailurePolicy::FailClosed,
             reservation: Default::default(),
             allowed_models: vec![],
+            past_due_grace_ms: 0,
         }
     }
 

@@ -134,6 +134,50 @@ pub struct Cli {
 
     #[command(flatten)]
     pub injection: InjectionArgs,
+
+    #[command(flatten)]
+    pub stripe: StripeArgs,
+}
+
+/// Payment state from Stripe (off unless --stripe-webhook-listen or --stripe-api-key-file is set).
+#[derive(Debug, Clone, clap::Args)]
+pub struct StripeArgs {
+    /// Receive Stripe's webhooks on this address (HTTPS with the operator's serving certificate,
+    /// `POST /stripe/webhook`). Every replica receives, leader or not. Stripe needs a public
+    /// HTTPS URL: put an Ingress or load balancer in front (the chart can create the Ingress).
+    #[arg(long, env = "TOLLGATE_STRIPE_WEBHOOK_LISTEN", value_name = "ADDR")]
+    pub stripe_webhook_listen: Option<SocketAddr>,
+
+    /// The endpoint's signing secrets (`whsec_…`), one per line (required with
+    /// --stripe-webhook-listen). While rolling a secret, list both: a delivery signed with either
+    /// passes. Re-read on every delivery, so an updated Secret applies without a restart.
+    #[arg(long, env = "TOLLGATE_STRIPE_WEBHOOK_SECRETS", value_name = "FILE")]
+    pub stripe_webhook_secrets: Option<std::path::PathBuf>,
+
+    /// How old a delivery's signature may be before it is refused as a replay (Stripe's
+    /// libraries use 5 minutes).
+    #[arg(long, env = "TOLLGATE_STRIPE_SIGNATURE_TOLERANCE", default_value = "5m", value_parser = duration, value_name = "DURATION")]
+    pub stripe_signature_tolerance: Duration,
+
+    /// A Stripe API key that may read subscriptions (a restricted `rk_…` key with Subscriptions:
+    /// read is enough). With it, the leader reads every Tenant's subscription every
+    /// --stripe-repair-interval and corrects what a missed webhook left wrong.
+    #[arg(long, env = "TOLLGATE_STRIPE_API_KEY_FILE", value_name = "FILE")]
+    pub stripe_api_key_file: Option<std::path::PathBuf>,
+
+    /// Stripe's API (another base URL for a test server such as stripe-mock).
+    #[arg(
+        long,
+        env = "TOLLGATE_STRIPE_API_BASE",
+        default_value = "https://api.stripe.com",
+        value_name = "URL"
+    )]
+    pub stripe_api_base: String,
+
+    /// Time between two reads of every named subscription: the longest a missed webhook stays
+    /// wrong. One API request per Tenant with spec.billing.stripe per interval.
+    #[arg(long, env = "TOLLGATE_STRIPE_REPAIR_INTERVAL", default_value = "10m", value_parser = duration, value_name = "DURATION")]
+    pub stripe_repair_interval: Duration,
 }
 
 /// Sidecar injection (off unless --webhook-listen is set).

@@ -5,8 +5,10 @@
 //! - [`config_server`]: the HTTPS stream to proxies; [`proxy_auth`]: who may subscribe.
 //! - [`leader`]: Lease election; [`pod_role`]: the leader's pod label the stream's Service selects;
 //!   [`status`]: conditions and events, written by the leader.
+//! - [`inject`]: the sidecar-injection webhook; [`billing`]: payment state from Stripe.
 #![forbid(unsafe_code)]
 
+pub mod billing;
 pub mod cli;
 pub mod config_server;
 pub mod inject;
@@ -141,6 +143,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         None => None,
     };
+    let stripe_listener = start_stripe(&cli, &client, &caches, &tls, &metrics, &leading_rx).await?;
     let proxies = Arc::new(ProxyRegistry::default());
     let server = Arc::new(ConfigServer {
         published: published_rx.clone(),
@@ -163,6 +166,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         config = %listener.local_addr().unwrap_or(cli.config_listen),
         admin = %admin.local_addr().unwrap_or(cli.admin_listen),
         webhook = %webhook_listener.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        stripe_webhook = %stripe_listener.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         %identity,
         namespaces = ?cli.namespace,
         "tollgate-operator starting"
@@ -231,6 +235,82 @@ pub async fn run(cli: Cli) -> Result<()> {
         leader::release(client, &election).await;
     }
     Ok(())
+}
+
+/// Starts the Stripe webhook receiver (every replica) and the periodic subscription read (while
+/// leading), as configured; the receiver's address when it listens.
+async fn start_stripe(
+    cli: &Cli,
+    client: &kube::Client,
+    caches: &watch::Caches,
+    tls: &tokio_rustls::TlsAcceptor,
+    metrics: &OperatorMetrics,
+    leading: &channel::Receiver<bool>,
+) -> Result<Option<std::net::SocketAddr>> {
+    let args = &cli.stripe;
+    let tenants = billing::tenants::StripeTenants {
+        client: client.clone(),
+        caches: caches.clone(),
+    };
+    let base = args.stripe_api_base.trim_end_matches('/').to_owned();
+    if !(base.starts_with("https://") || base.starts_with("http://")) {
+        anyhow::bail!("--stripe-api-base {base:?} is not an http:// or https:// URL");
+    }
+    if let Some(file) = &args.stripe_api_key_file {
+        // Read on every pass: a key added to the Secret later starts the reads then, and a
+        // missing one stops neither the webhooks nor the rest of the operator.
+        if let Err(e) = std::fs::metadata(file) {
+            tracing::warn!(file = %file.display(), error = %e,
+                "--stripe-api-key-file cannot be read: subscriptions are not read until it can");
+        }
+        if base.starts_with("http://") {
+            tracing::warn!(api = %base, "--stripe-api-base is plain HTTP: the API key crosses the network unencrypted (fine for a local test server only)");
+        }
+        let repair = billing::repair::Repair {
+            api_base: base,
+            api_key_file: file.clone(),
+            interval: args.stripe_repair_interval,
+            tenants: tenants.clone(),
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(repair.run(leading.clone()));
+    }
+    let Some(addr) = args.stripe_webhook_listen else {
+        return Ok(None);
+    };
+    let Some(secrets_file) = args.stripe_webhook_secrets.clone() else {
+        anyhow::bail!(
+            "--stripe-webhook-listen needs --stripe-webhook-secrets (the endpoint's signing secrets, one per line)"
+        );
+    };
+    let secrets = std::fs::read_to_string(&secrets_file)
+        .with_context(|| format!("--stripe-webhook-secrets {}", secrets_file.display()))?;
+    if billing::receiver::read_secrets(&secrets).is_empty() {
+        anyhow::bail!(
+            "--stripe-webhook-secrets {} holds no signing secret (one whsec_… per line)",
+            secrets_file.display()
+        );
+    }
+    let receiver = Arc::new(billing::receiver::Receiver {
+        secrets_file,
+        tolerance: args.stripe_signature_tolerance,
+        tenants,
+        metrics: metrics.clone(),
+        in_flight: tokio::sync::Semaphore::new(billing::receiver::MAX_IN_FLIGHT),
+    });
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding --stripe-webhook-listen {addr}"))?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    tokio::spawn(config_server::serve_https(
+        listener,
+        tls.clone(),
+        move |req| {
+            let receiver = receiver.clone();
+            async move { receiver.handle(req).await }
+        },
+    ));
+    Ok(Some(bound))
 }
 
 /// The admin port: `/metrics`, `/healthz`, and `/readyz` (ready once the caches are synced and a

@@ -41,6 +41,10 @@ pub struct OperatorMetrics {
     pub usage_read_duration: Histogram,
     /// Pods seen by the sidecar-injection webhook, by result (injected, skipped, denied).
     pub injections: IntCounterVec,
+    /// Stripe webhook deliveries, by outcome.
+    pub stripe_events: IntCounterVec,
+    /// Reads of Stripe subscriptions by the periodic repair, by outcome.
+    pub stripe_reads: IntCounterVec,
 }
 
 impl OperatorMetrics {
@@ -154,6 +158,20 @@ impl OperatorMetrics {
                 ),
                 &["result"],
             )?,
+            stripe_events: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_operator_stripe_webhook_events_total",
+                    "Stripe webhook deliveries, by outcome: applied; duplicate, out_of_order (older than the newest applied), ignored_type, unknown_customer, other_subscription, unknown_status (acknowledged, not applied); bad_signature, stale_timestamp, malformed (refused with 400); no_secrets, write_failed (503, Stripe retries).",
+                ),
+                &["outcome"],
+            )?,
+            stripe_reads: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_operator_stripe_subscription_reads_total",
+                    "Subscriptions read from Stripe's API by the leader's periodic repair, by outcome: unchanged, corrected (a webhook was missed), customer_mismatch, failed.",
+                ),
+                &["outcome"],
+            )?,
             status_write_duration: Histogram::with_opts(
                 HistogramOpts::new(
                     "tollgate_operator_status_write_duration_seconds",
@@ -180,6 +198,8 @@ impl OperatorMetrics {
         registry.register(Box::new(m.watch_errors.clone()))?;
         registry.register(Box::new(m.proxy_refusals.clone()))?;
         registry.register(Box::new(m.injections.clone()))?;
+        registry.register(Box::new(m.stripe_events.clone()))?;
+        registry.register(Box::new(m.stripe_reads.clone()))?;
         // process_resident_memory_bytes, process_cpu_seconds_total, open fds: what sizing and
         // the memory alerts read.
         registry.register(Box::new(

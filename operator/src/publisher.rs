@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use tokio::sync::{Notify, watch};
 use tollgate_crds::compile::{Compiled, Diagnostic, Objects, compile};
-use tollgate_crds::resources::SubscriptionStatus;
+use tollgate_crds::resources::{BillingStatus, SubscriptionStatus};
 use tollgate_crds::snapshot::{ObjectKey, Snapshot};
 use tollgate_crds::stream::{Delta, diff};
 
@@ -30,6 +30,8 @@ pub struct Published {
     pub diagnostics: Vec<Diagnostic>,
     /// Subscription states per compiled tenant.
     pub subscriptions: BTreeMap<ObjectKey, Vec<SubscriptionStatus>>,
+    /// Effective billing state per compiled tenant.
+    pub billing: BTreeMap<ObjectKey, BillingStatus>,
     /// The version in which each route last changed (for Programmed).
     pub route_versions: HashMap<ObjectKey, u64>,
 }
@@ -119,7 +121,7 @@ fn compile_caches(
 }
 
 /// What follows `previous` once `compiled` is in: `None` when nothing changed; the same version
-/// with new diagnostics or subscription states when only those changed; otherwise a new version
+/// with new diagnostics, subscription or billing states when only those changed; otherwise a new version
 /// (microseconds since the epoch at `now`, and always above the previous one) with its delta and
 /// the version in which each route last changed.
 fn next_publication(previous: &Published, compiled: Compiled, now: Timestamp) -> Option<Published> {
@@ -127,6 +129,7 @@ fn next_publication(previous: &Published, compiled: Compiled, now: Timestamp) ->
     if !snapshot_changed
         && previous.diagnostics == compiled.diagnostics
         && previous.subscriptions == compiled.subscriptions
+        && previous.billing == compiled.billing
     {
         return None;
     }
@@ -138,6 +141,7 @@ fn next_publication(previous: &Published, compiled: Compiled, now: Timestamp) ->
             delta: previous.delta.clone(),
             diagnostics: compiled.diagnostics,
             subscriptions: compiled.subscriptions,
+            billing: compiled.billing,
             route_versions: previous.route_versions.clone(),
         });
     }
@@ -169,6 +173,7 @@ fn next_publication(previous: &Published, compiled: Compiled, now: Timestamp) ->
         delta,
         diagnostics: compiled.diagnostics,
         subscriptions: compiled.subscriptions,
+        billing: compiled.billing,
         route_versions,
     })
 }

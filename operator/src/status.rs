@@ -300,12 +300,17 @@ impl StatusWriter {
             let subscriptions = p.subscriptions.get(&key).cloned().unwrap_or_default();
             let usage = self.usage_of(&key, p, now);
             let call_usage = self.call_usage_of(&key, now);
+            let billing = p.billing.get(&key).cloned();
             let status = tenant.status.clone().unwrap_or_default();
             let same_extra = status.subscriptions == subscriptions
                 && status.usage == usage
-                && status.call_usage == call_usage;
-            let extra =
+                && status.call_usage == call_usage
+                && status.billing == billing;
+            let mut extra =
                 json!({"subscriptions": subscriptions, "usage": usage, "callUsage": call_usage});
+            if let Some(billing) = billing {
+                extra["billing"] = json!(billing);
+            }
             self.apply(
                 tenant,
                 key,

@@ -238,8 +238,9 @@ impl<K: Resource<DynamicType = ()> + Serialize> Fingerprints<K> {
     }
 }
 
-/// A hash of what `compile` can read of `obj`: all of it but its status and the API server's
-/// bookkeeping. Equal fingerprints, same compile input.
+/// A hash of what `compile` can read of `obj`: all of it but the API server's bookkeeping and its
+/// status, except the one part of a status `compile` reads: what Stripe said about a Tenant
+/// (`status.stripe`, written by the Stripe receiver). Equal fingerprints, same compile input.
 fn fingerprint<K: Serialize>(obj: &K) -> u64 {
     let mut value = match serde_json::to_value(obj) {
         Ok(value) => value,
@@ -252,7 +253,12 @@ fn fingerprint<K: Serialize>(obj: &K) -> u64 {
         }
     };
     if let Some(fields) = value.as_object_mut() {
-        fields.remove("status");
+        let stripe = fields
+            .remove("status")
+            .and_then(|mut status| status.get_mut("stripe").map(serde_json::Value::take));
+        if let Some(stripe) = stripe {
+            fields.insert("stripeStatus".into(), stripe);
+        }
         if let Some(meta) = fields.get_mut("metadata").and_then(|m| m.as_object_mut()) {
             meta.remove("resourceVersion");
             meta.remove("managedFields");
@@ -336,6 +342,22 @@ mod tests {
             seen.observe(&watcher::Event::Delete(tenant("b", false, "x", "5"))),
             1
         );
+        // What Stripe said is compile input: its write wakes the compiler.
+        let mut paid = tenant("a", true, "x", "6");
+        if let Some(status) = paid.status.as_mut() {
+            status.stripe = Some(tollgate_crds::resources::StripeStatus {
+                customer: "cus_1".into(),
+                subscription: "sub_1".into(),
+                subscription_status: Some("past_due".into()),
+                state: tollgate_crds::resources::BillingState::PastDue,
+                since: "2026-01-01T00:00:00Z".into(),
+                last_event: "evt_1".into(),
+                last_event_time: "2026-01-01T00:00:00Z".into(),
+                recent_events: vec!["evt_1".into()],
+                updated_at: "2026-01-01T00:00:00Z".into(),
+            });
+        }
+        assert_eq!(seen.observe(&watcher::Event::Apply(paid)), 1);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod control_plane;
 pub mod fleet;
+pub mod https;
 pub mod images;
 pub mod layout;
 pub mod llm_backend;
@@ -18,6 +19,7 @@ pub mod process;
 pub mod python;
 pub mod redis;
 pub mod sidecar;
+pub mod stripe_mock;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -438,13 +440,17 @@ impl Cluster {
     }
 }
 
+/// The directory of the test environment's binaries (built by tests/testenv/provision.sh).
+pub fn testenv_bin() -> Result<PathBuf> {
+    match std::env::var(TESTENV_BIN_ENV) {
+        Ok(bin) => Ok(PathBuf::from(bin)),
+        Err(_) => provision(),
+    }
+}
+
 /// The helm binary of the test environment.
 pub fn helm() -> Result<PathBuf> {
-    let bin = match std::env::var(TESTENV_BIN_ENV) {
-        Ok(bin) => PathBuf::from(bin),
-        Err(_) => provision()?,
-    };
-    Ok(bin.join("helm"))
+    Ok(testenv_bin()?.join("helm"))
 }
 
 /// `helm ARGS` with the test environment's helm; the output, successful or not.

@@ -12,6 +12,8 @@
 #                   (`gcc -static`; no registry to pull registry.k8s.io/pause from)
 #   etcd            from go.etcd.io/etcd/server/v3 (module in tests/testenv/etcd)
 #   helm            `go install helm.sh/helm/v3/cmd/helm`
+#   stripe-mock     `go install github.com/stripe/stripe-mock` (Stripe's own API test server, its
+#                   OpenAPI spec and fixtures embedded), for the Stripe repair tests
 #
 # A second run finds the binaries and returns in well under a second.
 set -euo pipefail
@@ -19,6 +21,7 @@ set -euo pipefail
 KUBE_VERSION=v1.34.4
 ETCD_VERSION=v3.6.6
 HELM_VERSION=v3.19.0
+STRIPE_MOCK_VERSION=v0.203.0
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${TOLLGATE_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tollgate/testenv}"
@@ -67,6 +70,19 @@ if [[ ! -x "$bin/helm" ]]; then
     started=$SECONDS
     GOBIN="$bin" go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
     log "built helm in $((SECONDS - started))s"
+fi
+
+if [[ ! -x "$bin/stripe-mock" ]]; then
+    log "building stripe-mock $STRIPE_MOCK_VERSION"
+    started=$SECONDS
+    GOBIN="$bin" go install "github.com/stripe/stripe-mock@$STRIPE_MOCK_VERSION"
+    log "built stripe-mock in $((SECONDS - started))s"
+fi
+# Its bundled fixtures: a test edits one subscription in a copy (-fixtures replaces them all).
+if [[ ! -f "$bin/stripe-mock-fixtures3.json" ]]; then
+    cp "$(go env GOMODCACHE)/github.com/stripe/stripe-mock@$STRIPE_MOCK_VERSION/embedded/openapi/fixtures3.json" \
+        "$bin/stripe-mock-fixtures3.json.tmp"
+    mv "$bin/stripe-mock-fixtures3.json.tmp" "$bin/stripe-mock-fixtures3.json"
 fi
 
 echo "$bin"

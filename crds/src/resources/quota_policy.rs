@@ -87,6 +87,13 @@ pub struct QuotaPolicySpec {
     /// 503 quota-store-unavailable; FailOpen keeps serving, counts locally and reconciles later.
     #[serde(default)]
     pub failure_policy: FailurePolicy,
+
+    /// How long a tenant whose payment state comes from Stripe (`Tenant.spec.billing.stripe`)
+    /// keeps being served after its subscription falls past due (Stripe is still retrying the
+    /// payment), for example `72h`. Then requests answer 402 account-past-due. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
+    pub past_due_grace_period: Option<String>,
 }
 
 fn default_timezone() -> String {

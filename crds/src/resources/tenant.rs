@@ -21,6 +21,12 @@ use super::common::{Condition, LocalObjectReference, OBJECT_NAME_PATTERN};
     ),
     printcolumn(name = "Billing", type_ = "string", json_path = ".spec.billing.state"),
     printcolumn(
+        name = "Effective",
+        type_ = "string",
+        json_path = ".status.billing.state",
+        priority = "1"
+    ),
+    printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
@@ -54,7 +60,7 @@ pub struct TenantSpec {
     #[schemars(length(max = 16))]
     pub api_keys: Vec<ApiKeyRef>,
 
-    /// Billing standing. Anything but Active answers 402.
+    /// Billing standing (typed here, or from Stripe). Anything but Active answers 402.
     #[serde(default)]
     pub billing: Billing,
 
@@ -104,6 +110,23 @@ pub struct Billing {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "date-time"))]
     pub paid_through: Option<String>,
+    /// The Stripe customer and subscription whose payment state decides this tenant's billing
+    /// state (the operator's Stripe webhook receiver and periodic read keep `status.stripe`).
+    /// `state` still overrides it when set to anything but Active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stripe: Option<StripeRef>,
+}
+
+/// A Stripe customer and one of its subscriptions.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StripeRef {
+    /// The customer (`cus_…`).
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[A-Za-z0-9_]+$"))]
+    pub customer: String,
+    /// The subscription (`sub_…`). Events about the customer's other subscriptions are ignored.
+    #[schemars(length(min = 1, max = 255), regex(pattern = r"^[A-Za-z0-9_]+$"))]
+    pub subscription: String,
 }
 
 /// Billing states.
@@ -152,6 +175,75 @@ pub struct TenantStatus {
     /// tokens by type and cost in the plan's currency, summed over the proxies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub call_usage: Vec<CallUsageStatus>,
+    /// The billing state requests are judged by, where it came from, and since when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing: Option<BillingStatus>,
+    /// What Stripe last said about `spec.billing.stripe` (written by the operator's Stripe
+    /// receiver and periodic read, under their own field manager).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stripe: Option<StripeStatus>,
+}
+
+impl StripeStatus {
+    /// Whether this status is about `named` (a status about the customer or subscription a
+    /// Tenant named before counts for nothing).
+    pub fn describes(&self, named: &StripeRef) -> bool {
+        self.customer == named.customer && self.subscription == named.subscription
+    }
+}
+
+/// The effective billing state.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BillingStatus {
+    /// Active | PastDue | Suspended | Cancelled.
+    pub state: BillingState,
+    /// Spec (`spec.billing.state`) or Stripe (`status.stripe`).
+    pub source: BillingSource,
+    /// When the state began (RFC 3339), when known (Stripe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// PastDue only: requests are admitted until this time (the plan's
+    /// `pastDueGracePeriod` after `since`), then answer 402 account-past-due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_until: Option<String>,
+}
+
+/// Where the effective billing state came from.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum BillingSource {
+    /// `spec.billing.state`.
+    Spec,
+    /// Stripe (`status.stripe`).
+    Stripe,
+}
+
+/// What Stripe last said about a tenant's subscription.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StripeStatus {
+    /// The customer this status describes (a change of `spec.billing.stripe` starts afresh).
+    pub customer: String,
+    /// The subscription this status describes.
+    pub subscription: String,
+    /// The subscription's status as Stripe last reported it (active, trialing, past_due, unpaid,
+    /// canceled, paused, incomplete, incomplete_expired); absent when only invoices spoke yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription_status: Option<String>,
+    /// The billing state that maps to.
+    pub state: BillingState,
+    /// When that state began: the creation time of the event (or the time of the read) that
+    /// first reported it, RFC 3339.
+    pub since: String,
+    /// The newest observation applied: an event id (`evt_…`), or `subscription-read`.
+    pub last_event: String,
+    /// Its time (RFC 3339). Events created before it are not applied.
+    pub last_event_time: String,
+    /// The ids of the last events applied (newest last, at most 16): redeliveries are ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_events: Vec<String>,
+    /// When the operator wrote it (RFC 3339).
+    pub updated_at: String,
 }
 
 /// A tenant's requests under one plan in the current month (the plan's time zone).

@@ -221,6 +221,15 @@ fn billing(
     };
     let billing_problem = match tenant.tenant.billing_state {
         BillingState::Active => None,
+        // Within the plan's grace period (Stripe still retrying the payment): served.
+        BillingState::PastDue
+            if tenant
+                .tenant
+                .past_due_grace_until
+                .is_some_and(|until| now < until) =>
+        {
+            None
+        }
         BillingState::PastDue => Some((
             ProblemKind::AccountPastDue,
             "The account has an overdue payment. Settle the balance to resume calls.",
@@ -429,7 +438,8 @@ mod tests {
                 "metadata": {"name": "starter", "namespace": ns},
                 "spec": {"rateLimits": [{"name": "per-second", "requests": 2, "window": "1s"}],
                          "quotas": [{"name": "monthly", "metric": "Requests", "limit": "20", "period": "Month"}],
-                         "paymentUrl": "https://pay.example/upgrade"}})))
+                         "paymentUrl": "https://pay.example/upgrade",
+                         "pastDueGracePeriod": "72h"}})))
             .collect();
         let mut gated = direct("/v1/gated");
         gated["approval"] = json!("Manual");
@@ -453,7 +463,27 @@ mod tests {
         let tomorrow = now
             .checked_add(jiff::SignedDuration::from_hours(24))
             .expect("a day on");
+        // Past due in Stripe since `since`: within the plan's 72 h grace, or past it.
+        let from_stripe = |name: &str, since: Timestamp| {
+            let (mut t, secret) = tenant(
+                "shop",
+                name,
+                &all,
+                json!({"stripe": {"customer": "cus_1", "subscription": "sub_1"}}),
+            );
+            t.status = Some(object(json!({"stripe": {
+                "subscriptionStatus": "past_due", "state": "PastDue", "since": since.to_string(),
+                "lastEvent": "evt_1", "lastEventTime": since.to_string(),
+                "updatedAt": since.to_string()}})));
+            (t, secret)
+        };
         let tenants = [
+            from_stripe("retrying", yesterday),
+            from_stripe(
+                "overdue",
+                now.checked_sub(jiff::SignedDuration::from_hours(73))
+                    .expect("73 h ago"),
+            ),
             tenant(
                 "shop",
                 "paying",
@@ -498,6 +528,8 @@ mod tests {
         refused: Option<ProblemKind>,
         /// Members the problem body must carry.
         members: &'static [(&'static str, &'static str)],
+        /// The tenant an admitted request counts against.
+        admitted_as: &'static str,
     }
 
     const PAYING: &str = "Bearer key-shop-paying";
@@ -516,6 +548,7 @@ mod tests {
             headers,
             refused: None,
             members: &[],
+            admitted_as: "shop/paying",
         }
     }
 
@@ -609,6 +642,20 @@ mod tests {
             ),
             case("past due", "/v1/open", "Bearer key-shop-late")
                 .refused(AccountPastDue, &[("tenant", "shop/late"), PAYMENT]),
+            Case {
+                admitted_as: "shop/retrying",
+                ..case(
+                    "past due in Stripe, within the plan's grace period",
+                    "/v1/open",
+                    "Bearer key-shop-retrying",
+                )
+            },
+            case(
+                "past due in Stripe, past the grace period",
+                "/v1/open",
+                "Bearer key-shop-overdue",
+            )
+            .refused(AccountPastDue, &[("tenant", "shop/overdue"), PAYMENT]),
             case("suspended", "/v1/open", "Bearer key-shop-suspended")
                 .refused(AccountSuspended, &[("tenant", "shop/suspended"), PAYMENT]),
             case("cancelled", "/v1/open", "Bearer key-shop-cancelled").refused(
@@ -657,7 +704,7 @@ mod tests {
             match (checked, case.refused) {
                 (Ok(subject), None) => {
                     let subject = subject.expect("a plan to count against");
-                    assert_eq!(&**subject.tenant, "shop/paying", "{}", case.what);
+                    assert_eq!(&**subject.tenant, case.admitted_as, "{}", case.what);
                     assert_eq!(&*subject.plan.id, "shop/starter", "{}", case.what);
                 }
                 (Err(problem), Some(kind)) => {
