@@ -256,6 +256,7 @@ async fn start_stripe(
     if !(base.starts_with("https://") || base.starts_with("http://")) {
         anyhow::bail!("--stripe-api-base {base:?} is not an http:// or https:// URL");
     }
+    let mut reader = None;
     if let Some(file) = &args.stripe_api_key_file {
         // Read on every pass: a key added to the Secret later starts the reads then, and a
         // missing one stops neither the webhooks nor the rest of the operator.
@@ -266,14 +267,18 @@ async fn start_stripe(
         if base.starts_with("http://") {
             tracing::warn!(api = %base, "--stripe-api-base is plain HTTP: the API key crosses the network unencrypted (fine for a local test server only)");
         }
+        let shared = Arc::new(billing::repair::SubscriptionReader::new(
+            base,
+            file.clone(),
+            tenants.clone(),
+            metrics.clone(),
+        ));
         let repair = billing::repair::Repair {
-            api_base: base,
-            api_key_file: file.clone(),
+            reader: shared.clone(),
             interval: args.stripe_repair_interval,
-            tenants: tenants.clone(),
-            metrics: metrics.clone(),
         };
         tokio::spawn(repair.run(leading.clone()));
+        reader = Some(shared);
     }
     let Some(addr) = args.stripe_webhook_listen else {
         return Ok(None);
@@ -283,18 +288,20 @@ async fn start_stripe(
             "--stripe-webhook-listen needs --stripe-webhook-secrets (the endpoint's signing secrets, one per line)"
         );
     };
-    let secrets = std::fs::read_to_string(&secrets_file)
-        .with_context(|| format!("--stripe-webhook-secrets {}", secrets_file.display()))?;
-    if billing::receiver::read_secrets(&secrets).is_empty() {
-        anyhow::bail!(
-            "--stripe-webhook-secrets {} holds no signing secret (one whsec_… per line)",
-            secrets_file.display()
-        );
+    // Read on every delivery: a missing or empty file refuses deliveries (503, Stripe retries;
+    // counted as `no_secrets`) until it is fixed, and stops nothing else.
+    match std::fs::read_to_string(&secrets_file) {
+        Ok(text) if !billing::receiver::read_secrets(&text).is_empty() => {}
+        Ok(_) => tracing::warn!(file = %secrets_file.display(),
+            "--stripe-webhook-secrets holds no signing secret (one whsec_… per line): Stripe's deliveries are refused until it does"),
+        Err(e) => tracing::warn!(file = %secrets_file.display(), error = %e,
+            "--stripe-webhook-secrets cannot be read: Stripe's deliveries are refused until it can"),
     }
     let receiver = Arc::new(billing::receiver::Receiver {
         secrets_file,
         tolerance: args.stripe_signature_tolerance,
         tenants,
+        reader,
         metrics: metrics.clone(),
         in_flight: tokio::sync::Semaphore::new(billing::receiver::MAX_IN_FLIGHT),
     });

@@ -48,6 +48,8 @@ pub struct Caches {
     pub plans: Vec<Store<QuotaPolicy>>,
     /// Secrets (tenants' API keys, routes' backend credentials).
     pub secrets: Vec<Store<Secret>>,
+    /// True once every store has completed its initial list.
+    ready: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for Caches {
@@ -65,20 +67,55 @@ where
 }
 
 impl Caches {
-    /// Waits until every cache has completed its initial list.
+    /// Caches over these stores, and the one task that waits for their initial lists.
+    ///
+    /// Only that task waits on the stores themselves: a store's readiness
+    /// (`Store::wait_until_ready`) wakes only the last task that polled it (it is a oneshot
+    /// receiver, which keeps one waker), so two tasks waiting on it at once (the compiler and
+    /// the Stripe repair loop) left the compiler asleep and the operator never ready.
+    pub fn new(
+        routes: Vec<Store<ApiRoute>>,
+        tenants: Vec<Store<Tenant>>,
+        plans: Vec<Store<QuotaPolicy>>,
+        secrets: Vec<Store<Secret>>,
+    ) -> Self {
+        let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        let caches = Self {
+            routes,
+            tenants,
+            plans,
+            secrets,
+            ready,
+        };
+        let stores = caches.clone();
+        tokio::spawn(async move {
+            for s in &stores.routes {
+                let _ = s.wait_until_ready().await;
+            }
+            for s in &stores.tenants {
+                let _ = s.wait_until_ready().await;
+            }
+            for s in &stores.plans {
+                let _ = s.wait_until_ready().await;
+            }
+            for s in &stores.secrets {
+                let _ = s.wait_until_ready().await;
+            }
+            let _ = ready_tx.send(true);
+        });
+        caches
+    }
+
+    /// Whether every cache has completed its initial list (a Tenant not found before then may
+    /// just not be listed yet).
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Waits until every cache has completed its initial list; any number of tasks may wait.
     pub async fn wait_until_ready(&self) {
-        for s in &self.routes {
-            let _ = s.wait_until_ready().await;
-        }
-        for s in &self.tenants {
-            let _ = s.wait_until_ready().await;
-        }
-        for s in &self.plans {
-            let _ = s.wait_until_ready().await;
-        }
-        for s in &self.secrets {
-            let _ = s.wait_until_ready().await;
-        }
+        let mut ready = self.ready.clone();
+        let _ = ready.wait_for(|r| *r).await;
     }
 }
 
@@ -89,11 +126,11 @@ pub fn start(
     changed: Arc<Notify>,
     metrics: &OperatorMetrics,
 ) -> Caches {
-    Caches {
-        routes: watch_kind::<ApiRoute>(client, namespaces, &changed, metrics, everything()),
-        tenants: watch_kind::<Tenant>(client, namespaces, &changed, metrics, everything()),
-        plans: watch_kind::<QuotaPolicy>(client, namespaces, &changed, metrics, everything()),
-        secrets: [API_KEY_LABEL, BACKEND_CREDENTIALS_LABEL]
+    Caches::new(
+        watch_kind::<ApiRoute>(client, namespaces, &changed, metrics, everything()),
+        watch_kind::<Tenant>(client, namespaces, &changed, metrics, everything()),
+        watch_kind::<QuotaPolicy>(client, namespaces, &changed, metrics, everything()),
+        [API_KEY_LABEL, BACKEND_CREDENTIALS_LABEL]
             .into_iter()
             .flat_map(|label| {
                 watch_kind::<Secret>(
@@ -105,7 +142,7 @@ pub fn start(
                 )
             })
             .collect(),
-    }
+    )
 }
 
 fn everything() -> watcher::Config {
@@ -276,6 +313,38 @@ mod tests {
     use tollgate_crds::resources::{Condition, TenantSpec, TenantStatus};
 
     use super::*;
+
+    /// Every task waiting for the caches wakes when they are listed, not only the last to wait
+    /// (the compiler used to sleep forever once the Stripe repair loop waited beside it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_waiter_wakes_when_the_caches_are_listed() {
+        let (routes, mut routes_w) = reflector::store::<ApiRoute>();
+        let (tenants, mut tenants_w) = reflector::store::<Tenant>();
+        let (plans, mut plans_w) = reflector::store::<QuotaPolicy>();
+        let (secrets, mut secrets_w) = reflector::store::<Secret>();
+        let caches = Caches::new(vec![routes], vec![tenants], vec![plans], vec![secrets]);
+        assert!(!caches.is_ready());
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let caches = caches.clone();
+                tokio::spawn(async move { caches.wait_until_ready().await })
+            })
+            .collect();
+        // Let every waiter poll (and register) before the lists complete.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        routes_w.apply_watcher_event(&watcher::Event::InitDone);
+        tenants_w.apply_watcher_event(&watcher::Event::InitDone);
+        plans_w.apply_watcher_event(&watcher::Event::InitDone);
+        secrets_w.apply_watcher_event(&watcher::Event::InitDone);
+        for waiter in waiters {
+            // A bound against a hang, not a timing assertion: the wake-up is immediate.
+            tokio::time::timeout(std::time::Duration::from_secs(30), waiter)
+                .await
+                .expect("every waiter wakes")
+                .expect("the waiter ran");
+        }
+        assert!(caches.is_ready());
+    }
 
     fn tenant(name: &str, suspended: bool, status_message: &str, resource_version: &str) -> Tenant {
         let mut spec = TenantSpec::default();

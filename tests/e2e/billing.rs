@@ -446,15 +446,14 @@ async fn stripe_webhooks_decide_who_pays_and_nothing_bad_is_applied() -> Result<
         refused.json()["type"],
         "https://tollgate.dev/problems/account-suspended"
     );
-    let acme = stripe_status(&tenants, "acme").await.context("acme")?;
-    let billing = acme
-        .status
-        .and_then(|s| s.billing)
-        .context("acme's billing")?;
-    assert_eq!(
-        (billing.state, billing.source),
-        (BillingState::Suspended, BillingSource::Spec)
-    );
+    // The status is written after the proxies' configuration is published.
+    eventually(WAIT, "acme's status: Suspended, from the spec", || async {
+        stripe_status(&tenants, "acme")
+            .await
+            .and_then(|t| t.status?.billing)
+            .filter(|b| (b.state, b.source) == (BillingState::Suspended, BillingSource::Spec))
+    })
+    .await?;
     Ok(())
 }
 

@@ -322,6 +322,7 @@ impl Fleet {
         })
         .await
         .map(|_| ())
+        .with_context(|| self.operators[index].process.log_tail())
     }
 
     /// Stops operator `index` (SIGTERM) and waits for it to exit.

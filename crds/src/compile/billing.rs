@@ -58,8 +58,12 @@ pub fn effective_billing(
         return typed;
     };
     let since = stripe.since.parse::<Timestamp>().ok();
-    // `unpaid`: Stripe has given up retrying; the grace was for the retries.
-    let retrying = stripe.subscription_status.as_deref() != Some("unpaid");
+    // The grace is for a paying customer's retries. `unpaid`: Stripe has given up retrying;
+    // `incomplete`: the first payment never went through, so nothing was ever paid for.
+    let retrying = !matches!(
+        stripe.subscription_status.as_deref(),
+        Some("unpaid" | "incomplete")
+    );
     let grace_until = match (stripe.state, since, grace) {
         (BillingState::PastDue, Some(since), Some(grace)) if retrying => Some(
             SignedDuration::try_from(grace)

@@ -7,12 +7,13 @@
 //! - An event created before the newest one applied is out of order and changes nothing: Stripe
 //!   does not promise delivery order, and an old `past_due` must not undo a newer `active`.
 //!   Events created in the same second are applied in the order they arrive (Stripe's
-//!   timestamps have one-second resolution); the periodic read settles such a tie.
+//!   timestamps have one-second resolution); when such an event changes what the status says,
+//!   [`is_tie`] tells the receiver to read the subscription at once, which settles it.
 
 use jiff::Timestamp;
 use tollgate_crds::resources::{BillingState, StripeRef, StripeStatus};
 
-use super::event::Signal;
+use super::event::{Signal, SubscriptionStatus};
 
 /// How many applied event ids a Tenant's status keeps for recognising redeliveries. Stripe
 /// retries an undelivered event for three days; by then newer events have made an old one out of
@@ -77,12 +78,18 @@ pub fn decide(
         // An invoice moves only between good standing and past due: a paid invoice does not
         // revive a cancelled or paused subscription, and a failed one does not make a cancelled
         // subscription merely past due.
-        Signal::PaymentFailed if previous_state == BillingState::Active => {
-            (BillingState::PastDue, previous_status.clone())
-        }
-        Signal::InvoicePaid if previous_state == BillingState::PastDue => {
-            (BillingState::Active, previous_status.clone())
-        }
+        // When an invoice moves the state, the subscription's status moves with it (Stripe sets
+        // a subscription past_due when its invoice fails and active when it is paid); keeping
+        // the old one would misdescribe it (an `unpaid` kept after a payment would deny the
+        // grace of the next failure).
+        Signal::PaymentFailed if previous_state == BillingState::Active => (
+            BillingState::PastDue,
+            Some(SubscriptionStatus::PastDue.as_str().to_owned()),
+        ),
+        Signal::InvoicePaid if previous_state == BillingState::PastDue => (
+            BillingState::Active,
+            Some(SubscriptionStatus::Active.as_str().to_owned()),
+        ),
         Signal::PaymentFailed | Signal::InvoicePaid => (previous_state, previous_status.clone()),
     };
     if seen.event.is_none()
@@ -111,6 +118,25 @@ pub fn decide(
         recent_events,
         updated_at: now.to_string(),
     })
+}
+
+/// Whether `seen`, an event, was created in the same second as the newest observation in
+/// `current` and `applied` says something else than `current`: arrival order decided between
+/// them, and only a read of the subscription tells which is right.
+pub fn is_tie(
+    current: Option<&StripeStatus>,
+    seen: Observation<'_>,
+    applied: &StripeStatus,
+) -> bool {
+    let Some(current) = current
+        .filter(|c| c.customer == applied.customer && c.subscription == applied.subscription)
+    else {
+        return false;
+    };
+    seen.event.is_some()
+        && current.last_event_time.parse::<Timestamp>().ok() == Some(seen.at)
+        && (current.state != applied.state
+            || current.subscription_status != applied.subscription_status)
 }
 
 #[cfg(test)]
@@ -177,6 +203,8 @@ mod tests {
         ));
         assert_eq!(s3.state, BillingState::Active);
         assert_eq!(s3.since, at(-10).to_string());
+        // The subscription's status moves with the paid invoice: it is no longer `unpaid`.
+        assert_eq!(s3.subscription_status.as_deref(), Some("active"));
         let cancelled = Signal::Subscription(SubscriptionStatus::Canceled);
         let s4 = applied(decide(
             Some(&s3),
@@ -210,14 +238,24 @@ mod tests {
                 newest: s1.last_event_time.parse().expect("time")
             }
         );
-        // The same second: applied in arrival order.
-        let same = applied(decide(
-            Some(&s1),
-            &named(),
-            event("evt_same", -10, PAST_DUE),
-            now,
-        ));
+        // The same second: applied in arrival order, and a tie when it says something else.
+        let tied = event("evt_same", -10, PAST_DUE);
+        let same = applied(decide(Some(&s1), &named(), tied, now));
         assert_eq!(same.state, BillingState::PastDue);
+        assert!(is_tie(Some(&s1), tied, &same));
+        // Not a tie: a later second, or the same second saying the same.
+        let later = event("evt_later", -9, PAST_DUE);
+        assert!(!is_tie(
+            Some(&s1),
+            later,
+            &applied(decide(Some(&s1), &named(), later, now))
+        ));
+        let agreeing = event("evt_agree", -10, ACTIVE);
+        assert!(!is_tie(
+            Some(&s1),
+            agreeing,
+            &applied(decide(Some(&s1), &named(), agreeing, now))
+        ));
     }
 
     #[test]
@@ -230,7 +268,7 @@ mod tests {
             now,
         ));
         assert_eq!(s1.state, BillingState::PastDue);
-        assert_eq!(s1.subscription_status, None);
+        assert_eq!(s1.subscription_status.as_deref(), Some("past_due"));
         let paused = Signal::Subscription(SubscriptionStatus::Paused);
         let s2 = applied(decide(Some(&s1), &named(), event("evt_2", -9, paused), now));
         let s3 = applied(decide(

@@ -3,12 +3,15 @@
 //! each write is conditional on the Tenant's resourceVersion, so replicas can share deliveries.
 //!
 //! Answers, as Stripe reads them: 400 for a delivery that is not signed with a configured secret,
-//! signed too long ago, or not an event (Stripe retries, and its dashboard shows the failures);
-//! 503 when the API server cannot be written or the secrets cannot be read (Stripe retries); 200
-//! for everything read, applied or deliberately not (duplicates, older events, other customers
-//! and other event types).
+//! signed too far from now, or too large (Stripe retries, and its dashboard shows the failures);
+//! 503 while the Tenants are not yet known, when the API server cannot be written or the secrets
+//! cannot be read (Stripe retries); 200 for everything verified, applied or deliberately not
+//! (duplicates, older events, other customers, other event types, and a signed event this
+//! version cannot read: a retry would not change it; counted as `unreadable`, logged, and left
+//! to the periodic read).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,6 +27,7 @@ use tollgate_crds::snapshot::ObjectKey;
 
 use super::decide::Observation;
 use super::event::{self, Delivery, Event};
+use super::repair::SubscriptionReader;
 use super::signature;
 use super::tenants::{Applied, StripeTenants};
 use crate::metrics::OperatorMetrics;
@@ -31,6 +35,9 @@ use crate::metrics::OperatorMetrics;
 /// Stripe's events are small; a body over this is not one.
 const MAX_BODY: usize = 1024 * 1024;
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time to find and write the Tenants of one delivery; past it, 503 (Stripe retries) rather
+/// than a permit held for as long as a hung API server takes.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deliveries handled at once. The port is public: past this, 503 (Stripe retries) rather than
 /// buffering bodies for whoever opens connections.
 pub const MAX_IN_FLIGHT: usize = 32;
@@ -45,6 +52,8 @@ pub struct Receiver {
     pub tolerance: Duration,
     /// The Tenants, to find and write.
     pub tenants: StripeTenants,
+    /// Reads a subscription when two events of the same second disagree (with an API key).
+    pub reader: Option<Arc<SubscriptionReader>>,
     /// Metrics.
     pub metrics: OperatorMetrics,
     /// Permits for deliveries in flight ([`MAX_IN_FLIGHT`]).
@@ -164,7 +173,27 @@ impl Receiver {
             return self.refuse(StatusCode::BAD_REQUEST, e.outcome(), &e.to_string());
         }
         match event::parse(&body) {
-            Ok(Delivery::Event(event)) => self.apply(&event).await,
+            Ok(Delivery::Event(event)) => {
+                if !self.tenants.caches.is_ready() {
+                    return self.refuse(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not_ready",
+                        "the operator is still reading the Tenants; retry",
+                    );
+                }
+                match tokio::time::timeout(APPLY_TIMEOUT, self.apply(&event)).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        tracing::warn!(event = %event.id, timeout = ?APPLY_TIMEOUT,
+                            "Stripe event not written: the API server did not answer in time; Stripe will redeliver it");
+                        self.refuse(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "write_failed",
+                            "the Tenant could not be updated in time; retry",
+                        )
+                    }
+                }
+            }
             Ok(Delivery::OtherType { id, kind }) => {
                 tracing::debug!(event = %id, kind, "Stripe event of a type Tollgate does not act on");
                 self.refuse(StatusCode::OK, "ignored_type", &kind)
@@ -176,8 +205,11 @@ impl Receiver {
                 self.refuse(StatusCode::OK, "unknown_status", &e.to_string())
             }
             Err(e) => {
-                tracing::warn!(error = %e, "Stripe webhook refused: not an event Tollgate can read");
-                self.refuse(StatusCode::BAD_REQUEST, "malformed", &e.to_string())
+                // Signed by Stripe, so a retry would bring the same bytes: acknowledged, so that
+                // Stripe does not retry for days and disable the endpoint.
+                tracing::warn!(error = %e,
+                    "signed Stripe event Tollgate cannot read: not applied (the periodic read still sees the subscription)");
+                self.refuse(StatusCode::OK, "unreadable", &e.to_string())
             }
         }
     }
@@ -217,11 +249,14 @@ impl Receiver {
         let mut outcome = "duplicate";
         for tenant in &named {
             match self.tenants.apply(tenant, &about, seen).await {
-                Ok(Applied::Written(status)) => {
+                Ok(Applied::Written { status, tied }) => {
                     tracing::info!(tenant = %tenant, event = %event.id, kind = %event.kind,
                         state = ?status.state, subscription_status = ?status.subscription_status,
                         "Stripe event applied");
                     outcome = "applied";
+                    if tied {
+                        self.settle_tie(tenant, &about, &event.id);
+                    }
                 }
                 Ok(Applied::OutOfOrder { newest }) => {
                     tracing::info!(tenant = %tenant, event = %event.id, kind = %event.kind,
@@ -244,6 +279,24 @@ impl Receiver {
             }
         }
         self.refuse(StatusCode::OK, outcome, &event.id)
+    }
+}
+
+impl Receiver {
+    /// Two events of the same second said different things and arrival order chose: reads the
+    /// subscription now (in the background: the delivery is answered) to settle which is right.
+    fn settle_tie(&self, tenant: &ObjectKey, named: &StripeRef, event: &str) {
+        let Some(reader) = self.reader.clone() else {
+            tracing::warn!(%tenant, event,
+                "two Stripe events of the same second disagree and no API key is configured to read the subscription: the later arrival stands until the next event");
+            return;
+        };
+        tracing::info!(%tenant, event,
+            "two Stripe events of the same second disagree: reading the subscription to settle it");
+        let (tenant, named) = (tenant.clone(), named.clone());
+        tokio::spawn(async move {
+            reader.correct(&tenant, &named).await;
+        });
     }
 }
 

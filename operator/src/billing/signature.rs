@@ -18,8 +18,9 @@ pub enum SignatureError {
     /// No configured secret produced any of the signatures.
     #[error("no v1 signature matches a configured signing secret")]
     NoMatch,
-    /// Signed too long ago (a replay, or a clock far off).
-    #[error("signed at {signed}, more than {tolerance_secs} s before {now}")]
+    /// Signed too long ago (a replay) or too far in the future (a replay captured by a clock that
+    /// runs behind, or a clock far off).
+    #[error("signed at {signed}, more than {tolerance_secs} s from the operator's clock ({now})")]
     Stale {
         /// The header's timestamp.
         signed: Timestamp,
@@ -41,8 +42,9 @@ impl SignatureError {
 }
 
 /// Checks `header` for `body` against `secrets`: Ok when a `v1` signature matches one of them and
-/// the timestamp is no older than `tolerance_secs` at `now`. Like Stripe's own libraries, a
-/// timestamp in the future is not refused (the signature still has to match).
+/// the timestamp is within `tolerance_secs` of `now`, either way. Stripe's own libraries refuse
+/// only old timestamps; refusing far-future ones too means a captured delivery cannot be replayed
+/// for longer than the tolerance when the operator's clock runs behind.
 pub fn verify(
     header: Option<&str>,
     body: &[u8],
@@ -83,7 +85,7 @@ pub fn verify(
         return Err(SignatureError::NoMatch);
     }
     let signed = Timestamp::from_second(t).map_err(|_| SignatureError::Malformed)?;
-    if now.as_second() - t > tolerance_secs {
+    if now.as_second().abs_diff(t) > tolerance_secs.unsigned_abs() {
         return Err(SignatureError::Stale {
             signed,
             now,
@@ -186,5 +188,15 @@ mod tests {
             verify(Some(&recent), b"{}", &[SECRET.to_owned()], 300, now()),
             Ok(())
         );
+        // The same tolerance into the future (one instant for signing and checking).
+        let at = now();
+        let ahead = sign(b"{}", SECRET, at.as_second() + 300);
+        assert_eq!(
+            verify(Some(&ahead), b"{}", &[SECRET.to_owned()], 300, at),
+            Ok(())
+        );
+        let far_ahead = sign(b"{}", SECRET, at.as_second() + 301);
+        let err = verify(Some(&far_ahead), b"{}", &[SECRET.to_owned()], 300, at);
+        assert!(matches!(err, Err(SignatureError::Stale { .. })), "{err:?}");
     }
 }

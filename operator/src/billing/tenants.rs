@@ -8,7 +8,7 @@ use serde_json::json;
 use tollgate_crds::resources::{StripeRef, StripeStatus, Tenant};
 use tollgate_crds::snapshot::ObjectKey;
 
-use super::decide::{Decision, Observation, decide};
+use super::decide::{Decision, Observation, decide, is_tie};
 use crate::watch::{Caches, all};
 
 /// The field manager of `status.stripe` (the leader's status writer owns the rest of the status).
@@ -22,7 +22,13 @@ const ATTEMPTS: usize = 5;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
     /// The status now says this.
-    Written(StripeStatus),
+    Written {
+        /// What it says.
+        status: StripeStatus,
+        /// An event of the same second as the one before it decided by arrival order
+        /// ([`super::decide::is_tie`]): worth a read of the subscription.
+        tied: bool,
+    },
     /// Applied before.
     Duplicate,
     /// Older than the newest observation applied.
@@ -125,7 +131,10 @@ impl StripeTenants {
                 .patch_status(&tenant.name, &params, &Patch::Apply(&patch))
                 .await
             {
-                Ok(_) => return Ok(Applied::Written(status)),
+                Ok(_) => {
+                    let tied = is_tie(stripe, seen, &status);
+                    return Ok(Applied::Written { status, tied });
+                }
                 Err(kube::Error::Api(e)) if e.code == 409 => continue,
                 Err(e) => return Err(e.into()),
             }
