@@ -110,6 +110,28 @@ mod tests {
         }
     }
 
+    /// A status written by hand or by another version, missing fields, still reads (a Tenant that
+    /// does not would stop the operator's watch of every Tenant) and describes nothing.
+    #[test]
+    fn a_partial_stripe_status_reads_and_describes_nothing() {
+        let tenant: crate::resources::Tenant = serde_json::from_value(serde_json::json!({
+            "apiVersion": "tollgate.dev/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": "t", "namespace": "ns"},
+            "spec": {"billing": {"stripe": {"customer": "cus_1", "subscription": "sub_1"}}},
+            "status": {"stripe": {"state": "PastDue"}, "billing": {"state": "PastDue"}}
+        }))
+        .expect("a partial status reads");
+        let status = tenant.status.expect("status");
+        let stripe = status.stripe.expect("status.stripe");
+        let named = tenant.spec.billing.stripe.clone().expect("named");
+        assert!(!stripe.describes(&named));
+        let effective = effective_billing(&tenant.spec.billing, Some(&stripe), None);
+        assert_eq!(
+            (effective.state, effective.source),
+            (BillingState::Active, BillingSource::Spec)
+        );
+    }
+
     #[test]
     fn stripe_decides_unless_the_spec_says_otherwise() {
         let since = Timestamp::now() - SignedDuration::from_hours(1);

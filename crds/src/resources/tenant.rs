@@ -192,9 +192,9 @@ impl StripeStatus {
     }
 }
 
-/// The effective billing state.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+/// The effective billing state (absent fields read as defaults, as in [`StripeStatus`]).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
 pub struct BillingStatus {
     /// Active | PastDue | Suspended | Cancelled.
     pub state: BillingState,
@@ -210,17 +210,22 @@ pub struct BillingStatus {
 }
 
 /// Where the effective billing state came from.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum BillingSource {
     /// `spec.billing.state`.
+    #[default]
     Spec,
     /// Stripe (`status.stripe`).
     Stripe,
 }
 
 /// What Stripe last said about a tenant's subscription.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+///
+/// Every field reads as its default when absent: a status edited by hand (or written by another
+/// version) must not make the Tenant unreadable, which would stop the operator's watch of every
+/// Tenant. One without its customer and subscription describes nothing and is ignored.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
 pub struct StripeStatus {
     /// The customer this status describes (a change of `spec.billing.stripe` starts afresh).
     pub customer: String,

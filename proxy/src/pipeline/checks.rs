@@ -472,6 +472,7 @@ mod tests {
                 json!({"stripe": {"customer": "cus_1", "subscription": "sub_1"}}),
             );
             t.status = Some(object(json!({"stripe": {
+                "customer": "cus_1", "subscription": "sub_1",
                 "subscriptionStatus": "past_due", "state": "PastDue", "since": since.to_string(),
                 "lastEvent": "evt_1", "lastEventTime": since.to_string(),
                 "updatedAt": since.to_string()}})));
