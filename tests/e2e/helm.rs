@@ -426,6 +426,84 @@ async fn helm_install_creates_the_release_and_the_operator_reconciles_with_its_r
 }
 
 #[test]
+fn stripe_renders_the_receiver_its_secret_service_and_ingress() -> Result<()> {
+    let default = helm_ok(&["template", "t", &chart()])?;
+    assert!(!default.contains("--stripe-webhook-listen"));
+    // Without the Secret's name: a clear refusal, not a pod that cannot start.
+    let missing = run_helm(&["template", "t", &chart(), "--set", "stripe.enabled=true"])?;
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("stripe.existingSecret"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    let rendered = helm_ok(&[
+        "template",
+        "t",
+        &chart(),
+        "--namespace",
+        "tg",
+        "--set",
+        "stripe.enabled=true",
+        "--set",
+        "stripe.existingSecret=tollgate-stripe",
+        "--set",
+        "stripe.ingress.enabled=true",
+        "--set",
+        "stripe.ingress.host=hooks.example.com",
+        "--set",
+        "redis.caSecret=redis-ca",
+    ])?;
+    for wanted in [
+        "- --stripe-webhook-listen=0.0.0.0:9444\n",
+        "- --stripe-webhook-secrets=/etc/tollgate/stripe/webhook-secrets\n",
+        "- --stripe-api-key-file=/etc/tollgate/stripe/api-key\n",
+        "- --stripe-api-base=https://api.stripe.com\n",
+        "- --stripe-repair-interval=10m\n",
+        "secretName: tollgate-stripe\n",
+        // The Redis CA's volume stays beside Stripe's.
+        "secretName: redis-ca\n",
+        "mountPath: /etc/tollgate/stripe",
+    ] {
+        assert!(rendered.contains(wanted), "{wanted:?} in the render");
+    }
+    let services = objects(&rendered, "Service");
+    let stripe = services
+        .iter()
+        .find(|(name, _)| name == "t-tollgate-operator-stripe")
+        .context("the Stripe Service")?;
+    assert_eq!(stripe.1["spec"]["ports"][0]["port"], 443);
+    let ingresses = objects(&rendered, "Ingress");
+    let rule = &ingresses.first().context("the Ingress")?.1["spec"]["rules"][0];
+    assert_eq!(rule["host"], "hooks.example.com");
+    assert_eq!(rule["http"]["paths"][0]["path"], "/stripe/webhook");
+    // The NetworkPolicy admits Stripe's deliveries to the receiver's port.
+    assert!(
+        objects(&rendered, "NetworkPolicy")
+            .iter()
+            .any(|(_, p)| p.to_string().contains("9444")),
+        "a NetworkPolicy admits port 9444"
+    );
+    // Webhooks alone: no API key, no reads.
+    let webhooks_only = helm_ok(&[
+        "template",
+        "t",
+        &chart(),
+        "--set",
+        "stripe.enabled=true",
+        "--set",
+        "stripe.existingSecret=s",
+        "--set",
+        "stripe.repair.enabled=false",
+    ])?;
+    assert!(
+        webhooks_only.contains("--stripe-webhook-listen")
+            && !webhooks_only.contains("--stripe-api-key-file")
+    );
+    Ok(())
+}
+
+#[test]
 fn injection_renders_a_webhook_that_never_reaches_kube_system_or_the_release() -> Result<()> {
     let default = helm_ok(&["template", "t", &chart()])?;
     assert!(objects(&default, "MutatingWebhookConfiguration").is_empty());
@@ -495,12 +573,21 @@ fn injection_renders_a_webhook_that_never_reaches_kube_system_or_the_release() -
         "- --webhook-listen=0.0.0.0:9443\n",
         "- --webhook-configuration=t-tollgate-sidecar-injector\n",
         "- --sidecar-control-plane=https://t-tollgate-operator.tg.svc:8443\n",
-        ",t-tollgate-operator-webhook.tg.svc\n",
     ] {
         assert!(
             rendered.contains(wanted),
             "{wanted:?} in the operator's args"
         );
     }
+    let sans: Vec<&str> = rendered
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("- --tls-san="))
+        .context("--tls-san in the operator's args")?
+        .split(',')
+        .collect();
+    assert!(
+        sans.contains(&"t-tollgate-operator-webhook.tg.svc"),
+        "{sans:?}"
+    );
     Ok(())
 }
