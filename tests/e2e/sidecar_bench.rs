@@ -35,15 +35,21 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-/// The process whose command line names `needle` (a state directory only it uses).
+/// The tollgate-proxy process whose command line names `needle` (a state directory only it
+/// uses). Its executable decides, not its command line: the watchdog shell that supervises it
+/// carries the same words in its own (and measuring that shell once reported 1.7 MiB for every
+/// proxy).
 fn pid_of(needle: &str) -> Result<u32> {
     for entry in std::fs::read_dir("/proc")?.flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
+        let exe = std::fs::read_link(entry.path().join("exe")).unwrap_or_default();
+        if exe.file_name().and_then(|n| n.to_str()) != Some("tollgate-proxy") {
+            continue;
+        }
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.contains("tollgate-proxy") && cmdline.contains(needle) {
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
             return Ok(pid);
         }
     }
