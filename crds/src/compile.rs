@@ -291,8 +291,21 @@ fn compile_plan(key: &ObjectKey, plan: &QuotaPolicy) -> Result<Plan, Vec<FieldEr
                 limit,
                 period: q.period,
                 models: q.models.clone(),
+                alert_at: {
+                    let mut at = q.alert_at.clone();
+                    at.sort_unstable();
+                    at.dedup();
+                    at
+                },
             }),
             Err(e) => errors.push(invalid(format!("{field}.limit"), e)),
+        }
+        // The schema says so to the API server; manifests run standalone are checked here.
+        if let Some(bad) = q.alert_at.iter().find(|&&at| !(1..=100).contains(&at)) {
+            errors.push(invalid(
+                format!("{field}.alertAt"),
+                format!("{bad} is not a percentage from 1 to 100"),
+            ));
         }
         if q.metric == Metric::Cost && spec.pricing.is_none() {
             errors.push(invalid(

@@ -425,6 +425,9 @@ pub struct Quota {
     /// request.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
+    /// Spend-alert thresholds, percent of the limit, ascending, each once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alert_at: Vec<u32>,
 }
 
 impl Quota {

@@ -50,6 +50,7 @@ pub fn synthetic(namespace: &str, tenants: usize, routes: usize) -> Synthetic {
                     limit: format!("{}", 1000 * (i + 1)),
                     period: Period::Month,
                     models: vec![],
+                    alert_at: vec![],
                 }],
                 timezone: "UTC".into(),
                 ..Default::default()

@@ -18,6 +18,7 @@ pub mod pod_role;
 pub mod proxy_auth;
 pub mod publisher;
 pub mod serving_cert;
+pub mod spend_alerts;
 pub mod status;
 pub mod usage;
 pub mod watch;

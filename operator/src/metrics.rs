@@ -45,6 +45,8 @@ pub struct OperatorMetrics {
     pub stripe_events: IntCounterVec,
     /// Reads of Stripe subscriptions by the periodic repair, by outcome.
     pub stripe_reads: IntCounterVec,
+    /// Spend alerts announced, by threshold.
+    pub spend_alerts: IntCounterVec,
 }
 
 impl OperatorMetrics {
@@ -172,6 +174,13 @@ impl OperatorMetrics {
                 ),
                 &["outcome"],
             )?,
+            spend_alerts: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_operator_spend_alerts_total",
+                    "Spend alerts announced (a quota's usage reached one of its plan's alertAt percentages; once per tenant, quota, period and threshold), by threshold.",
+                ),
+                &["threshold"],
+            )?,
             status_write_duration: Histogram::with_opts(
                 HistogramOpts::new(
                     "tollgate_operator_status_write_duration_seconds",
@@ -200,6 +209,7 @@ impl OperatorMetrics {
         registry.register(Box::new(m.injections.clone()))?;
         registry.register(Box::new(m.stripe_events.clone()))?;
         registry.register(Box::new(m.stripe_reads.clone()))?;
+        registry.register(Box::new(m.spend_alerts.clone()))?;
         // process_resident_memory_bytes, process_cpu_seconds_total, open fds: what sizing and
         // the memory alerts read.
         registry.register(Box::new(

@@ -24,6 +24,7 @@ use tollgate_crds::snapshot::ObjectKey;
 use crate::config_server::ProxyRegistry;
 use crate::metrics::OperatorMetrics;
 use crate::publisher::Published;
+use crate::spend_alerts::{Announced, SpendAlert, reached};
 use crate::usage::UsageSource;
 use crate::watch::{API_KEY_LABEL, Caches, all};
 
@@ -188,6 +189,7 @@ impl StatusWriter {
     /// Writes statuses while leading, forever.
     pub async fn run(mut self) {
         let mut emitted: HashSet<(ObjectKey, String)> = HashSet::new();
+        let mut announced = Announced::default();
         loop {
             if !*self.leading.borrow() {
                 if self.leading.changed().await.is_err() {
@@ -197,7 +199,8 @@ impl StatusWriter {
             }
             let published = self.published.borrow_and_update().clone();
             if published.version != 0 {
-                self.write_all(&published, &mut emitted).await;
+                self.write_all(&published, &mut emitted, &mut announced)
+                    .await;
             }
             tokio::select! {
                 _ = self.published.changed() => {}
@@ -211,7 +214,12 @@ impl StatusWriter {
         }
     }
 
-    async fn write_all(&self, p: &Published, emitted: &mut HashSet<(ObjectKey, String)>) {
+    async fn write_all(
+        &self,
+        p: &Published,
+        emitted: &mut HashSet<(ObjectKey, String)>,
+        announced: &mut Announced,
+    ) {
         let now = Timestamp::now();
         let mut by_object: HashMap<(ObjectKind, &ObjectKey), Vec<&Diagnostic>> = HashMap::new();
         for d in &p.diagnostics {
@@ -289,6 +297,34 @@ impl StatusWriter {
         concurrently(routes).await;
 
         let tenants = all(&self.caches.tenants);
+        // Usage first, and the spend alerts it reached announced before the statuses that
+        // record them are written (a leader stopping in between repeats an alert, never
+        // loses one).
+        let mut usage_by_tenant: HashMap<ObjectKey, Vec<UsageStatus>> = HashMap::new();
+        let mut current_periods = HashSet::new();
+        for tenant in &tenants {
+            let key = object_key(tenant.as_ref());
+            let previous = tenant
+                .status
+                .as_ref()
+                .map(|s| s.usage.as_slice())
+                .unwrap_or_default();
+            let (usage, alerts) = self.usage_of(&key, p, now, previous, announced);
+            for u in &usage {
+                current_periods.insert((
+                    key.to_string(),
+                    u.quota_policy.clone(),
+                    u.quota.clone(),
+                    u.period_start.clone(),
+                ));
+            }
+            for (alert, used, limit) in alerts {
+                self.announce_spend(tenant, &alert, &used, &limit).await;
+                announced.insert(alert);
+            }
+            usage_by_tenant.insert(key, usage);
+        }
+        announced.keep_only(&current_periods);
         let writes = tenants.iter().cloned().map(|tenant| {
             let key = object_key(tenant.as_ref());
             let ready = from_diagnostics(
@@ -298,7 +334,7 @@ impl StatusWriter {
                 &diags(ObjectKind::Tenant, &key),
             );
             let subscriptions = p.subscriptions.get(&key).cloned().unwrap_or_default();
-            let usage = self.usage_of(&key, p, now);
+            let usage = usage_by_tenant.remove(&key).unwrap_or_default();
             let call_usage = self.call_usage_of(&key, now);
             let billing = p.billing.get(&key).cloned();
             let status = tenant.status.clone().unwrap_or_default();
@@ -386,24 +422,94 @@ impl StatusWriter {
     }
 
     /// The tenant's usage in the current periods, with limits from the current plans (counters
-    /// of quotas that no longer exist are left out).
-    fn usage_of(&self, key: &ObjectKey, p: &Published, now: Timestamp) -> Vec<UsageStatus> {
-        self.usage
+    /// of quotas that no longer exist are left out), and the spend alerts it reached that
+    /// neither `previous` (the status) nor this leader announced yet, with their used and limit.
+    fn usage_of(
+        &self,
+        key: &ObjectKey,
+        p: &Published,
+        now: Timestamp,
+        previous: &[UsageStatus],
+        announced: &Announced,
+    ) -> (Vec<UsageStatus>, Vec<(SpendAlert, String, String)>) {
+        let mut alerts = Vec::new();
+        let usage = self
+            .usage
             .usage_of(&key.to_string(), now)
             .into_iter()
             .filter_map(|record| {
                 let (namespace, name) = record.plan.split_once('/')?;
                 let plan = p.snapshot.plan(&ObjectKey::new(namespace, name))?;
                 let quota = plan.quotas.iter().find(|q| q.name == record.quota)?;
+                let period_start = record.period_start.to_string();
+                let (used, limit) = (
+                    record.used.normalize().to_string(),
+                    quota.limit.normalize().to_string(),
+                );
+                // Announced this period stays announced, even if usage went back down (a
+                // credit): the status keeps what it said.
+                let mut alerts_sent: Vec<u32> = previous
+                    .iter()
+                    .find(|u| {
+                        u.quota_policy == name
+                            && u.quota == record.quota
+                            && u.period_start == period_start
+                    })
+                    .map(|u| u.alerts_sent.clone())
+                    .unwrap_or_default();
+                for threshold in reached(record.used, quota.limit, &quota.alert_at) {
+                    if alerts_sent.contains(&threshold) {
+                        continue;
+                    }
+                    alerts_sent.push(threshold);
+                    let alert = SpendAlert {
+                        tenant: key.to_string(),
+                        plan: name.to_owned(),
+                        quota: record.quota.clone(),
+                        period_start: period_start.clone(),
+                        threshold,
+                    };
+                    if !announced.contains(&alert) {
+                        alerts.push((alert, used.clone(), limit.clone()));
+                    }
+                }
+                alerts_sent.sort_unstable();
                 Some(UsageStatus {
                     quota_policy: name.to_owned(),
                     quota: record.quota,
-                    period_start: record.period_start.to_string(),
-                    used: record.used.normalize().to_string(),
-                    limit: quota.limit.normalize().to_string(),
+                    period_start,
+                    used,
+                    limit,
+                    alerts_sent,
                 })
             })
-            .collect()
+            .collect();
+        (usage, alerts)
+    }
+
+    /// A spend alert: an Event on the Tenant (Warning once the quota is used up) and the metric.
+    async fn announce_spend(&self, tenant: &Tenant, alert: &SpendAlert, used: &str, limit: &str) {
+        let note = alert.note(used, limit);
+        tracing::info!(tenant = %alert.tenant, plan = %alert.plan, quota = %alert.quota,
+            threshold = alert.threshold, used, limit, "spend alert");
+        self.metrics
+            .spend_alerts
+            .with_label_values(&[&alert.threshold.to_string()])
+            .inc();
+        let event = Event {
+            type_: if alert.threshold >= 100 {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: "SpendAlert".into(),
+            note: Some(note),
+            action: "Meter".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &tenant.object_ref(&())).await {
+            tracing::warn!(tenant = %alert.tenant, error = %e, "cannot publish the spend alert's Event");
+        }
     }
 
     /// The tenant's requests under plans that meter usage this month, from the proxies' reports

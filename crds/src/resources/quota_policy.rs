@@ -146,6 +146,13 @@ pub struct Quota {
         inner(length(min = 1, max = 256), regex(pattern = r"^[^*]+\*?$"))
     )]
     pub models: Vec<String>,
+    /// Spend alerts: percentages of the limit (1 to 100, e.g. `[50, 80, 100]`) at which the
+    /// operator tells the tenant's owners, once per period each: a Kubernetes Event on the
+    /// Tenant (Warning from 100), `tollgate_operator_spend_alerts_total`, and
+    /// `status.usage[].alertsSent`. Empty (default): no alerts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10), inner(range(min = 1, max = 100)))]
+    pub alert_at: Vec<u32>,
 }
 
 /// What a quota counts.

@@ -323,4 +323,9 @@ pub struct UsageStatus {
     pub used: String,
     /// Allowance, as a decimal string.
     pub limit: String,
+    /// The plan's spend-alert thresholds (`alertAt`, percent) this period has reached and the
+    /// operator has announced: each is announced once per period, across restarts and leader
+    /// changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts_sent: Vec<u32>,
 }
