@@ -661,3 +661,16 @@ fn a_quota_for_some_models_counts_only_their_calls_and_a_plan_has_at_most_16_quo
         assert_eq!(claude.counts_model(model), counted, "{model:?}");
     }
 }
+
+#[test]
+fn spend_alert_thresholds_are_percentages_each_once_in_order() {
+    let d = plan_diagnostic("{quotas: [{name: q, limit: '10', period: Day, alertAt: [50, 0]}]}");
+    assert_eq!(d.field, "spec.quotas[0].alertAt");
+    assert!(d.message.contains("0 is not a percentage"), "{}", d.message);
+    let d = plan_diagnostic("{quotas: [{name: q, limit: '10', period: Day, alertAt: [150]}]}");
+    assert_eq!(d.field, "spec.quotas[0].alertAt");
+    let plan = compiled_plan(
+        "{quotas: [{name: q, limit: '10', period: Day, alertAt: [100, 50, 80, 50]}]}",
+    );
+    assert_eq!(plan.quotas[0].alert_at, [50, 80, 100]);
+}
