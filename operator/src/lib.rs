@@ -201,13 +201,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         None => UsageSource::Reports(proxies.clone()),
     };
 
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "tollgate-operator".into(),
-            instance: Some(identity),
-        },
-    );
+    let reporter = Reporter {
+        controller: "tollgate-operator".into(),
+        instance: Some(identity),
+    };
+    let recorder = Recorder::new(client.clone(), reporter.clone());
     tokio::spawn(
         StatusWriter {
             client: client.clone(),
@@ -218,6 +216,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             leading: leading_rx,
             metrics: metrics.clone(),
             recorder,
+            reporter,
         }
         .run(),
     );

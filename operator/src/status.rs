@@ -8,13 +8,15 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
+use jiff::tz::TimeZone;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
 use tollgate_crds::compile::{Diagnostic, ObjectKind, Reason, object_key};
+use tollgate_crds::period::window;
 use tollgate_crds::resources::{
     CallUsageStatus, Condition, SubscriptionState, SubscriptionStatus, Tenant, TokenStatus,
     UsageStatus, conditions,
@@ -65,6 +67,9 @@ pub struct StatusWriter {
     pub metrics: OperatorMetrics,
     /// Event recorder.
     pub recorder: Recorder,
+    /// Who reports Events (spend alerts get a recorder each: a shared one folds Events of the
+    /// same reason and type into one series within minutes, keeping the first note).
+    pub reporter: Reporter,
 }
 
 impl std::fmt::Debug for StatusWriter {
@@ -309,7 +314,7 @@ impl StatusWriter {
                 .as_ref()
                 .map(|s| s.usage.as_slice())
                 .unwrap_or_default();
-            let (usage, alerts) = self.usage_of(&key, p, now, previous, announced);
+            let (mut usage, alerts) = self.usage_of(&key, p, now, previous, announced);
             for u in &usage {
                 current_periods.insert((
                     key.to_string(),
@@ -318,9 +323,28 @@ impl StatusWriter {
                     u.period_start.clone(),
                 ));
             }
-            for (alert, used, limit) in alerts {
-                self.announce_spend(tenant, &alert, &used, &limit).await;
-                announced.insert(alert);
+            // An alert whose Event could not be published is not recorded: the next round
+            // tries again.
+            let published =
+                futures::stream::iter(alerts.into_iter().map(|(alert, used, limit)| {
+                    let tenant = tenant.clone();
+                    async move {
+                        let ok = self.announce_spend(&tenant, &alert, &used, &limit).await;
+                        (alert, ok)
+                    }
+                }))
+                .buffer_unordered(STATUS_WRITE_CONCURRENCY)
+                .collect::<Vec<_>>()
+                .await;
+            for (alert, ok) in published {
+                if ok {
+                    announced.insert(alert);
+                } else if let Some(u) = usage
+                    .iter_mut()
+                    .find(|u| u.quota_policy == alert.plan && u.quota == alert.quota)
+                {
+                    u.alerts_sent.retain(|&t| t != alert.threshold);
+                }
             }
             usage_by_tenant.insert(key, usage);
         }
@@ -424,6 +448,11 @@ impl StatusWriter {
     /// The tenant's usage in the current periods, with limits from the current plans (counters
     /// of quotas that no longer exist are left out), and the spend alerts it reached that
     /// neither `previous` (the status) nor this leader announced yet, with their used and limit.
+    ///
+    /// A quota the usage source has no figure for yet (a new leader before the proxies' first
+    /// reports or its first Redis read; a read that failed) keeps what `previous` shows for its
+    /// current period: the status neither goes blank on a leader change nor forgets the alerts
+    /// it announced (which would announce them again once the figures come back).
     fn usage_of(
         &self,
         key: &ObjectKey,
@@ -483,19 +512,58 @@ impl StatusWriter {
                     alerts_sent,
                 })
             })
-            .collect();
+            .collect::<Vec<UsageStatus>>();
+        let mut usage = usage;
+        for kept in previous {
+            let counted = usage.iter().any(|u| {
+                u.quota_policy == kept.quota_policy
+                    && u.quota == kept.quota
+                    && u.period_start == kept.period_start
+            });
+            if !counted && self.is_current(key, p, kept, now) {
+                usage.push(kept.clone());
+            }
+        }
+        // One order, whatever order the figures came in: an unchanged status compares equal.
+        usage.sort_by(|a, b| {
+            (&a.quota_policy, &a.quota, &a.period_start).cmp(&(
+                &b.quota_policy,
+                &b.quota,
+                &b.period_start,
+            ))
+        });
         (usage, alerts)
     }
 
-    /// A spend alert: an Event on the Tenant (Warning once the quota is used up) and the metric.
-    async fn announce_spend(&self, tenant: &Tenant, alert: &SpendAlert, used: &str, limit: &str) {
+    /// Whether `shown` is about a quota the tenant's plan (in its namespace) still has, in the
+    /// period current at `now`.
+    fn is_current(
+        &self,
+        tenant: &ObjectKey,
+        p: &Published,
+        shown: &UsageStatus,
+        now: Timestamp,
+    ) -> bool {
+        let Some(plan) = p.snapshot.plan(&tenant.sibling(&shown.quota_policy)) else {
+            return false;
+        };
+        let Some(quota) = plan.quotas.iter().find(|q| q.name == shown.quota) else {
+            return false;
+        };
+        let tz = TimeZone::get(&plan.timezone).unwrap_or(TimeZone::UTC);
+        window(quota.period, &tz, now).start.to_string() == shown.period_start
+    }
+
+    /// A spend alert: an Event on the Tenant (Warning once the quota is used up), then the
+    /// metric; whether the Event was published.
+    async fn announce_spend(
+        &self,
+        tenant: &Tenant,
+        alert: &SpendAlert,
+        used: &str,
+        limit: &str,
+    ) -> bool {
         let note = alert.note(used, limit);
-        tracing::info!(tenant = %alert.tenant, plan = %alert.plan, quota = %alert.quota,
-            threshold = alert.threshold, used, limit, "spend alert");
-        self.metrics
-            .spend_alerts
-            .with_label_values(&[&alert.threshold.to_string()])
-            .inc();
         let event = Event {
             type_: if alert.threshold >= 100 {
                 EventType::Warning
@@ -507,8 +575,33 @@ impl StatusWriter {
             action: "Meter".into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &tenant.object_ref(&())).await {
-            tracing::warn!(tenant = %alert.tenant, error = %e, "cannot publish the spend alert's Event");
+        // A recorder of its own: each alert is an Event of its own, with its own note.
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        let published = tokio::time::timeout(
+            STATUS_WRITE_TIMEOUT,
+            recorder.publish(&event, &tenant.object_ref(&())),
+        )
+        .await;
+        match published {
+            Ok(Ok(())) => {
+                tracing::info!(tenant = %alert.tenant, plan = %alert.plan, quota = %alert.quota,
+                    threshold = alert.threshold, used, limit, "spend alert");
+                self.metrics
+                    .spend_alerts
+                    .with_label_values(&[&alert.threshold.to_string()])
+                    .inc();
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(tenant = %alert.tenant, threshold = alert.threshold, error = %e,
+                    "cannot publish the spend alert's Event; trying again next round");
+                false
+            }
+            Err(_) => {
+                tracing::warn!(tenant = %alert.tenant, threshold = alert.threshold,
+                    "the spend alert's Event was not published in time; trying again next round");
+                false
+            }
         }
     }
 
