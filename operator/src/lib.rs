@@ -121,18 +121,11 @@ pub async fn run(cli: Cli) -> Result<()> {
                 &cert.ca_pem,
                 metrics.clone(),
             )?);
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding --webhook-listen {addr}"))?;
-            let bound = listener.local_addr().unwrap_or(addr);
-            tokio::spawn(config_server::serve_https(
-                listener,
-                tls.clone(),
-                move |req| {
-                    let webhook = webhook.clone();
-                    async move { webhook.handle(req).await }
-                },
-            ));
+            let bound = listen_https(addr, "--webhook-listen", &tls, move |req| {
+                let webhook = webhook.clone();
+                async move { webhook.handle(req).await }
+            })
+            .await?;
             if let Some(name) = &cli.injection.webhook_configuration {
                 tokio::spawn(inject::ca_bundle::keep(
                     client.clone(),
@@ -237,6 +230,28 @@ pub async fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
+/// Binds `addr` (given by `flag`) and serves HTTPS there with `handle`, in the background; the
+/// address bound.
+async fn listen_https<F, Fut, B>(
+    addr: std::net::SocketAddr,
+    flag: &str,
+    tls: &tokio_rustls::TlsAcceptor,
+    handle: F,
+) -> Result<std::net::SocketAddr>
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<B>> + Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {flag} {addr}"))?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    tokio::spawn(config_server::serve_https(listener, tls.clone(), handle));
+    Ok(bound)
+}
+
 /// Starts the Stripe webhook receiver (every replica) and the periodic subscription read (while
 /// leading), as configured; the receiver's address when it listens.
 async fn start_stripe(
@@ -305,18 +320,11 @@ async fn start_stripe(
         metrics: metrics.clone(),
         in_flight: tokio::sync::Semaphore::new(billing::receiver::MAX_IN_FLIGHT),
     });
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding --stripe-webhook-listen {addr}"))?;
-    let bound = listener.local_addr().unwrap_or(addr);
-    tokio::spawn(config_server::serve_https(
-        listener,
-        tls.clone(),
-        move |req| {
-            let receiver = receiver.clone();
-            async move { receiver.handle(req).await }
-        },
-    ));
+    let bound = listen_https(addr, "--stripe-webhook-listen", tls, move |req| {
+        let receiver = receiver.clone();
+        async move { receiver.handle(req).await }
+    })
+    .await?;
     Ok(Some(bound))
 }
 

@@ -147,34 +147,12 @@ async fn usage_roll_up_from_redis() -> Result<()> {
 #[tokio::test]
 #[ignore = "benchmark: bench/operator.sh"]
 async fn first_statuses_of_ten_thousand_tenants() -> Result<()> {
-    use futures::StreamExt;
-    use kube::api::{Api, PostParams};
-    use tollgate_crds::resources::{ApiRoute, QuotaPolicy, Tenant};
-
     let mut fleet = Fleet::new("op-first").await?;
     let world = synthetic(&fleet.ns.name, 10_000, 1_000);
     let client = fleet.ns.client.clone();
     let ns = fleet.ns.name.clone();
     let started = Instant::now();
-    macro_rules! create_all {
-        ($kind:ty, $objects:expr) => {{
-            let api: Api<$kind> = Api::namespaced(client.clone(), &ns);
-            let failed = futures::stream::iter($objects.iter())
-                .map(|o| {
-                    let api = api.clone();
-                    async move { api.create(&PostParams::default(), o).await.is_err() }
-                })
-                .buffer_unordered(32)
-                .filter(|failed| futures::future::ready(*failed))
-                .count()
-                .await;
-            anyhow::ensure!(failed == 0, "{failed} objects not created");
-        }};
-    }
-    create_all!(QuotaPolicy, world.plans);
-    create_all!(ApiRoute, world.routes);
-    create_all!(k8s_openapi::api::core::v1::Secret, world.secrets);
-    create_all!(Tenant, world.tenants);
+    tollgate_tests::create_synthetic(&client, &ns, &world, 32).await?;
     println!(
         "created 10,000 tenants (3 subscriptions each), their 10,000 key Secrets, 1,000 routes, 10 plans in {:.0} s",
         started.elapsed().as_secs_f64()
@@ -185,7 +163,8 @@ async fn first_statuses_of_ten_thousand_tenants() -> Result<()> {
     let started = Instant::now();
     fleet.start_operator().await?;
     fleet.wait_leader(0).await?;
-    let tenants: Api<Tenant> = Api::namespaced(client.clone(), &ns);
+    let tenants: kube::Api<tollgate_crds::resources::Tenant> =
+        kube::Api::namespaced(client.clone(), &ns);
     let all_ready = loop {
         let with_status = tollgate_tests::fleet::tenants_with_status(&tenants).await?;
         if with_status == 10_000 {

@@ -12,12 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use futures::StreamExt;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use kube::api::{Api, PostParams};
 use serde_json::json;
-use tollgate_crds::resources::{ApiRoute, QuotaPolicy, Tenant};
 use tollgate_crds::synthetic::synthetic;
 use tollgate_tests::TestNamespace;
 use tollgate_tests::fleet::{Fleet, get};
@@ -122,25 +119,7 @@ async fn sidecar_footprint_and_added_latency() -> Result<()> {
         world.routes.len()
     );
     let client = apps.client.clone();
-    macro_rules! create_all {
-        ($kind:ty, $objects:expr) => {{
-            let api: Api<$kind> = Api::namespaced(client.clone(), &apps.name);
-            let failed = futures::stream::iter($objects.iter())
-                .map(|o| {
-                    let api = api.clone();
-                    async move { api.create(&PostParams::default(), o).await.is_err() }
-                })
-                .buffer_unordered(16)
-                .filter(|failed| futures::future::ready(*failed))
-                .count()
-                .await;
-            anyhow::ensure!(failed == 0, "{failed} objects not created");
-        }};
-    }
-    create_all!(QuotaPolicy, world.plans);
-    create_all!(ApiRoute, world.routes);
-    create_all!(k8s_openapi::api::core::v1::Secret, world.secrets);
-    create_all!(Tenant, world.tenants);
+    tollgate_tests::create_synthetic(&client, &apps.name, &world, 16).await?;
 
     // The workload: its route (to the app beside the sidecar), a plan, 10 tenants.
     let mut workload = String::from(

@@ -487,3 +487,50 @@ pub fn listen_argument(usage: &str, default: &str) -> Result<std::net::SocketAdd
         .parse()
         .map_err(|e| format!("--listen {listen:?}: {e}\n{usage}"))
 }
+
+/// Creates every object of `world` in namespace `ns` through the API server, `concurrency` at a
+/// time: its plans, routes, key Secrets, then tenants (what the benchmarks load).
+pub async fn create_synthetic(
+    client: &kube::Client,
+    ns: &str,
+    world: &tollgate_crds::synthetic::Synthetic,
+    concurrency: usize,
+) -> Result<()> {
+    create_all(client, ns, &world.plans, concurrency).await?;
+    create_all(client, ns, &world.routes, concurrency).await?;
+    create_all(client, ns, &world.secrets, concurrency).await?;
+    create_all(client, ns, &world.tenants, concurrency).await
+}
+
+async fn create_all<K>(
+    client: &kube::Client,
+    ns: &str,
+    objects: &[K],
+    concurrency: usize,
+) -> Result<()>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + k8s_openapi::serde::Serialize
+        + k8s_openapi::serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    use futures::StreamExt;
+    let api: kube::Api<K> = kube::Api::namespaced(client.clone(), ns);
+    let failed = futures::stream::iter(objects)
+        .map(|o| {
+            let api = api.clone();
+            async move {
+                api.create(&kube::api::PostParams::default(), o)
+                    .await
+                    .is_err()
+            }
+        })
+        .buffer_unordered(concurrency)
+        .filter(|failed| futures::future::ready(*failed))
+        .count()
+        .await;
+    anyhow::ensure!(failed == 0, "{failed} objects not created");
+    Ok(())
+}
