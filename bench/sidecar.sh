@@ -9,5 +9,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TOLLGATE_TESTENV_BIN="$(tests/testenv/provision.sh)"
 export TOLLGATE_TESTENV_BIN TOLLGATE_TEST_PROFILE=release
+# The same build cache as the test command (tests/run.sh), outside the checkout.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tollgate/cargo-target}"
 cargo build --release -q --bins
 cargo test -q -p tollgate-tests --test sidecar_bench -- --ignored --nocapture 2>&1 | grep -v '^$'
