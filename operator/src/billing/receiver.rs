@@ -151,8 +151,11 @@ impl Receiver {
                 );
             }
         };
-        let secrets = match tokio::fs::read_to_string(&self.secrets_file).await {
-            Ok(text) if !read_secrets(&text).is_empty() => read_secrets(&text),
+        let read = tokio::fs::read_to_string(&self.secrets_file)
+            .await
+            .map(|text| read_secrets(&text));
+        let secrets = match read {
+            Ok(secrets) if !secrets.is_empty() => secrets,
             read => {
                 let error = read.map_or_else(|e| e.to_string(), |_| "no secret in it".to_owned());
                 tracing::error!(file = %self.secrets_file.display(), %error,
