@@ -255,6 +255,34 @@ async fn stripe_webhooks_decide_who_pays_and_nothing_bad_is_applied() -> Result<
         assert_eq!(reply.status, 400, "{outcome}: {:?}", reply.json());
         assert_eq!(reply.json()["outcome"], outcome);
     }
+    // What a careless or hostile sender tries: a header that parses as nothing, a body over
+    // 1 MiB (refused before it is read), and garbage signed with the right secret (acknowledged,
+    // so Stripe would not retry it for days, and never applied).
+    let reply = stripe.deliver(&first, Some("t=abc,v1=zz")).await?;
+    assert_eq!(
+        (reply.status, reply.json()["outcome"].clone()),
+        (400, json!("bad_signature"))
+    );
+    // Answered and closed before the body is read: the sender may see the 400 or a cut write.
+    let huge = vec![b'x'; 1024 * 1024 + 1];
+    if let Ok(reply) = stripe.deliver(&huge, Some(&header)).await {
+        assert_eq!(
+            (reply.status, reply.json()["outcome"].clone()),
+            (400, json!("malformed"))
+        );
+    }
+    eventually(WAIT, "the oversized body refused", || async {
+        (operator_metric(&fleet, "malformed").await >= 1.0).then_some(())
+    })
+    .await?;
+    let garbage =
+        b"{\"id\": \"evt_garbage\", \"type\": \"customer.subscription.updated\"}".to_vec();
+    let signed = sign(&garbage, SECRET, Timestamp::now().as_second());
+    let reply = stripe.deliver(&garbage, Some(&signed)).await?;
+    assert_eq!(
+        (reply.status, reply.json()["outcome"].clone()),
+        (200, json!("unreadable"))
+    );
     eventually(WAIT, "the refusals counted", || async {
         (operator_metric(&fleet, "bad_signature").await >= 3.0
             && operator_metric(&fleet, "stale_timestamp").await >= 1.0)
