@@ -330,6 +330,21 @@ impl Fleet {
         self.operators[index].process.stop_and_wait();
     }
 
+    /// The last lines of every operator's and proxy's log, to attach to a failed wait: what
+    /// each process was doing says why the awaited state never came.
+    pub fn log_tails(&self) -> String {
+        let operators = self
+            .operators
+            .iter()
+            .enumerate()
+            .map(|(i, o)| format!("--- operator {i} ---\n{}", o.process.log_tail()));
+        let proxies = self.proxies.iter().map(|p| {
+            let tail = p.process.as_ref().map(Supervised::log_tail);
+            format!("--- proxy {} ---\n{}", p.name, tail.unwrap_or_default())
+        });
+        operators.chain(proxies).collect::<Vec<_>>().join("\n")
+    }
+
     /// The operator's log.
     pub fn operator_log(&self, index: usize) -> String {
         std::fs::read_to_string(self.operators[index].process.log_path()).unwrap_or_default()
