@@ -158,8 +158,8 @@ async fn sidecar_footprint_and_added_latency() -> Result<()> {
 
     // Start to ready: the sidecar answers /readyz once its first configuration is applied.
     let started = Instant::now();
-    // As injected: the runtime's default threads (one per CPU), where the central proxies of the
-    // test fleet run one worker.
+    // As injected: one worker per CPU requested (20m: one), like the central proxies of the
+    // test fleet.
     let sidecar = run_sidecar(&fleet, &pod, &token, &[])?;
     loop {
         if get(sidecar.admin, "/readyz", &[])
@@ -209,7 +209,6 @@ async fn sidecar_footprint_and_added_latency() -> Result<()> {
     through.sort_by(f64::total_cmp);
     let sidecar_rss_after = rss_mib(sidecar_pid)?;
     let central_rss = rss_mib(central_pid)?;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (d50, d99) = (percentile(&direct, 0.5), percentile(&direct, 0.99));
     let (t50, t99) = (percentile(&through, 0.5), percentile(&through, 0.99));
     println!(
@@ -220,7 +219,7 @@ async fn sidecar_footprint_and_added_latency() -> Result<()> {
     );
     println!("sidecar start to ready (configuration received and applied): {ready_ms:.0} ms");
     println!(
-        "RSS: sidecar (as injected: a worker per CPU, {cpus} here) {sidecar_rss_ready:.1} MiB when ready, {sidecar_rss_after:.1} MiB after {} requests; central proxy (one worker) with the whole namespace {central_rss:.1} MiB (sidecar/central {:.2})",
+        "RSS: sidecar (as injected: a worker per CPU requested, no transparent huge pages) {sidecar_rss_ready:.1} MiB when ready, {sidecar_rss_after:.1} MiB after {} requests; central proxy (one worker) with the whole namespace {central_rss:.1} MiB (sidecar/central {:.2})",
         ROUNDS * PER_ROUND + 200,
         sidecar_rss_after / central_rss
     );

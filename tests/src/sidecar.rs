@@ -65,18 +65,12 @@ pub fn run_sidecar(fleet: &Fleet, pod: &Pod, token: &str, extra: &[String]) -> R
     std::fs::create_dir_all(&dir)?;
     let token_file = dir.join("token");
     std::fs::write(&token_file, token.trim())?;
-    let mut env: Vec<(&str, String)> = vec![("RUST_LOG", "info".into())];
+    let mut env: Vec<(String, String)> = vec![("RUST_LOG".into(), "info".into())];
     for var in container.env.iter().flatten() {
-        let value = match (var.name.as_str(), &var.value) {
-            ("POD_NAME", _) => name.clone(),
-            ("POD_NAMESPACE", _) => namespace.clone(),
-            (_, Some(value)) => value.clone(),
-            (_, None) => continue,
-        };
-        let known = ["POD_NAME", "POD_NAMESPACE", "TOLLGATE_CONTROL_PLANE_CA_PEM"];
-        if let Some(var) = known.iter().find(|k| **k == var.name) {
-            env.push((var, value));
-        }
+        env.push((
+            var.name.clone(),
+            kubelet_value(var, container, &name, &namespace)?,
+        ));
     }
     let expand = |arg: &str| {
         env.iter().fold(arg.to_owned(), |arg, (k, v)| {
@@ -113,7 +107,9 @@ pub fn run_sidecar(fleet: &Fleet, pod: &Pod, token: &str, extra: &[String]) -> R
         &args,
         &log,
         None,
-        &env,
+        &env.iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect::<Vec<_>>(),
     )?;
     let addresses = logged_addresses(&log, "tollgate-proxy serving", &["listen=", "admin="])?;
     Ok(Sidecar {
@@ -122,6 +118,45 @@ pub fn run_sidecar(fleet: &Fleet, pod: &Pod, token: &str, extra: &[String]) -> R
         admin: addresses[1],
         state_dir: dir.join("state"),
     })
+}
+
+/// The value the kubelet gives an environment variable of the injected container; an error for
+/// a source this harness does not mirror, so that it never runs a sidecar unlike the kubelet.
+fn kubelet_value(
+    var: &k8s_openapi::api::core::v1::EnvVar,
+    container: &k8s_openapi::api::core::v1::Container,
+    name: &str,
+    namespace: &str,
+) -> Result<String> {
+    if let Some(value) = &var.value {
+        return Ok(value.clone());
+    }
+    let source = var.value_from.as_ref();
+    let field = source
+        .and_then(|s| s.field_ref.as_ref())
+        .map(|f| f.field_path.as_str());
+    let resource = source
+        .and_then(|s| s.resource_field_ref.as_ref())
+        .map(|r| r.resource.as_str());
+    match (field, resource) {
+        (Some("metadata.name"), _) => Ok(name.to_owned()),
+        (Some("metadata.namespace"), _) => Ok(namespace.to_owned()),
+        // The kubelet's rule for the default divisor of 1: whole CPUs, rounded up.
+        (_, Some("requests.cpu")) => {
+            let request = container
+                .resources
+                .as_ref()
+                .and_then(|r| r.requests.as_ref())
+                .and_then(|r| r.get("cpu"))
+                .context("requests.cpu asked for, none set")?;
+            let cpus = match request.0.strip_suffix('m') {
+                Some(millis) => millis.parse::<f64>()? / 1000.0,
+                None => request.0.parse::<f64>()?,
+            };
+            Ok(cpus.ceil().to_string())
+        }
+        _ => anyhow::bail!("the test harness cannot mirror the kubelet for {var:?}"),
+    }
 }
 
 /// Creates `pod` in `ns` with the sidecar the webhook would give it (the webhook itself is tested
