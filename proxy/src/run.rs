@@ -234,6 +234,7 @@ async fn serve_with<S: CounterStore>(
         admin = %tollgate_crds::process::bound(&admin_listener, cli.admin_listen),
         tls = tls.is_some(),
         config = %source,
+        workers = tokio::runtime::Handle::current().metrics().num_workers(),
         "tollgate-proxy serving"
     );
     let admin = Arc::new(Admin {

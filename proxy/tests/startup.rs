@@ -87,3 +87,53 @@ fn an_unreachable_operator_before_any_configuration_is_reported_as_not_ready() {
         "{stderr}"
     );
 }
+
+/// The proxy keeps transparent huge pages out of its heap: each one counts 2 MiB resident however
+/// little of it is used (8 MiB of 20 at rest, measured). Two guards, both checked: the kernel's
+/// flag for the process (set at start-up, for kernels that give huge pages unasked), and no huge
+/// page in use after loading a configuration (mimalloc built not to ask for them).
+#[cfg(target_os = "linux")]
+#[test]
+fn the_proxy_runs_without_transparent_huge_pages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart");
+    let state = dir.path().join("state");
+    let mut child = spawn(
+        dir.path(),
+        &[
+            "--manifests",
+            &examples.display().to_string(),
+            "--state-dir",
+            &state.display().to_string(),
+        ],
+    );
+    let pid = child.id();
+    let proc_file = |name: &str| std::fs::read_to_string(format!("/proc/{pid}/{name}"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(dir.path().join("stderr"))
+        .unwrap_or_default()
+        .contains("tollgate-proxy serving")
+    {
+        assert!(Instant::now() < deadline, "the proxy never served");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the proxy exited"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = proc_file("status").expect("/proc/PID/status");
+    let smaps = proc_file("smaps_rollup").expect("/proc/PID/smaps_rollup");
+    let _ = child.kill();
+    let _ = child.wait();
+    // Kernels before 5.0 have no THP_enabled line; their processes are checked by the page count.
+    if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{line}");
+    }
+    let huge_kib = smaps
+        .lines()
+        .find(|l| l.starts_with("AnonHugePages:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse::<u64>().ok())
+        .expect("AnonHugePages in smaps_rollup");
+    assert_eq!(huge_kib, 0, "{smaps}");
+}

@@ -1248,6 +1248,14 @@ spec: {{selector: {{app: reports}}, ports: [{{port: 80, targetPort: 8080}}]}}
         "jsonpath={.items[0].spec.initContainers[*].name}",
     ])?;
     assert_eq!(containers.trim(), "tollgate-proxy", "the injected sidecar");
+    // One runtime worker for the 20m of CPU it requested (the downward API, from the kubelet).
+    let started = app.kubectl_ok(&["logs", "deployment/reports", "-c", "tollgate-proxy"])?;
+    assert!(
+        started
+            .lines()
+            .any(|l| l.contains("tollgate-proxy serving") && l.contains("workers=1")),
+        "{started}"
+    );
 
     // Through the app's own Service: its sidecar enforces the plans.
     let reports = service_address(app, "reports")?;

@@ -366,14 +366,6 @@ fn sidecar(template: &Template, mode: &Mode, resources: &[Option<String>; 4]) ->
             value: Some(template.ca_pem.clone()),
             ..EnvVar::default()
         },
-        // Without it the allocator asks for transparent huge pages, and each 2 MiB page it
-        // touches counts whole: 7.5 MiB of a sidecar's resident memory at rest (measured in
-        // docs/performance.md). A central proxy keeps them; a sidecar is paid for in every pod.
-        EnvVar {
-            name: "MIMALLOC_ALLOW_THP".into(),
-            value: Some("0".into()),
-            ..EnvVar::default()
-        },
     ];
     // As many runtime workers as CPUs requested (rounded up): the default, one per CPU of the
     // node, gives a sidecar that asked for 20m dozens of idle threads on a large node. A request
@@ -682,11 +674,6 @@ mod tests {
             .flatten()
             .map(|e| (e.name.as_str(), e))
             .collect();
-        assert_eq!(
-            env["MIMALLOC_ALLOW_THP"].value.as_deref(),
-            Some("0"),
-            "no huge pages"
-        );
         let workers = env["TOLLGATE_WORKER_THREADS"]
             .value_from
             .as_ref()
