@@ -329,7 +329,10 @@ impl StatusWriter {
                 futures::stream::iter(alerts.into_iter().map(|(alert, used, limit)| {
                     let tenant = tenant.clone();
                     async move {
-                        let ok = self.announce_spend(&tenant, &alert, &used, &limit).await;
+                        // A round outlives a lost lease by up to a write timeout: a leader
+                        // deposed meanwhile leaves the alert to its successor.
+                        let ok = *self.leading.borrow()
+                            && self.announce_spend(&tenant, &alert, &used, &limit).await;
                         (alert, ok)
                     }
                 }))
@@ -577,32 +580,16 @@ impl StatusWriter {
         };
         // A recorder of its own: each alert is an Event of its own, with its own note.
         let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
-        let published = tokio::time::timeout(
-            STATUS_WRITE_TIMEOUT,
-            recorder.publish(&event, &tenant.object_ref(&())),
-        )
-        .await;
-        match published {
-            Ok(Ok(())) => {
-                tracing::info!(tenant = %alert.tenant, plan = %alert.plan, quota = %alert.quota,
-                    threshold = alert.threshold, used, limit, "spend alert");
-                self.metrics
-                    .spend_alerts
-                    .with_label_values(&[&alert.threshold.to_string()])
-                    .inc();
-                true
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(tenant = %alert.tenant, threshold = alert.threshold, error = %e,
-                    "cannot publish the spend alert's Event; trying again next round");
-                false
-            }
-            Err(_) => {
-                tracing::warn!(tenant = %alert.tenant, threshold = alert.threshold,
-                    "the spend alert's Event was not published in time; trying again next round");
-                false
-            }
+        if !publish(&recorder, &event, &tenant.object_ref(&())).await {
+            return false;
         }
+        tracing::info!(tenant = %alert.tenant, plan = %alert.plan, quota = %alert.quota,
+            threshold = alert.threshold, used, limit, "spend alert");
+        self.metrics
+            .spend_alerts
+            .with_label_values(&[&alert.threshold.to_string()])
+            .inc();
+        true
     }
 
     /// The tenant's requests under plans that meter usage this month, from the proxies' reports
@@ -645,7 +632,8 @@ impl StatusWriter {
             .filter(|s| s.state == SubscriptionState::PendingApproval)
         {
             let route_key = key.sibling(&sub.api_route);
-            if !emitted.insert((route_key.clone(), tenant.name_any())) {
+            let once = (route_key.clone(), tenant.name_any());
+            if emitted.contains(&once) {
                 continue;
             }
             let Some(route) = all(&self.caches.routes)
@@ -664,9 +652,48 @@ impl StatusWriter {
                 action: "Subscribe".into(),
                 secondary: Some(tenant.object_ref(&())),
             };
-            if let Err(e) = self.recorder.publish(&event, &route.object_ref(&())).await {
-                tracing::debug!(error = %e, "cannot publish event");
-            }
+            publish_once(
+                &self.recorder,
+                &event,
+                &route.object_ref(&()),
+                emitted,
+                once,
+            )
+            .await;
+        }
+    }
+}
+
+/// Publishes `event` unless `emitted` holds `once`, and records `once` only once it is
+/// published: an Event remembered as sent and then lost would never reach the admin it is for.
+async fn publish_once<K: Eq + std::hash::Hash>(
+    recorder: &Recorder,
+    event: &Event,
+    regarding: &k8s_openapi::api::core::v1::ObjectReference,
+    emitted: &mut HashSet<K>,
+    once: K,
+) {
+    if !emitted.contains(&once) && publish(recorder, event, regarding).await {
+        emitted.insert(once);
+    }
+}
+
+/// Publishes `event` about `regarding`; whether it was published (a failure is logged; the
+/// caller tries again next round).
+async fn publish(
+    recorder: &Recorder,
+    event: &Event,
+    regarding: &k8s_openapi::api::core::v1::ObjectReference,
+) -> bool {
+    match tokio::time::timeout(STATUS_WRITE_TIMEOUT, recorder.publish(event, regarding)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(reason = %event.reason, regarding = ?regarding.name, error = %e, "cannot publish an Event; trying again next round");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(reason = %event.reason, regarding = ?regarding.name, timeout = ?STATUS_WRITE_TIMEOUT, "an Event was not published in time; trying again next round");
+            false
         }
     }
 }
@@ -682,6 +709,34 @@ mod tests {
             reason: reason.to_owned(),
             message: format!("{type_} is {status}"),
         }
+    }
+
+    /// Regression: the pending-approval Event was remembered as sent before it was published,
+    /// so one that failed (an API server briefly away) was never published again.
+    #[tokio::test]
+    async fn an_event_that_could_not_be_published_is_tried_again() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let url = format!("http://127.0.0.1:{port}").parse().expect("a URL");
+        let down = kube::Client::try_from(kube::Config::new(url)).expect("a client");
+        let recorder = Recorder::new(down, "tollgate-test".into());
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "SubscriptionPendingApproval".into(),
+            note: None,
+            action: "Subscribe".into(),
+            secondary: None,
+        };
+        let regarding = k8s_openapi::api::core::v1::ObjectReference {
+            name: Some("route".into()),
+            namespace: Some("ns".into()),
+            ..Default::default()
+        };
+        let mut emitted = HashSet::new();
+        publish_once(&recorder, &event, &regarding, &mut emitted, "once").await;
+        assert!(emitted.is_empty(), "not published, so not remembered");
     }
 
     #[test]

@@ -1251,9 +1251,8 @@ spec: {{selector: {{app: reports}}, ports: [{{port: 80, targetPort: 8080}}]}}
     // One runtime worker for the 20m of CPU it requested (the downward API, from the kubelet).
     let started = app.kubectl_ok(&["logs", "deployment/reports", "-c", "tollgate-proxy"])?;
     assert!(
-        started
-            .lines()
-            .any(|l| l.contains("tollgate-proxy serving") && l.contains("workers=1")),
+        started.lines().any(|l| l.contains("tollgate-proxy serving")
+            && l.split_whitespace().any(|w| w == "workers=1")),
         "{started}"
     );
 
