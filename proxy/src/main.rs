@@ -5,7 +5,7 @@ use clap::Parser;
 // mimalloc: fewer cycles per request than glibc malloc for the proxy's many small, short-lived
 // allocations (measured in docs/performance.md); built without transparent huge pages (below).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tollgate_alloc::Allocator = tollgate_alloc::Allocator;
 
 fn main() -> ExitCode {
     no_transparent_huge_pages();

@@ -189,6 +189,9 @@ impl<S: CounterStore> Proxy<S> {
             .config_version
             .set(i64::try_from(config.version).unwrap_or(i64::MAX));
         self.config.store(Arc::new(config));
+        // What building it freed (a parsed YAML world, the last configuration if no request
+        // still holds it) goes back to the kernel now: an idle proxy would keep it resident.
+        tollgate_alloc::release_freed_memory();
     }
 
     /// The configuration being enforced.
