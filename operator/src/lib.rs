@@ -20,6 +20,8 @@ pub mod publisher;
 pub mod serving_cert;
 pub mod spend_alerts;
 pub mod status;
+#[cfg(test)]
+mod test_support;
 pub mod usage;
 pub mod watch;
 

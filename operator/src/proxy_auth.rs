@@ -324,15 +324,7 @@ pub fn workload(namespace: &str, pod: &Pod) -> Result<Workload, RefusedProxy> {
 mod tests {
     use super::*;
 
-    /// A client of an API server that is down: a loopback port nothing listens on.
-    fn unreachable_api_server() -> kube::Client {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let url = format!("http://127.0.0.1:{port}").parse().expect("a URL");
-        kube::Client::try_from(kube::Config::new(url)).expect("a client")
-    }
+    use crate::test_support::unreachable_api_server;
 
     /// Regression: a TokenReview that could not be made was remembered like a refusal, and the
     /// proxy stayed locked out for a minute after the API server had recovered.

@@ -715,12 +715,7 @@ mod tests {
     /// so one that failed (an API server briefly away) was never published again.
     #[tokio::test]
     async fn an_event_that_could_not_be_published_is_tried_again() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let url = format!("http://127.0.0.1:{port}").parse().expect("a URL");
-        let down = kube::Client::try_from(kube::Config::new(url)).expect("a client");
+        let down = crate::test_support::unreachable_api_server();
         let recorder = Recorder::new(down, "tollgate-test".into());
         let event = Event {
             type_: EventType::Normal,
