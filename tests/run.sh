@@ -81,6 +81,13 @@ fi
 log "cargo test at moved dates ${moved[*]:-(the defaults of tests/at-dates.sh)}"
 tests/at-dates.sh "${moved[@]}" -- "$@"
 
+# The tests that run pods, once more against a cluster they did not start (as on kind or k3d):
+# reached only through port-forwards, with images loaded by a command.
+if [[ -z "${TOLLGATE_TEST_KUBECONFIG:-}" ]]; then
+    log "the node tests against an existing cluster"
+    tests/on-existing-cluster.sh -- "$@"
+fi
+
 # The last test binary's control plane stops within seconds of it; wait so that nothing outlives
 # the suite.
 for _ in $(seq 1 40); do

@@ -1,20 +1,24 @@
 //! Tollgate as real Pods on a real node (tests/src/node.rs): images built offline and imported,
 //! `helm install` to Ready, traffic through the proxy Service, plan changes at every pod.
+//!
+//! With `TOLLGATE_TEST_KUBECONFIG` (and `TOLLGATE_TEST_IMAGE_LOAD`) the same tests run on an
+//! existing cluster, reached through port-forwards (tests/src/pods.rs); the fault tests that need
+//! the node itself or the Service's load balancing say so and run on the local node only.
 
 use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use tollgate_tests::images::{TEST_REGISTRY, TEST_TAG};
-use tollgate_tests::{TestNamespace, node};
+use tollgate_tests::pods::Target;
+use tollgate_tests::{LocalNode, TestNamespace, pods};
 
-/// One HTTP/1.1 request over a fresh connection from inside the node's network; the status, the
-/// response head's lines and the body.
-fn request(address: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Response> {
-    let mut stream = node().node.connect(address)?;
+/// One HTTP/1.1 request over a fresh connection to `target` (from inside the node's network, or
+/// through a port-forward); the status, the response head's lines and the body.
+fn request(target: &Target, path: &str, headers: &[(&str, &str)]) -> Result<Response> {
+    let mut stream = pods().connect(target)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut head = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    let mut head = format!("GET {path} HTTP/1.1\r\nHost: tollgate.test\r\nConnection: close\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -76,22 +80,23 @@ fn backend_requests(app: &TestNamespace, tenant: &str) -> Result<u64> {
         .count() as u64)
 }
 
-/// The ClusterIP and first port of a Service.
-fn service_address(ns: &TestNamespace, service: &str) -> Result<SocketAddr> {
-    let out = ns.kubectl(
-        &[
-            "get",
-            "service",
-            service,
-            "-o",
-            "jsonpath={.spec.clusterIP}:{.spec.ports[0].port}",
-        ],
-        None,
-    )?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.trim()
-        .parse()
-        .with_context(|| format!("service {service} address {text:?}"))
+/// The local test node, for a test that needs it; `None` (and a line saying why the test does not
+/// run) on an existing cluster.
+fn local_node_for(test: &str, why: &str) -> Option<&'static LocalNode> {
+    let local = pods().local_node();
+    if local.is_none() {
+        eprintln!("{test}: not run on an existing cluster: {why}");
+    }
+    local
+}
+
+/// Port `port` of pod `name` in `ns`.
+fn pod(ns: &TestNamespace, name: &str, port: u16) -> Target {
+    Target::Pod {
+        namespace: ns.name.clone(),
+        name: name.to_owned(),
+        port,
+    }
 }
 
 /// `kubectl rollout status` of a Deployment, with the pods' state in the error.
@@ -152,22 +157,33 @@ spec:
 #[test]
 fn pods_start_from_imported_images_and_answer_through_their_service() -> Result<()> {
     let started = Instant::now();
-    let local = node();
-    eprintln!(
-        "images built in {:.1}s; control plane, node and DNS Ready in {:.1}s",
-        local.images_built_in.as_secs_f64(),
-        local.node.started_in.as_secs_f64()
-    );
+    if let Some(local) = pods().local_node() {
+        eprintln!(
+            "images built in {:.1}s; control plane, node and DNS Ready in {:.1}s",
+            local.images_built_in.as_secs_f64(),
+            local.node.started_in.as_secs_f64()
+        );
+    }
     let rt = tokio::runtime::Runtime::new()?;
     let ns = rt.block_on(TestNamespace::new("node-echo"))?;
     ns.apply_ok(&echo_backend_yaml(2))?;
     wait_rollout(&ns, "echo", "120s")?;
-    let address = service_address(&ns, "echo")?;
-    // Both pods are Ready; kube-proxy programs the second one's endpoint within a moment.
-    let mut pods = std::collections::BTreeSet::new();
+    let names = pod_names(&ns, "app=echo")?;
+    assert_eq!(names.len(), 2, "{names:?}");
+    // Each pod answers on its own address...
+    for name in &names {
+        let response = request(&pod(&ns, name, 8080), "/hello", &[])?;
+        let body: serde_json::Value = serde_json::from_str(&response.body)?;
+        assert_eq!(body["pod"], name.as_str(), "{body}");
+    }
+    // ...and both behind the Service (kube-proxy programs the second one's endpoint within a
+    // moment). A port-forward to a Service reaches one pod: on an existing cluster, one is enough.
+    let service = pods().service(&ns.name, "echo")?;
+    let behind = if pods().local_node().is_some() { 2 } else { 1 };
+    let mut answered = std::collections::BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while pods.len() < 2 && Instant::now() < deadline {
-        let response = match request(address, "/hello", &[]) {
+    while answered.len() < behind && Instant::now() < deadline {
+        let response = match request(&service, "/hello", &[]) {
             Ok(response) => response,
             // Refused until kube-proxy has programmed the first endpoint.
             Err(e) if Instant::now() < deadline => {
@@ -180,12 +196,12 @@ fn pods_start_from_imported_images_and_answer_through_their_service() -> Result<
         assert_eq!(response.status, 200, "{response:?}");
         let body: serde_json::Value = serde_json::from_str(&response.body)?;
         assert_eq!(body["path"], "/hello", "{body}");
-        pods.insert(body["pod"].as_str().unwrap_or_default().to_owned());
+        answered.insert(body["pod"].as_str().unwrap_or_default().to_owned());
     }
     assert_eq!(
-        pods.len(),
-        2,
-        "both pods answer behind the Service: {pods:?}"
+        answered.len(),
+        behind,
+        "the pods answer behind the Service: {answered:?}"
     );
     eprintln!(
         "echo pods answered in {:.1}s",
@@ -222,23 +238,18 @@ fn diagnostics(ns: &TestNamespace) -> String {
     text
 }
 
-/// The pod IPs of the pods matching `selector`.
-fn pod_ips(ns: &TestNamespace, selector: &str) -> Result<Vec<std::net::IpAddr>> {
-    let out = ns.kubectl(
-        &[
-            "get",
-            "pods",
-            "-l",
-            selector,
-            "-o",
-            "jsonpath={.items[*].status.podIP}",
-        ],
-        None,
-    )?;
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(|ip| ip.parse().with_context(|| format!("pod IP {ip:?}")))
-        .collect()
+/// The names of the running pods matching `selector`.
+fn pod_names(ns: &TestNamespace, selector: &str) -> Result<Vec<String>> {
+    let out = ns.kubectl_ok(&[
+        "get",
+        "pods",
+        "-l",
+        selector,
+        "--field-selector=status.phase=Running",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ])?;
+    Ok(out.split_whitespace().map(str::to_owned).collect())
 }
 
 /// The plans, keys, tenants and routes of the test: `roomy` never limits, `hourly` allows one
@@ -320,7 +331,7 @@ fn key(tenant: &str) -> String {
 
 /// Asks `address` until `done` holds for a response (bounded); the last response.
 fn until(
-    address: SocketAddr,
+    target: &Target,
     tenant: &str,
     what: &str,
     done: impl Fn(&Response) -> bool,
@@ -328,7 +339,7 @@ fn until(
     let deadline = Instant::now() + Duration::from_secs(90);
     let authorization = key(tenant);
     loop {
-        let last = request(address, "/echo/x", &[("Authorization", &authorization)]);
+        let last = request(target, "/echo/x", &[("Authorization", &authorization)]);
         match &last {
             Ok(response) if done(response) => return last,
             _ if Instant::now() > deadline => bail!("{what}: not within 90 s; last: {last:?}"),
@@ -344,18 +355,17 @@ struct Installed {
     release: String,
     system: TestNamespace,
     app: TestNamespace,
-    /// The proxy Service's address.
-    proxy: SocketAddr,
+    /// The proxy Service.
+    proxy: Target,
 }
 
 impl Installed {
     fn new(release: &str, extra: &[&str]) -> Result<Self> {
-        let local = node();
         let rt = tokio::runtime::Runtime::new()?;
         let system = rt.block_on(TestNamespace::new(&format!("{release}-system")))?;
         let app = rt.block_on(TestNamespace::new(&format!("{release}-app")))?;
         let started = Instant::now();
-        let proxy_image = local
+        let proxy_image = pods()
             .images
             .iter()
             .find(|i| i.name == "tollgate-proxy")
@@ -368,7 +378,7 @@ impl Installed {
         let chart = tollgate_tests::repo_root().join("charts/tollgate");
         let mut args = vec![
             "--kubeconfig".to_owned(),
-            local.plane.admin_kubeconfig.display().to_string(),
+            pods().kubeconfig().display().to_string(),
             "install".to_owned(),
             release.to_owned(),
             chart.display().to_string(),
@@ -394,7 +404,7 @@ impl Installed {
         app.apply_ok(&echo_backend_yaml(1))?;
         wait_rollout(&app, "echo", "120s")?;
         app.apply_ok(&tenants_yaml(ROOMY_PER_SECOND))?;
-        let proxy = service_address(&system, &format!("{release}-proxy"))?;
+        let proxy = pods().service(&system.name, &format!("{release}-proxy"))?;
         Ok(Self {
             release: release.to_owned(),
             system,
@@ -445,7 +455,7 @@ impl Installed {
 fn helm_install_runs_tollgate_as_pods_that_enforce_plans() -> Result<()> {
     let started = Instant::now();
     let installed = Installed::new("tollgate", &[])?;
-    let (system, app, proxy) = (&installed.system, &installed.app, installed.proxy);
+    let (system, app, proxy) = (&installed.system, &installed.app, &installed.proxy);
 
     // One leader among the operator's pods (Ready does not wait for the election), and its pod
     // alone labelled for the config Service.
@@ -526,17 +536,19 @@ fn helm_install_runs_tollgate_as_pods_that_enforce_plans() -> Result<()> {
             diagnostics(system)
         );
     }
-    let proxies = pod_ips(system, "app.kubernetes.io/name=tollgate-proxy")?;
+    let proxies = pod_names(system, "app.kubernetes.io/name=tollgate-proxy")?;
     assert_eq!(
         proxies.len(),
         2,
         "the chart's default: two proxies ({proxies:?})"
     );
-    for ip in &proxies {
-        let pod = SocketAddr::new(*ip, 8080);
-        until(pod, "globex", "the new plan at every proxy", |r| {
-            r.header("ratelimit-policy") == Some("\"per-second\";q=999;w=1")
-        })?;
+    for name in &proxies {
+        until(
+            &pod(system, name, 8080),
+            "globex",
+            "the new plan at every proxy",
+            |r| r.header("ratelimit-policy") == Some("\"per-second\";q=999;w=1"),
+        )?;
     }
 
     // The README's install steps end with the quickstart examples: they work through the
@@ -582,8 +594,8 @@ fn helm_install_runs_tollgate_as_pods_that_enforce_plans() -> Result<()> {
 
     // Metrics from each pod: what it answered.
     let mut answered = 0.0;
-    for ip in &proxies {
-        let response = request(SocketAddr::new(*ip, 9090), "/metrics", &[])?;
+    for name in &proxies {
+        let response = request(&pod(system, name, 9090), "/metrics", &[])?;
         assert_eq!(response.status, 200);
         for line in response.body.lines() {
             if line.starts_with("tollgate_proxy_requests_total{") {
@@ -648,7 +660,7 @@ impl Load {
     const MAX_REQUESTS_PER_CLIENT: u64 = 200_000;
     const MAX_DURATION: Duration = Duration::from_secs(300);
 
-    fn start(address: SocketAddr, tenant: &str, threads: usize) -> Self {
+    fn start(target: &Target, tenant: &str, threads: usize) -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let ok = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let payment_required = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -658,6 +670,7 @@ impl Load {
                 let ok = ok.clone();
                 let payment_required = payment_required.clone();
                 let authorization = key(tenant);
+                let target = target.clone();
                 std::thread::spawn(move || {
                     let mut tally = Tally::default();
                     let started = Instant::now();
@@ -667,7 +680,7 @@ impl Load {
                         {
                             break;
                         }
-                        match request(address, "/echo/load", &[("Authorization", &authorization)]) {
+                        match request(&target, "/echo/load", &[("Authorization", &authorization)]) {
                             Ok(r) if r.status == 200 => {
                                 tally.ok += 1;
                                 ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -790,13 +803,17 @@ impl Installed {
 
 #[test]
 fn a_rolling_restart_of_the_proxies_under_load_fails_no_request() -> Result<()> {
+    let why = "the load must go through the Service's load balancing, and a port-forward ends with its pod";
+    if local_node_for("rolling restart", why).is_none() {
+        return Ok(());
+    }
     let installed = Installed::new("tollgate-roll", &[])?;
     installed.wait_proxies(2)?;
-    until(installed.proxy, "globex", "200 for globex", |r| {
+    until(&installed.proxy, "globex", "200 for globex", |r| {
         r.status == 200
     })?;
     let old = installed.pods("app.kubernetes.io/name=tollgate-proxy")?;
-    let load = Load::start(installed.proxy, "globex", 2);
+    let load = Load::start(&installed.proxy, "globex", 2);
     std::thread::sleep(Duration::from_secs(2));
     let proxy = format!("deployment/{}", installed.deployment("proxy"));
     let restarted = Instant::now();
@@ -883,9 +900,9 @@ impl Installed {
     fn change_plan_everywhere(&self, per_second: u32) -> Result<()> {
         self.app.apply_ok(&tenants_yaml(per_second))?;
         let policy = format!("\"per-second\";q={per_second};w=1");
-        for ip in pod_ips(&self.system, "app.kubernetes.io/name=tollgate-proxy")? {
+        for name in pod_names(&self.system, "app.kubernetes.io/name=tollgate-proxy")? {
             until(
-                SocketAddr::new(ip, 8080),
+                &pod(&self.system, &name, 8080),
                 "globex",
                 "the change at every proxy",
                 |r| r.header("ratelimit-policy") == Some(policy.as_str()),
@@ -899,23 +916,27 @@ impl Installed {
 #[test]
 fn when_the_operator_leader_hangs_or_goes_a_standby_takes_over_and_proxies_keep_serving()
 -> Result<()> {
+    let why = "it freezes the leader's container through the node's containerd";
+    let Some(local) = local_node_for("operator failover", why) else {
+        return Ok(());
+    };
     let installed = Installed::new("tollgate-failover", &[])?;
     installed.wait_proxies(2)?;
-    until(installed.proxy, "globex", "200 for globex", |r| {
+    until(&installed.proxy, "globex", "200 for globex", |r| {
         r.status == 200
     })?;
     let (_, first) = installed.operators()?;
-    let load = Load::start(installed.proxy, "globex", 1);
+    let load = Load::start(&installed.proxy, "globex", 1);
 
     // The leader hangs (frozen: it cannot renew, release or step down): the standby takes over
     // once the Lease has gone a full duration without renewal.
     let frozen = installed.container_id(&first)?;
     let hung = Instant::now();
-    node().node.pause_container(&frozen)?;
+    local.node.pause_container(&frozen)?;
     let second = installed.wait_new_leader(&first);
     let took_over = hung.elapsed();
     // Thawed: the old leader finds its Lease gone and stands by (one leader, one label).
-    node().node.resume_container(&frozen)?;
+    local.node.resume_container(&frozen)?;
     let second = second?;
     installed.wait_leader_label(&second)?;
     installed.change_plan_everywhere(998)?;
@@ -957,6 +978,11 @@ fn when_the_operator_leader_hangs_or_goes_a_standby_takes_over_and_proxies_keep_
 #[test]
 fn under_redis_fleet_quotas_a_killed_proxy_and_a_restarted_containerd_never_overspend() -> Result<()>
 {
+    let why =
+        "it kills a container and restarts containerd on the node, whose disk holds Redis's volume";
+    let Some(local) = local_node_for("fleet quotas under faults", why) else {
+        return Ok(());
+    };
     // The chart's Redis StatefulSet keeps its append-only file on a PersistentVolume: a hostPath
     // one here (no provisioner on the test node), owned by the Redis user.
     let data = tempfile::Builder::new()
@@ -970,9 +996,8 @@ fn under_redis_fleet_quotas_a_killed_proxy_and_a_restarted_containerd_never_over
         pid = std::process::id(),
         path = data.path().display()
     );
-    // node() first: it starts this binary's cluster with the node.
     let out = tollgate_tests::kubectl_with(
-        &node().plane.admin_kubeconfig,
+        &local.plane.admin_kubeconfig,
         &["apply", "-f", "-"],
         Some(&pv),
     )?;
@@ -991,21 +1016,21 @@ fn under_redis_fleet_quotas_a_killed_proxy_and_a_restarted_containerd_never_over
         ],
     )?;
     installed.wait_proxies(2)?;
-    until(installed.proxy, "hooli", "200 for hooli", |r| {
+    until(&installed.proxy, "hooli", "200 for hooli", |r| {
         r.status == 200
     })
     .map_err(|e| anyhow::anyhow!("{e:#}\n{}", diagnostics(&installed.system)))?;
     let mut admitted = 1;
 
     // Half-way through the month's requests, one proxy is SIGKILLed (no drain, no flush).
-    let load = Load::start(installed.proxy, "hooli", 2);
+    let load = Load::start(&installed.proxy, "hooli", 2);
     Load::wait_for(&load.ok, FLEET_LIMIT / 2);
     let victim = installed
         .pods("app.kubernetes.io/name=tollgate-proxy")?
         .into_iter()
         .next()
         .context("a proxy pod")?;
-    node()
+    local
         .node
         .kill_container(&installed.container_id(&victim)?)?;
     installed.wait_proxies(2)?;
@@ -1041,7 +1066,7 @@ fn under_redis_fleet_quotas_a_killed_proxy_and_a_restarted_containerd_never_over
 
     // containerd restarts under the running pods: they keep running, and the counters hold.
     let restarted = Instant::now();
-    node().node.restart_containerd()?;
+    local.node.restart_containerd()?;
     for deployment in ["proxy", "operator"] {
         wait_rollout(&installed.system, &installed.deployment(deployment), "120s")?;
     }
@@ -1052,7 +1077,7 @@ fn under_redis_fleet_quotas_a_killed_proxy_and_a_restarted_containerd_never_over
     let mut refused = 0;
     loop {
         match request(
-            installed.proxy,
+            &installed.proxy,
             "/echo/x",
             &[("Authorization", &authorization)],
         ) {
@@ -1079,9 +1104,9 @@ fn under_redis_fleet_quotas_a_killed_proxy_and_a_restarted_containerd_never_over
         );
     }
     // And every proxy is spent: none holds leased units the other did not count.
-    for ip in pod_ips(&installed.system, "app.kubernetes.io/name=tollgate-proxy")? {
+    for name in pod_names(&installed.system, "app.kubernetes.io/name=tollgate-proxy")? {
         until(
-            SocketAddr::new(ip, 8080),
+            &pod(&installed.system, &name, 8080),
             "hooli",
             "402 at every proxy",
             |r| r.status == 402,
@@ -1093,7 +1118,7 @@ fn under_redis_fleet_quotas_a_killed_proxy_and_a_restarted_containerd_never_over
         "{reached} requests reached the backend over a quota of {FLEET_LIMIT}"
     );
     until(
-        installed.proxy,
+        &installed.proxy,
         "globex",
         "200 after containerd's restart",
         |r| r.status == 200,
@@ -1257,10 +1282,10 @@ spec: {{selector: {{app: reports}}, ports: [{{port: 80, targetPort: 8080}}]}}
     );
 
     // Through the app's own Service: its sidecar enforces the plans.
-    let reports = service_address(app, "reports")?;
+    let reports = pods().service(&app.name, "reports")?;
     let call = |key: &str| {
         request(
-            reports,
+            &reports,
             "/reports/q1",
             &[("Authorization", &format!("Bearer {key}"))],
         )

@@ -81,9 +81,24 @@ pub fn stripped(binary: &Path, dir: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// Every image a test node runs: Tollgate's two (as the chart names them) and the test-only
-/// ones. `bin` is the test environment's directory (with `pause`).
+/// Every image a test node runs: the pods' sandbox (pause) and [`workload_images`]. `bin` is
+/// the test environment's directory (with `pause`).
 pub fn node_images(bin: &Path, out: &Path) -> Result<Vec<Image>> {
+    let mut images = vec![build(
+        &bin.join("pause"),
+        "pause",
+        Some(TEST_REGISTRY),
+        &[],
+        &[],
+        out,
+    )?];
+    images.extend(workload_images(out)?);
+    Ok(images)
+}
+
+/// The images the tests' pods run: Tollgate's two (as the chart names them) and the test-only
+/// ones (the echo backend, Redis).
+pub fn workload_images(out: &Path) -> Result<Vec<Image>> {
     let work = out.join("binaries");
     std::fs::create_dir_all(&work)?;
     let mut images = Vec::new();
@@ -94,14 +109,6 @@ pub fn node_images(bin: &Path, out: &Path) -> Result<Vec<Image>> {
         let binary = stripped(&workspace_binary(name)?, &work)?;
         images.push(build(&binary, name, None, ports, &[], out)?);
     }
-    images.push(build(
-        &bin.join("pause"),
-        "pause",
-        Some(TEST_REGISTRY),
-        &[],
-        &[],
-        out,
-    )?);
     let echo = stripped(&workspace_binary("echo-backend")?, &work)?;
     images.push(build(
         &echo,

@@ -15,6 +15,7 @@ pub mod llm_backend;
 pub mod netns;
 pub mod node;
 pub mod pki;
+pub mod pods;
 pub mod process;
 pub mod python;
 pub mod redis;
@@ -87,14 +88,16 @@ pub fn cluster_with_node() -> &'static Cluster {
     cluster
 }
 
-/// The local node of [`cluster_with_node`]. Tests against an existing cluster
-/// (`TOLLGATE_TEST_KUBECONFIG`) cannot reach pod addresses from here: they panic with that.
-pub fn node() -> &'static LocalNode {
-    match cluster_with_node() {
-        Cluster::LocalWithNode(local) => local,
-        _ => panic!(
-            "the tests on a node need the local test node; {EXTERNAL_KUBECONFIG_ENV} clusters are not supported by them yet"
-        ),
+/// The cluster whose pods the tests run and reach ([`pods::PodCluster`]): the local node of
+/// [`cluster_with_node`], or the existing cluster of `TOLLGATE_TEST_KUBECONFIG` with this
+/// workspace's images loaded into it. Started on first use; panics with the reason it cannot be.
+pub fn pods() -> &'static pods::PodCluster {
+    static PODS: OnceLock<Result<pods::PodCluster, String>> = OnceLock::new();
+    match PODS
+        .get_or_init(|| pods::PodCluster::new(cluster_with_node()).map_err(|e| format!("{e:#}")))
+    {
+        Ok(pods) => pods,
+        Err(e) => panic!("cluster for pods unavailable: {e}"),
     }
 }
 
@@ -343,12 +346,14 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        // target/debug/deps/<test binary>
-        let debug = exe
-            .parent()
-            .and_then(Path::parent)
-            .ok_or("unexpected test binary location")?
-            .to_path_buf();
+        // target/debug/deps/<test binary>, or target/debug/<binary> (testenv).
+        let dir = exe.parent().ok_or("unexpected test binary location")?;
+        let debug = if dir.file_name().is_some_and(|n| n == "deps") {
+            dir.parent().ok_or("unexpected test binary location")?
+        } else {
+            dir
+        }
+        .to_path_buf();
         let target = debug.parent().ok_or("unexpected target dir")?.to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         // Build with the profile of the running tests (target/debug or target/release), unless

@@ -264,6 +264,15 @@ state = "{dir}/containerd/state"
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The shell command that imports an image archive (its path appended) into the node's
+    /// containerd, for processes other than this one (`testenv --node`).
+    pub fn image_load_command(&self) -> String {
+        format!(
+            "ctr --address {} --namespace k8s.io images import",
+            self.containerd_socket.display()
+        )
+    }
+
     /// Imports an image archive into the node's containerd (what `kind load image-archive`
     /// does).
     pub fn import(&self, image: &Image) -> Result<()> {
