@@ -31,7 +31,7 @@ stop() {
     rm -rf "$work"
 }
 trap stop EXIT
-"$CARGO_TARGET_DIR/debug/testenv" --node >"$work/out" 2>"$work/err" &
+"$CARGO_TARGET_DIR/debug/testenv" --node --exit-with $$ >"$work/out" 2>"$work/err" &
 testenv_pid=$!
 
 # The node is ready within a minute or two (most of it building the images); bounded at 10.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tollgate_tests::images::{TEST_REGISTRY, TEST_TAG};
 use tollgate_tests::pods::Target;
-use tollgate_tests::{LocalNode, TestNamespace, pods};
+use tollgate_tests::{Cluster, LocalNode, TestNamespace, pods};
 
 /// One HTTP/1.1 request over a fresh connection to `target` (from inside the node's network, or
 /// through a port-forward); the status, the response head's lines and the body.
@@ -83,11 +83,53 @@ fn backend_requests(app: &TestNamespace, tenant: &str) -> Result<u64> {
 /// The local test node, for a test that needs it; `None` (and a line saying why the test does not
 /// run) on an existing cluster.
 fn local_node_for(test: &str, why: &str) -> Option<&'static LocalNode> {
-    let local = pods().local_node();
-    if local.is_none() {
-        eprintln!("{test}: not run on an existing cluster: {why}");
+    match tollgate_tests::cluster_with_node() {
+        Cluster::LocalWithNode(local) => Some(local),
+        _ => {
+            // Not captured by the test harness: a test that passes without running says so.
+            let _ = writeln!(
+                std::io::stderr(),
+                "{test}: not run on an existing cluster: {why}"
+            );
+            None
+        }
     }
-    local
+}
+
+/// On an existing cluster, what a test installed is removed when it ends, passed or not (a
+/// local node goes away with the test binary): its Helm release and its namespaces.
+struct RemovedOnExistingCluster {
+    release: Option<(String, String)>,
+    namespaces: Vec<String>,
+}
+
+impl Drop for RemovedOnExistingCluster {
+    fn drop(&mut self) {
+        if pods().local_node().is_some() {
+            return;
+        }
+        let kubeconfig = pods().kubeconfig().display().to_string();
+        if let Some((release, namespace)) = &self.release {
+            let uninstalled = tollgate_tests::run_helm(&[
+                "--kubeconfig",
+                &kubeconfig,
+                "uninstall",
+                release,
+                "--namespace",
+                namespace,
+            ]);
+            if let Err(e) = uninstalled {
+                let _ = writeln!(std::io::stderr(), "helm uninstall {release}: {e:#}");
+            }
+        }
+        for namespace in &self.namespaces {
+            let _ = tollgate_tests::kubectl_with(
+                pods().kubeconfig(),
+                &["delete", "namespace", namespace, "--wait=false"],
+                None,
+            );
+        }
+    }
 }
 
 /// Port `port` of pod `name` in `ns`.
@@ -166,6 +208,10 @@ fn pods_start_from_imported_images_and_answer_through_their_service() -> Result<
     }
     let rt = tokio::runtime::Runtime::new()?;
     let ns = rt.block_on(TestNamespace::new("node-echo"))?;
+    let _removed = RemovedOnExistingCluster {
+        release: None,
+        namespaces: vec![ns.name.clone()],
+    };
     ns.apply_ok(&echo_backend_yaml(2))?;
     wait_rollout(&ns, "echo", "120s")?;
     let names = pod_names(&ns, "app=echo")?;
@@ -329,7 +375,7 @@ fn key(tenant: &str) -> String {
     format!("Bearer tg_node_{tenant}_0001")
 }
 
-/// Asks `address` until `done` holds for a response (bounded); the last response.
+/// Asks `target` until `done` holds for a response (bounded); the last response.
 fn until(
     target: &Target,
     tenant: &str,
@@ -357,15 +403,26 @@ struct Installed {
     app: TestNamespace,
     /// The proxy Service.
     proxy: Target,
+    _removed: RemovedOnExistingCluster,
 }
 
 impl Installed {
     fn new(release: &str, extra: &[&str]) -> Result<Self> {
+        // First: it starts this binary's cluster with the node (or loads the images into an
+        // existing one).
+        let pods = pods();
         let rt = tokio::runtime::Runtime::new()?;
         let system = rt.block_on(TestNamespace::new(&format!("{release}-system")))?;
         let app = rt.block_on(TestNamespace::new(&format!("{release}-app")))?;
+        // Cluster-wide objects (the operator's ClusterRole, the webhook) are named after the
+        // release: unique per run, for a cluster that outlives it.
+        let release = format!("{release}-{}", std::process::id());
+        let removed = RemovedOnExistingCluster {
+            release: Some((release.clone(), system.name.clone())),
+            namespaces: vec![system.name.clone(), app.name.clone()],
+        };
         let started = Instant::now();
-        let proxy_image = pods()
+        let proxy_image = pods
             .images
             .iter()
             .find(|i| i.name == "tollgate-proxy")
@@ -378,9 +435,9 @@ impl Installed {
         let chart = tollgate_tests::repo_root().join("charts/tollgate");
         let mut args = vec![
             "--kubeconfig".to_owned(),
-            pods().kubeconfig().display().to_string(),
+            pods.kubeconfig().display().to_string(),
             "install".to_owned(),
-            release.to_owned(),
+            release.clone(),
             chart.display().to_string(),
             "--namespace".into(),
             system.name.clone(),
@@ -404,12 +461,13 @@ impl Installed {
         app.apply_ok(&echo_backend_yaml(1))?;
         wait_rollout(&app, "echo", "120s")?;
         app.apply_ok(&tenants_yaml(ROOMY_PER_SECOND))?;
-        let proxy = pods().service(&system.name, &format!("{release}-proxy"))?;
+        let proxy = pods.service(&system.name, &format!("{release}-proxy"))?;
         Ok(Self {
-            release: release.to_owned(),
+            release,
             system,
             app,
             proxy,
+            _removed: removed,
         })
     }
 

@@ -92,13 +92,13 @@ pub fn node_images(bin: &Path, out: &Path) -> Result<Vec<Image>> {
         &[],
         out,
     )?];
-    images.extend(workload_images(out)?);
+    images.extend(workload_images(out, true)?);
     Ok(images)
 }
 
 /// The images the tests' pods run: Tollgate's two (as the chart names them) and the test-only
-/// ones (the echo backend, Redis).
-pub fn workload_images(out: &Path) -> Result<Vec<Image>> {
+/// ones: the echo backend, and Redis from the host's redis-server when `with_redis`.
+pub fn workload_images(out: &Path, with_redis: bool) -> Result<Vec<Image>> {
     let work = out.join("binaries");
     std::fs::create_dir_all(&work)?;
     let mut images = Vec::new();
@@ -118,14 +118,16 @@ pub fn workload_images(out: &Path) -> Result<Vec<Image>> {
         &[],
         out,
     )?);
-    let redis_cli = Path::new("/usr/bin/redis-cli");
-    images.push(build(
-        Path::new("/usr/bin/redis-server"),
-        "redis",
-        Some(TEST_REGISTRY),
-        &[6379],
-        &[redis_cli],
-        out,
-    )?);
+    if with_redis {
+        let redis_cli = Path::new("/usr/bin/redis-cli");
+        images.push(build(
+            Path::new("/usr/bin/redis-server"),
+            "redis",
+            Some(TEST_REGISTRY),
+            &[6379],
+            &[redis_cli],
+            out,
+        )?);
+    }
     Ok(images)
 }

@@ -110,9 +110,13 @@ fn started(result: &'static Result<Cluster, String>) -> &'static Cluster {
 
 fn start_cluster(with_node: bool) -> Result<Cluster> {
     if let Ok(path) = std::env::var(EXTERNAL_KUBECONFIG_ENV) {
-        return Ok(Cluster::External {
+        // This workspace's CRDs, as the tests expect them (a chart installed earlier may have
+        // left older ones: Helm never upgrades CRDs).
+        let cluster = Cluster::External {
             kubeconfig: PathBuf::from(path),
-        });
+        };
+        install_crds(&cluster)?;
+        return Ok(cluster);
     }
     let bin = match std::env::var(TESTENV_BIN_ENV) {
         Ok(bin) => PathBuf::from(bin),

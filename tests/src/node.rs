@@ -267,10 +267,18 @@ state = "{dir}/containerd/state"
     /// The shell command that imports an image archive (its path appended) into the node's
     /// containerd, for processes other than this one (`testenv --node`).
     pub fn image_load_command(&self) -> String {
+        // Single-quoted for the shell (a quote inside is closed, escaped and reopened).
+        let socket = self.containerd_socket.display().to_string();
         format!(
-            "ctr --address {} --namespace k8s.io images import",
-            self.containerd_socket.display()
+            "ctr --address '{}' --namespace k8s.io images import",
+            socket.replace('\'', r"'\''")
         )
+    }
+
+    /// Removes an image from the node's containerd (by its reference).
+    pub fn remove_image(&self, image: &Image) -> Result<()> {
+        self.ctr(&["images", "rm", &image.reference])?;
+        Ok(())
     }
 
     /// Imports an image archive into the node's containerd (what `kind load image-archive`

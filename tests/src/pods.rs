@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -87,27 +87,27 @@ pub struct PodCluster {
     /// Where a target's address resolved to (local node: addresses do not change for a
     /// Service or a pod name).
     resolved: Mutex<HashMap<Target, SocketAddr>>,
-    /// The port-forward of each target (existing cluster).
-    forwards: Mutex<HashMap<Target, Forward>>,
-    scratch: PathBuf,
+    /// The port-forward of each target (existing cluster), each behind a lock of its own: a
+    /// forward starting for one target does not hold up connections to the others.
+    forwards: Mutex<HashMap<Target, Arc<Mutex<Option<Forward>>>>>,
+    /// Port-forward logs and image archives (existing cluster); removed once the test binary is
+    /// gone.
+    scratch: Option<(PathBuf, Supervised)>,
 }
 
 /// A running `kubectl port-forward` and the loopback port it listens on.
 #[derive(Debug)]
 struct Forward {
-    process: Supervised,
+    /// Owned: dropping it stops kubectl.
+    _process: Supervised,
     local: SocketAddr,
 }
 
 impl PodCluster {
     /// The cluster of `cluster` (started with a node, or existing), with the images loaded.
     pub(crate) fn new(cluster: &'static Cluster) -> Result<Self> {
-        let scratch = tempfile::Builder::new()
-            .prefix("tollgate-test-pods-")
-            .tempdir()?
-            .keep();
-        let (local, images) = match cluster {
-            Cluster::LocalWithNode(local) => (Some(&**local), local.images.clone()),
+        let (local, images, scratch) = match cluster {
+            Cluster::LocalWithNode(local) => (Some(&**local), local.images.clone(), None),
             Cluster::External { kubeconfig } => {
                 let load = std::env::var(IMAGE_LOAD_ENV).map_err(|_| {
                     anyhow::anyhow!(
@@ -118,11 +118,24 @@ impl PodCluster {
                         kubeconfig.display()
                     )
                 })?;
-                let built = images::workload_images(&scratch)?;
+                let scratch = tempfile::Builder::new()
+                    .prefix("tollgate-test-pods-")
+                    .tempdir()?
+                    .keep();
+                // Owns the directory: removes it once the test binary is gone, whatever the end.
+                let janitor = Supervised::spawn(
+                    "scratch",
+                    Path::new("sleep"),
+                    &["infinity".to_owned()],
+                    &scratch.join("janitor.log"),
+                    Some(&scratch),
+                )?;
+                // Redis runs only in a test that needs the local node.
+                let built = images::workload_images(&scratch, false)?;
                 for image in &built {
                     load_image(&load, image)?;
                 }
-                (None, built)
+                (None, built, Some((scratch, janitor)))
             }
             Cluster::Local(_) => bail!("this test binary started a cluster without a node"),
         };
@@ -205,26 +218,33 @@ impl PodCluster {
     /// A connection through `target`'s port-forward, started (again, when the pod it forwarded to
     /// is gone) as needed.
     fn forwarded(&self, target: &Target) -> Result<TcpStream> {
-        let mut forwards = lock(&self.forwards);
-        if let Some(forward) = forwards.get_mut(target) {
-            if forward.process.is_running()
-                && let Ok(stream) = TcpStream::connect_timeout(&forward.local, CONNECT_TIMEOUT)
-            {
+        let slot = lock(&self.forwards)
+            .entry(target.clone())
+            .or_default()
+            .clone();
+        let mut slot = lock(&slot);
+        if let Some(forward) = slot.as_mut() {
+            if let Ok(stream) = TcpStream::connect_timeout(&forward.local, CONNECT_TIMEOUT) {
                 return Ok(stream);
             }
-            forwards.remove(target);
+            // Gone with its pod (kubectl exits), or no longer listening: a new one.
+            *slot = None;
         }
         let forward = self.port_forward(target)?;
         let stream = TcpStream::connect_timeout(&forward.local, CONNECT_TIMEOUT)
             .with_context(|| format!("connecting to the port-forward of {target}"))?;
-        forwards.insert(target.clone(), forward);
+        *slot = Some(forward);
         Ok(stream)
     }
 
     fn port_forward(&self, target: &Target) -> Result<Forward> {
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let (resource, namespace, port) = target.resource();
-        let log = self.scratch.join(format!(
+        let (scratch, _) = self
+            .scratch
+            .as_ref()
+            .context("port-forwards are for an existing cluster")?;
+        let log = scratch.join(format!(
             "port-forward-{}.log",
             SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
@@ -243,22 +263,22 @@ impl PodCluster {
             Path::new("kubectl"),
             &args,
             &log,
-            // Removed with the last of them, once the test binary is gone.
-            Some(&self.scratch),
+            None,
         )?;
         // kubectl prints "Forwarding from 127.0.0.1:PORT -> TARGET_PORT" once it listens.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
+            // A whole line only: a line still being written could name part of the port.
             let listening = text.lines().find_map(|line| {
-                line.strip_prefix("Forwarding from ")?
-                    .split_whitespace()
-                    .next()?
-                    .parse::<SocketAddr>()
-                    .ok()
+                let (local, _) = line.strip_prefix("Forwarding from ")?.split_once(" -> ")?;
+                local.parse::<SocketAddr>().ok()
             });
             if let Some(local) = listening {
-                return Ok(Forward { process, local });
+                return Ok(Forward {
+                    _process: process,
+                    local,
+                });
             }
             ensure!(
                 process.is_running() && Instant::now() < deadline,

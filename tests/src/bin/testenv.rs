@@ -5,14 +5,17 @@
 use std::io::Write;
 
 const USAGE: &str = "\
-usage: testenv [--node]
+usage: testenv [--node] [--exit-with PID]
 
 Starts Tollgate's test cluster (etcd and kube-apiserver on free loopback ports, the CRDs
 installed) and keeps it running until this process is stopped (Ctrl-C, SIGTERM): everything it
 started stops and is removed with it.
 
-  --node   also start a node that runs pods (kubelet, containerd, kube-proxy, DNS; see
-           docs/testing.md), with this workspace's images imported
+  --node           also start a node that runs pods (kubelet, containerd, kube-proxy, DNS; see
+                   docs/testing.md); only the pods' sandbox image is left in it, so that what
+                   runs there is what was loaded with the image-load command
+  --exit-with PID  also stop when process PID is gone (a script that started this one and
+                   may be killed without a chance to stop it)
 
 It prints, one per line, what other processes need to use it:
   kubeconfig=PATH    the admin kubeconfig (TOLLGATE_TEST_KUBECONFIG)
@@ -22,9 +25,18 @@ and then `ready`.";
 
 fn main() {
     let mut with_node = false;
-    for arg in std::env::args().skip(1) {
+    let mut exit_with = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--node" => with_node = true,
+            "--exit-with" => match args.next().map(|pid| pid.parse::<i32>()) {
+                Some(Ok(pid)) if pid > 0 => exit_with = Some(nix::unistd::Pid::from_raw(pid)),
+                other => {
+                    eprintln!("testenv: --exit-with needs a process ID, got {other:?}\n\n{USAGE}");
+                    std::process::exit(2);
+                }
+            },
             "--help" | "-h" => {
                 println!("{USAGE}");
                 return;
@@ -48,11 +60,17 @@ fn main() {
     } else {
         tollgate_tests::cluster()
     };
-    let mut out = std::io::stdout().lock();
     let mut lines = vec![format!("kubeconfig={}", cluster.kubeconfig().display())];
     if let tollgate_tests::Cluster::LocalWithNode(local) = cluster {
+        for image in local.images.iter().filter(|i| i.name != "pause") {
+            if let Err(e) = local.node.remove_image(image) {
+                eprintln!("testenv: {e:#}");
+                std::process::exit(1);
+            }
+        }
         lines.push(format!("image-load={}", local.node.image_load_command()));
     }
+    let mut out = std::io::stdout().lock();
     lines.push("ready".to_owned());
     for line in lines {
         // A closed stdout is no reason to stop the cluster: whoever started it may still use it.
@@ -62,6 +80,11 @@ fn main() {
     drop(out);
     // The servers' watchdogs stop them when this process is gone, whatever ends it.
     loop {
-        std::thread::park();
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        if let Some(pid) = exit_with
+            && nix::sys::signal::kill(pid, None).is_err()
+        {
+            return;
+        }
     }
 }
