@@ -1,32 +1,107 @@
 #!/usr/bin/env bash
-# Memory check: tollgate-proxy's resident memory with 10,000 tenants and 1,000 routes loaded
-# (standalone mode, one worker thread), idle and after serving traffic.
+# tollgate-proxy's memory (standalone mode, release build, default worker threads) for a world
+# of 10,000 tenants each subscribed to 5 of 1,000 routes, keys in one Secret, 10 plans: RSS once
+# loaded, the peak while loading, time from start to ready, and RSS after traffic that touches
+# every tenant (12,000 rotating keys, a sixth of them unknown). Then what each part of a world
+# costs, from worlds that differ from that one in one dimension, measured in the same run: bytes
+# per tenant, per subscription, per key, per route, and per active tenant.
+#
+#   bench/memory.sh                  # about 5 minutes
+#   TRAFFIC=120s bench/memory.sh     # longer traffic (default 60s)
+#   LARGE=100000 bench/memory.sh     # also a world of that many tenants (RSS, peak, time to ready)
+#
+# The routes' backend (127.0.0.1:9000) is not started: requests are admitted, charged and
+# answered 502 (and refunded), which makes every tenant's counters as a 200 would.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-TENANTS=${TENANTS:-10000}
-ROUTES=${ROUTES:-1000}
+TRAFFIC=${TRAFFIC:-60s}
 cargo build --release -q -p tollgate-proxy -p tollgate-crds
 bin="${CARGO_TARGET_DIR:-target}/release"
-work=$(mktemp -d)
-pid=""
-trap '[[ -n "$pid" ]] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
-mkdir -p "$work/manifests"
-"$bin/synthetic" "$TENANTS" "$ROUTES" >"$work/manifests/world.yaml"
 # shellcheck source=bench/common.sh
 source bench/common.sh
-LISTEN=$(port); ADMIN=$(port)
-"$bin/tollgate-proxy" --manifests "$work/manifests" --listen "127.0.0.1:$LISTEN" --admin-listen "127.0.0.1:$ADMIN" \
-    --state-dir "$work/state" --worker-threads 1 >/dev/null 2>"$work/proxy.log" &
-pid=$!
-for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null && break; sleep 0.1; done
-rss() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$pid/status"; }
-hwm() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$pid/status"; }
-echo "tenants=$TENANTS routes=$ROUTES manifests=$(du -m "$work/manifests/world.yaml" | cut -f1) MiB of YAML"
-echo "loaded, idle:       RSS $(rss) MiB (peak during load $(hwm) MiB)"
-# Touch every tenant once so its counters exist.
-for i in $(seq 0 $((TENANTS / 100 - 1))); do
-    t=$(printf "tenant-%05d" $((i * 100)))
-    r=$(printf "%05d" $(((i * 100 * 3) % ROUTES)))
-    curl -s -o /dev/null -H "Authorization: Bearer key-$t" "http://127.0.0.1:$LISTEN/api/$r/x" || true
+bench_workspace
+
+# wrk's script: every tenant's key in turn, and 2,000 unknown keys.
+cat >"$work/active.lua" <<'LUA'
+local i = 0
+request = function()
+  i = (i + 1) % 12000
+  local path, key
+  if i < 10000 then
+    key = string.format("key-tenant-%05d", i)
+    path = string.format("/api/%05d/x", (i * 3) % 1000)
+  else
+    key = string.format("unknown-%05d", i)
+    path = "/api/00000/x"
+  end
+  return wrk.format("GET", path, {["Authorization"] = "Bearer " .. key})
+end
+LUA
+
+kib() { awk -v field="$2" '$1 == field":" {print $2}' "/proc/$1/status"; }
+mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
+
+# measure NAME [--traffic] SYNTHETIC-ARGS...: sets loaded[NAME], peak[NAME], ready_ms[NAME] (and
+# active[NAME] with --traffic), in KiB and ms.
+declare -A loaded peak ready_ms active
+measure() {
+    local name=$1 traffic=false
+    shift
+    if [[ ${1:-} == --traffic ]]; then traffic=true; shift; fi
+    mkdir -p "$work/$name"
+    # 20,000 documents a file: a file may hold at most 32 MiB (MAX_MANIFEST_BYTES).
+    "$bin/synthetic" "$@" | awk -v dir="$work/$name" '/^---$/ {n++} {print > (dir "/world-" sprintf("%03d", int(n / 20000)) ".yaml")}'
+
+    local listen admin started pid
+    listen=$(port); admin=$(port)
+    started=$(date +%s%N)
+    "$bin/tollgate-proxy" --manifests "$work/$name" --listen "127.0.0.1:$listen" \
+        --admin-listen "127.0.0.1:$admin" --state-dir "$work/$name-state" --access-log=false \
+        >/dev/null 2>"$work/$name.log" &
+    pid=$!
+    pids+=("$pid")
+    for _ in $(seq 1 6000); do
+        curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null && break
+        kill -0 "$pid" 2>/dev/null || { echo "proxy for $name exited:" >&2; tail -5 "$work/$name.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    ready_ms[$name]=$((($(date +%s%N) - started) / 1000000))
+    loaded[$name]=$(kib "$pid" VmRSS)
+    peak[$name]=$(kib "$pid" VmHWM)
+    if $traffic; then
+        wrk -t1 -c8 -d"$TRAFFIC" -s "$work/active.lua" "http://127.0.0.1:$listen" >"$work/$name.wrk" 2>&1
+        active[$name]=$(kib "$pid" VmRSS)
+        echo "$name: $(awk '/requests in/ {print $1}' "$work/$name.wrk") requests in $TRAFFIC" >&2
+    fi
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+}
+
+base=(10000 1000 default --subscriptions 5 --one-secret)
+measure reference --traffic "${base[@]}"
+measure tenants 20000 1000 default --subscriptions 5 --one-secret
+measure subscriptions 10000 1000 default --subscriptions 10 --one-secret
+measure keys 10000 1000 default --subscriptions 5 --keys 2 --one-secret
+measure routes 10000 5000 default --subscriptions 5 --one-secret
+if [[ -n ${LARGE:-} ]]; then
+    measure large "$LARGE" 1000 default --subscriptions 5 --one-secret
+fi
+
+echo "world: 10,000 tenants x 5 of 1,000 routes, keys in one Secret, 10 plans ($(du -cm "$work"/reference/*.yaml | tail -1 | cut -f1) MB of YAML)"
+echo "  loaded, idle:                $(mib "${loaded[reference]}") MiB (peak while loading $(mib "${peak[reference]}") MiB, ready in ${ready_ms[reference]} ms)"
+echo "  after $TRAFFIC touching every tenant: $(mib "${active[reference]}") MiB"
+for name in tenants subscriptions keys routes ${LARGE:+large}; do
+    printf '  %-13s loaded %6s MiB, peak %6s MiB, ready in %s ms\n' "$name" "$(mib "${loaded[$name]}")" "$(mib "${peak[$name]}")" "${ready_ms[$name]}"
 done
-echo "after traffic:      RSS $(rss) MiB"
+# Bytes per unit: the RSS difference over the count difference.
+per() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN {printf "%.0f", (a - b) * 1024 / n}'; }
+subscription=$(per "${loaded[subscriptions]}" "${loaded[reference]}" 50000)
+key=$(per "${loaded[keys]}" "${loaded[reference]}" 10000)
+tenant_whole=$(per "${loaded[tenants]}" "${loaded[reference]}" 10000)
+echo "bytes per:"
+echo "  tenant (its 5 subscriptions and key included): $tenant_whole"
+echo "  tenant (alone):    $((tenant_whole - 5 * subscription - key))"
+echo "  subscription:      $subscription"
+echo "  key:               $key"
+echo "  route:             $(per "${loaded[routes]}" "${loaded[reference]}" 4000)"
+echo "  active tenant:     $(per "${active[reference]}" "${loaded[reference]}" 10000)"

@@ -16,12 +16,41 @@ use crate::resources::{
 pub struct Synthetic {
     /// Routes `route-00000`.. on `/api/NNNNN`.
     pub routes: Vec<ApiRoute>,
-    /// Tenants `tenant-00000`.., each subscribed to 3 routes, keys `key-tenant-NNNNN`.
+    /// Tenants `tenant-00000`.., each subscribed to [`Shape::subscriptions`] routes, keys
+    /// `key-tenant-NNNNN` (and `key-tenant-NNNNN-K` for more keys than one).
     pub tenants: Vec<Tenant>,
     /// Plans `plan-0`..`plan-9`.
     pub plans: Vec<QuotaPolicy>,
-    /// One key Secret per tenant.
+    /// One key Secret per tenant, or one for all ([`Shape::one_secret`]).
     pub secrets: Vec<Secret>,
+}
+
+/// The size and shape of a synthetic world.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    /// Tenants.
+    pub tenants: usize,
+    /// Routes.
+    pub routes: usize,
+    /// Routes each tenant subscribes to (at most `routes`).
+    pub subscriptions: usize,
+    /// API keys per tenant.
+    pub keys: usize,
+    /// Every key in one Secret, not a Secret per tenant.
+    pub one_secret: bool,
+}
+
+impl Shape {
+    /// `tenants` tenants and `routes` routes; 3 subscriptions and a key Secret per tenant.
+    pub fn new(tenants: usize, routes: usize) -> Self {
+        Self {
+            tenants,
+            routes,
+            subscriptions: 3,
+            keys: 1,
+            one_secret: false,
+        }
+    }
 }
 
 fn meta(namespace: &str, name: String) -> ObjectMeta {
@@ -32,9 +61,16 @@ fn meta(namespace: &str, name: String) -> ObjectMeta {
     }
 }
 
-/// `tenants` tenants and `routes` routes in `namespace`, with 10 plans.
+/// `tenants` tenants and `routes` routes in `namespace`, with 10 plans ([`Shape::new`]).
 pub fn synthetic(namespace: &str, tenants: usize, routes: usize) -> Synthetic {
+    synthetic_shaped(namespace, &Shape::new(tenants, routes))
+}
+
+/// A world of `shape` in `namespace`, with 10 plans.
+pub fn synthetic_shaped(namespace: &str, shape: &Shape) -> Synthetic {
+    let (tenants, routes) = (shape.tenants, shape.routes);
     let mut s = Synthetic::default();
+    let mut shared_keys = BTreeMap::new();
     for i in 0..10 {
         s.plans.push(QuotaPolicy {
             metadata: meta(namespace, format!("plan-{i}")),
@@ -77,21 +113,37 @@ pub fn synthetic(namespace: &str, tenants: usize, routes: usize) -> Synthetic {
     }
     for i in 0..tenants {
         let name = format!("tenant-{i:05}");
-        let mut metadata = meta(namespace, format!("{name}-key"));
-        // The label the operator selects key Secrets by.
-        metadata.labels = Some(BTreeMap::from([(
-            "tollgate.dev/api-key".to_owned(),
-            "true".to_owned(),
-        )]));
-        s.secrets.push(Secret {
-            metadata,
-            string_data: Some(BTreeMap::from([(
-                "apiKey".to_owned(),
-                format!("key-{name}"),
-            )])),
-            ..Default::default()
-        });
-        let subscriptions = (0..3.min(routes))
+        // Key k of the tenant: its Secret entry and value.
+        let key = |k: usize| match k {
+            0 => (name.clone(), format!("key-{name}")),
+            k => (format!("{name}-{k}"), format!("key-{name}-{k}")),
+        };
+        let mut api_keys = Vec::new();
+        let mut own_keys = BTreeMap::new();
+        for k in 0..shape.keys {
+            let (entry, value) = key(k);
+            let secret_ref = if shape.one_secret {
+                shared_keys.insert(entry.clone(), value);
+                SecretKeyRef {
+                    name: SHARED_SECRET.into(),
+                    key: entry,
+                }
+            } else {
+                // The first key keeps the entry name the earlier worlds used.
+                let entry = if k == 0 { "apiKey".to_owned() } else { entry };
+                own_keys.insert(entry.clone(), value);
+                SecretKeyRef {
+                    name: format!("{name}-key"),
+                    key: entry,
+                }
+            };
+            api_keys.push(ApiKeyRef { secret_ref });
+        }
+        if !shape.one_secret {
+            s.secrets
+                .push(key_secret(namespace, format!("{name}-key"), own_keys));
+        }
+        let subscriptions = (0..shape.subscriptions.min(routes))
             .map(|k| Subscription {
                 api_route_ref: LocalObjectReference::new(format!(
                     "route-{:05}",
@@ -104,19 +156,35 @@ pub fn synthetic(namespace: &str, tenants: usize, routes: usize) -> Synthetic {
             metadata: meta(namespace, name.clone()),
             spec: TenantSpec {
                 quota_policy_ref: Some(LocalObjectReference::new(format!("plan-{}", i % 10))),
-                api_keys: vec![ApiKeyRef {
-                    secret_ref: SecretKeyRef {
-                        name: format!("{name}-key"),
-                        key: "apiKey".into(),
-                    },
-                }],
+                api_keys,
                 subscriptions,
                 ..Default::default()
             },
             status: None,
         });
     }
+    if shape.one_secret {
+        s.secrets
+            .push(key_secret(namespace, SHARED_SECRET.into(), shared_keys));
+    }
     s
+}
+
+/// The Secret holding every key of a [`Shape::one_secret`] world.
+const SHARED_SECRET: &str = "tenant-keys";
+
+/// A Secret of API keys (labelled as the operator selects them).
+fn key_secret(namespace: &str, name: String, keys: BTreeMap<String, String>) -> Secret {
+    let mut metadata = meta(namespace, name);
+    metadata.labels = Some(BTreeMap::from([(
+        "tollgate.dev/api-key".to_owned(),
+        "true".to_owned(),
+    )]));
+    Secret {
+        metadata,
+        string_data: Some(keys),
+        ..Default::default()
+    }
 }
 
 impl Synthetic {

@@ -169,7 +169,14 @@ async fn serve_with<S: CounterStore>(
     let source = if let Some(manifest_dir) = &cli.manifests {
         let mut manifests = ManifestDir::new(manifest_dir)?;
         let version = Arc::new(AtomicU64::new(0));
-        reload(&mut manifests, &proxy, &metrics, &version, &ready);
+        // Later, a file that stops parsing keeps its last good version; at start it has none,
+        // and a proxy that served without its tenants and routes would answer them 401 and 404
+        // while saying it is ready.
+        if let Err(problem) = reload(&mut manifests, &proxy, &metrics, &version, &ready) {
+            bail!(
+                "{problem}: at start there is no earlier version to keep; fix the manifests and start again"
+            );
+        }
         watcher = Some(spawn_watcher(
             manifests,
             proxy.clone(),
@@ -281,19 +288,22 @@ async fn serve_with<S: CounterStore>(
     Ok(())
 }
 
+/// Reads the manifests and applies what they hold (each file that does not parse in its last
+/// good version). `Err` says what could not be read: the directory, or which files.
 fn reload<S: CounterStore>(
     manifests: &mut ManifestDir,
     proxy: &Proxy<S>,
     metrics: &ProxyMetrics,
     version: &AtomicU64,
     ready: &AtomicBool,
-) {
+) -> Result<(), String> {
     let load = match manifests.load() {
         Ok(load) => load,
         Err(e) => {
             metrics.config_reloads.with_label_values(&["error"]).inc();
-            tracing::error!(error = %error_chain(e.as_ref()), "cannot read manifests; keeping the current configuration");
-            return;
+            let error = error_chain(e.as_ref());
+            tracing::error!(error = %error, "cannot read manifests; keeping the current configuration");
+            return Err(error);
         }
     };
     for warning in &load.warnings {
@@ -325,6 +335,11 @@ fn reload<S: CounterStore>(
     );
     proxy.apply(ProxyConfig::build(v, snapshot));
     ready.store(true, Ordering::Release);
+    match load.file_errors.as_slice() {
+        [] => Ok(()),
+        [only] => Err(format!("{only}")),
+        [first, rest @ ..] => Err(format!("{first} (and {} more files)", rest.len())),
+    }
 }
 
 fn spawn_watcher<S: CounterStore>(
@@ -343,7 +358,8 @@ fn spawn_watcher<S: CounterStore>(
             while !stop.load(Ordering::Acquire) {
                 std::thread::sleep(interval);
                 if manifests.changed() {
-                    reload(&mut manifests, &proxy, &metrics, &version, &ready);
+                    // Logged there; what did not parse stays in its last good version.
+                    let _ = reload(&mut manifests, &proxy, &metrics, &version, &ready);
                 }
             }
         })

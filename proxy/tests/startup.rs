@@ -60,6 +60,49 @@ fn a_state_dir_that_cannot_be_written_stops_the_proxy_at_start() {
 }
 
 #[test]
+fn a_manifest_that_does_not_parse_at_start_stops_the_proxy_with_its_file_and_line() {
+    // Later a broken file keeps its last good version; at start it has none. Before, the proxy
+    // served the other files, ready, and answered this file's tenants 401.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).expect("manifests dir");
+    std::fs::write(
+        manifests.join("routes.yaml"),
+        "apiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {name: a}\n\
+         spec: {match: {pathPrefix: /a}, backend: {url: 'http://127.0.0.1:1'}}\n",
+    )
+    .expect("write");
+    std::fs::write(
+        manifests.join("tenants.yaml"),
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: x\n  broken: [\n",
+    )
+    .expect("write");
+    let state = dir.path().join("state");
+    let child = spawn(
+        dir.path(),
+        &[
+            "--manifests",
+            manifests.to_str().expect("utf-8 path"),
+            "--state-dir",
+            state.to_str().expect("utf-8 path"),
+        ],
+    );
+    let (status, stderr) = wait_for(child, dir.path(), "tollgate-proxy serving");
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "still serving, or exited 0:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("tenants.yaml:"),
+        "the file and line: {stderr}"
+    );
+    assert!(
+        stderr.contains("at start there is no earlier version to keep"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn an_unreachable_operator_before_any_configuration_is_reported_as_not_ready() {
     // Before: "serving the last configuration", with no configuration to serve.
     let dir = tempfile::tempdir().expect("temp dir");

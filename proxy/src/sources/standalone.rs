@@ -52,7 +52,10 @@ impl std::fmt::Display for FileError {
 #[derive(Debug)]
 pub struct ManifestDir {
     dir: PathBuf,
-    last_good: BTreeMap<PathBuf, Vec<Manifest>>,
+    /// The text of each file as it last parsed, compressed: parsed again when the file on disk
+    /// stops parsing. Not the parsed objects, which nothing reads between loads: for 10,000
+    /// tenants they held about 18 MiB, against 5.3 MB of YAML, 0.3 MB compressed.
+    last_good: BTreeMap<PathBuf, LastGood>,
     fingerprint: Vec<(PathBuf, SystemTime, u64)>,
 }
 
@@ -120,23 +123,35 @@ impl ManifestDir {
                 self.dir.display()
             ));
         }
-        let mut current = BTreeMap::new();
+        let mut good = BTreeMap::new();
+        let mut parsed = BTreeMap::new();
         for (path, _, _) in &files {
-            match parse_file(path, &mut warnings) {
-                Ok(manifests) => {
-                    current.insert(path.clone(), manifests);
+            let read = read_file(path)
+                .and_then(|text| Ok((parse_text(path, &text, &mut warnings)?, text)));
+            match read {
+                Ok((manifests, text)) => {
+                    parsed.insert(path.clone(), manifests);
+                    good.insert(path.clone(), LastGood::keep(&text));
                 }
                 Err(error) => {
-                    if let Some(previous) = self.last_good.get(path) {
-                        current.insert(path.clone(), previous.clone());
-                    }
                     file_errors.push(error);
+                    let Some(last) = self.last_good.remove(path) else {
+                        continue;
+                    };
+                    // It parsed before; it parses the same way again.
+                    if let Some(manifests) = last
+                        .text()
+                        .and_then(|text| parse_text(path, &text, &mut warnings).ok())
+                    {
+                        parsed.insert(path.clone(), manifests);
+                        good.insert(path.clone(), last);
+                    }
                 }
             }
         }
-        self.last_good = current;
+        self.last_good = good;
         self.fingerprint = files;
-        let mut compiled = self.compile(&mut warnings);
+        let mut compiled = compile_manifests(&parsed, &mut warnings);
         // Routes for sidecars are served by the sidecars the operator configures, not here.
         let for_sidecars = compiled
             .snapshot
@@ -159,14 +174,20 @@ impl ManifestDir {
             warnings,
         })
     }
+}
 
-    fn compile(&self, warnings: &mut Vec<String>) -> Compiled {
-        // Later files win on duplicates, as with `kubectl apply -f DIR`.
+/// Compiles the objects of every file; later files win on duplicates, as with `kubectl apply -f
+/// DIR`.
+fn compile_manifests(
+    files: &BTreeMap<PathBuf, Vec<Manifest>>,
+    warnings: &mut Vec<String>,
+) -> Compiled {
+    {
         let mut routes: HashMap<(String, String), &ApiRoute> = HashMap::new();
         let mut tenants: HashMap<(String, String), &Tenant> = HashMap::new();
         let mut plans: HashMap<(String, String), &QuotaPolicy> = HashMap::new();
         let mut secrets: HashMap<(String, String), &Secret> = HashMap::new();
-        for (path, manifests) in &self.last_good {
+        for (path, manifests) in files {
             for m in manifests {
                 let (kind, replaced) = match m {
                     Manifest::Route(r) => ("ApiRoute", routes.insert(id(&r.metadata), r).is_some()),
@@ -226,36 +247,106 @@ fn yaml_options() -> serde_saphyr::Options {
     }
 }
 
-fn parse_file(path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Manifest>, FileError> {
+/// A file's text as it last parsed, deflated (YAML manifests shrink about 18 times, in 20 ms for
+/// 5 MB).
+#[derive(Debug)]
+struct LastGood(Vec<u8>);
+
+impl LastGood {
+    fn keep(text: &str) -> Self {
+        Self(miniz_oxide::deflate::compress_to_vec(text.as_bytes(), 1))
+    }
+
+    /// The text again (`None` cannot happen for what [`LastGood::keep`] made: it is bounded
+    /// and checked rather than trusted).
+    fn text(&self) -> Option<String> {
+        let limit = usize::try_from(MAX_MANIFEST_BYTES).unwrap_or(usize::MAX);
+        let bytes = miniz_oxide::inflate::decompress_to_vec_with_limit(&self.0, limit).ok()?;
+        String::from_utf8(bytes).ok()
+    }
+}
+
+/// A manifest file's text, refused when larger than [`MAX_MANIFEST_BYTES`].
+fn read_file(path: &Path) -> Result<String, FileError> {
+    let err = |message: String| FileError {
+        file: path.to_owned(),
+        line: None,
+        message,
+    };
+    let size = std::fs::metadata(path)
+        .map_err(|e| err(e.to_string()))?
+        .len();
+    if size > MAX_MANIFEST_BYTES {
+        return Err(err(format!(
+            "{size} bytes is more than the {MAX_MANIFEST_BYTES} a manifest file may hold; split it into several files"
+        )));
+    }
+    std::fs::read_to_string(path).map_err(|e| err(e.to_string()))
+}
+
+/// The objects of one file's `text` (`path` names it in errors and warnings).
+fn parse_text(
+    path: &Path,
+    text: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<Manifest>, FileError> {
     let err = |line: Option<usize>, message: String| FileError {
         file: path.to_owned(),
         line,
         message,
     };
-    let size = std::fs::metadata(path)
-        .map_err(|e| err(None, e.to_string()))?
-        .len();
-    if size > MAX_MANIFEST_BYTES {
-        return Err(err(
-            None,
-            format!(
-                "{size} bytes is more than the {MAX_MANIFEST_BYTES} a manifest file may hold; split it into several files"
-            ),
-        ));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| err(None, e.to_string()))?;
     // Empty and null documents are skipped; each document keeps the line it starts on.
-    let documents: Vec<Spanned<serde_json::Value>> =
-        serde_saphyr::from_multiple_with_options(&text, yaml_options()).map_err(|e| {
-            let line = e.location().and_then(|l| usize::try_from(l.line()).ok());
-            err(line, e.without_snippet().to_string())
-        })?;
-    let mut manifests = Vec::new();
-    for document in documents {
-        let mut value = document.value;
-        let line = usize::try_from(document.defined.line()).unwrap_or(1).max(1);
+    let documents: Documents = serde_saphyr::from_str_multiple_with_options::<
+        Spanned<serde_json::Value>,
+        Documents,
+    >(text, yaml_options())
+    .map_err(|e| {
+        let line = e.location().and_then(|l| usize::try_from(l.line()).ok());
+        err(line, e.without_snippet().to_string())
+    })?;
+    warnings.extend(
+        documents
+            .warnings
+            .into_iter()
+            .map(|(line, warning)| format!("{}:{line}: {warning}", path.display())),
+    );
+    match documents.error {
+        Some((line, message)) => Err(err(Some(line), message)),
+        None => Ok(documents.manifests),
+    }
+}
+
+/// The documents of one file, each turned into its object as soon as the parser has it: the
+/// untyped values of a whole world at once would take several times the memory of its objects.
+#[derive(Default)]
+struct Documents {
+    manifests: Vec<Manifest>,
+    /// Each warning's line and text (the caller adds the file's name).
+    warnings: Vec<(usize, String)>,
+    /// The first document that could not be read, and why; later ones are parsed, not read.
+    error: Option<(usize, String)>,
+}
+
+impl Extend<Spanned<serde_json::Value>> for Documents {
+    fn extend<I: IntoIterator<Item = Spanned<serde_json::Value>>>(&mut self, documents: I) {
+        for document in documents {
+            if self.error.is_some() {
+                continue;
+            }
+            let line = usize::try_from(document.defined.line()).unwrap_or(1).max(1);
+            if let Err(message) = self.read(document.value, line) {
+                self.error = Some((line, message));
+            }
+        }
+    }
+}
+
+impl Documents {
+    /// Reads one document that starts on `line`: an object of a kind standalone mode serves, or
+    /// a warning that it is skipped.
+    fn read(&mut self, mut value: serde_json::Value, line: usize) -> Result<(), String> {
         if value.is_null() {
-            continue;
+            return Ok(());
         }
         default_namespace(&mut value);
         let kind = value
@@ -268,7 +359,7 @@ fn parse_file(path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Manifest>, 
             .and_then(|k| k.as_str())
             .unwrap_or_default()
             .to_owned();
-        let invalid = |e: serde_json::Error| err(Some(line), format!("{kind}: {e}"));
+        let invalid = |e: serde_json::Error| format!("{kind}: {e}");
         let mut unknown = Vec::new();
         let manifest = match (api_version.as_str(), kind.as_str()) {
             ("tollgate.dev/v1alpha1", "ApiRoute") => {
@@ -284,26 +375,30 @@ fn parse_file(path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Manifest>, 
                 Manifest::Secret(Box::new(typed(value, &mut unknown).map_err(invalid)?))
             }
             _ => {
-                warnings.push(format!(
-                    "{}:{line}: skipping {api_version} {kind}: standalone mode reads ApiRoute, Tenant and QuotaPolicy (tollgate.dev/v1alpha1) and v1 Secret",
-                    path.display(),
+                self.warnings.push((
+                    line,
+                    format!(
+                        "skipping {api_version} {kind}: standalone mode reads ApiRoute, Tenant and QuotaPolicy (tollgate.dev/v1alpha1) and v1 Secret"
+                    ),
                 ));
-                continue;
+                return Ok(());
             }
         };
         if manifest_name(&manifest).is_empty() {
-            return Err(err(Some(line), format!("{kind} without metadata.name")));
+            return Err(format!("{kind} without metadata.name"));
         }
         for field in unknown {
-            warnings.push(format!(
-                "{}:{line}: {kind} {}: unknown field `{field}` is ignored (misspelled, or at the wrong level? `kubectl apply` would reject it)",
-                path.display(),
-                manifest_name(&manifest)
+            self.warnings.push((
+                line,
+                format!(
+                    "{kind} {}: unknown field `{field}` is ignored (misspelled, or at the wrong level? `kubectl apply` would reject it)",
+                    manifest_name(&manifest)
+                ),
             ));
         }
-        manifests.push(manifest);
+        self.manifests.push(manifest);
+        Ok(())
     }
-    Ok(manifests)
 }
 
 /// Deserializes `value`, collecting the paths of fields the type does not know (`spec.timeout`).
@@ -350,11 +445,63 @@ fn default_namespace(value: &mut serde_json::Value) {
 mod tests {
     use super::*;
 
+    fn parse_file(path: &Path, warnings: &mut Vec<String>) -> Result<Vec<Manifest>, FileError> {
+        super::parse_text(path, &read_file(path)?, warnings)
+    }
+
     fn parse_text(text: &str) -> Result<Vec<Manifest>, FileError> {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("hostile.yaml");
         std::fs::write(&file, text).expect("write");
         parse_file(&file, &mut Vec::new())
+    }
+
+    #[test]
+    fn a_file_that_stays_broken_keeps_its_last_good_objects_across_loads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let route = |name: &str| {
+            format!(
+                "---\napiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {{name: {name}}}\n\
+                 spec: {{match: {{pathPrefix: /{name}}}, backend: {{url: 'http://127.0.0.1:1'}}}}\n"
+            )
+        };
+        let routes = |load: &Load| {
+            let mut names: Vec<String> = load
+                .compiled
+                .snapshot
+                .routes
+                .iter()
+                .map(|r| r.key.name.clone())
+                .collect();
+            names.sort();
+            names
+        };
+        std::fs::write(dir.path().join("a.yaml"), route("a")).expect("write");
+        std::fs::write(dir.path().join("b.yaml"), route("b")).expect("write");
+        let mut manifests = ManifestDir::new(dir.path()).expect("dir");
+        let first = manifests.load().expect("load");
+        assert_eq!(routes(&first), ["a", "b"]);
+
+        std::fs::write(dir.path().join("a.yaml"), "kind: [unclosed\n").expect("write");
+        let broken = manifests.load().expect("load");
+        assert_eq!(broken.file_errors.len(), 1, "{:?}", broken.file_errors);
+        assert_eq!(
+            routes(&broken),
+            ["a", "b"],
+            "a.yaml's last good route stays"
+        );
+
+        // Another file changes while a.yaml is still broken: a's route is still there.
+        std::fs::write(dir.path().join("b.yaml"), route("b") + &route("c")).expect("write");
+        let still = manifests.load().expect("load");
+        assert_eq!(still.file_errors.len(), 1, "{:?}", still.file_errors);
+        assert_eq!(routes(&still), ["a", "b", "c"]);
+
+        // Repaired, it is read again; removed, its objects go.
+        std::fs::write(dir.path().join("a.yaml"), route("d")).expect("write");
+        assert_eq!(routes(&manifests.load().expect("load")), ["b", "c", "d"]);
+        std::fs::remove_file(dir.path().join("a.yaml")).expect("remove");
+        assert_eq!(routes(&manifests.load().expect("load")), ["b", "c"]);
     }
 
     #[test]
