@@ -15,6 +15,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TRAFFIC=${TRAFFIC:-60s}
+command -v wrk >/dev/null || { echo "bench/memory.sh needs wrk (apt-get install wrk; tests/run.sh installs it)" >&2; exit 1; }
 cargo build --release -q -p tollgate-proxy -p tollgate-crds
 bin="${CARGO_TARGET_DIR:-target}/release"
 # shellcheck source=bench/common.sh
@@ -65,6 +66,7 @@ measure() {
         kill -0 "$pid" 2>/dev/null || { echo "proxy for $name exited:" >&2; tail -5 "$work/$name.log" >&2; exit 1; }
         sleep 0.1
     done
+    curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null || { echo "proxy for $name not ready in 10 minutes" >&2; exit 1; }
     ready_ms[$name]=$((($(date +%s%N) - started) / 1000000))
     loaded[$name]=$(kib "$pid" VmRSS)
     peak[$name]=$(kib "$pid" VmHWM)
@@ -73,8 +75,12 @@ measure() {
         active[$name]=$(kib "$pid" VmRSS)
         echo "$name: $(awk '/requests in/ {print $1}' "$work/$name.wrk") requests in $TRAFFIC" >&2
     fi
-    kill "$pid"
+    kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
+    # Not killed again at exit: the number may be another process's by then.
+    local kept=() other
+    for other in "${pids[@]}"; do [[ $other == "$pid" ]] || kept+=("$other"); done
+    pids=("${kept[@]}")
 }
 
 base=(10000 1000 default --subscriptions 5 --one-secret)
@@ -87,7 +93,7 @@ if [[ -n ${LARGE:-} ]]; then
     measure large "$LARGE" 1000 default --subscriptions 5 --one-secret
 fi
 
-echo "world: 10,000 tenants x 5 of 1,000 routes, keys in one Secret, 10 plans ($(du -cm "$work"/reference/*.yaml | tail -1 | cut -f1) MB of YAML)"
+echo "world: 10,000 tenants x 5 of 1,000 routes, keys in one Secret, 10 plans ($(cat "$work"/reference/*.yaml | wc -c | awk '{printf "%.1f", $1 / 1e6}') MB of YAML)"
 echo "  loaded, idle:                $(mib "${loaded[reference]}") MiB (peak while loading $(mib "${peak[reference]}") MiB, ready in ${ready_ms[reference]} ms)"
 echo "  after $TRAFFIC touching every tenant: $(mib "${active[reference]}") MiB"
 for name in tenants subscriptions keys routes ${LARGE:+large}; do

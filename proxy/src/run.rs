@@ -172,7 +172,7 @@ async fn serve_with<S: CounterStore>(
         // Later, a file that stops parsing keeps its last good version; at start it has none,
         // and a proxy that served without its tenants and routes would answer them 401 and 404
         // while saying it is ready.
-        if let Err(problem) = reload(&mut manifests, &proxy, &metrics, &version, &ready) {
+        if let Err(problem) = reload(&mut manifests, &proxy, &metrics, &version, &ready, true) {
             bail!(
                 "{problem}: at start there is no earlier version to keep; fix the manifests and start again"
             );
@@ -296,13 +296,21 @@ fn reload<S: CounterStore>(
     metrics: &ProxyMetrics,
     version: &AtomicU64,
     ready: &AtomicBool,
+    at_start: bool,
 ) -> Result<(), String> {
+    let keeping = if at_start {
+        "nothing to keep at start"
+    } else {
+        "keeping this file's last good version"
+    };
     let load = match manifests.load() {
         Ok(load) => load,
         Err(e) => {
             metrics.config_reloads.with_label_values(&["error"]).inc();
             let error = error_chain(e.as_ref());
-            tracing::error!(error = %error, "cannot read manifests; keeping the current configuration");
+            if !at_start {
+                tracing::error!(error = %error, "cannot read manifests; keeping the current configuration");
+            }
             return Err(error);
         }
     };
@@ -310,10 +318,19 @@ fn reload<S: CounterStore>(
         tracing::warn!("{warning}");
     }
     for error in &load.file_errors {
-        tracing::error!(file = %error.file.display(), line = error.line, "{error}; keeping this file's last good version");
+        tracing::error!(file = %error.file.display(), line = error.line, "{error}; {keeping}");
     }
     for d in &load.compiled.diagnostics {
         tracing::warn!(kind = ?d.kind, object = %d.object, field = %d.field, reason = d.reason.as_str(), "{}; object left out", d.message);
+    }
+    let problem = match load.file_errors.as_slice() {
+        [] => None,
+        [only] => Some(format!("{only}")),
+        [first, rest @ ..] => Some(format!("{first} (and {} more, logged above)", rest.len())),
+    };
+    if let (true, Some(problem)) = (at_start, &problem) {
+        // Nothing applied: the proxy stops.
+        return Err(problem.clone());
     }
     let result = if load.file_errors.is_empty() {
         "success"
@@ -335,11 +352,7 @@ fn reload<S: CounterStore>(
     );
     proxy.apply(ProxyConfig::build(v, snapshot));
     ready.store(true, Ordering::Release);
-    match load.file_errors.as_slice() {
-        [] => Ok(()),
-        [only] => Err(format!("{only}")),
-        [first, rest @ ..] => Err(format!("{first} (and {} more files)", rest.len())),
-    }
+    problem.map_or(Ok(()), Err)
 }
 
 fn spawn_watcher<S: CounterStore>(
@@ -359,7 +372,7 @@ fn spawn_watcher<S: CounterStore>(
                 std::thread::sleep(interval);
                 if manifests.changed() {
                     // Logged there; what did not parse stays in its last good version.
-                    let _ = reload(&mut manifests, &proxy, &metrics, &version, &ready);
+                    let _ = reload(&mut manifests, &proxy, &metrics, &version, &ready, false);
                 }
             }
         })

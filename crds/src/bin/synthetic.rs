@@ -8,9 +8,9 @@ const USAGE: &str = "\
 usage: synthetic [TENANTS=10000] [ROUTES=1000] [NAMESPACE=default] [--subscriptions N=3] [--keys N=1] [--one-secret]
 
 Writes a world of TENANTS tenants (tenant-00000..., 10 plans) and ROUTES routes (/api/NNNNN) as
-multi-document YAML to stdout. Each tenant subscribes to N routes and has N API keys
-(key-tenant-NNNNN, then key-tenant-NNNNN-K), in a Secret of its own or, with --one-secret, all
-in one Secret.";
+multi-document YAML to stdout. Each tenant subscribes to --subscriptions routes and has --keys
+API keys (key-tenant-NNNNN, then key-tenant-NNNNN-K), in a Secret of its own or, with
+--one-secret, all in one Secret.";
 
 fn main() -> ExitCode {
     match shape_and_namespace(std::env::args().skip(1)) {
