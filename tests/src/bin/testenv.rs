@@ -30,13 +30,18 @@ fn main() {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--node" => with_node = true,
-            "--exit-with" => match args.next().map(|pid| pid.parse::<i32>()) {
-                Some(Ok(pid)) if pid > 0 => exit_with = Some(nix::unistd::Pid::from_raw(pid)),
-                other => {
-                    eprintln!("testenv: --exit-with needs a process ID, got {other:?}\n\n{USAGE}");
-                    std::process::exit(2);
+            "--exit-with" => {
+                let value = args.next().unwrap_or_default();
+                match value.parse::<i32>() {
+                    Ok(pid) if pid > 0 => exit_with = Some(nix::unistd::Pid::from_raw(pid)),
+                    _ => {
+                        eprintln!(
+                            "testenv: --exit-with needs a process ID, got {value:?}\n\n{USAGE}"
+                        );
+                        std::process::exit(2);
+                    }
                 }
-            },
+            }
             "--help" | "-h" => {
                 println!("{USAGE}");
                 return;
