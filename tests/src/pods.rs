@@ -90,9 +90,9 @@ pub struct PodCluster {
     /// The port-forward of each target (existing cluster), each behind a lock of its own: a
     /// forward starting for one target does not hold up connections to the others.
     forwards: Mutex<HashMap<Target, Arc<Mutex<Option<Forward>>>>>,
-    /// Port-forward logs and image archives (existing cluster); removed once the test binary is
-    /// gone.
-    scratch: Option<(PathBuf, Supervised)>,
+    /// Owns the image archives' directory (existing cluster): removes it once the test binary
+    /// is gone.
+    _janitor: Option<Supervised>,
 }
 
 /// A running `kubectl port-forward` and the loopback port it listens on.
@@ -106,7 +106,7 @@ struct Forward {
 impl PodCluster {
     /// The cluster of `cluster` (started with a node, or existing), with the images loaded.
     pub(crate) fn new(cluster: &'static Cluster) -> Result<Self> {
-        let (local, images, scratch) = match cluster {
+        let (local, images, janitor) = match cluster {
             Cluster::LocalWithNode(local) => (Some(&**local), local.images.clone(), None),
             Cluster::External { kubeconfig } => {
                 let load = std::env::var(IMAGE_LOAD_ENV).map_err(|_| {
@@ -135,7 +135,7 @@ impl PodCluster {
                 for image in &built {
                     load_image(&load, image)?;
                 }
-                (None, built, Some((scratch, janitor)))
+                (None, built, Some(janitor))
             }
             Cluster::Local(_) => bail!("this test binary started a cluster without a node"),
         };
@@ -145,7 +145,7 @@ impl PodCluster {
             images,
             resolved: Mutex::default(),
             forwards: Mutex::default(),
-            scratch,
+            _janitor: janitor,
         })
     }
 
@@ -238,16 +238,14 @@ impl PodCluster {
     }
 
     fn port_forward(&self, target: &Target) -> Result<Forward> {
-        static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let (resource, namespace, port) = target.resource();
-        let (scratch, _) = self
-            .scratch
-            .as_ref()
-            .context("port-forwards are for an existing cluster")?;
-        let log = scratch.join(format!(
-            "port-forward-{}.log",
-            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
+        // A directory of its own, which its watchdog removes after writing its last line (in the
+        // images' directory, that line could land while the directory was being removed).
+        let dir = tempfile::Builder::new()
+            .prefix("tollgate-test-forward-")
+            .tempdir()?
+            .keep();
+        let log = dir.join("port-forward.log");
         let args = [
             "--kubeconfig".to_owned(),
             self.kubeconfig.display().to_string(),
@@ -263,7 +261,7 @@ impl PodCluster {
             Path::new("kubectl"),
             &args,
             &log,
-            None,
+            Some(&dir),
         )?;
         // kubectl prints "Forwarding from 127.0.0.1:PORT -> TARGET_PORT" once it listens.
         let deadline = Instant::now() + Duration::from_secs(30);
