@@ -332,7 +332,7 @@ impl TestNamespace {
 }
 
 /// `out`'s stdout when kubectl `args` succeeded, else an error with its stderr.
-fn ok_output(args: &[&str], out: Output) -> Result<String> {
+pub(crate) fn ok_output(args: &[&str], out: Output) -> Result<String> {
     if !out.status.success() {
         bail!(
             "kubectl {} failed: {}",

@@ -24,7 +24,7 @@ use anyhow::{Context, Result, bail, ensure};
 
 use crate::images::{self, Image};
 use crate::process::Supervised;
-use crate::{Cluster, LocalNode, kubectl_with};
+use crate::{Cluster, LocalNode, kubectl_with, ok_output};
 
 /// Environment variable with the command that loads an image archive into an existing cluster.
 pub const IMAGE_LOAD_ENV: &str = "TOLLGATE_TEST_IMAGE_LOAD";
@@ -296,14 +296,8 @@ impl PodCluster {
             "-o",
             &format!("jsonpath={path}"),
         ];
-        let out = kubectl_with(&self.kubeconfig, &args, None)?;
-        ensure!(
-            out.status.success(),
-            "kubectl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        let out = ok_output(&args, kubectl_with(&self.kubeconfig, &args, None)?)?;
+        Ok(out.trim().to_owned())
     }
 }
 

@@ -189,36 +189,32 @@ fn compile_manifests(
     files: &BTreeMap<PathBuf, Vec<Manifest>>,
     warnings: &mut Vec<String>,
 ) -> Compiled {
-    {
-        let mut routes: HashMap<(String, String), &ApiRoute> = HashMap::new();
-        let mut tenants: HashMap<(String, String), &Tenant> = HashMap::new();
-        let mut plans: HashMap<(String, String), &QuotaPolicy> = HashMap::new();
-        let mut secrets: HashMap<(String, String), &Secret> = HashMap::new();
-        for (path, manifests) in files {
-            for m in manifests {
-                let (kind, replaced) = match m {
-                    Manifest::Route(r) => ("ApiRoute", routes.insert(id(&r.metadata), r).is_some()),
-                    Manifest::Tenant(t) => ("Tenant", tenants.insert(id(&t.metadata), t).is_some()),
-                    Manifest::Plan(p) => {
-                        ("QuotaPolicy", plans.insert(id(&p.metadata), p).is_some())
-                    }
-                    Manifest::Secret(s) => ("Secret", secrets.insert(id(&s.metadata), s).is_some()),
-                };
-                if replaced {
-                    warnings.push(format!(
-                        "{}: {kind} defined again; this definition wins",
-                        path.display()
-                    ));
-                }
+    let mut routes: HashMap<(String, String), &ApiRoute> = HashMap::new();
+    let mut tenants: HashMap<(String, String), &Tenant> = HashMap::new();
+    let mut plans: HashMap<(String, String), &QuotaPolicy> = HashMap::new();
+    let mut secrets: HashMap<(String, String), &Secret> = HashMap::new();
+    for (path, manifests) in files {
+        for m in manifests {
+            let (kind, replaced) = match m {
+                Manifest::Route(r) => ("ApiRoute", routes.insert(id(&r.metadata), r).is_some()),
+                Manifest::Tenant(t) => ("Tenant", tenants.insert(id(&t.metadata), t).is_some()),
+                Manifest::Plan(p) => ("QuotaPolicy", plans.insert(id(&p.metadata), p).is_some()),
+                Manifest::Secret(s) => ("Secret", secrets.insert(id(&s.metadata), s).is_some()),
+            };
+            if replaced {
+                warnings.push(format!(
+                    "{}: {kind} defined again; this definition wins",
+                    path.display()
+                ));
             }
         }
-        compile(&Objects {
-            routes: routes.into_values().collect(),
-            tenants: tenants.into_values().collect(),
-            plans: plans.into_values().collect(),
-            secrets: secrets.into_values().collect(),
-        })
     }
+    compile(&Objects {
+        routes: routes.into_values().collect(),
+        tenants: tenants.into_values().collect(),
+        plans: plans.into_values().collect(),
+        secrets: secrets.into_values().collect(),
+    })
 }
 
 fn id(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
@@ -279,28 +275,31 @@ impl LastGood {
     }
 }
 
-/// A manifest file's text, refused when larger than [`MAX_MANIFEST_BYTES`].
+/// A manifest file's text, refused when larger than [`MAX_MANIFEST_BYTES`]: a file over it by
+/// its size, unread, and one that grows while it is read after one byte more.
 fn read_file(path: &Path) -> Result<String, FileError> {
+    use std::io::Read;
     let err = |message: String| FileError {
         file: path.to_owned(),
         line: None,
         message,
     };
-    let size = std::fs::metadata(path)
-        .map_err(|e| err(e.to_string()))?
-        .len();
-    if size > MAX_MANIFEST_BYTES {
-        return Err(err(format!(
+    let too_big = |size: u64| {
+        err(format!(
             "{size} bytes is more than the {MAX_MANIFEST_BYTES} a manifest file may hold; split it into several files"
-        )));
+        ))
+    };
+    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let size = file.metadata().map_err(|e| err(e.to_string()))?.len();
+    if size > MAX_MANIFEST_BYTES {
+        return Err(too_big(size));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    // The file may have grown since its size was read.
+    let mut text = String::new();
+    file.take(MAX_MANIFEST_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| err(e.to_string()))?;
     if text.len() as u64 > MAX_MANIFEST_BYTES {
-        return Err(err(format!(
-            "{} bytes is more than the {MAX_MANIFEST_BYTES} a manifest file may hold; split it into several files",
-            text.len()
-        )));
+        return Err(too_big(text.len() as u64));
     }
     Ok(text)
 }
