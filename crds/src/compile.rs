@@ -297,6 +297,7 @@ fn compile_plan(key: &ObjectKey, plan: &QuotaPolicy) -> Result<Plan, Vec<FieldEr
                     at.dedup();
                     at
                 },
+                meter_event_name: q.meter_event_name.clone(),
             }),
             Err(e) => errors.push(invalid(format!("{field}.limit"), e)),
         }

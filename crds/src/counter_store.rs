@@ -32,6 +32,17 @@ pub fn counter_key(tenant: &str, plan: &str, quota: &str, period_start: Timestam
     )
 }
 
+/// The Redis key of a counter's settled usage: what the fleet admitted and finished charging in
+/// the period (requests answered, calls' final tokens and cost), never leases or reservations.
+/// It only grows, so billing exports can read it as a cursor (the operator's usage export).
+/// Same slot as the counter.
+pub fn settled_key(tenant: &str, plan: &str, quota: &str, period_start: Timestamp) -> String {
+    format!(
+        "tollgate:{{{tenant}|{plan}}}:settled:{quota}:{}",
+        period_start.as_second()
+    )
+}
+
 /// The Redis key of one fleet-wide rate-limit window: (tenant, plan, rate limit, window number
 /// since the epoch), in the tenant's slot like its quotas.
 pub fn rate_window_key(tenant: &str, plan: &str, rate_limit: &str, window_index: i64) -> String {

@@ -428,6 +428,9 @@ pub struct Quota {
     /// Spend-alert thresholds, percent of the limit, ascending, each once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alert_at: Vec<u32>,
+    /// The billing event name its usage is exported under (read by the operator only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meter_event_name: Option<String>,
 }
 
 impl Quota {

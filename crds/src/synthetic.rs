@@ -87,6 +87,7 @@ pub fn synthetic_shaped(namespace: &str, shape: &Shape) -> Synthetic {
                     period: Period::Month,
                     models: vec![],
                     alert_at: vec![],
+                    meter_event_name: None,
                 }],
                 timezone: "UTC".into(),
                 ..Default::default()

@@ -108,6 +108,12 @@ async fn four_proxies_never_exceed_a_large_limit_and_redis_agrees() {
     // Idle slices go back within about 2 s: Redis then holds exactly what was admitted.
     let in_redis = settled_total(&redis, admitted as i64).await;
     assert_eq!(in_redis, admitted as i64, "Redis total vs admitted");
+    // The settled key (what billing exports) holds exactly the admissions, never a lease.
+    assert_eq!(
+        settled_usage(&redis, admitted as i64).await,
+        admitted as i64,
+        "settled usage vs admitted"
+    );
     // The proxies' own account agrees: leased minus returned is what they admitted.
     // (Regression: the returned-units counter never moved.)
     let leased = metric_total(&proxies, "tollgate_proxy_store_leased_units_total", "").await;
@@ -176,6 +182,11 @@ async fn redis_down_fail_closed_answers_503_and_fail_open_reconciles() {
     assert_eq!(
         total, 3,
         "the 3 requests admitted during the outage are in Redis"
+    );
+    assert_eq!(
+        settled_usage_of(&redis, "tollgate:{default/t2|*", 3).await,
+        3,
+        "and in its settled usage"
     );
     assert_eq!(unreachable_lines(&open), 1, "{}", open.stderr());
     assert!(
@@ -616,6 +627,25 @@ async fn settled_total(redis: &Redis, expected: i64) -> i64 {
     total
 }
 
+/// The sum of Redis's settled keys once the proxies have flushed (every second; polled up to
+/// 30 s, for a loaded machine).
+async fn settled_usage(redis: &Redis, expected: i64) -> i64 {
+    settled_usage_of(redis, "tollgate:*", expected).await
+}
+
+/// [`settled_usage`] of the keys matching `pattern`.
+async fn settled_usage_of(redis: &Redis, pattern: &str, expected: i64) -> i64 {
+    let mut total = redis.settled(pattern);
+    for _ in 0..300 {
+        if total == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        total = redis.settled(pattern);
+    }
+    total
+}
+
 /// What a run through a Redis restart leaves: the counts, the restarted Redis, the proxies.
 struct RestartRun {
     counts: (usize, usize, usize),
@@ -697,6 +727,12 @@ async fn four_proxies_through_a_redis_restart_fail_open_lose_nothing() {
         settled_total(redis, 640).await,
         640,
         "every admission is in Redis"
+    );
+    // Settled usage too, once each: a flush applied and unanswered is sent again with its id.
+    assert_eq!(
+        settled_usage(redis, 640).await,
+        640,
+        "every admission is settled once"
     );
 }
 
@@ -886,7 +922,9 @@ async fn concurrent_llm_calls_on_two_proxies_cannot_spend_past_the_budget() {
         "{statuses:?}"
     );
     assert_eq!(statuses.iter().filter(|s| **s == 402).count(), 18);
-    // Settled from 2 x 1021 reserved to 2 x 1010 used.
+    // Settled from 2 x 1021 reserved to 2 x 1010 used; the settled usage holds what they used,
+    // never the reservations (the 18 refused calls' included).
+    assert_eq!(settled_usage(&redis, 2020).await, 2020, "settled tokens");
     for _ in 0..500 {
         if redis.total("tollgate:*:tokens:*") == 2020 {
             return;

@@ -134,13 +134,31 @@ impl Redis {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// The sum of every tollgate counter key matching `pattern`.
+    /// The sum of every tollgate counter key matching `pattern` (settled keys left out).
     pub fn total(&self, pattern: &str) -> i64 {
+        self.sum_keys(pattern, false)
+    }
+
+    /// The sum of the settled keys (`tollgate:{tenant|plan}:settled:quota:start`, what the fleet
+    /// admitted and finished charging) matching `pattern`.
+    pub fn settled(&self, pattern: &str) -> i64 {
+        self.sum_keys(pattern, true)
+    }
+
+    fn sum_keys(&self, pattern: &str, settled: bool) -> i64 {
         self.cli(&["--scan", "--pattern", pattern])
             .lines()
+            .filter(|k| is_settled_key(k) == settled)
             .map(|k| self.cli(&["GET", k]).trim().parse::<i64>().unwrap_or(0))
             .sum()
     }
+}
+
+/// Whether `key` is a settled key: after the hash tag, `:settled:quota:start` (a counter's is
+/// `:quota:start`, so a quota named `settled` is not mistaken for one).
+fn is_settled_key(key: &str) -> bool {
+    key.rsplit_once('}')
+        .is_some_and(|(_, rest)| rest.starts_with(":settled:") && rest.matches(':').count() == 3)
 }
 
 impl Drop for Redis {
@@ -215,6 +233,11 @@ impl RedisCluster {
     /// The sum over every node of the counter keys matching `pattern`.
     pub fn total(&self, pattern: &str) -> i64 {
         self.nodes.iter().map(|n| n.total(pattern)).sum()
+    }
+
+    /// The sum over every node of the settled keys matching `pattern`.
+    pub fn settled(&self, pattern: &str) -> i64 {
+        self.nodes.iter().map(|n| n.settled(pattern)).sum()
     }
 }
 

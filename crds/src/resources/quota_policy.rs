@@ -153,6 +153,13 @@ pub struct Quota {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10), inner(range(min = 1, max = 100)))]
     pub alert_at: Vec<u32>,
+    /// Export this quota's usage to billing under this event name: the `event_name` of a Stripe
+    /// Billing meter, or the `type` of a CloudEvent (the operator's `--usage-export-*` flags
+    /// choose the sink). Values are whole units: requests, tokens, or millionths of the currency
+    /// for Cost. Absent (default): not exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 100), regex(pattern = r"^[A-Za-z0-9_.:-]+$"))]
+    pub meter_event_name: Option<String>,
 }
 
 /// What a quota counts.

@@ -182,6 +182,58 @@ pub struct TenantStatus {
     /// receiver and periodic read, under their own field manager).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stripe: Option<StripeStatus>,
+    /// The usage export to billing (quotas with `meterEventName`), per quota and period: what
+    /// the fleet metered, what the sink acknowledged, and the event in flight. Written by the
+    /// leader's usage export under its own field manager; it is the export's durable cursor.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub export: Vec<ExportStatus>,
+}
+
+/// The usage export of one quota in one period.
+///
+/// Every field reads as its default when absent, as in [`StripeStatus`].
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ExportStatus {
+    /// The QuotaPolicy (plan).
+    pub quota_policy: String,
+    /// The quota.
+    pub quota: String,
+    /// Start of the period, RFC 3339.
+    pub period_start: String,
+    /// End of the period, RFC 3339.
+    pub period_end: String,
+    /// The event name the usage goes out under.
+    pub event_name: String,
+    /// Settled usage in whole units (requests, tokens, millionths of the currency) as last
+    /// read from the fleet's counters when this status was written.
+    pub metered: u64,
+    /// Units the sink has acknowledged: every event up to here was accepted.
+    pub acknowledged: u64,
+    /// The event sent and not yet acknowledged. Sent again, unchanged, until it is: the sink
+    /// drops the copies by its id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingExport>,
+    /// Why the last attempt failed, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// One usage event, recorded before it is sent.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PendingExport {
+    /// The idempotency identifier (`tg1-` and a SHA-256 of the tenant's UID, plan, quota,
+    /// period and range): Stripe's `identifier`, the CloudEvent's `id`.
+    pub id: String,
+    /// The acknowledged units it starts from.
+    pub from: u64,
+    /// The metered units it brings the series to; the event's value is `to - from`.
+    pub to: u64,
+    /// The event's time (RFC 3339), within the period.
+    pub timestamp: String,
+    /// When it was first recorded (RFC 3339).
+    pub created: String,
 }
 
 impl StripeStatus {

@@ -725,7 +725,10 @@ impl<S: CounterStore> Proxy<S> {
                 outside: reserved.outside,
                 ..charge.metered
             };
-            if used == reserved {
+            // A call that reserved something is always settled: its final amount is what the
+            // store's settled usage (and so the billing export) counts, even when it equals
+            // the reservation.
+            if used == reserved && reserved.is_nothing() {
                 return;
             }
             tokio::spawn(async move {

@@ -84,6 +84,11 @@ impl Metered {
             .then(|| self.amount(metric).unwrap_or(Decimal::ONE))
     }
 
+    /// No tokens and no cost.
+    pub fn is_nothing(&self) -> bool {
+        self.input_tokens == 0 && self.output_tokens == 0 && self.cost.is_zero()
+    }
+
     /// What this usage counts in a quota of `metric` (`None` for Requests quotas, which count
     /// admissions).
     pub fn amount(&self, metric: Metric) -> Option<Decimal> {

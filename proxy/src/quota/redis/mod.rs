@@ -42,7 +42,7 @@ use parking_lot::Mutex;
 use rust_decimal::Decimal;
 use tollgate_crds::counter_store::{
     StoreConnection, StoreError, StoreTarget, Timeouts, counter_key, from_units, op_record_key,
-    rate_window_key, to_units as units,
+    rate_window_key, settled_key, to_units as units,
 };
 use tollgate_crds::period::{PeriodWindow, window};
 use tollgate_crds::resources::{FailurePolicy, Metric};
@@ -112,6 +112,15 @@ struct Counter {
     redis_used: i64,
     /// What this proxy admitted or charged in the period (its share, for usage reports).
     spent: Decimal,
+    /// Settled units: requests admitted and not refunded, calls' final tokens and cost (never a
+    /// reservation). Added to the counter's settled key in Redis ([`settled_key`]), which only
+    /// grows: the operator exports it to billing.
+    settled: i64,
+    /// The part of `settled` Redis has confirmed. A refund after a flush leaves `settled` below
+    /// it for a while; nothing is taken back (the settled key never goes down).
+    flushed: i64,
+    /// A flush of settled units sent without an answer, retried with the same id until one comes.
+    flushing: Option<Adjustment>,
     /// Admitted while Redis was unreachable (FailOpen), to add when it is back.
     debt: i64,
     /// Changes sent without an answer, retried with the same id until one comes.
@@ -149,6 +158,9 @@ impl Counter {
             leased: 0,
             redis_used: 0,
             spent: Decimal::ZERO,
+            settled: 0,
+            flushed: 0,
+            flushing: None,
             debt: 0,
             unanswered: Vec::new(),
             unanswered_leases: Vec::new(),
@@ -569,6 +581,9 @@ impl RedisStore {
             let c = Self::counter(&mut counters, &subject, i, key, w);
             if exhausted.is_none() && exceeded.is_none() {
                 c.spent += reservation.share(i, quota.metric).unwrap_or(Decimal::ZERO);
+                if quota.metric == Metric::Requests && reservation.counts_in(i) {
+                    c.settled += 1;
+                }
                 c.last_used = Instant::now();
             }
             quotas.push(Self::state(c, quota.limit, quota.metric, i, now));
@@ -651,6 +666,8 @@ impl RedisStore {
                     || (c.leased > 0 && !c.rate)
                     || c.debt != 0
                     || !c.unanswered.is_empty()
+                    || c.settled > c.flushed
+                    || c.flushing.is_some()
             });
             let mut work = Vec::new();
             for (key, c) in counters.iter_mut() {
@@ -679,6 +696,7 @@ impl RedisStore {
             }
             work
         };
+        self.flush_settled(now).await;
         for (key, expire_at, changes) in work {
             for a in changes {
                 let ttl = time_to_live(expire_at, now);
@@ -699,6 +717,39 @@ impl RedisStore {
     }
 
     /// Asks Redis whether leases sent without an answer were granted; keeps what was.
+    /// Adds each counter's settled units that Redis has not confirmed to its settled key, at
+    /// most once each (an unanswered flush is sent again with the same id).
+    async fn flush_settled(&self, now: Timestamp) {
+        let work: Vec<(String, String, i64, Adjustment)> = {
+            let mut counters = self.counters.lock();
+            let mut work = Vec::new();
+            for (key, c) in counters.iter_mut() {
+                if c.flushing.is_none() && c.settled > c.flushed {
+                    let settled = settled_key(&c.tenant, &c.plan, &c.quota, c.window.start);
+                    c.flushing = Some(Adjustment {
+                        op: self.record_key(&settled),
+                        delta: c.settled - c.flushed,
+                    });
+                }
+                if let Some(a) = &c.flushing {
+                    let settled = settled_key(&c.tenant, &c.plan, &c.quota, c.window.start);
+                    work.push((key.clone(), settled, c.expire_at, a.clone()));
+                }
+            }
+            work
+        };
+        for (key, settled, expire_at, a) in work {
+            let ttl = time_to_live(expire_at, now);
+            if self.adjust(&settled, &a, ttl, "settled").await.is_err() {
+                continue; // Unanswered: sent again with the same id next time.
+            }
+            if let Some(c) = self.counters.lock().get_mut(&key) {
+                c.flushed += a.delta;
+                c.flushing = None;
+            }
+        }
+    }
+
     async fn recover_unanswered_leases(&self) {
         let work: Vec<(String, Vec<String>)> = self
             .counters
@@ -782,6 +833,7 @@ impl CounterStore for RedisStore {
                 let c = Self::counter(&mut counters, &subject, i, &key, w);
                 c.leased += 1;
                 c.spent = (c.spent - Decimal::ONE).max(Decimal::ZERO);
+                c.settled -= 1;
             }
         }
         CounterStore::settle(self, subject, reservation, &Metered::default(), now).await;
@@ -801,11 +853,17 @@ impl CounterStore for RedisStore {
             else {
                 continue;
             };
-            let delta = units(quota.metric, used) - units(quota.metric, reserved);
+            let (key, w) = Self::window_key(&subject, i, now);
+            let used_units = units(quota.metric, used);
+            // The call's final amount is settled whatever its reservation was.
+            if used_units != 0 {
+                let mut counters = self.counters.lock();
+                Self::counter(&mut counters, &subject, i, &key, w).settled += used_units;
+            }
+            let delta = used_units - units(quota.metric, reserved);
             if delta == 0 {
                 continue;
             }
-            let (key, w) = Self::window_key(&subject, i, now);
             let change = Adjustment {
                 op: self.record_key(&key),
                 delta,
