@@ -137,6 +137,43 @@ pub struct Cli {
 
     #[command(flatten)]
     pub stripe: StripeArgs,
+
+    #[command(flatten)]
+    pub export: ExportArgs,
+}
+
+/// Where metered usage goes for invoicing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportSink {
+    /// Stripe Billing meter events (`POST /v1/billing/meter_events` at --stripe-api-base, with
+    /// the key in --stripe-api-key-file).
+    Stripe,
+    /// One CloudEvent per event, `POST --usage-export-url` (OpenMeter's `/api/v1/events`
+    /// takes them).
+    Cloudevents,
+}
+
+/// Usage export to billing (off unless --usage-export is set).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExportArgs {
+    /// Send what the fleet metered for quotas with `meterEventName` to billing, exactly once
+    /// (the cursor is Tenant.status.export). Needs --store: the proxies' settled usage in Redis
+    /// is what is exported.
+    #[arg(long, env = "TOLLGATE_USAGE_EXPORT", value_enum, value_name = "SINK")]
+    pub usage_export: Option<ExportSink>,
+
+    /// The CloudEvents endpoint (required with --usage-export cloudevents).
+    #[arg(long, env = "TOLLGATE_USAGE_EXPORT_URL", value_name = "URL")]
+    pub usage_export_url: Option<String>,
+
+    /// A bearer token for the CloudEvents endpoint, in a file (re-read before each send).
+    #[arg(long, env = "TOLLGATE_USAGE_EXPORT_TOKEN_FILE", value_name = "FILE")]
+    pub usage_export_token_file: Option<std::path::PathBuf>,
+
+    /// Time between two export rounds: how far billing may lag behind the fleet. One Redis
+    /// read per tenant and plan with exported quotas, one event per series with new usage.
+    #[arg(long, env = "TOLLGATE_USAGE_EXPORT_INTERVAL", default_value = "60s", value_parser = duration, value_name = "DURATION")]
+    pub usage_export_interval: Duration,
 }
 
 /// Payment state from Stripe (off unless --stripe-webhook-listen or --stripe-api-key-file is set).

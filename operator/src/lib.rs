@@ -5,12 +5,14 @@
 //! - [`config_server`]: the HTTPS stream to proxies; [`proxy_auth`]: who may subscribe.
 //! - [`leader`]: Lease election; [`pod_role`]: the leader's pod label the stream's Service selects;
 //!   [`status`]: conditions and events, written by the leader.
-//! - [`inject`]: the sidecar-injection webhook; [`billing`]: payment state from Stripe.
+//! - [`inject`]: the sidecar-injection webhook; [`billing`]: payment state from Stripe;
+//!   [`export`]: metered usage out to billing, exactly once.
 #![forbid(unsafe_code)]
 
 pub mod billing;
 pub mod cli;
 pub mod config_server;
+pub mod export;
 pub mod inject;
 pub mod leader;
 pub mod metrics;
@@ -53,6 +55,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     let shutdown = ShutdownSignal::listen().context("listening for SIGTERM and SIGINT")?;
     // Checked before anything starts: an operator that took the Lease and then stopped over a
     // flag would cost the fleet a lease's worth of failover.
+    let export_sink = export_sink(&cli)?;
     let role_pod = match (cli.label_pod_role, &cli.identity) {
         (false, _) => None,
         (true, Some(pod)) => Some(pod.clone()),
@@ -191,6 +194,26 @@ pub async fn run(cli: Cli) -> Result<()> {
                 published_rx.clone(),
                 leading_rx.clone(),
             ));
+            if let Some(sink) = export_sink {
+                let conn = target
+                    .connect(tollgate_crds::counter_store::Timeouts {
+                        connect: std::time::Duration::from_secs(2),
+                        response: std::time::Duration::from_secs(2),
+                    })
+                    .context("the counter store (--store), for the usage export")?;
+                tracing::info!(sink = sink.name(), interval = ?cli.export.usage_export_interval,
+                    "exporting settled usage to billing while leading");
+                let exporter = Arc::new(export::Exporter::new(
+                    client.clone(),
+                    caches.clone(),
+                    published_rx.clone(),
+                    conn,
+                    sink,
+                    cli.export.usage_export_interval,
+                    metrics.clone(),
+                ));
+                tokio::spawn(exporter.run(leading_rx.clone()));
+            }
             UsageSource::Redis(redis)
         }
         None => UsageSource::Reports(proxies.clone()),
@@ -230,6 +253,57 @@ pub async fn run(cli: Cli) -> Result<()> {
         leader::release(client, &election).await;
     }
     Ok(())
+}
+
+/// The usage export's sink, from the flags (checked before anything starts).
+fn export_sink(cli: &Cli) -> Result<Option<export::sink::Sink>> {
+    let args = &cli.export;
+    let Some(kind) = args.usage_export else {
+        if args.usage_export_url.is_some() {
+            anyhow::bail!(
+                "--usage-export-url is set but --usage-export is not (stripe or cloudevents)"
+            );
+        }
+        return Ok(None);
+    };
+    if cli.store.is_none() {
+        anyhow::bail!(
+            "--usage-export needs --store: what is exported is the settled usage the proxies keep in Redis \
+             (without Redis each proxy counts alone, and a proxy's counts go with its pod)"
+        );
+    }
+    if args.usage_export_interval.is_zero() {
+        anyhow::bail!("--usage-export-interval must be more than 0");
+    }
+    let kind = match kind {
+        cli::ExportSink::Stripe => {
+            let Some(file) = cli.stripe.stripe_api_key_file.clone() else {
+                anyhow::bail!(
+                    "--usage-export stripe needs --stripe-api-key-file (a key that may write billing meter events)"
+                );
+            };
+            let api_base = cli.stripe.stripe_api_base.trim_end_matches('/').to_owned();
+            export::sink::SinkKind::Stripe {
+                api_base,
+                api_key_file: file,
+            }
+        }
+        cli::ExportSink::Cloudevents => {
+            let Some(url) = args.usage_export_url.clone() else {
+                anyhow::bail!(
+                    "--usage-export cloudevents needs --usage-export-url (the endpoint that takes the events)"
+                );
+            };
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                anyhow::bail!("--usage-export-url {url:?} is not an http:// or https:// URL");
+            }
+            export::sink::SinkKind::CloudEvents {
+                url,
+                token_file: args.usage_export_token_file.clone(),
+            }
+        }
+    };
+    Ok(Some(export::sink::Sink::new(kind)))
 }
 
 /// Binds `addr` (given by `flag`) and serves HTTPS there with `handle`, in the background; the

@@ -1,6 +1,8 @@
 //! Prometheus metrics of the operator, registered into a registry passed down from `main`.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// Every metric the operator exports.
 #[derive(Debug, Clone)]
@@ -47,6 +49,12 @@ pub struct OperatorMetrics {
     pub stripe_reads: IntCounterVec,
     /// Spend alerts announced, by threshold.
     pub spend_alerts: IntCounterVec,
+    /// Usage events sent to the billing sink, by result (accepted, duplicate, failed, stuck).
+    pub usage_export_events: IntCounterVec,
+    /// Units metered and not yet acknowledged by the sink, by event name (the export's drift).
+    pub usage_export_unacknowledged: IntGaugeVec,
+    /// Age in seconds of the oldest usage event recorded and not yet acknowledged (0: none).
+    pub usage_export_oldest_pending: IntGauge,
 }
 
 impl OperatorMetrics {
@@ -181,6 +189,24 @@ impl OperatorMetrics {
                 ),
                 &["threshold"],
             )?,
+            usage_export_events: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_operator_usage_export_events_total",
+                    "Usage events sent to the billing sink by the leader, by result: accepted, duplicate (the sink had it: a resend after a crash or a lost answer), failed (sent again later, unchanged), stuck (unacknowledged for 20 h, no longer sent).",
+                ),
+                &["result"],
+            )?,
+            usage_export_unacknowledged: IntGaugeVec::new(
+                Opts::new(
+                    "tollgate_operator_usage_export_unacknowledged_units",
+                    "Units the fleet metered (as last read) that the billing sink has not acknowledged, by event name: the export's drift.",
+                ),
+                &["event_name"],
+            )?,
+            usage_export_oldest_pending: IntGauge::new(
+                "tollgate_operator_usage_export_oldest_pending_seconds",
+                "Age of the oldest usage event recorded and not yet acknowledged by the billing sink (0: none).",
+            )?,
             status_write_duration: Histogram::with_opts(
                 HistogramOpts::new(
                     "tollgate_operator_status_write_duration_seconds",
@@ -210,6 +236,9 @@ impl OperatorMetrics {
         registry.register(Box::new(m.stripe_events.clone()))?;
         registry.register(Box::new(m.stripe_reads.clone()))?;
         registry.register(Box::new(m.spend_alerts.clone()))?;
+        registry.register(Box::new(m.usage_export_events.clone()))?;
+        registry.register(Box::new(m.usage_export_unacknowledged.clone()))?;
+        registry.register(Box::new(m.usage_export_oldest_pending.clone()))?;
         // process_resident_memory_bytes, process_cpu_seconds_total, open fds: what sizing and
         // the memory alerts read.
         registry.register(Box::new(
