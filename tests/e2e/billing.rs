@@ -1,7 +1,8 @@
 //! Payment state from Stripe (issue #22) on the real kube-apiserver: Stripe's webhooks delivered
 //! to the operator over HTTPS, signed the way Stripe signs them (checked with the official
 //! `stripe` SDK's verifier), and the periodic read against stripe-mock; the proxies' answers
-//! follow.
+//! follow. Usage out: the fleet's settled usage exported to a recording sink exactly once,
+//! through a leader killed mid-export.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,6 +14,8 @@ use kube::api::Api;
 use serde_json::{Value, json};
 use tollgate_crds::resources::{BillingSource, BillingState, Tenant};
 use tollgate_operator::billing::signature::sign;
+use tollgate_operator::export::sink::{Delivered, Sink, SinkKind, UsageEvent};
+use tollgate_tests::billing_sink::BillingSink;
 use tollgate_tests::fleet::{Fleet, Reply, eventually, logged_addresses};
 use tollgate_tests::stripe_mock::{API_KEY, StripeMock};
 
@@ -587,5 +590,282 @@ spec:
         (reads("corrected").await >= 2.0).then_some(())
     })
     .await?;
+    Ok(())
+}
+
+const EXPORT_WORLD: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {name: metered}
+spec:
+  quotas:
+  - {name: monthly-requests, limit: "100000", period: Month, meterEventName: api_requests}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {name: api}
+spec:
+  match: {pathPrefix: /api}
+  backend: {directResponse: {status: 200, body: ok}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: keys, labels: {tollgate.dev/api-key: "true"}}
+stringData: {acme: key-acme, gamma: key-gamma}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Tenant
+metadata: {name: acme}
+spec:
+  quotaPolicyRef: {name: metered}
+  apiKeys: [{secretRef: {name: keys, key: acme}}]
+  billing: {stripe: {customer: cus_acme, subscription: sub_acme}}
+  subscriptions: [{apiRouteRef: {name: api}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Tenant
+metadata: {name: gamma}
+spec:
+  quotaPolicyRef: {name: metered}
+  apiKeys: [{secretRef: {name: keys, key: gamma}}]
+  subscriptions: [{apiRouteRef: {name: api}}]
+"#;
+
+/// Calls `/api` `n` times with `key`, alternating between the proxies; every call must be
+/// admitted.
+async fn admit(fleet: &Fleet, key: &str, n: usize) -> Result<u64> {
+    for i in 0..n {
+        let reply = fleet.call(i % fleet.proxies.len(), "/api", key).await?;
+        anyhow::ensure!(reply.status == 200, "call {i}: {}", reply.status);
+    }
+    Ok(n as u64)
+}
+
+/// The export's status of `tenant` (its one series).
+async fn export_status(
+    tenants: &Api<Tenant>,
+    tenant: &str,
+) -> Option<tollgate_crds::resources::ExportStatus> {
+    tenants
+        .get_status(tenant)
+        .await
+        .ok()?
+        .status?
+        .export
+        .into_iter()
+        .next()
+}
+
+#[tokio::test]
+async fn usage_reaches_billing_exactly_once_when_the_leader_dies_mid_export() -> Result<()> {
+    let mut fleet = Fleet::new("billing-export").await?;
+    let redis = fleet.start_redis()?;
+    fleet.proxy_args = vec![format!("--store={redis}")];
+    let sink = BillingSink::start().await?;
+    let key_file = fleet.dir().join("stripe-api-key");
+    std::fs::write(&key_file, format!("{API_KEY}\n"))?;
+    let (key_arg, base) = (key_file.display().to_string(), sink.url());
+    let flags = [
+        ("--store", redis.as_str()),
+        ("--usage-refresh", "1s"),
+        ("--usage-export", "stripe"),
+        ("--usage-export-interval", "1s"),
+        ("--stripe-api-key-file", key_arg.as_str()),
+        ("--stripe-api-base", base.as_str()),
+    ];
+    let kubeconfig = fleet.operator_kubeconfig().to_path_buf();
+    fleet.start_operator_as(&kubeconfig, &flags).await?;
+    fleet.wait_leader(0).await?;
+    fleet.start_operator_as(&kubeconfig, &flags).await?;
+    fleet.ns.apply_ok(EXPORT_WORLD)?;
+    fleet.start_proxy("a")?;
+    fleet.start_proxy("b")?;
+    fleet.wait_status(0, "/api", "key-acme", 200).await?;
+    fleet.wait_status(1, "/api", "key-acme", 200).await?;
+    let mut admitted: u64 = 2;
+    let tenants: Api<Tenant> = Api::namespaced(fleet.ns.client.clone(), &fleet.ns.name);
+    let billed = |want: u64| {
+        let sink = &sink;
+        move || async move { (sink.billed("cus_acme") == want).then_some(()) }
+    };
+
+    // Usage flows out while the first replica leads.
+    admitted += admit(&fleet, "key-acme", 30).await?;
+    eventually(
+        Duration::from_secs(60),
+        "the first 32 requests billed",
+        billed(admitted),
+    )
+    .await
+    .with_context(|| fleet.log_tails())?;
+
+    // The leader records the next event, sends it, and dies before the answer comes: the
+    // sink has it, the leader never learned.
+    sink.hold_next();
+    admitted += admit(&fleet, "key-acme", 20).await?;
+    let held = eventually(WAIT, "an event held by the sink", || async { sink.held() }).await?;
+    let pending = export_status(&tenants, "acme")
+        .await
+        .and_then(|s| s.pending)
+        .context("the held event is pending in the status")?;
+    assert_eq!(
+        pending.id, held,
+        "the status recorded the event before it was sent"
+    );
+    fleet.kill_operator(0);
+
+    // The standby takes over, sends the pending event again (the sink drops the copy), and the
+    // usage that came since follows; two failed sends are retried.
+    sink.fail_next(2);
+    fleet.wait_leader(1).await?;
+    admitted += admit(&fleet, "key-acme", 10).await?;
+    eventually(
+        Duration::from_secs(60),
+        "every admitted request billed",
+        billed(admitted),
+    )
+    .await
+    .with_context(|| fleet.log_tails())?;
+    let shown = eventually(WAIT, "the cursor at the admitted total", || async {
+        export_status(&tenants, "acme")
+            .await
+            .filter(|s| s.acknowledged == admitted && s.pending.is_none())
+    })
+    .await?;
+    assert_eq!(
+        (
+            shown.quota_policy.as_str(),
+            shown.quota.as_str(),
+            shown.event_name.as_str()
+        ),
+        ("metered", "monthly-requests", "api_requests")
+    );
+    assert_eq!(shown.metered, admitted);
+    assert!(sink.copies() >= 1, "the held event was sent again");
+    let second = fleet.operators[1].admin;
+    let events = |result: &'static str| async move {
+        Fleet::metric(
+            second,
+            &format!("tollgate_operator_usage_export_events_total{{result=\"{result}\"}}"),
+        )
+        .await
+        .unwrap_or(0.0)
+    };
+    assert!(
+        events("duplicate").await >= 1.0,
+        "the copy counted as a duplicate"
+    );
+    assert!(events("failed").await >= 2.0, "the refused sends counted");
+
+    // Every event: a tg1- identifier, the meter's name, a time in this period, a positive
+    // value; all of them for acme's customer (gamma names none).
+    let month_start = Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .first_of_month()?
+        .start_of_day()?
+        .timestamp()
+        .as_second();
+    for d in sink.deliveries() {
+        assert!(d.id.starts_with("tg1-") && d.id.len() == 68, "{d:?}");
+        assert_eq!(
+            (d.event_name.as_str(), d.customer.as_str()),
+            ("api_requests", "cus_acme")
+        );
+        assert!(d.value > 0, "{d:?}");
+        assert!(
+            (month_start..=Timestamp::now().as_second()).contains(&d.timestamp),
+            "{d:?}"
+        );
+    }
+
+    // A tenant without a Stripe customer: its usage is not sent, and its status says why.
+    admit(&fleet, "key-gamma", 3).await?;
+    let gamma = eventually(WAIT, "gamma's export status", || async {
+        export_status(&tenants, "gamma")
+            .await
+            .filter(|s| s.last_error.is_some())
+    })
+    .await?;
+    assert!(
+        gamma
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("spec.billing.stripe")),
+        "{gamma:?}"
+    );
+    assert_eq!(gamma.acknowledged, 0);
+    assert_eq!(sink.billed("cus_acme"), admitted, "nothing more for acme");
+    Ok(())
+}
+
+#[tokio::test]
+async fn usage_goes_out_as_cloud_events_and_the_meter_event_form_passes_stripe_mock() -> Result<()>
+{
+    // The form the operator posts, against Stripe's own API description (stripe-mock checks
+    // every parameter against it).
+    let dir = tempfile::tempdir()?;
+    let mock = StripeMock::start(dir.path(), "cus_acme", "active")?;
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, API_KEY)?;
+    let stripe = Sink::new(SinkKind::Stripe {
+        api_base: mock.url.clone(),
+        api_key_file: key_file,
+    });
+    let tenant = tollgate_crds::snapshot::ObjectKey::new("shop", "acme");
+    let event = UsageEvent {
+        id: "tg1-0123",
+        event_name: "api_requests",
+        value: 7,
+        timestamp: Timestamp::now(),
+        customer: "cus_acme",
+        tenant: &tenant,
+        plan: "metered",
+        quota: "monthly-requests",
+        period_start: "2026-12-01T00:00:00Z",
+    };
+    assert_eq!(stripe.send(&event).await?, Delivered::Accepted);
+
+    // CloudEvents: a tenant without a Stripe customer is billed as itself.
+    let mut fleet = Fleet::new("billing-cloudevents").await?;
+    let redis = fleet.start_redis()?;
+    fleet.proxy_args = vec![format!("--store={redis}")];
+    let sink = BillingSink::start().await?;
+    let url = format!("{}/events", sink.url());
+    let kubeconfig = fleet.operator_kubeconfig().to_path_buf();
+    fleet
+        .start_operator_as(
+            &kubeconfig,
+            &[
+                ("--store", redis.as_str()),
+                ("--usage-export", "cloudevents"),
+                ("--usage-export-url", url.as_str()),
+                ("--usage-export-interval", "1s"),
+            ],
+        )
+        .await?;
+    fleet.wait_leader(0).await?;
+    fleet.ns.apply_ok(EXPORT_WORLD)?;
+    fleet.start_proxy("a")?;
+    fleet.wait_status(0, "/api", "key-gamma", 200).await?;
+    let admitted = 1 + admit(&fleet, "key-gamma", 5).await?;
+    let subject = format!("{}/gamma", fleet.ns.name);
+    eventually(
+        Duration::from_secs(60),
+        "gamma's requests as CloudEvents",
+        || async { (sink.billed(&subject) == admitted).then_some(()) },
+    )
+    .await
+    .with_context(|| fleet.log_tails())?;
+    let event = &sink.deliveries()[0].cloud_event;
+    assert_eq!(event["specversion"], "1.0");
+    assert_eq!(event["type"], "api_requests");
+    assert_eq!(event["source"], format!("tollgate/{}/gamma", fleet.ns.name));
+    assert_eq!(event["datacontenttype"], "application/json");
+    assert_eq!(event["data"]["quota"], "monthly-requests");
+    assert!(
+        event["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("tg1-"))
+    );
     Ok(())
 }

@@ -330,6 +330,11 @@ impl Fleet {
         self.operators[index].process.stop_and_wait();
     }
 
+    /// Kills operator `index` with SIGKILL (it releases nothing: its Lease runs out).
+    pub fn kill_operator(&mut self, index: usize) {
+        self.operators[index].process.kill();
+    }
+
     /// The last lines of every operator's and proxy's log, to attach to a failed wait: what
     /// each process was doing says why the awaited state never came.
     pub fn log_tails(&self) -> String {

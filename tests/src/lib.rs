@@ -6,6 +6,7 @@
 //! Each test takes a fresh namespace with [`TestNamespace::new`]. Servers die with the test
 //! binary, whatever way it ends.
 
+pub mod billing_sink;
 pub mod control_plane;
 pub mod fleet;
 pub mod https;

@@ -22,6 +22,7 @@ const WATCHDOG: &str = r#"
 parent=$1; scratch=$2; log=$3; cleanup=$4; shift 4
 child=
 trap '[ -n "$child" ] && kill -TERM -$child 2>/dev/null' TERM
+trap '[ -n "$child" ] && kill -KILL -$child 2>/dev/null' USR1
 setsid "$@" >>"$log" 2>&1 &
 child=$!
 # After the start: a signal ignored here would stay ignored in the server.
@@ -148,6 +149,21 @@ impl Supervised {
     /// Path of the log file.
     pub fn log_path(&self) -> &Path {
         &self.log
+    }
+
+    /// Kills the server with SIGKILL (no shutdown of any kind: a crash, an OOM kill) and waits
+    /// until it is gone (up to 10 s).
+    pub fn kill(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-USR1")
+            .arg(self.watchdog.id().to_string())
+            .status();
+        for _ in 0..200 {
+            if !self.is_running() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// Stops the server (its scratch directory goes when the test binary exits).
