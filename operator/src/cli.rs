@@ -106,7 +106,7 @@ pub struct Cli {
     pub label_pod_role: bool,
 
     /// How long a leader's lease lasts without renewal (failover time).
-    #[arg(long, env = "TOLLGATE_LEASE_DURATION", default_value = "15s", value_parser = duration, value_name = "DURATION")]
+    #[arg(long, env = "TOLLGATE_LEASE_DURATION", default_value = "15s", value_parser = positive_duration, value_name = "DURATION")]
     pub lease_duration: Duration,
 
     /// Quiet time after a change before compiling (batches bursts of edits).
@@ -125,7 +125,7 @@ pub struct Cli {
 
     /// How often the leader reads usage from --store (Tenant.status.usage is promised at least
     /// every 30 s). One MGET per tenant and plan.
-    #[arg(long, env = "TOLLGATE_USAGE_REFRESH", default_value = "10s", value_parser = duration, value_name = "DURATION")]
+    #[arg(long, env = "TOLLGATE_USAGE_REFRESH", default_value = "10s", value_parser = positive_duration, value_name = "DURATION")]
     pub usage_refresh: Duration,
 
     /// Format of the operator's logs (stderr; RUST_LOG filters, default info).
@@ -172,7 +172,7 @@ pub struct ExportArgs {
 
     /// Time between two export rounds: how far billing may lag behind the fleet. One Redis
     /// read per tenant and plan with exported quotas, one event per series with new usage.
-    #[arg(long, env = "TOLLGATE_USAGE_EXPORT_INTERVAL", default_value = "60s", value_parser = duration, value_name = "DURATION")]
+    #[arg(long, env = "TOLLGATE_USAGE_EXPORT_INTERVAL", default_value = "60s", value_parser = positive_duration, value_name = "DURATION")]
     pub usage_export_interval: Duration,
 }
 
@@ -212,7 +212,8 @@ pub struct StripeArgs {
     pub stripe_api_base: String,
 
     /// Time between two reads of every named subscription: the longest a missed webhook stays
-    /// wrong. One API request per Tenant with spec.billing.stripe per interval.
+    /// wrong. One API request per Tenant with spec.billing.stripe per interval. 0s: no periodic
+    /// read (the key then serves the usage export only).
     #[arg(long, env = "TOLLGATE_STRIPE_REPAIR_INTERVAL", default_value = "10m", value_parser = duration, value_name = "DURATION")]
     pub stripe_repair_interval: Duration,
 }
@@ -282,4 +283,37 @@ pub use tollgate_crds::process::LogFormat;
 
 fn duration(text: &str) -> Result<Duration, tollgate_crds::duration::InvalidDuration> {
     tollgate_crds::duration::parse_duration(text)
+}
+
+/// A duration that must not be zero (a period between rounds, a lease): zero would stop the
+/// operator after it had started, instead of at its flags.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match duration(text) {
+        Ok(d) if d.is_zero() => Err("must be more than 0".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_of_zero_are_refused_at_the_flags() {
+        for flag in [
+            "--lease-duration",
+            "--usage-refresh",
+            "--usage-export-interval",
+        ] {
+            let err = Cli::try_parse_from(["tollgate-operator", flag, "0s"])
+                .expect_err("zero refused")
+                .to_string();
+            assert!(err.contains("must be more than 0"), "{flag}: {err}");
+        }
+        // The periodic Stripe read may be off.
+        let cli = Cli::try_parse_from(["tollgate-operator", "--stripe-repair-interval", "0s"])
+            .expect("0s turns the read off");
+        assert!(cli.stripe.stripe_repair_interval.is_zero());
+    }
 }

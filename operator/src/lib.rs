@@ -272,9 +272,6 @@ fn export_sink(cli: &Cli) -> Result<Option<export::sink::Sink>> {
              (without Redis each proxy counts alone, and a proxy's counts go with its pod)"
         );
     }
-    if args.usage_export_interval.is_zero() {
-        anyhow::bail!("--usage-export-interval must be more than 0");
-    }
     let kind = match kind {
         cli::ExportSink::Stripe => {
             let Some(file) = cli.stripe.stripe_api_key_file.clone() else {
@@ -364,11 +361,17 @@ async fn start_stripe(
             tenants.clone(),
             metrics.clone(),
         ));
-        let repair = billing::repair::Repair {
-            reader: shared.clone(),
-            interval: args.stripe_repair_interval,
-        };
-        tokio::spawn(repair.run(leading.clone()));
+        if args.stripe_repair_interval.is_zero() {
+            tracing::info!(
+                "--stripe-repair-interval is 0s: subscriptions are not read periodically"
+            );
+        } else {
+            let repair = billing::repair::Repair {
+                reader: shared.clone(),
+                interval: args.stripe_repair_interval,
+            };
+            tokio::spawn(repair.run(leading.clone()));
+        }
         reader = Some(shared);
     }
     let Some(addr) = args.stripe_webhook_listen else {

@@ -192,7 +192,7 @@ pub struct Cli {
     pub max_connections: u32,
 
     /// How often standalone mode checks the manifest directory for changes.
-    #[arg(long, env = "TOLLGATE_RELOAD_INTERVAL", default_value = "500ms", value_parser = duration, value_name = "DURATION")]
+    #[arg(long, env = "TOLLGATE_RELOAD_INTERVAL", default_value = "500ms", value_parser = positive_duration, value_name = "DURATION")]
     pub reload_interval: Duration,
 }
 
@@ -202,12 +202,11 @@ fn duration(text: &str) -> Result<Duration, tollgate_crds::duration::InvalidDura
     tollgate_crds::duration::parse_duration(text)
 }
 
-/// A duration above zero: a zero connection timeout would close every connection at once.
+/// A duration above zero: a zero connection timeout would close every connection at once, a
+/// zero reload interval would spin a core checking the manifests.
 fn positive_duration(text: &str) -> Result<Duration, String> {
     match duration(text).map_err(|e| e.to_string())? {
-        Duration::ZERO => {
-            Err("must be more than 0 (a zero timeout would close every connection at once)".into())
-        }
+        Duration::ZERO => Err("must be more than 0".into()),
         d => Ok(d),
     }
 }
@@ -222,5 +221,20 @@ mod tests {
         let zero = positive_duration("0s").expect_err("zero refused");
         assert!(zero.contains("more than 0"), "{zero}");
         assert!(positive_duration("abc").is_err());
+    }
+
+    #[test]
+    fn every_timeout_and_interval_flag_refuses_zero() {
+        for flag in [
+            "--header-timeout",
+            "--idle-timeout",
+            "--send-timeout",
+            "--reload-interval",
+        ] {
+            let err = Cli::try_parse_from(["tollgate-proxy", flag, "0s"])
+                .expect_err("zero refused")
+                .to_string();
+            assert!(err.contains("must be more than 0"), "{flag}: {err}");
+        }
     }
 }

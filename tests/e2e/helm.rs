@@ -426,6 +426,82 @@ async fn helm_install_creates_the_release_and_the_operator_reconciles_with_its_r
 }
 
 #[test]
+fn usage_export_renders_its_flags_and_refuses_what_cannot_work() -> Result<()> {
+    let default = helm_ok(&["template", "t", &chart()])?;
+    assert!(!default.contains("--usage-export"));
+    let refused = |sets: &[&str], why: &str| -> Result<()> {
+        let chart = chart();
+        let mut args = vec!["template", "t", chart.as_str()];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let out = run_helm(&args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        anyhow::ensure!(!out.status.success(), "{sets:?} rendered");
+        anyhow::ensure!(stderr.contains(why), "{sets:?}: {stderr}");
+        Ok(())
+    };
+    refused(&["usageExport.sink=cloudevents"], "needs redis")?;
+    refused(
+        &["usageExport.sink=cloudevents", "redis.deploy=true"],
+        "usageExport.url",
+    )?;
+    refused(
+        &["usageExport.sink=stripe", "redis.deploy=true"],
+        "needs stripe.enabled",
+    )?;
+    refused(&["usageExport.sink=kafka", "redis.deploy=true"], "sink")?;
+
+    let cloud = helm_ok(&[
+        "template",
+        "t",
+        &chart(),
+        "--set",
+        "usageExport.sink=cloudevents",
+        "--set",
+        "usageExport.url=https://openmeter.example.com/api/v1/events",
+        "--set",
+        "usageExport.tokenSecret=openmeter",
+        "--set",
+        "redis.url=redis://redis:6379",
+    ])?;
+    for wanted in [
+        "- --usage-export=cloudevents\n",
+        "- --usage-export-interval=60s\n",
+        "- --usage-export-url=https://openmeter.example.com/api/v1/events\n",
+        "- --usage-export-token-file=/etc/tollgate/usage-export/token\n",
+        "secretName: openmeter\n",
+        "- --store=redis://redis:6379\n",
+    ] {
+        assert!(cloud.contains(wanted), "{wanted:?} in the render");
+    }
+    // To Stripe without the periodic subscription read: the key, the read off.
+    let stripe = helm_ok(&[
+        "template",
+        "t",
+        &chart(),
+        "--set",
+        "usageExport.sink=stripe",
+        "--set",
+        "redis.deploy=true",
+        "--set",
+        "stripe.enabled=true",
+        "--set",
+        "stripe.existingSecret=tollgate-stripe",
+        "--set",
+        "stripe.repair.enabled=false",
+    ])?;
+    for wanted in [
+        "- --usage-export=stripe\n",
+        "- --stripe-api-key-file=/etc/tollgate/stripe/api-key\n",
+        "- --stripe-repair-interval=0s\n",
+    ] {
+        assert!(stripe.contains(wanted), "{wanted:?} in the render");
+    }
+    Ok(())
+}
+
+#[test]
 fn stripe_renders_the_receiver_its_secret_service_and_ingress() -> Result<()> {
     let default = helm_ok(&["template", "t", &chart()])?;
     assert!(!default.contains("--stripe-webhook-listen"));

@@ -131,7 +131,13 @@ impl Exporter {
                 changed = leading.changed() => if changed.is_err() { return },
             }
             let published = self.published.borrow().clone();
-            if !*leading.borrow() || published.version == 0 {
+            if !*leading.borrow() {
+                // The leader's figures: a standby shows none (a deposed leader's would be stale).
+                self.metrics.usage_export_unacknowledged.reset();
+                self.metrics.usage_export_oldest_pending.set(0);
+                continue;
+            }
+            if published.version == 0 {
                 continue;
             }
             self.round(&published.snapshot, &leading).await;
