@@ -489,16 +489,98 @@ fn wanted_series(
             let Some(event_name) = &quota.meter_event_name else {
                 continue;
             };
-            let w = window(quota.period, &tz, now);
-            wanted.push(ExportStatus {
-                quota_policy: plan_key.name.clone(),
-                quota: quota.name.clone(),
-                period_start: w.start.to_string(),
-                period_end: w.end.to_string(),
-                event_name: event_name.clone(),
-                ..ExportStatus::default()
-            });
+            let current = window(quota.period, &tz, now);
+            let mut windows = vec![current];
+            // The period just ended, for usage flushed after its end (its last second's): read
+            // while it is kept, even if it had none when it ended.
+            if now.duration_since(current.start) <= series::KEPT_AFTER_PERIOD
+                && let Ok(before) = current
+                    .start
+                    .checked_sub(jiff::SignedDuration::from_secs(1))
+            {
+                windows.push(window(quota.period, &tz, before));
+            }
+            for w in windows {
+                wanted.push(ExportStatus {
+                    quota_policy: plan_key.name.clone(),
+                    quota: quota.name.clone(),
+                    period_start: w.start.to_string(),
+                    period_end: w.end.to_string(),
+                    event_name: event_name.clone(),
+                    ..ExportStatus::default()
+                });
+            }
         }
     }
     wanted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        serde_json::from_value(serde_json::json!({
+            "routes": [],
+            "plans": [{
+                "key": {"namespace": "shop", "name": "gold"},
+                "rateLimits": [], "timezone": "UTC", "pricing": null, "paymentUrl": null,
+                "failurePolicy": "FailClosed",
+                "quotas": [
+                    {"name": "calls", "metric": "Requests", "limit": "100", "period": "Month",
+                     "meterEventName": "api_requests"},
+                    {"name": "hourly", "metric": "Requests", "limit": "10", "period": "Hour"}
+                ]
+            }],
+            "tenants": [{
+                "key": {"namespace": "shop", "name": "acme"},
+                "displayName": null, "keyDigests": [], "plan": {"namespace": "shop", "name": "gold"},
+                "billingState": "Active", "paidThrough": null,
+                "subscriptions": [{"route": "api", "plan": {"namespace": "shop", "name": "gold"}}]
+            }]
+        }))
+        .expect("a valid snapshot")
+    }
+
+    fn periods(now: &str) -> Vec<(String, String)> {
+        let snapshot = snapshot();
+        let plans: HashMap<&ObjectKey, &Plan> =
+            snapshot.plans.iter().map(|p| (&p.key, p)).collect();
+        let now: Timestamp = now.parse().expect("timestamp");
+        wanted_series(&snapshot.tenants[0], &plans, now)
+            .into_iter()
+            .map(|s| {
+                assert_eq!(
+                    (s.quota.as_str(), s.event_name.as_str()),
+                    ("calls", "api_requests")
+                );
+                (s.period_start, s.period_end)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_period_just_ended_is_read_for_an_hour_for_usage_flushed_after_its_end() {
+        // Only quotas with a meterEventName, once although two subscriptions use the plan.
+        assert_eq!(
+            periods("2026-12-15T10:00:00Z"),
+            [(
+                "2026-12-01T00:00:00Z".to_owned(),
+                "2027-01-01T00:00:00Z".to_owned()
+            )]
+        );
+        let both = [
+            (
+                "2027-01-01T00:00:00Z".to_owned(),
+                "2027-02-01T00:00:00Z".to_owned(),
+            ),
+            (
+                "2026-12-01T00:00:00Z".to_owned(),
+                "2027-01-01T00:00:00Z".to_owned(),
+            ),
+        ];
+        assert_eq!(periods("2027-01-01T00:00:01Z"), both);
+        assert_eq!(periods("2027-01-01T01:00:00Z"), both);
+        assert_eq!(periods("2027-01-01T01:00:01Z").len(), 1);
+    }
 }
