@@ -20,6 +20,7 @@ pub mod billing;
 use crate::duration::parse_duration;
 use crate::resources::{
     self, ApiRoute, Approval, Metric, QuotaPolicy, SubscriptionState, SubscriptionStatus,
+    WhenExhausted,
 };
 use crate::snapshot::{
     HostMatch, InjectedHeader, KeyDigest, ModelPrice, ObjectKey, PathMatch, Plan, Pricing, Quota,
@@ -263,6 +264,9 @@ fn compile_plan(key: &ObjectKey, plan: &QuotaPolicy) -> Result<Plan, Vec<FieldEr
         ));
     }
     let mut quota_names = BTreeSet::new();
+    // A Stripe meter sums what it is sent: two quotas exported under one name would bill each
+    // request twice.
+    let mut event_names = BTreeSet::new();
     let mut quotas = Vec::new();
     for (i, q) in spec.quotas.iter().enumerate() {
         let field = format!("spec.quotas[{i}]");
@@ -298,8 +302,54 @@ fn compile_plan(key: &ObjectKey, plan: &QuotaPolicy) -> Result<Plan, Vec<FieldEr
                     at
                 },
                 meter_event_name: q.meter_event_name.clone(),
+                overage: q.when_exhausted == WhenExhausted::Overage,
+                overage_meter_event_name: q.overage_meter_event_name.clone(),
             }),
             Err(e) => errors.push(invalid(format!("{field}.limit"), e)),
+        }
+        for (name, value) in [
+            ("meterEventName", &q.meter_event_name),
+            ("overageMeterEventName", &q.overage_meter_event_name),
+        ] {
+            if let Some(v) = value
+                && (v.is_empty()
+                    || v.len() > 100
+                    || !v
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c)))
+            {
+                errors.push(invalid(
+                    format!("{field}.{name}"),
+                    format!("{v:?}: 1 to 100 letters, digits, '_', '.', ':' or '-'"),
+                ));
+            }
+        }
+        for (name, value) in [
+            ("meterEventName", &q.meter_event_name),
+            ("overageMeterEventName", &q.overage_meter_event_name),
+        ] {
+            if let Some(v) = value
+                && !event_names.insert(v.as_str())
+            {
+                errors.push(invalid(
+                    format!("{field}.{name}"),
+                    format!(
+                        "event name {v:?} is exported twice in this plan: each request would be billed twice"
+                    ),
+                ));
+            }
+        }
+        if q.overage_meter_event_name.is_some() && q.when_exhausted != WhenExhausted::Overage {
+            errors.push(invalid(
+                format!("{field}.overageMeterEventName"),
+                "needs whenExhausted: Overage (a quota that refuses has no overage)",
+            ));
+        }
+        if q.overage_meter_event_name.is_some() && q.meter_event_name.is_none() {
+            errors.push(invalid(
+                format!("{field}.overageMeterEventName"),
+                "needs meterEventName (the usage up to the limit)",
+            ));
         }
         // The schema says so to the API server; manifests run standalone are checked here.
         if let Some(bad) = q.alert_at.iter().find(|&&at| !(1..=100).contains(&at)) {

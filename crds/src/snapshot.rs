@@ -431,6 +431,12 @@ pub struct Quota {
     /// The billing event name its usage is exported under (read by the operator only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meter_event_name: Option<String>,
+    /// Served past the limit (metered as overage) instead of refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overage: bool,
+    /// The event name of the usage beyond the limit (operator only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overage_meter_event_name: Option<String>,
 }
 
 impl Quota {

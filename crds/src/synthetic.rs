@@ -88,6 +88,8 @@ pub fn synthetic_shaped(namespace: &str, shape: &Shape) -> Synthetic {
                     models: vec![],
                     alert_at: vec![],
                     meter_event_name: None,
+                    when_exhausted: Default::default(),
+                    overage_meter_event_name: None,
                 }],
                 timezone: "UTC".into(),
                 ..Default::default()

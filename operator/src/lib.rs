@@ -9,6 +9,7 @@
 //!   [`export`]: metered usage out to billing, exactly once.
 #![forbid(unsafe_code)]
 
+pub mod alert_webhook;
 pub mod billing;
 pub mod cli;
 pub mod config_server;
@@ -235,6 +236,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             metrics: metrics.clone(),
             recorder,
             reporter,
+            webhooks: Arc::new(alert_webhook::AlertWebhooks::new(client.clone())),
         }
         .run(),
     );

@@ -49,6 +49,8 @@ pub struct OperatorMetrics {
     pub stripe_reads: IntCounterVec,
     /// Spend alerts announced, by threshold.
     pub spend_alerts: IntCounterVec,
+    /// Spend alerts POSTed to tenants' owners, by result (delivered, failed).
+    pub spend_alert_webhooks: IntCounterVec,
     /// Usage events sent to the billing sink, by result (accepted, duplicate, failed, stuck).
     pub usage_export_events: IntCounterVec,
     /// Units metered and not yet acknowledged by the sink, by event name (the export's drift).
@@ -189,6 +191,13 @@ impl OperatorMetrics {
                 ),
                 &["threshold"],
             )?,
+            spend_alert_webhooks: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_operator_spend_alert_webhooks_total",
+                    "Spend alerts POSTed to a Tenant's alertWebhook, by result: delivered, failed (after 3 attempts; the Event on the Tenant remains).",
+                ),
+                &["result"],
+            )?,
             usage_export_events: IntCounterVec::new(
                 Opts::new(
                     "tollgate_operator_usage_export_events_total",
@@ -236,6 +245,7 @@ impl OperatorMetrics {
         registry.register(Box::new(m.stripe_events.clone()))?;
         registry.register(Box::new(m.stripe_reads.clone()))?;
         registry.register(Box::new(m.spend_alerts.clone()))?;
+        registry.register(Box::new(m.spend_alert_webhooks.clone()))?;
         registry.register(Box::new(m.usage_export_events.clone()))?;
         registry.register(Box::new(m.usage_export_unacknowledged.clone()))?;
         registry.register(Box::new(m.usage_export_oldest_pending.clone()))?;

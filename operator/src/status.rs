@@ -70,6 +70,8 @@ pub struct StatusWriter {
     /// Who reports Events (spend alerts get a recorder each: a shared one folds Events of the
     /// same reason and type into one series within minutes, keeping the first note).
     pub reporter: Reporter,
+    /// Spend alerts to the tenants' owners' webhooks.
+    pub webhooks: Arc<crate::alert_webhook::AlertWebhooks>,
 }
 
 impl std::fmt::Debug for StatusWriter {
@@ -589,6 +591,30 @@ impl StatusWriter {
             .spend_alerts
             .with_label_values(&[&alert.threshold.to_string()])
             .inc();
+        // The owner's webhook, after the Event and in the background: the Event is the record;
+        // a slow owner's endpoint must not hold the status round.
+        if tenant.spec.alert_webhook.is_some() {
+            let (webhooks, metrics) = (self.webhooks.clone(), self.metrics.clone());
+            let (tenant, alert) = (tenant.clone(), alert.clone());
+            let (used, limit) = (used.to_owned(), limit.to_owned());
+            tokio::spawn(async move {
+                let result = webhooks.deliver(&tenant, &alert, &used, &limit).await;
+                let outcome = if result.is_ok() {
+                    "delivered"
+                } else {
+                    "failed"
+                };
+                metrics
+                    .spend_alert_webhooks
+                    .with_label_values(&[outcome])
+                    .inc();
+                if let Err(e) = result {
+                    tracing::warn!(tenant = %alert.tenant, quota = %alert.quota,
+                        threshold = alert.threshold, error = %e,
+                        "spend alert not delivered to the tenant's alertWebhook (the Event on the Tenant has it)");
+                }
+            });
+        }
         true
     }
 

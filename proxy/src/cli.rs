@@ -107,6 +107,13 @@ pub struct Cli {
     #[arg(long, env = "TOLLGATE_STORE_SLICES", default_value_t = true, action = ArgAction::Set, value_name = "BOOL")]
     pub store_slices: bool,
 
+    /// With a Redis store, how long after its admission a request counts as settled usage (what
+    /// the operator's usage export bills): until then a 502 or 504 can still give it back. Cover
+    /// your routes' longest backend timeout; a request given back later is billed unless more of
+    /// the tenant's requests follow in its period. At most 1h.
+    #[arg(long, env = "TOLLGATE_SETTLE_AFTER", default_value = "60s", value_parser = settle_after, value_name = "DURATION")]
+    pub settle_after: Duration,
+
     #[command(flatten)]
     pub store_tls: tollgate_crds::counter_store::StoreTlsArgs,
 
@@ -211,6 +218,15 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// `--settle-after`: more than 0, at most an hour (the longest backend timeout a route may have).
+fn settle_after(text: &str) -> Result<Duration, String> {
+    let d = positive_duration(text)?;
+    if d > Duration::from_secs(3600) {
+        return Err("must be at most 1h (the longest backend timeout a route may have)".into());
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,11 +246,16 @@ mod tests {
             "--idle-timeout",
             "--send-timeout",
             "--reload-interval",
+            "--settle-after",
         ] {
             let err = Cli::try_parse_from(["tollgate-proxy", flag, "0s"])
                 .expect_err("zero refused")
                 .to_string();
             assert!(err.contains("must be more than 0"), "{flag}: {err}");
         }
+        let err = Cli::try_parse_from(["tollgate-proxy", "--settle-after", "2h"])
+            .expect_err("over an hour refused")
+            .to_string();
+        assert!(err.contains("at most 1h"), "{err}");
     }
 }

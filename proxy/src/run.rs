@@ -104,8 +104,13 @@ async fn serve(
             url: cli.store.clone(),
             tls: cli.store_tls.clone(),
         };
-        let store = quota::redis::RedisStore::connect(&target, cli.store_slices, store_metrics)
-            .context("the counter store (--store memory, or a Redis URL)")?;
+        let store = quota::redis::RedisStore::connect(
+            &target,
+            cli.store_slices,
+            cli.settle_after,
+            store_metrics,
+        )
+        .context("the counter store (--store memory, or a Redis URL)")?;
         tracing::info!(store = %target.redacted_url(), "counting quotas in Redis");
         let settler = {
             let store = store.clone();

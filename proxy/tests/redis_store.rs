@@ -22,7 +22,15 @@ fn world(limit: u32, policy: &str) -> String {
 }
 
 async fn fleet(redis: &Redis, limit: u32, policy: &str, size: usize) -> Vec<ProxyProcess> {
-    fleet_on(&["--store", &redis.url()], limit, policy, size).await
+    // Settled usage a second after admission (the default waits for the longest backend
+    // timeout), so the tests read it soon.
+    fleet_on(
+        &["--store", &redis.url(), "--settle-after", "1s"],
+        limit,
+        policy,
+        size,
+    )
+    .await
 }
 
 /// `size` proxies started with `store_args`, one tenant with a monthly quota of `limit`.
@@ -137,7 +145,7 @@ async fn redis_down_fail_closed_answers_503_and_fail_open_reconciles() {
                 .replace("key-fleet", "key-open")
                 .replace("name: t}", "name: t2}"),
         )],
-        &["--store", &redis.url()],
+        &["--store", &redis.url(), "--settle-after", "1s"],
     )
     .await;
     assert_eq!(
@@ -850,7 +858,8 @@ async fn a_slice_held_when_the_period_ends_goes_back_to_that_period() {
         url: redis.url(),
         tls: Default::default(),
     };
-    let store = RedisStore::connect(&target, true, metrics).expect("store");
+    let store =
+        RedisStore::connect(&target, true, Duration::from_secs(60), metrics).expect("store");
     let last_second: jiff::Timestamp = "2026-11-30T23:59:59Z".parse().expect("time");
     let subject = Subject {
         tenant: &tenant.id,
@@ -983,4 +992,114 @@ async fn a_reservation_refused_by_a_rate_limit_goes_back_to_redis() {
         served > 0 && limited > 0,
         "{served} served, {limited} limited"
     );
+}
+
+/// One tenant (`key-billed`) under `quota` on every path, forwarded to `backend` with a 1 s
+/// timeout.
+fn billed_world(backend: &str, quota: &str) -> String {
+    format!(
+        "apiVersion: tollgate.dev/v1alpha1\nkind: QuotaPolicy\nmetadata: {{name: plan}}\n\
+         spec: {{quotas: [{quota}]}}\n---\n\
+         apiVersion: tollgate.dev/v1alpha1\nkind: ApiRoute\nmetadata: {{name: api}}\n\
+         spec: {{match: {{pathPrefix: /}}, backend: {{url: \"{backend}\", timeout: 1s}}}}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {{name: k}}\nstringData: {{apiKey: key-billed}}\n---\n\
+         apiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: t}}\n\
+         spec: {{quotaPolicyRef: {{name: plan}}, apiKeys: [{{secretRef: {{name: k}}}}], subscriptions: [{{apiRouteRef: {{name: api}}}}]}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_given_back_by_a_504_are_never_settled_for_billing() {
+    // Regression: a request was settled at admission and flushed within a second; the 504 that
+    // gave it back a second later could not take it out of the settled key, and billing counted
+    // it. Requests now settle --settle-after their admission, once they cannot be given back.
+    let backend = support::Backend::start().await;
+    let redis = Redis::start(support::free_port());
+    let world = billed_world(
+        &backend.url(),
+        r#"{name: monthly, limit: "100", period: Month}"#,
+    );
+    let mut proxy = ProxyProcess::start_with(
+        &[("world.yaml", world)],
+        &["--store", &redis.url(), "--settle-after", "3s"],
+    )
+    .await;
+    let key = [("x-api-key", "key-billed")];
+    for _ in 0..3 {
+        assert_eq!(proxy.get("/slow/1", &key).await.status, 200);
+    }
+    for _ in 0..2 {
+        proxy.problem_check(
+            &proxy.get("/slow/3000", &key).await,
+            504,
+            "backend-timeout",
+        );
+    }
+    assert_eq!(settled_usage(&redis, 3).await, 3, "settled while serving");
+    // Whatever was still settling is flushed at shutdown: nothing more.
+    assert!(proxy.terminate().await.success());
+    assert_eq!(redis.settled("tollgate:*"), 3, "settled after shutdown");
+    assert_eq!(redis.total("tollgate:*"), 3, "the counter agrees");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_overage_quota_serves_past_its_limit_says_so_and_counts_every_request() {
+    let backend = support::Backend::start().await;
+    let redis = Redis::start(support::free_port());
+    let world = billed_world(
+        &backend.url(),
+        r#"{name: monthly, limit: "3", period: Month, whenExhausted: Overage}"#,
+    );
+    let mut proxies = Vec::new();
+    for _ in 0..2 {
+        proxies.push(
+            ProxyProcess::start_with(
+                &[("world.yaml", world.clone())],
+                &["--store", &redis.url(), "--settle-after", "1s"],
+            )
+            .await,
+        );
+    }
+    let key = [("x-api-key", "key-billed")];
+    let mut overage = 0;
+    for i in 0..8 {
+        let reply = proxies[i % 2].get("/api/x", &key).await;
+        assert_eq!(reply.status, 200, "served past the limit");
+        if let Some(named) = reply.header("tollgate-overage") {
+            assert_eq!(named, "\"monthly\"");
+            assert_eq!(
+                reply.header("ratelimit"),
+                Some(
+                    format!("\"monthly\";r=0;t={}", reply.ratelimit_reset().unwrap_or(0)).as_str()
+                ),
+            );
+            overage += 1;
+        }
+    }
+    // Up to the limit the proxies lease one unit at a time (slices shrink near it): the count
+    // is exact, and every request past it says so.
+    assert_eq!(overage, 5, "responses that said overage");
+    assert_eq!(
+        settled_usage(&redis, 8).await,
+        8,
+        "every request is settled"
+    );
+    // The memory store too, with no Redis: the fourth request on is overage, each says so.
+    let alone = ProxyProcess::start(&[(
+        "world.yaml",
+        billed_world(
+            &backend.url(),
+            r#"{name: monthly, limit: "3", period: Month, whenExhausted: Overage}"#,
+        ),
+    )])
+    .await;
+    let said: Vec<bool> = futures::future::join_all((0..5).map(|_| alone.get("/api/x", &key)))
+        .await
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, 200);
+            r.header("tollgate-overage").is_some()
+        })
+        .collect();
+    assert_eq!(said.iter().filter(|s| **s).count(), 2, "{said:?}");
 }

@@ -631,6 +631,30 @@ spec:
   subscriptions: [{apiRouteRef: {name: api}}]
 "#;
 
+/// A plan that serves past its limit and bills the overage under its own event name.
+const OVERAGE_WORLD: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {name: overage}
+spec:
+  quotas:
+  - {name: monthly-requests, limit: "3", period: Month, whenExhausted: Overage,
+     meterEventName: api_requests, overageMeterEventName: api_requests_overage}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: delta-key, labels: {tollgate.dev/api-key: "true"}}
+stringData: {apiKey: key-delta}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Tenant
+metadata: {name: delta}
+spec:
+  quotaPolicyRef: {name: overage}
+  apiKeys: [{secretRef: {name: delta-key}}]
+  subscriptions: [{apiRouteRef: {name: api}}]
+"#;
+
 /// Calls `/api` `n` times with `key`, alternating between the proxies; every call must be
 /// admitted.
 async fn admit(fleet: &Fleet, key: &str, n: usize) -> Result<u64> {
@@ -660,7 +684,9 @@ async fn export_status(
 async fn usage_reaches_billing_exactly_once_when_the_leader_dies_mid_export() -> Result<()> {
     let mut fleet = Fleet::new("billing-export").await?;
     let redis = fleet.start_redis()?;
-    fleet.proxy_args = vec![format!("--store={redis}")];
+    // Requests settle a second after admission (the default waits out the longest backend
+    // timeout).
+    fleet.proxy_args = vec![format!("--store={redis}"), "--settle-after=1s".into()];
     let sink = BillingSink::start().await?;
     let key_file = fleet.dir().join("stripe-api-key");
     std::fs::write(&key_file, format!("{API_KEY}\n"))?;
@@ -828,7 +854,9 @@ async fn usage_goes_out_as_cloud_events_and_the_meter_event_form_passes_stripe_m
     // CloudEvents: a tenant without a Stripe customer is billed as itself.
     let mut fleet = Fleet::new("billing-cloudevents").await?;
     let redis = fleet.start_redis()?;
-    fleet.proxy_args = vec![format!("--store={redis}")];
+    // Requests settle a second after admission (the default waits out the longest backend
+    // timeout).
+    fleet.proxy_args = vec![format!("--store={redis}"), "--settle-after=1s".into()];
     let sink = BillingSink::start().await?;
     let url = format!("{}/events", sink.url());
     let kubeconfig = fleet.operator_kubeconfig().to_path_buf();
@@ -845,9 +873,33 @@ async fn usage_goes_out_as_cloud_events_and_the_meter_event_form_passes_stripe_m
         .await?;
     fleet.wait_leader(0).await?;
     fleet.ns.apply_ok(EXPORT_WORLD)?;
+    fleet.ns.apply_ok(OVERAGE_WORLD)?;
     fleet.start_proxy("a")?;
     fleet.wait_status(0, "/api", "key-gamma", 200).await?;
     let admitted = 1 + admit(&fleet, "key-gamma", 5).await?;
+    // Overage: served past the limit of 3, and billed in two parts.
+    fleet.wait_status(0, "/api", "key-delta", 200).await?;
+    admit(&fleet, "key-delta", 6).await?;
+    let delta = format!("{}/delta", fleet.ns.name);
+    eventually(
+        Duration::from_secs(60),
+        "delta's allowance and overage",
+        || async {
+            let by_name = |name: &str| {
+                let mut seen = std::collections::HashSet::new();
+                sink.deliveries()
+                    .into_iter()
+                    .filter(|d| {
+                        d.customer == delta && d.event_name == name && seen.insert(d.id.clone())
+                    })
+                    .map(|d| d.value)
+                    .sum::<u64>()
+            };
+            (by_name("api_requests") == 3 && by_name("api_requests_overage") == 4).then_some(())
+        },
+    )
+    .await
+    .with_context(|| fleet.log_tails())?;
     let subject = format!("{}/gamma", fleet.ns.name);
     eventually(
         Duration::from_secs(60),
@@ -856,7 +908,12 @@ async fn usage_goes_out_as_cloud_events_and_the_meter_event_form_passes_stripe_m
     )
     .await
     .with_context(|| fleet.log_tails())?;
-    let event = &sink.deliveries()[0].cloud_event;
+    let event = &sink
+        .deliveries()
+        .into_iter()
+        .find(|d| d.customer == subject)
+        .context("gamma's event")?
+        .cloud_event;
     assert_eq!(event["specversion"], "1.0");
     assert_eq!(event["type"], "api_requests");
     assert_eq!(event["source"], format!("tollgate/{}/gamma", fleet.ns.name));

@@ -468,7 +468,7 @@ fn usage_export_renders_its_flags_and_refuses_what_cannot_work() -> Result<()> {
     for wanted in [
         "- --usage-export=cloudevents\n",
         "- --usage-export-interval=60s\n",
-        "- --usage-export-url=https://openmeter.example.com/api/v1/events\n",
+        "- \"--usage-export-url=https://openmeter.example.com/api/v1/events\"\n",
         "- --usage-export-token-file=/etc/tollgate/usage-export/token\n",
         "secretName: openmeter\n",
         "- --store=redis://redis:6379\n",

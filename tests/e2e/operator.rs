@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use kube::api::Api;
 use tollgate_crds::resources::{ApiRoute, QuotaPolicy, SubscriptionState, Tenant};
+use tollgate_tests::billing_sink::BillingSink;
 use tollgate_tests::fleet::{Fleet, eventually, tenants_with_status};
 
 const WORLD: &str = r#"
@@ -897,6 +898,16 @@ async fn spend_alerts_are_announced_once_per_threshold_and_period() -> Result<()
     // The standby, started before the proxy so that the proxy knows both.
     fleet.start_operator_as(&kubeconfig, &lease).await?;
     fleet.ns.apply_ok(ALERTS_WORLD)?;
+    // erin's owner also gets its alerts, signed, at a webhook.
+    let owner = BillingSink::start().await?;
+    fleet.ns.apply_ok(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: erin-webhook}}\nstringData: {{secret: {WEBHOOK_SECRET}}}\n---\n\
+         apiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: erin}}\n\
+         spec: {{quotaPolicyRef: {{name: alerted}}, apiKeys: [{{secretRef: {{name: keys, key: erin}}}}], \
+         subscriptions: [{{apiRouteRef: {{name: hello}}}}], \
+         alertWebhook: {{url: \"{}/alerts\", secretRef: {{name: erin-webhook, key: secret}}}}}}\n",
+        owner.url()
+    ))?;
     fleet.start_proxy("proxy")?;
     fleet.wait_status(0, "/hello", "key-probe", 200).await?;
     let tenants: Api<Tenant> = Api::namespaced(fleet.ns.client.clone(), &fleet.ns.name);
@@ -970,6 +981,19 @@ async fn spend_alerts_are_announced_once_per_threshold_and_period() -> Result<()
         (Some(1.0), Some(1.0))
     );
 
+    // The owner's webhook, sent in the background after each Event.
+    eventually(REPORTED, "erin's two webhooks", || async {
+        (owner.webhooks().len() >= 2).then_some(())
+    })
+    .await
+    .with_context(|| fleet.log_tails())?;
+    let delivered = Fleet::metric(
+        first,
+        "tollgate_operator_spend_alert_webhooks_total{result=\"delivered\"}",
+    )
+    .await;
+    assert_eq!(delivered, Some(2.0));
+
     // The standby takes over with no usage reports yet: erin's status keeps its figures and
     // alerts meanwhile, and once the reports arrive nothing is announced again.
     fleet.stop_operator(0);
@@ -1003,5 +1027,66 @@ async fn spend_alerts_are_announced_once_per_threshold_and_period() -> Result<()
         .await
         .context("erin's status after the leader change")?;
     assert_eq!(spend_alert_events(&fleet, "erin")?.len(), 2);
+
+    // The owner's webhook got each of erin's two alerts once (frank names none), and the
+    // Standard Webhooks reference library verifies them with erin's secret.
+    let hooks = owner.webhooks();
+    assert_eq!(hooks.len(), 2, "{hooks:?}");
+    let verdicts = standard_webhook_verdicts(&hooks, WEBHOOK_SECRET)?;
+    let mut thresholds: Vec<u64> = verdicts
+        .iter()
+        .map(|v| {
+            let payload = &v["ok"];
+            assert_eq!(payload["type"], "spend_alert.threshold_reached", "{v}");
+            assert_eq!(payload["data"]["quota"], "monthly-requests", "{v}");
+            payload["data"]["threshold"].as_u64().unwrap_or(0)
+        })
+        .collect();
+    thresholds.sort_unstable();
+    assert_eq!(thresholds, [50, 100]);
+    assert_ne!(
+        hooks[0].headers["webhook-id"],
+        hooks[1].headers["webhook-id"]
+    );
+    // A tampered body or another secret fails.
+    let mut forged = hooks[0].clone();
+    forged.body = forged.body.replace("\"threshold\":50", "\"threshold\":100");
+    let other = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let refused = [
+        standard_webhook_verdicts(&[forged], WEBHOOK_SECRET)?,
+        standard_webhook_verdicts(&hooks[..1], other)?,
+    ];
+    for verdict in refused.iter().flatten() {
+        assert!(verdict["error"].is_string(), "{verdict}");
+    }
     Ok(())
+}
+
+/// erin's webhook signing secret (Standard Webhooks form: `whsec_` and base64 of 32 bytes).
+const WEBHOOK_SECRET: &str = "whsec_dG9sbGdhdGUtc3BlbmQtYWxlcnQtc2VjcmV0LTAwMDE=";
+
+/// The Standard Webhooks reference library's verdict on each delivery with `secret`: the
+/// payload it verified (`ok`), or its error.
+fn standard_webhook_verdicts(
+    hooks: &[tollgate_tests::billing_sink::WebhookDelivery],
+    secret: &str,
+) -> Result<Vec<serde_json::Value>> {
+    let input: Vec<serde_json::Value> = hooks
+        .iter()
+        .map(|h| serde_json::json!({"secret": secret, "headers": h.headers, "body": h.body}))
+        .collect();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/standard_webhook.py");
+    let mut child = std::process::Command::new(tollgate_tests::python::sdk_python())
+        .args([script, "verify"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(
+        child.stdin.as_mut().context("stdin")?,
+        &serde_json::to_vec(&input)?,
+    )?;
+    drop(child.stdin.take());
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(out.status.success(), "standard_webhook.py verify failed");
+    Ok(serde_json::from_slice(&out.stdout)?)
 }

@@ -8,6 +8,8 @@
 //! - `POST /events` (`application/cloudevents+json`): required attributes checked; a repeated
 //!   (source, id) is dropped silently with 204, as OpenMeter does.
 //!
+//! - `POST /alerts`: any body, recorded with its `webhook-*` headers (spend-alert webhooks), 204.
+//!
 //! Test knobs: [`BillingSink::hold_next`] records the next new event and then never answers
 //! (the sender dies waiting, or times out), [`BillingSink::fail_next`] answers 500 to the next
 //! deliveries without recording them.
@@ -44,8 +46,20 @@ pub struct Delivery {
     pub cloud_event: Value,
 }
 
+/// A webhook as received: its `webhook-id`, `webhook-timestamp` and `webhook-signature`
+/// headers, and its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookDelivery {
+    /// The three headers, by name.
+    pub headers: HashMap<String, String>,
+    /// The body, as sent.
+    pub body: String,
+}
+
 #[derive(Debug, Default)]
 struct State {
+    /// Spend-alert webhooks, in arrival order.
+    webhooks: Vec<WebhookDelivery>,
     /// Every delivery, copies included, in arrival order.
     deliveries: Vec<Delivery>,
     /// The first delivery of each id.
@@ -215,6 +229,11 @@ impl BillingSink {
             .sum()
     }
 
+    /// The spend-alert webhooks received.
+    pub fn webhooks(&self) -> Vec<WebhookDelivery> {
+        self.state().webhooks.clone()
+    }
+
     /// Deliveries of an id delivered before.
     pub fn copies(&self) -> usize {
         let state = self.state();
@@ -240,9 +259,24 @@ async fn handle(state: &Mutex<State>, req: Request<Incoming>) -> Response<Full<B
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
+    let webhook_headers: HashMap<String, String> =
+        ["webhook-id", "webhook-timestamp", "webhook-signature"]
+            .into_iter()
+            .filter_map(|name| {
+                let value = req.headers().get(name)?.to_str().ok()?;
+                Some((name.to_owned(), value.to_owned()))
+            })
+            .collect();
     let Ok(body) = req.into_body().collect().await.map(|b| b.to_bytes()) else {
         return reply(400, "text/plain", "unreadable body".into());
     };
+    if path == "/alerts" {
+        lock().webhooks.push(WebhookDelivery {
+            headers: webhook_headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+        return reply(204, "text/plain", String::new());
+    }
     let stripe = match (path.as_str(), content_type.as_str()) {
         ("/v1/billing/meter_events", "application/x-www-form-urlencoded") => true,
         ("/events", "application/cloudevents+json") => false,

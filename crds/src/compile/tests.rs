@@ -674,3 +674,47 @@ fn spend_alert_thresholds_are_percentages_each_once_in_order() {
     );
     assert_eq!(plan.quotas[0].alert_at, [50, 80, 100]);
 }
+
+#[test]
+fn exported_event_names_are_valid_each_once_per_plan_and_overage_needs_both() {
+    let plan = compiled_plan(
+        "{quotas: [{name: q, limit: '10', period: Month, meterEventName: api_requests, \
+         whenExhausted: Overage, overageMeterEventName: api_requests_overage}]}",
+    );
+    let q = &plan.quotas[0];
+    assert!(q.overage);
+    assert_eq!(q.meter_event_name.as_deref(), Some("api_requests"));
+    assert_eq!(
+        q.overage_meter_event_name.as_deref(),
+        Some("api_requests_overage")
+    );
+    assert!(!compiled_plan("{quotas: [{name: q, limit: '10', period: Day}]}").quotas[0].overage);
+
+    for (spec, field, says) in [
+        (
+            "{quotas: [{name: q, limit: '1', period: Day, meterEventName: 'api requests'}]}",
+            "spec.quotas[0].meterEventName",
+            "1 to 100 letters",
+        ),
+        (
+            "{quotas: [{name: d, limit: '1', period: Day, meterEventName: calls}, \
+             {name: m, limit: '9', period: Month, meterEventName: calls}]}",
+            "spec.quotas[1].meterEventName",
+            "billed twice",
+        ),
+        (
+            "{quotas: [{name: q, limit: '1', period: Day, meterEventName: a, overageMeterEventName: b}]}",
+            "spec.quotas[0].overageMeterEventName",
+            "whenExhausted: Overage",
+        ),
+        (
+            "{quotas: [{name: q, limit: '1', period: Day, whenExhausted: Overage, overageMeterEventName: b}]}",
+            "spec.quotas[0].overageMeterEventName",
+            "needs meterEventName",
+        ),
+    ] {
+        let d = plan_diagnostic(spec);
+        assert_eq!(d.field, field, "{spec}");
+        assert!(d.message.contains(says), "{spec}: {}", d.message);
+    }
+}

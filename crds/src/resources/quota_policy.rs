@@ -124,6 +124,9 @@ pub struct RateLimit {
 #[x_kube(validation = Rule::new(
     "self.metric == 'Cost' || self.limit.matches('^[0-9]+$')"
 ).message("limit must be a whole number unless metric is Cost").field_path(".limit"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.overageMeterEventName) || (has(self.whenExhausted) && self.whenExhausted == 'Overage' && has(self.meterEventName))"
+).message("overageMeterEventName needs whenExhausted: Overage and meterEventName").field_path(".overageMeterEventName"))]
 pub struct Quota {
     /// Name shown in RateLimit headers and problem bodies: lower-case letters, digits and '-', at most 63.
     #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
@@ -160,6 +163,31 @@ pub struct Quota {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 100), regex(pattern = r"^[A-Za-z0-9_.:-]+$"))]
     pub meter_event_name: Option<String>,
+    /// What happens once the quota is used up: Refuse (default: 402 quota-exhausted) or Overage
+    /// (served, with a `Tollgate-Overage` header naming the quota; the usage beyond the limit is
+    /// billed apart when `overageMeterEventName` is set).
+    #[serde(default, skip_serializing_if = "is_refuse")]
+    pub when_exhausted: WhenExhausted,
+    /// With `whenExhausted: Overage`, export the usage beyond the limit under this event name
+    /// (and only the usage up to the limit under `meterEventName`). Absent: all of it under
+    /// `meterEventName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 100), regex(pattern = r"^[A-Za-z0-9_.:-]+$"))]
+    pub overage_meter_event_name: Option<String>,
+}
+
+/// What a used-up quota does.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum WhenExhausted {
+    /// 402 quota-exhausted.
+    #[default]
+    Refuse,
+    /// Served and metered as overage.
+    Overage,
+}
+
+fn is_refuse(w: &WhenExhausted) -> bool {
+    *w == WhenExhausted::Refuse
 }
 
 /// What a quota counts.

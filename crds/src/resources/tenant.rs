@@ -71,6 +71,23 @@ pub struct TenantSpec {
         "self.all(s, self.exists_one(t, t.apiRouteRef.name == s.apiRouteRef.name))"
     ).message("each ApiRoute may appear only once in subscriptions"))]
     pub subscriptions: Vec<Subscription>,
+
+    /// Where the tenant's owner also receives its spend alerts (the plans' `alertAt`): a POST
+    /// per alert, signed the Standard Webhooks way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert_webhook: Option<AlertWebhook>,
+}
+
+/// A signed webhook for spend alerts.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertWebhook {
+    /// The owner's endpoint (https://; http:// for a receiver inside the cluster).
+    #[schemars(length(min = 8, max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
+    pub url: String,
+    /// The signing secret, `whsec_` and base64 (as Standard Webhooks libraries take it), in a
+    /// Secret of this namespace; name the key (`key: secret`).
+    pub secret_ref: SecretKeyRef,
 }
 
 /// Where one API key is stored.
@@ -205,6 +222,9 @@ pub struct ExportStatus {
     pub period_end: String,
     /// The event name the usage goes out under.
     pub event_name: String,
+    /// The usage beyond the quota's limit (`overageMeterEventName`), not the usage up to it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overage: bool,
     /// Settled usage in whole units (requests, tokens, millionths of the currency) as last
     /// read from the fleet's counters when this status was written.
     pub metered: u64,
@@ -234,6 +254,10 @@ pub struct PendingExport {
     pub timestamp: String,
     /// When it was first recorded (RFC 3339).
     pub created: String,
+    /// Who pays, as recorded: the Stripe customer, or the CloudEvent's subject. A resend goes
+    /// to the same one, whatever the Tenant names by then.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub customer: String,
 }
 
 impl StripeStatus {

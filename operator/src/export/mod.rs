@@ -33,9 +33,9 @@ use parking_lot::Mutex;
 use serde_json::json;
 use tokio::sync::watch;
 use tollgate_crds::compile::object_key;
-use tollgate_crds::counter_store::{StoreConnection, settled_key};
+use tollgate_crds::counter_store::{StoreConnection, settled_key, to_units};
 use tollgate_crds::period::window;
-use tollgate_crds::resources::{ExportStatus, Tenant};
+use tollgate_crds::resources::{ExportStatus, PendingExport, Tenant};
 use tollgate_crds::snapshot::{ObjectKey, Plan, Snapshot};
 
 use crate::metrics::OperatorMetrics;
@@ -158,7 +158,8 @@ impl Exporter {
                     .get(&key)
                     .map(|t| wanted_series(t, &plans, now))
                     .unwrap_or_default();
-                async move { self.tenant(&tenant, key, wanted, now, leading).await }
+                let plans = &plans;
+                async move { self.tenant(&tenant, key, wanted, plans, now, leading).await }
             })
             .buffer_unordered(CONCURRENT_TENANTS)
             .collect()
@@ -204,6 +205,7 @@ impl Exporter {
         tenant: &Tenant,
         key: ObjectKey,
         wanted: Vec<ExportStatus>,
+        plans: &HashMap<&ObjectKey, &Plan>,
         now: Timestamp,
         leading: &watch::Receiver<bool>,
     ) -> Outcome {
@@ -227,17 +229,36 @@ impl Exporter {
         };
         let mut entries = shown.clone();
         for w in wanted {
-            let present = entries.iter().any(|e| {
-                e.quota_policy == w.quota_policy
-                    && e.quota == w.quota
-                    && e.period_start == w.period_start
-            });
-            if !present {
+            if !entries.iter().any(|e| series::same(e, &w)) {
                 entries.push(w);
             }
         }
-        entries.retain(|e| !series::is_done(e, now));
-        let metered = self.read_settled(&key, &entries).await;
+        let settled = self.read_settled(&key, &entries).await;
+        // A quota that bills its overage apart splits its settled usage at its limit; the
+        // overage part of a quota no longer in the plan is not read.
+        let metered: Vec<Option<u64>> = entries
+            .iter()
+            .zip(settled)
+            .map(|(e, settled)| {
+                let quota = plans
+                    .get(&key.sibling(&e.quota_policy))
+                    .and_then(|p| p.quotas.iter().find(|q| q.name == e.quota));
+                let limit = quota
+                    .filter(|q| q.overage_meter_event_name.is_some())
+                    .map(|q| u64::try_from(to_units(q.metric, q.limit)).unwrap_or(u64::MAX));
+                if e.overage && limit.is_none() {
+                    return None;
+                }
+                settled.map(|s| series::share(s, limit, e.overage))
+            })
+            .collect();
+        // A series leaves the status once its period is long over, and only on a reading that
+        // shows everything acknowledged (a failed read keeps it for the next round).
+        let (mut entries, metered): (Vec<ExportStatus>, Vec<Option<u64>>) = entries
+            .into_iter()
+            .zip(metered)
+            .filter(|(e, read)| !(series::is_done(e, now) && *read == Some(e.acknowledged)))
+            .unzip();
 
         // First the events to send are recorded (nothing is sent that the status does not hold).
         for (entry, metered) in entries.iter_mut().zip(&metered) {
@@ -247,8 +268,11 @@ impl Exporter {
             }
             if let Next::Record(pending) = series::next(entry, metered, &uid, now) {
                 match &customer {
-                    Some(_) => {
-                        entry.pending = Some(pending);
+                    Some(customer) => {
+                        entry.pending = Some(PendingExport {
+                            customer: customer.clone(),
+                            ..pending
+                        });
                         entry.last_error = None;
                     }
                     None => {
@@ -265,11 +289,7 @@ impl Exporter {
         entries.retain(|e| {
             e.pending.is_some()
                 || e.last_error.is_some()
-                || shown.iter().any(|s| {
-                    s.quota_policy == e.quota_policy
-                        && s.quota == e.quota
-                        && s.period_start == e.period_start
-                })
+                || shown.iter().any(|s| series::same(s, e))
         });
         let mut version = tenant.resource_version();
         if entries != shown {
@@ -287,6 +307,8 @@ impl Exporter {
 
         // Then sent, and what the sink took recorded as acknowledged.
         let before_sending = entries.clone();
+        // (series, identifier, units) of each event the sink took.
+        let mut taken: Vec<(ExportStatus, String, u64)> = Vec::new();
         for entry in entries.iter_mut() {
             let Some(pending) = entry.pending.clone() else {
                 continue;
@@ -299,15 +321,15 @@ impl Exporter {
             );
             match series::next(entry, entry.metered, &uid, now) {
                 Next::Stuck => {
-                    self.metrics
-                        .usage_export_events
-                        .with_label_values(&["stuck"])
-                        .inc();
                     let stuck = format!(
-                        "event {} unacknowledged since {}: no longer sent (the sink may have lost track of its identifier); reconcile with the sink, then remove this pending event",
-                        pending.id, pending.created
+                        "event {} unacknowledged since {}: no longer sent (the sink may have forgotten its identifier). If the sink has it, set acknowledged to {} and remove pending; if not, add it there by hand first",
+                        pending.id, pending.created, pending.to
                     );
                     if entry.last_error.as_deref() != Some(stuck.as_str()) {
+                        self.metrics
+                            .usage_export_events
+                            .with_label_values(&["stuck"])
+                            .inc();
                         tracing::error!(tenant = %key, quota_policy = %entry.quota_policy, quota = %entry.quota, id = %pending.id, "usage event stuck");
                         entry.last_error = Some(stuck);
                     }
@@ -327,9 +349,12 @@ impl Exporter {
             if !*leading.borrow() {
                 break;
             }
-            let (Ok(timestamp), Some(customer)) =
-                (pending.timestamp.parse::<Timestamp>(), customer.as_deref())
-            else {
+            // Recorded with the event (a status from before it was: the Tenant's now).
+            let recorded = Some(pending.customer.as_str()).filter(|c| !c.is_empty());
+            let (Ok(timestamp), Some(customer)) = (
+                pending.timestamp.parse::<Timestamp>(),
+                recorded.or(customer.as_deref()),
+            ) else {
                 continue;
             };
             let event = UsageEvent {
@@ -354,6 +379,7 @@ impl Exporter {
                         .with_label_values(&[result])
                         .inc();
                     tracing::debug!(tenant = %key, id = %pending.id, value = event.value, result, "usage event delivered");
+                    taken.push((entry.clone(), pending.id.clone(), pending.to));
                     entry.acknowledged = pending.to;
                     entry.pending = None;
                     entry.last_error = None;
@@ -380,13 +406,21 @@ impl Exporter {
                 }
             }
         }
-        if entries != before_sending
-            && *leading.borrow()
-            && let Err(e) = self.write(&key, version.as_deref(), &entries).await
-        {
-            // The next round finds the events pending and sends them again (the sink drops
-            // the copies).
-            tracing::debug!(tenant = %key, error = %e, "usage export: acknowledgement not recorded; next round");
+        if entries != before_sending && *leading.borrow() {
+            let written = match self.write(&key, version.as_deref(), &entries).await {
+                // Another writer changed the Tenant meanwhile (the status writer's usage, a
+                // spec edit): acknowledged on what it holds now, if the events are still the
+                // ones pending there.
+                Err(kube::Error::Api(e)) if e.code == 409 && !taken.is_empty() => {
+                    self.acknowledge_again(&key, &taken).await
+                }
+                other => other.map(|_| ()),
+            };
+            if let Err(e) = written {
+                // The next round finds the events pending and sends them again (the sink drops
+                // the copies).
+                tracing::debug!(tenant = %key, error = %e, "usage export: acknowledgement not recorded; next round");
+            }
         }
         for entry in &entries {
             let behind = entry.metered.saturating_sub(entry.acknowledged);
@@ -442,6 +476,38 @@ impl Exporter {
         metered
     }
 
+    /// Records `delivered` (series, identifier, units) as acknowledged on the Tenant as the API
+    /// server has it now, for each series whose pending event is still that identifier.
+    async fn acknowledge_again(
+        &self,
+        key: &ObjectKey,
+        delivered: &[(ExportStatus, String, u64)],
+    ) -> Result<(), kube::Error> {
+        let api: Api<Tenant> = Api::namespaced(self.client.clone(), &key.namespace);
+        let current = api.get(&key.name).await?;
+        let mut entries = current
+            .status
+            .as_ref()
+            .map(|s| s.export.clone())
+            .unwrap_or_default();
+        let mut changed = false;
+        for (series, id, to) in delivered {
+            if let Some(e) = entries.iter_mut().find(|e| {
+                series::same(e, series) && e.pending.as_ref().is_some_and(|p| &p.id == id)
+            }) {
+                e.acknowledged = *to;
+                e.pending = None;
+                e.last_error = None;
+                changed = true;
+            }
+        }
+        if changed {
+            self.write(key, current.resource_version().as_deref(), &entries)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Writes `status.export` on condition that the Tenant is still at `version`; the
     /// resourceVersion written.
     async fn write(
@@ -489,26 +555,35 @@ fn wanted_series(
             let Some(event_name) = &quota.meter_event_name else {
                 continue;
             };
-            let current = window(quota.period, &tz, now);
-            let mut windows = vec![current];
-            // The period just ended, for usage flushed after its end (its last second's): read
-            // while it is kept, even if it had none when it ended.
-            if now.duration_since(current.start) <= series::KEPT_AFTER_PERIOD
-                && let Ok(before) = current
-                    .start
-                    .checked_sub(jiff::SignedDuration::from_secs(1))
+            let mut windows = vec![window(quota.period, &tz, now)];
+            // Periods that ended within KEPT_AFTER_PERIOD, for usage settled after their end:
+            // read even if they had none when they ended (hourly quotas: the two hours before).
+            while windows.len() < 4
+                && let Some(last) = windows.last()
+                && now.duration_since(last.start) <= series::KEPT_AFTER_PERIOD
+                && let Ok(before) = last.start.checked_sub(jiff::SignedDuration::from_secs(1))
             {
                 windows.push(window(quota.period, &tz, before));
             }
             for w in windows {
-                wanted.push(ExportStatus {
+                let series = ExportStatus {
                     quota_policy: plan_key.name.clone(),
                     quota: quota.name.clone(),
                     period_start: w.start.to_string(),
                     period_end: w.end.to_string(),
                     event_name: event_name.clone(),
                     ..ExportStatus::default()
-                });
+                };
+                let overage = quota
+                    .overage_meter_event_name
+                    .as_ref()
+                    .map(|name| ExportStatus {
+                        event_name: name.clone(),
+                        overage: true,
+                        ..series.clone()
+                    });
+                wanted.push(series);
+                wanted.extend(overage);
             }
         }
     }
@@ -529,7 +604,9 @@ mod tests {
                 "quotas": [
                     {"name": "calls", "metric": "Requests", "limit": "100", "period": "Month",
                      "meterEventName": "api_requests"},
-                    {"name": "hourly", "metric": "Requests", "limit": "10", "period": "Hour"}
+                    {"name": "hourly", "metric": "Requests", "limit": "10", "period": "Hour",
+                     "meterEventName": "hourly_requests"},
+                    {"name": "daily", "metric": "Requests", "limit": "10", "period": "Day"}
                 ]
             }],
             "tenants": [{
@@ -543,24 +620,23 @@ mod tests {
     }
 
     fn periods(now: &str) -> Vec<(String, String)> {
+        periods_of(now, "calls")
+    }
+
+    fn periods_of(now: &str, exported: &str) -> Vec<(String, String)> {
         let snapshot = snapshot();
         let plans: HashMap<&ObjectKey, &Plan> =
             snapshot.plans.iter().map(|p| (&p.key, p)).collect();
         let now: Timestamp = now.parse().expect("timestamp");
         wanted_series(&snapshot.tenants[0], &plans, now)
             .into_iter()
-            .map(|s| {
-                assert_eq!(
-                    (s.quota.as_str(), s.event_name.as_str()),
-                    ("calls", "api_requests")
-                );
-                (s.period_start, s.period_end)
-            })
+            .filter(|s| s.quota == exported)
+            .map(|s| (s.period_start, s.period_end))
             .collect()
     }
 
     #[test]
-    fn the_period_just_ended_is_read_for_an_hour_for_usage_flushed_after_its_end() {
+    fn the_period_just_ended_is_read_for_two_hours_for_usage_settled_after_its_end() {
         // Only quotas with a meterEventName, once although two subscriptions use the plan.
         assert_eq!(
             periods("2026-12-15T10:00:00Z"),
@@ -580,7 +656,27 @@ mod tests {
             ),
         ];
         assert_eq!(periods("2027-01-01T00:00:01Z"), both);
-        assert_eq!(periods("2027-01-01T01:00:00Z"), both);
-        assert_eq!(periods("2027-01-01T01:00:01Z").len(), 1);
+        assert_eq!(periods("2027-01-01T02:00:00Z"), both);
+        assert_eq!(periods("2027-01-01T02:00:01Z").len(), 1);
+        // Hourly: the hour, and the two before it (a request of 09:59 may settle after 10:59).
+        assert_eq!(
+            periods_of("2027-01-01T11:30:00Z", "hourly"),
+            [
+                (
+                    "2027-01-01T11:00:00Z".to_owned(),
+                    "2027-01-01T12:00:00Z".to_owned()
+                ),
+                (
+                    "2027-01-01T10:00:00Z".to_owned(),
+                    "2027-01-01T11:00:00Z".to_owned()
+                ),
+                (
+                    "2027-01-01T09:00:00Z".to_owned(),
+                    "2027-01-01T10:00:00Z".to_owned()
+                ),
+            ]
+        );
+        // Quotas without a meterEventName are not exported.
+        assert!(periods_of("2026-12-15T10:00:00Z", "daily").is_empty());
     }
 }

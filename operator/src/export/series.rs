@@ -5,11 +5,11 @@ use jiff::{SignedDuration, Timestamp};
 use sha2::{Digest, Sha256};
 use tollgate_crds::resources::{ExportStatus, PendingExport};
 
-/// How long after its period ends a series is still read and exported: the proxies flush
-/// settled usage every second and retry while Redis is away, so usage of the period's last
-/// moments (and of a Redis outage shorter than this) still goes out. Later additions to an
-/// ended period are not exported.
-pub const KEPT_AFTER_PERIOD: SignedDuration = SignedDuration::from_secs(3600);
+/// How long after its period ends a series is still read and exported: proxies settle a
+/// request up to `--settle-after` (at most 1 h) after its admission, flush every second and
+/// retry while Redis is away, so usage of the period's last hour (and of a Redis outage shorter
+/// than the rest) still goes out. Later additions to an ended period are not exported.
+pub const KEPT_AFTER_PERIOD: SignedDuration = SignedDuration::from_secs(2 * 3600);
 
 /// How long an event may stay unacknowledged before it is no longer sent: Stripe drops a
 /// repeated identifier for at least 24 hours, so a copy sent later might be counted twice.
@@ -17,8 +17,8 @@ pub const KEPT_AFTER_PERIOD: SignedDuration = SignedDuration::from_secs(3600);
 pub const STUCK_AFTER: SignedDuration = SignedDuration::from_hours(20);
 
 /// The idempotency identifier of the event that brings a series from `from` to `to` units:
-/// `tg1-` and the SHA-256 of the tenant's UID, the plan, the quota, the period start, and the
-/// range (68 characters; Stripe allows 100). The same range always gets the same identifier,
+/// `tg1-` and the SHA-256 of the tenant's UID, the plan, the quota (with `#overage` for the
+/// usage beyond its limit), the period start, and the range (68 characters; Stripe allows 100). The same range always gets the same identifier,
 /// whichever replica sends it; a Tenant deleted and created again under the same name gets a
 /// new UID, so its series never collide with the old one's.
 pub fn identifier(
@@ -76,6 +76,11 @@ pub fn next(series: &ExportStatus, metered: u64, tenant_uid: &str, now: Timestam
     if metered <= series.acknowledged {
         return Next::Nothing;
     }
+    let quota = if series.overage {
+        format!("{}#overage", series.quota)
+    } else {
+        series.quota.clone()
+    };
     let (Ok(start), Ok(end)) = (
         series.period_start.parse::<Timestamp>(),
         series.period_end.parse::<Timestamp>(),
@@ -86,7 +91,7 @@ pub fn next(series: &ExportStatus, metered: u64, tenant_uid: &str, now: Timestam
         id: identifier(
             tenant_uid,
             &series.quota_policy,
-            &series.quota,
+            &quota,
             &series.period_start,
             series.acknowledged,
             metered,
@@ -95,7 +100,27 @@ pub fn next(series: &ExportStatus, metered: u64, tenant_uid: &str, now: Timestam
         to: metered,
         timestamp: event_time(now, start, end).to_string(),
         created: now.to_string(),
+        // Filled in by the caller, who knows the Tenant.
+        customer: String::new(),
     })
+}
+
+/// The units of a quota's settled usage `settled` that a series covers: all of it, or with an
+/// overage event name (`limit` in whole units) the part up to the limit, or (`overage`) beyond it.
+pub fn share(settled: u64, limit: Option<u64>, overage: bool) -> u64 {
+    match (limit, overage) {
+        (None, _) => settled,
+        (Some(limit), false) => settled.min(limit),
+        (Some(limit), true) => settled.saturating_sub(limit),
+    }
+}
+
+/// Whether two entries are the same series (plan, quota, period, part).
+pub fn same(a: &ExportStatus, b: &ExportStatus) -> bool {
+    a.quota_policy == b.quota_policy
+        && a.quota == b.quota
+        && a.period_start == b.period_start
+        && a.overage == b.overage
 }
 
 /// Whether `series` is done: its period ended more than [`KEPT_AFTER_PERIOD`] ago and nothing
@@ -119,6 +144,7 @@ mod tests {
             period_start: "2026-12-01T00:00:00Z".into(),
             period_end: "2027-01-01T00:00:00Z".into(),
             event_name: "api_requests".into(),
+            overage: false,
             metered: acknowledged,
             acknowledged,
             pending,
@@ -195,6 +221,7 @@ mod tests {
             to: 5,
             timestamp: "2026-12-15T09:00:00Z".into(),
             created: "2026-12-15T09:00:00Z".into(),
+            customer: "cus_1".into(),
         };
         // Even when more usage came since: that goes in the next event.
         assert_eq!(
@@ -209,11 +236,33 @@ mod tests {
     }
 
     #[test]
-    fn a_series_is_done_an_hour_after_its_period_with_nothing_pending() {
+    fn the_usage_up_to_the_limit_and_beyond_it_are_two_series_with_their_own_ids() {
+        assert_eq!(share(150, None, false), 150);
+        assert_eq!(share(150, Some(100), false), 100);
+        assert_eq!(share(150, Some(100), true), 50);
+        assert_eq!(share(80, Some(100), false), 80);
+        assert_eq!(share(80, Some(100), true), 0);
+        let now = at("2026-12-15T10:00:00Z");
+        let overage = ExportStatus {
+            overage: true,
+            ..series(0, None)
+        };
+        let (Next::Record(a), Next::Record(b)) = (
+            next(&series(0, None), 50, "uid-1", now),
+            next(&overage, 50, "uid-1", now),
+        ) else {
+            panic!("expected two events");
+        };
+        assert_ne!(a.id, b.id, "same range, different series");
+        assert!(!same(&series(0, None), &overage));
+    }
+
+    #[test]
+    fn a_series_is_done_two_hours_after_its_period_with_nothing_pending() {
         let s = series(5, None);
         assert!(!is_done(&s, at("2026-12-31T23:00:00Z")));
-        assert!(!is_done(&s, at("2027-01-01T00:59:00Z")));
-        assert!(is_done(&s, at("2027-01-01T01:00:01Z")));
+        assert!(!is_done(&s, at("2027-01-01T01:59:00Z")));
+        assert!(is_done(&s, at("2027-01-01T02:00:01Z")));
         let pending = PendingExport {
             created: "2027-01-01T00:00:00Z".into(),
             ..PendingExport::default()

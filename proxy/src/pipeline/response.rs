@@ -46,7 +46,7 @@ pub fn with_lines_in_map(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
     resp
 }
 
-/// Adds the RateLimit, `WWW-Authenticate`, Deprecation and Sunset headers.
+/// Adds the RateLimit, `Tollgate-Overage`, `WWW-Authenticate`, Deprecation and Sunset headers.
 pub fn decorate(resp: &mut Response<ProxyBody>, v: &Verdict<'_>, problem: Option<ProblemKind>) {
     if let (Some(plan), Some((rate_limits, quotas))) = (&v.plan, &v.limits) {
         let template = &plan.ratelimit_headers;
@@ -61,6 +61,9 @@ pub fn decorate(resp: &mut Response<ProxyBody>, v: &Verdict<'_>, problem: Option
                 if let Some((policy, state)) = template.headers(rate_limits, quotas) {
                     resp.headers_mut().insert(RATELIMIT_POLICY, policy);
                     resp.headers_mut().insert(RATELIMIT, state);
+                }
+                if let Some(overage) = template.overage_header(quotas) {
+                    resp.headers_mut().insert(TOLLGATE_OVERAGE, overage);
                 }
             }
         }
@@ -84,6 +87,8 @@ const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("rateli
 const RATELIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit");
 const DEPRECATION: http::HeaderName = http::HeaderName::from_static("deprecation");
 const SUNSET: http::HeaderName = http::HeaderName::from_static("sunset");
+const TOLLGATE_OVERAGE: http::HeaderName =
+    http::HeaderName::from_static(crate::quota::headers::OVERAGE_HEADER);
 
 /// A problem as an HTTP response (Retry-After from the `retryAfter` member).
 pub fn problem_response(problem: &Problem, instance: &str) -> Response<ProxyBody> {

@@ -21,7 +21,12 @@ pub struct Template {
     rate_limits: Vec<Item>,
     /// Request-counted quotas, in plan order.
     quotas: Vec<Item>,
+    /// Quotas served past their limit (`whenExhausted: Overage`): index, limit, sf-string name.
+    overage: Vec<(usize, Decimal, Box<[u8]>)>,
 }
+
+/// Names a response's quotas that are past their limit and served as overage.
+pub const OVERAGE_HEADER: &str = "tollgate-overage";
 
 #[derive(Debug, Clone)]
 struct Item {
@@ -58,10 +63,48 @@ impl Template {
                 Some(Item::new(index, &q.name, whole(&q.limit), None))
             })
             .collect();
+        let overage = plan
+            .quotas
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.overage)
+            .map(|(i, q)| (i, q.limit, sf_string(&q.name).into_bytes().into()))
+            .collect();
         Self {
             rate_limits,
             quotas,
+            overage,
         }
+    }
+
+    /// Whether a quota of this response is past its limit, served as overage.
+    fn in_overage(&self, quotas: &[LimitState]) -> bool {
+        self.overage
+            .iter()
+            .any(|(i, limit, _)| quotas.get(*i).is_some_and(|s| s.used > *limit))
+    }
+
+    /// `Tollgate-Overage`'s value: the quotas past their limit (an sf-list of names).
+    fn write_overage(&self, quotas: &[LimitState], out: &mut impl BufMut) {
+        let mut first = true;
+        for (i, limit, name) in &self.overage {
+            if quotas.get(*i).is_some_and(|s| s.used > *limit) {
+                if !std::mem::take(&mut first) {
+                    out.put_slice(b", ");
+                }
+                out.put_slice(name);
+            }
+        }
+    }
+
+    /// The `Tollgate-Overage` header, when a quota is past its limit.
+    pub fn overage_header(&self, quotas: &[LimitState]) -> Option<HeaderValue> {
+        if !self.in_overage(quotas) {
+            return None;
+        }
+        let mut out = Vec::with_capacity(64);
+        self.write_overage(quotas, &mut out);
+        HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
     }
 
     /// The two header values, or `None` when the plan has no request-counted limit.
@@ -88,17 +131,18 @@ impl Template {
     /// The two headers as lines, for a response whose headers are written as bytes (a relayed
     /// backend response; see `raw_headers`), or `None` when the plan has no request-counted limit.
     pub fn lines(&self, rate_limits: &[LimitState], quotas: &[LimitState]) -> Option<OwnLines> {
-        if !self.has_items(rate_limits, quotas) {
-            return None;
-        }
-        Some(OwnLines::new(
-            &["ratelimit-policy", "ratelimit"],
-            256,
-            |i, out| match i {
-                0 => self.write_policy(rate_limits, quotas, out),
-                _ => self.write_state(rate_limits, quotas, out),
-            },
-        ))
+        let names: &'static [&'static str] =
+            match (self.has_items(rate_limits, quotas), self.in_overage(quotas)) {
+                (true, false) => &["ratelimit-policy", "ratelimit"],
+                (true, true) => &["ratelimit-policy", "ratelimit", OVERAGE_HEADER],
+                (false, true) => &[OVERAGE_HEADER],
+                (false, false) => return None,
+            };
+        Some(OwnLines::new(names, 256, |i, out| match names[i] {
+            "ratelimit-policy" => self.write_policy(rate_limits, quotas, out),
+            "ratelimit" => self.write_state(rate_limits, quotas, out),
+            _ => self.write_overage(quotas, out),
+        }))
     }
 
     fn has_items(&self, rate_limits: &[LimitState], quotas: &[LimitState]) -> bool {

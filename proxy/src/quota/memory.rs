@@ -293,7 +293,9 @@ impl MemoryStore {
                 quotas.push(state);
                 continue;
             };
-            let fits = counter.used < quota.limit && counter.used + needed <= quota.limit;
+            // An overage quota serves past its limit (and says so in a header).
+            let fits = quota.overage
+                || (counter.used < quota.limit && counter.used + needed <= quota.limit);
             if !fits && exhausted.is_none() {
                 exhausted = Some((state.clone(), needed));
             }

@@ -32,11 +32,12 @@
 //! at most the limit per window across the fleet, so a client can get up to twice the limit in
 //! the two windows around a boundary (in memory, GCRA never allows that).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use jiff::Timestamp;
 use parking_lot::Mutex;
 use rust_decimal::Decimal;
@@ -63,6 +64,15 @@ const ADJUST_ONCE: &str = include_str!("adjust_once.lua");
 const RECORD_SECONDS: i64 = 600;
 
 const KEEP_AFTER_PERIOD: i64 = 7 * 86_400;
+
+/// Admissions are grouped by this many seconds on their way to settled usage.
+const SETTLE_GRAIN: i64 = 5;
+
+/// Settled keys flushed at once.
+const CONCURRENT_FLUSHES: usize = 32;
+
+/// The limit Redis grants against for a quota that serves past its limit (`Overage`).
+const OVERAGE_BOUND: i64 = 1 << 52;
 
 /// Seconds for Redis to keep a key that, by this proxy's clock (`now`), expires at `expire_at`.
 ///
@@ -112,10 +122,13 @@ struct Counter {
     redis_used: i64,
     /// What this proxy admitted or charged in the period (its share, for usage reports).
     spent: Decimal,
-    /// Settled units: requests admitted and not refunded, calls' final tokens and cost (never a
-    /// reservation). Added to the counter's settled key in Redis ([`settled_key`]), which only
-    /// grows: the operator exports it to billing.
+    /// Settled units: requests admitted and past the time they could be given back, calls'
+    /// final tokens and cost (never a reservation). Added to the counter's settled key in Redis
+    /// ([`settled_key`]), which only grows: the operator exports it to billing.
     settled: i64,
+    /// Requests admitted recently, by the second they become settled (admission plus
+    /// `--settle-after`, rounded up to [`SETTLE_GRAIN`]): a 502 or 504 may still give them back.
+    maturing: VecDeque<(i64, i64)>,
     /// The part of `settled` Redis has confirmed. A refund after a flush leaves `settled` below
     /// it for a while; nothing is taken back (the settled key never goes down).
     flushed: i64,
@@ -159,6 +172,7 @@ impl Counter {
             redis_used: 0,
             spent: Decimal::ZERO,
             settled: 0,
+            maturing: VecDeque::new(),
             flushed: 0,
             flushing: None,
             debt: 0,
@@ -193,6 +207,8 @@ pub struct RedisStore {
     /// Lease slices (false: one Redis call per admission, as a naive INCR-per-request store does;
     /// for comparison in benchmarks).
     slices: bool,
+    /// How long after admission a request is settled (`--settle-after`), in seconds.
+    settle_after: i64,
     lease: redis::Script,
     adjust_once: redis::Script,
     counters: Mutex<HashMap<String, Counter>>,
@@ -215,6 +231,7 @@ impl RedisStore {
     pub fn connect(
         target: &StoreTarget,
         slices: bool,
+        settle_after: Duration,
         metrics: StoreMetrics,
     ) -> Result<Arc<Self>, StoreError> {
         let conn = target.connect(Timeouts {
@@ -226,6 +243,7 @@ impl RedisStore {
             conn,
             metrics,
             slices,
+            settle_after: i64::try_from(settle_after.as_secs()).unwrap_or(3600).max(1),
             lease: redis::Script::new(LEASE),
             adjust_once: redis::Script::new(ADJUST_ONCE),
             counters: Mutex::new(HashMap::new()),
@@ -499,7 +517,7 @@ impl RedisStore {
             let over = {
                 let mut counters = self.counters.lock();
                 let c = Self::counter(&mut counters, &subject, i, key, w);
-                c.redis_used + c.unconfirmed() >= limit
+                !quota.overage && c.redis_used + c.unconfirmed() >= limit
             };
             if exhausted.is_some() || (reserve == Some(0) && over) {
                 if over {
@@ -511,10 +529,26 @@ impl RedisStore {
                 continue;
             }
             let ttl = time_to_live(key_expiry(w, false), now);
-            match self
+            let mut took = self
                 .take_for_request(key, limit, ttl, reserve, fail_open, true, &mut taken)
-                .await
-            {
+                .await;
+            if quota.overage && took == Ok(false) {
+                // Past the limit, an overage quota still serves: Redis grants against a bound
+                // no fleet reaches (exact in Lua's doubles) and counts every unit. Below it,
+                // the real limit keeps slices small, so the count near it stays exact.
+                took = self
+                    .take_for_request(
+                        key,
+                        OVERAGE_BOUND,
+                        ttl,
+                        reserve,
+                        fail_open,
+                        true,
+                        &mut taken,
+                    )
+                    .await;
+            }
+            match took {
                 Ok(true) => {}
                 Ok(false) => {
                     exhausted = Some(i);
@@ -582,7 +616,11 @@ impl RedisStore {
             if exhausted.is_none() && exceeded.is_none() {
                 c.spent += reservation.share(i, quota.metric).unwrap_or(Decimal::ZERO);
                 if quota.metric == Metric::Requests && reservation.counts_in(i) {
-                    c.settled += 1;
+                    let due = self.settles_at(now);
+                    match c.maturing.back_mut() {
+                        Some((at, n)) if *at == due => *n += 1,
+                        _ => c.maturing.push_back((due, 1)),
+                    }
                 }
                 c.last_used = Instant::now();
             }
@@ -667,6 +705,7 @@ impl RedisStore {
                     || c.debt != 0
                     || !c.unanswered.is_empty()
                     || c.settled > c.flushed
+                    || !c.maturing.is_empty()
                     || c.flushing.is_some()
             });
             let mut work = Vec::new();
@@ -696,7 +735,7 @@ impl RedisStore {
             }
             work
         };
-        self.flush_settled(now).await;
+        self.flush_settled(now, all).await;
         for (key, expire_at, changes) in work {
             for a in changes {
                 let ttl = time_to_live(expire_at, now);
@@ -717,13 +756,28 @@ impl RedisStore {
     }
 
     /// Asks Redis whether leases sent without an answer were granted; keeps what was.
+    /// When a request admitted at `admitted` settles: `--settle-after` later, rounded up to
+    /// [`SETTLE_GRAIN`] (so a busy counter keeps one entry per grain).
+    fn settles_at(&self, admitted: Timestamp) -> i64 {
+        let at = admitted.as_second() + self.settle_after;
+        (at + SETTLE_GRAIN - 1).div_euclid(SETTLE_GRAIN) * SETTLE_GRAIN
+    }
+
     /// Adds each counter's settled units that Redis has not confirmed to its settled key, at
-    /// most once each (an unanswered flush is sent again with the same id).
-    async fn flush_settled(&self, now: Timestamp) {
+    /// most once each (an unanswered flush is sent again with the same id). Requests whose time
+    /// to be given back has passed (all of them with `all`, at shutdown) settle first.
+    async fn flush_settled(&self, now: Timestamp, all: bool) {
         let work: Vec<(String, String, i64, Adjustment)> = {
             let mut counters = self.counters.lock();
             let mut work = Vec::new();
             for (key, c) in counters.iter_mut() {
+                while let Some(&(due, n)) = c.maturing.front() {
+                    if due > now.as_second() && !all {
+                        break;
+                    }
+                    c.settled += n;
+                    c.maturing.pop_front();
+                }
                 if c.flushing.is_none() && c.settled > c.flushed {
                     let settled = settled_key(&c.tenant, &c.plan, &c.quota, c.window.start);
                     c.flushing = Some(Adjustment {
@@ -738,16 +792,22 @@ impl RedisStore {
             }
             work
         };
-        for (key, settled, expire_at, a) in work {
-            let ttl = time_to_live(expire_at, now);
-            if self.adjust(&settled, &a, ttl, "settled").await.is_err() {
-                continue; // Unanswered: sent again with the same id next time.
-            }
-            if let Some(c) = self.counters.lock().get_mut(&key) {
-                c.flushed += a.delta;
-                c.flushing = None;
-            }
-        }
+        let flushes = work
+            .into_iter()
+            .map(|(key, settled, expire_at, a)| async move {
+                let ttl = time_to_live(expire_at, now);
+                if self.adjust(&settled, &a, ttl, "settled").await.is_err() {
+                    return; // Unanswered: sent again with the same id next time.
+                }
+                if let Some(c) = self.counters.lock().get_mut(&key) {
+                    c.flushed += a.delta;
+                    c.flushing = None;
+                }
+            });
+        futures::stream::iter(flushes)
+            .buffer_unordered(CONCURRENT_FLUSHES)
+            .for_each(|()| async {})
+            .await;
     }
 
     async fn recover_unanswered_leases(&self) {
@@ -833,7 +893,13 @@ impl CounterStore for RedisStore {
                 let c = Self::counter(&mut counters, &subject, i, &key, w);
                 c.leased += 1;
                 c.spent = (c.spent - Decimal::ONE).max(Decimal::ZERO);
-                c.settled -= 1;
+                // Given back before it settled, as a refund comes within the backend's timeout;
+                // one that comes later is taken from what settles next (the key never goes down).
+                let due = self.settles_at(now);
+                match c.maturing.iter_mut().find(|(at, n)| *at == due && *n > 0) {
+                    Some((_, n)) => *n -= 1,
+                    None => c.settled -= 1,
+                }
             }
         }
         CounterStore::settle(self, subject, reservation, &Metered::default(), now).await;
@@ -927,7 +993,8 @@ mod tests {
             url: format!("redis://127.0.0.1:{port}"),
             tls: Default::default(),
         };
-        let store = RedisStore::connect(&target, true, metrics.clone()).expect("a lazy connection");
+        let store = RedisStore::connect(&target, true, Duration::from_secs(60), metrics.clone())
+            .expect("a lazy connection");
         (store, metrics)
     }
 
