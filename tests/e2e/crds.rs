@@ -251,6 +251,21 @@ const REJECTIONS: &[(&str, &str, &str)] = &[
         "kind: Tenant\nspec: {apiKeys: [{secretRef: {name: Not_A_Name}}]}",
         "spec.apiKeys[0].secretRef.name",
     ),
+    (
+        "an overage event name on a quota that refuses",
+        "kind: QuotaPolicy\nspec: {quotas: [{name: q, limit: '1', period: Day, meterEventName: a, overageMeterEventName: b}]}",
+        "overageMeterEventName needs whenExhausted: Overage and meterEventName",
+    ),
+    (
+        "a meter event name with a space",
+        "kind: QuotaPolicy\nspec: {quotas: [{name: q, limit: '1', period: Day, meterEventName: 'api requests'}]}",
+        "spec.quotas[0].meterEventName",
+    ),
+    (
+        "an alert webhook that is not a URL",
+        "kind: Tenant\nspec: {alertWebhook: {url: owner.example.com, secretRef: {name: hook, key: secret}}}",
+        "spec.alertWebhook.url",
+    ),
 ];
 
 #[tokio::test]
@@ -311,6 +326,8 @@ spec:
   quotas:
   - {name: monthly-cost, metric: Cost, limit: "50.123456", period: Month}
   - {name: daily-tokens, metric: TotalTokens, limit: "1000000", period: Day}
+  - {name: monthly-requests, limit: "100000", period: Month, meterEventName: api_requests,
+     whenExhausted: Overage, overageMeterEventName: api_requests_overage}
   timezone: America/New_York
   pricing:
     currency: EUR
