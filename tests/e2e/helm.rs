@@ -472,6 +472,8 @@ fn usage_export_renders_its_flags_and_refuses_what_cannot_work() -> Result<()> {
         "- --usage-export-token-file=/etc/tollgate/usage-export/token\n",
         "secretName: openmeter\n",
         "- --store=redis://redis:6379\n",
+        // The proxies hold requests back from billing for the same time.
+        "- --settle-after=60s\n",
     ] {
         assert!(cloud.contains(wanted), "{wanted:?} in the render");
     }
