@@ -264,8 +264,9 @@ fn compile_plan(key: &ObjectKey, plan: &QuotaPolicy) -> Result<Plan, Vec<FieldEr
         ));
     }
     let mut quota_names = BTreeSet::new();
-    // A Stripe meter sums what it is sent: two quotas exported under one name would bill each
-    // request twice.
+    // A Stripe meter sums what it is sent: two quotas that count every request, exported under
+    // one name, would bill each request twice. (Quotas for some models count different calls
+    // and may share a name.)
     let mut event_names = BTreeSet::new();
     let mut quotas = Vec::new();
     for (i, q) in spec.quotas.iter().enumerate() {
@@ -329,6 +330,7 @@ fn compile_plan(key: &ObjectKey, plan: &QuotaPolicy) -> Result<Plan, Vec<FieldEr
             ("overageMeterEventName", &q.overage_meter_event_name),
         ] {
             if let Some(v) = value
+                && q.models.is_empty()
                 && !event_names.insert(v.as_str())
             {
                 errors.push(invalid(

@@ -11,7 +11,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -169,10 +169,9 @@ impl AlertWebhooks {
                 .body(Full::new(Bytes::from(body.clone())))
                 .map_err(|e| WebhookError::Delivery(e.to_string()))?;
             match tokio::time::timeout(ATTEMPT_TIMEOUT, self.client.request(req)).await {
-                Ok(Ok(resp)) if resp.status().is_success() => {
-                    let _ = resp.into_body().collect().await;
-                    return Ok(true);
-                }
+                // The answer's body is not read: an endpoint that streams one forever must not
+                // hold the task.
+                Ok(Ok(resp)) if resp.status().is_success() => return Ok(true),
                 Ok(Ok(resp)) => last = format!("{} answered {}", webhook.url, resp.status()),
                 Ok(Err(e)) => last = format!("{}: {e}", webhook.url),
                 Err(_) => last = format!("{}: no answer within {ATTEMPT_TIMEOUT:?}", webhook.url),

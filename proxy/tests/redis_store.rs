@@ -1029,11 +1029,7 @@ async fn requests_given_back_by_a_504_are_never_settled_for_billing() {
         assert_eq!(proxy.get("/slow/1", &key).await.status, 200);
     }
     for _ in 0..2 {
-        proxy.problem_check(
-            &proxy.get("/slow/3000", &key).await,
-            504,
-            "backend-timeout",
-        );
+        proxy.problem_check(&proxy.get("/slow/3000", &key).await, 504, "backend-timeout");
     }
     assert_eq!(settled_usage(&redis, 3).await, 3, "settled while serving");
     // Whatever was still settling is flushed at shutdown: nothing more.

@@ -689,6 +689,12 @@ fn exported_event_names_are_valid_each_once_per_plan_and_overage_needs_both() {
         Some("api_requests_overage")
     );
     assert!(!compiled_plan("{quotas: [{name: q, limit: '10', period: Day}]}").quotas[0].overage);
+    // Budgets for different models count different calls: one name for both is fine.
+    let plan = compiled_plan(
+        "{quotas: [{name: a, metric: TotalTokens, limit: '10', period: Day, models: ['gpt-*'], meterEventName: tokens}, \
+         {name: b, metric: TotalTokens, limit: '10', period: Day, models: ['claude-*'], meterEventName: tokens}]}",
+    );
+    assert_eq!(plan.quotas.len(), 2);
 
     for (spec, field, says) in [
         (

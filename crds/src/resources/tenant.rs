@@ -86,8 +86,25 @@ pub struct AlertWebhook {
     #[schemars(length(min = 8, max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
     pub url: String,
     /// The signing secret, `whsec_` and base64 (as Standard Webhooks libraries take it), in a
-    /// Secret of this namespace; name the key (`key: secret`).
-    pub secret_ref: SecretKeyRef,
+    /// Secret of this namespace.
+    pub secret_ref: WebhookSecretRef,
+}
+
+/// A webhook's signing secret: a key in a Secret of the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSecretRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
+    pub name: String,
+    /// Key within the Secret's data. Defaults to `secret`.
+    #[serde(default = "default_webhook_secret_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+fn default_webhook_secret_key() -> String {
+    "secret".to_owned()
 }
 
 /// Where one API key is stored.
@@ -225,6 +242,11 @@ pub struct ExportStatus {
     /// The usage beyond the quota's limit (`overageMeterEventName`), not the usage up to it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub overage: bool,
+    /// Where the quota's usage splits between its two series (the limit, in whole units, when
+    /// the series began): fixed for the period, so a limit changed mid-period never bills the
+    /// same units under both names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_at: Option<u64>,
     /// Settled usage in whole units (requests, tokens, millionths of the currency) as last
     /// read from the fleet's counters when this status was written.
     pub metered: u64,

@@ -53,8 +53,8 @@ const CONCURRENT_TENANTS: usize = 16;
 /// Longest wait between two attempts at one series.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
-/// A series, as the backoff remembers it: tenant, plan, quota, period start.
-type SeriesKey = (ObjectKey, String, String, String);
+/// A series, as the backoff remembers it: tenant, plan, quota, period start, overage.
+type SeriesKey = (ObjectKey, String, String, String, bool);
 
 /// The leader's usage export.
 pub struct Exporter {
@@ -158,8 +158,7 @@ impl Exporter {
                     .get(&key)
                     .map(|t| wanted_series(t, &plans, now))
                     .unwrap_or_default();
-                let plans = &plans;
-                async move { self.tenant(&tenant, key, wanted, plans, now, leading).await }
+                async move { self.tenant(&tenant, key, wanted, now, leading).await }
             })
             .buffer_unordered(CONCURRENT_TENANTS)
             .collect()
@@ -205,7 +204,6 @@ impl Exporter {
         tenant: &Tenant,
         key: ObjectKey,
         wanted: Vec<ExportStatus>,
-        plans: &HashMap<&ObjectKey, &Plan>,
         now: Timestamp,
         leading: &watch::Receiver<bool>,
     ) -> Outcome {
@@ -234,30 +232,21 @@ impl Exporter {
             }
         }
         let settled = self.read_settled(&key, &entries).await;
-        // A quota that bills its overage apart splits its settled usage at its limit; the
-        // overage part of a quota no longer in the plan is not read.
+        // A quota that bills its overage apart splits its settled usage where its series say
+        // (the limit when they began).
         let metered: Vec<Option<u64>> = entries
             .iter()
             .zip(settled)
-            .map(|(e, settled)| {
-                let quota = plans
-                    .get(&key.sibling(&e.quota_policy))
-                    .and_then(|p| p.quotas.iter().find(|q| q.name == e.quota));
-                let limit = quota
-                    .filter(|q| q.overage_meter_event_name.is_some())
-                    .map(|q| u64::try_from(to_units(q.metric, q.limit)).unwrap_or(u64::MAX));
-                if e.overage && limit.is_none() {
-                    return None;
-                }
-                settled.map(|s| series::share(s, limit, e.overage))
-            })
+            .map(|(e, settled)| settled.map(|s| series::share(s, e.split_at, e.overage)))
             .collect();
         // A series leaves the status once its period is long over, and only on a reading that
-        // shows everything acknowledged (a failed read keeps it for the next round).
+        // shows nothing left to send (a failed read keeps it for the next round).
         let (mut entries, metered): (Vec<ExportStatus>, Vec<Option<u64>>) = entries
             .into_iter()
             .zip(metered)
-            .filter(|(e, read)| !(series::is_done(e, now) && *read == Some(e.acknowledged)))
+            .filter(|(e, read)| {
+                !(series::is_done(e, now) && read.is_some_and(|r| r <= e.acknowledged))
+            })
             .unzip();
 
         // First the events to send are recorded (nothing is sent that the status does not hold).
@@ -318,6 +307,7 @@ impl Exporter {
                 entry.quota_policy.clone(),
                 entry.quota.clone(),
                 entry.period_start.clone(),
+                entry.overage,
             );
             match series::next(entry, entry.metered, &uid, now) {
                 Next::Stuck => {
@@ -574,6 +564,10 @@ fn wanted_series(
                     event_name: event_name.clone(),
                     ..ExportStatus::default()
                 };
+                let split_at = quota.overage_meter_event_name.as_ref().map(|_| {
+                    u64::try_from(to_units(quota.metric, quota.limit)).unwrap_or(u64::MAX)
+                });
+                let series = ExportStatus { split_at, ..series };
                 let overage = quota
                     .overage_meter_event_name
                     .as_ref()
@@ -606,7 +600,10 @@ mod tests {
                      "meterEventName": "api_requests"},
                     {"name": "hourly", "metric": "Requests", "limit": "10", "period": "Hour",
                      "meterEventName": "hourly_requests"},
-                    {"name": "daily", "metric": "Requests", "limit": "10", "period": "Day"}
+                    {"name": "daily", "metric": "Requests", "limit": "10", "period": "Day"},
+                    {"name": "spend", "metric": "Cost", "limit": "2.5", "period": "Month",
+                     "whenExhausted": "Overage", "overage": true,
+                     "meterEventName": "spend", "overageMeterEventName": "spend_overage"}
                 ]
             }],
             "tenants": [{
@@ -678,5 +675,35 @@ mod tests {
         );
         // Quotas without a meterEventName are not exported.
         assert!(periods_of("2026-12-15T10:00:00Z", "daily").is_empty());
+    }
+
+    #[test]
+    fn an_overage_quota_is_two_series_split_at_its_limit_in_whole_units() {
+        let snapshot = snapshot();
+        let plans: HashMap<&ObjectKey, &Plan> =
+            snapshot.plans.iter().map(|p| (&p.key, p)).collect();
+        let now: Timestamp = "2026-12-15T10:00:00Z".parse().expect("timestamp");
+        let spend: Vec<(String, bool, Option<u64>)> =
+            wanted_series(&snapshot.tenants[0], &plans, now)
+                .into_iter()
+                .filter(|s| s.quota == "spend")
+                .map(|s| (s.event_name, s.overage, s.split_at))
+                .collect();
+        // Cost in millionths: 2.5 is 2,500,000 units. The split is recorded with the series,
+        // so a limit changed later in the period does not move it.
+        assert_eq!(
+            spend,
+            [
+                ("spend".to_owned(), false, Some(2_500_000)),
+                ("spend_overage".to_owned(), true, Some(2_500_000)),
+            ]
+        );
+        // Quotas without overage names have no split.
+        assert!(
+            wanted_series(&snapshot.tenants[0], &plans, now)
+                .iter()
+                .filter(|s| s.quota == "calls")
+                .all(|s| s.split_at.is_none())
+        );
     }
 }

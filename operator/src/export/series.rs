@@ -105,13 +105,15 @@ pub fn next(series: &ExportStatus, metered: u64, tenant_uid: &str, now: Timestam
     })
 }
 
-/// The units of a quota's settled usage `settled` that a series covers: all of it, or with an
-/// overage event name (`limit` in whole units) the part up to the limit, or (`overage`) beyond it.
-pub fn share(settled: u64, limit: Option<u64>, overage: bool) -> u64 {
-    match (limit, overage) {
-        (None, _) => settled,
-        (Some(limit), false) => settled.min(limit),
-        (Some(limit), true) => settled.saturating_sub(limit),
+/// The units of a quota's settled usage `settled` that a series covers: all of it, or split at
+/// `split_at` (the limit in whole units, with an overage event name) the part up to it, or
+/// (`overage`) beyond it. An overage series without a split point covers nothing.
+pub fn share(settled: u64, split_at: Option<u64>, overage: bool) -> u64 {
+    match (split_at, overage) {
+        (None, false) => settled,
+        (None, true) => 0,
+        (Some(at), false) => settled.min(at),
+        (Some(at), true) => settled.saturating_sub(at),
     }
 }
 
@@ -145,6 +147,7 @@ mod tests {
             period_end: "2027-01-01T00:00:00Z".into(),
             event_name: "api_requests".into(),
             overage: false,
+            split_at: None,
             metered: acknowledged,
             acknowledged,
             pending,
@@ -242,6 +245,7 @@ mod tests {
         assert_eq!(share(150, Some(100), true), 50);
         assert_eq!(share(80, Some(100), false), 80);
         assert_eq!(share(80, Some(100), true), 0);
+        assert_eq!(share(80, None, true), 0);
         let now = at("2026-12-15T10:00:00Z");
         let overage = ExportStatus {
             overage: true,

@@ -234,10 +234,6 @@ impl Sink {
         if self.needs_stripe_customer() && is_stripe_duplicate(status, &doc) {
             return Ok(Delivered::Duplicate);
         }
-        // A CloudEvents receiver that refuses a repeated id with 409 Conflict has it already.
-        if !self.needs_stripe_customer() && status == 409 {
-            return Ok(Delivered::Duplicate);
-        }
         let message = doc["error"]["message"]
             .as_str()
             .or_else(|| doc["detail"].as_str())

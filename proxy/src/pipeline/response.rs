@@ -50,10 +50,12 @@ pub fn with_lines_in_map(mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
 pub fn decorate(resp: &mut Response<ProxyBody>, v: &Verdict<'_>, problem: Option<ProblemKind>) {
     if let (Some(plan), Some((rate_limits, quotas))) = (&v.plan, &v.limits) {
         let template = &plan.ratelimit_headers;
+        // The quotas this request did not count in (other models'): never named as overage.
+        let outside = v.reserved.reserved.outside;
         match resp.body_mut() {
             // A relayed response is written from lines: no map, no header value to validate.
             Either::Right(metered) => {
-                if let Some(lines) = template.lines(rate_limits, quotas) {
+                if let Some(lines) = template.lines(rate_limits, quotas, outside) {
                     metered.set_own_lines(lines);
                 }
             }
@@ -62,7 +64,7 @@ pub fn decorate(resp: &mut Response<ProxyBody>, v: &Verdict<'_>, problem: Option
                     resp.headers_mut().insert(RATELIMIT_POLICY, policy);
                     resp.headers_mut().insert(RATELIMIT, state);
                 }
-                if let Some(overage) = template.overage_header(quotas) {
+                if let Some(overage) = template.overage_header(quotas, outside) {
                     resp.headers_mut().insert(TOLLGATE_OVERAGE, overage);
                 }
             }

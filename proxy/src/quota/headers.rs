@@ -77,33 +77,45 @@ impl Template {
         }
     }
 
-    /// Whether a quota of this response is past its limit, served as overage.
-    fn in_overage(&self, quotas: &[LimitState]) -> bool {
+    /// The overage quotas that counted this request (`outside`: the quotas that did not, as
+    /// [`super::Metered::outside`]) and are past their limit.
+    fn past_limit<'a>(
+        &'a self,
+        quotas: &'a [LimitState],
+        outside: u16,
+    ) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.overage
             .iter()
-            .any(|(i, limit, _)| quotas.get(*i).is_some_and(|s| s.used > *limit))
+            .filter(move |(i, limit, _)| {
+                let counted = *i >= 16 || outside & (1 << i) == 0;
+                counted && quotas.get(*i).is_some_and(|s| s.used > *limit)
+            })
+            .map(|(_, _, name)| &name[..])
+    }
+
+    /// Whether a quota that counted this request is past its limit, served as overage.
+    fn in_overage(&self, quotas: &[LimitState], outside: u16) -> bool {
+        self.past_limit(quotas, outside).next().is_some()
     }
 
     /// `Tollgate-Overage`'s value: the quotas past their limit (an sf-list of names).
-    fn write_overage(&self, quotas: &[LimitState], out: &mut impl BufMut) {
+    fn write_overage(&self, quotas: &[LimitState], outside: u16, out: &mut impl BufMut) {
         let mut first = true;
-        for (i, limit, name) in &self.overage {
-            if quotas.get(*i).is_some_and(|s| s.used > *limit) {
-                if !std::mem::take(&mut first) {
-                    out.put_slice(b", ");
-                }
-                out.put_slice(name);
+        for name in self.past_limit(quotas, outside) {
+            if !std::mem::take(&mut first) {
+                out.put_slice(b", ");
             }
+            out.put_slice(name);
         }
     }
 
-    /// The `Tollgate-Overage` header, when a quota is past its limit.
-    pub fn overage_header(&self, quotas: &[LimitState]) -> Option<HeaderValue> {
-        if !self.in_overage(quotas) {
+    /// The `Tollgate-Overage` header, when a quota that counted the request is past its limit.
+    pub fn overage_header(&self, quotas: &[LimitState], outside: u16) -> Option<HeaderValue> {
+        if !self.in_overage(quotas, outside) {
             return None;
         }
         let mut out = Vec::with_capacity(64);
-        self.write_overage(quotas, &mut out);
+        self.write_overage(quotas, outside, &mut out);
         HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
     }
 
@@ -130,18 +142,25 @@ impl Template {
 
     /// The two headers as lines, for a response whose headers are written as bytes (a relayed
     /// backend response; see `raw_headers`), or `None` when the plan has no request-counted limit.
-    pub fn lines(&self, rate_limits: &[LimitState], quotas: &[LimitState]) -> Option<OwnLines> {
-        let names: &'static [&'static str] =
-            match (self.has_items(rate_limits, quotas), self.in_overage(quotas)) {
-                (true, false) => &["ratelimit-policy", "ratelimit"],
-                (true, true) => &["ratelimit-policy", "ratelimit", OVERAGE_HEADER],
-                (false, true) => &[OVERAGE_HEADER],
-                (false, false) => return None,
-            };
+    pub fn lines(
+        &self,
+        rate_limits: &[LimitState],
+        quotas: &[LimitState],
+        outside: u16,
+    ) -> Option<OwnLines> {
+        let names: &'static [&'static str] = match (
+            self.has_items(rate_limits, quotas),
+            self.in_overage(quotas, outside),
+        ) {
+            (true, false) => &["ratelimit-policy", "ratelimit"],
+            (true, true) => &["ratelimit-policy", "ratelimit", OVERAGE_HEADER],
+            (false, true) => &[OVERAGE_HEADER],
+            (false, false) => return None,
+        };
         Some(OwnLines::new(names, 256, |i, out| match names[i] {
             "ratelimit-policy" => self.write_policy(rate_limits, quotas, out),
             "ratelimit" => self.write_state(rate_limits, quotas, out),
-            _ => self.write_overage(quotas, out),
+            _ => self.write_overage(quotas, outside, out),
         }))
     }
 

@@ -243,7 +243,12 @@ impl RedisStore {
             conn,
             metrics,
             slices,
-            settle_after: i64::try_from(settle_after.as_secs()).unwrap_or(3600).max(1),
+            // Whole seconds, rounded up: never earlier than asked.
+            settle_after: i64::try_from(
+                settle_after.as_secs() + u64::from(settle_after.subsec_nanos() > 0),
+            )
+            .unwrap_or(3600)
+            .max(1),
             lease: redis::Script::new(LEASE),
             adjust_once: redis::Script::new(ADJUST_ONCE),
             counters: Mutex::new(HashMap::new()),
@@ -450,7 +455,7 @@ impl RedisStore {
     async fn take_for_request(
         &self,
         key: &str,
-        limit: i64,
+        (limit, local_limit): (i64, i64),
         ttl: i64,
         units: Option<i64>,
         fail_open: bool,
@@ -473,7 +478,7 @@ impl RedisStore {
                 // A reservation is checked against the last total Redis gave, plus what this
                 // proxy counted since: an outage does not lift a token or Cost quota.
                 if let (Some(n), Some(c)) = (units, counters.get(key))
-                    && c.redis_used + c.unconfirmed() + n > limit
+                    && c.redis_used + c.unconfirmed() + n > local_limit
                 {
                     return Ok(false);
                 }
@@ -529,8 +534,19 @@ impl RedisStore {
                 continue;
             }
             let ttl = time_to_live(key_expiry(w, false), now);
+            // With Redis away (FailOpen), an overage quota admits whatever it has counted:
+            // only Redis's refusal sends it to the second lease below.
+            let local_limit = if quota.overage { OVERAGE_BOUND } else { limit };
             let mut took = self
-                .take_for_request(key, limit, ttl, reserve, fail_open, true, &mut taken)
+                .take_for_request(
+                    key,
+                    (limit, local_limit),
+                    ttl,
+                    reserve,
+                    fail_open,
+                    true,
+                    &mut taken,
+                )
                 .await;
             if quota.overage && took == Ok(false) {
                 // Past the limit, an overage quota still serves: Redis grants against a bound
@@ -539,7 +555,7 @@ impl RedisStore {
                 took = self
                     .take_for_request(
                         key,
-                        OVERAGE_BOUND,
+                        (OVERAGE_BOUND, OVERAGE_BOUND),
                         ttl,
                         reserve,
                         fail_open,
@@ -577,7 +593,15 @@ impl RedisStore {
                 // FailOpen admits the window locally; there is nothing to reconcile for it.
                 let ttl = time_to_live(key_expiry(w, true), now);
                 match self
-                    .take_for_request(&key, limit, ttl, None, fail_open, false, &mut taken)
+                    .take_for_request(
+                        &key,
+                        (limit, limit),
+                        ttl,
+                        None,
+                        fail_open,
+                        false,
+                        &mut taken,
+                    )
                     .await
                 {
                     Ok(admitted) => denied = !admitted,
@@ -756,10 +780,12 @@ impl RedisStore {
     }
 
     /// Asks Redis whether leases sent without an answer were granted; keeps what was.
-    /// When a request admitted at `admitted` settles: `--settle-after` later, rounded up to
-    /// [`SETTLE_GRAIN`] (so a busy counter keeps one entry per grain).
+    /// When a request admitted at `admitted` settles: more than a grain past `--settle-after`
+    /// later, on a multiple of [`SETTLE_GRAIN`] (so a busy counter keeps one entry per grain).
+    /// The grain covers the admission's own time (its Redis calls come before the backend's
+    /// timeout starts) and the second's fraction `as_second` drops.
     fn settles_at(&self, admitted: Timestamp) -> i64 {
-        let at = admitted.as_second() + self.settle_after;
+        let at = admitted.as_second() + self.settle_after + SETTLE_GRAIN;
         (at + SETTLE_GRAIN - 1).div_euclid(SETTLE_GRAIN) * SETTLE_GRAIN
     }
 
