@@ -8,12 +8,14 @@ bench_workspace() {
     trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 }
 
-# nginx_conf NAME BLOCK: $work/NAME.conf, one worker, no access log, keep-alive without a request
-# limit, an upstream `backend` on 127.0.0.1:$UP, and BLOCK (server blocks) in http.
+# nginx_conf NAME BLOCK [MAIN]: $work/NAME.conf, one worker, no access log, keep-alive without a
+# request limit, an upstream `backend` on 127.0.0.1:$UP, BLOCK (server blocks and the like) in
+# http, and MAIN (load_module lines) at the top.
 nginx_conf() {
     local user_line=""
     [[ $(id -u) -eq 0 ]] && user_line="user root;"
     cat >"$work/$1.conf" <<NGINX
+${3:-}
 $user_line
 worker_processes 1;
 daemon off;

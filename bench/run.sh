@@ -5,6 +5,9 @@
 #   nginx-proxy   wrk -> nginx reverse proxy (worker_processes 1, keepalive upstream) -> upstream
 #   tollgate      wrk -> tollgate-proxy (1 worker thread; API key auth, a per-second rate limit,
 #                 a monthly quota, metrics and the JSON access log all on) -> upstream
+#   nginx-lua     (PEERS=1) wrk -> nginx with the Lua module doing what Kong and APISIX do on
+#                 nginx: the API key looked up in a shared dict, a per-second and a monthly counter
+#                 incremented in another, 401/429/402 when they say so -> upstream
 #
 # wrk runs pinned to CPU 0; the server under test is pinned to CPU 1 (the upstream shares CPU 0 with
 # wrk in the proxy runs, the same for nginx and Tollgate). ROUNDS rounds alternate the targets (the
@@ -25,6 +28,8 @@
 #   BASELINE_BIN=/tmp/old bench/run.sh   # an A/B: that build runs too, as the target `baseline`,
 #                                    # right after `tollgate` in every round (the two swap order each
 #                                    # round), and each round's tollgate/baseline ratio is reported
+#   PEERS=1 bench/run.sh             # also nginx-lua (needs Debian's libnginx-mod-http-lua), and
+#                                    # each round's tollgate/nginx-lua ratio
 #   LAYOUT=shared bench/run.sh       # nothing pinned; each proxy runs one worker per CPU (nginx
 #                                    # worker_processes, Tollgate --worker-threads), as in a pod
 #                                    # without CPU pinning. The CPU columns then mean little.
@@ -36,6 +41,13 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 H2=${H2:-0}
 LAYOUT=${LAYOUT:-pinned}
+PEERS=${PEERS:-0}
+[[ $PEERS == 0 || $PEERS == 1 ]] || { echo "bench: PEERS is 0 or 1, not '$PEERS'" >&2; exit 1; }
+LUA_MODULES=${LUA_MODULES:-/usr/share/nginx/modules}
+if [[ $PEERS == 1 && ! -f $LUA_MODULES/ngx_http_lua_module.so ]]; then
+    echo "bench: PEERS=1 needs nginx's Lua module in $LUA_MODULES (apt-get install libnginx-mod-http-lua)" >&2
+    exit 1
+fi
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "bench: ROUNDS is a count of rounds (3), not '$ROUNDS'" >&2; exit 1; }
 [[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] || { echo "bench: CONNECTIONS is a count (64), not '$CONNECTIONS'" >&2; exit 1; }
 [[ $DURATION =~ ^[1-9][0-9]*s$ ]] || { echo "bench: DURATION is seconds like 10s, not '$DURATION'" >&2; exit 1; }
@@ -61,6 +73,7 @@ bin="${TOLLGATE_BIN:-${CARGO_TARGET_DIR:-target}/release/tollgate-proxy}"
 source bench/common.sh
 bench_workspace
 UP=$(port); NGX=$(port); NGX_H2=$(port); TG=$(port); TG_ADMIN=$(port); BASE=$(port); BASE_ADMIN=$(port)
+LUA=$(port)
 BASELINE_BIN=${BASELINE_BIN:-}
 [[ -z $BASELINE_BIN || -x $BASELINE_BIN ]] || { echo "bench: BASELINE_BIN '$BASELINE_BIN' is not an executable" >&2; exit 1; }
 nginx_conf upstream "server { listen 127.0.0.1:$UP; location / { return 200 'ok'; } }"
@@ -68,10 +81,42 @@ nginx_conf proxy "server { listen 127.0.0.1:$NGX; listen 127.0.0.1:$NGX_H2 http2
     location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 
 bench_manifests "$work/manifests" "$UP" 'rateLimits: [{name: per-second, requests: 100000000, window: 1s}]'
+if [[ $PEERS == 1 ]]; then
+    # The same plan as Tollgate's: one key, a per-second limit and a monthly quota far out of
+    # reach, counted in shared memory; problem bodies for the refusals. The key header is not
+    # passed on, as Tollgate does not pass it.
+    nginx_conf lua "lua_shared_dict tollgate_keys 1m; lua_shared_dict tollgate_counts 16m;
+    init_by_lua_block { ngx.shared.tollgate_keys:set('tg_bench_key_0001', 'default/bench') }
+    server { listen 127.0.0.1:$LUA;
+        location / {
+            access_by_lua_block {
+                local auth = ngx.var.http_authorization
+                local key = auth and auth:match('^Bearer%s+(.+)\$') or ngx.var.http_x_api_key
+                local tenant = key and ngx.shared.tollgate_keys:get(key)
+                if not tenant then
+                    ngx.status = 401
+                    ngx.header['Content-Type'] = 'application/problem+json'
+                    ngx.say('{\"status\":401,\"title\":\"Missing or unknown API key\"}')
+                    return ngx.exit(401)
+                end
+                local counts, now = ngx.shared.tollgate_counts, ngx.time()
+                if counts:incr(tenant .. ':s:' .. now, 1, 0, 2) > 100000000 then
+                    return ngx.exit(429)
+                end
+                if counts:incr(tenant .. ':m:' .. os.date('!%Y-%m', now), 1, 0) > 1000000000000 then
+                    return ngx.exit(402)
+                end
+            }
+            proxy_pass http://backend; proxy_http_version 1.1;
+            proxy_set_header Connection \"\"; proxy_set_header Authorization \"\";
+        } }" "load_module $LUA_MODULES/ndk_http_module.so; load_module $LUA_MODULES/ngx_http_lua_module.so;"
+    sed -i "s/^worker_processes 1;/worker_processes $workers;/" "$work/lua.conf"
+fi
 
 sed -i "s/^worker_processes 1;/worker_processes $workers;/" "$work/proxy.conf"
 "${cpu0[@]}" nginx -c "$work/upstream.conf" & pids+=($!)
 "${cpu1[@]}" nginx -c "$work/proxy.conf" & pids+=($!)
+if [[ $PEERS == 1 ]]; then "${cpu1[@]}" nginx -c "$work/lua.conf" & pids+=($!); fi
 "${cpu1[@]}" "$bin" --manifests "$work/manifests" --listen "127.0.0.1:$TG" \
     --admin-listen "127.0.0.1:$TG_ADMIN" --state-dir "$work/state" --worker-threads "$workers" \
     >/dev/null 2>"$work/tollgate.log" & pids+=($!)
@@ -82,7 +127,8 @@ if [[ -n $BASELINE_BIN ]]; then
 fi
 for _ in $(seq 1 100); do
     curl -sf "http://127.0.0.1:$TG_ADMIN/readyz" >/dev/null && curl -sf "http://127.0.0.1:$NGX/" >/dev/null \
-        && { [[ -z $BASELINE_BIN ]] || curl -sf "http://127.0.0.1:$BASE_ADMIN/readyz" >/dev/null; } && break
+        && { [[ -z $BASELINE_BIN ]] || curl -sf "http://127.0.0.1:$BASE_ADMIN/readyz" >/dev/null; } \
+        && { [[ $PEERS == 0 ]] || curl -sf -H 'Authorization: Bearer tg_bench_key_0001' "http://127.0.0.1:$LUA/" >/dev/null; } && break
     sleep 0.1
 done
 
@@ -115,10 +161,11 @@ run_wrk() { # target url -> "rps p50_us p99_us non2xx server_core_us_per_req cli
 declare -A results
 targets=(direct nginx-proxy tollgate)
 [[ -n $BASELINE_BIN ]] && targets+=(baseline)
-declare -A urls=([direct]="http://127.0.0.1:$UP/" [nginx-proxy]="http://127.0.0.1:$NGX/" [tollgate]="http://127.0.0.1:$TG/" [baseline]="http://127.0.0.1:$BASE/")
+[[ $PEERS == 1 ]] && targets+=(nginx-lua)
+declare -A urls=([direct]="http://127.0.0.1:$UP/" [nginx-proxy]="http://127.0.0.1:$NGX/" [tollgate]="http://127.0.0.1:$TG/" [baseline]="http://127.0.0.1:$BASE/" [nginx-lua]="http://127.0.0.1:$LUA/")
 # Warm-up: fill connection pools and caches.
 for t in "${targets[@]}"; do "${cpu0[@]}" wrk -t1 -c"$CONNECTIONS" -d2s -H "$KEY" "${urls[$t]}" >/dev/null; done
-ratios=(); cost_ratios=(); ab_ratios=(); ab_cost_ratios=()
+ratios=(); cost_ratios=(); ab_ratios=(); ab_cost_ratios=(); lua_ratios=(); lua_cost_ratios=()
 for round in $(seq 1 "$ROUNDS"); do
     # The two proxies swap places every round, so neither always runs right after the other.
     order=(direct nginx-proxy tollgate)
@@ -127,6 +174,11 @@ for round in $(seq 1 "$ROUNDS"); do
     if [[ -n $BASELINE_BIN ]]; then
         order=(direct nginx-proxy tollgate baseline)
         (( round % 2 == 0 )) && order=(direct baseline tollgate nginx-proxy)
+    fi
+    # The Lua peer right before Tollgate in odd rounds, right after it in even ones.
+    if [[ $PEERS == 1 ]]; then
+        rest=(); for t in "${order[@]}"; do [[ $t == tollgate ]] || rest+=("$t"); done
+        if (( round % 2 )); then order=("${rest[@]}" nginx-lua tollgate); else order=("${rest[@]:0:1}" tollgate nginx-lua "${rest[@]:1}"); fi
     fi
     declare -A this_round=() this_cost=()
     for t in "${order[@]}"; do
@@ -139,6 +191,10 @@ for round in $(seq 1 "$ROUNDS"); do
     # Paired: the two proxies measured back to back, so a slow spell of the machine hits both.
     ratios+=("$(awk -v a="${this_round[tollgate]}" -v b="${this_round[nginx-proxy]}" 'BEGIN {printf "%.3f", a/b}')")
     cost_ratios+=("$(awk -v a="${this_cost[tollgate]}" -v b="${this_cost[nginx-proxy]}" 'BEGIN {printf "%.3f", a/b}')")
+    if [[ $PEERS == 1 ]]; then
+        lua_ratios+=("$(awk -v a="${this_round[tollgate]}" -v b="${this_round[nginx-lua]}" 'BEGIN {printf "%.3f", a/b}')")
+        lua_cost_ratios+=("$(awk -v a="${this_cost[tollgate]}" -v b="${this_cost[nginx-lua]}" 'BEGIN {printf "%.3f", a/b}')")
+    fi
     if [[ -n $BASELINE_BIN ]]; then
         ab_ratios+=("$(awk -v a="${this_round[tollgate]}" -v b="${this_round[baseline]}" 'BEGIN {printf "%.3f", a/b}')")
         ab_cost_ratios+=("$(awk -v a="${this_cost[tollgate]}" -v b="${this_cost[baseline]}" 'BEGIN {printf "%.3f", a/b}')")
@@ -165,6 +221,12 @@ if [[ $LAYOUT == pinned ]]; then
     tgc=$(field tollgate 5); ngc=$(field nginx-proxy 5)
     echo "server CPU per request: $(awk -v a="$tgc" -v b="$ngc" 'BEGIN {printf "%.2fx", a/b}') by medians; per round ${cost_ratios[*]}"
     echo "  $(printf '%s\n' "${cost_ratios[@]}" | median_summary)"
+fi
+if [[ $PEERS == 1 ]]; then
+    echo "per round (tollgate/nginx-lua, back to back): ${lua_ratios[*]}"
+    echo "  $(printf '%s\n' "${lua_ratios[@]}" | median_summary)"
+    [[ $LAYOUT == pinned ]] && echo "server CPU per request vs nginx-lua per round: ${lua_cost_ratios[*]}" \
+        && echo "  $(printf '%s\n' "${lua_cost_ratios[@]}" | median_summary)"
 fi
 if [[ -n $BASELINE_BIN ]]; then
     echo "A/B per round (tollgate/baseline $BASELINE_BIN, back to back): ${ab_ratios[*]}"

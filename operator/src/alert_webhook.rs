@@ -12,9 +12,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -31,7 +28,7 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts per alert (1 s, then 2 s between them).
 const ATTEMPTS: u32 = 3;
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient = crate::https_client::HttpsClient<Full<Bytes>>;
 
 /// Why an alert did not reach the owner.
 #[derive(Debug, thiserror::Error)]
@@ -96,13 +93,8 @@ impl std::fmt::Debug for AlertWebhooks {
 impl AlertWebhooks {
     /// Reads Secrets through `kube` (get on secrets in the Tenant's namespace).
     pub fn new(kube: kube::Client) -> Self {
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .build();
         Self {
-            client: Client::builder(TokioExecutor::new()).build(https),
+            client: crate::https_client::build(),
             kube,
         }
     }

@@ -14,6 +14,7 @@ pub mod billing;
 pub mod cli;
 pub mod config_server;
 pub mod export;
+pub mod https_client;
 pub mod inject;
 pub mod leader;
 pub mod metrics;

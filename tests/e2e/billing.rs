@@ -160,20 +160,9 @@ fn sdk_verdicts(deliveries: &[(Vec<u8>, String, &str)]) -> Result<Vec<Value>> {
             json!({"payload": String::from_utf8_lossy(payload), "header": header, "secret": secret})
         })
         .collect();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/stripe_webhook.py");
-    let mut child = std::process::Command::new(tollgate_tests::python::sdk_python())
-        .args([script, "verify"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    std::io::Write::write_all(
-        child.stdin.as_mut().context("stdin")?,
-        &serde_json::to_vec(&input)?,
-    )?;
-    drop(child.stdin.take());
-    let out = child.wait_with_output()?;
-    anyhow::ensure!(out.status.success(), "stripe_webhook.py verify failed");
-    Ok(serde_json::from_slice(&out.stdout)?)
+    let verdicts =
+        tollgate_tests::python::run_json("stripe_webhook.py", &["verify"], &Value::from(input))?;
+    Ok(serde_json::from_value(verdicts)?)
 }
 
 async fn stripe_status(tenants: &Api<Tenant>, name: &str) -> Option<Tenant> {

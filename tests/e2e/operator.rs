@@ -1075,18 +1075,10 @@ fn standard_webhook_verdicts(
         .iter()
         .map(|h| serde_json::json!({"secret": secret, "headers": h.headers, "body": h.body}))
         .collect();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/standard_webhook.py");
-    let mut child = std::process::Command::new(tollgate_tests::python::sdk_python())
-        .args([script, "verify"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()?;
-    std::io::Write::write_all(
-        child.stdin.as_mut().context("stdin")?,
-        &serde_json::to_vec(&input)?,
+    let verdicts = tollgate_tests::python::run_json(
+        "standard_webhook.py",
+        &["verify"],
+        &serde_json::Value::from(input),
     )?;
-    drop(child.stdin.take());
-    let out = child.wait_with_output()?;
-    anyhow::ensure!(out.status.success(), "standard_webhook.py verify failed");
-    Ok(serde_json::from_slice(&out.stdout)?)
+    Ok(serde_json::from_value(verdicts)?)
 }

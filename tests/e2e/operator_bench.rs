@@ -4,7 +4,8 @@
 //! - time from `kubectl apply` to enforcement at every proxy, p50/p99 over 20 changes;
 //! - one round of reading every tenant's usage from Redis (the leader's roll-up), 10,000 tenants;
 //! - an operator started on a world of 10,000 tenants already in the API server: time until every
-//!   tenant shows its first status, compiles on the way, and the operator's memory.
+//!   tenant shows its first status, compiles on the way, and the operator's memory;
+//! - compile time, memory and snapshot bytes at 100,000 tenants (in process).
 
 use std::time::{Duration, Instant};
 
@@ -185,6 +186,66 @@ async fn first_statuses_of_ten_thousand_tenants() -> Result<()> {
         metric("tollgate_operator_compile_duration_seconds_count").await,
         metric("tollgate_operator_status_writes_total{kind=\"Tenant\"}").await,
         metric("process_resident_memory_bytes").await / 1048576.0
+    );
+    Ok(())
+}
+
+/// A line of /proc/self/status in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+#[ignore = "benchmark: bench/operator.sh"]
+async fn compile_at_a_hundred_thousand_tenants() -> Result<()> {
+    // The objects as the operator's caches hold them, then compiled as the publisher does: the
+    // resident memory each step adds, and the peak (this test binary's, so the objects'
+    // construction counts too).
+    let base = status_kib("VmRSS:");
+    let world = synthetic("bench", 100_000, 1_000);
+    let objects = world.objects();
+    let with_objects = status_kib("VmRSS:");
+    let mut compile_ms = Vec::new();
+    let mut snapshot = None;
+    for _ in 0..3 {
+        let started = Instant::now();
+        snapshot = Some(tollgate_crds::compile(&objects).snapshot);
+        compile_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    compile_ms.sort_by(f64::total_cmp);
+    let with_snapshot = status_kib("VmRSS:");
+    let snapshot = snapshot.unwrap_or_default();
+    let full = serde_json::to_vec(&ConfigMessage::Full {
+        version: 1,
+        snapshot,
+    })?;
+    println!("100,000 tenants, 1,000 routes, 10 plans (in process):");
+    println!(
+        "  compile: median {:.0} ms (3 runs, min {:.0}, max {:.0})",
+        percentile(&compile_ms, 0.5),
+        compile_ms[0],
+        compile_ms[2]
+    );
+    println!(
+        "  memory: objects +{:.0} MiB, snapshot +{:.0} MiB, peak {:.0} MiB",
+        (with_objects.saturating_sub(base)) as f64 / 1024.0,
+        (with_snapshot.saturating_sub(with_objects)) as f64 / 1024.0,
+        status_kib("VmHWM:") as f64 / 1024.0
+    );
+    println!(
+        "  full snapshot on the wire: {:.1} MiB",
+        full.len() as f64 / 1048576.0
     );
     Ok(())
 }

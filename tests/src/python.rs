@@ -73,3 +73,31 @@ pub fn sdk_python() -> PathBuf {
     assert!(python.exists(), "no {}", python.display());
     python
 }
+
+/// Runs `tests/python/<script> <args>` with [`sdk_python`], `input` as JSON on its stdin; what it
+/// prints, as JSON (the scripts that judge deliveries with an official library).
+pub fn run_json(
+    script: &str,
+    args: &[&str],
+    input: &serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    use anyhow::Context;
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(script);
+    let mut child = Command::new(sdk_python())
+        .arg(&path)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {script}"))?;
+    std::io::Write::write_all(
+        child.stdin.as_mut().context("stdin")?,
+        &serde_json::to_vec(input)?,
+    )?;
+    drop(child.stdin.take());
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(out.status.success(), "{script} {args:?} failed");
+    Ok(serde_json::from_slice(&out.stdout)?)
+}

@@ -10,9 +10,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use jiff::Timestamp;
 use serde_json::Value;
 use tokio::sync::watch;
@@ -31,7 +28,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(20);
 /// counts as observed: an event created in that second may not be reflected in it yet.
 const READ_CLOCK_MARGIN_SECS: i64 = 1;
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type HttpsClient = crate::https_client::HttpsClient<Empty<Bytes>>;
 
 /// Why a subscription could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -114,15 +111,6 @@ pub fn read_subscription(body: &[u8]) -> Result<Subscription, ReadError> {
     Ok(Subscription { customer, status })
 }
 
-fn client() -> HttpsClient {
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .build();
-    Client::builder(TokioExecutor::new()).build(https)
-}
-
 /// When Stripe answered, from its `Date` header (RFC 9110: `Sat, 05 Dec 2026 14:33:45 GMT`).
 fn answered_at(headers: &http::HeaderMap) -> Option<Timestamp> {
     let date = headers.get(http::header::DATE)?.to_str().ok()?;
@@ -162,7 +150,7 @@ impl SubscriptionReader {
             api_key_file,
             tenants,
             metrics,
-            client: client(),
+            client: crate::https_client::build(),
         }
     }
 

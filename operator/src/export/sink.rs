@@ -7,9 +7,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use jiff::Timestamp;
 use serde_json::{Value, json};
 use tollgate_crds::snapshot::ObjectKey;
@@ -17,7 +14,7 @@ use tollgate_crds::snapshot::ObjectKey;
 /// One send's time limit.
 const SEND_TIMEOUT: Duration = Duration::from_secs(20);
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient = crate::https_client::HttpsClient<Full<Bytes>>;
 
 /// One usage event.
 #[derive(Debug, Clone)]
@@ -160,14 +157,9 @@ fn read_secret(file: &PathBuf, what: &str) -> Result<String, SendError> {
 impl Sink {
     /// A sink of `kind`.
     pub fn new(kind: SinkKind) -> Self {
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .build();
         Self {
             kind,
-            client: Client::builder(TokioExecutor::new()).build(https),
+            client: crate::https_client::build(),
         }
     }
 
