@@ -133,6 +133,11 @@ for _ in $(seq 1 100); do
 done
 
 KEY='Authorization: Bearer tg_bench_key_0001'
+# The Lua peer does the work it stands for: no key, no answer from the upstream.
+if [[ $PEERS == 1 ]]; then
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$LUA/")
+    [[ $code == 401 ]] || { echo "bench: nginx-lua answered $code without a key, not 401 ($work/lua.error.log)" >&2; exit 1; }
+fi
 # wrk --latency prints "99%  1.23ms"; normalise to microseconds.
 to_us() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000000}}'; }
 # cpu_ticks N: CPU N's busy and idle clock ticks so far (/proc/stat; steal, time the hypervisor
