@@ -264,10 +264,10 @@ fn compile_plan(key: &ObjectKey, plan: &QuotaPolicy) -> Result<Plan, Vec<FieldEr
         ));
     }
     let mut quota_names = BTreeSet::new();
-    // A Stripe meter sums what it is sent: two quotas that count every request, exported under
-    // one name, would bill each request twice. (Quotas for some models count different calls
-    // and may share a name.)
-    let mut event_names = BTreeSet::new();
+    // A Stripe meter sums what it is sent: a quota that counts every request and another quota,
+    // exported under one name, would bill some calls twice. (Quotas for different models count
+    // different calls and may share a name.) Per name: whether a quota for every request has it.
+    let mut event_names: BTreeMap<&str, bool> = BTreeMap::new();
     let mut quotas = Vec::new();
     for (i, q) in spec.quotas.iter().enumerate() {
         let field = format!("spec.quotas[{i}]");
@@ -329,9 +329,11 @@ fn compile_plan(key: &ObjectKey, plan: &QuotaPolicy) -> Result<Plan, Vec<FieldEr
             ("meterEventName", &q.meter_event_name),
             ("overageMeterEventName", &q.overage_meter_event_name),
         ] {
+            let every_request = q.models.is_empty();
             if let Some(v) = value
-                && q.models.is_empty()
-                && !event_names.insert(v.as_str())
+                && event_names
+                    .insert(v.as_str(), every_request)
+                    .is_some_and(|other_every| other_every || every_request)
             {
                 errors.push(invalid(
                     format!("{field}.{name}"),

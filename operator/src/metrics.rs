@@ -57,6 +57,8 @@ pub struct OperatorMetrics {
     pub usage_export_unacknowledged: IntGaugeVec,
     /// Age in seconds of the oldest usage event recorded and not yet acknowledged (0: none).
     pub usage_export_oldest_pending: IntGauge,
+    /// Series whose pending event is stuck (unacknowledged for 20 h, no longer sent).
+    pub usage_export_stuck: IntGauge,
 }
 
 impl OperatorMetrics {
@@ -212,6 +214,10 @@ impl OperatorMetrics {
                 ),
                 &["event_name"],
             )?,
+            usage_export_stuck: IntGauge::new(
+                "tollgate_operator_usage_export_stuck_series",
+                "Series whose pending usage event is stuck: unacknowledged for 20 hours and no longer sent, until a person reconciles it with the sink (Tenant.status.export[].lastError says how).",
+            )?,
             usage_export_oldest_pending: IntGauge::new(
                 "tollgate_operator_usage_export_oldest_pending_seconds",
                 "Age of the oldest usage event recorded and not yet acknowledged by the billing sink (0: none).",
@@ -249,6 +255,7 @@ impl OperatorMetrics {
         registry.register(Box::new(m.usage_export_events.clone()))?;
         registry.register(Box::new(m.usage_export_unacknowledged.clone()))?;
         registry.register(Box::new(m.usage_export_oldest_pending.clone()))?;
+        registry.register(Box::new(m.usage_export_stuck.clone()))?;
         // process_resident_memory_bytes, process_cpu_seconds_total, open fds: what sizing and
         // the memory alerts read.
         registry.register(Box::new(

@@ -709,6 +709,14 @@ fn exported_event_names_are_valid_each_once_per_plan_and_overage_needs_both() {
             "billed twice",
         ),
         (
+            // A budget for some models and the quota every request counts in: the budget's
+            // calls would be billed twice.
+            "{quotas: [{name: a, metric: TotalTokens, limit: '10', period: Day, models: ['gpt-*'], meterEventName: tokens}, \
+             {name: all, metric: TotalTokens, limit: '99', period: Day, meterEventName: tokens}]}",
+            "spec.quotas[1].meterEventName",
+            "billed twice",
+        ),
+        (
             "{quotas: [{name: q, limit: '1', period: Day, meterEventName: a, overageMeterEventName: b}]}",
             "spec.quotas[0].overageMeterEventName",
             "whenExhausted: Overage",

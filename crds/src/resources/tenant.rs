@@ -243,8 +243,8 @@ pub struct ExportStatus {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub overage: bool,
     /// Where the quota's usage splits between its two series (the limit, in whole units, when
-    /// the series began): fixed for the period, so a limit changed mid-period never bills the
-    /// same units under both names.
+    /// the quota's first series of the period began; the other takes the same): fixed for the
+    /// period, so a limit changed mid-period never bills the same units under both names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split_at: Option<u64>,
     /// Settled usage in whole units (requests, tokens, millionths of the currency) as last

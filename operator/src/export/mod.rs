@@ -94,6 +94,8 @@ struct Outcome {
     oldest_pending: Option<Timestamp>,
     /// Events that failed, and the first error.
     failed: usize,
+    /// Series whose pending event is stuck (no longer sent).
+    stuck: usize,
     first_error: Option<String>,
 }
 
@@ -135,6 +137,7 @@ impl Exporter {
                 // The leader's figures: a standby shows none (a deposed leader's would be stale).
                 self.metrics.usage_export_unacknowledged.reset();
                 self.metrics.usage_export_oldest_pending.set(0);
+                self.metrics.usage_export_stuck.set(0);
                 continue;
             }
             if published.version == 0 {
@@ -166,8 +169,10 @@ impl Exporter {
         let mut unacknowledged: HashMap<String, u64> = HashMap::new();
         let mut oldest: Option<Timestamp> = None;
         let mut failed = 0;
+        let mut stuck = 0;
         let mut first_error = None;
         for o in outcomes {
+            stuck += o.stuck;
             for (name, units) in o.unacknowledged {
                 *unacknowledged.entry(name).or_default() += units;
             }
@@ -188,6 +193,9 @@ impl Exporter {
         self.metrics
             .usage_export_oldest_pending
             .set(oldest.map_or(0, |t| Timestamp::now().duration_since(t).as_secs().max(0)));
+        self.metrics
+            .usage_export_stuck
+            .set(i64::try_from(stuck).unwrap_or(i64::MAX));
         if failed > 0 {
             tracing::warn!(
                 sink = self.sink.name(),
@@ -226,10 +234,21 @@ impl Exporter {
             (None, true) => None,
         };
         let mut entries = shown.clone();
-        for w in wanted {
-            if !entries.iter().any(|e| series::same(e, &w)) {
-                entries.push(w);
+        for mut w in wanted {
+            if entries.iter().any(|e| series::same(e, &w)) {
+                continue;
             }
+            // The other part of the same quota and period, if it began already: its split
+            // point, not the limit now (a limit changed in between would bill units twice).
+            if let Some(other) = entries.iter().find(|e| {
+                e.quota_policy == w.quota_policy
+                    && e.quota == w.quota
+                    && e.period_start == w.period_start
+                    && e.overage != w.overage
+            }) {
+                w.split_at = other.split_at;
+            }
+            entries.push(w);
         }
         let settled = self.read_settled(&key, &entries).await;
         // A quota that bills its overage apart splits its settled usage where its series say
@@ -311,6 +330,7 @@ impl Exporter {
             );
             match series::next(entry, entry.metered, &uid, now) {
                 Next::Stuck => {
+                    outcome.stuck += 1;
                     let stuck = format!(
                         "event {} unacknowledged since {}: no longer sent (the sink may have forgotten its identifier). If the sink has it, set acknowledged to {} and remove pending; if not, add it there by hand first",
                         pending.id, pending.created, pending.to
