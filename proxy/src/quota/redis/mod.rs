@@ -779,7 +779,6 @@ impl RedisStore {
         }
     }
 
-    /// Asks Redis whether leases sent without an answer were granted; keeps what was.
     /// When a request admitted at `admitted` settles: more than a grain past `--settle-after`
     /// later, on a multiple of [`SETTLE_GRAIN`] (so a busy counter keeps one entry per grain).
     /// The grain covers the admission's own time (its Redis calls come before the backend's
@@ -836,6 +835,7 @@ impl RedisStore {
             .await;
     }
 
+    /// Asks Redis whether leases sent without an answer were granted; keeps what was.
     async fn recover_unanswered_leases(&self) {
         let work: Vec<(String, Vec<String>)> = self
             .counters
