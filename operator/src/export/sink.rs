@@ -178,7 +178,7 @@ impl Sink {
 
     /// Sends one event.
     pub async fn send(&self, event: &UsageEvent<'_>) -> Result<Delivered, SendError> {
-        let req = match &self.kind {
+        let mut req = match &self.kind {
             SinkKind::Stripe {
                 api_base,
                 api_key_file,
@@ -203,8 +203,6 @@ impl Sink {
             }
         }
         .map_err(|e| SendError::Transport(e.to_string()))?;
-        let (parts, body) = req.into_parts();
-        let mut req = http::Request::from_parts(parts, body);
         req.headers_mut().insert(
             http::header::USER_AGENT,
             http::HeaderValue::from_static("tollgate-operator"),

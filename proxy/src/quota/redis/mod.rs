@@ -803,17 +803,15 @@ impl RedisStore {
                     c.settled += n;
                     c.maturing.pop_front();
                 }
-                if c.flushing.is_none() && c.settled > c.flushed {
-                    let settled = settled_key(&c.tenant, &c.plan, &c.quota, c.window.start);
-                    c.flushing = Some(Adjustment {
-                        op: self.record_key(&settled),
-                        delta: c.settled - c.flushed,
-                    });
+                if c.flushing.is_none() && c.settled <= c.flushed {
+                    continue;
                 }
-                if let Some(a) = &c.flushing {
-                    let settled = settled_key(&c.tenant, &c.plan, &c.quota, c.window.start);
-                    work.push((key.clone(), settled, c.expire_at, a.clone()));
-                }
+                let settled = settled_key(&c.tenant, &c.plan, &c.quota, c.window.start);
+                let a = c.flushing.get_or_insert_with(|| Adjustment {
+                    op: self.record_key(&settled),
+                    delta: c.settled - c.flushed,
+                });
+                work.push((key.clone(), settled, c.expire_at, a.clone()));
             }
             work
         };
