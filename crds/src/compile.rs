@@ -19,7 +19,7 @@ pub mod billing;
 
 use crate::duration::parse_duration;
 use crate::resources::{
-    self, ApiRoute, Approval, Metric, QuotaPolicy, SubscriptionState, SubscriptionStatus,
+    self, ApiRoute, Approval, Metering, Metric, QuotaPolicy, SubscriptionState, SubscriptionStatus,
     WhenExhausted,
 };
 use crate::snapshot::{
@@ -687,6 +687,7 @@ fn reserved_header(name: &str) -> bool {
 /// The route's backend request headers, each value read from its Secret.
 fn compile_request_headers(
     key: &ObjectKey,
+    at: &str,
     headers: &[resources::RequestHeader],
     secrets: &HashMap<ObjectKey, &Secret>,
     errors: &mut Vec<FieldError>,
@@ -694,7 +695,7 @@ fn compile_request_headers(
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
     for (i, h) in headers.iter().enumerate() {
-        let field = format!("spec.backend.requestHeaders[{i}]");
+        let field = format!("{at}.requestHeaders[{i}]");
         if reserved_header(&h.name) {
             errors.push(invalid(
                 format!("{field}.name"),
@@ -762,6 +763,120 @@ fn compile_request_headers(
                     secret_ref.name, secret_ref.key
                 ),
             )),
+        }
+    }
+    out
+}
+
+/// A backend's timeout (`field`), in milliseconds: the default when not set.
+fn compile_timeout(field: &str, timeout: Option<&str>, errors: &mut Vec<FieldError>) -> u64 {
+    match timeout.map(parse_duration) {
+        None => DEFAULT_TIMEOUT_MS,
+        Some(Ok(d)) if !d.is_zero() && d.as_secs() <= 3600 => {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+        }
+        Some(Ok(_)) => {
+            errors.push(invalid(
+                field,
+                "timeout must be more than 0s and at most 1h",
+            ));
+            DEFAULT_TIMEOUT_MS
+        }
+        Some(Err(e)) => {
+            errors.push(invalid(field, e.to_string()));
+            DEFAULT_TIMEOUT_MS
+        }
+    }
+}
+
+/// A model map's names: non-empty, at most 256 bytes, no spaces or control characters.
+fn check_model_map(
+    field: &str,
+    models: &std::collections::BTreeMap<String, String>,
+    errors: &mut Vec<FieldError>,
+) {
+    for (from, to) in models {
+        for name in [from, to] {
+            if name.is_empty()
+                || name.len() > 256
+                || name.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                errors.push(invalid(
+                    field,
+                    format!("{name:?} is not a model name (1 to 256 characters, no spaces)"),
+                ));
+            }
+        }
+    }
+}
+
+/// The route's fallback backends, in order.
+fn compile_fallbacks(
+    key: &ObjectKey,
+    spec: &resources::ApiRouteSpec,
+    secrets: &HashMap<ObjectKey, &Secret>,
+    errors: &mut Vec<FieldError>,
+) -> Vec<crate::snapshot::FallbackRoute> {
+    if spec.fallbacks.is_empty() {
+        return Vec::new();
+    }
+    if !spec.metering.reads_tokens() {
+        errors.push(invalid(
+            "spec.fallbacks",
+            "fallbacks need metering to name the backend's API (OpenAI, Anthropic or Gemini): the call is read once and sent again",
+        ));
+    }
+    let caller = spec
+        .translate
+        .as_ref()
+        .map_or(spec.metering, |t| Metering::from(t.from));
+    let mut out = Vec::new();
+    for (i, f) in spec.fallbacks.iter().enumerate() {
+        let at = format!("spec.fallbacks[{i}]");
+        let api = f.api.unwrap_or(spec.metering);
+        if !api.reads_tokens() {
+            errors.push(invalid(
+                format!("{at}.api"),
+                "a fallback backend speaks OpenAI, Anthropic or Gemini",
+            ));
+        } else if caller == Metering::Gemini && api != Metering::Gemini {
+            errors.push(invalid(
+                format!("{at}.api"),
+                "callers speaking Gemini's API can fall back only to Gemini backends (translation starts from OpenAI or Anthropic calls)",
+            ));
+        }
+        check_model_map(&format!("{at}.models"), &f.models, errors);
+        let base_url = match (&f.service, &f.url) {
+            (Some(svc), None) if svc.port != 0 => Some(format!(
+                "http://{}.{}.svc:{}",
+                svc.name, key.namespace, svc.port
+            )),
+            (None, Some(url)) => match normalize_base_url(url) {
+                Ok(url) => Some(url),
+                Err(e) => {
+                    errors.push(invalid(format!("{at}.url"), e));
+                    None
+                }
+            },
+            _ => {
+                errors.push(invalid(
+                    at.clone(),
+                    "exactly one of service (with a port from 1 to 65535) or url must be set",
+                ));
+                None
+            }
+        };
+        let timeout_ms = compile_timeout(&format!("{at}.timeout"), f.timeout.as_deref(), errors);
+        let request_headers =
+            compile_request_headers(key, &at, &f.request_headers, secrets, errors);
+        if let Some(base_url) = base_url {
+            out.push(crate::snapshot::FallbackRoute {
+                base_url,
+                timeout_ms,
+                request_headers,
+                api,
+                models: f.models.clone(),
+            });
         }
     }
     out
@@ -908,23 +1023,7 @@ fn compile_route(
         ));
     }
 
-    let timeout_ms = match b.timeout.as_deref().map(parse_duration) {
-        None => DEFAULT_TIMEOUT_MS,
-        Some(Ok(d)) if !d.is_zero() && d.as_secs() <= 3600 => {
-            u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-        }
-        Some(Ok(_)) => {
-            errors.push(invalid(
-                "spec.backend.timeout",
-                "timeout must be more than 0s and at most 1h",
-            ));
-            DEFAULT_TIMEOUT_MS
-        }
-        Some(Err(e)) => {
-            errors.push(invalid("spec.backend.timeout", e.to_string()));
-            DEFAULT_TIMEOUT_MS
-        }
-    };
+    let timeout_ms = compile_timeout("spec.backend.timeout", b.timeout.as_deref(), &mut errors);
 
     if spec.approval == Approval::Automatic {
         if !spec.approved_tenants.is_empty() {
@@ -979,8 +1078,30 @@ fn compile_route(
     methods.sort();
     methods.dedup();
 
-    let request_headers =
-        compile_request_headers(key, &spec.backend.request_headers, secrets, &mut errors);
+    let request_headers = compile_request_headers(
+        key,
+        "spec.backend",
+        &spec.backend.request_headers,
+        secrets,
+        &mut errors,
+    );
+    let fallbacks = compile_fallbacks(key, spec, secrets, &mut errors);
+    let caller_api = spec.translate.as_ref().map(|t| Metering::from(t.from));
+    if let Some(t) = &spec.translate {
+        check_model_map("spec.translate.models", &t.models, &mut errors);
+        if !spec.metering.reads_tokens() {
+            errors.push(invalid(
+                "spec.metering",
+                "a translated route needs metering to name its backend's API (OpenAI, Anthropic or Gemini)",
+            ));
+        }
+        if b.direct_response.is_some() {
+            errors.push(invalid(
+                "spec.translate",
+                "a route answered by directResponse has no backend to translate for",
+            ));
+        }
+    }
 
     match (path, backend, errors.is_empty()) {
         (Some(path), Some(backend), true) => Ok(Route {
@@ -1003,6 +1124,13 @@ fn compile_route(
                 .workload_selector
                 .as_ref()
                 .map(|w| w.match_labels.clone()),
+            caller_api,
+            models: spec
+                .translate
+                .as_ref()
+                .map(|t| t.models.clone())
+                .unwrap_or_default(),
+            fallbacks,
         }),
         _ => Err(errors),
     }

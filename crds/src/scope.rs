@@ -197,6 +197,9 @@ mod tests {
             sunset: None,
             deprecated_at: None,
             workload_selector: selector.map(labels),
+            caller_api: None,
+            models: Default::default(),
+            fallbacks: vec![],
         }
     }
 

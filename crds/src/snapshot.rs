@@ -135,6 +135,46 @@ pub struct Route {
     /// central proxies serve it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_selector: Option<std::collections::BTreeMap<String, String>>,
+    /// The API callers speak when calls are translated for the backend (whose API is
+    /// `metering`); `None`: callers speak the backend's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller_api: Option<Metering>,
+    /// Callers' model names mapped to the backend's.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub models: std::collections::BTreeMap<String, String>,
+    /// Backends tried in order after this one fails.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<FallbackRoute>,
+}
+
+/// A fallback backend of a route.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FallbackRoute {
+    /// Its base URL.
+    pub base_url: String,
+    /// Time to wait for its response headers.
+    pub timeout_ms: u64,
+    /// Headers added to its requests (its provider's credential).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers: Vec<InjectedHeader>,
+    /// The API it speaks (how its usage is read).
+    pub api: Metering,
+    /// Callers' model names mapped to its own.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub models: std::collections::BTreeMap<String, String>,
+}
+
+impl Route {
+    /// Whether calls on this route go through the LLM call path: translated, or with fallbacks.
+    pub fn calls_llm(&self) -> bool {
+        self.caller_api.is_some() || !self.fallbacks.is_empty()
+    }
+
+    /// The API callers speak on this route.
+    pub fn caller_api(&self) -> Metering {
+        self.caller_api.unwrap_or(self.metering)
+    }
 }
 
 /// How specific a route's match is; smaller sorts first and wins.

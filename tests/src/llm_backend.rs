@@ -8,10 +8,17 @@
 //! `x-llm-delay-ms` (wait before answering), `x-llm-usage: none` (never report usage),
 //! `x-llm-chunks` (content chunks in an OpenAI stream), `x-llm-logprobs-bytes` (inflate a JSON
 //! answer), `x-llm-output-tokens` (a longer answer), `x-llm-pause-before-usage-ms` (a stream
-//! pauses after its last content chunk, before its usage).
+//! pauses after its last content chunk, before its usage), `x-llm-fail` (answer with that
+//! status and the provider's error body).
+//!
+//! A call that offers tools is answered with a call of the first one (`{"city": "Paris"}`); a
+//! call whose last message is a tool's result is answered `Result: <that result>`. An
+//! [`LlmBackend`] records the calls it received, and may fail every call with one status
+//! ([`LlmBackend::start_failing`]), as a provider out of capacity does.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,6 +36,18 @@ pub struct LlmBackend {
     /// Where it listens.
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    received: Arc<Mutex<Vec<Received>>>,
+}
+
+/// A call the backend received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Path and query.
+    pub path: String,
+    /// Request headers.
+    pub headers: http::HeaderMap,
+    /// The JSON body (`null` when it was not JSON).
+    pub body: Value,
 }
 
 impl Drop for LlmBackend {
@@ -47,19 +66,67 @@ impl LlmBackend {
 
     /// Starts on `addr`.
     pub async fn start_on(addr: SocketAddr) -> std::io::Result<Self> {
+        Self::serve(addr, None).await
+    }
+
+    /// Starts on a free loopback port, answering every call with `status` and the error body
+    /// of the provider the call is for.
+    pub async fn start_failing(status: u16) -> Self {
+        Self::serve(SocketAddr::from(([127, 0, 0, 1], 0)), Some(status))
+            .await
+            .expect("bind the LLM backend")
+    }
+
+    async fn serve(addr: SocketAddr, fail: Option<u16>) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&received);
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                let log = Arc::clone(&log);
                 tokio::spawn(async move {
-                    let serve = service_fn(|req| async { Ok::<_, Infallible>(answer(req).await) });
+                    let serve = service_fn(move |req: Request<Incoming>| {
+                        let log = Arc::clone(&log);
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let bytes = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            log.lock().expect("log").push(Received {
+                                path: parts
+                                    .uri
+                                    .path_and_query()
+                                    .map_or("/", |p| p.as_str())
+                                    .to_owned(),
+                                headers: parts.headers.clone(),
+                                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                            });
+                            let mut req = Request::from_parts(parts, Full::new(bytes));
+                            if let Some(status) = fail {
+                                req.headers_mut().insert("x-llm-fail", status.into());
+                            }
+                            Ok::<_, Infallible>(answer(req).await)
+                        }
+                    });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), serve)
                         .await;
                 });
             }
         });
-        Ok(Self { addr, task })
+        Ok(Self {
+            addr,
+            task,
+            received,
+        })
+    }
+
+    /// The calls received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().expect("log").clone()
     }
 
     /// Its base URL.
@@ -110,7 +177,11 @@ impl LlmBackend {
                 });
             }
         });
-        Ok(Self { addr, task })
+        Ok(Self {
+            addr,
+            task,
+            received: Arc::default(),
+        })
     }
 
     /// Its HTTPS base URL (from [`LlmBackend::start_tls`]).
@@ -156,7 +227,7 @@ struct Knobs {
     pause_before_usage_ms: u64,
 }
 
-fn header_number(req: &Request<Incoming>, name: &str) -> u64 {
+fn header_number<B>(req: &Request<B>, name: &str) -> u64 {
     req.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -165,7 +236,10 @@ fn header_number(req: &Request<Incoming>, name: &str) -> u64 {
 }
 
 /// Answers a provider call.
-pub async fn answer(req: Request<Incoming>) -> Response<AnyBody> {
+pub async fn answer<B>(req: Request<B>) -> Response<AnyBody>
+where
+    B: hyper::body::Body,
+{
     let knobs = Knobs {
         chunks: header_number(&req, "x-llm-chunks"),
         output_tokens: header_number(&req, "x-llm-output-tokens"),
@@ -178,6 +252,7 @@ pub async fn answer(req: Request<Incoming>) -> Response<AnyBody> {
         pause_before_usage_ms: header_number(&req, "x-llm-pause-before-usage-ms"),
     };
     let path = req.uri().path().to_owned();
+    let fail = header_number(&req, "x-llm-fail");
     let body = req
         .into_body()
         .collect()
@@ -186,6 +261,19 @@ pub async fn answer(req: Request<Incoming>) -> Response<AnyBody> {
         .unwrap_or_default();
     let doc: Value = serde_json::from_slice(&body).unwrap_or(json!({}));
     tokio::time::sleep(Duration::from_millis(knobs.delay_ms)).await;
+    let api = if path == "/v1/messages" {
+        Api::Anthropic
+    } else if path.contains("enerateContent") {
+        Api::Gemini
+    } else {
+        Api::OpenAI
+    };
+    if let Ok(status) = u16::try_from(fail)
+        && (400..600).contains(&status)
+    {
+        return provider_error(api, status);
+    }
+    let reply = reply(api, &doc);
     let bound = ["max_completion_tokens", "max_tokens"]
         .iter()
         .find_map(|n| doc[*n].as_u64())
@@ -198,12 +286,10 @@ pub async fn answer(req: Request<Incoming>) -> Response<AnyBody> {
     let output = wanted.min(bound);
     let streamed = doc["stream"] == true || path.contains(":streamGenerateContent");
     let openai_api = path.ends_with("/chat/completions");
-    let (events, json_body) = if path == "/v1/messages" {
-        anthropic(&doc, output, &knobs)
-    } else if path.contains("GenerateContent") || path.contains("generateContent") {
-        gemini(output, &knobs)
-    } else {
-        openai(&doc, output, &knobs)
+    let (events, json_body) = match api {
+        Api::Anthropic => anthropic(&doc, output, &knobs, &reply),
+        Api::Gemini => gemini(&gemini_model(&path), output, &knobs, &reply),
+        Api::OpenAI => openai(&doc, output, &knobs, &reply),
     };
     if streamed {
         stream(events, knobs.pause_before_usage_ms, openai_api)
@@ -218,7 +304,90 @@ pub async fn answer(req: Request<Incoming>) -> Response<AnyBody> {
 /// SSE events (the last one or two carry usage) and the JSON answer.
 type Answer = (Vec<(Option<&'static str>, Value)>, Value);
 
-fn openai(doc: &Value, output: u64, knobs: &Knobs) -> Answer {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Api {
+    OpenAI,
+    Anthropic,
+    Gemini,
+}
+
+/// What the model answers.
+enum Reply {
+    /// Text.
+    Text(String),
+    /// A call of this tool with `{"city": "Paris"}`.
+    Tool(String),
+}
+
+/// The arguments every tool call here carries.
+pub const TOOL_ARGUMENTS: &str = r#"{"city":"Paris"}"#;
+
+/// A tool's result in the call's last message, else the first tool offered, else "Hello".
+fn reply(api: Api, doc: &Value) -> Reply {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let result = match api {
+        Api::OpenAI => doc["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .filter(|m| m["role"] == "tool")
+            .map(|m| text(&m["content"])),
+        Api::Anthropic => doc["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .and_then(|m| m["content"].as_array())
+            .and_then(|c| c.iter().find(|b| b["type"] == "tool_result"))
+            .map(|b| text(&b["content"])),
+        Api::Gemini => doc["contents"]
+            .as_array()
+            .and_then(|c| c.last())
+            .and_then(|c| c["parts"].as_array())
+            .and_then(|p| p.iter().find_map(|p| p.get("functionResponse")))
+            .map(|r| text(&r["response"])),
+    };
+    if let Some(result) = result {
+        return Reply::Text(format!("Result: {result}"));
+    }
+    let tool = match api {
+        Api::OpenAI => doc["tools"][0]["function"]["name"].as_str(),
+        Api::Anthropic => doc["tools"][0]["name"].as_str(),
+        Api::Gemini => doc["tools"][0]["functionDeclarations"][0]["name"].as_str(),
+    };
+    match tool {
+        Some(name) => Reply::Tool(name.to_owned()),
+        None => Reply::Text("Hello".to_owned()),
+    }
+}
+
+/// The provider's error body for `status`.
+fn provider_error(api: Api, status: u16) -> Response<AnyBody> {
+    let message = format!("The test backend fails this call with {status}.");
+    let body = match api {
+        Api::OpenAI => json!({"error": {"message": message, "type": "server_error", "param": null,
+                                        "code": status.to_string()}}),
+        Api::Anthropic => json!({"type": "error", "error": {"type":
+            if status == 429 { "rate_limit_error" } else { "overloaded_error" }, "message": message}}),
+        Api::Gemini => json!({"error": {"code": status, "message": message,
+            "status": if status == 429 { "RESOURCE_EXHAUSTED" } else { "UNAVAILABLE" }}}),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    *resp.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().expect("value"));
+    resp
+}
+
+/// The model in a Gemini path.
+fn gemini_model(path: &str) -> String {
+    path.split_once("/models/")
+        .map(|(_, m)| m.split(':').next().unwrap_or(m).to_owned())
+        .unwrap_or_else(|| "gemini-2.5-flash".to_owned())
+}
+
+fn openai(doc: &Value, output: u64, knobs: &Knobs, reply: &Reply) -> Answer {
     let model = doc["model"].as_str().unwrap_or("gpt-4o-mini").to_owned();
     let usage = json!({"prompt_tokens": PROMPT_TOKENS, "completion_tokens": output,
                        "total_tokens": PROMPT_TOKENS + output,
@@ -227,6 +396,75 @@ fn openai(doc: &Value, output: u64, knobs: &Knobs) -> Answer {
         json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1_700_000_000,
                "model": model, "choices": choices, "usage": usage})
     };
+    let asked = doc["stream_options"]["include_usage"] == true;
+    match reply {
+        Reply::Tool(name) => {
+            let call = json!({"id": "call_1", "type": "function",
+                              "function": {"name": name, "arguments": TOOL_ARGUMENTS}});
+            let mut events = vec![
+                (
+                    None,
+                    chunk(
+                        json!([{"index": 0, "delta": {"role": "assistant", "content": null,
+                    "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                    "function": {"name": name, "arguments": ""}}]}, "finish_reason": null}]),
+                        Value::Null,
+                    ),
+                ),
+                (
+                    None,
+                    chunk(
+                        json!([{"index": 0, "delta": {"tool_calls": [{"index": 0,
+                    "function": {"arguments": "{\"city\":"}}]}, "finish_reason": null}]),
+                        Value::Null,
+                    ),
+                ),
+                (
+                    None,
+                    chunk(
+                        json!([{"index": 0, "delta": {"tool_calls": [{"index": 0,
+                    "function": {"arguments": "\"Paris\"}"}}]}, "finish_reason": "tool_calls"}]),
+                        Value::Null,
+                    ),
+                ),
+            ];
+            if asked && !knobs.no_usage {
+                events.push((None, chunk(json!([]), usage.clone())));
+            }
+            let answer = json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1_700_000_000,
+                "model": model, "usage": usage,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [call]},
+                             "finish_reason": "tool_calls"}]});
+            return (events, answer);
+        }
+        Reply::Text(text) if text != "Hello" => {
+            let (a, b) = text.split_at(text.len() / 2);
+            let mut events = vec![
+                (
+                    None,
+                    chunk(
+                        json!([{"index": 0, "delta": {"role": "assistant", "content": a}, "finish_reason": null}]),
+                        Value::Null,
+                    ),
+                ),
+                (
+                    None,
+                    chunk(
+                        json!([{"index": 0, "delta": {"content": b}, "finish_reason": "stop"}]),
+                        Value::Null,
+                    ),
+                ),
+            ];
+            if asked && !knobs.no_usage {
+                events.push((None, chunk(json!([]), usage.clone())));
+            }
+            let answer = json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1_700_000_000,
+                "model": model, "usage": usage,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}]});
+            return (events, answer);
+        }
+        Reply::Text(_) => {}
+    }
     // "Hel", then as many "lo" as asked, the last one finishing the answer.
     let extra = knobs.chunks.saturating_sub(2);
     let mut events = vec![(
@@ -250,7 +488,6 @@ fn openai(doc: &Value, output: u64, knobs: &Knobs) -> Answer {
             ),
         ));
     }
-    let asked = doc["stream_options"]["include_usage"] == true;
     if asked && !knobs.no_usage {
         events.push((None, chunk(json!([]), usage.clone())));
     }
@@ -264,58 +501,91 @@ fn openai(doc: &Value, output: u64, knobs: &Knobs) -> Answer {
     (events, answer)
 }
 
-fn anthropic(doc: &Value, output: u64, knobs: &Knobs) -> Answer {
+fn anthropic(doc: &Value, output: u64, knobs: &Knobs, reply: &Reply) -> Answer {
     let model = doc["model"]
         .as_str()
         .unwrap_or("claude-opus-4-6")
         .to_owned();
     let start_usage = json!({"input_tokens": PROMPT_TOKENS, "cache_creation_input_tokens": 0,
                              "cache_read_input_tokens": 0, "output_tokens": 1});
-    let mut events = vec![
-        (
-            Some("message_start"),
-            json!({"type": "message_start", "message": {"id": "msg_1", "type": "message",
-            "role": "assistant", "model": model, "content": [], "usage": start_usage}}),
+    let message_start = (
+        Some("message_start"),
+        json!({"type": "message_start", "message": {"id": "msg_1", "type": "message",
+        "role": "assistant", "model": model, "content": [], "usage": start_usage}}),
+    );
+    let (mut events, content, stop) = match reply {
+        Reply::Text(text) => (
+            vec![
+                message_start,
+                (
+                    Some("content_block_start"),
+                    json!({"type": "content_block_start", "index": 0,
+                           "content_block": {"type": "text", "text": ""}}),
+                ),
+                (
+                    Some("content_block_delta"),
+                    json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": text}}),
+                ),
+                (
+                    Some("content_block_stop"),
+                    json!({"type": "content_block_stop", "index": 0}),
+                ),
+            ],
+            json!([{"type": "text", "text": text}]),
+            "end_turn",
         ),
-        (
-            Some("content_block_start"),
-            json!({"type": "content_block_start", "index": 0,
-                   "content_block": {"type": "text", "text": ""}}),
+        Reply::Tool(name) => (
+            vec![
+                message_start,
+                (
+                    Some("content_block_start"),
+                    json!({"type": "content_block_start", "index": 0,
+                           "content_block": {"type": "tool_use", "id": "toolu_1", "name": name, "input": {}}}),
+                ),
+                (
+                    Some("content_block_delta"),
+                    json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "input_json_delta", "partial_json": "{\"city\":"}}),
+                ),
+                (
+                    Some("content_block_delta"),
+                    json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "input_json_delta", "partial_json": "\"Paris\"}"}}),
+                ),
+                (
+                    Some("content_block_stop"),
+                    json!({"type": "content_block_stop", "index": 0}),
+                ),
+            ],
+            json!([{"type": "tool_use", "id": "toolu_1", "name": name, "input": {"city": "Paris"}}]),
+            "tool_use",
         ),
-        (
-            Some("content_block_delta"),
-            json!({"type": "content_block_delta", "index": 0,
-            "delta": {"type": "text_delta", "text": "Hello"}}),
-        ),
-        (
-            Some("content_block_stop"),
-            json!({"type": "content_block_stop", "index": 0}),
-        ),
-    ];
+    };
     if !knobs.no_usage {
         events.push((
             Some("message_delta"),
             json!({"type": "message_delta",
-            "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": output}}),
+            "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": output}}),
         ));
     }
     events.push((Some("message_stop"), json!({"type": "message_stop"})));
     let answer = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": model,
-        "content": [{"type": "text", "text": "Hello"}], "stop_reason": "end_turn", "stop_sequence": null,
+        "content": content, "stop_reason": stop, "stop_sequence": null,
         "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": output,
                   "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}});
     (events, answer)
 }
 
-fn gemini(output: u64, knobs: &Knobs) -> Answer {
+fn gemini(model: &str, output: u64, knobs: &Knobs, reply: &Reply) -> Answer {
     let usage = |out: u64| {
         json!({"promptTokenCount": PROMPT_TOKENS, "candidatesTokenCount": out,
                                   "totalTokenCount": PROMPT_TOKENS + out})
     };
     // The last chunk finishes the candidate (`finishReason`), its usage the final count.
-    let chunk = |text: &str, out: u64, last: bool| {
-        let mut c = json!({"candidates": [{"content": {"parts": [{"text": text}], "role": "model"}}],
-                           "modelVersion": "gemini-2.5-flash"});
+    let chunk = |part: Value, out: u64, last: bool| {
+        let mut c = json!({"candidates": [{"content": {"parts": [part], "role": "model"}}],
+                           "modelVersion": model, "responseId": "gemini-1"});
         if last {
             c["candidates"][0]["finishReason"] = json!("STOP");
         }
@@ -324,11 +594,23 @@ fn gemini(output: u64, knobs: &Knobs) -> Answer {
         }
         c
     };
-    let events = vec![
-        (None, chunk("Hel", 1, false)),
-        (None, chunk("lo", output, true)),
-    ];
-    (events, chunk("Hello", output, true))
+    match reply {
+        Reply::Text(text) => {
+            let cut = text.len().min(3);
+            let events = vec![
+                (None, chunk(json!({"text": &text[..cut]}), 1, false)),
+                (None, chunk(json!({"text": &text[cut..]}), output, true)),
+            ];
+            (events, chunk(json!({"text": text}), output, true))
+        }
+        Reply::Tool(name) => {
+            let call = json!({"functionCall": {"name": name, "args": {"city": "Paris"}}});
+            (
+                vec![(None, chunk(call.clone(), output, true))],
+                chunk(call, output, true),
+            )
+        }
+    }
 }
 
 /// Streams `events` as SSE (ended by `data: [DONE]` when `done`), pausing `pause_ms` before the

@@ -89,6 +89,21 @@ pub struct ApiRouteSpec {
     #[serde(default)]
     pub metering: Metering,
 
+    /// Callers speak another API than the backend (whose API is `metering`): their calls are
+    /// translated for it, and its answers, streams and errors back (OpenAI Chat Completions to
+    /// Anthropic Messages or Gemini, Anthropic Messages to an OpenAI-compatible backend). What
+    /// the backend cannot do is refused with 400, never dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub translate: Option<Translate>,
+
+    /// Backends tried in order when the one before answers 429 or 5xx, cannot be reached or
+    /// times out, before anything reached the caller. Each may speak another provider's API
+    /// (translated as for `translate`). The call is charged once, priced by the model that
+    /// answered. Needs a `metering` that reads calls (OpenAI, Anthropic or Gemini).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4))]
+    pub fallbacks: Vec<FallbackBackend>,
+
     /// Automatic (default): any tenant that subscribes is served. Manual: only tenants listed in
     /// approvedTenants; others get 403 approval-pending.
     #[serde(default)]
@@ -200,8 +215,75 @@ pub struct Backend {
     /// Headers added to every request sent to the backend, each value read from a Secret: a
     /// provider's API key (`Authorization: Bearer sk-...`, Anthropic's `x-api-key`, Gemini's
     /// `x-goog-api-key`) that callers never hold. A caller's header of the same name is dropped.
-    /// The Secret (same namespace) needs the label `tollgate.dev/api-key` for the operator to
+    /// The Secret (same namespace) needs the label `tollgate.dev/backend-credentials`, and not
+    /// `tollgate.dev/api-key` (a backend credential is never a tenant's key), for the operator to
     /// read it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub request_headers: Vec<RequestHeader>,
+}
+
+/// What callers speak when it is not the backend's API.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Translate {
+    /// The API callers speak: OpenAI (Chat Completions, `POST .../chat/completions`) or
+    /// Anthropic (Messages, `POST .../messages`).
+    pub from: CallerApi,
+    /// Model names callers use, each with the backend's model it stands for
+    /// (`gpt-4o: claude-sonnet-4-5`). A name not listed is sent as it came. Plans price the
+    /// backend's names; `allowedModels` lists the callers'.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 256))]
+    pub models: std::collections::BTreeMap<String, String>,
+}
+
+/// An API callers may speak on a translated route.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum CallerApi {
+    /// OpenAI Chat Completions.
+    OpenAI,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
+impl From<CallerApi> for Metering {
+    fn from(api: CallerApi) -> Self {
+        match api {
+            CallerApi::OpenAI => Metering::OpenAI,
+            CallerApi::Anthropic => Metering::Anthropic,
+        }
+    }
+}
+
+/// A backend tried when the ones before it failed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FallbackBackend {
+    /// A Service in this namespace (exactly one of service or url).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceBackend>,
+    /// An explicit base URL (http:// or https://).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 2048),
+        regex(pattern = r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    )]
+    pub url: Option<String>,
+    /// The API this backend speaks, which is also how its usage is read: OpenAI, Anthropic or
+    /// Gemini. The route's `metering` when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<Metering>,
+    /// Model names callers use, each with this backend's model it stands for.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 256))]
+    pub models: std::collections::BTreeMap<String, String>,
+    /// How long to wait for this backend's response headers, from 1ms to 1h. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
+    pub timeout: Option<String>,
+    /// Headers added to every request sent to this backend, each value read from a Secret
+    /// labelled `tollgate.dev/backend-credentials` (its provider's credential).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub request_headers: Vec<RequestHeader>,

@@ -33,6 +33,22 @@ pub struct RouteEntry {
     pub telemetry: crate::telemetry::metrics::RouteTelemetry,
     /// Warnings about this route's backend failing (at most one per 10 s).
     pub backend_warnings: crate::telemetry::warn_throttle::WarnThrottle,
+    /// The backends of a route whose calls are translated or fall back, in the order tried
+    /// (boxed: most routes have none).
+    pub calls: Option<Box<[CallBackend]>>,
+}
+
+/// A backend that takes a route's LLM calls: the route's own, or a fallback.
+#[derive(Debug)]
+pub struct CallBackend {
+    /// Where it is.
+    pub upstream: Upstream,
+    /// The API it speaks (how its usage is read).
+    pub api: tollgate_crds::resources::Metering,
+    /// Callers' model names mapped to its own.
+    pub models: std::collections::BTreeMap<String, String>,
+    /// How long to wait for its response headers.
+    pub timeout_ms: u64,
 }
 
 /// A fixed response.
@@ -75,6 +91,25 @@ impl RouteEntry {
                 }),
             ),
         };
+        let calls = route.calls_llm().then(|| {
+            let own = upstream.clone().map(|upstream| CallBackend {
+                upstream,
+                api: route.metering,
+                models: route.models.clone(),
+                timeout_ms: route.timeout_ms,
+            });
+            let fallbacks = route.fallbacks.iter().filter_map(|f| {
+                let mut upstream = parse_upstream(&f.base_url)?;
+                upstream.request_headers = injected_headers(&f.request_headers);
+                Some(CallBackend {
+                    upstream,
+                    api: f.api,
+                    models: f.models.clone(),
+                    timeout_ms: f.timeout_ms,
+                })
+            });
+            own.into_iter().chain(fallbacks).collect()
+        });
         let deprecated = route.lifecycle == LifecycleState::Deprecated;
         let sunset = route
             .sunset
@@ -97,6 +132,7 @@ impl RouteEntry {
             backend_warnings: crate::telemetry::warn_throttle::WarnThrottle::new(
                 BACKEND_WARNING_INTERVAL,
             ),
+            calls,
         }
     }
 }

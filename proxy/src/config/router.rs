@@ -161,6 +161,9 @@ mod tests {
             sunset: None,
             deprecated_at: None,
             workload_selector: None,
+            caller_api: None,
+            models: Default::default(),
+            fallbacks: vec![],
         }
     }
 

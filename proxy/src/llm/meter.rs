@@ -322,6 +322,25 @@ fn carries_usage(data: &[u8]) -> bool {
     })
 }
 
+/// A rewrite of a response body on its way to the client: the bytes that may go out for each
+/// chunk that came in, and what is left at the end.
+pub trait Rewrite: Send + Sync + std::fmt::Debug {
+    /// What the client may get now, `chunk` having come.
+    fn pass(&mut self, chunk: Bytes) -> Bytes;
+    /// What the client gets when the backend's body ended.
+    fn rest(&mut self) -> Bytes;
+}
+
+impl Rewrite for UsageChunkFilter {
+    fn pass(&mut self, chunk: Bytes) -> Bytes {
+        UsageChunkFilter::pass(self, chunk)
+    }
+
+    fn rest(&mut self) -> Bytes {
+        UsageChunkFilter::rest(self)
+    }
+}
+
 /// Keeps the usage-only chunk that Tollgate asked an OpenAI stream for (`include_usage`) from a
 /// client that did not ask for it: complete events pass as soon as they end, that one is dropped.
 /// A stream whose events never end (not an event stream, whatever its type says) is passed
@@ -403,8 +422,9 @@ pub struct MeteredBody {
     /// (its connection, framing state and relayed headers) is most of its size.
     inner: Box<UpstreamBody>,
     meter: Option<Box<Meter>>,
-    /// Set when the usage chunk Tollgate asked for is kept from the client.
-    filter: Option<Box<UsageChunkFilter>>,
+    /// Set when the client gets other bytes than the backend sent: the usage chunk Tollgate
+    /// asked for kept from it, or the answer translated to the client's API.
+    filter: Option<Box<dyn Rewrite>>,
     /// Trailers held back while the filter's last bytes go out first.
     held: Option<Frame<Bytes>>,
     /// Headers the proxy adds, as lines (its `RateLimit` headers), written with the relayed ones.
@@ -412,13 +432,17 @@ pub struct MeteredBody {
 }
 
 impl MeteredBody {
-    /// `inner`, watched by `meter` if any; `strip_usage_chunk` keeps the usage-only SSE chunk
-    /// from the client.
-    pub fn new(inner: UpstreamBody, meter: Option<Meter>, strip_usage_chunk: bool) -> Self {
+    /// `inner`, watched by `meter` if any (it reads the backend's bytes), and rewritten by
+    /// `rewrite` on its way to the client.
+    pub fn new(
+        inner: UpstreamBody,
+        meter: Option<Meter>,
+        rewrite: Option<Box<dyn Rewrite>>,
+    ) -> Self {
         Self {
             inner: Box::new(inner),
             meter: meter.map(Box::new),
-            filter: strip_usage_chunk.then(Box::default),
+            filter: rewrite,
             held: None,
             own_lines: OwnLines::default(),
         }

@@ -13,6 +13,10 @@
 //!    prices it. When the body ends, the usage replaces the reservation in the store, and
 //!    [`ledger`] adds it to the tenant's month (tokens by type, cost).
 //!
+//! 4. [`translate`]: on a route whose callers speak another API than its backend, the call is
+//!    translated before it goes (OpenAI Chat Completions <-> Anthropic Messages, -> Gemini) and
+//!    the answer after it was metered.
+//!
 //! A budget is therefore exceeded only by what calls in flight when it runs out use beyond their
 //! reservations (docs/reference.md states the bound).
 
@@ -23,6 +27,7 @@ pub mod ledger;
 pub mod meter;
 pub mod request;
 pub mod reservation;
+pub mod translate;
 pub mod usage;
 
 pub use estimate::Estimates;

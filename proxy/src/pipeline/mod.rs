@@ -4,6 +4,7 @@
 //! every await of a request is there.
 
 pub mod auth;
+pub mod call;
 pub mod checks;
 pub mod problem;
 pub mod request_path;
@@ -107,6 +108,11 @@ enum Forward<'a> {
     Answered(Response<ProxyBody>),
     /// Cannot be forwarded: refunded and answered with this problem.
     Refused(ProblemKind, &'static str),
+    /// An LLM call on a route that translates it or falls back: sent by [`Proxy::send_call`] (`call`).
+    Call {
+        route: &'a RouteEntry,
+        request: Request<RequestBody>,
+    },
     /// Sent to the route's backend.
     Backend {
         route: &'a RouteEntry,
@@ -239,7 +245,10 @@ impl<S: CounterStore> Proxy<S> {
             let decided = match checked {
                 Ok(Some(subject)) => {
                     // Boxed: only plans that read calls reserve (a cold path here).
-                    let reserved = match subject.plan.reads_calls {
+                    // A route that translates or falls back reads every call (to send it again).
+                    let reads = subject.plan.reads_calls
+                        || verdict.route.is_some_and(|r| r.calls.is_some());
+                    let reserved = match reads {
                         true => Box::pin(self.reserve(&mut req, &mut verdict, subject.plan)).await,
                         false => Ok(Reserved::default()),
                     };
@@ -283,6 +292,21 @@ impl<S: CounterStore> Proxy<S> {
                     Forward::Answered(resp) => (resp, None),
                     Forward::Refused(kind, detail) => {
                         Box::pin(self.failed(&verdict, now, kind, detail, path)).await
+                    }
+                    // Boxed: the LLM call path (translation, fallbacks) is a cold path here.
+                    Forward::Call { route, request } => {
+                        let (response, kind, started) = Box::pin(self.send_call(
+                            request,
+                            &raw,
+                            &mut verdict,
+                            route,
+                            client,
+                            now,
+                            path,
+                        ))
+                        .await;
+                        backend_started = started;
+                        (response, kind)
                     }
                     Forward::Backend {
                         route,
@@ -400,9 +424,15 @@ impl<S: CounterStore> Proxy<S> {
         };
         if let Some(direct) = &route.direct {
             // No backend generated anything: only the per-request price stays.
-            if let Some(mut meter) =
-                self.meter_for(v, route, direct.status, (None, None), now, false)
-            {
+            if let Some(mut meter) = self.meter_for(
+                v,
+                route,
+                route.route.metering,
+                direct.status,
+                (None, None),
+                now,
+                false,
+            ) {
                 meter.finish(true);
             }
             let mut resp = Response::new(Either::Left(Full::new(direct.body.clone())));
@@ -410,6 +440,25 @@ impl<S: CounterStore> Proxy<S> {
             resp.headers_mut()
                 .insert(header::CONTENT_TYPE, direct.content_type.clone());
             return Forward::Answered(resp);
+        }
+        if let Some(backends) = &route.calls {
+            let caller = route.route.caller_api();
+            let is_call = req.method() == http::Method::POST
+                && crate::llm::translate::is_call(caller, req.uri().path());
+            if is_call {
+                return Forward::Call {
+                    route,
+                    request: req,
+                };
+            }
+            // Anything else goes to the route's own backend, as it came: only when that
+            // backend speaks the callers' API.
+            if backends.first().is_none_or(|b| b.api != caller) {
+                return Forward::Refused(
+                    ProblemKind::BadRequest,
+                    "This API translates calls for its backend: only POST requests to its chat completions (OpenAI) or messages (Anthropic) endpoint can be served.",
+                );
+            }
         }
         let Some(upstream) = route.upstream.as_ref() else {
             return Forward::Refused(
@@ -530,11 +579,26 @@ impl<S: CounterStore> Proxy<S> {
         route: &RouteEntry,
         now: Timestamp,
     ) -> Response<ProxyBody> {
+        self.relayed_from(resp, v, route, route.route.metering, None, now)
+    }
+
+    /// [`Proxy::relayed`] for a backend speaking `api`, its answer rewritten by `translator`
+    /// when it speaks another API than the caller.
+    fn relayed_from(
+        &self,
+        resp: Response<UpstreamBody>,
+        v: &mut Verdict<'_>,
+        route: &RouteEntry,
+        api: tollgate_crds::resources::Metering,
+        translator: Option<crate::llm::translate::Translator>,
+        now: Timestamp,
+    ) -> Response<ProxyBody> {
         // The content type is looked up only for a plan that meters usage.
         let meter = match &v.plan {
             Some(plan) if plan.meters_usage => self.meter_for(
                 v,
                 route,
+                api,
                 resp.status(),
                 (
                     backend_content_type(&resp),
@@ -549,8 +613,21 @@ impl<S: CounterStore> Proxy<S> {
             && backend_content_type(&resp)
                 .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("text/event-stream"));
         let mut resp = resp;
-        if strip_usage_chunk {
-            // The client gets fewer bytes than the backend sent.
+        let rewrite: Option<Box<dyn crate::llm::meter::Rewrite>> = match translator {
+            Some(translator) => {
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(translator.content_type()),
+                );
+                Some(Box::new(translator))
+            }
+            None if strip_usage_chunk => {
+                Some(Box::<crate::llm::meter::UsageChunkFilter>::default())
+            }
+            None => None,
+        };
+        if rewrite.is_some() {
+            // The client gets other bytes than the backend sent.
             resp.headers_mut().remove(header::CONTENT_LENGTH);
         }
         let read_timeout = Duration::from_millis(route.route.timeout_ms);
@@ -558,7 +635,7 @@ impl<S: CounterStore> Proxy<S> {
             Either::Right(MeteredBody::new(
                 body.with_read_timeout(read_timeout),
                 meter,
-                strip_usage_chunk,
+                rewrite,
             ))
         })
     }
@@ -576,7 +653,8 @@ impl<S: CounterStore> Proxy<S> {
         let (Some(route), Some(tenant)) = (v.route, v.tenant) else {
             return Ok(Reserved::default());
         };
-        let metering = route.route.metering;
+        // A translated call is read in the API its caller speaks.
+        let metering = route.route.caller_api();
         let route_name = route.route.key.name.as_str();
         let refused = |kind, detail: String| {
             Problem::new(kind, detail)
@@ -651,7 +729,13 @@ impl<S: CounterStore> Proxy<S> {
             .with("model", named)
             .with("allowedModels", plan.plan.allowed_models.clone()));
         }
-        if !plan.meters_usage {
+        if let (Some(backends), Some(model)) = (&route.calls, call.model.as_mut()) {
+            // Priced as the backend's model (a fallback's answer names its own).
+            if let Some(first) = backends.first() {
+                *model = crate::llm::translate::backend_model(&first.models, model).to_owned();
+            }
+        }
+        if !plan.meters_usage && route.calls.is_none() {
             // Read for its model only (an allowlist, quotas for some models): nothing is
             // reserved from a bound, so the call goes as it came.
             call.rewritten = None;
@@ -683,10 +767,12 @@ impl<S: CounterStore> Proxy<S> {
 
     /// A meter for the response when the plan has token or Cost quotas: it settles the call's
     /// reservation when the response ends.
+    #[allow(clippy::too_many_arguments)]
     fn meter_for(
         &self,
         v: &mut Verdict<'_>,
         route: &RouteEntry,
+        api: tollgate_crds::resources::Metering,
         status: http::StatusCode,
         (content_type, content_encoding): (Option<&str>, Option<&str>),
         now: Timestamp,
@@ -741,7 +827,7 @@ impl<S: CounterStore> Proxy<S> {
         });
         // Only a call that generates, answered by its backend, has usage to read.
         let metering = match (&v.call, from_backend) {
-            (Some(_), true) => route.route.metering,
+            (Some(_), true) => api,
             _ => tollgate_crds::resources::Metering::Requests,
         };
         let settlement = Settlement {

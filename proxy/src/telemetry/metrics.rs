@@ -22,6 +22,9 @@ pub struct ProxyMetrics {
     pub duration: HistogramVec,
     /// Backend response time.
     pub upstream_duration: Histogram,
+    /// LLM calls sent on to a route's next backend, by route and why (the status, `timeout`,
+    /// `unreachable`).
+    pub fallbacks: IntCounterVec,
     /// Version of the applied configuration.
     pub config_version: IntGauge,
     /// Configuration loads by result.
@@ -171,6 +174,13 @@ impl ProxyMetrics {
                 )
                 .buckets(LATENCY_BUCKETS.to_vec()),
             )?,
+            fallbacks: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_proxy_backend_fallbacks_total",
+                    "LLM calls sent on to the route's next backend, by route and why: the status the backend answered (429, 5xx), timeout or unreachable.",
+                ),
+                &["route", "reason"],
+            )?,
             config_version: IntGauge::new(
                 "tollgate_proxy_config_version",
                 "Version of the configuration being enforced.",
@@ -224,6 +234,7 @@ impl ProxyMetrics {
         registry.register(Box::new(m.rejections.clone()))?;
         registry.register(Box::new(m.duration.clone()))?;
         registry.register(Box::new(m.upstream_duration.clone()))?;
+        registry.register(Box::new(m.fallbacks.clone()))?;
         registry.register(Box::new(m.config_version.clone()))?;
         registry.register(Box::new(m.config_reloads.clone()))?;
         registry.register(Box::new(m.config_rejected_objects.clone()))?;

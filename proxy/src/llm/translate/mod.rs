@@ -1,0 +1,409 @@
+//! Translation between provider APIs, for a route whose callers speak one API and whose backend
+//! another (`spec.translate`, and fallback backends of another provider).
+//!
+//! OpenAI Chat Completions is the pivot: a call goes from the caller's API to OpenAI's (when
+//! the caller speaks Anthropic Messages) and on to the backend's (Anthropic or Gemini); the
+//! answer, its stream and its errors come back the same way. So each provider needs a
+//! translation to and from OpenAI only ([`anthropic`], [`gemini`]), and an Anthropic caller
+//! reaches a Gemini backend through both.
+//!
+//! What a caller asks for that the backend cannot do is refused with [`Unsupported`] (a 400
+//! before anything is charged), never dropped: every member of a request is either translated,
+//! or known to change nothing in the answer (`user`, `store`, `metadata`, `service_tier`).
+//!
+//! The backend's usage is metered before translation (`llm::meter` reads the backend's own
+//! format), so what a call is charged does not depend on what the caller speaks.
+
+pub mod anthropic;
+pub mod gemini;
+pub mod sse;
+
+use std::collections::BTreeMap;
+
+use bytes::{Bytes, BytesMut};
+use serde_json::{Map, Value, json};
+use tollgate_crds::resources::Metering as Api;
+
+use crate::llm::meter::Rewrite;
+use sse::Event;
+
+/// Larger answers than this are not translated (an error is answered instead): they are read
+/// whole first. Twice the largest request a metered call may send.
+pub const MAX_ANSWER: usize = 64 * 1024 * 1024;
+
+/// A request member, or a value of one, that the backend's API cannot carry; the text says which
+/// and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unsupported(pub String);
+
+/// A caller's call as one backend takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    /// The path and query to append to the backend's base URL.
+    pub path: String,
+    /// The JSON body.
+    pub body: Bytes,
+}
+
+/// Whether a request to `path` is a call of `api` that can be translated: Chat Completions,
+/// Messages, or Gemini's `generateContent` (streamed or not).
+pub fn is_call(api: Api, path: &str) -> bool {
+    match api {
+        Api::OpenAI => path.ends_with("/chat/completions"),
+        Api::Anthropic => path.ends_with("/messages"),
+        Api::Gemini => path.contains(":generateContent") || path.contains(":streamGenerateContent"),
+        Api::Requests => false,
+    }
+}
+
+/// The model a backend is asked for when the caller names `model` (the route's map, else the
+/// name itself).
+pub fn backend_model<'m>(models: &'m BTreeMap<String, String>, model: &'m str) -> &'m str {
+    models.get(model).map_or(model, String::as_str)
+}
+
+/// The caller's call (`doc`, sent to `path_and_query` in the `caller` API) as the `backend` API
+/// takes it, its model mapped by `models`.
+pub fn request(
+    caller: Api,
+    backend: Api,
+    path_and_query: &str,
+    doc: &Map<String, Value>,
+    models: &BTreeMap<String, String>,
+) -> Result<Outbound, Unsupported> {
+    let mut doc = doc.clone();
+    if let Some(model) = doc.get("model").and_then(Value::as_str) {
+        let mapped = backend_model(models, model).to_owned();
+        doc.insert("model".into(), Value::from(mapped));
+    }
+    let encode = |doc: Map<String, Value>| Bytes::from(Value::Object(doc).to_string());
+    if caller == backend {
+        let path = match caller {
+            Api::Gemini => gemini_path_with_model(path_and_query, models),
+            _ => path_and_query.to_owned(),
+        };
+        return Ok(Outbound {
+            path,
+            body: encode(doc),
+        });
+    }
+    let openai = match caller {
+        Api::OpenAI => doc,
+        Api::Anthropic => anthropic::request_to_openai(&doc)?,
+        Api::Gemini | Api::Requests => {
+            return Err(Unsupported(
+                "only OpenAI Chat Completions and Anthropic Messages calls can be translated"
+                    .into(),
+            ));
+        }
+    };
+    let (path, body) = match backend {
+        Api::OpenAI => ("/v1/chat/completions".to_owned(), openai),
+        Api::Anthropic => (
+            "/v1/messages".to_owned(),
+            anthropic::request_from_openai(&openai)?,
+        ),
+        Api::Gemini => gemini::request_from_openai(&openai)?,
+        Api::Requests => {
+            return Err(Unsupported("the backend's API is not known".into()));
+        }
+    };
+    Ok(Outbound {
+        path,
+        body: encode(body),
+    })
+}
+
+/// A Gemini path (`/v1beta/models/{model}:method?query`) with its model mapped.
+fn gemini_path_with_model(path_and_query: &str, models: &BTreeMap<String, String>) -> String {
+    let Some((before, after)) = path_and_query.split_once("/models/") else {
+        return path_and_query.to_owned();
+    };
+    let end = after.find([':', '?']).unwrap_or(after.len());
+    let model = &after[..end];
+    format!(
+        "{before}/models/{}{}",
+        backend_model(models, model),
+        &after[end..]
+    )
+}
+
+/// One step of a stream's translation: events of one API in, another's out.
+pub trait Stage: Send + Sync + std::fmt::Debug {
+    /// Translates one event.
+    fn push(&mut self, event: Event, out: &mut Vec<Event>);
+    /// The backend's stream ended.
+    fn end(&mut self, _out: &mut Vec<Event>) {}
+}
+
+/// A backend's answer on its way to the caller, translated: a stream event by event, anything
+/// else read whole and translated at its end (a JSON answer, or an error).
+#[derive(Debug)]
+pub struct Translator {
+    caller: Api,
+    backend: Api,
+    status: u16,
+    body: Body,
+}
+
+#[derive(Debug)]
+enum Body {
+    Stream {
+        reader: sse::Reader,
+        stages: Vec<Box<dyn Stage>>,
+        broken: bool,
+    },
+    Whole(BytesMut),
+}
+
+impl Translator {
+    /// The translation of an answer with `status` and `content_type` from a `backend` to a
+    /// `caller` of another API; `None` when both speak the same. `include_usage`: an OpenAI
+    /// caller asked for the usage chunk of its stream.
+    pub fn new(
+        caller: Api,
+        backend: Api,
+        status: http::StatusCode,
+        content_type: Option<&str>,
+        include_usage: bool,
+    ) -> Option<Self> {
+        if caller == backend {
+            return None;
+        }
+        let streamed = status.is_success()
+            && content_type
+                .is_some_and(|t| t.to_ascii_lowercase().starts_with("text/event-stream"));
+        let body = if streamed {
+            // The usage chunk is needed on the way through OpenAI's shape whenever the caller
+            // is not the one who could decline it.
+            let usage = include_usage || caller != Api::OpenAI;
+            let mut stages: Vec<Box<dyn Stage>> = Vec::new();
+            match backend {
+                Api::Anthropic => stages.push(Box::new(anthropic::StreamToOpenAI::new(usage))),
+                Api::Gemini => stages.push(Box::new(gemini::StreamToOpenAI::new(usage))),
+                Api::OpenAI | Api::Requests => {}
+            }
+            if caller == Api::Anthropic {
+                stages.push(Box::new(anthropic::StreamFromOpenAI::default()));
+            }
+            Body::Stream {
+                reader: sse::Reader::default(),
+                stages,
+                broken: false,
+            }
+        } else {
+            Body::Whole(BytesMut::new())
+        };
+        Some(Self {
+            caller,
+            backend,
+            status: status.as_u16(),
+            body,
+        })
+    }
+
+    /// The content type of what the caller gets.
+    pub fn content_type(&self) -> &'static str {
+        match self.body {
+            Body::Stream { .. } => "text/event-stream",
+            Body::Whole(_) => "application/json",
+        }
+    }
+
+    /// Runs `events` through every stage.
+    fn through(stages: &mut [Box<dyn Stage>], events: Vec<Event>, ended: bool) -> Vec<Event> {
+        let mut events = events;
+        for stage in stages.iter_mut() {
+            let mut out = Vec::new();
+            for event in events {
+                stage.push(event, &mut out);
+            }
+            if ended {
+                stage.end(&mut out);
+            }
+            events = out;
+        }
+        events
+    }
+
+    /// The whole answer (or error) as the caller's API has it.
+    fn whole(&self, body: &[u8]) -> Bytes {
+        let doc: Option<Value> = serde_json::from_slice(body).ok();
+        let doc = match (doc, self.status) {
+            (Some(doc), 200..=299) => {
+                let openai = match self.backend {
+                    Api::Anthropic => anthropic::answer_to_openai(&doc),
+                    Api::Gemini => gemini::answer_to_openai(&doc),
+                    _ => doc,
+                };
+                match self.caller {
+                    Api::Anthropic => anthropic::answer_from_openai(&openai),
+                    _ => openai,
+                }
+            }
+            (doc, status) => {
+                let openai = match (doc, self.backend) {
+                    (Some(doc), Api::Anthropic) => anthropic::error_to_openai(&doc),
+                    (Some(doc), Api::Gemini) => gemini::error_to_openai(&doc),
+                    (Some(doc), _) if doc["error"]["message"].is_string() => doc,
+                    // Not the provider's JSON (a load balancer's page): its start, as text.
+                    (_, _) => {
+                        let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
+                        json!({"error": {"message": format!("The backend answered {status}: {text}"),
+                                         "type": "api_error", "param": null, "code": null}})
+                    }
+                };
+                match self.caller {
+                    Api::Anthropic => anthropic::error_from_openai(status, &openai),
+                    _ => openai,
+                }
+            }
+        };
+        Bytes::from(doc.to_string())
+    }
+}
+
+impl Rewrite for Translator {
+    fn pass(&mut self, chunk: Bytes) -> Bytes {
+        match &mut self.body {
+            Body::Whole(buf) => {
+                if buf.len() <= MAX_ANSWER {
+                    buf.extend_from_slice(&chunk);
+                }
+                Bytes::new()
+            }
+            Body::Stream {
+                reader,
+                stages,
+                broken,
+            } => {
+                if *broken {
+                    return Bytes::new();
+                }
+                match reader.push(&chunk) {
+                    Ok(events) => sse::encode(&Self::through(stages, events, false)),
+                    Err(e) => {
+                        *broken = true;
+                        tracing::warn!(error = %e, "a translated stream was cut");
+                        Bytes::new()
+                    }
+                }
+            }
+        }
+    }
+
+    fn rest(&mut self) -> Bytes {
+        match &mut self.body {
+            Body::Whole(buf) => {
+                let buf = std::mem::take(buf);
+                if buf.len() > MAX_ANSWER {
+                    let too_large = json!({"error": {"message": format!(
+                        "The backend's answer is larger than {} MiB, the most Tollgate translates.",
+                        MAX_ANSWER / (1024 * 1024)), "type": "api_error", "param": null, "code": null}});
+                    return Bytes::from(too_large.to_string());
+                }
+                self.whole(&buf)
+            }
+            Body::Stream {
+                reader,
+                stages,
+                broken,
+            } => {
+                if *broken {
+                    return Bytes::new();
+                }
+                let last = reader.finish().into_iter().collect();
+                sse::encode(&Self::through(stages, last, true))
+            }
+        }
+    }
+}
+
+// ---- Shared by the translations ---------------------------------------------------------------
+
+/// Refuses a request member the backend's API (`target`) has no place for. Members with a value
+/// that changes nothing (`n: 1`, `logprobs: false`, a zero penalty, text output) pass.
+pub(crate) fn check_members(
+    doc: &Map<String, Value>,
+    target: &str,
+    known: &[&str],
+) -> Result<(), Unsupported> {
+    for (name, value) in doc {
+        if known.contains(&name.as_str()) || is_neutral(name, value) {
+            continue;
+        }
+        return Err(Unsupported(format!(
+            "`{name}` cannot be translated for {target}, which this route's backend speaks; leave it out or use a route without translation"
+        )));
+    }
+    Ok(())
+}
+
+/// A member whose value asks for nothing beyond the default.
+fn is_neutral(name: &str, value: &Value) -> bool {
+    match name {
+        _ if value.is_null() => true,
+        "n" | "candidate_count" => value.as_u64() == Some(1),
+        "logprobs" => value == &Value::Bool(false),
+        "presence_penalty" | "frequency_penalty" => value.as_f64() == Some(0.0),
+        "response_format" => value["type"] == "text",
+        "modalities" => value == &json!(["text"]),
+        _ => false,
+    }
+}
+
+/// A message content's text: a string, or text parts joined.
+pub(crate) fn text_of(content: &Value, at: &str) -> Result<String, Unsupported> {
+    match content {
+        Value::String(s) => Ok(s.clone()),
+        Value::Null => Ok(String::new()),
+        Value::Array(parts) => {
+            let mut text = String::new();
+            for part in parts {
+                match part["type"].as_str() {
+                    Some("text") => text.push_str(part["text"].as_str().unwrap_or("")),
+                    other => {
+                        return Err(Unsupported(format!(
+                            "{at}: only text can be sent here, not a part of type {}",
+                            other.unwrap_or("(none)")
+                        )));
+                    }
+                }
+            }
+            Ok(text)
+        }
+        _ => Err(Unsupported(format!("{at}: the content is not text"))),
+    }
+}
+
+/// A `data:` URL's media type and base64 data.
+pub(crate) fn parse_data_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("data:")?;
+    let (meta, data) = rest.split_once(',')?;
+    let media_type = meta.strip_suffix(";base64")?;
+    Some((media_type, data))
+}
+
+/// Seconds since the epoch, for OpenAI's `created`.
+pub(crate) fn now_seconds() -> i64 {
+    jiff::Timestamp::now().as_second()
+}
+
+/// An OpenAI `chat.completion.chunk` with one choice.
+pub(crate) fn openai_chunk(
+    id: &Value,
+    model: &Value,
+    created: i64,
+    delta: Value,
+    finish: Option<&str>,
+) -> Value {
+    json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+           "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]})
+}
+
+/// OpenAI's last chunk of a stream that asked for usage: no choices, the usage.
+pub(crate) fn openai_usage_chunk(id: &Value, model: &Value, created: i64, usage: Value) -> Value {
+    json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+           "choices": [], "usage": usage})
+}

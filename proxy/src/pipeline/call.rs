@@ -1,0 +1,213 @@
+//! An LLM call on a route that translates it or falls back: sent to each of the route's backends
+//! in turn, translated for the API each speaks, until one answers with something other than 429
+//! or 5xx (or the last one answers at all). Nothing has reached the client before the answer
+//! chosen, so trying the next backend is safe; the call was admitted (and reserved) once and is
+//! settled once, with the usage of the backend that answered.
+
+use std::time::{Duration, Instant};
+
+use http::header::HeaderValue;
+use http::{Request, Response};
+use jiff::Timestamp;
+use serde_json::Value;
+
+use super::checks::Verdict;
+use super::problem::ProblemKind;
+use super::{ClientConn, Proxy, ProxyBody};
+use crate::config::RouteEntry;
+use crate::config::route::CallBackend;
+use crate::http1::raw_headers::RawHeaders;
+use crate::llm::request::MAX_BODY;
+use crate::llm::translate::{self, Translator};
+use crate::quota::CounterStore;
+use crate::upstream::forward::{ForwardContext, RequestBody, upstream_request};
+
+/// The version header Anthropic requires, sent when the caller (speaking another API) did not.
+const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// Whether a backend's answer sends the call on to the next backend: rate limited or failed.
+fn worth_another(status: http::StatusCode) -> bool {
+    status == http::StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+}
+
+impl<S: CounterStore> Proxy<S> {
+    /// Sends the call to the route's backends in order; the response, the problem if the proxy
+    /// answered, and when the answering backend was asked.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn send_call(
+        &self,
+        req: Request<RequestBody>,
+        raw: &RawHeaders,
+        v: &mut Verdict<'_>,
+        route: &RouteEntry,
+        client: &ClientConn,
+        now: Timestamp,
+        path: &str,
+    ) -> (Response<ProxyBody>, Option<ProblemKind>, Option<Instant>) {
+        let backends = route.calls.as_deref().unwrap_or_default();
+        let caller = route.route.caller_api();
+        let (parts, body) = req.into_parts();
+        let bytes = match body {
+            RequestBody::Buffered(bytes) => bytes.unwrap_or_default(),
+            // Not read for the plan (none applies): read here, as for a metered call.
+            other => {
+                let limited = http_body_util::Limited::new(other, MAX_BODY);
+                let timeout = Duration::from_millis(route.route.timeout_ms);
+                match tokio::time::timeout(timeout, http_body_util::BodyExt::collect(limited)).await
+                {
+                    Ok(Ok(collected)) => collected.to_bytes(),
+                    _ => {
+                        let (resp, kind) = self
+                            .failed(
+                                v,
+                                now,
+                                ProblemKind::BadRequest,
+                                "The request body could not be read in full (at most 32 MiB); send it again.",
+                                path,
+                            )
+                            .await;
+                        return (resp, kind, None);
+                    }
+                }
+            }
+        };
+        let Ok(Value::Object(doc)) = serde_json::from_slice::<Value>(&bytes) else {
+            let (resp, kind) = self
+                .failed(
+                    v,
+                    now,
+                    ProblemKind::BadRequest,
+                    "A call to this API must send a JSON object (uncompressed): it is translated for the backend.",
+                    path,
+                )
+                .await;
+            return (resp, kind, None);
+        };
+        // The usage chunk of an OpenAI stream goes to the caller only when it asked (the proxy
+        // may have asked for it, for metering).
+        let include_usage = doc
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            == Some(&Value::Bool(true))
+            && !v.call.as_ref().is_some_and(|c| c.strip_usage_chunk);
+        let path_and_query = parts.uri.path_and_query().map_or(path, |pq| pq.as_str());
+        let mut last_failure = None;
+        for (i, backend) in backends.iter().enumerate() {
+            let last = i + 1 == backends.len();
+            let outbound = match translate::request(
+                caller,
+                backend.api,
+                path_and_query,
+                &doc,
+                &backend.models,
+            ) {
+                Ok(outbound) => outbound,
+                // The route's own backend cannot take the call: the caller learns why.
+                Err(unsupported) if i == 0 => {
+                    let (resp, kind) = self
+                        .failed(v, now, ProblemKind::BadRequest, &unsupported.0, path)
+                        .await;
+                    return (resp, kind, None);
+                }
+                // A fallback that cannot is passed over.
+                Err(unsupported) => {
+                    tracing::debug!(route = %route.id, backend = i, reason = %unsupported, "fallback backend skipped: it cannot take the call");
+                    continue;
+                }
+            };
+            let request = match self.backend_request(&parts, raw, v, client, backend, outbound) {
+                Some(request) => request,
+                None => continue,
+            };
+            let started = Instant::now();
+            let due = started + Duration::from_millis(backend.timeout_ms);
+            let plain_http = backend.upstream.scheme == http::uri::Scheme::HTTP;
+            let sent = self
+                .send_by_hyper(&backend.upstream, request, plain_http, due)
+                .await;
+            match sent {
+                Ok(resp) if last || !worth_another(resp.status()) => {
+                    let translator = Translator::new(
+                        caller,
+                        backend.api,
+                        resp.status(),
+                        super::backend_content_type(&resp),
+                        include_usage,
+                    );
+                    let resp = self.relayed_from(resp, v, route, backend.api, translator, now);
+                    return (resp, None, Some(started));
+                }
+                Ok(resp) => {
+                    self.metrics
+                        .fallbacks
+                        .with_label_values(&[&route.id, resp.status().as_str()])
+                        .inc();
+                    tracing::info!(route = %route.id, backend = %backend.upstream.authority, status = resp.status().as_u16(), "backend refused the call; trying the next");
+                }
+                Err(err) => {
+                    let reason = if matches!(err, crate::upstream::pool::UpstreamError::TimedOut) {
+                        "timeout"
+                    } else {
+                        "unreachable"
+                    };
+                    if !last {
+                        self.metrics
+                            .fallbacks
+                            .with_label_values(&[&route.id, reason])
+                            .inc();
+                        tracing::info!(route = %route.id, backend = %backend.upstream.authority, error = %err, "backend failed; trying the next");
+                    }
+                    last_failure = Some(err);
+                }
+            }
+        }
+        let (resp, kind) = match last_failure {
+            Some(err) => self.backend_failed(err, v, route, now, path).await,
+            None => {
+                self.failed(
+                    v,
+                    now,
+                    ProblemKind::BackendUnavailable,
+                    "No backend of this API can take the call. The request was not charged.",
+                    path,
+                )
+                .await
+            }
+        };
+        (resp, kind, None)
+    }
+
+    /// The request `backend` gets: the caller's headers (rewritten as for any backend), the
+    /// translated body and its path.
+    fn backend_request(
+        &self,
+        parts: &http::request::Parts,
+        raw: &RawHeaders,
+        v: &Verdict<'_>,
+        client: &ClientConn,
+        backend: &CallBackend,
+        outbound: translate::Outbound,
+    ) -> Option<Request<RequestBody>> {
+        let mut request = Request::new(RequestBody::Buffered(Some(outbound.body)));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = outbound.path.parse().ok()?;
+        *request.headers_mut() = parts.headers.clone();
+        if backend.api == tollgate_crds::resources::Metering::Anthropic {
+            request
+                .headers_mut()
+                .entry("anthropic-version")
+                .or_insert(HeaderValue::from_static(ANTHROPIC_VERSION));
+        }
+        let cx = ForwardContext {
+            upstream: &backend.upstream,
+            tenant: v.tenant.map(|t| &t.header),
+            client_ip: &client.ip_header,
+            tls: client.tls,
+            authority: parts.uri.authority().cloned(),
+            // The answer is read (metered, translated): never compressed.
+            identity_encoding: true,
+        };
+        let absolute = backend.upstream.scheme != http::uri::Scheme::HTTP;
+        upstream_request(request, raw, &cx, absolute).ok()
+    }
+}
