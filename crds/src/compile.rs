@@ -834,7 +834,8 @@ fn compile_fallbacks(
     for (i, f) in spec.fallbacks.iter().enumerate() {
         let at = format!("spec.fallbacks[{i}]");
         let api = f.api.unwrap_or(spec.metering);
-        if !api.reads_tokens() {
+        // A route that reads no calls was refused above; its fallbacks' API follows from it.
+        if !api.reads_tokens() && spec.metering.reads_tokens() {
             errors.push(invalid(
                 format!("{at}.api"),
                 "a fallback backend speaks OpenAI, Anthropic or Gemini",

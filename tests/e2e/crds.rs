@@ -162,6 +162,21 @@ const REJECTIONS: &[(&str, &str, &str)] = &[
         "spec.match.path",
     ),
     (
+        "translation without the backend's API",
+        "kind: ApiRoute\nspec: {match: {path: /a}, translate: {from: OpenAI}, backend: {url: 'http://x:1'}}",
+        "translate and fallbacks need metering to name the backend's API",
+    ),
+    (
+        "a fallback with both a service and a url",
+        "kind: ApiRoute\nspec: {match: {path: /a}, metering: OpenAI, backend: {url: 'http://x:1'}, fallbacks: [{url: 'http://y:1', service: {name: s, port: 1}}]}",
+        "exactly one of service or url must be set",
+    ),
+    (
+        "an unknown caller API",
+        "kind: ApiRoute\nspec: {match: {path: /a}, metering: OpenAI, translate: {from: Gemini}, backend: {url: 'http://x:1'}}",
+        "Unsupported value: \"Gemini\"",
+    ),
+    (
         "Cost quota without pricing",
         "kind: QuotaPolicy\nspec: {quotas: [{name: budget, metric: Cost, limit: '50.00', period: Month}]}",
         "a quota with metric Cost needs spec.pricing",

@@ -732,3 +732,85 @@ fn exported_event_names_are_valid_each_once_per_plan_and_overage_needs_both() {
         assert!(d.message.contains(says), "{spec}: {}", d.message);
     }
 }
+
+#[test]
+fn translated_routes_and_fallbacks_compile_to_backends_in_order() {
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata: {name: gemini, namespace: shop, labels: {tollgate.dev/backend-credentials: 'true'}}\nstringData: {apiKey: g-123}\n";
+    let spec = "{match: {pathPrefix: /v1}, metering: Anthropic, translate: {from: OpenAI, models: {gpt-4o: claude-sonnet-4-5}}, backend: {url: 'https://api.anthropic.com'}, fallbacks: [{url: 'https://generativelanguage.googleapis.com/', api: Gemini, models: {gpt-4o: gemini-2.5-pro}, timeout: 5s, requestHeaders: [{name: x-goog-api-key, secretKeyRef: {name: gemini}}]}, {service: {name: vllm, port: 8000}}]}";
+    let c = World::parse(BASE)
+        .with(secret)
+        .with(&route_yaml("llm", "2026-02-01T00:00:00Z", spec))
+        .compile();
+    assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
+    let route = c
+        .snapshot
+        .routes
+        .iter()
+        .find(|r| r.key.name == "llm")
+        .expect("compiled");
+    assert_eq!(route.caller_api, Some(Metering::OpenAI));
+    assert_eq!(route.models["gpt-4o"], "claude-sonnet-4-5");
+    assert!(route.calls_llm());
+    let [gemini, vllm] = &route.fallbacks[..] else {
+        panic!("two fallbacks: {:?}", route.fallbacks)
+    };
+    assert_eq!(
+        (gemini.api, gemini.timeout_ms, gemini.base_url.as_str()),
+        (
+            Metering::Gemini,
+            5000,
+            "https://generativelanguage.googleapis.com"
+        )
+    );
+    assert_eq!(gemini.request_headers[0].value, "g-123");
+    assert_eq!(
+        (vllm.api, vllm.base_url.as_str()),
+        (Metering::Anthropic, "http://vllm.shop.svc:8000"),
+        "the route's API when not named"
+    );
+
+    for (spec, field) in [
+        (
+            "{match: {pathPrefix: /b}, translate: {from: OpenAI}, backend: {url: 'http://x:1'}}",
+            "spec.metering",
+        ),
+        (
+            "{match: {pathPrefix: /b}, fallbacks: [{url: 'http://y:1'}], backend: {url: 'http://x:1'}}",
+            "spec.fallbacks",
+        ),
+        (
+            "{match: {pathPrefix: /b}, metering: OpenAI, fallbacks: [{url: 'http://y:1', service: {name: s, port: 1}}], backend: {url: 'http://x:1'}}",
+            "spec.fallbacks[0]",
+        ),
+        (
+            "{match: {pathPrefix: /b}, metering: OpenAI, fallbacks: [{url: 'http://y:1', api: Requests}], backend: {url: 'http://x:1'}}",
+            "spec.fallbacks[0].api",
+        ),
+        (
+            "{match: {pathPrefix: /b}, metering: Gemini, fallbacks: [{url: 'http://y:1', api: OpenAI}], backend: {url: 'http://x:1'}}",
+            "spec.fallbacks[0].api",
+        ),
+        (
+            "{match: {pathPrefix: /b}, metering: OpenAI, fallbacks: [{url: 'http://y:1', timeout: 0s}], backend: {url: 'http://x:1'}}",
+            "spec.fallbacks[0].timeout",
+        ),
+        (
+            "{match: {pathPrefix: /b}, metering: OpenAI, fallbacks: [{url: 'http://y:1', requestHeaders: [{name: x-api-key, secretKeyRef: {name: nowhere}}]}], backend: {url: 'http://x:1'}}",
+            "spec.fallbacks[0].requestHeaders[0].secretKeyRef.name",
+        ),
+        (
+            "{match: {pathPrefix: /b}, metering: OpenAI, translate: {from: Anthropic, models: {'a b': c}}, backend: {url: 'http://x:1'}}",
+            "spec.translate.models",
+        ),
+        (
+            "{match: {pathPrefix: /b}, metering: OpenAI, translate: {from: Anthropic}, backend: {directResponse: {status: 200}}}",
+            "spec.translate",
+        ),
+    ] {
+        let c = World::parse(BASE)
+            .with(&route_yaml("bad", "2026-02-01T00:00:00Z", spec))
+            .compile();
+        let d = only_diagnostic(&c);
+        assert_eq!(d.field.as_str(), field, "{spec}: {}", d.message);
+    }
+}

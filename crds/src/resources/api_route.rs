@@ -52,6 +52,9 @@ use super::common::{Condition, DURATION_PATTERN, OBJECT_NAME_PATTERN};
 #[x_kube(validation = Rule::new(
     "has(self.workloadSelector) || (has(self.backend) && (has(self.backend.service) || has(self.backend.url) || has(self.backend.directResponse)))"
 ).message("exactly one of backend.service, backend.url or backend.directResponse must be set (only a route with a workloadSelector may name none: it forwards to the selected pods' app)").field_path(".backend"))]
+#[x_kube(validation = Rule::new(
+    "(!has(self.translate) && (!has(self.fallbacks) || size(self.fallbacks) == 0)) || (has(self.metering) && self.metering != 'Requests')"
+).message("translate and fallbacks need metering to name the backend's API (OpenAI, Anthropic or Gemini)").field_path(".metering"))]
 #[serde(rename_all = "camelCase")]
 pub struct ApiRouteSpec {
     /// Host names this route serves: exact names (api.example.com) or one leading wildcard label
@@ -257,8 +260,10 @@ impl From<CallerApi> for Metering {
 }
 
 /// A backend tried when the ones before it failed.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.service) != has(self.url)")
+    .message("exactly one of service or url must be set"))]
 pub struct FallbackBackend {
     /// A Service in this namespace (exactly one of service or url).
     #[serde(default, skip_serializing_if = "Option::is_none")]

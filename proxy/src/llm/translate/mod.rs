@@ -407,3 +407,6 @@ pub(crate) fn openai_usage_chunk(id: &Value, model: &Value, created: i64, usage:
     json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
            "choices": [], "usage": usage})
 }
+
+#[cfg(test)]
+mod tests;
