@@ -810,6 +810,95 @@ fn check_model_map(
     }
 }
 
+/// The most bytes a prompt API's schema may take (as JSON).
+const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+
+/// A prompt API: its schemas valid JSON Schema, every placeholder a declared input member.
+fn compile_prompt(
+    spec: &resources::ApiRouteSpec,
+    p: &resources::PromptApi,
+    errors: &mut Vec<FieldError>,
+) -> Option<Box<crate::snapshot::Prompt>> {
+    let before = errors.len();
+    if !spec.metering.reads_tokens() {
+        errors.push(invalid(
+            "spec.metering",
+            "a prompt API needs metering to name its backend's API (OpenAI, Anthropic or Gemini)",
+        ));
+    }
+    if spec.translate.is_some() {
+        errors.push(invalid(
+            "spec.translate",
+            "a prompt API's callers send plain JSON: translate does not apply (the prompt is sent in the backend's API)",
+        ));
+    }
+    if spec.backend.direct_response.is_some() {
+        errors.push(invalid(
+            "spec.prompt",
+            "a route answered by directResponse has no model to ask",
+        ));
+    }
+    let mut check_schema = |field: &str, schema: &serde_json::Value| {
+        if serde_json::to_vec(schema).map_or(0, |v| v.len()) > MAX_SCHEMA_BYTES {
+            errors.push(invalid(
+                field,
+                format!("the schema is larger than {} KiB", MAX_SCHEMA_BYTES / 1024),
+            ));
+        } else if let Err(e) = jsonschema::validator_for(schema) {
+            errors.push(invalid(field, format!("not a valid JSON Schema: {e}")));
+        }
+    };
+    check_schema("spec.prompt.inputSchema", &p.input_schema);
+    if let Some(schema) = &p.response_schema {
+        check_schema("spec.prompt.responseSchema", schema);
+    }
+    if p.input_schema.get("type").is_some_and(|t| t != "object") {
+        errors.push(invalid(
+            "spec.prompt.inputSchema",
+            "the input schema describes the body, a JSON object: its type must be object",
+        ));
+    }
+    let declared = p.input_schema.get("properties").and_then(|v| v.as_object());
+    for (field, template) in [
+        ("spec.prompt.system", p.system.as_deref()),
+        ("spec.prompt.user", Some(p.user.as_str())),
+    ] {
+        for name in crate::snapshot::placeholders(template.unwrap_or("")) {
+            if !declared.is_some_and(|d| d.contains_key(name)) {
+                errors.push(invalid(
+                    field,
+                    format!(
+                        "the placeholder {{{{{name}}}}} is not a property of inputSchema: declare it there (a caller must know to send it)"
+                    ),
+                ));
+            }
+        }
+    }
+    let temperature = match p.temperature.as_deref().map(str::parse::<f64>) {
+        None => None,
+        Some(Ok(t)) if (0.0..=2.0).contains(&t) => Some(t),
+        Some(_) => {
+            errors.push(invalid(
+                "spec.prompt.temperature",
+                "temperature is a decimal from 0 to 2",
+            ));
+            None
+        }
+    };
+    (errors.len() == before).then(|| {
+        Box::new(crate::snapshot::Prompt {
+            model: p.model.clone(),
+            description: p.description.clone(),
+            system: p.system.clone(),
+            user: p.user.clone(),
+            input_schema: p.input_schema.clone(),
+            response_schema: p.response_schema.clone(),
+            max_output_tokens: p.max_output_tokens,
+            temperature,
+        })
+    })
+}
+
 /// The route's fallback backends, in order.
 fn compile_fallbacks(
     key: &ObjectKey,
@@ -1087,6 +1176,10 @@ fn compile_route(
         &mut errors,
     );
     let fallbacks = compile_fallbacks(key, spec, secrets, &mut errors);
+    let prompt = spec
+        .prompt
+        .as_ref()
+        .and_then(|p| compile_prompt(spec, p, &mut errors));
     let caller_api = spec.translate.as_ref().map(|t| Metering::from(t.from));
     if let Some(t) = &spec.translate {
         check_model_map("spec.translate.models", &t.models, &mut errors);
@@ -1132,6 +1225,7 @@ fn compile_route(
                 .map(|t| t.models.clone())
                 .unwrap_or_default(),
             fallbacks,
+            prompt,
         }),
         _ => Err(errors),
     }

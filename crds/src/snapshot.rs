@@ -145,6 +145,49 @@ pub struct Route {
     /// Backends tried in order after this one fails.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fallbacks: Vec<FallbackRoute>,
+    /// The prompt this route publishes as an API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<Box<Prompt>>,
+}
+
+/// A prompt published as an API (checked by compile: valid schemas, every placeholder declared).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Prompt {
+    /// The backend's model.
+    pub model: String,
+    /// What the API does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// System message template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<String>,
+    /// User message template.
+    pub user: String,
+    /// JSON Schema of the caller's body.
+    pub input_schema: serde_json::Value,
+    /// JSON Schema of the answer, when it is JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_schema: Option<serde_json::Value>,
+    /// Output bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u32>,
+    /// Sampling temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+}
+
+/// The placeholders (`{{name}}`, spaces inside allowed) of a prompt template, in order.
+pub fn placeholders(template: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else { break };
+        out.push(after[..end].trim());
+        rest = &after[end + 2..];
+    }
+    out
 }
 
 /// A fallback backend of a route.
@@ -168,12 +211,16 @@ pub struct FallbackRoute {
 impl Route {
     /// Whether calls on this route go through the LLM call path: translated, or with fallbacks.
     pub fn calls_llm(&self) -> bool {
-        self.caller_api.is_some() || !self.fallbacks.is_empty()
+        self.caller_api.is_some() || !self.fallbacks.is_empty() || self.prompt.is_some()
     }
 
-    /// The API callers speak on this route.
+    /// The API callers speak on this route (a prompt API's calls are made as OpenAI Chat
+    /// Completions calls, then translated for the backend).
     pub fn caller_api(&self) -> Metering {
-        self.caller_api.unwrap_or(self.metering)
+        match &self.prompt {
+            Some(_) => Metering::OpenAI,
+            None => self.caller_api.unwrap_or(self.metering),
+        }
     }
 }
 

@@ -44,7 +44,32 @@ spec:
   quotaPolicyRef: {{name: llm}}
   apiKeys: [{{secretRef: {{name: team-key}}}}]
   subscriptions: [{{apiRouteRef: {{name: to-anthropic}}}}, {{apiRouteRef: {{name: to-gemini}}}},
-                  {{apiRouteRef: {{name: to-openai}}}}, {{apiRouteRef: {{name: fallback}}}}]
+                  {{apiRouteRef: {{name: to-openai}}}}, {{apiRouteRef: {{name: fallback}}}},
+                  {{apiRouteRef: {{name: sentiment}}}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {{name: tiny}}
+spec:
+  quotas: [{{name: monthly, metric: Cost, limit: "0.003", period: Month}}]
+  paymentUrl: https://billing.example.com/upgrade
+  pricing:
+    currency: USD
+    models:
+    - {{model: claude-opus-4-6, inputPerMillionTokens: "5", outputPerMillionTokens: "25"}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: frugal-key}}
+stringData: {{apiKey: key-frugal}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Tenant
+metadata: {{name: frugal}}
+spec:
+  quotaPolicyRef: {{name: tiny}}
+  apiKeys: [{{secretRef: {{name: frugal-key}}}}]
+  subscriptions: [{{apiRouteRef: {{name: sentiment}}}}]
 {routes}"#
     )
 }
@@ -91,6 +116,29 @@ spec:
   backend: {{url: "{failing}"}}
   fallbacks:
   - {{url: "{gemini}", api: Gemini, models: {{gpt-4o: gemini-2.5-flash}}}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {{name: sentiment}}
+spec:
+  match: {{path: /v1/sentiment}}
+  metering: Anthropic
+  backend: {{url: "{anthropic}"}}
+  prompt:
+    model: claude-opus-4-6
+    description: The sentiment of a text.
+    system: Classify the sentiment of the user's text.
+    user: "Text: {{{{text}}}}"
+    maxOutputTokens: 64
+    inputSchema:
+      type: object
+      required: [text]
+      properties: {{text: {{type: string, maxLength: 1000}}}}
+      additionalProperties: false
+    responseSchema:
+      type: object
+      required: [sentiment]
+      properties: {{sentiment: {{enum: [positive, negative, neutral]}}}}
 "#
     )
 }
@@ -459,4 +507,98 @@ async fn a_failing_backend_falls_back_to_the_next_and_the_call_is_charged_once()
             3.0
         );
     }
+}
+
+#[tokio::test]
+async fn a_prompt_api_answers_refuses_what_its_schema_does_not_take_and_ends_in_402() {
+    let w = start(503).await;
+    let p = &w.proxy;
+    let key = [("authorization", "Bearer key-team")];
+    let described = p.get("/v1/sentiment", &key).await;
+    assert_eq!(described.status, 200);
+    let description = described.json();
+    assert_eq!(description["inputSchema"]["required"], json!(["text"]));
+    assert_eq!(
+        (&description["method"], &description["model"]),
+        (&json!("POST"), &json!("claude-opus-4-6"))
+    );
+
+    let positive = [
+        ("authorization", "Bearer key-team"),
+        ("content-type", "application/json"),
+        ("x-llm-reply", r#"{"sentiment": "positive"}"#),
+    ];
+    let answered = p
+        .post("/v1/sentiment", &positive, r#"{"text": "I love it"}"#)
+        .await;
+    assert_eq!(answered.status, 200, "{:?}", answered.body);
+    assert_eq!(
+        answered.json(),
+        json!({"output": {"sentiment": "positive"}, "model": "claude-opus-4-6",
+               "usage": {"inputTokens": PROMPT_TOKENS, "outputTokens": 20}})
+    );
+    let call = w.anthropic.received().pop().expect("the call");
+    assert_eq!(call.path, "/v1/messages");
+    assert_eq!(call.body["model"], "claude-opus-4-6");
+    assert_eq!(call.body["max_tokens"], 64);
+    assert_eq!(
+        call.body["messages"],
+        json!([{"role": "user", "content": [{"type": "text", "text": "Text: I love it"}]}])
+    );
+    let system = call.body["system"].as_str().expect("a system prompt");
+    assert!(
+        system.starts_with("Classify the sentiment of the user's text.")
+            && system.contains(r#""enum":["positive","negative","neutral"]"#),
+        "{system}"
+    );
+
+    // A body the schema refuses never reaches the model and is not charged.
+    let calls = w.anthropic.received().len();
+    let charged = used(p).await;
+    for body in [r#"{"text": 5}"#, r#"{"txt": "x"}"#, "not json"] {
+        let refused = p.post("/v1/sentiment", &positive, body).await;
+        let problem = refused.problem(400, "invalid-input");
+        assert!(
+            problem["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("input schema")),
+            "{problem}"
+        );
+    }
+    assert_eq!(w.anthropic.received().len(), calls);
+    assert_eq!(used(p).await, charged);
+
+    // An answer the response schema does not allow: 502, with what the model said.
+    let unsure = [
+        ("authorization", "Bearer key-team"),
+        ("x-llm-reply", "It is hard to say."),
+    ];
+    let invalid = p.post("/v1/sentiment", &unsure, r#"{"text": "Hmm"}"#).await;
+    let problem = invalid.problem(502, "invalid-model-output");
+    assert_eq!(problem["answer"], "It is hard to say.");
+
+    // Budgeted like any call: the tiny plan answers 402 once its reservation no longer fits.
+    let frugal = [
+        ("authorization", "Bearer key-frugal"),
+        ("x-llm-reply", r#"{"sentiment": "neutral"}"#),
+    ];
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let reply = p.post("/v1/sentiment", &frugal, r#"{"text": "ok"}"#).await;
+        statuses.push(reply.status);
+        if reply.status == 402 {
+            let problem = reply.problem(402, "quota-exhausted");
+            assert_eq!(problem["paymentUrl"], "https://billing.example.com/upgrade");
+            break;
+        }
+    }
+    assert!(
+        statuses.first() == Some(&200) && statuses.last() == Some(&402),
+        "{statuses:?}"
+    );
+    let spent: Decimal = p.used("frugal", None).await.parse().expect("decimal");
+    assert!(
+        spent <= "0.003".parse().expect("decimal"),
+        "never past the budget: {spent}"
+    );
 }

@@ -121,7 +121,7 @@ def anthropic_cases(client, model, cases, headers):
         except anthropic.APIStatusError as e:
             out["backend_error"] = failure(e)
         try:
-            create(messages=[{"role": "user", "content": "Say hello."}], thinking={"type": "enabled", "budget_tokens": 1024})
+            create(messages=[{"role": "user", "content": "Say hello."}], thinking={"type": "adaptive"})
         except anthropic.APIStatusError as e:
             out["unsupported"] = failure(e)
     return out

@@ -9,7 +9,7 @@
 //! `x-llm-chunks` (content chunks in an OpenAI stream), `x-llm-logprobs-bytes` (inflate a JSON
 //! answer), `x-llm-output-tokens` (a longer answer), `x-llm-pause-before-usage-ms` (a stream
 //! pauses after its last content chunk, before its usage), `x-llm-fail` (answer with that
-//! status and the provider's error body).
+//! status and the provider's error body), `x-llm-reply` (the text to answer).
 //!
 //! A call that offers tools is answered with a call of the first one (`{"city": "Paris"}`); a
 //! call whose last message is a tool's result is answered `Result: <that result>`. An
@@ -253,6 +253,11 @@ where
     };
     let path = req.uri().path().to_owned();
     let fail = header_number(&req, "x-llm-fail");
+    let req_reply = req
+        .headers()
+        .get("x-llm-reply")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = req
         .into_body()
         .collect()
@@ -273,7 +278,10 @@ where
     {
         return provider_error(api, status);
     }
-    let reply = reply(api, &doc);
+    let reply = match req_reply {
+        Some(text) => Reply::Text(text),
+        None => reply(api, &doc),
+    };
     let bound = ["max_completion_tokens", "max_tokens"]
         .iter()
         .find_map(|n| doc[*n].as_u64())

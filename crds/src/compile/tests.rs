@@ -814,3 +814,66 @@ fn translated_routes_and_fallbacks_compile_to_backends_in_order() {
         assert_eq!(d.field.as_str(), field, "{spec}: {}", d.message);
     }
 }
+
+#[test]
+fn prompt_apis_compile_with_their_schemas_checked() {
+    let prompt = |extra: &str| {
+        format!(
+            "{{match: {{path: /v1/summary}}, metering: OpenAI, backend: {{url: 'https://api.openai.com'}}, prompt: {{model: gpt-4o-mini, system: 'Summarize in {{{{lang}}}}.', user: '{{{{ text }}}}', inputSchema: {{type: object, properties: {{text: {{type: string}}, lang: {{type: string}}}}}}{extra}}}}}"
+        )
+    };
+    let c = World::parse(BASE)
+        .with(&route_yaml(
+            "summary",
+            "2026-02-01T00:00:00Z",
+            &prompt(", temperature: '0.2', maxOutputTokens: 200, responseSchema: {type: object}"),
+        ))
+        .compile();
+    assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
+    let route = c
+        .snapshot
+        .routes
+        .iter()
+        .find(|r| r.key.name == "summary")
+        .expect("compiled");
+    let compiled = route.prompt.as_ref().expect("a prompt");
+    assert_eq!(
+        (compiled.temperature, compiled.max_output_tokens),
+        (Some(0.2), Some(200))
+    );
+    assert!(route.calls_llm());
+    assert_eq!(route.caller_api(), Metering::OpenAI);
+
+    for (spec, field) in [
+        (
+            prompt("").replace("'{{ text }}'", "'{{ text }} {{ topic }}'"),
+            "spec.prompt.user",
+        ),
+        (
+            prompt("").replace("{type: object, properties", "{type: array, properties"),
+            "spec.prompt.inputSchema",
+        ),
+        (
+            prompt(", responseSchema: {type: 7}"),
+            "spec.prompt.responseSchema",
+        ),
+        (prompt(", temperature: '2.5'"), "spec.prompt.temperature"),
+        (
+            prompt("").replace(
+                "metering: OpenAI",
+                "metering: OpenAI, translate: {from: Anthropic}",
+            ),
+            "spec.translate",
+        ),
+        (
+            prompt("").replace("metering: OpenAI, ", ""),
+            "spec.metering",
+        ),
+    ] {
+        let c = World::parse(BASE)
+            .with(&route_yaml("bad", "2026-02-01T00:00:00Z", &spec))
+            .compile();
+        let d = only_diagnostic(&c);
+        assert_eq!(d.field.as_str(), field, "{spec}: {}", d.message);
+    }
+}

@@ -99,6 +99,14 @@ pub struct ApiRouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub translate: Option<Translate>,
 
+    /// Publishes a prompt as an API: callers POST a JSON object, checked against `inputSchema`;
+    /// its members fill the template's `{{name}}` placeholders; the model's answer comes back
+    /// as `{"output": ..., "model": ..., "usage": {...}}`, parsed as JSON when a
+    /// `responseSchema` is set. A GET describes the API (its schemas). Metered and budgeted as
+    /// any call; `metering` names the backend's API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<PromptApi>,
+
     /// Backends tried in order when the one before answers 429 or 5xx, cannot be reached or
     /// times out, before anything reached the caller. Each may speak another provider's API
     /// (translated as for `translate`). The call is charged once, priced by the model that
@@ -224,6 +232,58 @@ pub struct Backend {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub request_headers: Vec<RequestHeader>,
+}
+
+/// A prompt published as an API.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PromptApi {
+    /// The backend's model that answers.
+    #[schemars(length(min = 1, max = 256))]
+    pub model: String,
+    /// What the API does, for its description (GET).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub description: Option<String>,
+    /// The system message; `{{name}}` is replaced by the body's member `name` (text as it is,
+    /// anything else as JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub system: Option<String>,
+    /// The user message, with placeholders as in `system`.
+    #[schemars(length(min = 1, max = 65536))]
+    pub user: String,
+    /// The JSON Schema a caller's body must satisfy: an object schema whose `properties` name
+    /// every placeholder. A body that does not is answered 400 with the schema's complaint.
+    #[schemars(schema_with = "json_schema_object")]
+    pub input_schema: serde_json::Value,
+    /// A JSON Schema the answer must satisfy: the model is asked to answer with JSON only, and
+    /// its answer is parsed and checked (502 invalid-model-output when it does not match).
+    /// Without it the answer is the model's text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_json_schema_object")]
+    pub response_schema: Option<serde_json::Value>,
+    /// The most output tokens a call may produce (the plan's reservation bound still applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_output_tokens: Option<u32>,
+    /// Sampling temperature, a decimal from 0 to 2 (a backend with a smaller range refuses
+    /// more, as Anthropic's above 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(0|1|2)(\.[0-9]{1,3})?$"))]
+    pub temperature: Option<String>,
+}
+
+/// A JSON Schema document, kept as written.
+fn json_schema_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+fn optional_json_schema_object(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    json_schema_object(g)
 }
 
 /// What callers speak when it is not the backend's API.

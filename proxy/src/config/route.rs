@@ -36,6 +36,8 @@ pub struct RouteEntry {
     /// The backends of a route whose calls are translated or fall back, in the order tried
     /// (boxed: most routes have none).
     pub calls: Option<Box<[CallBackend]>>,
+    /// The prompt a prompt API publishes.
+    pub prompt: Option<Box<crate::llm::prompt::PromptEntry>>,
 }
 
 /// A backend that takes a route's LLM calls: the route's own, or a fallback.
@@ -110,6 +112,13 @@ impl RouteEntry {
             });
             own.into_iter().chain(fallbacks).collect()
         });
+        let prompt = route.prompt.as_ref().and_then(|p| {
+            let path = match &route.path {
+                tollgate_crds::snapshot::PathMatch::Exact(path)
+                | tollgate_crds::snapshot::PathMatch::Prefix(path) => path.as_str(),
+            };
+            crate::llm::prompt::PromptEntry::new(&id, path, p).map(Box::new)
+        });
         let deprecated = route.lifecycle == LifecycleState::Deprecated;
         let sunset = route
             .sunset
@@ -133,6 +142,7 @@ impl RouteEntry {
                 BACKEND_WARNING_INTERVAL,
             ),
             calls,
+            prompt,
         }
     }
 }

@@ -164,6 +164,7 @@ mod tests {
             caller_api: None,
             models: Default::default(),
             fallbacks: vec![],
+            prompt: None,
         }
     }
 

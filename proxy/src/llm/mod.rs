@@ -25,6 +25,7 @@ pub mod formats;
 pub mod json_scan;
 pub mod ledger;
 pub mod meter;
+pub mod prompt;
 pub mod request;
 pub mod reservation;
 pub mod translate;

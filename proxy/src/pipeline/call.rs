@@ -6,17 +6,20 @@
 
 use std::time::{Duration, Instant};
 
-use http::header::HeaderValue;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
 use http::{Request, Response};
+use http_body_util::{Either, Full};
 use jiff::Timestamp;
 use serde_json::Value;
 
 use super::checks::Verdict;
-use super::problem::ProblemKind;
-use super::{ClientConn, Proxy, ProxyBody};
+use super::problem::{Problem, ProblemKind};
+use super::{ClientConn, Proxy, ProxyBody, problem_response};
 use crate::config::RouteEntry;
 use crate::config::route::CallBackend;
 use crate::http1::raw_headers::RawHeaders;
+use crate::llm::prompt::{Answer, PromptEntry};
 use crate::llm::request::MAX_BODY;
 use crate::llm::translate::{self, Translator};
 use crate::quota::CounterStore;
@@ -24,6 +27,61 @@ use crate::upstream::forward::{ForwardContext, RequestBody, upstream_request};
 
 /// The version header Anthropic requires, sent when the caller (speaking another API) did not.
 const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// A prompt API's answer from the model's (read whole: metered as it is read, its status
+/// decided by what it says).
+async fn prompt_answer(
+    prompt: &PromptEntry,
+    resp: Response<ProxyBody>,
+    route: &RouteEntry,
+    path: &str,
+) -> (Response<ProxyBody>, Option<ProblemKind>) {
+    let (parts, body) = resp.into_parts();
+    let timeout = Duration::from_millis(route.route.timeout_ms);
+    let read = tokio::time::timeout(timeout, http_body_util::BodyExt::collect(body)).await;
+    let Ok(Ok(collected)) = read else {
+        let problem = Problem::new(
+            ProblemKind::BackendTimeout,
+            format!(
+                "The model's answer did not arrive in full within {} ms.",
+                route.route.timeout_ms
+            ),
+        )
+        .with("apiRoute", route.route.key.name.as_str());
+        return (
+            problem_response(&problem, path),
+            Some(ProblemKind::BackendTimeout),
+        );
+    };
+    let body = collected.to_bytes();
+    let json = |status, body: Bytes| {
+        let mut resp = Response::new(Either::Left(Full::new(body)));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
+    };
+    match prompt.answer(parts.status, &body) {
+        Answer::Output(output) => (
+            json(http::StatusCode::OK, Bytes::from(output.to_string())),
+            None,
+        ),
+        Answer::Backend => (json(parts.status, body), None),
+        // The model ran: the call is charged what it used.
+        Answer::Invalid { reason, text } => {
+            let shown: String = text.chars().take(2000).collect();
+            let problem = Problem::new(ProblemKind::InvalidModelOutput, reason)
+                .with("apiRoute", route.route.key.name.as_str())
+                .with("answer", shown);
+            (
+                problem_response(&problem, path),
+                Some(ProblemKind::InvalidModelOutput),
+            )
+        }
+    }
+}
 
 /// Whether a backend's answer sends the call on to the next backend: rate limited or failed.
 fn worth_another(status: http::StatusCode) -> bool {
@@ -71,6 +129,19 @@ impl<S: CounterStore> Proxy<S> {
                 }
             }
         };
+        // A prompt API's body becomes its call here when no plan read it (and made it so).
+        let bytes = match &route.prompt {
+            Some(prompt) if v.call.is_none() => match prompt.render(&bytes) {
+                Ok(call) => call,
+                Err(e) => {
+                    let (resp, kind) = self
+                        .failed(v, now, ProblemKind::InvalidInput, &e.to_string(), path)
+                        .await;
+                    return (resp, kind, None);
+                }
+            },
+            _ => bytes,
+        };
         let Ok(Value::Object(doc)) = serde_json::from_slice::<Value>(&bytes) else {
             let (resp, kind) = self
                 .failed(
@@ -90,7 +161,10 @@ impl<S: CounterStore> Proxy<S> {
             .and_then(|o| o.get("include_usage"))
             == Some(&Value::Bool(true))
             && !v.call.as_ref().is_some_and(|c| c.strip_usage_chunk);
-        let path_and_query = parts.uri.path_and_query().map_or(path, |pq| pq.as_str());
+        let path_and_query = match route.prompt {
+            Some(_) => "/v1/chat/completions",
+            None => parts.uri.path_and_query().map_or(path, |pq| pq.as_str()),
+        };
         let mut last_failure = None;
         for (i, backend) in backends.iter().enumerate() {
             let last = i + 1 == backends.len();
@@ -135,6 +209,10 @@ impl<S: CounterStore> Proxy<S> {
                         include_usage,
                     );
                     let resp = self.relayed_from(resp, v, route, backend.api, translator, now);
+                    if let Some(prompt) = &route.prompt {
+                        let (resp, kind) = prompt_answer(prompt, resp, route, path).await;
+                        return (resp, kind, Some(started));
+                    }
                     return (resp, None, Some(started));
                 }
                 Ok(resp) => {

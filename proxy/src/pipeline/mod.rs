@@ -441,6 +441,26 @@ impl<S: CounterStore> Proxy<S> {
                 .insert(header::CONTENT_TYPE, direct.content_type.clone());
             return Forward::Answered(resp);
         }
+        if let Some(prompt) = &route.prompt {
+            return match *req.method() {
+                http::Method::POST => Forward::Call {
+                    route,
+                    request: req,
+                },
+                http::Method::GET => {
+                    let mut resp = Response::new(Either::Left(Full::new(prompt.description())));
+                    resp.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    Forward::Answered(resp)
+                }
+                _ => Forward::Refused(
+                    ProblemKind::BadRequest,
+                    "A prompt API takes POST (a call) and GET (its description and schemas).",
+                ),
+            };
+        }
         if let Some(backends) = &route.calls {
             let caller = route.route.caller_api();
             let is_call = req.method() == http::Method::POST
@@ -687,8 +707,16 @@ impl<S: CounterStore> Proxy<S> {
                 ));
             }
         };
+        // A prompt API's body is the input of the call it makes: the call is read instead.
+        let (bytes, call_path) = match &route.prompt {
+            Some(prompt) => match prompt.render(&bytes) {
+                Ok(call) => (call, "/v1/chat/completions"),
+                Err(e) => return Err(refused(ProblemKind::InvalidInput, e.to_string())),
+            },
+            None => (bytes, req.uri().path()),
+        };
         let max_output = plan.plan.reservation.max_output_tokens;
-        let inspected = request::inspect(metering, req.uri().path(), &bytes, max_output);
+        let inspected = request::inspect(metering, call_path, &bytes, max_output);
         // A plan that reads calls only for quotas of some models needs no model from a request
         // that is not a JSON call (an upload): it goes as it came, outside those quotas.
         if inspected.is_none() && !plan.meters_usage && plan.plan.allowed_models.is_empty() {

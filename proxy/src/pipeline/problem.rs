@@ -49,6 +49,10 @@ pub enum ProblemKind {
     ModelNotAllowed,
     /// 413: a metered call's body is larger than can be read to estimate it.
     RequestTooLarge,
+    /// 400: a prompt API's body does not match its input schema.
+    InvalidInput,
+    /// 502: a prompt API's model answered with something its response schema does not allow.
+    InvalidModelOutput,
 }
 
 impl ProblemKind {
@@ -74,6 +78,8 @@ impl ProblemKind {
             Self::ModelNotPriced => "model-not-priced",
             Self::ModelNotAllowed => "model-not-allowed",
             Self::RequestTooLarge => "request-too-large",
+            Self::InvalidInput => "invalid-input",
+            Self::InvalidModelOutput => "invalid-model-output",
         }
     }
 
@@ -98,7 +104,8 @@ impl ProblemKind {
             Self::QuotaStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::BackendUnavailable => StatusCode::BAD_GATEWAY,
             Self::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::BadRequest | Self::InvalidInput => StatusCode::BAD_REQUEST,
+            Self::InvalidModelOutput => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -124,6 +131,8 @@ impl ProblemKind {
             Self::ModelNotPriced => "Model not priced",
             Self::ModelNotAllowed => "Model not allowed",
             Self::RequestTooLarge => "Request too large to meter",
+            Self::InvalidInput => "Body does not match the input schema",
+            Self::InvalidModelOutput => "Model answer does not match the response schema",
         }
     }
 }
