@@ -280,6 +280,19 @@ fn assert_openai_shapes(out: &Value, backend: &str) {
         "{backend}: {unsupported}"
     );
     assert_eq!(unsupported["content_type"], "application/problem+json");
+    // A 200 that is not the provider's JSON cannot be an answer: 502, in OpenAI's error shape.
+    let garbage = &out["garbage"];
+    assert_eq!(
+        (&garbage["status"], &garbage["class"]),
+        (&json!(502), &json!("InternalServerError")),
+        "{backend}: {garbage}"
+    );
+    assert!(
+        garbage["body"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("<html>oops</html>")),
+        "{backend}: {garbage}"
+    );
     assert!(
         unsupported["body"]["detail"]
             .as_str()
@@ -482,7 +495,7 @@ async fn a_failing_backend_falls_back_to_the_next_and_the_call_is_charged_once()
         let out = sdk(
             &w.proxy,
             "/fallback/v1",
-            json!({"sdk": "openai", "model": "gpt-4o", "cases": ["chat", "stream"]}),
+            json!({"sdk": "openai", "model": "gpt-4o", "cases": ["chat", "stream", "no_fallback_can"]}),
         )
         .await;
         assert_eq!(out["chat"]["text"], "Hello", "{status}: {out}");
@@ -491,8 +504,16 @@ async fn a_failing_backend_falls_back_to_the_next_and_the_call_is_charged_once()
             "{status}: the fallback answered"
         );
         assert_eq!(out["stream"]["text"], "Hello", "{status}: {out}");
-        // Three calls (one JSON, two streamed), each tried on the failing backend first.
-        assert_eq!(w.failing.received().len(), 3, "{status}");
+        // A call the Gemini fallback cannot take (`parallel_tool_calls: false`): the failing
+        // backend's own answer is the caller's, not a made-up one.
+        assert_eq!(
+            out["no_fallback_can"]["status"], status,
+            "{status}: {}",
+            out["no_fallback_can"]
+        );
+        // Three calls (one JSON, two streamed), each tried on the failing backend first, and
+        // the one no fallback could take.
+        assert_eq!(w.failing.received().len(), 4, "{status}");
         assert_eq!(w.gemini.received().len(), 3, "{status}");
         assert!(w.anthropic.received().is_empty() && w.openai.received().is_empty());
         // Charged once each, priced by the model that answered: 10 x 0.30/1M + 20 x 2.50/1M.

@@ -83,6 +83,15 @@ def openai_cases(client, model, cases, headers):
             create(messages=[{"role": "user", "content": "Say hello."}], logprobs=True)
         except openai.APIStatusError as e:
             out["unsupported"] = failure(e)
+        try:
+            create(messages=[{"role": "user", "content": "Say hello."}], extra_headers={"x-llm-garbage": "1"})
+        except openai.APIStatusError as e:
+            out["garbage"] = failure(e)
+    if "no_fallback_can" in cases:
+        try:
+            create(messages=QUESTION, tools=[OPENAI_TOOL], parallel_tool_calls=False)
+        except openai.APIStatusError as e:
+            out["no_fallback_can"] = failure(e)
     return out
 
 

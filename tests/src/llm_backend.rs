@@ -9,7 +9,8 @@
 //! `x-llm-chunks` (content chunks in an OpenAI stream), `x-llm-logprobs-bytes` (inflate a JSON
 //! answer), `x-llm-output-tokens` (a longer answer), `x-llm-pause-before-usage-ms` (a stream
 //! pauses after its last content chunk, before its usage), `x-llm-fail` (answer with that
-//! status and the provider's error body), `x-llm-reply` (the text to answer).
+//! status and the provider's error body), `x-llm-reply` (the text to answer), `x-llm-garbage`
+//! (answer 200 with a body that is not JSON, as a broken server would).
 //!
 //! A call that offers tools is answered with a call of the first one (`{"city": "Paris"}`); a
 //! call whose last message is a tool's result is answered `Result: <that result>`. An
@@ -253,6 +254,7 @@ where
     };
     let path = req.uri().path().to_owned();
     let fail = header_number(&req, "x-llm-fail");
+    let garbage = header_number(&req, "x-llm-garbage") > 0;
     let req_reply = req
         .headers()
         .get("x-llm-reply")
@@ -273,6 +275,12 @@ where
     } else {
         Api::OpenAI
     };
+    if garbage {
+        let mut resp = Response::new(Full::new(Bytes::from_static(b"<html>oops</html>")).boxed());
+        resp.headers_mut()
+            .insert("content-type", "application/json".parse().expect("value"));
+        return resp;
+    }
     if let Ok(status) = u16::try_from(fail)
         && (400..600).contains(&status)
     {

@@ -36,24 +36,10 @@ async fn prompt_answer(
     route: &RouteEntry,
     path: &str,
 ) -> (Response<ProxyBody>, Option<ProblemKind>) {
-    let (parts, body) = resp.into_parts();
-    let timeout = Duration::from_millis(route.route.timeout_ms);
-    let read = tokio::time::timeout(timeout, http_body_util::BodyExt::collect(body)).await;
-    let Ok(Ok(collected)) = read else {
-        let problem = Problem::new(
-            ProblemKind::BackendTimeout,
-            format!(
-                "The model's answer did not arrive in full within {} ms.",
-                route.route.timeout_ms
-            ),
-        )
-        .with("apiRoute", route.route.key.name.as_str());
-        return (
-            problem_response(&problem, path),
-            Some(ProblemKind::BackendTimeout),
-        );
+    let (parts, body) = match read_whole(resp, route, path).await {
+        Ok(read) => read,
+        Err(refused) => return refused,
     };
-    let body = collected.to_bytes();
     let json = |status, body: Bytes| {
         let mut resp = Response::new(Either::Left(Full::new(body)));
         *resp.status_mut() = status;
@@ -81,6 +67,61 @@ async fn prompt_answer(
             )
         }
     }
+}
+
+/// A response's body read whole (at most [`translate::MAX_ANSWER`] bytes, within the route's
+/// timeout), metered on the way. A body that does not arrive in full was charged what the call
+/// may have used (its reservation, as any answer cut before its usage): the problem says so.
+async fn read_whole(
+    resp: Response<ProxyBody>,
+    route: &RouteEntry,
+    path: &str,
+) -> Result<(http::response::Parts, Bytes), (Response<ProxyBody>, Option<ProblemKind>)> {
+    let (parts, body) = resp.into_parts();
+    let timeout = Duration::from_millis(route.route.timeout_ms);
+    let limited = http_body_util::Limited::new(body, translate::MAX_ANSWER);
+    let read = tokio::time::timeout(timeout, http_body_util::BodyExt::collect(limited)).await;
+    let (kind, detail) = match read {
+        Ok(Ok(collected)) => return Ok((parts, collected.to_bytes())),
+        Err(_) => (
+            ProblemKind::BackendTimeout,
+            format!(
+                "The model's answer did not arrive in full within {} ms; the call was charged its reservation.",
+                route.route.timeout_ms
+            ),
+        ),
+        Ok(Err(_)) => (
+            ProblemKind::BackendUnavailable,
+            format!(
+                "The model's answer was cut off or larger than {} MiB; the call was charged its reservation.",
+                translate::MAX_ANSWER / (1024 * 1024)
+            ),
+        ),
+    };
+    let problem = Problem::new(kind, detail).with("apiRoute", route.route.key.name.as_str());
+    Err((problem_response(&problem, path), Some(kind)))
+}
+
+/// A translated whole answer: answered 502 when the backend's 2xx answer could not be
+/// translated (not JSON, too large), since the caller's SDK would read it as an answer.
+async fn whole_answer(
+    resp: Response<ProxyBody>,
+    backend_status: http::StatusCode,
+    route: &RouteEntry,
+    path: &str,
+) -> (Response<ProxyBody>, Option<ProblemKind>) {
+    let (mut parts, body) = match read_whole(resp, route, path).await {
+        Ok(read) => read,
+        Err(refused) => return refused,
+    };
+    if backend_status.is_success() && translate::is_error_body(&body) {
+        parts.status = http::StatusCode::BAD_GATEWAY;
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    (
+        Response::from_parts(parts, Either::Left(Full::new(body))),
+        None,
+    )
 }
 
 /// Whether a backend's answer sends the call on to the next backend: rate limited or failed.
@@ -165,17 +206,12 @@ impl<S: CounterStore> Proxy<S> {
             Some(_) => "/v1/chat/completions",
             None => parts.uri.path_and_query().map_or(path, |pq| pq.as_str()),
         };
-        let mut last_failure = None;
+        // Every backend's request first: "the last backend" is the last one that can take the
+        // call, whose answer (even a 429 or 5xx) is the caller's.
+        let mut attempts = Vec::with_capacity(backends.len());
         for (i, backend) in backends.iter().enumerate() {
-            let last = i + 1 == backends.len();
-            let outbound = match translate::request(
-                caller,
-                backend.api,
-                path_and_query,
-                &doc,
-                &backend.models,
-            ) {
-                Ok(outbound) => outbound,
+            match translate::request(caller, backend.api, path_and_query, &doc, &backend.models) {
+                Ok(outbound) => attempts.push((backend, outbound)),
                 // The route's own backend cannot take the call: the caller learns why.
                 Err(unsupported) if i == 0 => {
                     let (resp, kind) = self
@@ -186,12 +222,16 @@ impl<S: CounterStore> Proxy<S> {
                 // A fallback that cannot is passed over.
                 Err(unsupported) => {
                     tracing::debug!(route = %route.id, backend = i, reason = %unsupported, "fallback backend skipped: it cannot take the call");
-                    continue;
                 }
-            };
-            let request = match self.backend_request(&parts, raw, v, client, backend, outbound) {
-                Some(request) => request,
-                None => continue,
+            }
+        }
+        let mut last_failure = None;
+        let count = attempts.len();
+        for (i, (backend, outbound)) in attempts.into_iter().enumerate() {
+            let last = i + 1 == count;
+            let Some(request) = self.backend_request(&parts, raw, v, client, backend, outbound)
+            else {
+                continue;
             };
             let started = Instant::now();
             let due = started + Duration::from_millis(backend.timeout_ms);
@@ -201,16 +241,24 @@ impl<S: CounterStore> Proxy<S> {
                 .await;
             match sent {
                 Ok(resp) if last || !worth_another(resp.status()) => {
+                    let status = resp.status();
                     let translator = Translator::new(
                         caller,
                         backend.api,
-                        resp.status(),
+                        status,
                         super::backend_content_type(&resp),
                         include_usage,
                     );
+                    // A whole answer is read before it is answered: its status follows what
+                    // the translation made of it.
+                    let whole = translator.as_ref().is_some_and(|t| !t.streams());
                     let resp = self.relayed_from(resp, v, route, backend.api, translator, now);
                     if let Some(prompt) = &route.prompt {
                         let (resp, kind) = prompt_answer(prompt, resp, route, path).await;
+                        return (resp, kind, Some(started));
+                    }
+                    if whole {
+                        let (resp, kind) = whole_answer(resp, status, route, path).await;
                         return (resp, kind, Some(started));
                     }
                     return (resp, None, Some(started));

@@ -448,6 +448,19 @@ impl<S: CounterStore> Proxy<S> {
                     request: req,
                 },
                 http::Method::GET => {
+                    // Answered here: the request's own price is all it costs (as a direct
+                    // response's).
+                    if let Some(mut meter) = self.meter_for(
+                        v,
+                        route,
+                        route.route.metering,
+                        http::StatusCode::OK,
+                        (None, None),
+                        now,
+                        false,
+                    ) {
+                        meter.finish(true);
+                    }
                     let mut resp = Response::new(Either::Left(Full::new(prompt.description())));
                     resp.headers_mut().insert(
                         header::CONTENT_TYPE,

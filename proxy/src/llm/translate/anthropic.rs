@@ -292,6 +292,10 @@ pub struct StreamToOpenAI {
     usage: Map<String, Value>,
     /// OpenAI's tool call index for each Anthropic content block that is a tool use.
     tool_index: Vec<(u64, u64)>,
+    /// `message_start` came.
+    started: bool,
+    /// `message_stop` or an error came: the stream ended as the backend meant it to.
+    ended: bool,
 }
 
 impl StreamToOpenAI {
@@ -304,6 +308,8 @@ impl StreamToOpenAI {
             created: now_seconds(),
             usage: Map::new(),
             tool_index: Vec::new(),
+            started: false,
+            ended: false,
         }
     }
 
@@ -325,6 +331,7 @@ impl Stage for StreamToOpenAI {
         };
         match data["type"].as_str() {
             Some("message_start") => {
+                self.started = true;
                 let message = &data["message"];
                 self.id = message["id"].clone();
                 self.model = message["model"].clone();
@@ -395,10 +402,23 @@ impl Stage for StreamToOpenAI {
                         usage,
                     )));
                 }
+                self.ended = true;
                 out.push(Event::Done);
             }
-            Some("error") => out.push(Event::data(error_to_openai(&data))),
+            Some("error") => {
+                self.ended = true;
+                out.push(Event::data(error_to_openai(&data)));
+            }
             _ => {} // ping
+        }
+    }
+
+    fn end(&mut self, out: &mut Vec<Event>) {
+        // Cut before `message_stop`: the caller must not take it for a whole answer.
+        if self.started && !self.ended {
+            out.push(Event::data(json!({"error": {
+                "message": "The backend's stream ended before the answer was complete.",
+                "type": "api_error", "param": null, "code": null}})));
         }
     }
 }
@@ -461,9 +481,16 @@ pub fn request_to_openai(doc: &Map<String, Value>) -> Result<Map<String, Value>,
                 for block in blocks {
                     match block["type"].as_str() {
                         // Tool results answer the assistant's last turn: they go first.
-                        Some("tool_result") => messages.push(json!({"role": "tool",
-                            "tool_call_id": block["tool_use_id"],
-                            "content": text_of(&block["content"], &format!("messages[{i}].content"))?})),
+                        Some("tool_result") => {
+                            let mut content =
+                                text_of(&block["content"], &format!("messages[{i}].content"))?;
+                            // OpenAI has no error flag on a tool's result: it is said in words.
+                            if block["is_error"] == true {
+                                content.insert_str(0, "Error: ");
+                            }
+                            messages.push(json!({"role": "tool",
+                                "tool_call_id": block["tool_use_id"], "content": content}));
+                        }
                         Some("text") => parts.push(json!({"type": "text", "text": block["text"]})),
                         Some("image") => {
                             let source = &block["source"];
@@ -668,6 +695,7 @@ enum Open {
 #[derive(Debug, Default)]
 pub struct StreamFromOpenAI {
     started: bool,
+    /// `message_stop` (or an error event) was sent: nothing follows.
     ended: bool,
     /// The open block and its Anthropic index.
     open: Option<(Open, u64)>,
@@ -737,7 +765,11 @@ impl Stage for StreamFromOpenAI {
             Event::Done => return self.finish_message(out),
             Event::Json { data, .. } => data,
         };
+        if self.ended {
+            return;
+        }
         if data.get("error").is_some_and(|e| !e.is_null()) {
+            self.ended = true;
             out.push(Event::typed(json!({"type": "error", "error": {"type": "api_error",
                 "message": data["error"]["message"].as_str().unwrap_or("The backend's stream failed.")}})));
             return;
@@ -759,8 +791,9 @@ impl Stage for StreamFromOpenAI {
         }
         for call in delta["tool_calls"].as_array().into_iter().flatten() {
             let tool = call["index"].as_u64().unwrap_or(0);
-            let starts = call.get("id").is_some_and(|id| !id.is_null())
-                || self.open.is_none_or(|(open, _)| open != Open::Tool(tool));
+            // A call's deltas share its index (some servers repeat its id on each): a new index
+            // is a new call.
+            let starts = self.open.is_none_or(|(open, _)| open != Open::Tool(tool));
             if starts {
                 // A new call: the block before it ends.
                 self.close(out);
@@ -787,9 +820,15 @@ impl Stage for StreamFromOpenAI {
 
     fn end(&mut self, out: &mut Vec<Event>) {
         // A stream that ended without `[DONE]` but finished its choice is complete (some
-        // OpenAI-compatible servers omit it); one cut before that is left cut.
+        // OpenAI-compatible servers omit it); one cut before that ends in an error event.
         if self.stop.is_some() {
             self.finish_message(out);
+        } else if self.started && !self.ended {
+            self.ended = true;
+            out.push(Event::typed(
+                json!({"type": "error", "error": {"type": "api_error",
+                "message": "The backend's stream ended before the answer was complete."}}),
+            ));
         }
     }
 }

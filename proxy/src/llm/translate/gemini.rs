@@ -9,6 +9,9 @@ use super::{
     parse_data_url, text_of,
 };
 
+/// Between a tool call id's own part and the `thoughtSignature` Gemini attached to the call.
+const SIGNATURE_MARK: &str = ".sig.";
+
 /// An OpenAI Chat Completions request as a Gemini request, and the path it goes to
 /// (`/v1beta/models/{model}:generateContent`, or `:streamGenerateContent?alt=sse`).
 pub fn request_from_openai(
@@ -93,16 +96,24 @@ pub fn request_from_openai(
                         .map_err(|_| Unsupported(format!(
                             "messages[{i}].tool_calls: the arguments of a tool call must be a JSON object to be sent to a Gemini backend"
                         )))?;
+                    let mut part =
+                        json!({"functionCall": {"name": function["name"], "args": args}});
                     if let Some(id) = call["id"].as_str() {
                         call_names.push((id.to_owned(), function["name"].clone()));
+                        // Gemini's signature of its reasoning travels in the call's id: it wants
+                        // it back with the call.
+                        if let Some((_, signature)) = id.split_once(SIGNATURE_MARK) {
+                            part["thoughtSignature"] = Value::from(signature);
+                        }
                     }
-                    parts.push(json!({"functionCall": {"name": function["name"], "args": args}}));
+                    parts.push(part);
                 }
                 push_content(&mut contents, "model", parts);
             }
             "tool" => {
                 let id = m["tool_call_id"].as_str().unwrap_or("");
-                let Some((_, name)) = call_names.iter().find(|(c, _)| c == id) else {
+                // The latest call with that id (ids repeat across a conversation's turns).
+                let Some((_, name)) = call_names.iter().rev().find(|(c, _)| c == id) else {
                     return Err(Unsupported(format!(
                         "messages[{i}]: the tool result for {id:?} answers no tool call of an earlier assistant message (Gemini needs the function's name)"
                     )));
@@ -317,8 +328,10 @@ fn usage_to_openai(usage: &Value) -> Value {
            "completion_tokens_details": {"reasoning_tokens": n("thoughtsTokenCount")}})
 }
 
-/// The text and function calls of a candidate's parts (thought summaries left out).
-fn read_parts(candidate: &Value, first_call: usize) -> (String, Vec<Value>) {
+/// The text and function calls of a candidate's parts (thought summaries left out). Each call's
+/// id is `call_{answer}_{n}` (unique across a conversation's turns), with Gemini's
+/// `thoughtSignature` after [`SIGNATURE_MARK`] when it gave one.
+fn read_parts(candidate: &Value, answer: &str, first_call: usize) -> (String, Vec<Value>) {
     let mut text = String::new();
     let mut calls = Vec::new();
     for part in candidate["content"]["parts"]
@@ -334,9 +347,13 @@ fn read_parts(candidate: &Value, first_call: usize) -> (String, Vec<Value>) {
         }
         if let Some(call) = part.get("functionCall") {
             let index = first_call + calls.len();
-            let id = call["id"]
+            let mut id = call["id"]
                 .as_str()
-                .map_or_else(|| format!("call_{index}"), str::to_owned);
+                .map_or_else(|| format!("call_{answer}_{index}"), str::to_owned);
+            if let Some(signature) = part["thoughtSignature"].as_str() {
+                id.push_str(SIGNATURE_MARK);
+                id.push_str(signature);
+            }
             calls.push(json!({"index": index, "id": id, "type": "function",
                 "function": {"name": call["name"], "arguments": call["args"].to_string()}}));
         }
@@ -347,7 +364,7 @@ fn read_parts(candidate: &Value, first_call: usize) -> (String, Vec<Value>) {
 /// A Gemini answer as an OpenAI chat completion.
 pub fn answer_to_openai(answer: &Value) -> Value {
     let candidate = &answer["candidates"][0];
-    let (text, mut calls) = read_parts(candidate, 0);
+    let (text, mut calls) = read_parts(candidate, &answer_id(answer), 0);
     for call in &mut calls {
         if let Some(c) = call.as_object_mut() {
             c.remove("index");
@@ -371,6 +388,23 @@ pub fn answer_to_openai(answer: &Value) -> Value {
            "usage": usage_to_openai(&answer["usageMetadata"])})
 }
 
+/// An answer's identity for its calls' ids: its `responseId`, else one made here.
+fn answer_id(answer: &Value) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    match answer["responseId"].as_str() {
+        Some(id) => id
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(32)
+            .collect(),
+        None => format!(
+            "{:x}{:x}",
+            now_seconds(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ),
+    }
+}
+
 /// A Gemini error body (`{"error": {"code", "message", "status"}}`) as OpenAI's.
 pub fn error_to_openai(body: &Value) -> Value {
     let error = &body["error"];
@@ -390,6 +424,12 @@ pub struct StreamToOpenAI {
     created: i64,
     calls: usize,
     usage: Option<Value>,
+    /// The answer's identity, for its calls' ids.
+    answer: String,
+    /// A candidate finished (`finishReason`): the stream's end is the answer's.
+    finished: bool,
+    /// An error event came: nothing follows.
+    failed: bool,
 }
 
 impl StreamToOpenAI {
@@ -403,6 +443,9 @@ impl StreamToOpenAI {
             created: now_seconds(),
             calls: 0,
             usage: None,
+            answer: String::new(),
+            finished: false,
+            failed: false,
         }
     }
 }
@@ -412,12 +455,17 @@ impl Stage for StreamToOpenAI {
         let Event::Json { data, .. } = event else {
             return;
         };
+        if self.failed {
+            return;
+        }
         if data.get("error").is_some() {
+            self.failed = true;
             out.push(Event::data(error_to_openai(&data)));
             return;
         }
         if !self.started {
             self.started = true;
+            self.answer = answer_id(&data);
             self.id = json!(data["responseId"].as_str().unwrap_or("chatcmpl-gemini"));
             self.model = data["modelVersion"].clone();
             out.push(Event::data(openai_chunk(
@@ -432,7 +480,7 @@ impl Stage for StreamToOpenAI {
             self.usage = Some(usage_to_openai(&data["usageMetadata"]));
         }
         let candidate = &data["candidates"][0];
-        let (text, calls) = read_parts(candidate, self.calls);
+        let (text, calls) = read_parts(candidate, &self.answer, self.calls);
         self.calls += calls.len();
         let mut delta = Map::new();
         if !text.is_empty() {
@@ -444,6 +492,7 @@ impl Stage for StreamToOpenAI {
         let finish = candidate["finishReason"]
             .as_str()
             .map(|r| finish_reason(r, self.calls > 0));
+        self.finished |= finish.is_some();
         if !delta.is_empty() || finish.is_some() {
             out.push(Event::data(openai_chunk(
                 &self.id,
@@ -456,7 +505,14 @@ impl Stage for StreamToOpenAI {
     }
 
     fn end(&mut self, out: &mut Vec<Event>) {
-        if !self.started {
+        if !self.started || self.failed {
+            return;
+        }
+        if !self.finished {
+            // Cut before a candidate finished: the caller must not take it for a whole answer.
+            out.push(Event::data(json!({"error": {
+                "message": "The backend's stream ended before the answer was complete.",
+                "type": "api_error", "param": null, "code": null}})));
             return;
         }
         if self.include_usage

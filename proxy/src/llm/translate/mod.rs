@@ -203,6 +203,11 @@ impl Translator {
         })
     }
 
+    /// Whether the answer is a stream, translated event by event (else it is read whole).
+    pub fn streams(&self) -> bool {
+        matches!(self.body, Body::Stream { .. })
+    }
+
     /// The content type of what the caller gets.
     pub fn content_type(&self) -> &'static str {
         match self.body {
@@ -286,7 +291,10 @@ impl Rewrite for Translator {
                     Err(e) => {
                         *broken = true;
                         tracing::warn!(error = %e, "a translated stream was cut");
-                        Bytes::new()
+                        sse::encode(&[stream_error(
+                            self.caller,
+                            "The backend's stream could not be translated (an event too long); it was cut.",
+                        )])
                     }
                 }
             }
@@ -317,6 +325,24 @@ impl Rewrite for Translator {
                 sse::encode(&Self::through(stages, last, true))
             }
         }
+    }
+}
+
+/// Whether a translated whole answer is an error (OpenAI's `{"error": ...}` or Anthropic's
+/// `{"type": "error"}`): what a 2xx answer that could not be translated became.
+pub fn is_error_body(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(body).map_or(true, |doc| {
+        doc.get("error").is_some() || doc["type"] == "error"
+    })
+}
+
+/// An error event in the caller's API, for a stream that cannot go on.
+fn stream_error(caller: Api, message: &str) -> Event {
+    match caller {
+        Api::Anthropic => Event::typed(json!({"type": "error",
+            "error": {"type": "api_error", "message": message}})),
+        _ => Event::data(json!({"error": {"message": message, "type": "api_error",
+            "param": null, "code": null}})),
     }
 }
 

@@ -35,6 +35,9 @@ impl Event {
 #[derive(Debug, Default)]
 pub struct Reader {
     pending: BytesMut,
+    /// How much of `pending` is known to hold no event end: scanning resumes there (a long
+    /// event arriving in many pieces is scanned once, not once per piece).
+    scanned: usize,
 }
 
 /// A stream whose event grew past [`MAX_EVENT`] without ending.
@@ -48,10 +51,14 @@ impl Reader {
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Event>, EventTooLong> {
         self.pending.extend_from_slice(chunk);
         let mut events = Vec::new();
-        while let Some(end) = event_end(&self.pending) {
+        // An end (`\n\n`, `\n\r\n`) may straddle the previous piece's last bytes.
+        let mut from = self.scanned.saturating_sub(2);
+        while let Some(end) = event_end(&self.pending[from..]).map(|e| e + from) {
             let raw = self.pending.split_to(end);
             events.extend(parse(&raw));
+            from = 0;
         }
+        self.scanned = self.pending.len();
         if self.pending.len() > MAX_EVENT {
             return Err(EventTooLong);
         }
@@ -61,6 +68,7 @@ impl Reader {
     /// The last event, when the stream ended without the blank line after it.
     pub fn finish(&mut self) -> Option<Event> {
         let raw = std::mem::take(&mut self.pending);
+        self.scanned = 0;
         parse(&raw)
     }
 }

@@ -462,14 +462,14 @@ fn whole_answers_and_errors_come_back_in_the_callers_shape() {
         Api::OpenAI,
         Api::Gemini,
         200,
-        r#"{"candidates":[{"content":{"parts":[{"text":"thinking","thought":true},{"functionCall":{"name":"f","args":{"a":1}}}]},"finishReason":"STOP"}],
+        r#"{"candidates":[{"content":{"parts":[{"text":"thinking","thought":true},{"functionCall":{"name":"f","args":{"a":1}},"thoughtSignature":"SIG"}]},"finishReason":"STOP"}],
             "usageMetadata":{"promptTokenCount":4,"candidatesTokenCount":6,"cachedContentTokenCount":1},"modelVersion":"gemini-x","responseId":"r1"}"#,
     );
     assert_eq!(from_gemini["choices"][0]["finish_reason"], "tool_calls");
     assert_eq!(
         from_gemini["choices"][0]["message"],
         json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [
-            {"id": "call_0", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]})
+            {"id": "call_r1_0.sig.SIG", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]})
     );
     assert_eq!(
         from_gemini["usage"]["prompt_tokens_details"]["cached_tokens"],
@@ -510,4 +510,106 @@ fn whole_answers_and_errors_come_back_in_the_callers_shape() {
         Translator::new(Api::OpenAI, Api::OpenAI, StatusCode::OK, None, false).is_none(),
         "nothing to translate"
     );
+}
+
+#[test]
+fn gemini_calls_keep_their_signature_and_ids_stay_unique_across_turns() {
+    let call = |id: &str, name: &str| {
+        json!({"role": "assistant", "content": null, "tool_calls": [
+            {"id": id, "type": "function", "function": {"name": name, "arguments": "{}"}}]})
+    };
+    let (_, body) = translated(
+        Api::OpenAI,
+        Api::Gemini,
+        "/v1/chat/completions",
+        json!({"model": "g", "messages": [
+            {"role": "user", "content": "1"},
+            call("call_0", "first"),
+            {"role": "tool", "tool_call_id": "call_0", "content": "a"},
+            call("call_a_0.sig.SIG", "second"),
+            {"role": "tool", "tool_call_id": "call_a_0.sig.SIG", "content": "b"},
+            call("call_0", "third"),
+            {"role": "tool", "tool_call_id": "call_0", "content": "c"}]}),
+    );
+    let contents = body["contents"].as_array().expect("contents");
+    assert_eq!(
+        contents[3]["parts"][0],
+        json!({"functionCall": {"name": "second", "args": {}}, "thoughtSignature": "SIG"}),
+        "the signature goes back with its call"
+    );
+    assert_eq!(
+        contents[6]["parts"][0]["functionResponse"]["name"], "third",
+        "a repeated id answers its latest call"
+    );
+}
+
+#[test]
+fn a_stream_cut_before_its_end_ends_in_an_error_event() {
+    let cut_anthropic = ANTHROPIC_STREAM
+        .split("event: message_delta")
+        .next()
+        .expect("a prefix");
+    let last = |caller, backend, stream: &str| -> Event {
+        let mut t = Translator::new(
+            caller,
+            backend,
+            StatusCode::OK,
+            Some("text/event-stream"),
+            true,
+        )
+        .expect("a translation");
+        events(&through(&mut t, stream.as_bytes(), 9))
+            .pop()
+            .expect("events")
+    };
+    let is_error = |e: &Event| match e {
+        Event::Json { data, .. } => data.get("error").is_some(),
+        Event::Done => false,
+    };
+    assert!(is_error(&last(Api::OpenAI, Api::Anthropic, cut_anthropic)));
+    let gemini_cut = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hel\"}]}}]}\n\n";
+    assert!(is_error(&last(Api::OpenAI, Api::Gemini, gemini_cut)));
+    let Event::Json { data, .. } = last(Api::Anthropic, Api::Gemini, gemini_cut) else {
+        panic!("an event")
+    };
+    assert_eq!(data["type"], "error", "no message_stop after a cut");
+    let openai_cut = format!(
+        "data: {}\n\n",
+        json!({"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": null}]})
+    );
+    let Event::Json { data, .. } = last(Api::Anthropic, Api::OpenAI, &openai_cut) else {
+        panic!("an event")
+    };
+    assert_eq!(data["type"], "error");
+    // A whole stream does not.
+    assert_eq!(
+        last(Api::OpenAI, Api::Anthropic, ANTHROPIC_STREAM),
+        Event::Done
+    );
+}
+
+#[test]
+fn a_call_whose_id_repeats_on_every_delta_stays_one_block() {
+    let chunk = |args: &str| {
+        format!(
+            "data: {}\n\n",
+            json!({"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"tool_calls": [
+                {"index": 0, "id": "same", "type": "function", "function": {"name": "f", "arguments": args}}]},
+                "finish_reason": null}]})
+        )
+    };
+    let stream = [chunk("{\"a\""), chunk(":1}"), "data: [DONE]\n\n".to_owned()].concat();
+    let mut t = Translator::new(
+        Api::Anthropic,
+        Api::OpenAI,
+        StatusCode::OK,
+        Some("text/event-stream"),
+        false,
+    )
+    .expect("a translation");
+    let starts = events(&through(&mut t, stream.as_bytes(), 1000))
+        .iter()
+        .filter(|e| matches!(e, Event::Json { data, .. } if data["type"] == "content_block_start"))
+        .count();
+    assert_eq!(starts, 1);
 }
