@@ -85,6 +85,8 @@ impl LlmBackend {
         let log = Arc::clone(&received);
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                // As providers' servers do: a stream's small events go out as written.
+                let _ = stream.set_nodelay(true);
                 let log = Arc::clone(&log);
                 tokio::spawn(async move {
                     let serve = service_fn(move |req: Request<Incoming>| {
@@ -530,27 +532,39 @@ fn anthropic(doc: &Value, output: u64, knobs: &Knobs, reply: &Reply) -> Answer {
         "role": "assistant", "model": model, "content": [], "usage": start_usage}}),
     );
     let (mut events, content, stop) = match reply {
-        Reply::Text(text) => (
-            vec![
+        Reply::Text(text) => {
+            // One delta, or as many as asked: "Hel", then "lo"s.
+            let deltas: Vec<String> = match knobs.chunks {
+                0 | 1 => vec![text.clone()],
+                n => std::iter::once("Hel".to_owned())
+                    .chain((1..n).map(|_| "lo".to_owned()))
+                    .collect(),
+            };
+            let mut events = vec![
                 message_start,
                 (
                     Some("content_block_start"),
                     json!({"type": "content_block_start", "index": 0,
                            "content_block": {"type": "text", "text": ""}}),
                 ),
+            ];
+            events.extend(deltas.iter().map(|d| {
                 (
                     Some("content_block_delta"),
                     json!({"type": "content_block_delta", "index": 0,
-                    "delta": {"type": "text_delta", "text": text}}),
-                ),
-                (
-                    Some("content_block_stop"),
-                    json!({"type": "content_block_stop", "index": 0}),
-                ),
-            ],
-            json!([{"type": "text", "text": text}]),
-            "end_turn",
-        ),
+                    "delta": {"type": "text_delta", "text": d}}),
+                )
+            }));
+            events.push((
+                Some("content_block_stop"),
+                json!({"type": "content_block_stop", "index": 0}),
+            ));
+            (
+                events,
+                json!([{"type": "text", "text": deltas.concat()}]),
+                "end_turn",
+            )
+        }
         Reply::Tool(name) => (
             vec![
                 message_start,
