@@ -296,6 +296,9 @@ pub struct StreamToOpenAI {
     started: bool,
     /// `message_stop` or an error came: the stream ended as the backend meant it to.
     ended: bool,
+    /// Every chunk's text up to its delta (`{"id":…,"choices":[{"index":0,"delta":`), made once:
+    /// a text delta, nearly every event of a stream, is written without building a document.
+    prefix: String,
 }
 
 impl StreamToOpenAI {
@@ -310,6 +313,21 @@ impl StreamToOpenAI {
             tool_index: Vec::new(),
             started: false,
             ended: false,
+            prefix: String::new(),
+        }
+    }
+
+    /// A chunk whose delta is `{"content": text}`, written as text.
+    fn text_chunk(&self, text: &str) -> Event {
+        let mut out = String::with_capacity(self.prefix.len() + text.len() + 64);
+        out.push_str(&self.prefix);
+        out.push_str(r#"{"content":"#);
+        // Serializing a string cannot fail.
+        out.push_str(&serde_json::to_string(text).unwrap_or_default());
+        out.push_str(r#"},"logprobs":null,"finish_reason":null}]}"#);
+        Event::Raw {
+            name: None,
+            data: out,
         }
     }
 
@@ -338,6 +356,10 @@ impl Stage for StreamToOpenAI {
                 if let Some(u) = message["usage"].as_object() {
                     self.usage.extend(u.clone());
                 }
+                self.prefix = format!(
+                    r#"{{"id":{},"object":"chat.completion.chunk","created":{},"model":{},"choices":[{{"index":0,"delta":"#,
+                    self.id, self.created, self.model
+                );
                 out.push(self.chunk(json!({"role": "assistant", "content": ""}), None));
             }
             Some("content_block_start") => {
@@ -363,7 +385,7 @@ impl Stage for StreamToOpenAI {
                 let delta = &data["delta"];
                 match delta["type"].as_str() {
                     Some("text_delta") => {
-                        out.push(self.chunk(json!({"content": delta["text"]}), None))
+                        out.push(self.text_chunk(delta["text"].as_str().unwrap_or("")))
                     }
                     Some("input_json_delta") => {
                         let block = data["index"].as_u64().unwrap_or(0);
@@ -764,6 +786,8 @@ impl Stage for StreamFromOpenAI {
         let data = match event {
             Event::Done => return self.finish_message(out),
             Event::Json { data, .. } => data,
+            // Parsed before it reaches a stage (`Translator::through`): never here.
+            Event::Raw { .. } => return,
         };
         if self.ended {
             return;
@@ -784,10 +808,14 @@ impl Stage for StreamFromOpenAI {
         let delta = &choice["delta"];
         if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
             let index = self.open(Open::Text, json!({"type": "text", "text": ""}), out);
-            out.push(Event::typed(
-                json!({"type": "content_block_delta", "index": index,
-                "delta": {"type": "text_delta", "text": text}}),
-            ));
+            // The common event, written without building a document.
+            let text = serde_json::to_string(text).unwrap_or_default();
+            out.push(Event::Raw {
+                name: Some("content_block_delta"),
+                data: format!(
+                    r#"{{"type":"content_block_delta","index":{index},"delta":{{"type":"text_delta","text":{text}}}}}"#
+                ),
+            });
         }
         for call in delta["tool_calls"].as_array().into_iter().flatten() {
             let tool = call["index"].as_u64().unwrap_or(0);

@@ -222,7 +222,8 @@ impl Translator {
         for stage in stages.iter_mut() {
             let mut out = Vec::new();
             for event in events {
-                stage.push(event, &mut out);
+                // A stage reads documents; a raw event goes as it is only to the caller.
+                stage.push(event.parsed(), &mut out);
             }
             if ended {
                 stage.end(&mut out);

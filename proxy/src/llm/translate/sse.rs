@@ -14,6 +14,12 @@ pub enum Event {
     /// An event whose data is JSON; `name` is its `event:` field (Anthropic names every event,
     /// OpenAI and Gemini none).
     Json { name: Option<String>, data: Value },
+    /// An event written as its JSON text: the common event of a stream (a text delta) built
+    /// without a document (see `anthropic`).
+    Raw {
+        name: Option<&'static str>,
+        data: String,
+    },
     /// OpenAI's end of stream, `data: [DONE]`.
     Done,
 }
@@ -28,6 +34,20 @@ impl Event {
     pub fn typed(data: Value) -> Self {
         let name = data.get("type").and_then(Value::as_str).map(str::to_owned);
         Self::Json { name, data }
+    }
+
+    /// The event as a document (a raw one parsed), for a stage that reads it.
+    pub fn parsed(self) -> Self {
+        match self {
+            Self::Raw { name, data } => match serde_json::from_str(&data) {
+                Ok(doc) => Self::Json {
+                    name: name.map(str::to_owned),
+                    data: doc,
+                },
+                Err(_) => Self::Raw { name, data },
+            },
+            other => other,
+        }
     }
 }
 
@@ -120,6 +140,16 @@ fn parse(raw: &[u8]) -> Option<Event> {
 pub fn write(out: &mut BytesMut, event: &Event) {
     match event {
         Event::Done => out.put_slice(b"data: [DONE]\n\n"),
+        Event::Raw { name, data } => {
+            if let Some(name) = name {
+                out.put_slice(b"event: ");
+                out.put_slice(name.as_bytes());
+                out.put_slice(b"\n");
+            }
+            out.put_slice(b"data: ");
+            out.put_slice(data.as_bytes());
+            out.put_slice(b"\n\n");
+        }
         Event::Json { name, data } => {
             if let Some(name) = name {
                 out.put_slice(b"event: ");

@@ -295,7 +295,7 @@ fn an_anthropic_stream_reaches_an_openai_caller_wherever_it_is_cut() {
         .iter()
         .filter_map(|e| match e {
             Event::Json { data, .. } => Some(data),
-            Event::Done => None,
+            Event::Done | Event::Raw { .. } => None,
         })
         .collect();
     assert_eq!(out.last(), Some(&Event::Done));
@@ -382,7 +382,7 @@ fn an_openai_stream_reaches_an_anthropic_caller() {
                     }
                 )
             }
-            Event::Done => "DONE".to_owned(),
+            Event::Done | Event::Raw { .. } => "DONE".to_owned(),
         })
         .collect();
     assert_eq!(
@@ -433,7 +433,7 @@ fn a_gemini_stream_reaches_an_anthropic_caller_through_openai() {
         .iter()
         .map(|e| match e {
             Event::Json { data, .. } => data,
-            Event::Done => panic!("Anthropic streams end with message_stop"),
+            Event::Done | Event::Raw { .. } => panic!("Anthropic streams end with message_stop"),
         })
         .collect();
     assert_eq!(last_two[0]["delta"]["stop_reason"], "max_tokens");
@@ -564,7 +564,7 @@ fn a_stream_cut_before_its_end_ends_in_an_error_event() {
     };
     let is_error = |e: &Event| match e {
         Event::Json { data, .. } => data.get("error").is_some(),
-        Event::Done => false,
+        Event::Done | Event::Raw { .. } => false,
     };
     assert!(is_error(&last(Api::OpenAI, Api::Anthropic, cut_anthropic)));
     let gemini_cut = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hel\"}]}}]}\n\n";
