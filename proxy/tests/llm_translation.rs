@@ -575,7 +575,10 @@ async fn a_prompt_api_answers_refuses_what_its_schema_does_not_take_and_ends_in_
 
     // A body the schema refuses never reaches the model and is not charged.
     let calls = w.anthropic.received().len();
-    let charged = used(p).await;
+    // The one call answered so far, once settled (the reservation until then): 10 x 5/1M +
+    // 20 x 25/1M.
+    let charged: Decimal = "0.00055".parse().expect("decimal");
+    wait_used(p, charged).await;
     for body in [r#"{"text": 5}"#, r#"{"txt": "x"}"#, "not json"] {
         let refused = p.post("/v1/sentiment", &positive, body).await;
         let problem = refused.problem(400, "invalid-input");
