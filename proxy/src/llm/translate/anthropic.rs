@@ -4,11 +4,11 @@
 
 use serde_json::{Map, Value, json};
 
-use super::sse::Event;
-use super::{
+use super::common::{
     Stage, Unsupported, check_members, now_seconds, openai_chunk, openai_usage_chunk,
     parse_data_url, text_of,
 };
+use super::sse::Event;
 
 /// What a call that names no bound asks Anthropic for (its `max_tokens` is required). The
 /// proxy writes the plan's bound into every metered call before this is needed.

@@ -3,11 +3,11 @@
 
 use serde_json::{Map, Value, json};
 
-use super::sse::Event;
-use super::{
+use super::common::{
     Stage, Unsupported, check_members, now_seconds, openai_chunk, openai_usage_chunk,
     parse_data_url, text_of,
 };
+use super::sse::Event;
 
 /// Between a tool call id's own part and the `thoughtSignature` Gemini attached to the call.
 const SIGNATURE_MARK: &str = ".sig.";
