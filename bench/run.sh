@@ -8,6 +8,9 @@
 #   nginx-lua     (PEERS=1) wrk -> nginx with the Lua module doing what Kong and APISIX do on
 #                 nginx: the API key looked up in a shared dict, a per-second and a monthly counter
 #                 incremented in another, 401/429/402 when they say so -> upstream
+#   pingora       (PEERS=1) wrk -> Cloudflare's Pingora (bench/pingora-peer, built here from
+#                 crates.io) doing the same: the key looked up, the two counters, 401/429/402
+#                 -> upstream over keep-alive connections
 #
 # wrk runs pinned to CPU 0; the server under test is pinned to CPU 1 (the upstream shares CPU 0 with
 # wrk in the proxy runs, the same for nginx and Tollgate). ROUNDS rounds alternate the targets (the
@@ -28,8 +31,8 @@
 #   BASELINE_BIN=/tmp/old bench/run.sh   # an A/B: that build runs too, as the target `baseline`,
 #                                    # right after `tollgate` in every round (the two swap order each
 #                                    # round), and each round's tollgate/baseline ratio is reported
-#   PEERS=1 bench/run.sh             # also nginx-lua (needs Debian's libnginx-mod-http-lua), and
-#                                    # each round's tollgate/nginx-lua ratio
+#   PEERS=1 bench/run.sh             # also nginx-lua (needs Debian's libnginx-mod-http-lua) and
+#                                    # pingora, and each round's tollgate/peer ratios
 #   LAYOUT=shared bench/run.sh       # nothing pinned; each proxy runs one worker per CPU (nginx
 #                                    # worker_processes, Tollgate --worker-threads), as in a pod
 #                                    # without CPU pinning. The CPU columns then mean little.
@@ -66,6 +69,12 @@ for tool in nginx wrk taskset; do
 done
 if [[ $(nproc) -lt 2 ]]; then echo "bench: needs 2 CPUs to pin client and server apart" >&2; exit 1; fi
 
+# The Pingora peer: its own workspace, built where heavy builds are cached.
+if [[ $PEERS == 1 ]]; then
+    PINGORA_TARGET=${PINGORA_TARGET:-${XDG_CACHE_HOME:-$HOME/.cache}/tollgate/pingora-target}
+    CARGO_TARGET_DIR=$PINGORA_TARGET cargo build --release -q --manifest-path bench/pingora-peer/Cargo.toml
+    pingora_bin=$PINGORA_TARGET/release/pingora-peer
+fi
 # TOLLGATE_BIN=path: benchmark that binary (an A/B against an older build) instead of building.
 if [[ -z "${TOLLGATE_BIN:-}" ]]; then cargo build --release -q -p tollgate-proxy; fi
 bin="${TOLLGATE_BIN:-${CARGO_TARGET_DIR:-target}/release/tollgate-proxy}"
@@ -73,7 +82,7 @@ bin="${TOLLGATE_BIN:-${CARGO_TARGET_DIR:-target}/release/tollgate-proxy}"
 source bench/common.sh
 bench_workspace
 UP=$(port); NGX=$(port); NGX_H2=$(port); TG=$(port); TG_ADMIN=$(port); BASE=$(port); BASE_ADMIN=$(port)
-LUA=$(port)
+LUA=$(port); PINGORA=$(port)
 BASELINE_BIN=${BASELINE_BIN:-}
 [[ -z $BASELINE_BIN || -x $BASELINE_BIN ]] || { echo "bench: BASELINE_BIN '$BASELINE_BIN' is not an executable" >&2; exit 1; }
 nginx_conf upstream "server { listen 127.0.0.1:$UP; location / { return 200 'ok'; } }"
@@ -116,7 +125,11 @@ fi
 sed -i "s/^worker_processes 1;/worker_processes $workers;/" "$work/proxy.conf"
 "${cpu0[@]}" nginx -c "$work/upstream.conf" & pids+=($!)
 "${cpu1[@]}" nginx -c "$work/proxy.conf" & pids+=($!)
-if [[ $PEERS == 1 ]]; then "${cpu1[@]}" nginx -c "$work/lua.conf" & pids+=($!); fi
+if [[ $PEERS == 1 ]]; then
+    "${cpu1[@]}" nginx -c "$work/lua.conf" & pids+=($!)
+    "${cpu1[@]}" "$pingora_bin" "127.0.0.1:$PINGORA" "127.0.0.1:$UP" "$workers" tg_bench_key_0001 \
+        >"$work/pingora.log" 2>&1 & pids+=($!)
+fi
 "${cpu1[@]}" "$bin" --manifests "$work/manifests" --listen "127.0.0.1:$TG" \
     --admin-listen "127.0.0.1:$TG_ADMIN" --state-dir "$work/state" --worker-threads "$workers" \
     >/dev/null 2>"$work/tollgate.log" & pids+=($!)
@@ -128,15 +141,18 @@ fi
 for _ in $(seq 1 100); do
     curl -sf "http://127.0.0.1:$TG_ADMIN/readyz" >/dev/null && curl -sf "http://127.0.0.1:$NGX/" >/dev/null \
         && { [[ -z $BASELINE_BIN ]] || curl -sf "http://127.0.0.1:$BASE_ADMIN/readyz" >/dev/null; } \
-        && { [[ $PEERS == 0 ]] || curl -sf -H 'Authorization: Bearer tg_bench_key_0001' "http://127.0.0.1:$LUA/" >/dev/null; } && break
+        && { [[ $PEERS == 0 ]] || { curl -sf -H 'Authorization: Bearer tg_bench_key_0001' "http://127.0.0.1:$LUA/" >/dev/null \
+            && curl -sf -H 'Authorization: Bearer tg_bench_key_0001' "http://127.0.0.1:$PINGORA/" >/dev/null; }; } && break
     sleep 0.1
 done
 
 KEY='Authorization: Bearer tg_bench_key_0001'
-# The Lua peer does the work it stands for: no key, no answer from the upstream.
+# The peers do the work they stand for: no key, no answer from the upstream.
 if [[ $PEERS == 1 ]]; then
     code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$LUA/")
     [[ $code == 401 ]] || { echo "bench: nginx-lua answered $code without a key, not 401 ($work/lua.error.log)" >&2; exit 1; }
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer wrong' "http://127.0.0.1:$PINGORA/")
+    [[ $code == 401 ]] || { echo "bench: pingora answered $code to an unknown key, not 401 ($work/pingora.log)" >&2; exit 1; }
 fi
 # wrk --latency prints "99%  1.23ms"; normalise to microseconds.
 to_us() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000000}}'; }
@@ -166,11 +182,12 @@ run_wrk() { # target url -> "rps p50_us p99_us non2xx server_core_us_per_req cli
 declare -A results
 targets=(direct nginx-proxy tollgate)
 [[ -n $BASELINE_BIN ]] && targets+=(baseline)
-[[ $PEERS == 1 ]] && targets+=(nginx-lua)
-declare -A urls=([direct]="http://127.0.0.1:$UP/" [nginx-proxy]="http://127.0.0.1:$NGX/" [tollgate]="http://127.0.0.1:$TG/" [baseline]="http://127.0.0.1:$BASE/" [nginx-lua]="http://127.0.0.1:$LUA/")
+[[ $PEERS == 1 ]] && targets+=(nginx-lua pingora)
+declare -A urls=([direct]="http://127.0.0.1:$UP/" [nginx-proxy]="http://127.0.0.1:$NGX/" [tollgate]="http://127.0.0.1:$TG/" [baseline]="http://127.0.0.1:$BASE/" [nginx-lua]="http://127.0.0.1:$LUA/" [pingora]="http://127.0.0.1:$PINGORA/")
 # Warm-up: fill connection pools and caches.
 for t in "${targets[@]}"; do "${cpu0[@]}" wrk -t1 -c"$CONNECTIONS" -d2s -H "$KEY" "${urls[$t]}" >/dev/null; done
 ratios=(); cost_ratios=(); ab_ratios=(); ab_cost_ratios=(); lua_ratios=(); lua_cost_ratios=()
+pingora_ratios=(); pingora_cost_ratios=()
 for round in $(seq 1 "$ROUNDS"); do
     # The two proxies swap places every round, so neither always runs right after the other.
     order=(direct nginx-proxy tollgate)
@@ -180,10 +197,11 @@ for round in $(seq 1 "$ROUNDS"); do
         order=(direct nginx-proxy tollgate baseline)
         (( round % 2 == 0 )) && order=(direct baseline tollgate nginx-proxy)
     fi
-    # The Lua peer right before Tollgate in odd rounds, right after it in even ones.
+    # The peers right before Tollgate in odd rounds (Lua, Tollgate, Pingora), right after it in
+    # even ones (Pingora, Tollgate, Lua): each peer runs next to Tollgate in every round.
     if [[ $PEERS == 1 ]]; then
         rest=(); for t in "${order[@]}"; do [[ $t == tollgate ]] || rest+=("$t"); done
-        if (( round % 2 )); then order=("${rest[@]}" nginx-lua tollgate); else order=("${rest[@]:0:1}" tollgate nginx-lua "${rest[@]:1}"); fi
+        if (( round % 2 )); then order=("${rest[@]}" nginx-lua tollgate pingora); else order=("${rest[@]:0:1}" pingora tollgate nginx-lua "${rest[@]:1}"); fi
     fi
     declare -A this_round=() this_cost=()
     for t in "${order[@]}"; do
@@ -199,6 +217,8 @@ for round in $(seq 1 "$ROUNDS"); do
     if [[ $PEERS == 1 ]]; then
         lua_ratios+=("$(awk -v a="${this_round[tollgate]}" -v b="${this_round[nginx-lua]}" 'BEGIN {printf "%.3f", a/b}')")
         lua_cost_ratios+=("$(awk -v a="${this_cost[tollgate]}" -v b="${this_cost[nginx-lua]}" 'BEGIN {printf "%.3f", a/b}')")
+        pingora_ratios+=("$(awk -v a="${this_round[tollgate]}" -v b="${this_round[pingora]}" 'BEGIN {printf "%.3f", a/b}')")
+        pingora_cost_ratios+=("$(awk -v a="${this_cost[tollgate]}" -v b="${this_cost[pingora]}" 'BEGIN {printf "%.3f", a/b}')")
     fi
     if [[ -n $BASELINE_BIN ]]; then
         ab_ratios+=("$(awk -v a="${this_round[tollgate]}" -v b="${this_round[baseline]}" 'BEGIN {printf "%.3f", a/b}')")
@@ -232,6 +252,10 @@ if [[ $PEERS == 1 ]]; then
     echo "  $(printf '%s\n' "${lua_ratios[@]}" | median_summary)"
     [[ $LAYOUT == pinned ]] && echo "server CPU per request vs nginx-lua per round: ${lua_cost_ratios[*]}" \
         && echo "  $(printf '%s\n' "${lua_cost_ratios[@]}" | median_summary)"
+    echo "per round (tollgate/pingora, back to back): ${pingora_ratios[*]}"
+    echo "  $(printf '%s\n' "${pingora_ratios[@]}" | median_summary)"
+    [[ $LAYOUT == pinned ]] && echo "server CPU per request vs pingora per round: ${pingora_cost_ratios[*]}" \
+        && echo "  $(printf '%s\n' "${pingora_cost_ratios[@]}" | median_summary)"
 fi
 if [[ -n $BASELINE_BIN ]]; then
     echo "A/B per round (tollgate/baseline $BASELINE_BIN, back to back): ${ab_ratios[*]}"

@@ -34,7 +34,10 @@ const PER_SECOND: u64 = 100_000_000;
 const PER_MONTH: u64 = 1_000_000_000_000;
 
 fn key(req: &RequestHeader) -> Option<&str> {
-    let auth = req.headers.get("authorization").and_then(|v| v.to_str().ok());
+    let auth = req
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
     match auth.and_then(|a| a.strip_prefix("Bearer ")) {
         Some(key) => Some(key.trim()),
         None => req.headers.get("x-api-key").and_then(|v| v.to_str().ok()),
