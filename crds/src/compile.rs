@@ -789,6 +789,33 @@ fn compile_timeout(field: &str, timeout: Option<&str>, errors: &mut Vec<FieldErr
     }
 }
 
+/// A duration limit (`field`) in milliseconds, from 1 s to `max_seconds`; `default` when not set.
+fn compile_limit(
+    field: &str,
+    value: Option<&str>,
+    default: u64,
+    max_seconds: u64,
+    errors: &mut Vec<FieldError>,
+) -> u64 {
+    match value.map(parse_duration) {
+        None => default,
+        Some(Ok(d)) if d.as_secs() >= 1 && d.as_secs() <= max_seconds => {
+            u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+        }
+        Some(Ok(_)) => {
+            errors.push(invalid(
+                field,
+                format!("must be from 1s to {}h", max_seconds / 3600),
+            ));
+            default
+        }
+        Some(Err(e)) => {
+            errors.push(invalid(field, e.to_string()));
+            default
+        }
+    }
+}
+
 /// A model map's names: non-empty, at most 256 bytes, no spaces or control characters.
 fn check_model_map(
     field: &str,
@@ -1180,6 +1207,21 @@ fn compile_route(
         .prompt
         .as_ref()
         .and_then(|p| compile_prompt(spec, p, &mut errors));
+    let limits = spec.websocket.clone().unwrap_or_default();
+    let websocket_idle_ms = compile_limit(
+        "spec.websocket.idleTimeout",
+        limits.idle_timeout.as_deref(),
+        crate::snapshot::DEFAULT_WEBSOCKET_IDLE_MS,
+        24 * 3600,
+        &mut errors,
+    );
+    let websocket_lifetime_ms = compile_limit(
+        "spec.websocket.maxLifetime",
+        limits.max_lifetime.as_deref(),
+        crate::snapshot::DEFAULT_WEBSOCKET_LIFETIME_MS,
+        7 * 24 * 3600,
+        &mut errors,
+    );
     let caller_api = spec.translate.as_ref().map(|t| Metering::from(t.from));
     if let Some(t) = &spec.translate {
         check_model_map("spec.translate.models", &t.models, &mut errors);
@@ -1226,6 +1268,8 @@ fn compile_route(
                 .unwrap_or_default(),
             fallbacks,
             prompt,
+            websocket_idle_ms,
+            websocket_lifetime_ms,
         }),
         _ => Err(errors),
     }

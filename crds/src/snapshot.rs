@@ -148,6 +148,25 @@ pub struct Route {
     /// The prompt this route publishes as an API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<Box<Prompt>>,
+    /// A WebSocket connection's idle limit.
+    #[serde(default = "default_websocket_idle_ms")]
+    pub websocket_idle_ms: u64,
+    /// A WebSocket connection's lifetime limit.
+    #[serde(default = "default_websocket_lifetime_ms")]
+    pub websocket_lifetime_ms: u64,
+}
+
+/// A WebSocket connection's idle limit when the route names none: 5 minutes.
+pub const DEFAULT_WEBSOCKET_IDLE_MS: u64 = 5 * 60 * 1000;
+/// A WebSocket connection's lifetime limit when the route names none: a day.
+pub const DEFAULT_WEBSOCKET_LIFETIME_MS: u64 = 24 * 3600 * 1000;
+
+fn default_websocket_idle_ms() -> u64 {
+    DEFAULT_WEBSOCKET_IDLE_MS
+}
+
+fn default_websocket_lifetime_ms() -> u64 {
+    DEFAULT_WEBSOCKET_LIFETIME_MS
 }
 
 /// A prompt published as an API (checked by compile: valid schemas, every placeholder declared).

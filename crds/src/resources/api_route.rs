@@ -107,6 +107,11 @@ pub struct ApiRouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<PromptApi>,
 
+    /// WebSocket connections on this route (upgrades are proxied on every route that forwards):
+    /// how long one may stay idle and open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<WebSocketLimits>,
+
     /// Backends tried in order when the one before answers 429 or 5xx, cannot be reached or
     /// times out, before anything reached the caller. Each may speak another provider's API
     /// (translated as for `translate`). The call is charged once, priced by the model that
@@ -232,6 +237,22 @@ pub struct Backend {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub request_headers: Vec<RequestHeader>,
+}
+
+/// Limits on a route's WebSocket connections.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebSocketLimits {
+    /// Closed (1001, "idle timeout") after this long without a byte either way, from 1s to
+    /// 24h. Default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
+    pub idle_timeout: Option<String>,
+    /// Closed (1001, "connection lifetime limit") this long after it opened, from 1s to 7d
+    /// (168h). Default 24h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
+    pub max_lifetime: Option<String>,
 }
 
 /// A prompt published as an API.

@@ -91,7 +91,9 @@ where
         io,
         activity: activity.clone(),
     };
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+    // With upgrades: a WebSocket's connection leaves hyper once both sides switched protocols
+    // (`pipeline::upgrade` relays it).
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let expired = expiry(&activity, limits);
     tokio::pin!(expired);

@@ -145,7 +145,7 @@ pub async fn serve<S: CounterStore>(
         let _ = stream.set_nodelay(true);
         let session = Session {
             proxy: proxy.clone(),
-            conn: Arc::new(ClientConn::new(client, tls.is_some())),
+            conn: Arc::new(ClientConn::new(client, tls.is_some()).watching(stopped.clone())),
             builder: builder.clone(),
             stopped: stopped.clone(),
             limits,

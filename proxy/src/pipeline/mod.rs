@@ -9,6 +9,7 @@ pub mod checks;
 pub mod problem;
 pub mod request_path;
 pub mod response;
+pub mod upgrade;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -86,11 +87,16 @@ pub struct ClientConn {
     pub tls: bool,
     /// The last API key sent on the connection and its digest.
     pub keys: KeyMemo,
+    /// Turns true when the proxy shuts down; a WebSocket relayed from this connection holds it
+    /// (shutdown waits for it to close).
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl ClientConn {
     /// Describes a new connection.
     pub fn new(addr: SocketAddr, tls: bool) -> Self {
+        // A connection made outside a listener (tests, benches) is never told to stop.
+        let (_, stop) = tokio::sync::watch::channel(false);
         let ip = addr.ip().to_string();
         Self {
             addr,
@@ -98,7 +104,14 @@ impl ClientConn {
             ip: Arc::from(ip),
             tls,
             keys: KeyMemo::default(),
+            stop,
         }
+    }
+
+    /// The connection, told of shutdown by `stop`.
+    pub fn watching(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stop = stop;
+        self
     }
 }
 
@@ -108,6 +121,11 @@ enum Forward<'a> {
     Answered(Response<ProxyBody>),
     /// Cannot be forwarded: refunded and answered with this problem.
     Refused(ProblemKind, &'static str),
+    /// A WebSocket upgrade: sent by [`Proxy::send_upgrade`] (`upgrade`).
+    Upgrade {
+        route: &'a RouteEntry,
+        request: Request<RequestBody>,
+    },
     /// An LLM call on a route that translates it or falls back: sent by [`Proxy::send_call`] (`call`).
     Call {
         route: &'a RouteEntry,
@@ -293,6 +311,15 @@ impl<S: CounterStore> Proxy<S> {
                     Forward::Refused(kind, detail) => {
                         Box::pin(self.failed(&verdict, now, kind, detail, path)).await
                     }
+                    // Boxed: upgrades are a cold path here.
+                    Forward::Upgrade { route, request } => {
+                        let (response, kind, started) = Box::pin(
+                            self.send_upgrade(request, &raw, &mut verdict, route, client, now, path),
+                        )
+                        .await;
+                        backend_started = started;
+                        (response, kind)
+                    }
                     // Boxed: the LLM call path (translation, fallbacks) is a cold path here.
                     Forward::Call { route, request } => {
                         let (response, kind, started) = Box::pin(self.send_call(
@@ -440,6 +467,12 @@ impl<S: CounterStore> Proxy<S> {
             resp.headers_mut()
                 .insert(header::CONTENT_TYPE, direct.content_type.clone());
             return Forward::Answered(resp);
+        }
+        if upgrade::is_websocket(&req) && route.upstream.is_some() {
+            return Forward::Upgrade {
+                route,
+                request: req,
+            };
         }
         if let Some(prompt) = &route.prompt {
             return match *req.method() {

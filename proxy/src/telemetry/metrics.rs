@@ -22,6 +22,14 @@ pub struct ProxyMetrics {
     pub duration: HistogramVec,
     /// Backend response time.
     pub upstream_duration: Histogram,
+    /// WebSocket connections open now.
+    pub websockets_open: IntGauge,
+    /// WebSocket connections by how they ended.
+    pub websockets: IntCounterVec,
+    /// How long WebSocket connections stayed open.
+    pub websocket_duration: Histogram,
+    /// Bytes relayed on WebSocket connections, by route and direction.
+    pub websocket_bytes: IntCounterVec,
     /// LLM calls sent on to a route's next backend, by route and why (the status, `timeout`,
     /// `unreachable`).
     pub fallbacks: IntCounterVec,
@@ -174,6 +182,31 @@ impl ProxyMetrics {
                 )
                 .buckets(LATENCY_BUCKETS.to_vec()),
             )?,
+            websockets_open: IntGauge::new(
+                "tollgate_proxy_websocket_connections_open",
+                "WebSocket connections open now (upgraded and relayed).",
+            )?,
+            websockets: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_proxy_websocket_connections_total",
+                    "WebSocket connections by how they ended: client_closed, backend_closed, idle_timeout, lifetime_limit, shutdown or upgrade_failed.",
+                ),
+                &["end"],
+            )?,
+            websocket_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tollgate_proxy_websocket_duration_seconds",
+                    "How long WebSocket connections stayed open.",
+                )
+                .buckets(vec![1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0, 86400.0]),
+            )?,
+            websocket_bytes: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_proxy_websocket_bytes_total",
+                    "Bytes relayed on WebSocket connections, by route and direction (client_to_backend, backend_to_client).",
+                ),
+                &["route", "direction"],
+            )?,
             fallbacks: IntCounterVec::new(
                 Opts::new(
                     "tollgate_proxy_backend_fallbacks_total",
@@ -235,6 +268,10 @@ impl ProxyMetrics {
         registry.register(Box::new(m.duration.clone()))?;
         registry.register(Box::new(m.upstream_duration.clone()))?;
         registry.register(Box::new(m.fallbacks.clone()))?;
+        registry.register(Box::new(m.websockets_open.clone()))?;
+        registry.register(Box::new(m.websockets.clone()))?;
+        registry.register(Box::new(m.websocket_duration.clone()))?;
+        registry.register(Box::new(m.websocket_bytes.clone()))?;
         registry.register(Box::new(m.config_version.clone()))?;
         registry.register(Box::new(m.config_reloads.clone()))?;
         registry.register(Box::new(m.config_rejected_objects.clone()))?;
@@ -256,6 +293,11 @@ impl ProxyMetrics {
     /// Counts a client connection's end (once per connection, never per request).
     pub fn connection_ended(&self, outcome: &str) {
         self.connections.with_label_values(&[outcome]).inc();
+    }
+
+    /// Counts a WebSocket connection that ended (`end`: see `websocket::End::label`).
+    pub fn websocket_ended(&self, end: &str) {
+        self.websockets.with_label_values(&[end]).inc();
     }
 }
 

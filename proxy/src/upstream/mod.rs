@@ -4,6 +4,7 @@
 pub mod forward;
 pub mod h1;
 pub mod pool;
+pub mod websocket;
 
 use http::HeaderValue;
 

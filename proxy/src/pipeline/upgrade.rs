@@ -1,0 +1,163 @@
+//! A WebSocket upgrade (`GET` with `Upgrade: websocket`), admitted and charged like any request:
+//! sent to the route's backend with its upgrade headers, and when the backend switches protocols
+//! (101), both connections are taken over and relayed ([`crate::upstream::websocket`]) in a task
+//! of their own, which holds the listener's drain receiver: shutdown waits for it to close the
+//! connection with a close frame.
+
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use jiff::Timestamp;
+
+use super::checks::Verdict;
+use super::problem::ProblemKind;
+use super::{ClientConn, Proxy, ProxyBody};
+use crate::config::RouteEntry;
+use crate::http1::raw_headers::RawHeaders;
+use crate::quota::CounterStore;
+use crate::upstream::forward::{ForwardContext, RequestBody, upstream_request};
+use crate::upstream::websocket::{self, Limits};
+
+/// Whether `req` asks to become a WebSocket (RFC 6455 section 4.1: a GET whose `Upgrade` names
+/// websocket and whose `Connection` names upgrade).
+pub fn is_websocket<B>(req: &Request<B>) -> bool {
+    let names = |name: header::HeaderName, token: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case(token))
+            })
+        })
+    };
+    req.method() == http::Method::GET
+        && names(header::UPGRADE, "websocket")
+        && names(header::CONNECTION, "upgrade")
+}
+
+impl<S: CounterStore> Proxy<S> {
+    /// Sends the upgrade to the route's backend; on its 101, relays the two connections.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn send_upgrade(
+        &self,
+        mut req: Request<RequestBody>,
+        raw: &RawHeaders,
+        v: &mut Verdict<'_>,
+        route: &RouteEntry,
+        client: &ClientConn,
+        now: Timestamp,
+        path: &str,
+    ) -> (Response<ProxyBody>, Option<ProblemKind>, Option<Instant>) {
+        let Some(upstream) = route.upstream.as_ref() else {
+            let (resp, kind) = self
+                .failed(
+                    v,
+                    now,
+                    ProblemKind::BackendUnavailable,
+                    "The API's backend URL is unusable.",
+                    path,
+                )
+                .await;
+            return (resp, kind, None);
+        };
+        let client_upgrade = hyper::upgrade::on(&mut req);
+        let cx = ForwardContext {
+            upstream,
+            tenant: v.tenant.map(|t| &t.header),
+            client_ip: &client.ip_header,
+            tls: client.tls,
+            authority: req.uri().authority().cloned(),
+            identity_encoding: false,
+        };
+        let Ok(mut backend_req) = upstream_request(req, raw, &cx, true) else {
+            let (resp, kind) = self
+                .failed(
+                    v,
+                    now,
+                    ProblemKind::BadRequest,
+                    "The request target cannot be forwarded.",
+                    path,
+                )
+                .await;
+            return (resp, kind, None);
+        };
+        // The two hop-by-hop headers an upgrade is made of, for this hop.
+        let headers = backend_req.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        let started = Instant::now();
+        let due = started + Duration::from_millis(route.route.timeout_ms);
+        let sent = tokio::time::timeout_at(due.into(), self.client.request(backend_req)).await;
+        let mut resp = match sent {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => {
+                let err = crate::upstream::pool::UpstreamError::Connect {
+                    authority: upstream.authority.clone(),
+                    reason: e.to_string(),
+                };
+                let (resp, kind) = self.backend_failed(err, v, route, now, path).await;
+                return (resp, kind, None);
+            }
+            Err(_) => {
+                let err = crate::upstream::pool::UpstreamError::TimedOut;
+                let (resp, kind) = self.backend_failed(err, v, route, now, path).await;
+                return (resp, kind, None);
+            }
+        };
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // The backend refused the upgrade: its answer goes to the client as any answer.
+            let resp = crate::upstream::forward::downstream_response(resp)
+                .map(crate::upstream::pool::UpstreamBody::detached);
+            return (self.relayed(resp, v, route, now), None, Some(started));
+        }
+        let backend_upgrade = hyper::upgrade::on(&mut resp);
+        let limits = Limits {
+            idle: Duration::from_millis(route.route.websocket_idle_ms),
+            lifetime: Duration::from_millis(route.route.websocket_lifetime_ms),
+        };
+        let metrics = self.metrics.clone();
+        let route_id = route.id.clone();
+        let stop = client.stop.clone();
+        tokio::spawn(async move {
+            let (Ok(client_io), Ok(backend_io)) = tokio::join!(client_upgrade, backend_upgrade)
+            else {
+                metrics.websocket_ended("upgrade_failed");
+                return;
+            };
+            let opened = Instant::now();
+            metrics.websockets_open.inc();
+            let (end, relayed) = websocket::relay(
+                hyper_util::rt::TokioIo::new(client_io),
+                hyper_util::rt::TokioIo::new(backend_io),
+                limits,
+                stop,
+            )
+            .await;
+            metrics.websockets_open.dec();
+            metrics.websocket_ended(end.label());
+            metrics
+                .websocket_duration
+                .observe(opened.elapsed().as_secs_f64());
+            metrics
+                .websocket_bytes
+                .with_label_values(&[&route_id, "client_to_backend"])
+                .inc_by(relayed.from_client);
+            metrics
+                .websocket_bytes
+                .with_label_values(&[&route_id, "backend_to_client"])
+                .inc_by(relayed.from_backend);
+        });
+        // The client gets the backend's 101 with the headers that make it one.
+        let mut switching = Response::new(http_body_util::Either::Left(
+            http_body_util::Full::new(bytes::Bytes::new()),
+        ));
+        *switching.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let (parts, _) = resp.into_parts();
+        *switching.headers_mut() = parts.headers;
+        let headers = switching.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.remove(header::CONTENT_LENGTH);
+        (switching, None, Some(started))
+    }
+}

@@ -1,0 +1,386 @@
+//! A WebSocket connection relayed between a client and a backend once both sides upgraded.
+//!
+//! Bytes are copied both ways as they come. Each direction's frame boundaries are followed (the
+//! headers read, payloads passed through untouched), so the proxy can end a connection the way
+//! the protocol wants (RFC 6455 section 7): a close frame written between two frames, never
+//! inside one, to the client (unmasked, as a server writes) and to the backend (masked, as a
+//! client writes). It does so on shutdown, and when the route's idle or lifetime limit is
+//! reached; then it waits a moment for both sides to close their ends.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How long the proxy waits for each side to close after it sent its close frame, and for a
+/// frame in progress to end before the close frame can follow it.
+const CLOSING_GRACE: Duration = Duration::from_secs(5);
+
+/// The close code for a connection the proxy ends: 1001, going away (RFC 6455 section 7.4.1).
+pub const GOING_AWAY: u16 = 1001;
+
+/// Limits on one relayed connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Closed after this long without a byte either way.
+    pub idle: Duration,
+    /// Closed this long after it opened, busy or not.
+    pub lifetime: Duration,
+}
+
+/// Why a relayed connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The client closed (or its connection failed).
+    Client,
+    /// The backend closed (or its connection failed).
+    Backend,
+    /// Nothing either way for the idle limit.
+    Idle,
+    /// Open for the lifetime limit.
+    Lifetime,
+    /// The proxy is shutting down.
+    Shutdown,
+}
+
+impl End {
+    /// The label of the connections metric.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Client => "client_closed",
+            Self::Backend => "backend_closed",
+            Self::Idle => "idle_timeout",
+            Self::Lifetime => "lifetime_limit",
+            Self::Shutdown => "shutdown",
+        }
+    }
+
+    /// The reason sent in the proxy's close frame.
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Idle => "idle timeout",
+            Self::Lifetime => "connection lifetime limit",
+            _ => "server shutting down",
+        }
+    }
+}
+
+/// Bytes relayed each way.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Relayed {
+    /// From the client to the backend.
+    pub from_client: u64,
+    /// From the backend to the client.
+    pub from_backend: u64,
+}
+
+/// Follows the frame boundaries of one direction's bytes.
+#[derive(Debug, Default)]
+pub struct Frames {
+    /// The header read so far (at most 14 bytes: 2, an extended length of 8, a mask of 4).
+    header: [u8; 14],
+    have: usize,
+    /// Payload bytes of the current frame still to pass.
+    payload_left: u64,
+    /// A close frame went by: that side is closing.
+    pub close_seen: bool,
+}
+
+impl Frames {
+    /// Follows `bytes`, the next bytes of the stream.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.payload_left > 0 {
+                let n = usize::try_from(self.payload_left)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
+                self.payload_left -= n as u64;
+                bytes = &bytes[n..];
+                continue;
+            }
+            self.header[self.have] = bytes[0];
+            self.have += 1;
+            bytes = &bytes[1..];
+            if self.have >= 2 && self.have == header_len(self.header[1]) {
+                self.payload_left = payload_len(&self.header[..self.have]);
+                if self.header[0] & 0x0F == 0x8 {
+                    self.close_seen = true;
+                }
+                self.have = 0;
+            }
+        }
+    }
+
+    /// Whether the bytes so far end on a frame boundary.
+    pub fn at_boundary(&self) -> bool {
+        self.have == 0 && self.payload_left == 0
+    }
+}
+
+/// A frame header's length from its second byte: 2, then 2 or 8 bytes of extended length, then
+/// 4 of mask when masked.
+fn header_len(second: u8) -> usize {
+    let extended = match second & 0x7F {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    let mask = if second & 0x80 != 0 { 4 } else { 0 };
+    2 + extended + mask
+}
+
+/// The payload length a complete header announces.
+fn payload_len(header: &[u8]) -> u64 {
+    match header[1] & 0x7F {
+        126 => u64::from(u16::from_be_bytes([header[2], header[3]])),
+        127 => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&header[2..10]);
+            u64::from_be_bytes(b)
+        }
+        n => u64::from(n),
+    }
+}
+
+/// A close frame with `code` and `reason`, masked with `mask` when given (a client's frame).
+pub fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
+    // A control frame's payload is at most 125 bytes: 2 of code, the reason cut to fit.
+    let reason = &reason.as_bytes()[..reason.len().min(123)];
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(reason);
+    let mut frame = vec![0x88];
+    let len = payload.len() as u8;
+    match mask {
+        None => {
+            frame.push(len);
+            frame.extend_from_slice(&payload);
+        }
+        Some(mask) => {
+            frame.push(0x80 | len);
+            frame.extend_from_slice(&mask);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        }
+    }
+    frame
+}
+
+/// A mask for the proxy's close frame to the backend (RFC 6455 wants it unpredictable; a close
+/// frame carries nothing to hide, so the clock's nanoseconds do).
+fn mask() -> [u8; 4] {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0x5a5a_5a5a, |d| d.subsec_nanos());
+    nanos.to_be_bytes()
+}
+
+/// Relays between `client` and `backend` until one side closes, a limit is reached, or `stop`
+/// turns true; then closes both ends. What ended it, and the bytes relayed each way.
+pub async fn relay<C, B>(
+    client: C,
+    backend: B,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) -> (End, Relayed)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut backend_read, mut backend_write) = tokio::io::split(backend);
+    let mut to_backend = vec![0u8; 16 * 1024];
+    let mut to_client = vec![0u8; 16 * 1024];
+    let mut from_client = Frames::default();
+    let mut from_backend = Frames::default();
+    let mut relayed = Relayed::default();
+    let opened = Instant::now();
+    let mut last_byte = opened;
+    let end = loop {
+        let idle_due = last_byte + limits.idle;
+        let lifetime_due = opened + limits.lifetime;
+        tokio::select! {
+            read = client_read.read(&mut to_backend) => match read {
+                Ok(0) | Err(_) => break End::Client,
+                Ok(n) => {
+                    if backend_write.write_all(&to_backend[..n]).await.is_err() {
+                        break End::Backend;
+                    }
+                    from_client.feed(&to_backend[..n]);
+                    relayed.from_client += n as u64;
+                    last_byte = Instant::now();
+                }
+            },
+            read = backend_read.read(&mut to_client) => match read {
+                Ok(0) | Err(_) => break End::Backend,
+                Ok(n) => {
+                    if client_write.write_all(&to_client[..n]).await.is_err() {
+                        break End::Client;
+                    }
+                    from_backend.feed(&to_client[..n]);
+                    relayed.from_backend += n as u64;
+                    last_byte = Instant::now();
+                }
+            },
+            () = tokio::time::sleep_until(idle_due) => break End::Idle,
+            () = tokio::time::sleep_until(lifetime_due) => break End::Lifetime,
+            _ = stop.wait_for(|stop| *stop) => break End::Shutdown,
+        }
+    };
+    if matches!(end, End::Idle | End::Lifetime | End::Shutdown) {
+        // Each side's close frame goes where its stream is between frames: a frame in progress
+        // is finished first (within the grace).
+        let finish = async {
+            finish_frame(&mut backend_read, &mut client_write, &mut from_backend, &mut to_client).await;
+            let _ = client_write
+                .write_all(&close_frame(GOING_AWAY, end.reason(), None))
+                .await;
+            finish_frame(&mut client_read, &mut backend_write, &mut from_client, &mut to_backend).await;
+            let _ = backend_write
+                .write_all(&close_frame(GOING_AWAY, end.reason(), Some(mask())))
+                .await;
+            // Each side answers with its own close frame and closes: read (and drop) until then.
+            let drain_client = async { while matches!(client_read.read(&mut to_backend).await, Ok(n) if n > 0) {} };
+            let drain_backend = async { while matches!(backend_read.read(&mut to_client).await, Ok(n) if n > 0) {} };
+            tokio::join!(drain_client, drain_backend);
+        };
+        let _ = tokio::time::timeout(CLOSING_GRACE * 2, finish).await;
+    }
+    let _ = client_write.shutdown().await;
+    let _ = backend_write.shutdown().await;
+    (end, relayed)
+}
+
+/// Relays from `from` to `to` until `frames` is at a boundary (or the grace ends).
+async fn finish_frame<R, W>(from: &mut R, to: &mut W, frames: &mut Frames, buf: &mut [u8])
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let until = Instant::now() + CLOSING_GRACE;
+    while !frames.at_boundary() {
+        // Only the rest of the frame: what follows it is not relayed any more.
+        let want = if frames.payload_left > 0 {
+            usize::try_from(frames.payload_left).unwrap_or(usize::MAX).min(buf.len())
+        } else {
+            1
+        };
+        match tokio::time::timeout_at(until, from.read(&mut buf[..want])).await {
+            Ok(Ok(n)) if n > 0 => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+                frames.feed(&buf[..n]);
+            }
+            _ => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut f = vec![0x80 | opcode];
+        let m = if mask.is_some() { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => f.push(m | n as u8),
+            n if n <= 0xFFFF => {
+                f.push(m | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(m | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        if let Some(mask) = mask {
+            f.extend_from_slice(&mask);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        } else {
+            f.extend_from_slice(payload);
+        }
+        f
+    }
+
+    #[test]
+    fn boundaries_are_followed_wherever_the_bytes_split() {
+        let stream = [
+            frame(1, b"hello", None),
+            frame(2, &vec![7u8; 300], Some([1, 2, 3, 4])),
+            frame(2, &vec![9u8; 70_000], None),
+            frame(9, b"", Some([9, 9, 9, 9])),
+        ]
+        .concat();
+        for piece in [1, 3, 64, 4096, stream.len()] {
+            let mut frames = Frames::default();
+            for chunk in stream.chunks(piece) {
+                frames.feed(chunk);
+            }
+            assert!(frames.at_boundary(), "pieces of {piece}");
+            assert!(!frames.close_seen);
+        }
+        let mut frames = Frames::default();
+        frames.feed(&stream[..stream.len() - 1]);
+        assert!(!frames.at_boundary());
+        frames.feed(&close_frame(1000, "bye", None));
+        assert!(!frames.close_seen, "inside the last frame still");
+        let mut frames = Frames::default();
+        frames.feed(&close_frame(1000, "bye", Some([1, 2, 3, 4])));
+        assert!(frames.at_boundary() && frames.close_seen);
+    }
+
+    #[test]
+    fn a_close_frame_carries_its_code_and_a_reason_cut_to_fit() {
+        assert_eq!(
+            close_frame(GOING_AWAY, "bye", None),
+            [0x88, 5, 0x03, 0xE9, b'b', b'y', b'e']
+        );
+        let long = "x".repeat(300);
+        assert_eq!(close_frame(GOING_AWAY, &long, None).len(), 2 + 125);
+        let masked = close_frame(GOING_AWAY, "", Some([0xFF, 0, 0xFF, 0]));
+        assert_eq!(masked, [0x88, 0x82, 0xFF, 0, 0xFF, 0, 0x03 ^ 0xFF, 0xE9]);
+    }
+
+    #[tokio::test]
+    async fn shutdown_sends_each_side_a_close_frame_after_the_frame_in_progress() {
+        let (client, mut client_peer) = tokio::io::duplex(1 << 16);
+        let (backend, mut backend_peer) = tokio::io::duplex(1 << 16);
+        let (stop_tx, stop) = watch::channel(false);
+        let limits = Limits {
+            idle: Duration::from_secs(60),
+            lifetime: Duration::from_secs(60),
+        };
+        let relay = tokio::spawn(relay(client, backend, limits, stop));
+        // A whole frame from the client, and half of one from the backend.
+        let whole = frame(1, b"hi", Some([1, 2, 3, 4]));
+        client_peer.write_all(&whole).await.expect("write");
+        let long = frame(1, &[b'a'; 10], None);
+        backend_peer.write_all(&long[..5]).await.expect("write");
+        let mut got = vec![0u8; whole.len()];
+        backend_peer.read_exact(&mut got).await.expect("relayed");
+        assert_eq!(got, whole);
+        let mut got = vec![0u8; 5];
+        client_peer.read_exact(&mut got).await.expect("relayed");
+        stop_tx.send(true).expect("stop");
+        // The backend's frame ends; only then the close frame follows it.
+        backend_peer.write_all(&long[5..]).await.expect("write");
+        let mut rest = vec![0u8; long.len() - 5];
+        client_peer.read_exact(&mut rest).await.expect("the frame's end");
+        let close = close_frame(GOING_AWAY, "server shutting down", None);
+        let mut got = vec![0u8; close.len()];
+        client_peer.read_exact(&mut got).await.expect("a close frame");
+        assert_eq!(got, close);
+        // The backend gets a masked close frame.
+        let mut head = [0u8; 2];
+        backend_peer.read_exact(&mut head).await.expect("a close frame");
+        assert_eq!(head[0], 0x88);
+        assert_eq!(head[1] & 0x80, 0x80, "masked");
+        drop(client_peer);
+        drop(backend_peer);
+        let (end, relayed) = relay.await.expect("join");
+        assert_eq!(end, End::Shutdown);
+        assert_eq!(relayed.from_client, whole.len() as u64);
+    }
+}
