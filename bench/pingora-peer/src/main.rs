@@ -110,6 +110,10 @@ fn main() {
     let conf = ServerConf {
         threads,
         upstream_keepalive_pool_size: 1024,
+        // A benchmark has nothing to drain: SIGTERM ends it at once (Pingora's default grace
+        // would keep the benchmark's cleanup waiting for minutes).
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(0),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
