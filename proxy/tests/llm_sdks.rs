@@ -4,9 +4,6 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
-
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use support::{Backend, ProxyProcess};
@@ -84,16 +81,11 @@ spec:
     )
 }
 
-fn python() -> &'static PathBuf {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(tollgate_tests::python::sdk_python)
-}
-
 /// Runs the SDK scenario `s` against the proxy; the outcome of each call.
 async fn sdk(p: &ProxyProcess, mut s: Value) -> Vec<Value> {
     s["base"] = json!(format!("http://{}", p.listen));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/python/llm_sdk.py");
-    let python = python().clone();
+    let python = tollgate_tests::python::sdk_python();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python)
             .arg(script)

@@ -4,10 +4,12 @@
 //! The virtual environment is made once per version of the requirements file, in the cache
 //! (`$XDG_CACHE_HOME` or `~/.cache`, `tollgate/python/<hash>`), outside the checkout: built in a
 //! directory of its own and renamed into place when complete, so test binaries starting together
-//! never use a half-made one.
+//! never use a half-made one; within one test binary, the first test to ask builds it and the
+//! others wait for it (they would otherwise build in the same directory at once).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 /// The requirements file.
 fn requirements() -> PathBuf {
@@ -23,6 +25,12 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 /// The `python` of an environment with the SDKs installed (made on first use: ~20 s).
 pub fn sdk_python() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(environment).clone()
+}
+
+/// Finds or makes the environment.
+fn environment() -> PathBuf {
     let reqs = requirements();
     let text = std::fs::read(&reqs).expect("tests/python/requirements.txt");
     let cache = std::env::var_os("XDG_CACHE_HOME")
