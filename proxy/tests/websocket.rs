@@ -25,7 +25,11 @@ impl Drop for Echo {
 }
 
 fn script() -> String {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/python/websocket_peer.py").to_owned()
+    concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/python/websocket_peer.py"
+    )
+    .to_owned()
 }
 
 fn echo() -> Echo {
@@ -60,10 +64,24 @@ spec:
   quotas: [{{name: monthly, metric: Requests, limit: "1", period: Month}}]
   paymentUrl: https://billing.example.com/upgrade
 ---
+apiVersion: tollgate.dev/v1alpha1
+kind: QuotaPolicy
+metadata: {{name: one-an-hour}}
+spec:
+  rateLimits: [{{name: hourly, requests: 1, window: 1h}}]
+---
 apiVersion: v1
 kind: Secret
 metadata: {{name: keys}}
-stringData: {{roomy: key-roomy, frugal: key-frugal}}
+stringData: {{roomy: key-roomy, frugal: key-frugal, hasty: key-hasty}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Tenant
+metadata: {{name: hasty}}
+spec:
+  quotaPolicyRef: {{name: one-an-hour}}
+  apiKeys: [{{secretRef: {{name: keys, key: hasty}}}}]
+  subscriptions: [{{apiRouteRef: {{name: chat}}}}]
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: Tenant
@@ -139,7 +157,11 @@ async fn messages_go_both_ways_after_every_check_and_refusals_come_before_the_up
         .await
             > 0.0
     );
-    assert_eq!(p.used("roomy", None).await, "1", "the upgrade is one request");
+    assert_eq!(
+        p.used("roomy", None).await,
+        "1",
+        "the upgrade is one request"
+    );
 
     // No key: the same 401 problem as any request, before anything reaches the backend.
     let refused = call(&p, "/chat", json!({"messages": ["x"]})).await;
@@ -150,13 +172,42 @@ async fn messages_go_both_ways_after_every_check_and_refusals_come_before_the_up
         "https://tollgate.dev/problems/unauthorized"
     );
     // A quota of one request a month: the second upgrade is 402, with where to pay.
-    let first = call(&p, "/chat", json!({"key": "key-frugal", "messages": ["one"]})).await;
+    let first = call(
+        &p,
+        "/chat",
+        json!({"key": "key-frugal", "messages": ["one"]}),
+    )
+    .await;
     assert_eq!(first["echoes"], json!(["one"]), "{first}");
-    let second = call(&p, "/chat", json!({"key": "key-frugal", "messages": ["two"]})).await;
+    let second = call(
+        &p,
+        "/chat",
+        json!({"key": "key-frugal", "messages": ["two"]}),
+    )
+    .await;
     assert_eq!(second["status"], 402, "{second}");
     assert_eq!(
         second["body"]["paymentUrl"],
         "https://billing.example.com/upgrade"
+    );
+    // A rate limit of one upgrade an hour: the second is 429.
+    let first = call(
+        &p,
+        "/chat",
+        json!({"key": "key-hasty", "messages": ["one"]}),
+    )
+    .await;
+    assert_eq!(first["echoes"], json!(["one"]), "{first}");
+    let second = call(
+        &p,
+        "/chat",
+        json!({"key": "key-hasty", "messages": ["two"]}),
+    )
+    .await;
+    assert_eq!(second["status"], 429, "{second}");
+    assert_eq!(
+        second["body"]["type"],
+        "https://tollgate.dev/problems/rate-limited"
     );
 }
 

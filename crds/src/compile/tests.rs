@@ -877,3 +877,53 @@ fn prompt_apis_compile_with_their_schemas_checked() {
         assert_eq!(d.field.as_str(), field, "{spec}: {}", d.message);
     }
 }
+
+#[test]
+fn websocket_limits_have_defaults_and_bounds() {
+    let route = |spec: &str| {
+        World::parse(BASE)
+            .with(&route_yaml("ws", "2026-02-01T00:00:00Z", spec))
+            .compile()
+    };
+    let c = route("{match: {pathPrefix: /ws}, backend: {url: 'http://x:1'}}");
+    let compiled = c
+        .snapshot
+        .routes
+        .iter()
+        .find(|r| r.key.name == "ws")
+        .expect("compiled");
+    assert_eq!(
+        (compiled.websocket_idle_ms, compiled.websocket_lifetime_ms),
+        (
+            crate::snapshot::DEFAULT_WEBSOCKET_IDLE_MS,
+            crate::snapshot::DEFAULT_WEBSOCKET_LIFETIME_MS
+        )
+    );
+    let c = route(
+        "{match: {pathPrefix: /ws}, backend: {url: 'http://x:1'}, websocket: {idleTimeout: 30s, maxLifetime: 2h}}",
+    );
+    let compiled = c
+        .snapshot
+        .routes
+        .iter()
+        .find(|r| r.key.name == "ws")
+        .expect("compiled");
+    assert_eq!(
+        (compiled.websocket_idle_ms, compiled.websocket_lifetime_ms),
+        (30_000, 7_200_000)
+    );
+    for (spec, field) in [
+        (
+            "{match: {pathPrefix: /ws}, backend: {url: 'http://x:1'}, websocket: {idleTimeout: 500ms}}",
+            "spec.websocket.idleTimeout",
+        ),
+        (
+            "{match: {pathPrefix: /ws}, backend: {url: 'http://x:1'}, websocket: {maxLifetime: 200h}}",
+            "spec.websocket.maxLifetime",
+        ),
+    ] {
+        let c = route(spec);
+        let d = only_diagnostic(&c);
+        assert_eq!(d.field.as_str(), field, "{spec}: {}", d.message);
+    }
+}

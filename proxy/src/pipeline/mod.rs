@@ -313,9 +313,15 @@ impl<S: CounterStore> Proxy<S> {
                     }
                     // Boxed: upgrades are a cold path here.
                     Forward::Upgrade { route, request } => {
-                        let (response, kind, started) = Box::pin(
-                            self.send_upgrade(request, &raw, &mut verdict, route, client, now, path),
-                        )
+                        let (response, kind, started) = Box::pin(self.send_upgrade(
+                            request,
+                            &raw,
+                            &mut verdict,
+                            route,
+                            client,
+                            now,
+                            path,
+                        ))
                         .await;
                         backend_started = started;
                         (response, kind)
@@ -468,7 +474,7 @@ impl<S: CounterStore> Proxy<S> {
                 .insert(header::CONTENT_TYPE, direct.content_type.clone());
             return Forward::Answered(resp);
         }
-        if upgrade::is_websocket(&req) && route.upstream.is_some() {
+        if crate::upstream::websocket::is_upgrade(&req) && route.upstream.is_some() {
             return Forward::Upgrade {
                 route,
                 request: req,

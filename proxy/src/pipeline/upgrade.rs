@@ -19,22 +19,6 @@ use crate::quota::CounterStore;
 use crate::upstream::forward::{ForwardContext, RequestBody, upstream_request};
 use crate::upstream::websocket::{self, Limits};
 
-/// Whether `req` asks to become a WebSocket (RFC 6455 section 4.1: a GET whose `Upgrade` names
-/// websocket and whose `Connection` names upgrade).
-pub fn is_websocket<B>(req: &Request<B>) -> bool {
-    let names = |name: header::HeaderName, token: &str| {
-        req.headers().get_all(name).iter().any(|v| {
-            v.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case(token))
-            })
-        })
-    };
-    req.method() == http::Method::GET
-        && names(header::UPGRADE, "websocket")
-        && names(header::CONNECTION, "upgrade")
-}
-
 impl<S: CounterStore> Proxy<S> {
     /// Sends the upgrade to the route's backend; on its 101, relays the two connections.
     #[allow(clippy::too_many_arguments)]
@@ -148,9 +132,9 @@ impl<S: CounterStore> Proxy<S> {
                 .inc_by(relayed.from_backend);
         });
         // The client gets the backend's 101 with the headers that make it one.
-        let mut switching = Response::new(http_body_util::Either::Left(
-            http_body_util::Full::new(bytes::Bytes::new()),
-        ));
+        let mut switching = Response::new(http_body_util::Either::Left(http_body_util::Full::new(
+            bytes::Bytes::new(),
+        )));
         *switching.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let (parts, _) = resp.into_parts();
         *switching.headers_mut() = parts.headers;

@@ -198,7 +198,9 @@ impl ProxyMetrics {
                     "tollgate_proxy_websocket_duration_seconds",
                     "How long WebSocket connections stayed open.",
                 )
-                .buckets(vec![1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0, 86400.0]),
+                .buckets(vec![
+                    1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 14400.0, 86400.0,
+                ]),
             )?,
             websocket_bytes: IntCounterVec::new(
                 Opts::new(

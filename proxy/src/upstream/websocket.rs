@@ -20,6 +20,20 @@ const CLOSING_GRACE: Duration = Duration::from_secs(5);
 /// The close code for a connection the proxy ends: 1001, going away (RFC 6455 section 7.4.1).
 pub const GOING_AWAY: u16 = 1001;
 
+/// Whether `req` asks to become a WebSocket (RFC 6455 section 4.1: a GET whose `Upgrade` names
+/// websocket and whose `Connection` names upgrade).
+pub fn is_upgrade<B>(req: &http::Request<B>) -> bool {
+    let names = |name: http::header::HeaderName, token: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    req.method() == http::Method::GET
+        && names(http::header::UPGRADE, "websocket")
+        && names(http::header::CONNECTION, "upgrade")
+}
+
 /// Limits on one relayed connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -224,24 +238,40 @@ where
             },
             () = tokio::time::sleep_until(idle_due) => break End::Idle,
             () = tokio::time::sleep_until(lifetime_due) => break End::Lifetime,
-            _ = stop.wait_for(|stop| *stop) => break End::Shutdown,
+            () = stopping(&mut stop) => break End::Shutdown,
         }
     };
     if matches!(end, End::Idle | End::Lifetime | End::Shutdown) {
         // Each side's close frame goes where its stream is between frames: a frame in progress
         // is finished first (within the grace).
         let finish = async {
-            finish_frame(&mut backend_read, &mut client_write, &mut from_backend, &mut to_client).await;
+            finish_frame(
+                &mut backend_read,
+                &mut client_write,
+                &mut from_backend,
+                &mut to_client,
+            )
+            .await;
             let _ = client_write
                 .write_all(&close_frame(GOING_AWAY, end.reason(), None))
                 .await;
-            finish_frame(&mut client_read, &mut backend_write, &mut from_client, &mut to_backend).await;
+            finish_frame(
+                &mut client_read,
+                &mut backend_write,
+                &mut from_client,
+                &mut to_backend,
+            )
+            .await;
             let _ = backend_write
                 .write_all(&close_frame(GOING_AWAY, end.reason(), Some(mask())))
                 .await;
             // Each side answers with its own close frame and closes: read (and drop) until then.
-            let drain_client = async { while matches!(client_read.read(&mut to_backend).await, Ok(n) if n > 0) {} };
-            let drain_backend = async { while matches!(backend_read.read(&mut to_client).await, Ok(n) if n > 0) {} };
+            let drain_client = async {
+                while matches!(client_read.read(&mut to_backend).await, Ok(n) if n > 0) {}
+            };
+            let drain_backend = async {
+                while matches!(backend_read.read(&mut to_client).await, Ok(n) if n > 0) {}
+            };
             tokio::join!(drain_client, drain_backend);
         };
         let _ = tokio::time::timeout(CLOSING_GRACE * 2, finish).await;
@@ -249,6 +279,14 @@ where
     let _ = client_write.shutdown().await;
     let _ = backend_write.shutdown().await;
     (end, relayed)
+}
+
+/// Resolves when `stop` turns true; never when no one can turn it (a connection made outside a
+/// listener).
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Relays from `from` to `to` until `frames` is at a boundary (or the grace ends).
@@ -261,7 +299,9 @@ where
     while !frames.at_boundary() {
         // Only the rest of the frame: what follows it is not relayed any more.
         let want = if frames.payload_left > 0 {
-            usize::try_from(frames.payload_left).unwrap_or(usize::MAX).min(buf.len())
+            usize::try_from(frames.payload_left)
+                .unwrap_or(usize::MAX)
+                .min(buf.len())
         } else {
             1
         };
@@ -332,6 +372,33 @@ mod tests {
     }
 
     #[test]
+    fn an_upgrade_is_a_get_naming_websocket_and_upgrade() {
+        let req = |method: &str, headers: &[(&str, &str)]| {
+            let mut b = http::Request::builder().method(method).uri("/ws");
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            b.body(()).expect("a request")
+        };
+        assert!(is_upgrade(&req(
+            "GET",
+            &[
+                ("connection", "keep-alive, Upgrade"),
+                ("upgrade", "WebSocket")
+            ]
+        )));
+        assert!(!is_upgrade(&req(
+            "POST",
+            &[("connection", "upgrade"), ("upgrade", "websocket")]
+        )));
+        assert!(!is_upgrade(&req("GET", &[("upgrade", "websocket")])));
+        assert!(!is_upgrade(&req(
+            "GET",
+            &[("connection", "upgrade"), ("upgrade", "h2c")]
+        )));
+    }
+
+    #[test]
     fn a_close_frame_carries_its_code_and_a_reason_cut_to_fit() {
         assert_eq!(
             close_frame(GOING_AWAY, "bye", None),
@@ -367,14 +434,23 @@ mod tests {
         // The backend's frame ends; only then the close frame follows it.
         backend_peer.write_all(&long[5..]).await.expect("write");
         let mut rest = vec![0u8; long.len() - 5];
-        client_peer.read_exact(&mut rest).await.expect("the frame's end");
+        client_peer
+            .read_exact(&mut rest)
+            .await
+            .expect("the frame's end");
         let close = close_frame(GOING_AWAY, "server shutting down", None);
         let mut got = vec![0u8; close.len()];
-        client_peer.read_exact(&mut got).await.expect("a close frame");
+        client_peer
+            .read_exact(&mut got)
+            .await
+            .expect("a close frame");
         assert_eq!(got, close);
         // The backend gets a masked close frame.
         let mut head = [0u8; 2];
-        backend_peer.read_exact(&mut head).await.expect("a close frame");
+        backend_peer
+            .read_exact(&mut head)
+            .await
+            .expect("a close frame");
         assert_eq!(head[0], 0x88);
         assert_eq!(head[1] & 0x80, 0x80, "masked");
         drop(client_peer);
