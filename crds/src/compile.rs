@@ -1207,6 +1207,17 @@ fn compile_route(
         .prompt
         .as_ref()
         .and_then(|p| compile_prompt(spec, p, &mut errors));
+    if spec.websocket.is_some()
+        && (spec.metering.reads_tokens()
+            || spec.prompt.is_some()
+            || spec.translate.is_some()
+            || !spec.fallbacks.is_empty())
+    {
+        errors.push(invalid(
+            "spec.websocket",
+            "a WebSocket's messages are not metered: a route that meters tokens, translates, falls back or publishes a prompt cannot carry WebSocket connections",
+        ));
+    }
     let limits = spec.websocket.clone().unwrap_or_default();
     let websocket_idle_ms = compile_limit(
         "spec.websocket.idleTimeout",
@@ -1268,6 +1279,7 @@ fn compile_route(
                 .unwrap_or_default(),
             fallbacks,
             prompt,
+            websocket: spec.websocket.is_some(),
             websocket_idle_ms,
             websocket_lifetime_ms,
         }),

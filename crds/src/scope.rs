@@ -201,6 +201,7 @@ mod tests {
             models: Default::default(),
             fallbacks: vec![],
             prompt: None,
+            websocket: false,
             websocket_idle_ms: crate::snapshot::DEFAULT_WEBSOCKET_IDLE_MS,
             websocket_lifetime_ms: crate::snapshot::DEFAULT_WEBSOCKET_LIFETIME_MS,
         }

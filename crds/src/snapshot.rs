@@ -148,6 +148,9 @@ pub struct Route {
     /// The prompt this route publishes as an API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<Box<Prompt>>,
+    /// WebSocket upgrades are proxied (`spec.websocket` is set).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub websocket: bool,
     /// A WebSocket connection's idle limit.
     #[serde(default = "default_websocket_idle_ms")]
     pub websocket_idle_ms: u64,

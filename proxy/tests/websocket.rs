@@ -89,7 +89,7 @@ metadata: {{name: roomy}}
 spec:
   quotaPolicyRef: {{name: roomy}}
   apiKeys: [{{secretRef: {{name: keys, key: roomy}}}}]
-  subscriptions: [{{apiRouteRef: {{name: chat}}}}, {{apiRouteRef: {{name: quiet}}}}]
+  subscriptions: [{{apiRouteRef: {{name: chat}}}}, {{apiRouteRef: {{name: quiet}}}}, {{apiRouteRef: {{name: plain}}}}]
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: Tenant
@@ -105,6 +105,7 @@ metadata: {{name: chat}}
 spec:
   match: {{pathPrefix: /chat}}
   backend: {{url: "http://127.0.0.1:{backend_port}"}}
+  websocket: {{}}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: ApiRoute
@@ -113,6 +114,13 @@ spec:
   match: {{pathPrefix: /quiet}}
   backend: {{url: "http://127.0.0.1:{backend_port}"}}
   websocket: {{idleTimeout: 1s}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {{name: plain}}
+spec:
+  match: {{pathPrefix: /plain}}
+  backend: {{url: "http://127.0.0.1:{backend_port}"}}
 "#
     )
 }
@@ -163,6 +171,10 @@ async fn messages_go_both_ways_after_every_check_and_refusals_come_before_the_up
         "the upgrade is one request"
     );
 
+    // A route that does not carry WebSockets sends the request on without its upgrade headers:
+    // the backend asks for them (426), and nothing is relayed.
+    let plain = call(&p, "/plain", json!({"key": "key-roomy", "messages": ["x"]})).await;
+    assert_eq!(plain["status"], 426, "{plain}");
     // No key: the same 401 problem as any request, before anything reaches the backend.
     let refused = call(&p, "/chat", json!({"messages": ["x"]})).await;
     assert_eq!(refused["status"], 401, "{refused}");

@@ -50,7 +50,10 @@ async def call(s):
             out["close_reason"] = ws.close_reason
     except InvalidStatus as e:
         out["status"] = e.response.status_code
-        out["body"] = json.loads(e.response.body or b"null")
+        try:
+            out["body"] = json.loads(e.response.body or b"null")
+        except ValueError:
+            out["body"] = (e.response.body or b"").decode(errors="replace")
         out["content_type"] = e.response.headers.get("content-type")
     except ConnectionClosed as e:
         out["close_code"] = e.rcvd.code if e.rcvd else None

@@ -921,6 +921,10 @@ fn websocket_limits_have_defaults_and_bounds() {
             "{match: {pathPrefix: /ws}, backend: {url: 'http://x:1'}, websocket: {maxLifetime: 200h}}",
             "spec.websocket.maxLifetime",
         ),
+        (
+            "{match: {pathPrefix: /ws}, backend: {url: 'http://x:1'}, metering: OpenAI, websocket: {}}",
+            "spec.websocket",
+        ),
     ] {
         let c = route(spec);
         let d = only_diagnostic(&c);

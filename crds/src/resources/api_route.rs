@@ -107,8 +107,10 @@ pub struct ApiRouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<PromptApi>,
 
-    /// WebSocket connections on this route (upgrades are proxied on every route that forwards):
-    /// how long one may stay idle and open.
+    /// Carry WebSocket connections (set, even empty, to proxy upgrades; without it an upgrade
+    /// request reaches the backend as a plain request): how long one may stay idle and open. Not
+    /// on a route that meters tokens, translates, falls back or publishes a prompt: a
+    /// connection's messages are not metered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub websocket: Option<WebSocketLimits>,
 

@@ -165,6 +165,7 @@ mod tests {
             models: Default::default(),
             fallbacks: vec![],
             prompt: None,
+            websocket: false,
             websocket_idle_ms: tollgate_crds::snapshot::DEFAULT_WEBSOCKET_IDLE_MS,
             websocket_lifetime_ms: tollgate_crds::snapshot::DEFAULT_WEBSOCKET_LIFETIME_MS,
         }

@@ -474,7 +474,12 @@ impl<S: CounterStore> Proxy<S> {
                 .insert(header::CONTENT_TYPE, direct.content_type.clone());
             return Forward::Answered(resp);
         }
-        if crate::upstream::websocket::is_upgrade(&req) && route.upstream.is_some() {
+        // Only a route that carries WebSockets (`spec.websocket`): elsewhere the upgrade headers
+        // are dropped as any hop-by-hop header, and the backend sees a plain request.
+        if route.route.websocket
+            && route.upstream.is_some()
+            && crate::upstream::websocket::is_upgrade(&req)
+        {
             return Forward::Upgrade {
                 route,
                 request: req,

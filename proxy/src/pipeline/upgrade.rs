@@ -95,6 +95,19 @@ impl<S: CounterStore> Proxy<S> {
             return (self.relayed(resp, v, route, now), None, Some(started));
         }
         let backend_upgrade = hyper::upgrade::on(&mut resp);
+        // Admitted and served: the request's own price is what it costs (as a direct response's;
+        // a connection's messages are not metered).
+        if let Some(mut meter) = self.meter_for(
+            v,
+            route,
+            route.route.metering,
+            StatusCode::SWITCHING_PROTOCOLS,
+            (None, None),
+            now,
+            false,
+        ) {
+            meter.finish(true);
+        }
         let limits = Limits {
             idle: Duration::from_millis(route.route.websocket_idle_ms),
             lifetime: Duration::from_millis(route.route.websocket_lifetime_ms),
@@ -136,7 +149,9 @@ impl<S: CounterStore> Proxy<S> {
             bytes::Bytes::new(),
         )));
         *switching.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let (parts, _) = resp.into_parts();
+        // Hop-by-hop headers the backend sent stay on its hop; the two that make the answer a
+        // switch are set for the client's.
+        let (parts, _) = crate::upstream::forward::downstream_response(resp).into_parts();
         *switching.headers_mut() = parts.headers;
         let headers = switching.headers_mut();
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

@@ -180,17 +180,34 @@ pub fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
     frame
 }
 
-/// A mask for the proxy's close frame to the backend (RFC 6455 wants it unpredictable; a close
-/// frame carries nothing to hide, so the clock's nanoseconds do).
+/// A mask for the proxy's close frame to the backend (RFC 6455 section 5.3: from a strong
+/// source; std's randomly keyed hasher, seeded from the operating system, is one).
 fn mask() -> [u8; 4] {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0x5a5a_5a5a, |d| d.subsec_nanos());
-    nanos.to_be_bytes()
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::hash::RandomState::new().build_hasher();
+    hasher.write_u64(0);
+    let bits = hasher.finish();
+    [
+        bits as u8,
+        (bits >> 8) as u8,
+        (bits >> 16) as u8,
+        (bits >> 24) as u8,
+    ]
 }
 
-/// Relays between `client` and `backend` until one side closes, a limit is reached, or `stop`
+/// `from + by`, or far in the future when that overflows.
+fn after(from: Instant, by: Duration) -> Instant {
+    from.checked_add(by)
+        .unwrap_or_else(|| from + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+/// Relays between `client` and `backend` until both sides closed, a limit is reached, or `stop`
 /// turns true; then closes both ends. What ended it, and the bytes relayed each way.
+///
+/// A side that closes its end (EOF) has the other side's writer shut after it, and the other
+/// direction goes on until it closes too (a close handshake: one side's close frame, then
+/// the other's). A write that cannot complete (a peer that stopped reading) is bounded by the
+/// same limits as the reads.
 pub async fn relay<C, B>(
     client: C,
     backend: B,
@@ -209,76 +226,137 @@ where
     let mut from_backend = Frames::default();
     let mut relayed = Relayed::default();
     let opened = Instant::now();
+    let lifetime_due = after(opened, limits.lifetime);
     let mut last_byte = opened;
+    // Which side closed first, once one did.
+    let mut first_closed: Option<End> = None;
+    let (mut client_open, mut backend_open) = (true, true);
     let end = loop {
-        let idle_due = last_byte + limits.idle;
-        let lifetime_due = opened + limits.lifetime;
+        if !client_open && !backend_open {
+            break first_closed.unwrap_or(End::Client);
+        }
+        let idle_due = after(last_byte, limits.idle);
+        let due = idle_due.min(lifetime_due);
+        let limit = if idle_due <= lifetime_due {
+            End::Idle
+        } else {
+            End::Lifetime
+        };
         tokio::select! {
-            read = client_read.read(&mut to_backend) => match read {
-                Ok(0) | Err(_) => break End::Client,
-                Ok(n) => {
-                    if backend_write.write_all(&to_backend[..n]).await.is_err() {
-                        break End::Backend;
+            read = client_read.read(&mut to_backend), if client_open => match read {
+                Ok(n) if n > 0 => {
+                    let write = backend_write.write_all(&to_backend[..n]);
+                    match bounded(write, due, &mut stop).await {
+                        Ok(true) => {}
+                        Ok(false) => break End::Backend,
+                        Err(why) => break why.unwrap_or(limit),
                     }
                     from_client.feed(&to_backend[..n]);
                     relayed.from_client += n as u64;
                     last_byte = Instant::now();
                 }
+                _ => {
+                    client_open = false;
+                    first_closed.get_or_insert(End::Client);
+                    let _ = tokio::time::timeout(CLOSING_GRACE, backend_write.shutdown()).await;
+                }
             },
-            read = backend_read.read(&mut to_client) => match read {
-                Ok(0) | Err(_) => break End::Backend,
-                Ok(n) => {
-                    if client_write.write_all(&to_client[..n]).await.is_err() {
-                        break End::Client;
+            read = backend_read.read(&mut to_client), if backend_open => match read {
+                Ok(n) if n > 0 => {
+                    let write = client_write.write_all(&to_client[..n]);
+                    match bounded(write, due, &mut stop).await {
+                        Ok(true) => {}
+                        Ok(false) => break End::Client,
+                        Err(why) => break why.unwrap_or(limit),
                     }
                     from_backend.feed(&to_client[..n]);
                     relayed.from_backend += n as u64;
                     last_byte = Instant::now();
                 }
+                _ => {
+                    backend_open = false;
+                    first_closed.get_or_insert(End::Backend);
+                    let _ = tokio::time::timeout(CLOSING_GRACE, client_write.shutdown()).await;
+                }
             },
-            () = tokio::time::sleep_until(idle_due) => break End::Idle,
-            () = tokio::time::sleep_until(lifetime_due) => break End::Lifetime,
+            () = tokio::time::sleep_until(due) => break limit,
             () = stopping(&mut stop) => break End::Shutdown,
         }
     };
     if matches!(end, End::Idle | End::Lifetime | End::Shutdown) {
-        // Each side's close frame goes where its stream is between frames: a frame in progress
-        // is finished first (within the grace).
         let finish = async {
-            finish_frame(
-                &mut backend_read,
-                &mut client_write,
-                &mut from_backend,
-                &mut to_client,
-            )
-            .await;
-            let _ = client_write
-                .write_all(&close_frame(GOING_AWAY, end.reason(), None))
+            // A side whose peer already sent its close frame gets none from the proxy (a frame
+            // after a close breaks RFC 6455 section 5.5.1); a frame in progress is finished first,
+            // and a close frame that cannot follow a whole frame is not written at all.
+            if client_open && !from_backend.close_seen {
+                finish_frame(
+                    &mut backend_read,
+                    &mut client_write,
+                    &mut from_backend,
+                    &mut to_client,
+                )
                 .await;
-            finish_frame(
-                &mut client_read,
-                &mut backend_write,
-                &mut from_client,
-                &mut to_backend,
-            )
-            .await;
-            let _ = backend_write
-                .write_all(&close_frame(GOING_AWAY, end.reason(), Some(mask())))
+                if from_backend.at_boundary() {
+                    let _ = client_write
+                        .write_all(&close_frame(GOING_AWAY, end.reason(), None))
+                        .await;
+                }
+            }
+            if backend_open && !from_client.close_seen {
+                finish_frame(
+                    &mut client_read,
+                    &mut backend_write,
+                    &mut from_client,
+                    &mut to_backend,
+                )
                 .await;
+                if from_client.at_boundary() {
+                    let _ = backend_write
+                        .write_all(&close_frame(GOING_AWAY, end.reason(), Some(mask())))
+                        .await;
+                }
+            }
             // Each side answers with its own close frame and closes: read (and drop) until then.
             let drain_client = async {
-                while matches!(client_read.read(&mut to_backend).await, Ok(n) if n > 0) {}
+                while client_open
+                    && matches!(client_read.read(&mut to_backend).await, Ok(n) if n > 0)
+                {
+                }
             };
             let drain_backend = async {
-                while matches!(backend_read.read(&mut to_client).await, Ok(n) if n > 0) {}
+                while backend_open
+                    && matches!(backend_read.read(&mut to_client).await, Ok(n) if n > 0)
+                {
+                }
             };
             tokio::join!(drain_client, drain_backend);
         };
         let _ = tokio::time::timeout(CLOSING_GRACE * 2, finish).await;
     }
-    let _ = client_write.shutdown().await;
-    let _ = backend_write.shutdown().await;
+    // TLS ends write a goodbye of their own: bounded too.
+    let _ = tokio::time::timeout(CLOSING_GRACE, async {
+        let _ = client_write.shutdown().await;
+        let _ = backend_write.shutdown().await;
+    })
+    .await;
     (end, relayed)
+}
+
+/// Awaits `write`, unless `due` comes first or the proxy stops: `Ok(true)` written, `Ok(false)`
+/// failed (the peer went away), `Err(Some(Shutdown))` stopped, `Err(None)` the limit came.
+async fn bounded<F>(
+    write: F,
+    due: Instant,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<bool, Option<End>>
+where
+    F: std::future::Future<Output = std::io::Result<()>>,
+{
+    tokio::select! {
+        written = write => Ok(written.is_ok()),
+        () = tokio::time::sleep_until(due) => Err(None),
+        () = stopping(stop) => Err(Some(End::Shutdown)),
+    }
 }
 
 /// Resolves when `stop` turns true; never when no one can turn it (a connection made outside a
@@ -408,6 +486,34 @@ mod tests {
         assert_eq!(close_frame(GOING_AWAY, &long, None).len(), 2 + 125);
         let masked = close_frame(GOING_AWAY, "", Some([0xFF, 0, 0xFF, 0]));
         assert_eq!(masked, [0x88, 0x82, 0xFF, 0, 0xFF, 0, 0x03 ^ 0xFF, 0xE9]);
+    }
+
+    #[tokio::test]
+    async fn a_side_that_closes_first_still_gets_the_other_sides_last_bytes() {
+        let (client, mut client_peer) = tokio::io::duplex(1 << 16);
+        let (backend, mut backend_peer) = tokio::io::duplex(1 << 16);
+        let (_stop_tx, stop) = watch::channel(false);
+        let limits = Limits {
+            idle: Duration::from_secs(60),
+            lifetime: Duration::from_secs(60),
+        };
+        let relay = tokio::spawn(relay(client, backend, limits, stop));
+        // The client's close frame, then its end of the connection.
+        let close = close_frame(1000, "bye", Some([1, 2, 3, 4]));
+        client_peer.write_all(&close).await.expect("write");
+        client_peer.shutdown().await.expect("half-close");
+        let mut got = vec![0u8; close.len()];
+        backend_peer.read_exact(&mut got).await.expect("relayed");
+        // The backend answers with its own close frame after the client's end: it still arrives.
+        let answer = close_frame(1000, "bye", None);
+        backend_peer.write_all(&answer).await.expect("write");
+        let mut got = vec![0u8; answer.len()];
+        client_peer.read_exact(&mut got).await.expect("the answer");
+        assert_eq!(got, answer);
+        drop(backend_peer);
+        let (end, relayed) = relay.await.expect("join");
+        assert_eq!(end, End::Client, "the client closed first");
+        assert_eq!(relayed.from_backend, answer.len() as u64);
     }
 
     #[tokio::test]
