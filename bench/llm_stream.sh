@@ -98,8 +98,6 @@ for target in metered plain; do
 done
 for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$UP/" && break; sleep 0.1; done
 
-# The CPU time of all threads of PID, in nanoseconds.
-cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {printf "%.0f\n", s}'; }
 
 body='{"model":"gpt-4o-mini","stream":true,"max_tokens":4096,"messages":[{"role":"user","content":"Write a long answer."}]}'
 # One request to TARGET: "TTFB TOTAL" in seconds; fails unless the whole stream arrived.

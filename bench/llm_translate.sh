@@ -86,7 +86,6 @@ for target in direct translated; do
 done
 for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$UP/" && break; sleep 0.1; done
 
-cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {printf "%.0f\n", s}'; }
 
 # One request to TARGET (STREAM true or false): "TTFB TOTAL" in seconds; fails unless it was
 # answered 200.

@@ -5,7 +5,7 @@
 use serde_json::{Map, Value, json};
 
 use super::common::{
-    Stage, Unsupported, check_members, now_seconds, openai_chunk, openai_usage_chunk,
+    CHAT_MEMBERS, Stage, Unsupported, check_members, now_seconds, openai_chunk, openai_usage_chunk,
     parse_data_url, text_of,
 };
 use super::sse::Event;
@@ -18,28 +18,7 @@ const DEFAULT_MAX_TOKENS: u64 = 4096;
 
 /// An OpenAI Chat Completions request as an Anthropic Messages request.
 pub fn request_from_openai(doc: &Map<String, Value>) -> Result<Map<String, Value>, Unsupported> {
-    check_members(
-        doc,
-        "the Anthropic Messages API",
-        &[
-            "model",
-            "messages",
-            "stream",
-            "stream_options",
-            "max_tokens",
-            "max_completion_tokens",
-            "temperature",
-            "top_p",
-            "stop",
-            "tools",
-            "tool_choice",
-            "parallel_tool_calls",
-            "user",
-            "store",
-            "metadata",
-            "service_tier",
-        ],
-    )?;
+    check_members(doc, "the Anthropic Messages API", CHAT_MEMBERS)?;
     let mut out = Map::new();
     out.insert(
         "model".into(),

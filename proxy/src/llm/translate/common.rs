@@ -20,6 +20,27 @@ pub trait Stage: Send + Sync + std::fmt::Debug {
     fn end(&mut self, _out: &mut Vec<Event>) {}
 }
 
+/// The Chat Completions members every backend's translation carries (or knows to change
+/// nothing in the answer).
+pub const CHAT_MEMBERS: &[&str] = &[
+    "model",
+    "messages",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "user",
+    "store",
+    "metadata",
+    "service_tier",
+];
+
 /// Refuses a request member the backend's API (`target`) has no place for. Members with a value
 /// that changes nothing (`n: 1`, `logprobs: false`, a zero penalty, text output) pass.
 pub fn check_members(

@@ -4,7 +4,7 @@
 use serde_json::{Map, Value, json};
 
 use super::common::{
-    Stage, Unsupported, check_members, now_seconds, openai_chunk, openai_usage_chunk,
+    CHAT_MEMBERS, Stage, Unsupported, check_members, now_seconds, openai_chunk, openai_usage_chunk,
     parse_data_url, text_of,
 };
 use super::sse::Event;
@@ -17,32 +17,18 @@ const SIGNATURE_MARK: &str = ".sig.";
 pub fn request_from_openai(
     doc: &Map<String, Value>,
 ) -> Result<(String, Map<String, Value>), Unsupported> {
-    check_members(
-        doc,
-        "the Gemini API",
+    // Gemini also takes structured output, a seed and the penalties.
+    let members = [
+        CHAT_MEMBERS,
         &[
-            "model",
-            "messages",
-            "stream",
-            "stream_options",
-            "max_tokens",
-            "max_completion_tokens",
-            "temperature",
-            "top_p",
-            "stop",
-            "tools",
-            "tool_choice",
-            "parallel_tool_calls",
-            "user",
-            "store",
-            "metadata",
-            "service_tier",
             "response_format",
             "seed",
             "presence_penalty",
             "frequency_penalty",
         ],
-    )?;
+    ]
+    .concat();
+    check_members(doc, "the Gemini API", &members)?;
     if doc.get("parallel_tool_calls") == Some(&Value::Bool(false)) {
         return Err(Unsupported(
             "parallel_tool_calls: false cannot be honoured by a Gemini backend".into(),
