@@ -231,6 +231,10 @@ where
     // Which side closed first, once one did.
     let mut first_closed: Option<End> = None;
     let (mut client_open, mut backend_open) = (true, true);
+    // Bytes read from a side but not yet written to the other when a limit or shutdown cut a
+    // write short (ranges of `to_backend` and `to_client`): the frame they belong to is
+    // finished from them before anything more is read.
+    let (mut client_unsent, mut backend_unsent) = (0..0, 0..0);
     let end = loop {
         if !client_open && !backend_open {
             break first_closed.unwrap_or(End::Client);
@@ -245,15 +249,18 @@ where
         tokio::select! {
             read = client_read.read(&mut to_backend), if client_open => match read {
                 Ok(n) if n > 0 => {
-                    let write = backend_write.write_all(&to_backend[..n]);
-                    match bounded(write, due, &mut stop).await {
-                        Ok(true) => {}
+                    let mut sent = 0;
+                    let write = send(&mut backend_write, &to_backend[..n], &mut from_client, &mut sent);
+                    let written = bounded(write, due, &mut stop).await;
+                    relayed.from_client += sent as u64;
+                    match written {
+                        Ok(true) => last_byte = Instant::now(),
                         Ok(false) => break End::Backend,
-                        Err(why) => break why.unwrap_or(limit),
+                        Err(why) => {
+                            client_unsent = sent..n;
+                            break why.unwrap_or(limit);
+                        }
                     }
-                    from_client.feed(&to_backend[..n]);
-                    relayed.from_client += n as u64;
-                    last_byte = Instant::now();
                 }
                 _ => {
                     client_open = false;
@@ -263,15 +270,18 @@ where
             },
             read = backend_read.read(&mut to_client), if backend_open => match read {
                 Ok(n) if n > 0 => {
-                    let write = client_write.write_all(&to_client[..n]);
-                    match bounded(write, due, &mut stop).await {
-                        Ok(true) => {}
+                    let mut sent = 0;
+                    let write = send(&mut client_write, &to_client[..n], &mut from_backend, &mut sent);
+                    let written = bounded(write, due, &mut stop).await;
+                    relayed.from_backend += sent as u64;
+                    match written {
+                        Ok(true) => last_byte = Instant::now(),
                         Ok(false) => break End::Client,
-                        Err(why) => break why.unwrap_or(limit),
+                        Err(why) => {
+                            backend_unsent = sent..n;
+                            break why.unwrap_or(limit);
+                        }
                     }
-                    from_backend.feed(&to_client[..n]);
-                    relayed.from_backend += n as u64;
-                    last_byte = Instant::now();
                 }
                 _ => {
                     backend_open = false;
@@ -289,11 +299,12 @@ where
             // after a close breaks RFC 6455 section 5.5.1); a frame in progress is finished first,
             // and a close frame that cannot follow a whole frame is not written at all.
             if client_open && !from_backend.close_seen {
-                finish_frame(
+                relayed.from_backend += finish_frame(
                     &mut backend_read,
                     &mut client_write,
                     &mut from_backend,
                     &mut to_client,
+                    backend_unsent,
                 )
                 .await;
                 if from_backend.at_boundary() {
@@ -303,11 +314,12 @@ where
                 }
             }
             if backend_open && !from_client.close_seen {
-                finish_frame(
+                relayed.from_client += finish_frame(
                     &mut client_read,
                     &mut backend_write,
                     &mut from_client,
                     &mut to_backend,
+                    client_unsent,
                 )
                 .await;
                 if from_client.at_boundary() {
@@ -344,6 +356,7 @@ where
 
 /// Awaits `write`, unless `due` comes first or the proxy stops: `Ok(true)` written, `Ok(false)`
 /// failed (the peer went away), `Err(Some(Shutdown))` stopped, `Err(None)` the limit came.
+/// A write that can complete always does, even when the limit or shutdown came at once.
 async fn bounded<F>(
     write: F,
     due: Instant,
@@ -353,10 +366,35 @@ where
     F: std::future::Future<Output = std::io::Result<()>>,
 {
     tokio::select! {
+        biased;
         written = write => Ok(written.is_ok()),
         () = tokio::time::sleep_until(due) => Err(None),
         () = stopping(stop) => Err(Some(End::Shutdown)),
     }
+}
+
+/// Writes `bytes` to `to`, following their frames as each write takes some. `sent` counts what
+/// was written, so a write cut short (its future dropped by [`bounded`]) leaves the frames and
+/// the count true to what the peer received: `AsyncWrite::write` takes nothing when it is
+/// dropped pending.
+async fn send<W>(
+    to: &mut W,
+    bytes: &[u8],
+    frames: &mut Frames,
+    sent: &mut usize,
+) -> std::io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    while *sent < bytes.len() {
+        let n = to.write(&bytes[*sent..]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        frames.feed(&bytes[*sent..*sent + n]);
+        *sent += n;
+    }
+    Ok(())
 }
 
 /// Resolves when `stop` turns true; never when no one can turn it (a connection made outside a
@@ -367,13 +405,22 @@ async fn stopping(stop: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Relays from `from` to `to` until `frames` is at a boundary (or the grace ends).
-async fn finish_frame<R, W>(from: &mut R, to: &mut W, frames: &mut Frames, buf: &mut [u8])
+/// Relays from `from` to `to` until `frames` is at a boundary (or the grace ends): first what
+/// `unsent` holds of `buf` (read before, not written yet), then what `from` sends. Nothing past
+/// the frame's end is relayed. The bytes written.
+async fn finish_frame<R, W>(
+    from: &mut R,
+    to: &mut W,
+    frames: &mut Frames,
+    buf: &mut [u8],
+    mut unsent: std::ops::Range<usize>,
+) -> u64
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let until = Instant::now() + CLOSING_GRACE;
+    let mut written = 0;
     while !frames.at_boundary() {
         // Only the rest of the frame: what follows it is not relayed any more.
         let want = if frames.payload_left > 0 {
@@ -383,16 +430,24 @@ where
         } else {
             1
         };
-        match tokio::time::timeout_at(until, from.read(&mut buf[..want])).await {
-            Ok(Ok(n)) if n > 0 => {
-                if to.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
-                frames.feed(&buf[..n]);
+        let chunk = if unsent.is_empty() {
+            match tokio::time::timeout_at(until, from.read(&mut buf[..want])).await {
+                Ok(Ok(n)) if n > 0 => 0..n,
+                _ => break,
             }
-            _ => return,
+        } else {
+            let chunk = unsent.start..unsent.start + want.min(unsent.len());
+            unsent.start = chunk.end;
+            chunk
+        };
+        let bytes = &buf[chunk];
+        if to.write_all(bytes).await.is_err() {
+            break;
         }
+        frames.feed(bytes);
+        written += bytes.len() as u64;
     }
+    written
 }
 
 #[cfg(test)]
@@ -564,5 +619,44 @@ mod tests {
         let (end, relayed) = relay.await.expect("join");
         assert_eq!(end, End::Shutdown);
         assert_eq!(relayed.from_client, whole.len() as u64);
+    }
+
+    /// A write the client's full buffer held up when shutdown came: the bytes read for it are
+    /// not lost, the frame ends whole and the close frame follows it (before, the rest of the
+    /// frame was dropped and a close frame landed inside it).
+    #[tokio::test(start_paused = true)]
+    async fn a_write_held_up_at_shutdown_still_ends_its_frame_before_the_close_frame() {
+        // The client's connection takes 8 bytes before its reader must read.
+        let (client, mut client_peer) = tokio::io::duplex(8);
+        let (backend, mut backend_peer) = tokio::io::duplex(1 << 16);
+        let (stop_tx, stop) = watch::channel(false);
+        let limits = Limits {
+            idle: Duration::from_secs(60),
+            lifetime: Duration::from_secs(60),
+        };
+        let relay = tokio::spawn(relay(client, backend, limits, stop));
+        let long = frame(2, &[7u8; 40], None);
+        backend_peer.write_all(&long).await.expect("write");
+        // The paused clock moves only once every task waits: the relay is held up on its write.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        stop_tx.send(true).expect("stop");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let close = close_frame(GOING_AWAY, "server shutting down", None);
+        let mut got = vec![0u8; long.len() + close.len()];
+        client_peer
+            .read_exact(&mut got)
+            .await
+            .expect("frame and close");
+        assert_eq!(&got[..long.len()], &long[..], "the whole frame");
+        assert_eq!(&got[long.len()..], &close[..], "then the close frame");
+        drop(client_peer);
+        drop(backend_peer);
+        let (end, relayed) = relay.await.expect("join");
+        assert_eq!(end, End::Shutdown);
+        assert_eq!(
+            relayed.from_backend,
+            long.len() as u64,
+            "every byte counted"
+        );
     }
 }
