@@ -64,6 +64,27 @@ prune_cargo_cache() {
 }
 prune_cargo_cache
 
+# The workspace's own crates embed their checkout's path (env!("CARGO_MANIFEST_DIR") in tests that
+# read repository files), and cargo keeps them when the same cache serves another checkout whose
+# files are older: tests then read another checkout's files, or none (seen: CI's checkout and a
+# developer's sharing the cache). Built from another path last: only those crates are rebuilt.
+forget_other_checkouts() {
+    local marker="$CARGO_TARGET_DIR/.tollgate-checkout" here last crate
+    here=$(pwd -P)
+    last=$(cat "$marker" 2>/dev/null || true)
+    [[ "$last" == "$here" ]] && return 0
+    if [[ -d "$CARGO_TARGET_DIR/debug" ]]; then
+        log "the cargo cache was last built from ${last:-another checkout}: rebuilding this workspace's crates"
+        for crate in $(cargo metadata --no-deps --format-version 1 --locked |
+            python3 -c 'import json, sys; print(" ".join(p["name"] for p in json.load(sys.stdin)["packages"]))'); do
+            cargo clean --quiet --locked -p "$crate"
+        done
+    fi
+    mkdir -p "$CARGO_TARGET_DIR"
+    printf '%s\n' "$here" >"$marker"
+}
+forget_other_checkouts
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
