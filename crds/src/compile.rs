@@ -19,8 +19,8 @@ pub mod billing;
 
 use crate::duration::parse_duration;
 use crate::resources::{
-    self, ApiRoute, Approval, Metering, Metric, QuotaPolicy, SubscriptionState, SubscriptionStatus,
-    WhenExhausted,
+    self, ApiRoute, Approval, BackendProtocol, Metering, Metric, QuotaPolicy, SubscriptionState,
+    SubscriptionStatus, WhenExhausted,
 };
 use crate::snapshot::{
     HostMatch, InjectedHeader, KeyDigest, ModelPrice, ObjectKey, PathMatch, Plan, Pricing, Quota,
@@ -1218,6 +1218,22 @@ fn compile_route(
             "a WebSocket's messages are not metered: a route that meters tokens, translates, falls back or publishes a prompt cannot carry WebSocket connections",
         ));
     }
+    if spec.backend.protocol == BackendProtocol::HTTP2 {
+        // Those paths write HTTP/1.1 to the backend: refused rather than quietly downgraded.
+        let refused = [
+            (spec.websocket.is_some(), "carries WebSocket connections"),
+            (spec.translate.is_some(), "translates calls"),
+            (!spec.fallbacks.is_empty(), "falls back"),
+            (spec.prompt.is_some(), "publishes a prompt"),
+            (b.direct_response.is_some(), "is answered by directResponse"),
+        ];
+        for (_, what) in refused.iter().filter(|(set, _)| *set) {
+            errors.push(invalid(
+                "spec.backend.protocol",
+                format!("HTTP2 is for backends that speak only HTTP/2 (gRPC calls use it without this setting); this route {what}, which Tollgate sends over HTTP/1.1"),
+            ));
+        }
+    }
     let limits = spec.websocket.clone().unwrap_or_default();
     let websocket_idle_ms = compile_limit(
         "spec.websocket.idleTimeout",
@@ -1282,6 +1298,7 @@ fn compile_route(
             websocket: spec.websocket.is_some(),
             websocket_idle_ms,
             websocket_lifetime_ms,
+            http2: spec.backend.protocol == BackendProtocol::HTTP2,
         }),
         _ => Err(errors),
     }

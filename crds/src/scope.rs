@@ -204,6 +204,7 @@ mod tests {
             websocket: false,
             websocket_idle_ms: crate::snapshot::DEFAULT_WEBSOCKET_IDLE_MS,
             websocket_lifetime_ms: crate::snapshot::DEFAULT_WEBSOCKET_LIFETIME_MS,
+            http2: false,
         }
     }
 

@@ -157,6 +157,10 @@ pub struct Route {
     /// A WebSocket connection's lifetime limit.
     #[serde(default = "default_websocket_lifetime_ms")]
     pub websocket_lifetime_ms: u64,
+    /// Every request goes to the backend over HTTP/2 (`spec.backend.protocol: HTTP2`); without
+    /// it only gRPC calls do.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http2: bool,
 }
 
 /// A WebSocket connection's idle limit when the route names none: 5 minutes.

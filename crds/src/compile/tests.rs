@@ -931,3 +931,43 @@ fn websocket_limits_have_defaults_and_bounds() {
         assert_eq!(d.field.as_str(), field, "{spec}: {}", d.message);
     }
 }
+
+#[test]
+fn http2_backends_are_opt_in_and_refused_where_tollgate_writes_http1() {
+    let route = |spec: &str| {
+        World::parse(BASE)
+            .with(&route_yaml("grpc", "2026-02-01T00:00:00Z", spec))
+            .compile()
+    };
+    let http2 = |spec: &str| {
+        route(spec)
+            .snapshot
+            .routes
+            .iter()
+            .find(|r| r.key.name == "grpc")
+            .map(|r| r.http2)
+    };
+    assert_eq!(
+        http2("{match: {pathPrefix: /g}, backend: {url: 'http://x:1'}}"),
+        Some(false),
+        "Auto by default: only gRPC calls go over HTTP/2"
+    );
+    assert_eq!(
+        http2("{match: {pathPrefix: /g}, backend: {url: 'https://x:1', protocol: HTTP2}}"),
+        Some(true)
+    );
+    for spec in [
+        "{match: {pathPrefix: /g}, backend: {url: 'http://x:1', protocol: HTTP2}, websocket: {}}",
+        "{match: {pathPrefix: /g}, backend: {directResponse: {status: 200}, protocol: HTTP2}}",
+        "{match: {pathPrefix: /g}, backend: {url: 'http://x:1', protocol: HTTP2}, metering: OpenAI, translate: {from: Anthropic}}",
+    ] {
+        let c = route(spec);
+        let d = only_diagnostic(&c);
+        assert_eq!(
+            d.field.as_str(),
+            "spec.backend.protocol",
+            "{spec}: {}",
+            d.message
+        );
+    }
+}

@@ -223,6 +223,13 @@ pub struct Backend {
     /// Answer from the proxy itself, without a backend (mock endpoints, maintenance pages).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_response: Option<DirectResponse>,
+    /// The HTTP version spoken to the backend. Auto (default): HTTP/1.1, and HTTP/2 for gRPC
+    /// calls (`content-type: application/grpc...`), which need it. HTTP2: every request over
+    /// HTTP/2, for backends that speak nothing else. HTTP/2 is h2c (prior knowledge) to an
+    /// http:// backend and TLS with ALPN h2 to an https:// one; one pooled connection carries
+    /// many requests.
+    #[serde(default, skip_serializing_if = "BackendProtocol::is_auto")]
+    pub protocol: BackendProtocol,
     /// How long to wait for the backend's response headers, from 1ms to 1h. Default 30s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32), regex(pattern = DURATION_PATTERN))]
@@ -447,6 +454,24 @@ impl Metering {
     /// Whether responses carry token usage to read.
     pub fn reads_tokens(self) -> bool {
         self != Self::Requests
+    }
+}
+
+/// The HTTP version spoken to a backend.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[allow(clippy::upper_case_acronyms)]
+pub enum BackendProtocol {
+    /// HTTP/1.1, and HTTP/2 for gRPC calls.
+    #[default]
+    Auto,
+    /// HTTP/2 for every request.
+    HTTP2,
+}
+
+impl BackendProtocol {
+    /// Whether it is the default (left out when serialized).
+    pub fn is_auto(&self) -> bool {
+        *self == Self::Auto
     }
 }
 

@@ -168,6 +168,7 @@ mod tests {
             websocket: false,
             websocket_idle_ms: tollgate_crds::snapshot::DEFAULT_WEBSOCKET_IDLE_MS,
             websocket_lifetime_ms: tollgate_crds::snapshot::DEFAULT_WEBSOCKET_LIFETIME_MS,
+            http2: false,
         }
     }
 

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::checks::Verdict;
 use super::problem::{Problem, ProblemKind};
-use super::{ClientConn, Proxy, ProxyBody, problem_response};
+use super::{ClientConn, Proxy, ProxyBody, Via, problem_response};
 use crate::config::RouteEntry;
 use crate::config::route::CallBackend;
 use crate::http1::raw_headers::RawHeaders;
@@ -235,9 +235,12 @@ impl<S: CounterStore> Proxy<S> {
             };
             let started = Instant::now();
             let due = started + Duration::from_millis(backend.timeout_ms);
-            let plain_http = backend.upstream.scheme == http::uri::Scheme::HTTP;
+            let via = match backend.upstream.scheme == http::uri::Scheme::HTTP {
+                true => Via::Pool,
+                false => Via::Http1,
+            };
             let sent = self
-                .send_by_hyper(&backend.upstream, request, plain_http, due)
+                .send_by_hyper(&backend.upstream, request, via, due)
                 .await;
             match sent {
                 Ok(resp) if last || !worth_another(resp.status()) => {

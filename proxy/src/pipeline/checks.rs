@@ -46,6 +46,8 @@ pub struct Verdict<'c> {
     pub call: Option<Box<CallRequest>>,
     /// A metered response's access-log line, written when the call is settled.
     pub deferred_line: Option<Arc<DeferredLine>>,
+    /// The request is a gRPC call: its refusals are put in gRPC's terms.
+    pub grpc: Option<super::grpc::Call>,
 }
 
 /// Runs the checks up to the quotas. `Err` is the first that fails; `Ok(Some(subject))` the

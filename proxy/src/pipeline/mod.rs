@@ -1,11 +1,12 @@
 //! The request path, in order: the path normalized (`request_path`), the checks up to the quotas
 //! (`checks`), admission by the counter store, then the backend (or a direct response), and the
-//! response's headers (`response`), metrics and access-log line. [`Proxy::handle`] runs them;
-//! every await of a request is there.
+//! response's headers (`response`), metrics and access-log line; a gRPC caller's refusal last
+//! put in gRPC's terms (`grpc`). [`Proxy::handle`] runs them; every await of a request is there.
 
 pub mod auth;
 pub mod call;
 pub mod checks;
+pub mod grpc;
 pub mod problem;
 pub mod request_path;
 pub mod response;
@@ -41,6 +42,7 @@ use auth::KeyMemo;
 use checks::Verdict;
 use problem::{Problem, ProblemKind};
 pub use response::{ProxyBody, ResponseLines, problem_response, take_lines, with_lines_in_map};
+use tollgate_crds::error_chain::error_chain;
 
 /// A backend response's header `name` (lower case), from its map or its relayed lines.
 fn backend_header<'r>(resp: &'r Response<UpstreamBody>, name: &'static str) -> Option<&'r str> {
@@ -154,6 +156,17 @@ enum BackendRequest<'a> {
     Hyper(Sending<'a>),
 }
 
+/// How a request goes to its backend through hyper.
+#[derive(Debug, Clone, Copy)]
+enum Via {
+    /// A pooled HTTP/1.1 connection to a plain-HTTP backend ([`UpstreamPool`]).
+    Pool,
+    /// The generic HTTP/1.1 client (HTTPS backends).
+    Http1,
+    /// The HTTP/2 client (gRPC calls, `protocol: HTTP2`).
+    Http2,
+}
+
 /// A backend response on its way.
 type Sending<'a> =
     Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send + 'a>>;
@@ -251,7 +264,10 @@ impl<S: CounterStore> Proxy<S> {
             let uri = req.uri().clone();
             let path = uri.path();
 
-            let mut verdict = Verdict::default();
+            let mut verdict = Verdict {
+                grpc: grpc::call(&req),
+                ..Verdict::default()
+            };
             // Set when the backend answered: when the request went to it.
             let mut backend_started = None;
             // Every await of the request path is in this function: a nested async fn's future is
@@ -439,6 +455,10 @@ impl<S: CounterStore> Proxy<S> {
                 ),
                 None => self.access_log.record(&record),
             }
+            // Counted and logged above under the problem's HTTP status, as any refusal.
+            if let (Some(_), Some(kind)) = (verdict.grpc, problem_kind) {
+                response = grpc::refusal(response, kind);
+            }
             response
         }
     }
@@ -554,8 +574,29 @@ impl<S: CounterStore> Proxy<S> {
         };
         let plain_http = upstream.scheme == http::uri::Scheme::HTTP;
         let started = Instant::now();
-        let due = started + Duration::from_millis(route.route.timeout_ms);
-        let request = if plain_http && upstream_h1::eligible(&req) {
+        let mut due = started + Duration::from_millis(route.route.timeout_ms);
+        let request = if route.route.http2 || v.grpc.is_some() {
+            // A gRPC caller's deadline bounds the wait too (the backend gets it as it came).
+            if let Some(timeout) = v.grpc.and_then(|c| c.timeout) {
+                due = due.min(started + timeout);
+            }
+            let trailers = grpc::accepts_trailers(req.headers());
+            let Ok(mut upstream_req) = upstream_request(req, raw, &cx, true) else {
+                return Forward::Refused(
+                    ProblemKind::BadRequest,
+                    "The request target cannot be forwarded.",
+                );
+            };
+            *upstream_req.version_mut() = http::Version::HTTP_2;
+            if trailers {
+                // The one hop-by-hop header HTTP/2 keeps (RFC 9113 section 8.2.2); gRPC
+                // servers look for it.
+                upstream_req
+                    .headers_mut()
+                    .insert(header::TE, HeaderValue::from_static("trailers"));
+            }
+            BackendRequest::Hyper(self.send_by_hyper(upstream, upstream_req, Via::Http2, due))
+        } else if plain_http && upstream_h1::eligible(&req) {
             // The common case: the forwarded head is written straight from the client's request.
             BackendRequest::Inline {
                 authority: &upstream.authority,
@@ -570,7 +611,8 @@ impl<S: CounterStore> Proxy<S> {
                     "The request target cannot be forwarded.",
                 );
             };
-            BackendRequest::Hyper(self.send_by_hyper(upstream, upstream_req, plain_http, due))
+            let via = if plain_http { Via::Pool } else { Via::Http1 };
+            BackendRequest::Hyper(self.send_by_hyper(upstream, upstream_req, via, due))
         };
         Forward::Backend {
             route,
@@ -579,32 +621,38 @@ impl<S: CounterStore> Proxy<S> {
         }
     }
 
-    /// Sends a request through hyper: a pooled HTTP/1.1 connection (`plain_http`) or the generic
-    /// client (HTTPS). Boxed: the inline exchange is the common case.
+    /// Sends a request through hyper `via` a pooled connection or a generic client. Boxed: the
+    /// inline exchange is the common case.
     fn send_by_hyper<'a>(
         &'a self,
         upstream: &'a Upstream,
         req: Request<RequestBody>,
-        plain_http: bool,
+        via: Via,
         due: Instant,
     ) -> Sending<'a> {
         Box::pin(async move {
-            let sent = if plain_http {
-                tokio::time::timeout_at(due.into(), self.pool.send(&upstream.authority, req)).await
-            } else {
-                tokio::time::timeout_at(due.into(), async {
-                    let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
-                    Ok::<_, String>(downstream_response(resp).map(UpstreamBody::detached))
-                })
-                .await
-                .map(|r| {
-                    r.map_err(|e| UpstreamError::Connect {
-                        authority: upstream.authority.clone(),
-                        reason: e,
-                    })
-                })
+            let client = match via {
+                Via::Pool => {
+                    let sent = self.pool.send(&upstream.authority, req);
+                    return tokio::time::timeout_at(due.into(), sent)
+                        .await
+                        .unwrap_or(Err(UpstreamError::TimedOut));
+                }
+                Via::Http1 => &self.client.http1,
+                Via::Http2 => &self.client.http2,
             };
-            sent.unwrap_or(Err(UpstreamError::TimedOut))
+            let sent = tokio::time::timeout_at(due.into(), async {
+                let resp = client.request(req).await.map_err(|e| error_chain(&e))?;
+                Ok::<_, String>(downstream_response(resp).map(UpstreamBody::detached))
+            })
+            .await;
+            match sent {
+                Ok(sent) => sent.map_err(|reason| UpstreamError::Connect {
+                    authority: upstream.authority.clone(),
+                    reason,
+                }),
+                Err(_) => Err(UpstreamError::TimedOut),
+            }
         })
     }
 
@@ -617,8 +665,18 @@ impl<S: CounterStore> Proxy<S> {
         now: Timestamp,
         path: &str,
     ) -> (Response<ProxyBody>, Option<ProblemKind>) {
-        let (kind, detail) = match err {
-            UpstreamError::TimedOut => (
+        let deadline = v
+            .grpc
+            .and_then(|c| c.timeout)
+            .filter(|t| t.as_millis() < u128::from(route.route.timeout_ms));
+        let (kind, detail) = match (&err, deadline) {
+            (UpstreamError::TimedOut, Some(deadline)) => (
+                ProblemKind::BackendTimeout,
+                format!(
+                    "The API's backend did not answer within the call's deadline ({deadline:?}). The call was not charged."
+                ),
+            ),
+            (UpstreamError::TimedOut, None) => (
                 ProblemKind::BackendTimeout,
                 format!(
                     "The API's backend did not answer within {} ms. The request was not charged.",
@@ -707,13 +765,18 @@ impl<S: CounterStore> Proxy<S> {
             // The client gets other bytes than the backend sent.
             resp.headers_mut().remove(header::CONTENT_LENGTH);
         }
-        let read_timeout = Duration::from_millis(route.route.timeout_ms);
+        // A gRPC stream may be quiet for long between messages: it ends by its deadline, its
+        // caller or its backend, not by the route's timeout.
+        let body_timeout = match v.grpc {
+            Some(_) => None,
+            None => Some(Duration::from_millis(route.route.timeout_ms)),
+        };
         resp.map(|body| {
-            Either::Right(MeteredBody::new(
-                body.with_read_timeout(read_timeout),
-                meter,
-                rewrite,
-            ))
+            let body = match body_timeout {
+                Some(limit) => body.with_read_timeout(limit),
+                None => body,
+            };
+            Either::Right(MeteredBody::new(body, meter, rewrite))
         })
     }
 

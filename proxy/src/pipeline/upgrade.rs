@@ -71,7 +71,8 @@ impl<S: CounterStore> Proxy<S> {
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         let started = Instant::now();
         let due = started + Duration::from_millis(route.route.timeout_ms);
-        let sent = tokio::time::timeout_at(due.into(), self.client.request(backend_req)).await;
+        let sent =
+            tokio::time::timeout_at(due.into(), self.client.http1.request(backend_req)).await;
         let mut resp = match sent {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => {

@@ -23,8 +23,16 @@ use crate::http1::client_headers::{ClientHeaders, Field};
 use crate::http1::raw_headers::RawHeaders;
 use crate::upstream::Upstream;
 
-/// The pooled client used for every backend.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+/// The pooled generic clients for backends (plain HTTP/1.1 backends use [`crate::upstream::pool`]
+/// instead).
+#[derive(Debug, Clone)]
+pub struct UpstreamClient {
+    /// HTTP/1.1: HTTPS backends.
+    pub http1: Client<HttpsConnector<HttpConnector>, RequestBody>,
+    /// HTTP/2: gRPC calls and routes with `protocol: HTTP2`, h2c (prior knowledge) to http://
+    /// backends and ALPN h2 over TLS. One connection per backend carries many requests.
+    pub http2: Client<HttpsConnector<HttpConnector>, RequestBody>,
+}
 
 /// A client's request body on its way to the backend.
 #[derive(Debug)]
@@ -83,8 +91,8 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Builds the client: keep-alive pool, HTTP/1.1 to backends, TLS trusting the Mozilla root
-/// store and `extra_roots` (a private CA, or a test provider's).
+/// Builds the clients: keep-alive pools, TLS trusting the Mozilla root store and `extra_roots`
+/// (a private CA, or a test provider's).
 pub fn client(
     extra_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
 ) -> Result<UpstreamClient, rustls::Error> {
@@ -103,15 +111,31 @@ pub fn client(
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
+    // The connector sets each client's ALPN (http/1.1, or h2) on its copy of the TLS config.
+    let http1 = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls.clone())
         .https_or_http()
         .enable_http1()
+        .wrap_connector(http.clone());
+    let http2 = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http2()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .build(https))
+    Ok(UpstreamClient {
+        http1: Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(http1),
+        http2: Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            // A backend that went away without a word is noticed between calls, not by one.
+            .timer(hyper_util::rt::TokioTimer::new())
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .http2_keep_alive_timeout(Duration::from_secs(10))
+            .build(http2),
+    })
 }
 
 /// What the rewrite needs to know about the request.

@@ -47,6 +47,15 @@ impl Backend {
 
     /// A backend on `addr`; dropping it closes its listener and every open connection.
     pub async fn start_on(addr: SocketAddr) -> Self {
+        Self::serve(addr, false).await
+    }
+
+    /// A backend that speaks only HTTP/2 (h2c, prior knowledge), as gRPC servers do.
+    pub async fn start_h2c() -> Self {
+        Self::serve(SocketAddr::from(([127, 0, 0, 1], 0)), true).await
+    }
+
+    async fn serve(addr: SocketAddr, h2c: bool) -> Self {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .expect("bind backend");
@@ -61,9 +70,19 @@ impl Backend {
                 };
                 counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let conn = tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service_fn(echo))
-                        .await;
+                    let io = TokioIo::new(stream);
+                    let _ = match h2c {
+                        true => {
+                            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                .serve_connection(io, service_fn(echo))
+                                .await
+                        }
+                        false => {
+                            hyper::server::conn::http1::Builder::new()
+                                .serve_connection(io, service_fn(echo))
+                                .await
+                        }
+                    };
                 });
                 tracked.lock().expect("lock").push(conn.abort_handle());
             }
@@ -109,13 +128,14 @@ async fn echo(req: Request<Incoming>) -> Result<Response<llm::AnyBody>, Infallib
     }
     let method = req.method().to_string();
     let uri = req.uri().to_string();
+    let version = format!("{:?}", req.version());
     let body = req
         .into_body()
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let doc = json!({"method": method, "uri": uri, "headers": headers, "body": String::from_utf8_lossy(&body)});
+    let doc = json!({"method": method, "uri": uri, "version": version, "headers": headers, "body": String::from_utf8_lossy(&body)});
     let mut resp = Response::new(Full::new(Bytes::from(doc.to_string())).boxed());
     *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
     resp.headers_mut()
