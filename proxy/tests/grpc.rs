@@ -155,6 +155,62 @@ fn detail<'a>(call: &'a Value, kind: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} in {call}"))
 }
 
+/// What a gRPC call sent with hyper's own HTTP/2 client (no gRPC library: nothing enforces a
+/// deadline on the client's side, and the frames are seen as they came) got back.
+struct RawCall {
+    status: u16,
+    headers: http::HeaderMap,
+    /// The stream ended with the response's HEADERS frame (a trailers-only response).
+    trailers_only: bool,
+    data: bytes::Bytes,
+    trailers: Option<http::HeaderMap>,
+}
+
+/// Calls `path` on the proxy over h2c with `headers`, a StringValue of `value` as the message.
+async fn raw_call(p: &ProxyProcess, path: &str, value: &str, headers: &[(&str, &str)]) -> RawCall {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let mut req = http::Request::post(format!("http://{}{path}", p.listen))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    // The gRPC prefix (not compressed, the length), then field 1 (a string) of the StringValue.
+    let mut message = vec![0u8];
+    message.extend_from_slice(&(2 + value.len() as u32).to_be_bytes());
+    message.extend_from_slice(&[0x0a, value.len() as u8]);
+    message.extend_from_slice(value.as_bytes());
+    let message = bytes::Bytes::from(message);
+    let resp = client
+        .request(
+            req.body(http_body_util::Full::new(message))
+                .expect("request"),
+        )
+        .await
+        .expect("an HTTP/2 answer");
+    let (parts, mut body) = resp.into_parts();
+    let trailers_only = http_body::Body::is_end_stream(&body);
+    let (mut data, mut trailers) = (Vec::new(), None);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("a frame");
+        match frame.into_data() {
+            Ok(bytes) => data.extend_from_slice(&bytes),
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    RawCall {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        trailers_only,
+        data: data.into(),
+        trailers,
+    }
+}
+
 /// Established TCP connections to `port` on loopback (the proxy's to a backend).
 fn connections_to(port: u16) -> usize {
     let out = Command::new("ss")
@@ -228,6 +284,53 @@ async fn unary_streaming_and_bidirectional_calls_reach_the_backend_over_http2_wi
     .await;
     assert_eq!(late[0]["code"], "DEADLINE_EXCEEDED", "{}", late[0]);
 
+    // The proxy holds the deadline itself (a client that does not): DEADLINE_EXCEEDED when it
+    // passes, and the call is not charged.
+    let before = p.used("roomy", None).await;
+    let key = [
+        ("authorization", "Bearer key-roomy"),
+        ("grpc-timeout", "300m"),
+    ];
+    let slow = raw_call(&p, "/tollgate.test.Echo/Slow", "5", &key).await;
+    assert_eq!(slow.status, 200);
+    assert!(slow.trailers_only, "{:?}", slow.headers);
+    assert_eq!(slow.headers["grpc-status"], "4", "{:?}", slow.headers);
+    assert!(
+        slow.headers["grpc-message"]
+            .to_str()
+            .is_ok_and(|m| m.contains("deadline")),
+        "{:?}",
+        slow.headers
+    );
+    assert_eq!(p.used("roomy", None).await, before, "not charged");
+    // A raw call the backend answers: its message and its trailers.
+    let raw = raw_call(
+        &p,
+        "/tollgate.test.Echo/Unary",
+        "raw",
+        &[("authorization", "Bearer key-roomy")],
+    )
+    .await;
+    assert_eq!(raw.status, 200);
+    assert!(!raw.data.is_empty());
+    let trailers = raw.trailers.expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-trailer"], "kept");
+
+    // A caller that gives up before the answer (its stream reset) is still logged and counted:
+    // 499, client-closed.
+    let gave_up = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        raw_call(&p, "/tollgate.test.Echo/Slow", "5", &key[..1]),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the call was still waiting");
+    p.wait_for_metric(
+        r#"tollgate_proxy_requests_total{reason="client-closed",route="default/echo",status="499"}"#,
+        1.0,
+    )
+    .await;
+
     // Calls at once share one connection to the backend (HTTP/2 streams), which stays open.
     let concurrent: Vec<Value> = (0..8)
         .map(|_| json!({"method": "Slow", "key": "key-roomy", "value": "0.5"}))
@@ -264,8 +367,16 @@ async fn protocol_http2_sends_every_request_over_http2() {
     assert_eq!(seen["body"], "a body");
     assert_eq!(seen["headers"]["x-tollgate-tenant"], "default/roomy");
     assert!(seen["headers"].get("authorization").is_none(), "{seen}");
-    let bodiless = p.get("/h2only/y", &key).await;
-    assert_eq!(bodiless.json()["method"], "GET", "{bodiless:?}");
+    let bodiless = p
+        .get(
+            "/h2only/y",
+            &[key[0], ("te", "trailers"), ("x-custom", "kept")],
+        )
+        .await;
+    let seen = bodiless.json();
+    assert_eq!(seen["method"], "GET", "{bodiless:?}");
+    assert_eq!(seen["headers"]["te"], "trailers", "{seen}");
+    assert_eq!(seen["headers"]["x-custom"], "kept", "{seen}");
     // Without it the request goes over HTTP/1.1, which this backend does not speak.
     p.get("/h1/x", &key)
         .await
@@ -350,6 +461,26 @@ async fn refusals_reach_grpc_callers_as_statuses_that_tell_pay_from_retry_later(
     let unknown = &out[7];
     assert_eq!(unknown["code"], "UNIMPLEMENTED", "{unknown}");
     assert_eq!(detail(unknown, "ErrorInfo")["reason"], "ROUTE_NOT_FOUND");
+
+    assert_eq!(
+        p.used("roomy", None).await,
+        "0",
+        "a call its backend did not answer is not charged"
+    );
+
+    // On the wire: one HEADERS frame ending the stream, no body, no content-length.
+    let raw = raw_call(&p, "/tollgate.test.Echo/Unary", "no key", &[]).await;
+    assert_eq!(raw.status, 200);
+    assert!(raw.trailers_only, "a trailers-only response");
+    assert!(raw.data.is_empty() && raw.trailers.is_none());
+    assert_eq!(raw.headers["content-type"], "application/grpc");
+    assert_eq!(raw.headers["grpc-status"], "16");
+    assert!(
+        raw.headers.get("content-length").is_none(),
+        "{:?}",
+        raw.headers
+    );
+    assert!(raw.headers.contains_key("grpc-status-details-bin"));
 
     // Metrics count them under their problems' HTTP statuses, as any refusal.
     for (reason, status) in [

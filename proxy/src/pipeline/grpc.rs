@@ -14,11 +14,11 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Full};
@@ -26,12 +26,15 @@ use prost::Message as _;
 use serde_json::{Map, Value};
 
 use super::problem::ProblemKind;
+use crate::http1::client_headers::ClientHeaders;
 
 /// What the proxy knows of a gRPC call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Call {
-    /// The caller's deadline (`grpc-timeout`), from when the request arrived.
+    /// The caller's timeout (`grpc-timeout`) as it came.
     pub timeout: Option<Duration>,
+    /// When that timeout runs out, counted from the request's arrival.
+    pub deadline: Option<Instant>,
 }
 
 /// The call a request makes, when it is a gRPC call: HTTP/2 with a `content-type` of
@@ -46,16 +49,36 @@ pub fn call<B>(req: &http::Request<B>) -> Option<Call> {
     if !(rest.is_empty() || rest.starts_with(b"+") || rest.starts_with(b";")) {
         return None;
     }
+    let timeout = req.headers().get(GRPC_TIMEOUT).and_then(parse_timeout);
     Some(Call {
-        timeout: req.headers().get("grpc-timeout").and_then(parse_timeout),
+        timeout,
+        deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
     })
 }
 
+/// `grpc-timeout` for what is left of `deadline` at `now`, in the coarsest unit that keeps
+/// millisecond precision (at least 1 ms: a deadline already past is the backend's to report
+/// too).
+pub fn remaining_timeout(deadline: Instant, now: Instant) -> HeaderValue {
+    let ms = deadline.saturating_duration_since(now).as_millis().max(1);
+    // At most 8 digits: 99,999,999 ms is 27 hours; beyond that, seconds, then hours.
+    let text = if ms < 100_000_000 {
+        format!("{ms}m")
+    } else if ms / 1000 < 100_000_000 {
+        format!("{}S", ms / 1000)
+    } else {
+        format!("{}H", (ms / 3_600_000).min(99_999_999))
+    };
+    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("1m"))
+}
+
+/// The caller's timeout header.
+pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
 /// Whether the client's `TE` accepts trailers (gRPC clients send `te: trailers`).
-pub fn accepts_trailers(headers: &HeaderMap) -> bool {
-    headers.get_all(header::TE).iter().any(|v| {
-        v.as_bytes()
-            .split(|b| *b == b',')
+pub fn accepts_trailers(headers: ClientHeaders<'_>) -> bool {
+    headers.get_all(&header::TE).any(|v| {
+        v.split(|b| *b == b',')
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
     })
 }
@@ -85,6 +108,7 @@ pub fn parse_timeout(value: &HeaderValue) -> Option<Duration> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(i32)]
 pub enum Code {
+    Unknown = 2,
     InvalidArgument = 3,
     DeadlineExceeded = 4,
     PermissionDenied = 7,
@@ -128,6 +152,84 @@ const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 const GRPC_STATUS_DETAILS: HeaderName = HeaderName::from_static("grpc-status-details-bin");
 
+/// A response the proxy made itself (`Either::Left`: a problem, or a route's directResponse) in
+/// gRPC's terms for a gRPC caller: a problem as [`refusal`], a directResponse that is not a
+/// success as a status (mapped from its HTTP status as gRPC's clients map one; its body, when
+/// short text, as the message). Anything else as it is.
+pub fn own_answer<B>(
+    resp: Response<Either<Full<Bytes>, B>>,
+    problem: Option<ProblemKind>,
+) -> Response<Either<Full<Bytes>, B>> {
+    if !matches!(resp.body(), Either::Left(_)) {
+        return resp;
+    }
+    match problem {
+        Some(kind) => refusal(resp, kind),
+        None if !resp.status().is_success() => direct(resp),
+        None => resp,
+    }
+}
+
+/// The status gRPC's clients read from an HTTP status with no `grpc-status`
+/// (doc/http-grpc-status-mapping.md).
+fn code_of_http(status: StatusCode) -> Code {
+    match status.as_u16() {
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502 | 503 | 504 => Code::Unavailable,
+        400 => Code::Internal,
+        _ => Code::Unknown,
+    }
+}
+
+/// A directResponse that is not a success, as a trailers-only status.
+fn direct<B>(resp: Response<Either<Full<Bytes>, B>>) -> Response<Either<Full<Bytes>, B>> {
+    let (mut parts, body) = resp.into_parts();
+    let text = match body {
+        Either::Left(full) => full_bytes(full),
+        Either::Right(_) => Bytes::new(),
+    };
+    let message = match std::str::from_utf8(&text) {
+        Ok(text) if !text.is_empty() && text.len() <= 1024 => text.trim().to_owned(),
+        _ => parts
+            .status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_owned(),
+    };
+    let code = code_of_http(parts.status);
+    parts.status = StatusCode::OK;
+    set_status(&mut parts.headers, code, &message, None);
+    Response::from_parts(parts, Either::Left(Full::new(Bytes::new())))
+}
+
+/// Sets a trailers-only response's headers: `grpc-status`, `grpc-message` and, when given,
+/// `grpc-status-details-bin`.
+fn set_status(
+    headers: &mut http::HeaderMap,
+    code: Code,
+    message: &str,
+    details: Option<&rpc::Status>,
+) {
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(GRPC_STATUS, HeaderValue::from(code as i32));
+    if let Ok(message) = HeaderValue::from_str(&percent_encode(message)) {
+        headers.insert(GRPC_MESSAGE, message);
+    }
+    if let Some(details) = details {
+        let details =
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(details.encode_to_vec());
+        if let Ok(details) = HeaderValue::from_str(&details) {
+            headers.insert(GRPC_STATUS_DETAILS, details);
+        }
+    }
+}
+
 /// A problem response (`problem_response`, decorated with its headers) as a gRPC refusal: a
 /// trailers-only response with the same headers and the problem in `grpc-status-details-bin`.
 pub fn refusal<B>(
@@ -136,7 +238,10 @@ pub fn refusal<B>(
 ) -> Response<Either<Full<Bytes>, B>> {
     let (mut parts, body) = resp.into_parts();
     let problem = match body {
-        Either::Left(full) => problem_members(full),
+        Either::Left(full) => match serde_json::from_slice(&full_bytes(full)) {
+            Ok(Value::Object(members)) => members,
+            _ => Map::new(),
+        },
         Either::Right(_) => Map::new(),
     };
     let code = code(kind);
@@ -147,35 +252,18 @@ pub fn refusal<B>(
         .to_owned();
     let status = status_proto(kind, code, &detail, &problem);
     parts.status = StatusCode::OK;
-    let headers = &mut parts.headers;
-    headers.remove(header::CONTENT_LENGTH);
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    headers.insert(GRPC_STATUS, HeaderValue::from(code as i32));
-    if let Ok(message) = HeaderValue::from_str(&percent_encode(&detail)) {
-        headers.insert(GRPC_MESSAGE, message);
-    }
-    let details = base64::engine::general_purpose::STANDARD_NO_PAD.encode(status.encode_to_vec());
-    if let Ok(details) = HeaderValue::from_str(&details) {
-        headers.insert(GRPC_STATUS_DETAILS, details);
-    }
+    set_status(&mut parts.headers, code, &detail, Some(&status));
     // An empty body: hyper ends the stream with the HEADERS frame (trailers-only).
     Response::from_parts(parts, Either::Left(Full::new(Bytes::new())))
 }
 
-/// The members of a problem body (`Full` is ready at once: its one frame is taken without
+/// The bytes of a body made whole (`Full` is ready at once: its one frame is taken without
 /// waiting).
-fn problem_members(mut body: Full<Bytes>) -> Map<String, Value> {
+fn full_bytes(mut body: Full<Bytes>) -> Bytes {
     let mut cx = Context::from_waker(Waker::noop());
-    let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut body).poll_frame(&mut cx) else {
-        return Map::new();
-    };
-    let bytes = frame.into_data().unwrap_or_default();
-    match serde_json::from_slice(&bytes) {
-        Ok(Value::Object(members)) => members,
-        _ => Map::new(),
+    match Pin::new(&mut body).poll_frame(&mut cx) {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
     }
 }
 
@@ -415,6 +503,18 @@ mod tests {
             timed.and_then(|c| c.timeout),
             Some(Duration::from_millis(250))
         );
+        assert!(timed.and_then(|c| c.deadline).is_some());
+    }
+
+    #[test]
+    fn what_is_left_of_a_deadline_is_sent_on_in_eight_digits_at_most() {
+        let now = Instant::now();
+        let t = |d: Duration| remaining_timeout(now + d, now);
+        assert_eq!(t(Duration::from_millis(1500)), "1500m");
+        assert_eq!(t(Duration::ZERO), "1m", "a past deadline is still one");
+        assert_eq!(t(Duration::from_secs(200_000)), "200000S");
+        assert_eq!(t(Duration::from_secs(100_000_000 * 3600)), "99999999H");
+        assert_eq!(remaining_timeout(now, now + Duration::from_secs(1)), "1m");
     }
 
     #[test]
@@ -487,6 +587,29 @@ mod tests {
         assert_eq!(quota.violations[0].subject, "tenant:acme");
         assert_eq!(quota.violations[0].quota_id, "monthly");
         assert_eq!(quota.violations[0].quota_value, 1);
+    }
+
+    #[test]
+    fn a_direct_answer_that_is_not_a_success_is_a_status_and_the_rest_stays() {
+        let direct = |status: u16, body: &'static str| {
+            let mut resp: Response<Either<_, http_body_util::Empty<Bytes>>> =
+                Response::new(Either::Left(Full::new(Bytes::from_static(body.as_bytes()))));
+            *resp.status_mut() = StatusCode::from_u16(status).expect("status");
+            own_answer(resp, None)
+        };
+        let down = direct(503, "Down for maintenance until 10:00.");
+        assert_eq!(down.status(), StatusCode::OK);
+        assert_eq!(down.headers()["grpc-status"], "14");
+        assert_eq!(
+            down.headers()["grpc-message"],
+            "Down for maintenance until 10:00."
+        );
+        assert!(down.body().is_end_stream());
+        let ok = direct(200, "fine");
+        assert!(
+            ok.headers().get("grpc-status").is_none(),
+            "a success is left alone"
+        );
     }
 
     #[test]

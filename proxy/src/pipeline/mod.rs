@@ -3,6 +3,7 @@
 //! response's headers (`response`), metrics and access-log line; a gRPC caller's refusal last
 //! put in gRPC's terms (`grpc`). [`Proxy::handle`] runs them; every await of a request is there.
 
+pub mod abandoned;
 pub mod auth;
 pub mod call;
 pub mod checks;
@@ -25,6 +26,7 @@ use http_body_util::{Either, Full};
 use jiff::Timestamp;
 
 use crate::config::{ProxyConfig, RouteEntry};
+use crate::http1::client_headers::ClientHeaders;
 use crate::http1::raw_headers::RawHeaders;
 use crate::llm::meter::Settlement;
 use crate::llm::reservation::{self, Refusal, Reserved};
@@ -317,6 +319,17 @@ impl<S: CounterStore> Proxy<S> {
                     .await,
                 );
             }
+            // Dropped armed if the client gives up before the answer: still logged and counted.
+            let watch = abandoned::Watch::new(
+                &self.access_log,
+                &self.metrics,
+                verdict.route,
+                verdict.tenant,
+                &client.ip,
+                method.as_str(),
+                path,
+                (now, started),
+            );
             let (mut response, problem_kind) = match decided {
                 Err(problem) => {
                     let kind = problem.kind;
@@ -388,6 +401,7 @@ impl<S: CounterStore> Proxy<S> {
                     }
                 },
             };
+            watch.answered();
             // One clock read for both the backend's response time and the request's latency.
             let answered = Instant::now();
             if let Some(backend_started) = backend_started {
@@ -455,9 +469,9 @@ impl<S: CounterStore> Proxy<S> {
                 ),
                 None => self.access_log.record(&record),
             }
-            // Counted and logged above under the problem's HTTP status, as any refusal.
-            if let (Some(_), Some(kind)) = (verdict.grpc, problem_kind) {
-                response = grpc::refusal(response, kind);
+            // Counted and logged above under the HTTP status, as any refusal.
+            if verdict.grpc.is_some() {
+                response = grpc::own_answer(response, problem_kind);
             }
             response
         }
@@ -576,11 +590,7 @@ impl<S: CounterStore> Proxy<S> {
         let started = Instant::now();
         let mut due = started + Duration::from_millis(route.route.timeout_ms);
         let request = if route.route.http2 || v.grpc.is_some() {
-            // A gRPC caller's deadline bounds the wait too (the backend gets it as it came).
-            if let Some(timeout) = v.grpc.and_then(|c| c.timeout) {
-                due = due.min(started + timeout);
-            }
-            let trailers = grpc::accepts_trailers(req.headers());
+            let trailers = grpc::accepts_trailers(ClientHeaders::of(req.headers(), raw));
             let Ok(mut upstream_req) = upstream_request(req, raw, &cx, true) else {
                 return Forward::Refused(
                     ProblemKind::BadRequest,
@@ -588,6 +598,15 @@ impl<S: CounterStore> Proxy<S> {
                 );
             };
             *upstream_req.version_mut() = http::Version::HTTP_2;
+            // A gRPC caller's deadline, not the route's timeout, bounds the wait for the answer
+            // (its first message may come late); the backend gets what is left of it.
+            if let Some(deadline) = v.grpc.and_then(|c| c.deadline) {
+                due = deadline;
+                upstream_req.headers_mut().insert(
+                    grpc::GRPC_TIMEOUT,
+                    grpc::remaining_timeout(deadline, started),
+                );
+            }
             if trailers {
                 // The one hop-by-hop header HTTP/2 keeps (RFC 9113 section 8.2.2); gRPC
                 // servers look for it.
@@ -665,10 +684,7 @@ impl<S: CounterStore> Proxy<S> {
         now: Timestamp,
         path: &str,
     ) -> (Response<ProxyBody>, Option<ProblemKind>) {
-        let deadline = v
-            .grpc
-            .and_then(|c| c.timeout)
-            .filter(|t| t.as_millis() < u128::from(route.route.timeout_ms));
+        let deadline = v.grpc.and_then(|c| c.timeout);
         let (kind, detail) = match (&err, deadline) {
             (UpstreamError::TimedOut, Some(deadline)) => (
                 ProblemKind::BackendTimeout,

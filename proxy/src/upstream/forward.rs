@@ -134,6 +134,10 @@ pub fn client(
             .timer(hyper_util::rt::TokioTimer::new())
             .http2_keep_alive_interval(Duration::from_secs(30))
             .http2_keep_alive_timeout(Duration::from_secs(10))
+            .http2_keep_alive_while_idle(true)
+            // Flow-control windows sized from what the link carries (BDP estimates, as gRPC's
+            // own clients do) rather than fixed: many streams share the connection's window.
+            .http2_adaptive_window(true)
             .build(http2),
     })
 }
