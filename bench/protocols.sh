@@ -50,13 +50,17 @@ NGX_GRPC=$(port); NGX_WS=$(port); TG=$(port); TG_ADMIN=$(port)
 # `backend` (nginx_conf's HTTP/1.1 upstream) is the WebSocket echo.
 UP=$WS_UP nginx_conf proxy "
     upstream grpc_backend { server 127.0.0.1:$GRPC_UP; keepalive 128; keepalive_requests 100000000; }
-    server { listen 127.0.0.1:$NGX_GRPC; http2 on;
+    server { listen 127.0.0.1:$NGX_GRPC http2;
         location / { grpc_pass grpc://grpc_backend; } }
     server { listen 127.0.0.1:$NGX_WS;
         location / { proxy_pass http://backend; proxy_http_version 1.1;
             proxy_set_header Upgrade \$http_upgrade; proxy_set_header Connection upgrade;
             proxy_read_timeout 1h; } }"
 "${cpu1[@]}" nginx -c "$work/proxy.conf" & pids+=($!)
+for p in $NGX_GRPC $NGX_WS $GRPC_UP $WS_UP; do
+    for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "bench: nothing listens on $p: $(cat "$work"/*.error.log 2>/dev/null)" >&2; exit 1; }
+done
 
 mkdir -p "$work/manifests"
 cat >"$work/manifests/bench.yaml" <<YAML

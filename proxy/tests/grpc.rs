@@ -54,7 +54,7 @@ apiVersion: tollgate.dev/v1alpha1
 kind: QuotaPolicy
 metadata: {{name: roomy}}
 spec:
-  quotas: [{{name: monthly, metric: Requests, limit: "1000", period: Month}}]
+  quotas: [{{name: monthly, metric: Requests, limit: "100000", period: Month}}]
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: QuotaPolicy
@@ -533,4 +533,71 @@ async fn a_tls_backend_is_reached_with_alpn_h2() {
         "{}",
         out[1]
     );
+}
+
+/// A burst of small unary answers waiting at once to be relayed: h2 closes a connection that
+/// holds too many small DATA frames unread, in proportion to its window. With hyper's adaptive
+/// windows (64 KiB at first) about 130 did; this burst, 64 connections of 40 calls on one worker thread, got
+/// ENHANCE_YOUR_CALM for most of its calls.
+#[tokio::test]
+async fn a_burst_of_calls_shares_the_backend_connection_without_closing_it() {
+    let backend = support::Backend::start_h2c().await;
+    let p = ProxyProcess::start_with(
+        &[("world.yaml", world(&backend.url()))],
+        &["--worker-threads", "1"],
+    )
+    .await;
+    let calls = (0..64).map(|_| {
+        // A client (a connection) each, as many callers are.
+        let listen = p.listen;
+        tokio::spawn(async move {
+            let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .http2_only(true)
+                    .build_http();
+            let sends = (0..40).map(|i| {
+                let client = client.clone();
+                async move {
+                    let message = format!("\x00\x00\x00\x00\x04call{}", i % 10);
+                    let req = http::Request::post(format!("http://{listen}/tollgate.test.Echo/U"))
+                        .header("content-type", "application/grpc")
+                        .header("te", "trailers")
+                        .header("authorization", "Bearer key-roomy")
+                        .body(http_body_util::Full::new(bytes::Bytes::from(message)))
+                        .expect("request");
+                    let resp = match client.request(req).await {
+                        Ok(resp) => resp,
+                        Err(e) => return (0, Some(format!("no answer: {e:?}"))),
+                    };
+                    let (parts, body) = resp.into_parts();
+                    let body = http_body_util::BodyExt::collect(body)
+                        .await
+                        .expect("the body");
+                    let status = body
+                        .trailers()
+                        .and_then(|t| t.get("grpc-status"))
+                        .or(parts.headers.get("grpc-status"))
+                        .map(|v| v.to_str().unwrap_or("?").to_owned());
+                    (parts.status.as_u16(), status)
+                }
+            });
+            futures::future::join_all(sends).await
+        })
+    });
+    let mut failed = Vec::new();
+    for conn in futures::future::join_all(calls).await {
+        for (status, grpc_status) in conn.expect("join") {
+            if status != 200 || grpc_status.as_deref() != Some("0") {
+                failed.push((status, grpc_status));
+            }
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of 2560 calls failed, e.g. {:?}\n{}",
+        failed.len(),
+        &failed[..failed.len().min(3)],
+        p.stderr()
+    );
+    assert_eq!(p.used("roomy", None).await, "2560");
 }

@@ -102,6 +102,13 @@ impl Backend {
 
 async fn echo(req: Request<Incoming>) -> Result<Response<llm::AnyBody>, Infallible> {
     let path = req.uri().path().to_owned();
+    if req
+        .headers()
+        .get("content-type")
+        .is_some_and(|ct| ct == "application/grpc")
+    {
+        return Ok(grpc_echo(req).await);
+    }
     if llm::handles(&path) {
         return Ok(llm::answer(req).await);
     }
@@ -149,6 +156,28 @@ async fn echo(req: Request<Incoming>) -> Result<Response<llm::AnyBody>, Infallib
         "must-not-reach-client".parse().expect("value"),
     );
     Ok(resp)
+}
+
+/// A gRPC call answered as a unary echo would: the request's messages back in one DATA frame
+/// (small: under h2's 256-byte framing threshold), then `grpc-status: 0` in trailers.
+async fn grpc_echo(req: Request<Incoming>) -> Response<llm::AnyBody> {
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut trailers = hyper::HeaderMap::new();
+    trailers.insert("grpc-status", "0".parse().expect("value"));
+    let frames: Vec<Result<hyper::body::Frame<Bytes>, Infallible>> = vec![
+        Ok(hyper::body::Frame::data(body)),
+        Ok(hyper::body::Frame::trailers(trailers)),
+    ];
+    let mut resp =
+        Response::new(http_body_util::StreamBody::new(futures::stream::iter(frames)).boxed());
+    resp.headers_mut()
+        .insert("content-type", "application/grpc".parse().expect("value"));
+    resp
 }
 
 /// A backend whose every response is 1 GiB, more than every buffer on the way. It reports each
@@ -304,7 +333,14 @@ impl ProxyProcess {
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .arg("--state-dir")
             .arg(&self.state)
-            .args(["--reload-interval", "100ms", "--worker-threads", "2"])
+            .args(["--reload-interval", "100ms"])
+            // Two worker threads unless the test asks for its own count.
+            .args(
+                (!self.extra_args.iter().any(|a| a == "--worker-threads"))
+                    .then_some(["--worker-threads", "2"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
