@@ -284,25 +284,6 @@ async fn unary_streaming_and_bidirectional_calls_reach_the_backend_over_http2_wi
     .await;
     assert_eq!(late[0]["code"], "DEADLINE_EXCEEDED", "{}", late[0]);
 
-    // The proxy holds the deadline itself (a client that does not): DEADLINE_EXCEEDED when it
-    // passes, and the call is not charged.
-    let before = p.used("roomy", None).await;
-    let key = [
-        ("authorization", "Bearer key-roomy"),
-        ("grpc-timeout", "300m"),
-    ];
-    let slow = raw_call(&p, "/tollgate.test.Echo/Slow", "5", &key).await;
-    assert_eq!(slow.status, 200);
-    assert!(slow.trailers_only, "{:?}", slow.headers);
-    assert_eq!(slow.headers["grpc-status"], "4", "{:?}", slow.headers);
-    assert!(
-        slow.headers["grpc-message"]
-            .to_str()
-            .is_ok_and(|m| m.contains("deadline")),
-        "{:?}",
-        slow.headers
-    );
-    assert_eq!(p.used("roomy", None).await, before, "not charged");
     // A raw call the backend answers: its message and its trailers.
     let raw = raw_call(
         &p,
@@ -319,9 +300,10 @@ async fn unary_streaming_and_bidirectional_calls_reach_the_backend_over_http2_wi
 
     // A caller that gives up before the answer (its stream reset) is still logged and counted:
     // 499, client-closed.
+    let key = [("authorization", "Bearer key-roomy")];
     let gave_up = tokio::time::timeout(
         std::time::Duration::from_millis(300),
-        raw_call(&p, "/tollgate.test.Echo/Slow", "5", &key[..1]),
+        raw_call(&p, "/tollgate.test.Echo/Slow", "5", &key),
     )
     .await;
     assert!(gave_up.is_err(), "the call was still waiting");
@@ -377,6 +359,32 @@ async fn protocol_http2_sends_every_request_over_http2() {
     assert_eq!(seen["method"], "GET", "{bodiless:?}");
     assert_eq!(seen["headers"]["te"], "trailers", "{seen}");
     assert_eq!(seen["headers"]["x-custom"], "kept", "{seen}");
+
+    // The proxy holds a call's deadline itself, for a backend that does not (nor the client):
+    // DEADLINE_EXCEEDED when it passes, and the call is not charged.
+    let before = p.used("roomy", None).await;
+    let key = [
+        ("authorization", "Bearer key-roomy"),
+        ("grpc-timeout", "300m"),
+    ];
+    let slow = raw_call(&p, "/tollgate.test.Echo/slow/5000", "late", &key).await;
+    assert_eq!(slow.status, 200);
+    assert!(slow.trailers_only, "{:?}", slow.headers);
+    assert_eq!(slow.headers["grpc-status"], "4", "{:?}", slow.headers);
+    assert!(
+        slow.headers["grpc-message"]
+            .to_str()
+            .is_ok_and(|m| m.contains("call's deadline")),
+        "{:?}",
+        slow.headers
+    );
+    assert_eq!(p.used("roomy", None).await, before, "not charged");
+    // A backend that answers in time: its message and trailers, and the deadline it was told.
+    let quick = raw_call(&p, "/tollgate.test.Echo/slow/1", "quick", &key).await;
+    assert_eq!(
+        quick.trailers.as_ref().map(|t| &t["grpc-status"]),
+        Some(&http::HeaderValue::from_static("0"))
+    );
     // Without it the request goes over HTTP/1.1, which this backend does not speak.
     p.get("/h1/x", &key)
         .await

@@ -159,8 +159,19 @@ async fn echo(req: Request<Incoming>) -> Result<Response<llm::AnyBody>, Infallib
 }
 
 /// A gRPC call answered as a unary echo would: the request's messages back in one DATA frame
-/// (small: under h2's 256-byte framing threshold), then `grpc-status: 0` in trailers.
+/// (small: under h2's 256-byte framing threshold), then `grpc-status: 0` in trailers. A path
+/// with `/slow/<ms>` in it waits that long first, whatever `grpc-timeout` says (a backend that
+/// does not keep deadlines).
 async fn grpc_echo(req: Request<Incoming>) -> Response<llm::AnyBody> {
+    let wait = req
+        .uri()
+        .path()
+        .split("/slow/")
+        .nth(1)
+        .and_then(|ms| ms.split('/').next()?.parse().ok());
+    if let Some(ms) = wait {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     let body = req
         .into_body()
         .collect()
