@@ -249,6 +249,18 @@ async fn an_idle_connection_and_every_connection_at_shutdown_get_a_close_frame()
     });
     p.wait_for_metric("tollgate_proxy_websocket_connections_open", 1.0)
         .await;
+    // While it is open: its bytes are counted already, and it keeps its place among the
+    // connections (under --max-connections).
+    p.wait_for_metric(
+        r#"tollgate_proxy_websocket_bytes_total{direction="backend_to_client",route="default/chat"}"#,
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        p.metric("tollgate_proxy_active_connections").await,
+        1.0,
+        "the relayed connection is still counted"
+    );
     let status = p.terminate().await;
     assert!(status.success(), "a clean exit: {status}");
     let closed = waiting.await.expect("join");

@@ -143,9 +143,14 @@ pub async fn serve<S: CounterStore>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let place = Arc::new(Place::new(slot, metrics.active_connections.clone()));
         let session = Session {
             proxy: proxy.clone(),
-            conn: Arc::new(ClientConn::new(client, tls.is_some()).watching(stopped.clone())),
+            conn: Arc::new(
+                ClientConn::new(client, tls.is_some())
+                    .watching(stopped.clone())
+                    .holding(place),
+            ),
             builder: builder.clone(),
             stopped: stopped.clone(),
             limits,
@@ -154,8 +159,6 @@ pub async fn serve<S: CounterStore>(
         let metrics = metrics.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let _slot = slot;
-            metrics.active_connections.inc();
             let result = match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
@@ -175,7 +178,6 @@ pub async fn serve<S: CounterStore>(
             if let Err(e) = result {
                 tracing::debug!(%client, error = %e, "connection ended with an error");
             }
-            metrics.active_connections.dec();
         });
     }
     drop(listener);
@@ -189,6 +191,30 @@ pub async fn serve<S: CounterStore>(
 }
 
 type ConnError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A connection's place: its `--max-connections` permit and its count in
+/// `tollgate_proxy_active_connections`, given back when the last holder lets go (the
+/// connection, or a WebSocket relayed from it).
+struct Place {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    open: prometheus::IntGauge,
+}
+
+impl Place {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit, open: prometheus::IntGauge) -> Self {
+        open.inc();
+        Self {
+            _permit: permit,
+            open,
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
 
 /// One client connection: the HTTP/1.1 engine first, hyper from the first request it hands off.
 struct Session<S> {

@@ -94,6 +94,10 @@ pub struct ClientConn {
     /// Turns true when the proxy shuts down; a WebSocket relayed from this connection holds it
     /// (shutdown waits for it to close).
     pub stop: tokio::sync::watch::Receiver<bool>,
+    /// The connection's place under the listener's `--max-connections` (and in its count of open
+    /// connections): held by the connection, and by a WebSocket relayed from it, so that the
+    /// place is free only once both ended. `None` outside a listener.
+    pub place: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl ClientConn {
@@ -109,12 +113,19 @@ impl ClientConn {
             tls,
             keys: KeyMemo::default(),
             stop,
+            place: None,
         }
     }
 
     /// The connection, told of shutdown by `stop`.
     pub fn watching(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
         self.stop = stop;
+        self
+    }
+
+    /// The connection, holding `place` (see [`ClientConn::place`]).
+    pub fn holding(mut self, place: Arc<dyn std::any::Any + Send + Sync>) -> Self {
+        self.place = Some(place);
         self
     }
 }

@@ -116,7 +116,10 @@ impl<S: CounterStore> Proxy<S> {
         let metrics = self.metrics.clone();
         let route_id = route.id.clone();
         let stop = client.stop.clone();
+        // The connection keeps its place under --max-connections while it is relayed.
+        let place = client.place.clone();
         tokio::spawn(async move {
+            let _place = place;
             let (Ok(client_io), Ok(backend_io)) = tokio::join!(client_upgrade, backend_upgrade)
             else {
                 metrics.websocket_ended("upgrade_failed");
@@ -124,11 +127,22 @@ impl<S: CounterStore> Proxy<S> {
             };
             let opened = Instant::now();
             metrics.websockets_open.inc();
-            let (end, relayed) = websocket::relay(
+            // Counted as they go: a connection open for hours shows its traffic meanwhile.
+            let to_backend = metrics
+                .websocket_bytes
+                .with_label_values(&[&route_id, "client_to_backend"]);
+            let to_client = metrics
+                .websocket_bytes
+                .with_label_values(&[&route_id, "backend_to_client"]);
+            let (end, _) = websocket::relay(
                 hyper_util::rt::TokioIo::new(client_io),
                 hyper_util::rt::TokioIo::new(backend_io),
                 limits,
                 stop,
+                |direction, bytes| match direction {
+                    websocket::Direction::FromClient => to_backend.inc_by(bytes),
+                    websocket::Direction::FromBackend => to_client.inc_by(bytes),
+                },
             )
             .await;
             metrics.websockets_open.dec();
@@ -136,14 +150,6 @@ impl<S: CounterStore> Proxy<S> {
             metrics
                 .websocket_duration
                 .observe(opened.elapsed().as_secs_f64());
-            metrics
-                .websocket_bytes
-                .with_label_values(&[&route_id, "client_to_backend"])
-                .inc_by(relayed.from_client);
-            metrics
-                .websocket_bytes
-                .with_label_values(&[&route_id, "backend_to_client"])
-                .inc_by(relayed.from_backend);
         });
         // The client gets the backend's 101 with the headers that make it one.
         let mut switching = Response::new(http_body_util::Either::Left(http_body_util::Full::new(

@@ -80,6 +80,15 @@ impl End {
     }
 }
 
+/// Which way bytes went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the client to the backend.
+    FromClient,
+    /// From the backend to the client.
+    FromBackend,
+}
+
 /// Bytes relayed each way.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Relayed {
@@ -202,7 +211,8 @@ fn after(from: Instant, by: Duration) -> Instant {
 }
 
 /// Relays between `client` and `backend` until both sides closed, a limit is reached, or `stop`
-/// turns true; then closes both ends. What ended it, and the bytes relayed each way.
+/// turns true; then closes both ends. What ended it, and the bytes relayed each way (told to
+/// `counted` as they go, for metrics of connections still open).
 ///
 /// A side that closes its end (EOF) has the other side's writer shut after it, and the other
 /// direction goes on until it closes too (a close handshake: one side's close frame, then
@@ -213,6 +223,7 @@ pub async fn relay<C, B>(
     backend: B,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
+    mut counted: impl FnMut(Direction, u64),
 ) -> (End, Relayed)
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -253,6 +264,7 @@ where
                     let write = send(&mut backend_write, &to_backend[..n], &mut from_client, &mut sent);
                     let written = bounded(write, due, &mut stop).await;
                     relayed.from_client += sent as u64;
+                    counted(Direction::FromClient, sent as u64);
                     match written {
                         Ok(true) => last_byte = Instant::now(),
                         Ok(false) => break End::Backend,
@@ -274,6 +286,7 @@ where
                     let write = send(&mut client_write, &to_client[..n], &mut from_backend, &mut sent);
                     let written = bounded(write, due, &mut stop).await;
                     relayed.from_backend += sent as u64;
+                    counted(Direction::FromBackend, sent as u64);
                     match written {
                         Ok(true) => last_byte = Instant::now(),
                         Ok(false) => break End::Client,
@@ -299,7 +312,7 @@ where
             // after a close breaks RFC 6455 section 5.5.1); a frame in progress is finished first,
             // and a close frame that cannot follow a whole frame is not written at all.
             if client_open && !from_backend.close_seen {
-                relayed.from_backend += finish_frame(
+                let sent = finish_frame(
                     &mut backend_read,
                     &mut client_write,
                     &mut from_backend,
@@ -307,6 +320,8 @@ where
                     backend_unsent,
                 )
                 .await;
+                relayed.from_backend += sent;
+                counted(Direction::FromBackend, sent);
                 if from_backend.at_boundary() {
                     let _ = client_write
                         .write_all(&close_frame(GOING_AWAY, end.reason(), None))
@@ -314,7 +329,7 @@ where
                 }
             }
             if backend_open && !from_client.close_seen {
-                relayed.from_client += finish_frame(
+                let sent = finish_frame(
                     &mut client_read,
                     &mut backend_write,
                     &mut from_client,
@@ -322,6 +337,8 @@ where
                     client_unsent,
                 )
                 .await;
+                relayed.from_client += sent;
+                counted(Direction::FromClient, sent);
                 if from_client.at_boundary() {
                     let _ = backend_write
                         .write_all(&close_frame(GOING_AWAY, end.reason(), Some(mask())))
@@ -552,7 +569,7 @@ mod tests {
             idle: Duration::from_secs(60),
             lifetime: Duration::from_secs(60),
         };
-        let relay = tokio::spawn(relay(client, backend, limits, stop));
+        let relay = tokio::spawn(relay(client, backend, limits, stop, |_, _| {}));
         // The client's close frame, then its end of the connection.
         let close = close_frame(1000, "bye", Some([1, 2, 3, 4]));
         client_peer.write_all(&close).await.expect("write");
@@ -580,7 +597,7 @@ mod tests {
             idle: Duration::from_secs(60),
             lifetime: Duration::from_secs(60),
         };
-        let relay = tokio::spawn(relay(client, backend, limits, stop));
+        let relay = tokio::spawn(relay(client, backend, limits, stop, |_, _| {}));
         // A whole frame from the client, and half of one from the backend.
         let whole = frame(1, b"hi", Some([1, 2, 3, 4]));
         client_peer.write_all(&whole).await.expect("write");
@@ -634,7 +651,7 @@ mod tests {
             idle: Duration::from_secs(60),
             lifetime: Duration::from_secs(60),
         };
-        let relay = tokio::spawn(relay(client, backend, limits, stop));
+        let relay = tokio::spawn(relay(client, backend, limits, stop, |_, _| {}));
         let long = frame(2, &[7u8; 40], None);
         backend_peer.write_all(&long).await.expect("write");
         // The paused clock moves only once every task waits: the relay is held up on its write.
