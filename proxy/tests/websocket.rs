@@ -271,3 +271,89 @@ async fn an_idle_connection_and_every_connection_at_shutdown_get_a_close_frame()
         "{closed}"
     );
 }
+
+/// A masked client frame (text) with `payload`.
+fn client_frame(payload: &[u8]) -> Vec<u8> {
+    let mask = [7u8, 1, 2, 3];
+    let mut f = vec![0x81, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// An HTTP/2 WebSocket request (RFC 8441) on `sender`: its status, its headers, and the stream
+/// once opened.
+async fn extended_connect(
+    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    listen: std::net::SocketAddr,
+    path: &str,
+    key: Option<&str>,
+) -> (u16, http::HeaderMap, Option<hyper::upgrade::Upgraded>) {
+    let mut req = http::Request::connect(format!("http://{listen}{path}"))
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .header("sec-websocket-version", "13");
+    if let Some(key) = key {
+        req = req.header("authorization", format!("Bearer {key}"));
+    }
+    let mut resp = sender
+        .send_request(req.body(http_body_util::Empty::new()).expect("request"))
+        .await
+        .expect("an answer");
+    let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+    let stream = match status {
+        200 => Some(hyper::upgrade::on(&mut resp).await.expect("the stream")),
+        _ => None,
+    };
+    (status, headers, stream)
+}
+
+#[tokio::test]
+async fn http2_clients_open_websockets_with_extended_connect() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = echo();
+    let p = ProxyProcess::start(&[("world.yaml", world(backend.port))]).await;
+    let tcp = tokio::net::TcpStream::connect(p.listen)
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("an HTTP/2 connection");
+    tokio::spawn(conn);
+    // A first request, so that the proxy's SETTINGS (which allow extended CONNECT) are in.
+    let warm = http::Request::get(format!("http://{}/plain", p.listen))
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    let _ = sender.send_request(warm).await.expect("an answer");
+
+    let (status, headers, stream) =
+        extended_connect(&mut sender, p.listen, "/chat", Some("key-roomy")).await;
+    assert_eq!(status, 200, "{headers:?}\n{}", p.stderr());
+    assert!(headers.get("sec-websocket-accept").is_none(), "{headers:?}");
+    let mut ws = hyper_util::rt::TokioIo::new(stream.expect("the stream"));
+    ws.write_all(&client_frame(b"over h2"))
+        .await
+        .expect("write");
+    // The echo: an unmasked text frame with the same payload.
+    let mut head = [0u8; 2];
+    ws.read_exact(&mut head).await.expect("the echo's head");
+    assert_eq!(head, [0x81, 7]);
+    let mut payload = [0u8; 7];
+    ws.read_exact(&mut payload).await.expect("the echo");
+    assert_eq!(&payload, b"over h2");
+    drop(ws);
+    assert_eq!(
+        p.used("roomy", None).await,
+        "1",
+        "the upgrade is one request"
+    );
+
+    // Refused before anything reaches the backend, as any request: no key is 401.
+    let (status, headers, _) = extended_connect(&mut sender, p.listen, "/chat", None).await;
+    assert_eq!(status, 401, "{headers:?}");
+    assert_eq!(headers["content-type"], "application/problem+json");
+    // A route that does not carry WebSockets refuses: a plain answer would open a dead tunnel.
+    let (status, _, _) = extended_connect(&mut sender, p.listen, "/plain", Some("key-roomy")).await;
+    assert_eq!(status, 400);
+}

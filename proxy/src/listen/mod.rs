@@ -79,7 +79,9 @@ fn builder(opts: &ServerOptions) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(opts.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        // WebSockets over HTTP/2 (RFC 8441), for routes that carry them.
+        .enable_connect_protocol();
     builder
 }
 

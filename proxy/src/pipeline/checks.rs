@@ -48,6 +48,9 @@ pub struct Verdict<'c> {
     pub deferred_line: Option<Arc<DeferredLine>>,
     /// The request is a gRPC call: its refusals are put in gRPC's terms.
     pub grpc: Option<super::grpc::Call>,
+    /// The request is an HTTP/2 WebSocket (RFC 8441's extended CONNECT), now in the shape of an
+    /// HTTP/1.1 upgrade: answered 200, not 101, once the backend switched.
+    pub websocket_over_h2: bool,
 }
 
 /// Runs the checks up to the quotas. `Err` is the first that fails; `Ok(Some(subject))` the

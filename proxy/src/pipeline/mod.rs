@@ -268,6 +268,8 @@ impl<S: CounterStore> Proxy<S> {
             let started = Instant::now();
             let now = Timestamp::now();
             let config = self.config.load_full();
+            // An HTTP/2 WebSocket goes the way of the HTTP/1.1 upgrade it stands for.
+            let websocket_over_h2 = crate::upstream::websocket::from_extended_connect(&mut req);
             let method = req.method().clone();
             // Routed and forwarded with one spelling of the path: the route matched must be the
             // path the backend serves (`/free/../paid` is `/paid`).
@@ -279,6 +281,7 @@ impl<S: CounterStore> Proxy<S> {
 
             let mut verdict = Verdict {
                 grpc: grpc::call(&req),
+                websocket_over_h2,
                 ..Verdict::default()
             };
             // Set when the backend answered: when the request went to it.
@@ -529,6 +532,13 @@ impl<S: CounterStore> Proxy<S> {
                 route,
                 request: req,
             };
+        }
+        if v.websocket_over_h2 {
+            // Sent on as a plain request, its answer would open a tunnel to nothing.
+            return Forward::Refused(
+                ProblemKind::BadRequest,
+                "This API does not carry WebSocket connections.",
+            );
         }
         if let Some(prompt) = &route.prompt {
             return match *req.method() {

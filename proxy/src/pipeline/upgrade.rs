@@ -1,6 +1,7 @@
-//! A WebSocket upgrade (`GET` with `Upgrade: websocket`), admitted and charged like any request:
-//! sent to the route's backend with its upgrade headers, and when the backend switches protocols
-//! (101), both connections are taken over and relayed ([`crate::upstream::websocket`]) in a task
+//! A WebSocket upgrade (`GET` with `Upgrade: websocket`, or HTTP/2's extended CONNECT made to look
+//! like one), admitted and charged like any request: sent to the route's backend (over HTTP/1.1)
+//! with its upgrade headers, and when the backend switches protocols (101), both connections
+//! (or the client's HTTP/2 stream) are taken over and relayed ([`crate::upstream::websocket`]) in a task
 //! of their own, which holds the listener's drain receiver: shutdown waits for it to close the
 //! connection with a close frame.
 
@@ -18,6 +19,12 @@ use crate::http1::raw_headers::RawHeaders;
 use crate::quota::CounterStore;
 use crate::upstream::forward::{ForwardContext, RequestBody, upstream_request};
 use crate::upstream::websocket::{self, Limits};
+
+const SEC_WEBSOCKET_KEY: header::HeaderName = header::HeaderName::from_static("sec-websocket-key");
+const SEC_WEBSOCKET_VERSION: header::HeaderName =
+    header::HeaderName::from_static("sec-websocket-version");
+const SEC_WEBSOCKET_ACCEPT: header::HeaderName =
+    header::HeaderName::from_static("sec-websocket-accept");
 
 impl<S: CounterStore> Proxy<S> {
     /// Sends the upgrade to the route's backend; on its 101, relays the two connections.
@@ -69,6 +76,21 @@ impl<S: CounterStore> Proxy<S> {
         let headers = backend_req.headers_mut();
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        // An HTTP/2 client sends no key (RFC 8441 section 5): the proxy makes the one this hop
+        // needs, and checks the backend's answer to it.
+        let own_key = match v.websocket_over_h2 {
+            true => {
+                let key = websocket::new_key();
+                if let Ok(value) = HeaderValue::from_str(&key) {
+                    headers.insert(SEC_WEBSOCKET_KEY, value);
+                }
+                headers
+                    .entry(SEC_WEBSOCKET_VERSION)
+                    .or_insert(HeaderValue::from_static("13"));
+                Some(key)
+            }
+            false => None,
+        };
         let started = Instant::now();
         let due = started + Duration::from_millis(route.route.timeout_ms);
         let sent =
@@ -94,6 +116,20 @@ impl<S: CounterStore> Proxy<S> {
             let resp = crate::upstream::forward::downstream_response(resp)
                 .map(crate::upstream::pool::UpstreamBody::detached);
             return (self.relayed(resp, v, route, now), None, Some(started));
+        }
+        if let Some(key) = &own_key {
+            let accepted = resp
+                .headers()
+                .get(SEC_WEBSOCKET_ACCEPT)
+                .is_some_and(|a| a.as_bytes() == websocket::accept_for(key).as_bytes());
+            if !accepted {
+                let err = crate::upstream::pool::UpstreamError::Connect {
+                    authority: upstream.authority.clone(),
+                    reason: "the backend switched to WebSocket without the Sec-WebSocket-Accept its key calls for".to_owned(),
+                };
+                let (resp, kind) = self.backend_failed(err, v, route, now, path).await;
+                return (resp, kind, None);
+            }
         }
         let backend_upgrade = hyper::upgrade::on(&mut resp);
         // Admitted and served: the request's own price is what it costs (as a direct response's;
@@ -161,9 +197,15 @@ impl<S: CounterStore> Proxy<S> {
         let (parts, _) = crate::upstream::forward::downstream_response(resp).into_parts();
         *switching.headers_mut() = parts.headers;
         let headers = switching.headers_mut();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         headers.remove(header::CONTENT_LENGTH);
+        if v.websocket_over_h2 {
+            // HTTP/2: a 200 opens the stream as the WebSocket; the accept was this hop's.
+            *switching.status_mut() = StatusCode::OK;
+            switching.headers_mut().remove(SEC_WEBSOCKET_ACCEPT);
+        } else {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
         (switching, None, Some(started))
     }
 }

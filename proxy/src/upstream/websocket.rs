@@ -34,6 +34,51 @@ pub fn is_upgrade<B>(req: &http::Request<B>) -> bool {
         && names(http::header::CONNECTION, "upgrade")
 }
 
+/// Turns an HTTP/2 WebSocket request (RFC 8441: `CONNECT` with the `:protocol` websocket) into
+/// the HTTP/1.1 upgrade it stands for (a `GET` with `Upgrade: websocket` and `Connection:
+/// upgrade`), so that it is routed, checked and forwarded as one. Whether it was one.
+pub fn from_extended_connect<B>(req: &mut http::Request<B>) -> bool {
+    let websocket = req.method() == http::Method::CONNECT
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+    if websocket {
+        *req.method_mut() = http::Method::GET;
+        let headers = req.headers_mut();
+        headers.insert(
+            http::header::UPGRADE,
+            http::HeaderValue::from_static("websocket"),
+        );
+        headers.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
+    }
+    websocket
+}
+
+/// A fresh `Sec-WebSocket-Key` (RFC 6455 section 4.1: 16 random bytes, base64), for the backend
+/// hop of an HTTP/2 WebSocket, whose client sends none.
+pub fn new_key() -> String {
+    use base64::Engine as _;
+    let mut nonce = [0u8; 16];
+    nonce[..4].copy_from_slice(&mask());
+    nonce[4..8].copy_from_slice(&mask());
+    nonce[8..12].copy_from_slice(&mask());
+    nonce[12..].copy_from_slice(&mask());
+    base64::engine::general_purpose::STANDARD.encode(nonce)
+}
+
+/// The `Sec-WebSocket-Accept` a server answers `key` with (RFC 6455 section 4.2.2).
+pub fn accept_for(key: &str) -> String {
+    use base64::Engine as _;
+    let mut input = key.as_bytes().to_vec();
+    input.extend_from_slice(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &input);
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+}
+
 /// Limits on one relayed connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -546,6 +591,36 @@ mod tests {
             "GET",
             &[("connection", "upgrade"), ("upgrade", "h2c")]
         )));
+    }
+
+    #[test]
+    fn an_http2_websocket_becomes_the_upgrade_it_stands_for() {
+        let mut req = http::Request::connect("https://api.example.com/chat")
+            .extension(hyper::ext::Protocol::from_static("websocket"))
+            .body(())
+            .expect("request");
+        assert!(from_extended_connect(&mut req));
+        assert!(is_upgrade(&req));
+        let mut tunnel = http::Request::connect("api.example.com:443")
+            .body(())
+            .expect("request");
+        assert!(
+            !from_extended_connect(&mut tunnel),
+            "a plain CONNECT is not one"
+        );
+        assert_eq!(tunnel.method(), http::Method::CONNECT);
+    }
+
+    #[test]
+    fn keys_are_fresh_and_accepted_as_rfc_6455_says() {
+        // RFC 6455 section 1.3's example.
+        assert_eq!(
+            accept_for("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        let (a, b) = (new_key(), new_key());
+        assert_eq!(a.len(), 24);
+        assert_ne!(a, b);
     }
 
     #[test]
