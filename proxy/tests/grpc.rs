@@ -610,3 +610,48 @@ async fn a_burst_of_calls_shares_the_backend_connection_without_closing_it() {
     );
     assert_eq!(p.used("roomy", None).await, "2560");
 }
+
+/// More calls at once than one connection takes: another connection opens beside it (a
+/// backend's stream limit would otherwise queue them), and every call is answered.
+#[tokio::test]
+async fn calls_beyond_one_connections_share_open_another() {
+    let backend = support::Backend::start_h2c().await;
+    let p = ProxyProcess::start(&[("world.yaml", world(&backend.url()))]).await;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let listen = p.listen;
+    // 150 calls that each take 2 s at the backend: more than the 100 one connection takes.
+    let calls = (0..150).map(|_| {
+        let client = client.clone();
+        async move {
+            let req = http::Request::post(format!("http://{listen}/tollgate.test.Echo/slow/2000"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .header("authorization", "Bearer key-roomy")
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    b"\x00\x00\x00\x00\x00",
+                )))
+                .expect("request");
+            let resp = client.request(req).await.expect("an answer");
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .expect("the body");
+            body.trailers()
+                .and_then(|t| t.get("grpc-status"))
+                .map(|v| v.to_str().unwrap_or("?").to_owned())
+        }
+    });
+    let statuses = futures::future::join_all(calls).await;
+    assert!(
+        statuses.iter().all(|s| s.as_deref() == Some("0")),
+        "{statuses:?}\n{}",
+        p.stderr()
+    );
+    assert_eq!(
+        connections_to(backend.addr.port()),
+        2,
+        "a second connection took the calls past the first's 100"
+    );
+}

@@ -678,8 +678,19 @@ impl<S: CounterStore> Proxy<S> {
                         .await
                         .unwrap_or(Err(UpstreamError::TimedOut));
                 }
+                Via::Http2 => {
+                    let sent = tokio::time::timeout_at(due.into(), self.client.http2.send(req));
+                    return match sent.await {
+                        Ok(Ok((resp, stream))) => Ok(downstream_response(resp)
+                            .map(|body| UpstreamBody::on_stream(body, stream))),
+                        Ok(Err(e)) => Err(UpstreamError::Connect {
+                            authority: upstream.authority.clone(),
+                            reason: error_chain(&e),
+                        }),
+                        Err(_) => Err(UpstreamError::TimedOut),
+                    };
+                }
                 Via::Http1 => &self.client.http1,
-                Via::Http2 => &self.client.http2,
             };
             let sent = tokio::time::timeout_at(due.into(), async {
                 let resp = client.request(req).await.map_err(|e| error_chain(&e))?;

@@ -30,8 +30,8 @@ pub struct UpstreamClient {
     /// HTTP/1.1: HTTPS backends.
     pub http1: Client<HttpsConnector<HttpConnector>, RequestBody>,
     /// HTTP/2: gRPC calls and routes with `protocol: HTTP2`, h2c (prior knowledge) to http://
-    /// backends and ALPN h2 over TLS. One connection per backend carries many requests.
-    pub http2: Client<HttpsConnector<HttpConnector>, RequestBody>,
+    /// backends and ALPN h2 over TLS, many calls on each connection.
+    pub http2: std::sync::Arc<crate::upstream::h2::Http2Pool>,
 }
 
 /// A client's request body on its way to the backend.
@@ -127,30 +127,9 @@ pub fn client(
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1024)
             .build(http1),
-        http2: Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            // A backend that went away without a word is noticed between calls, not by one.
-            .timer(hyper_util::rt::TokioTimer::new())
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .http2_keep_alive_timeout(Duration::from_secs(10))
-            .http2_keep_alive_while_idle(true)
-            // Many calls share one connection: its window is several streams' worth. Fixed,
-            // not adaptive: hyper's adaptive windows start at 64 KiB, and h2 bounds the small
-            // DATA frames it holds unread by half the connection window (a guard against
-            // floods): at 64 KiB, ~130 unary answers waiting to be relayed closed the
-            // connection with ENHANCE_YOUR_CALM (seen at 640 calls in flight).
-            .http2_initial_stream_window_size(STREAM_WINDOW)
-            .http2_initial_connection_window_size(CONNECTION_WINDOW)
-            .build(http2),
+        http2: std::sync::Arc::new(crate::upstream::h2::Http2Pool::new(http2)),
     })
 }
-
-/// The HTTP/2 client's flow-control window per stream (hyper's default).
-const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-/// The HTTP/2 client's window per connection: eight streams' worth of unread data, and room for
-/// ~34,000 small DATA frames held unread (h2 allows half the window in framing overhead).
-const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 
 /// What the rewrite needs to know about the request.
 #[derive(Debug)]

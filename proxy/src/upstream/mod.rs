@@ -1,8 +1,10 @@
 //! The outbound side: the request a backend sees (`forward`), the pooled HTTP/1.1 connections
-//! to backends (`pool`) and the exchange written on them (`h1`).
+//! to backends (`pool`) and the exchange written on them (`h1`), the HTTP/2 connections (`h2`),
+//! and WebSockets relayed once upgraded (`websocket`).
 
 pub mod forward;
 pub mod h1;
+pub mod h2;
 pub mod pool;
 pub mod websocket;
 

@@ -175,6 +175,7 @@ impl UpstreamPool {
                 authority,
             },
             stall: None,
+            _stream: None,
         }))
     }
 
@@ -221,6 +222,7 @@ impl UpstreamPool {
         Ok(downstream_response(resp).map(|inner| UpstreamBody {
             kind: Kind::Hyper { inner, checkin },
             stall: None,
+            _stream: None,
         }))
     }
 }
@@ -249,6 +251,8 @@ pub struct UpstreamBody {
     kind: Kind,
     /// Fails the body when the backend goes silent in the middle of it.
     stall: Option<StallGuard>,
+    /// The call's place on its HTTP/2 connection, given back when the body is done.
+    _stream: Option<crate::upstream::h2::Stream>,
 }
 
 /// The longest silence allowed between two pieces of a body. Armed only while a read waits, so a
@@ -302,6 +306,19 @@ impl UpstreamBody {
                 checkin: None,
             },
             stall: None,
+            _stream: None,
+        }
+    }
+
+    /// A body from an HTTP/2 connection, holding the call's `stream` there until it is done.
+    pub fn on_stream(inner: Incoming, stream: crate::upstream::h2::Stream) -> Self {
+        Self {
+            kind: Kind::Hyper {
+                inner,
+                checkin: None,
+            },
+            stall: None,
+            _stream: Some(stream),
         }
     }
 
