@@ -31,7 +31,7 @@ pub struct UpstreamClient {
     pub http1: Client<HttpsConnector<HttpConnector>, RequestBody>,
     /// HTTP/2: gRPC calls and routes with `protocol: HTTP2`, h2c (prior knowledge) to http://
     /// backends and ALPN h2 over TLS, many calls on each connection.
-    pub http2: std::sync::Arc<crate::upstream::h2::Http2Pool>,
+    pub http2: std::sync::Arc<crate::upstream::h2::Http2Pool<RequestBody>>,
 }
 
 /// A client's request body on its way to the backend.

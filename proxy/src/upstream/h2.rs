@@ -25,7 +25,6 @@ use tokio::time::Instant;
 use tower_service::Service as _;
 
 use crate::fast_map::FastMap;
-use crate::upstream::forward::RequestBody;
 
 /// Calls one connection takes at once before the next opens another.
 pub const STREAMS_PER_CONNECTION: usize = 100;
@@ -54,40 +53,56 @@ pub enum Http2Error {
     Call(#[from] hyper::Error),
 }
 
-/// The HTTP/2 connections to every backend.
+/// The HTTP/2 connections to every backend, sending request bodies of type `B`.
 #[derive(Debug)]
-pub struct Http2Pool {
+pub struct Http2Pool<B> {
     connector: HttpsConnector<HttpConnector>,
-    backends: Mutex<FastMap<Box<str>, Arc<Backend>>>,
+    backends: Mutex<FastMap<Box<str>, Arc<Backend<B>>>>,
 }
 
 /// One backend's connections.
-#[derive(Debug, Default)]
-struct Backend {
-    connections: Mutex<Vec<Arc<Connection>>>,
+#[derive(Debug)]
+struct Backend<B> {
+    connections: Mutex<Vec<Arc<Connection<B>>>>,
     /// Held while a connection opens: the calls waiting for it take it (or the next).
     opening: tokio::sync::Mutex<()>,
 }
 
 /// One connection and the calls on it now.
 #[derive(Debug)]
-struct Connection {
-    sender: SendRequest<RequestBody>,
+struct Connection<B> {
+    sender: SendRequest<B>,
     calls: AtomicUsize,
     opened: Instant,
 }
 
-/// A call's place on its connection, given back when the response ends (or fails).
-#[derive(Debug)]
-pub struct Stream(Arc<Connection>);
+/// How many calls a connection carries now; what a call's [`Stream`] gives back.
+trait Calls: Send + Sync + std::fmt::Debug {
+    fn count(&self) -> &AtomicUsize;
+}
 
-impl Drop for Stream {
-    fn drop(&mut self) {
-        self.0.calls.fetch_sub(1, Ordering::Relaxed);
+impl<B: Send + std::fmt::Debug + 'static> Calls for Connection<B> {
+    fn count(&self) -> &AtomicUsize {
+        &self.calls
     }
 }
 
-impl Http2Pool {
+/// A call's place on its connection, given back when the response ends (or fails).
+#[derive(Debug)]
+pub struct Stream(Arc<dyn Calls>);
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.count().fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<B> Http2Pool<B>
+where
+    B: http_body::Body + Send + Unpin + std::fmt::Debug + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     /// A pool opening connections with `connector` (its TLS config offering ALPN h2).
     pub fn new(connector: HttpsConnector<HttpConnector>) -> Self {
         Self {
@@ -98,26 +113,21 @@ impl Http2Pool {
 
     /// Sends `req` (an absolute URI: the scheme and authority name the backend) on a
     /// connection to its backend; the response, with the call's place on the connection.
-    pub async fn send(
-        &self,
-        req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Stream), Http2Error> {
+    pub async fn send(&self, req: Request<B>) -> Result<(Response<Incoming>, Stream), Http2Error> {
         let uri = req.uri();
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return Err(Http2Error::Connect(format!("{uri} names no backend")));
         };
         let key = format!("{scheme}://{authority}");
         let backend = self.backend(&key);
-        let stream = self.place(&backend, &key).await?;
-        let mut sender = stream.0.sender.clone();
+        let (mut sender, stream) = self.place(&backend, &key).await?;
         match sender.try_send_request(req).await {
             Ok(resp) => Ok((resp, stream)),
             Err(mut failed) => match failed.take_message() {
                 // Not sent: the connection closed meanwhile (a GOAWAY). Once more, on another.
                 Some(req) => {
                     drop(stream);
-                    let stream = self.place(&backend, &key).await?;
-                    let mut sender = stream.0.sender.clone();
+                    let (mut sender, stream) = self.place(&backend, &key).await?;
                     Ok((sender.send_request(req).await?, stream))
                 }
                 None => Err(failed.into_error().into()),
@@ -125,34 +135,42 @@ impl Http2Pool {
         }
     }
 
-    /// A call's place on one of `backend`'s connections, opening one when none can take it.
-    async fn place(&self, backend: &Backend, key: &str) -> Result<Stream, Http2Error> {
-        if let Some(stream) = backend.take() {
-            return Ok(stream);
+    /// A call's place on one of `backend`'s connections (opening one when none can take it),
+    /// and that connection's sender.
+    async fn place(
+        &self,
+        backend: &Backend<B>,
+        key: &str,
+    ) -> Result<(SendRequest<B>, Stream), Http2Error> {
+        if let Some(place) = backend.take() {
+            return Ok(place);
         }
         let _opening = backend.opening.lock().await;
-        if let Some(stream) = backend.take() {
-            return Ok(stream);
+        if let Some(place) = backend.take() {
+            return Ok(place);
         }
         let connection = Arc::new(self.connect(key).await?);
         connection.calls.fetch_add(1, Ordering::Relaxed);
         backend.connections.lock().push(connection.clone());
-        Ok(Stream(connection))
+        Ok((connection.sender.clone(), Stream(connection)))
     }
 
-    fn backend(&self, key: &str) -> Arc<Backend> {
+    fn backend(&self, key: &str) -> Arc<Backend<B>> {
         let mut backends = self.backends.lock();
         match backends.get(key) {
             Some(backend) => backend.clone(),
             None => {
-                let backend = Arc::new(Backend::default());
+                let backend = Arc::new(Backend {
+                    connections: Mutex::new(Vec::new()),
+                    opening: tokio::sync::Mutex::new(()),
+                });
                 backends.insert(key.into(), backend.clone());
                 backend
             }
         }
     }
 
-    async fn connect(&self, base: &str) -> Result<Connection, Http2Error> {
+    async fn connect(&self, base: &str) -> Result<Connection<B>, Http2Error> {
         let uri: Uri = base
             .parse()
             .map_err(|e| Http2Error::Connect(format!("{base}: {e}")))?;
@@ -191,11 +209,11 @@ impl Http2Pool {
     }
 }
 
-impl Backend {
-    /// A place on the least busy open connection young enough for new calls, unless all are
-    /// full and another may open. Closed and aged connections leave the list (an aged one
-    /// closes when its last call ends and drops it).
-    fn take(&self) -> Option<Stream> {
+impl<B: Send + std::fmt::Debug + 'static> Backend<B> {
+    /// A place on the least busy open connection young enough for new calls (and its sender),
+    /// unless all are full and another may open. Closed and aged connections leave the list (an
+    /// aged one closes when its last call ends and drops it).
+    fn take(&self) -> Option<(SendRequest<B>, Stream)> {
         let mut connections = self.connections.lock();
         connections.retain(|c| !c.sender.is_closed() && c.opened.elapsed() < MAX_AGE);
         let least = connections
@@ -206,7 +224,7 @@ impl Backend {
             return None;
         }
         least.calls.fetch_add(1, Ordering::Relaxed);
-        Some(Stream(least.clone()))
+        Some((least.sender.clone(), Stream(least.clone())))
     }
 }
 
