@@ -307,11 +307,40 @@ async fn extended_connect(
     (status, headers, stream)
 }
 
-#[tokio::test]
-async fn http2_clients_open_websockets_with_extended_connect() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let backend = echo();
-    let p = ProxyProcess::start(&[("world.yaml", world(backend.port))]).await;
+/// A route whose backend answers upgrades with a plain 200 (the test backend's JSON echo), for a
+/// tenant of its own.
+fn no_switch(backend: &support::Backend) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: more-keys}}
+stringData: {{k: key-other}}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Tenant
+metadata: {{name: other}}
+spec:
+  quotaPolicyRef: {{name: roomy}}
+  apiKeys: [{{secretRef: {{name: more-keys, key: k}}}}]
+  subscriptions: [{{apiRouteRef: {{name: noswitch}}}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: ApiRoute
+metadata: {{name: noswitch}}
+spec:
+  match: {{pathPrefix: /noswitch}}
+  backend: {{url: "{}"}}
+  websocket: {{}}
+"#,
+        backend.url()
+    )
+}
+
+/// An HTTP/2 connection to the proxy whose SETTINGS (which allow extended CONNECT) are in.
+async fn h2_connection(
+    p: &ProxyProcess,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
     let tcp = tokio::net::TcpStream::connect(p.listen)
         .await
         .expect("connect");
@@ -321,12 +350,59 @@ async fn http2_clients_open_websockets_with_extended_connect() {
             .await
             .expect("an HTTP/2 connection");
     tokio::spawn(conn);
-    // A first request, so that the proxy's SETTINGS (which allow extended CONNECT) are in.
     let warm = http::Request::get(format!("http://{}/plain", p.listen))
         .body(http_body_util::Empty::new())
         .expect("request");
     let _ = sender.send_request(warm).await.expect("an answer");
+    sender
+}
 
+/// Sends `text` on a WebSocket stream and reads its echo.
+async fn echo_over<S>(ws: &mut S, text: &[u8]) -> Vec<u8>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    ws.write_all(&client_frame(text)).await.expect("write");
+    let mut head = [0u8; 2];
+    ws.read_exact(&mut head).await.expect("the echo's head");
+    assert_eq!(head[0], 0x81, "a text frame");
+    let mut payload = vec![0u8; usize::from(head[1] & 0x7F)];
+    ws.read_exact(&mut payload).await.expect("the echo");
+    payload
+}
+
+#[tokio::test]
+async fn an_http2_websocket_outlives_its_connections_idle_timeout() {
+    let backend = echo();
+    let p = ProxyProcess::start_with(
+        &[("world.yaml", world(backend.port))],
+        &["--idle-timeout", "1s"],
+    )
+    .await;
+    let mut sender = h2_connection(&p).await;
+    let (status, headers, stream) =
+        extended_connect(&mut sender, p.listen, "/chat", Some("key-roomy")).await;
+    assert_eq!(status, 200, "{headers:?}");
+    let mut ws = hyper_util::rt::TokioIo::new(stream.expect("the stream"));
+    assert_eq!(echo_over(&mut ws, b"first").await, b"first");
+    // Three idle timeouts of the connection with nothing but the WebSocket on it: the
+    // WebSocket's own limits (5 minutes idle) are what apply to it.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(echo_over(&mut ws, b"still here").await, b"still here");
+}
+
+#[tokio::test]
+async fn http2_clients_open_websockets_with_extended_connect() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = echo();
+    let plain = support::Backend::start().await;
+    let p = ProxyProcess::start(&[
+        ("world.yaml", world(backend.port)),
+        ("more.yaml", no_switch(&plain)),
+    ])
+    .await;
+    let mut sender = h2_connection(&p).await;
     let (status, headers, stream) =
         extended_connect(&mut sender, p.listen, "/chat", Some("key-roomy")).await;
     assert_eq!(status, 200, "{headers:?}\n{}", p.stderr());
@@ -356,4 +432,17 @@ async fn http2_clients_open_websockets_with_extended_connect() {
     // A route that does not carry WebSockets refuses: a plain answer would open a dead tunnel.
     let (status, _, _) = extended_connect(&mut sender, p.listen, "/plain", Some("key-roomy")).await;
     assert_eq!(status, 400);
+    // So does a backend that answers the upgrade without switching: 502, not charged.
+    let (status, headers, _) =
+        extended_connect(&mut sender, p.listen, "/noswitch", Some("key-other")).await;
+    assert_eq!(status, 502, "{headers:?}");
+    assert_eq!(p.used("other", None).await, "0");
+    // Other protocols over extended CONNECT are not carried.
+    let udp = http::Request::connect(format!("http://{}/chat", p.listen))
+        .extension(hyper::ext::Protocol::from_static("connect-udp"))
+        .header("authorization", "Bearer key-roomy")
+        .body(http_body_util::Empty::new())
+        .expect("request");
+    let refused = sender.send_request(udp).await.expect("an answer");
+    assert_eq!(refused.status(), 400);
 }

@@ -69,6 +69,12 @@ where
     S: CounterStore,
 {
     let activity = Arc::new(Activity::new());
+    // A WebSocket relayed from this connection is a request in flight until it closes: over
+    // HTTP/2 the connection goes on beside it, and the watchdog must not close it as idle.
+    let busy = activity.clone();
+    let _ = client.busy.set(crate::pipeline::Busy(Box::new(move || {
+        Box::new(InFlight::start(&busy))
+    })));
     let service = {
         let activity = activity.clone();
         service_fn(move |req: hyper::Request<Incoming>| {

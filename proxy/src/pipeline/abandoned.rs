@@ -1,8 +1,10 @@
 //! Requests their clients give up on before the answer: an HTTP/2 stream reset, a gRPC deadline
-//! the client enforced first, a connection closed while hyper waited for the backend. The
-//! request's future is dropped mid-way, and without this it would leave no access-log line and
-//! no metric. [`Watch`] writes them when dropped armed: status 499 and the reason
-//! `client-closed` (nginx's name for it). The request stays charged, as it was admitted (a
+//! the client enforced first, a connection closed while hyper waited for the backend (or one the
+//! proxy dropped: a client that stopped reading, the end of the drain timeout). The request's
+//! future is dropped mid-way, and without this it would leave no access-log line and no metric.
+//! [`Watch`] writes them when dropped armed: status 499 and the reason `client-closed` (nginx's
+//! name for it). The HTTP/1.1 engine waits for every answer it started, so its requests never
+//! are. The request stays charged, as it was admitted (a
 //! metered stream cut by its client is charged alike, see `llm::meter`).
 
 use std::sync::Arc;
@@ -68,6 +70,16 @@ impl<'a> Watch<'a> {
         }
     }
 
+    /// The request's route and tenant, once the checks found them.
+    pub fn found(
+        &mut self,
+        route: Option<&'a Arc<RouteEntry>>,
+        tenant: Option<&'a Arc<TenantEntry>>,
+    ) {
+        self.route = route;
+        self.tenant = tenant;
+    }
+
     /// The request got its answer: it is logged the usual way.
     pub fn answered(mut self) {
         self.armed = false;
@@ -94,6 +106,9 @@ impl Drop for Watch<'_> {
                 .requests
                 .with_label_values(&["none", "499", REASON])
                 .inc(),
+        }
+        if let (Some(per_tenant), Some(tenant)) = (&self.metrics.tenant_requests, self.tenant) {
+            per_tenant.with_label_values(&[&tenant.id, REASON]).inc();
         }
         self.access_log.record(&AccessRecord {
             time: self.time,

@@ -40,6 +40,7 @@ use crate::upstream::forward::{
 };
 use crate::upstream::h1 as upstream_h1;
 use crate::upstream::pool::{UpstreamBody, UpstreamError, UpstreamPool};
+use crate::upstream::websocket::ExtendedConnect;
 use auth::KeyMemo;
 use checks::Verdict;
 use problem::{Problem, ProblemKind};
@@ -98,6 +99,19 @@ pub struct ClientConn {
     /// connections): held by the connection, and by a WebSocket relayed from it, so that the
     /// place is free only once both ended. `None` outside a listener.
     pub place: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    /// Set by the engine serving the connection when it watches for idleness: what a WebSocket
+    /// relayed from it holds so that the connection counts as busy (an HTTP/2 connection stays
+    /// open for the WebSocket's stream, and must not be closed as idle meanwhile).
+    pub busy: std::sync::OnceLock<Busy>,
+}
+
+/// Makes a token that keeps a connection busy while held (see [`ClientConn::busy`]).
+pub struct Busy(pub Box<dyn Fn() -> Box<dyn std::any::Any + Send> + Send + Sync>);
+
+impl std::fmt::Debug for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Busy")
+    }
 }
 
 impl ClientConn {
@@ -114,6 +128,7 @@ impl ClientConn {
             keys: KeyMemo::default(),
             stop,
             place: None,
+            busy: std::sync::OnceLock::new(),
         }
     }
 
@@ -269,16 +284,33 @@ impl<S: CounterStore> Proxy<S> {
             let now = Timestamp::now();
             let config = self.config.load_full();
             // An HTTP/2 WebSocket goes the way of the HTTP/1.1 upgrade it stands for.
-            let websocket_over_h2 = crate::upstream::websocket::from_extended_connect(&mut req);
+            let extended = crate::upstream::websocket::from_extended_connect(&mut req);
+            let websocket_over_h2 = extended == ExtendedConnect::WebSocket;
             let method = req.method().clone();
             // Routed and forwarded with one spelling of the path: the route matched must be the
             // path the backend serves (`/free/../paid` is `/paid`).
-            let path_refused = request_path::unroutable(&method, req.uri())
-                .or_else(|| request_path::normalize(req.uri_mut()).err());
+            let path_refused = match extended {
+                ExtendedConnect::Other => Some(
+                    "Of the protocols HTTP/2's extended CONNECT can carry, Tollgate carries WebSocket only.",
+                ),
+                _ => request_path::unroutable(&method, req.uri())
+                    .or_else(|| request_path::normalize(req.uri_mut()).err()),
+            };
             // The URI shares the request's bytes: a reference count, not a copy.
             let uri = req.uri().clone();
             let path = uri.path();
 
+            // Dropped armed if the client gives up before the answer: still logged and counted.
+            let mut watch = abandoned::Watch::new(
+                &self.access_log,
+                &self.metrics,
+                None,
+                None,
+                &client.ip,
+                method.as_str(),
+                path,
+                (now, started),
+            );
             let mut verdict = Verdict {
                 grpc: grpc::call(&req),
                 websocket_over_h2,
@@ -292,6 +324,7 @@ impl<S: CounterStore> Proxy<S> {
                 Some(detail) => Err(Problem::new(ProblemKind::BadRequest, detail)),
                 None => checks::check(&config, &req, &raw, &client.keys, now, &mut verdict),
             };
+            watch.found(verdict.route, verdict.tenant);
             let decided = match checked {
                 Ok(Some(subject)) => {
                     // Boxed: only plans that read calls reserve (a cold path here).
@@ -333,17 +366,6 @@ impl<S: CounterStore> Proxy<S> {
                     .await,
                 );
             }
-            // Dropped armed if the client gives up before the answer: still logged and counted.
-            let watch = abandoned::Watch::new(
-                &self.access_log,
-                &self.metrics,
-                verdict.route,
-                verdict.tenant,
-                &client.ip,
-                method.as_str(),
-                path,
-                (now, started),
-            );
             let (mut response, problem_kind) = match decided {
                 Err(problem) => {
                     let kind = problem.kind;
@@ -503,6 +525,14 @@ impl<S: CounterStore> Proxy<S> {
         let Some(route) = v.route else {
             return Forward::Refused(ProblemKind::RouteNotFound, "No route.");
         };
+        // An HTTP/2 WebSocket anywhere but to a backend that switches: any 2xx would open its
+        // stream as a tunnel to nothing.
+        if v.websocket_over_h2 && !(route.route.websocket && route.upstream.is_some()) {
+            return Forward::Refused(
+                ProblemKind::BadRequest,
+                "This API does not carry WebSocket connections.",
+            );
+        }
         if let Some(direct) = &route.direct {
             // No backend generated anything: only the per-request price stays.
             if let Some(mut meter) = self.meter_for(
@@ -533,13 +563,7 @@ impl<S: CounterStore> Proxy<S> {
                 request: req,
             };
         }
-        if v.websocket_over_h2 {
-            // Sent on as a plain request, its answer would open a tunnel to nothing.
-            return Forward::Refused(
-                ProblemKind::BadRequest,
-                "This API does not carry WebSocket connections.",
-            );
-        }
+
         if let Some(prompt) = &route.prompt {
             return match *req.method() {
                 http::Method::POST => Forward::Call {

@@ -111,6 +111,18 @@ impl<S: CounterStore> Proxy<S> {
                 return (resp, kind, None);
             }
         };
+        if v.websocket_over_h2 && resp.status().is_success() {
+            // Relayed, this 2xx would open the client's stream as a tunnel to nothing.
+            let err = crate::upstream::pool::UpstreamError::Connect {
+                authority: upstream.authority.clone(),
+                reason: format!(
+                    "the backend answered a WebSocket upgrade with {} instead of switching",
+                    resp.status()
+                ),
+            };
+            let (resp, kind) = self.backend_failed(err, v, route, now, path).await;
+            return (resp, kind, None);
+        }
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             // The backend refused the upgrade: its answer goes to the client as any answer.
             let resp = crate::upstream::forward::downstream_response(resp)
@@ -152,10 +164,12 @@ impl<S: CounterStore> Proxy<S> {
         let metrics = self.metrics.clone();
         let route_id = route.id.clone();
         let stop = client.stop.clone();
-        // The connection keeps its place under --max-connections while it is relayed.
+        // The connection keeps its place under --max-connections while it is relayed, and (an
+        // HTTP/2 connection, whose other streams go on) counts as busy for its idle timeout.
         let place = client.place.clone();
+        let busy = client.busy.get().map(|busy| (busy.0)());
         tokio::spawn(async move {
-            let _place = place;
+            let _held = (place, busy);
             let (Ok(client_io), Ok(backend_io)) = tokio::join!(client_upgrade, backend_upgrade)
             else {
                 metrics.websocket_ended("upgrade_failed");

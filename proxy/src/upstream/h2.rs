@@ -32,13 +32,17 @@ pub const STREAMS_PER_CONNECTION: usize = 100;
 pub const MAX_CONNECTIONS: usize = 8;
 /// How long a connection takes new calls.
 pub const MAX_AGE: Duration = Duration::from_secs(300);
-/// The flow-control window per stream (hyper's default).
-const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-/// The window per connection: eight streams' worth of unread data. Fixed, not adaptive: hyper's
-/// adaptive windows start at 64 KiB, and h2 bounds the small DATA frames it holds unread by half
-/// the connection window (a guard against floods): at 64 KiB, ~130 unary answers waiting to be
-/// relayed closed the connection with ENHANCE_YOUR_CALM (seen at 640 calls in flight).
-const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// The flow-control window per stream: enough for a stream's throughput on a data-center link,
+/// and small enough that one stream cannot use up the connection's budget below.
+const STREAM_WINDOW: u32 = 256 * 1024;
+/// The window per connection. h2 bounds the small DATA frames a connection holds unread (a
+/// guard against floods) by half its window, counting 256 bytes less each frame's payload for
+/// each, and closes the connection past it with ENHANCE_YOUR_CALM. Data waits unread when its
+/// caller reads slowly. Hence fixed windows, not adaptive ones (hyper's start at 64 KiB: ~130
+/// unary answers waiting to be relayed closed the connection, seen at 640 calls in flight), and
+/// a connection window that holds one stream's window of even empty gRPC messages (5 bytes:
+/// 52,000 frames, 13 MB of budget) with room to spare.
+const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 /// How long opening a connection (TCP, TLS, the HTTP/2 preface) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -34,28 +34,41 @@ pub fn is_upgrade<B>(req: &http::Request<B>) -> bool {
         && names(http::header::CONNECTION, "upgrade")
 }
 
+/// What an HTTP/2 `CONNECT` with a `:protocol` (RFC 8441's extended CONNECT) asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtendedConnect {
+    /// Not an extended CONNECT.
+    No,
+    /// A WebSocket: now in the shape of the HTTP/1.1 upgrade it stands for.
+    WebSocket,
+    /// Another protocol (`connect-udp`, `webtransport`...): not carried.
+    Other,
+}
+
 /// Turns an HTTP/2 WebSocket request (RFC 8441: `CONNECT` with the `:protocol` websocket) into
 /// the HTTP/1.1 upgrade it stands for (a `GET` with `Upgrade: websocket` and `Connection:
-/// upgrade`), so that it is routed, checked and forwarded as one. Whether it was one.
-pub fn from_extended_connect<B>(req: &mut http::Request<B>) -> bool {
-    let websocket = req.method() == http::Method::CONNECT
-        && req
-            .extensions()
-            .get::<hyper::ext::Protocol>()
-            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
-    if websocket {
-        *req.method_mut() = http::Method::GET;
-        let headers = req.headers_mut();
-        headers.insert(
-            http::header::UPGRADE,
-            http::HeaderValue::from_static("websocket"),
-        );
-        headers.insert(
-            http::header::CONNECTION,
-            http::HeaderValue::from_static("upgrade"),
-        );
+/// upgrade`), so that it is routed, checked and forwarded as one.
+pub fn from_extended_connect<B>(req: &mut http::Request<B>) -> ExtendedConnect {
+    if req.method() != http::Method::CONNECT {
+        return ExtendedConnect::No;
     }
-    websocket
+    let Some(protocol) = req.extensions().get::<hyper::ext::Protocol>() else {
+        return ExtendedConnect::No;
+    };
+    if !protocol.as_str().eq_ignore_ascii_case("websocket") {
+        return ExtendedConnect::Other;
+    }
+    *req.method_mut() = http::Method::GET;
+    let headers = req.headers_mut();
+    headers.insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static("websocket"),
+    );
+    headers.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    ExtendedConnect::WebSocket
 }
 
 /// A fresh `Sec-WebSocket-Key` (RFC 6455 section 4.1: 16 random bytes, base64), for the backend
@@ -599,16 +612,23 @@ mod tests {
             .extension(hyper::ext::Protocol::from_static("websocket"))
             .body(())
             .expect("request");
-        assert!(from_extended_connect(&mut req));
+        assert_eq!(from_extended_connect(&mut req), ExtendedConnect::WebSocket);
         assert!(is_upgrade(&req));
         let mut tunnel = http::Request::connect("api.example.com:443")
             .body(())
             .expect("request");
-        assert!(
-            !from_extended_connect(&mut tunnel),
+        assert_eq!(
+            from_extended_connect(&mut tunnel),
+            ExtendedConnect::No,
             "a plain CONNECT is not one"
         );
         assert_eq!(tunnel.method(), http::Method::CONNECT);
+        let mut udp = http::Request::connect("https://proxy.example.com/.well-known/masque/udp/")
+            .extension(hyper::ext::Protocol::from_static("connect-udp"))
+            .body(())
+            .expect("request");
+        assert_eq!(from_extended_connect(&mut udp), ExtendedConnect::Other);
+        assert_eq!(udp.method(), http::Method::CONNECT, "left as it came");
     }
 
     #[test]
