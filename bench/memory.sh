@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # tollgate-proxy's memory (standalone mode, release build, default worker threads) for a world
 # of 10,000 tenants each subscribed to 5 of 1,000 routes, keys in one Secret, 10 plans: RSS once
-# loaded, the peak while loading, time from start to ready, and RSS after traffic that touches
-# every tenant (12,000 rotating keys, a sixth of them unknown). Then what each part of a world
+# loaded, the peak while loading, time from start to ready, the peak while a reload replaces the
+# whole world (every file changed: parsed, compiled and swapped in while the old snapshot
+# serves), and RSS after traffic that touches every tenant (12,000 rotating keys, a sixth of
+# them unknown). Then what each part of a world
 # costs, from worlds that differ from that one in one dimension, measured in the same run: bytes
 # per tenant, per subscription, per key, per route, and per active tenant.
 #
@@ -43,8 +45,8 @@ kib() { awk -v field="$2" '$1 == field":" {print $2}' "/proc/$1/status"; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 
 # measure NAME [--traffic] SYNTHETIC-ARGS...: sets loaded[NAME], peak[NAME], ready_ms[NAME] (and
-# active[NAME] with --traffic), in KiB and ms.
-declare -A loaded peak ready_ms active
+# with --traffic: reload_peak[NAME], reload_ms[NAME], active[NAME]), in KiB and ms.
+declare -A loaded peak ready_ms active reload_peak reload_ms
 measure() {
     local name=$1 traffic=false
     shift
@@ -71,6 +73,20 @@ measure() {
     loaded[$name]=$(kib "$pid" VmRSS)
     peak[$name]=$(kib "$pid" VmHWM)
     if $traffic; then
+        # A reload of the whole world: the peak counted from here (writing 5 to clear_refs
+        # resets VmHWM), every file changed, one tenant more so that the snapshot is new.
+        local version before_reload
+        version=$(curl -sf "http://127.0.0.1:$admin/metrics" | awk '$1 == "tollgate_proxy_config_version" {print $2}')
+        echo 5 >"/proc/$pid/clear_refs"
+        before_reload=$(date +%s%N)
+        for f in "$work/$name"/*.yaml; do echo "# reloaded" >>"$f"; done
+        printf -- '---\napiVersion: v1\nkind: Secret\nmetadata: {name: one-more}\nstringData: {apiKey: key-one-more}\n---\napiVersion: tollgate.dev/v1alpha1\nkind: Tenant\nmetadata: {name: one-more}\nspec: {quotaPolicyRef: {name: plan-0}, apiKeys: [{secretRef: {name: one-more}}]}\n' >>"$work/$name/world-000.yaml"
+        for _ in $(seq 1 6000); do
+            [[ $(curl -sf "http://127.0.0.1:$admin/metrics" | awk '$1 == "tollgate_proxy_config_version" {print $2}') != "$version" ]] && break
+            sleep 0.05
+        done
+        reload_ms[$name]=$((($(date +%s%N) - before_reload) / 1000000))
+        reload_peak[$name]=$(kib "$pid" VmHWM)
         wrk -t1 -c8 -d"$TRAFFIC" -s "$work/active.lua" "http://127.0.0.1:$listen" >"$work/$name.wrk" 2>&1
         active[$name]=$(kib "$pid" VmRSS)
         echo "$name: $(awk '/requests in/ {print $1}' "$work/$name.wrk") requests in $TRAFFIC" >&2
@@ -95,6 +111,7 @@ fi
 
 echo "world: 10,000 tenants x 5 of 1,000 routes, keys in one Secret, 10 plans ($(cat "$work"/reference/*.yaml | wc -c | awk '{printf "%.1f", $1 / 1e6}') MB of YAML)"
 echo "  loaded, idle:                $(mib "${loaded[reference]}") MiB (peak while loading $(mib "${peak[reference]}") MiB, ready in ${ready_ms[reference]} ms)"
+echo "  peak while reloading the whole world: $(mib "${reload_peak[reference]}") MiB (new snapshot applied in ${reload_ms[reference]} ms, the 1 s polling included)"
 echo "  after $TRAFFIC touching every tenant: $(mib "${active[reference]}") MiB"
 for name in tenants subscriptions keys routes ${LARGE:+large}; do
     printf '  %-13s loaded %6s MiB, peak %6s MiB, ready in %s ms\n' "$name" "$(mib "${loaded[$name]}")" "$(mib "${peak[$name]}")" "${ready_ms[$name]}"
