@@ -655,3 +655,32 @@ async fn calls_beyond_one_connections_share_open_another() {
         "a second connection took the calls past the first's 100"
     );
 }
+
+/// A TLS backend that does not agree to HTTP/2 (no ALPN h2): 502 at once, and the log says why
+/// (not a frame error at the first call).
+#[tokio::test]
+async fn a_tls_backend_without_http2_is_refused_with_the_reason() {
+    let ca = tollgate_tests::pki::Ca::new("h1 test CA").expect("CA");
+    let pair = ca.server(&["127.0.0.1"]).expect("certificate");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.cert_pem).expect("write");
+    let h1_only = tollgate_tests::llm_backend::LlmBackend::start_tls(&pair, "Bearer x")
+        .await
+        .expect("an HTTPS backend");
+    let p = ProxyProcess::start_with(
+        &[("world.yaml", world(&h1_only.https_url()))],
+        &["--backend-ca", ca_file.to_str().expect("utf-8 path")],
+    )
+    .await;
+    let reply = p
+        .get("/h2only/x", &[("authorization", "Bearer key-roomy")])
+        .await;
+    reply.problem(502, "backend-unavailable");
+    assert!(
+        p.stderr().contains("did not agree to HTTP/2"),
+        "{}",
+        p.stderr()
+    );
+    assert_eq!(p.used("roomy", None).await, "0", "not charged");
+}
