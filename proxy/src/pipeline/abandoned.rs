@@ -44,13 +44,11 @@ pub struct Watch<'a> {
 }
 
 impl<'a> Watch<'a> {
-    /// Starts watching a request (see the fields).
-    #[allow(clippy::too_many_arguments)]
+    /// Starts watching a request (see the fields; its route and tenant come with
+    /// [`Watch::found`]).
     pub fn new(
         access_log: &'a AccessLog,
         metrics: &'a ProxyMetrics,
-        route: Option<&'a Arc<RouteEntry>>,
-        tenant: Option<&'a Arc<TenantEntry>>,
         client: &'a str,
         method: &'a str,
         path: &'a str,
@@ -59,8 +57,8 @@ impl<'a> Watch<'a> {
         Self {
             access_log,
             metrics,
-            route,
-            tenant,
+            route: None,
+            tenant: None,
             client,
             method,
             path,

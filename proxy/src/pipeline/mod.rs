@@ -304,8 +304,6 @@ impl<S: CounterStore> Proxy<S> {
             let mut watch = abandoned::Watch::new(
                 &self.access_log,
                 &self.metrics,
-                None,
-                None,
                 &client.ip,
                 method.as_str(),
                 path,

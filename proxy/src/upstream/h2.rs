@@ -28,6 +28,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use parking_lot::Mutex;
 use tokio::time::Instant;
+use tollgate_crds::error_chain::error_chain;
 use tower_service::Service as _;
 
 use crate::fast_map::FastMap;
@@ -381,8 +382,4 @@ impl<B: Send + std::fmt::Debug + 'static> Backend<B> {
         least.calls.fetch_add(1, Ordering::Relaxed);
         Some((least.sender.clone(), Stream(least.clone())))
     }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    tollgate_crds::error_chain::error_chain(e)
 }

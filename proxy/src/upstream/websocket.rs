@@ -76,10 +76,9 @@ pub fn from_extended_connect<B>(req: &mut http::Request<B>) -> ExtendedConnect {
 pub fn new_key() -> String {
     use base64::Engine as _;
     let mut nonce = [0u8; 16];
-    nonce[..4].copy_from_slice(&mask());
-    nonce[4..8].copy_from_slice(&mask());
-    nonce[8..12].copy_from_slice(&mask());
-    nonce[12..].copy_from_slice(&mask());
+    for chunk in nonce.chunks_mut(4) {
+        chunk.copy_from_slice(&mask());
+    }
     base64::engine::general_purpose::STANDARD.encode(nonce)
 }
 
