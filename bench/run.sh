@@ -31,6 +31,7 @@
 #   BASELINE_BIN=/tmp/old bench/run.sh   # an A/B: that build runs too, as the target `baseline`,
 #                                    # right after `tollgate` in every round (the two swap order each
 #                                    # round), and each round's tollgate/baseline ratio is reported
+#   TOLLGATE_ARGS=... BASELINE_ARGS=...  # more flags for either (bench/uring.sh: --io-uring)
 #   PEERS=1 bench/run.sh             # also nginx-lua (needs Debian's libnginx-mod-http-lua) and
 #                                    # pingora, and each round's tollgate/peer ratios
 #   LAYOUT=shared bench/run.sh       # nothing pinned; each proxy runs one worker per CPU (nginx
@@ -84,6 +85,8 @@ bench_workspace
 UP=$(port); NGX=$(port); NGX_H2=$(port); TG=$(port); TG_ADMIN=$(port); BASE=$(port); BASE_ADMIN=$(port)
 LUA=$(port); PINGORA=$(port)
 BASELINE_BIN=${BASELINE_BIN:-}
+read -r -a tollgate_args <<<"${TOLLGATE_ARGS:-}"
+read -r -a baseline_args <<<"${BASELINE_ARGS:-}"
 [[ -z $BASELINE_BIN || -x $BASELINE_BIN ]] || { echo "bench: BASELINE_BIN '$BASELINE_BIN' is not an executable" >&2; exit 1; }
 nginx_conf upstream "server { listen 127.0.0.1:$UP; location / { return 200 'ok'; } }"
 nginx_conf proxy "server { listen 127.0.0.1:$NGX; listen 127.0.0.1:$NGX_H2 http2;
@@ -132,11 +135,11 @@ if [[ $PEERS == 1 ]]; then
 fi
 "${cpu1[@]}" "$bin" --manifests "$work/manifests" --listen "127.0.0.1:$TG" \
     --admin-listen "127.0.0.1:$TG_ADMIN" --state-dir "$work/state" --worker-threads "$workers" \
-    >/dev/null 2>"$work/tollgate.log" & pids+=($!)
+    "${tollgate_args[@]}" >/dev/null 2>"$work/tollgate.log" & pids+=($!)
 if [[ -n $BASELINE_BIN ]]; then
     "${cpu1[@]}" "$BASELINE_BIN" --manifests "$work/manifests" --listen "127.0.0.1:$BASE" \
         --admin-listen "127.0.0.1:$BASE_ADMIN" --state-dir "$work/baseline-state" --worker-threads "$workers" \
-        >/dev/null 2>"$work/baseline.log" & pids+=($!)
+        "${baseline_args[@]}" >/dev/null 2>"$work/baseline.log" & pids+=($!)
 fi
 for _ in $(seq 1 100); do
     curl -sf "http://127.0.0.1:$TG_ADMIN/readyz" >/dev/null && curl -sf "http://127.0.0.1:$NGX/" >/dev/null \

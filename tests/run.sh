@@ -89,8 +89,19 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy -p tollgate-proxy --features io-uring --all-targets --locked -- -D warnings
 log "cargo test"
 cargo test --workspace --locked "$@"
+# The experimental io_uring listener (bench/uring.sh measures it) under the tests of the client
+# side; the test support checks that it is the listener serving.
+if [[ $(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo 0) == 0 ]]; then
+    log "cargo test: the client side on the io_uring listener"
+    TOLLGATE_IO_URING=true cargo test -p tollgate-proxy --features io-uring --locked \
+        --test server_http1 --test http_contract --test connection_limits --test websocket \
+        --test backend_http1 "$@"
+else
+    log "io_uring is disabled on this kernel (kernel.io_uring_disabled): its listener's tests skipped"
+fi
 
 # The same crates' tests again with the clock moved to the dates that break date-bound tests (a
 # month's end, a DST change, a leap day, a new year). TOLLGATE_TEST_DATES='DATE;DATE' picks others.

@@ -264,7 +264,8 @@ async fn serve_with<S: CounterStore>(
         send_timeout: cli.send_timeout,
         max_connections: usize::try_from(cli.max_connections).unwrap_or(usize::MAX),
     };
-    crate::listen::serve(
+    serve_clients(
+        cli,
         listener,
         proxy.clone(),
         tls,
@@ -272,7 +273,7 @@ async fn serve_with<S: CounterStore>(
         opts,
         shutdown.received(),
     )
-    .await;
+    .await?;
 
     stop.store(true, Ordering::Release);
     // As with the counters: the periodic save finishes first, the final one lands last.
@@ -290,6 +291,40 @@ async fn serve_with<S: CounterStore>(
     if let Some(subscription) = subscription {
         subscription.abort();
     }
+    Ok(())
+}
+
+/// Serves API clients until `shutdown` resolves and the drain is over: on tokio's epoll
+/// listener, or on io_uring with `--io-uring` (experimental).
+async fn serve_clients<S: CounterStore>(
+    cli: &Cli,
+    listener: tokio::net::TcpListener,
+    proxy: Arc<Proxy<S>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    metrics: ProxyMetrics,
+    opts: crate::listen::ServerOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    #[cfg(all(target_os = "linux", feature = "io-uring"))]
+    if cli.io_uring {
+        if tls.is_some() {
+            bail!("--io-uring serves plain TCP only; leave out --tls-cert");
+        }
+        let threads = cli.worker_threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, usize::from),
+            usize::from,
+        );
+        tracing::info!(threads, "serving clients on io_uring (experimental)");
+        let listener = listener
+            .into_std()
+            .context("taking the listener for io_uring")?;
+        return crate::listen::uring::serve(listener, proxy, metrics, opts, threads, shutdown)
+            .await
+            .context("serving on io_uring");
+    }
+    #[cfg(not(all(target_os = "linux", feature = "io-uring")))]
+    let _ = cli;
+    crate::listen::serve(listener, proxy, tls, metrics, opts, shutdown).await;
     Ok(())
 }
 

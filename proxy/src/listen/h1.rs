@@ -605,6 +605,18 @@ pub struct Prefixed<T> {
     io: T,
 }
 
+impl<T> Prefixed<T> {
+    /// `io`, whose first bytes are `prefix`.
+    pub fn new(prefix: Bytes, io: T) -> Self {
+        Self { prefix, io }
+    }
+
+    /// The bytes read but not served, and the connection.
+    pub fn into_parts(self) -> (Bytes, T) {
+        (self.prefix, self.io)
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,

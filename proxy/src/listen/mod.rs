@@ -7,6 +7,8 @@
 
 pub mod by_hyper;
 pub mod h1;
+#[cfg(all(target_os = "linux", feature = "io-uring"))]
+pub mod uring;
 
 use std::future::Future;
 use std::path::Path;
@@ -20,7 +22,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::pipeline::{ClientConn, Proxy};
@@ -105,32 +107,11 @@ pub async fn serve<S: CounterStore>(
         send_timeout: opts.send_timeout,
     };
     let handshake_timeout = opts.header_timeout;
-    // One permit per open connection. At the limit the listener stops accepting: new clients
-    // wait in the kernel's accept queue (and see connect timeouts once it is full) instead of
-    // the proxy running out of memory or file descriptors.
-    let slots = Arc::new(Semaphore::new(opts.max_connections));
-    let at_limit = WarnThrottle::new(Duration::from_secs(60));
+    let gate = Gate::new(opts.max_connections, metrics.clone());
     tokio::pin!(shutdown);
     loop {
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                metrics.connections_at_limit.inc();
-                if let Some(left_out) = at_limit.due(std::time::Instant::now()) {
-                    tracing::warn!(
-                        max_connections = opts.max_connections,
-                        times_since_last_warning = left_out,
-                        "connection limit reached; new connections wait in the accept queue until one closes (raise --max-connections if the machine has room)"
-                    );
-                }
-                tokio::select! {
-                    slot = slots.clone().acquire_owned() => match slot {
-                        Ok(slot) => slot,
-                        Err(_) => break,
-                    },
-                    () = &mut shutdown => break,
-                }
-            }
+        let Some(slot) = gate.admit(shutdown.as_mut()).await else {
+            break;
         };
         let (stream, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -145,19 +126,16 @@ pub async fn serve<S: CounterStore>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let place = Arc::new(Place::new(slot, metrics.active_connections.clone()));
-        let session = Session {
-            proxy: proxy.clone(),
-            conn: Arc::new(
-                ClientConn::new(client, tls.is_some())
-                    .watching(stopped.clone())
-                    .holding(place),
-            ),
-            builder: builder.clone(),
-            stopped: stopped.clone(),
+        let session = Session::new(
+            &proxy,
+            client,
+            tls.is_some(),
+            slot,
+            &builder,
+            &stopped,
             limits,
-            metrics: metrics.clone(),
-        };
+            &metrics,
+        );
         let metrics = metrics.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -184,11 +162,62 @@ pub async fn serve<S: CounterStore>(
     }
     drop(listener);
     drop(stopped);
+    drain(stop, opts.drain_timeout).await;
+}
+
+/// Tells every connection to finish (`stop`) and waits until the last has closed, for at most
+/// `timeout`.
+async fn drain(stop: watch::Sender<bool>, timeout: Duration) {
     let _ = stop.send(true);
-    tracing::info!(timeout = ?opts.drain_timeout, "draining in-flight requests");
+    tracing::info!(?timeout, "draining in-flight requests");
     tokio::select! {
         () = stop.closed() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(opts.drain_timeout) => tracing::warn!("drain timeout reached; closing remaining connections"),
+        () = tokio::time::sleep(timeout) => tracing::warn!("drain timeout reached; closing remaining connections"),
+    }
+}
+
+/// Admission of connections: one permit per open connection. At the limit the listener stops
+/// accepting: new clients wait in the kernel's accept queue (and see connect timeouts once it is
+/// full) instead of the proxy running out of memory or file descriptors.
+#[derive(Clone)]
+struct Gate {
+    slots: Arc<Semaphore>,
+    at_limit: Arc<WarnThrottle>,
+    max_connections: usize,
+    metrics: ProxyMetrics,
+}
+
+impl Gate {
+    fn new(max_connections: usize, metrics: ProxyMetrics) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(max_connections)),
+            at_limit: Arc::new(WarnThrottle::new(Duration::from_secs(60))),
+            max_connections,
+            metrics,
+        }
+    }
+
+    /// A permit for the next connection, waiting for one at the limit; `None` once `shutdown`
+    /// resolves.
+    async fn admit(
+        &self,
+        shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Option<OwnedSemaphorePermit> {
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            return Some(slot);
+        }
+        self.metrics.connections_at_limit.inc();
+        if let Some(left_out) = self.at_limit.due(std::time::Instant::now()) {
+            tracing::warn!(
+                max_connections = self.max_connections,
+                times_since_last_warning = left_out,
+                "connection limit reached; new connections wait in the accept queue until one closes (raise --max-connections if the machine has room)"
+            );
+        }
+        tokio::select! {
+            slot = self.slots.clone().acquire_owned() => slot.ok(),
+            () = shutdown => None,
+        }
     }
 }
 
@@ -229,7 +258,73 @@ struct Session<S> {
 }
 
 impl<S: CounterStore> Session<S> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        proxy: &Arc<Proxy<S>>,
+        client: std::net::SocketAddr,
+        tls: bool,
+        slot: OwnedSemaphorePermit,
+        builder: &Arc<auto::Builder<TokioExecutor>>,
+        stopped: &watch::Receiver<bool>,
+        limits: h1::Limits,
+        metrics: &ProxyMetrics,
+    ) -> Self {
+        let place = Arc::new(Place::new(slot, metrics.active_connections.clone()));
+        Self {
+            proxy: proxy.clone(),
+            conn: Arc::new(
+                ClientConn::new(client, tls)
+                    .watching(stopped.clone())
+                    .holding(place),
+            ),
+            builder: builder.clone(),
+            stopped: stopped.clone(),
+            limits,
+            metrics: metrics.clone(),
+        }
+    }
+
     async fn run<T>(self, io: T) -> Result<(), ConnError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        match self.serve_h1(io).await? {
+            Some(io) => self.serve_hyper(io).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The HTTP/1.1 engine's part: `Some` with the connection when hyper must take over.
+    async fn serve_h1<T>(&self, io: T) -> Result<Option<h1::Prefixed<T>>, ConnError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin,
+    {
+        let ended = h1::serve(
+            io,
+            &self.proxy,
+            &self.conn,
+            self.limits,
+            self.stopped.clone(),
+        )
+        .await;
+        match ended {
+            Ok(h1::Ended::Closed(why)) => {
+                self.metrics.connection_ended(why.label());
+                Ok(None)
+            }
+            Ok(h1::Ended::Handoff(io)) => {
+                self.metrics.handoffs_to_hyper.inc();
+                Ok(Some(io))
+            }
+            Err(e) => {
+                self.metrics.connection_ended("error");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// hyper's part, from the first request the HTTP/1.1 engine handed off.
+    async fn serve_hyper<T>(self, io: h1::Prefixed<T>) -> Result<(), ConnError>
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -241,20 +336,6 @@ impl<S: CounterStore> Session<S> {
             limits,
             metrics,
         } = self;
-        let io = match h1::serve(io, &proxy, &conn, limits, stopped.clone()).await {
-            Ok(h1::Ended::Closed(why)) => {
-                metrics.connection_ended(why.label());
-                return Ok(());
-            }
-            Ok(h1::Ended::Handoff(io)) => {
-                metrics.handoffs_to_hyper.inc();
-                io
-            }
-            Err(e) => {
-                metrics.connection_ended("error");
-                return Err(e.into());
-            }
-        };
         match by_hyper::serve(io, proxy, conn, &builder, limits, stopped).await {
             by_hyper::Ended::Closed(why) => {
                 metrics.connection_ended(why.label());

@@ -207,7 +207,8 @@ thread_local! {
 
 /// Flush at least this often.
 const FLUSH_EVERY_MS: i64 = 50;
-const FLUSH_EVERY: Duration = Duration::from_millis(FLUSH_EVERY_MS.unsigned_abs());
+/// How old a chunk of lines may grow before it goes to the writer; how often the writer writes.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(FLUSH_EVERY_MS.unsigned_abs());
 /// A worker's chunk: small enough to stay in the L1 cache, large enough for ~60 lines a lock.
 const CHUNK: usize = 16 * 1024;
 /// A hand-off of fewer bytes is copied into the queue; the worker keeps its chunk.

@@ -366,6 +366,15 @@ impl ProxyProcess {
             if let Some((listen, admin)) = log.get(log_start..).and_then(bound_addresses) {
                 (self.listen, self.admin) = (listen, admin);
                 if let Ok((200, _, _)) = get_raw(self.admin, "/readyz", &[]).await {
+                    // tests/run.sh runs the client-side tests once more with the proxy's
+                    // experimental io_uring listener: make sure it is the one serving.
+                    if std::env::var("TOLLGATE_IO_URING").is_ok_and(|v| v == "true") {
+                        assert!(
+                            self.stderr().contains("serving clients on io_uring"),
+                            "TOLLGATE_IO_URING=true, but the proxy does not serve on io_uring: {}",
+                            self.stderr()
+                        );
+                    }
                     return;
                 }
             }
