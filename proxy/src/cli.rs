@@ -154,9 +154,9 @@ pub struct Cli {
     #[arg(long, env = "TOLLGATE_WORKER_THREADS", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_threads: Option<u16>,
 
-    /// Experimental: serve plain-TCP clients on io_uring, one thread per --worker-threads, each
-    /// accepting from the listener (no TLS). Built only with the `io-uring` feature, for
-    /// bench/uring.sh.
+    /// Experimental: serve plain-TCP clients on io_uring, one thread per --worker-threads (no
+    /// TLS). Built only with the `io-uring` feature, for bench/uring.sh; not faster here (see
+    /// docs/performance.md).
     #[cfg(all(target_os = "linux", feature = "io-uring"))]
     #[arg(long, env = "TOLLGATE_IO_URING")]
     pub io_uring: bool,

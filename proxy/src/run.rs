@@ -315,9 +315,6 @@ async fn serve_clients<S: CounterStore>(
             usize::from,
         );
         tracing::info!(threads, "serving clients on io_uring (experimental)");
-        let listener = listener
-            .into_std()
-            .context("taking the listener for io_uring")?;
         return crate::listen::uring::serve(listener, proxy, metrics, opts, threads, shutdown)
             .await
             .context("serving on io_uring");

@@ -167,3 +167,29 @@ async fn past_max_connections_new_clients_wait_until_a_connection_closes() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     drop(second);
 }
+
+#[tokio::test]
+async fn below_max_connections_no_client_waits_and_the_limit_is_not_reported() {
+    // One connection of two allowed: the listener takes the next at once, and says nothing of
+    // a limit (an accept loop per io_uring worker once held a place for each worker waiting in
+    // accept, and reported the limit reached after the first connection).
+    let backend = Backend::start().await;
+    let p = ProxyProcess::start_with(
+        &[("world.yaml", world(&backend.url()))],
+        &["--max-connections", "2", "--worker-threads", "2"],
+    )
+    .await;
+    let mut first = TcpStream::connect(p.listen).await.expect("connect");
+    first
+        .write_all(b"GET /first HTTP/1.1\r\nHost: api.test\r\nX-Api-Key: key-l\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = [0u8; 12];
+    first.read_exact(&mut head).await.expect("an answer");
+    assert_eq!(&head, b"HTTP/1.1 200");
+    assert_eq!(p.metric("tollgate_proxy_active_connections").await, 1.0);
+    assert_eq!(
+        p.metric("tollgate_proxy_connections_at_limit_total").await,
+        0.0
+    );
+}

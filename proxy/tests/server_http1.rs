@@ -605,3 +605,55 @@ async fn random_pipelines_split_at_random_are_answered_in_order_each_for_its_own
         }
     }
 }
+
+/// A backend answering every request on a connection with `size` bytes in one write.
+async fn large_answer_backend(size: usize) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        head.drain(..end + 4);
+                        let mut answer =
+                            format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n")
+                                .into_bytes();
+                        answer.resize(answer.len() + size, b'x');
+                        if c.write_all(&answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    match c.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn an_answer_larger_than_the_socket_buffers_read_late_arrives_whole() {
+    // The client starts reading only once the buffers on the way are full, so the proxy's
+    // writes to it come up short: the rest must still be sent, with no further request to
+    // prompt it, and the connection then serve the next request. (On the io_uring listener the
+    // rest of a short write waited for the next request, forever.)
+    const SIZE: usize = 32 << 20;
+    let backend = large_answer_backend(SIZE).await;
+    let p = ProxyProcess::start(&[("world.yaml", world_for(&backend))]).await;
+    let mut c = connect(&p).await;
+    for path in ["/large/1", "/large/2"] {
+        c.write_all(get(path).as_bytes()).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let answer = read_answers(&mut c, 1, false).await.remove(0);
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body.len(), SIZE);
+    }
+}

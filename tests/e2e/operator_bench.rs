@@ -5,7 +5,8 @@
 //! - one round of reading every tenant's usage from Redis (the leader's roll-up), 10,000 tenants;
 //! - an operator started on a world of 10,000 tenants already in the API server: time until every
 //!   tenant shows its first status, compiles on the way, and the operator's memory;
-//! - compile time, memory and snapshot bytes at 100,000 tenants (in process).
+//! - compile time, memory and snapshot bytes at 100,000 tenants (in process);
+//! - (SCALE=1) an operator and a fleet proxy on 100,000 tenants in a real API server.
 
 use std::time::{Duration, Instant};
 
@@ -246,6 +247,121 @@ async fn compile_at_a_hundred_thousand_tenants() -> Result<()> {
     println!(
         "  full snapshot on the wire: {:.1} MiB",
         full.len() as f64 / 1048576.0
+    );
+    Ok(())
+}
+
+/// Tenants for [`operator_and_a_fleet_proxy_at_scale`]: `TOLLGATE_BENCH_TENANTS`, or 100,000.
+fn scale_tenants() -> Result<usize> {
+    match std::env::var("TOLLGATE_BENCH_TENANTS") {
+        Ok(n) => n.parse().map_err(|_| {
+            anyhow::anyhow!("TOLLGATE_BENCH_TENANTS is a count of tenants, not '{n}'")
+        }),
+        Err(_) => Ok(100_000),
+    }
+}
+
+#[tokio::test]
+#[ignore = "benchmark: SCALE=1 bench/operator.sh (about 20 minutes)"]
+async fn operator_and_a_fleet_proxy_at_scale() -> Result<()> {
+    // A world of 100,000 tenants (3 subscriptions each, a key Secret each), 1,000 routes and 10
+    // plans in a real API server; then an operator started on it, and a proxy fed by it.
+    let count = scale_tenants()?;
+    let mut fleet = Fleet::new("op-scale").await?;
+    let world = synthetic(&fleet.ns.name, count, 1_000);
+    let client = fleet.ns.client.clone();
+    let ns = fleet.ns.name.clone();
+    let started = Instant::now();
+    tollgate_tests::create_synthetic(&client, &ns, &world, 64).await?;
+    println!(
+        "created {count} tenants (3 subscriptions each), their {count} key Secrets, 1,000 routes, 10 plans in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    drop(world);
+    // Built before the stopwatch starts.
+    tollgate_tests::workspace_binary("tollgate-operator")?;
+    tollgate_tests::workspace_binary("tollgate-proxy")?;
+
+    let started = Instant::now();
+    fleet.start_operator().await?;
+    fleet.wait_leader(0).await?;
+    let leader = started.elapsed();
+    let operator = fleet.operators[0].admin;
+    let metric = |addr, series: &'static str| async move {
+        Fleet::metric(addr, series).await.unwrap_or(0.0)
+    };
+    let proxy = fleet.start_proxy("scale-0")?;
+    let admin = fleet.proxies[proxy].admin;
+    // Ready once the first full snapshot is applied.
+    let served = loop {
+        if let Ok(reply) = get(admin, "/readyz", &[]).await
+            && reply.status == 200
+        {
+            break started.elapsed();
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(900),
+            "the proxy is not ready 900 s after the operator started\n{}",
+            fleet.log_tails()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // The last tenant's key is known: the whole world arrived.
+    let last = format!("tenant-{:05}", count - 1);
+    let reply = fleet
+        .call(proxy, "/api/00000/x", &format!("key-{last}"))
+        .await?;
+    anyhow::ensure!(
+        reply.status != 401,
+        "the last tenant's key is unknown to the proxy"
+    );
+    let mib = |bytes: f64| bytes / 1048576.0;
+    println!(
+        "operator start -> leader {:.1} s -> a proxy serving the whole world {:.1} s",
+        leader.as_secs_f64(),
+        served.as_secs_f64()
+    );
+    println!(
+        "  operator: RSS {:.0} MiB, compiles {} taking {:.2} s in all, {:.1} MiB pushed",
+        mib(metric(operator, "process_resident_memory_bytes").await),
+        metric(operator, "tollgate_operator_compile_duration_seconds_count").await,
+        metric(operator, "tollgate_operator_compile_duration_seconds_sum").await,
+        mib(metric(operator, "tollgate_operator_push_bytes_total").await)
+    );
+    println!(
+        "  proxy: RSS {:.0} MiB (the persisted snapshot written too)",
+        mib(metric(admin, "process_resident_memory_bytes").await)
+    );
+    // Then every tenant's first status (the operator's write load at this size).
+    let tenants: kube::Api<tollgate_crds::resources::Tenant> =
+        kube::Api::namespaced(client.clone(), &ns);
+    let statuses = loop {
+        let with_status = tollgate_tests::fleet::tenants_with_status(&tenants).await?;
+        if with_status == count {
+            break Some(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            println!("  {with_status} of {count} tenants have a status after 1800 s");
+            break None;
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    };
+    if let Some(statuses) = statuses {
+        println!(
+            "  every tenant's first status {:.0} s after the operator started",
+            statuses.as_secs_f64()
+        );
+    }
+    println!(
+        "  then: operator RSS {:.0} MiB, compiles {}, status writes {}; proxy RSS {:.0} MiB",
+        mib(metric(operator, "process_resident_memory_bytes").await),
+        metric(operator, "tollgate_operator_compile_duration_seconds_count").await,
+        metric(
+            operator,
+            "tollgate_operator_status_writes_total{kind=\"Tenant\"}"
+        )
+        .await,
+        mib(metric(admin, "process_resident_memory_bytes").await)
     );
     Ok(())
 }

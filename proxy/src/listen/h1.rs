@@ -164,8 +164,9 @@ where
         match conn.write_response(response, head_only, keep_alive).await {
             Ok(true) => {}
             Ok(false) => {
-                // Best effort: the peer may already be gone.
-                let _ = conn.io.shutdown().await;
+                // Best effort: the peer may already be gone, or accept nothing more (a TLS
+                // close_notify, or a write still in flight, waits for it at most this long).
+                let _ = tokio::time::timeout(limits.send_timeout, conn.io.shutdown()).await;
                 return Ok(Ended::Closed(Closed::AfterResponse));
             }
             Err(e) if e.kind() == io::ErrorKind::TimedOut => {

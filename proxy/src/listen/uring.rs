@@ -4,12 +4,14 @@
 //!
 //! Thread per core: each of `--worker-threads` threads runs a tokio-uring runtime (a
 //! current-thread tokio runtime whose submissions go to the kernel in one batch each time it has
-//! nothing left to run) and accepts from the same listening socket. A client connection's reads
+//! nothing left to run). The accept loop admits connections as the epoll listener does (the same
+//! `--max-connections` gate) and hands them to the workers in turn. A client connection's reads
 //! and writes are io_uring operations; its requests go through the same HTTP/1.1 engine and
-//! pipeline as the epoll listener's. Accepting and backend connections stay on tokio's epoll
-//! driver of the same thread. A connection the engine hands to hyper (a body, HTTP/2, an
-//! upgrade) goes back to epoll, with every byte read so far, on a duplicate of its socket made
-//! at accept (the io_uring socket type can give none later without unsafe code).
+//! pipeline as the epoll listener's. Backend connections stay on tokio's epoll driver of the
+//! worker's thread. A connection the engine hands to hyper (a body, HTTP/2, an upgrade) goes
+//! back to epoll, with every byte read so far, on a duplicate of its socket made at accept (the
+//! io_uring socket type can give none later without unsafe code): two descriptors a
+//! connection.
 
 use std::future::Future;
 use std::io;
@@ -22,6 +24,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
+use tokio::sync::OwnedSemaphorePermit;
+
 use super::{Gate, ServerOptions, Session, builder, drain, h1};
 use crate::pipeline::Proxy;
 use crate::quota::CounterStore;
@@ -30,9 +34,19 @@ use crate::telemetry::metrics::ProxyMetrics;
 
 const READ_SIZE: usize = 8 * 1024;
 
+/// A connection accepted for a worker: the socket, the client's address, its place under
+/// `--max-connections`.
+type Accepted = (
+    tokio::net::TcpStream,
+    std::net::SocketAddr,
+    OwnedSemaphorePermit,
+);
+
 /// Serves API traffic on `threads` io_uring threads until `shutdown` resolves, then drains.
+/// Connections are admitted and accepted here, as by the epoll listener, and handed to the
+/// workers in turn; a worker that stops is fatal (`Err`).
 pub async fn serve<S: CounterStore>(
-    listener: std::net::TcpListener,
+    listener: tokio::net::TcpListener,
     proxy: Arc<Proxy<S>>,
     metrics: ProxyMetrics,
     opts: ServerOptions,
@@ -41,50 +55,49 @@ pub async fn serve<S: CounterStore>(
 ) -> io::Result<()> {
     let (stop, stopped) = watch::channel(false);
     let (drained, drained_rx) = watch::channel(false);
-    let gate = Gate::new(opts.max_connections, metrics.clone());
     let mut workers = Vec::with_capacity(threads);
+    let mut hand_to = Vec::with_capacity(threads);
     for n in 0..threads {
+        let (handing, accepted) = tokio::sync::mpsc::unbounded_channel();
         let worker = Worker {
-            listener: listener.try_clone()?,
+            accepted,
             proxy: proxy.clone(),
             metrics: metrics.clone(),
             opts: opts.clone(),
-            gate: gate.clone(),
             stopped: stopped.clone(),
             drained: drained_rx.clone(),
         };
-        let (started, start) = std::sync::mpsc::sync_channel(1);
-        let thread = std::thread::Builder::new()
-            .name(format!("tollgate-uring-{n}"))
-            .spawn(move || {
-                // Completions' task work runs when this thread next enters the kernel instead
-                // of interrupting it (COOP_TASKRUN), and only this thread submits (measured:
-                // 1.04x epoll's CPU a request with these, 1.10x without). DEFER_TASKRUN stalls:
-                // tokio-uring waits for completions through epoll, which never runs deferred work.
-                let mut ring = tokio_uring::uring_builder();
-                ring.setup_coop_taskrun().setup_single_issuer();
-                let mut builder = tokio_uring::builder();
-                builder.uring_builder(&ring);
-                match tokio_uring::Runtime::new(&builder) {
-                    Ok(runtime) => {
-                        let _ = started.send(Ok(()));
-                        runtime.block_on(worker.run());
-                    }
-                    Err(e) => {
-                        let _ = started.send(Err(e));
-                    }
+        workers.push(start_worker(n, worker)?);
+        hand_to.push(handing);
+    }
+    let gate = Gate::new(opts.max_connections, metrics.clone());
+    tokio::pin!(shutdown);
+    let mut served = Ok(());
+    for next in (0..threads).cycle() {
+        let Some(slot) = gate.admit(shutdown.as_mut()).await else {
+            break;
+        };
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
                 }
-            })?;
-        // A kernel without io_uring (or with it disabled) fails here, before serving.
-        start
-            .recv()
-            .map_err(|_| io::Error::other("an io_uring worker ended before starting"))?
-            .map_err(|e| io::Error::new(e.kind(), format!("setting up io_uring: {e}")))?;
-        workers.push(thread);
+            },
+            () = shutdown.as_mut() => break,
+        };
+        if hand_to[next].send((stream, client, slot)).is_err() {
+            served = Err(io::Error::other(format!(
+                "io_uring worker {next} stopped; shutting down"
+            )));
+            break;
+        }
     }
     drop(listener);
+    drop(hand_to);
     drop(stopped);
-    shutdown.await;
     drain(stop, opts.drain_timeout).await;
     // Connections still open past the drain timeout end with their worker's runtime.
     let _ = drained.send(true);
@@ -96,15 +109,58 @@ pub async fn serve<S: CounterStore>(
         }
     });
     let _ = joined.await;
-    Ok(())
+    served
+}
+
+/// Starts worker `n` on a thread of its own; fails when io_uring cannot be set up.
+fn start_worker<S: CounterStore>(
+    n: usize,
+    worker: Worker<S>,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    let (started, start) = std::sync::mpsc::sync_channel(1);
+    let thread = std::thread::Builder::new()
+        .name(format!("tollgate-uring-{n}"))
+        .spawn(move || match ring() {
+            Ok(runtime) => {
+                let _ = started.send(Ok(()));
+                runtime.block_on(worker.run());
+            }
+            Err(e) => {
+                let _ = started.send(Err(e));
+            }
+        })?;
+    // A kernel without io_uring (or with it disabled) fails here, before serving.
+    start
+        .recv()
+        .map_err(|_| io::Error::other("an io_uring worker ended before starting"))?
+        .map_err(|e| io::Error::new(e.kind(), format!("setting up io_uring: {e}")))?;
+    Ok(thread)
+}
+
+/// The calling thread's runtime and ring. Completions' task work runs when the thread next
+/// enters the kernel instead of interrupting it (COOP_TASKRUN), and only this thread submits
+/// (SINGLE_ISSUER): measured 1.04x epoll's CPU a request with these, 1.10x without. Kernels
+/// older than 6.0 refuse them (EINVAL): then a plain ring. DEFER_TASKRUN stalls: tokio-uring
+/// waits for completions through epoll, which never runs deferred work.
+fn ring() -> io::Result<tokio_uring::Runtime> {
+    let mut ring = tokio_uring::uring_builder();
+    ring.setup_coop_taskrun().setup_single_issuer();
+    let mut builder = tokio_uring::builder();
+    builder.uring_builder(&ring);
+    match tokio_uring::Runtime::new(&builder) {
+        Err(e) if e.raw_os_error() == Some(22) => {
+            tracing::info!("this kernel refuses COOP_TASKRUN or SINGLE_ISSUER; a plain io_uring");
+            tokio_uring::Runtime::new(&tokio_uring::builder())
+        }
+        other => other,
+    }
 }
 
 struct Worker<S> {
-    listener: std::net::TcpListener,
+    accepted: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
     proxy: Arc<Proxy<S>>,
     metrics: ProxyMetrics,
     opts: ServerOptions,
-    gate: Gate,
     stopped: watch::Receiver<bool>,
     /// True once the drain is over (every connection closed, or the drain timeout passed).
     drained: watch::Receiver<bool>,
@@ -112,27 +168,21 @@ struct Worker<S> {
 
 impl<S: CounterStore> Worker<S> {
     async fn run(self) {
-        let listener = match tokio::net::TcpListener::from_std(self.listener) {
-            Ok(listener) => listener,
-            Err(e) => {
-                tracing::error!(error = %e, "an io_uring worker cannot take the listener");
-                return;
-            }
-        };
-        let builder = Arc::new(builder(&self.opts));
+        let Self {
+            mut accepted,
+            proxy,
+            metrics,
+            opts,
+            stopped,
+            mut drained,
+        } = self;
+        let builder = Arc::new(builder(&opts));
         let limits = h1::Limits {
-            max_head: self.opts.max_header_bytes,
-            header_timeout: self.opts.header_timeout,
-            idle_timeout: self.opts.idle_timeout,
-            send_timeout: self.opts.send_timeout,
+            max_head: opts.max_header_bytes,
+            header_timeout: opts.header_timeout,
+            idle_timeout: opts.idle_timeout,
+            send_timeout: opts.send_timeout,
         };
-        let shutdown = {
-            let mut stopped = self.stopped.clone();
-            async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            }
-        };
-        tokio::pin!(shutdown);
         // tokio-uring's runtime keeps its park hook for its own submissions, so this thread
         // hands its access-log lines to the writer on a timer instead of when it idles.
         let handing_off = tokio_uring::spawn(async {
@@ -143,23 +193,10 @@ impl<S: CounterStore> Worker<S> {
                 access_log::hand_off_pending();
             }
         });
-        loop {
-            let Some(slot) = self.gate.admit(shutdown.as_mut()).await else {
-                break;
-            };
-            let (stream, client) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = shutdown.as_mut() => break,
-            };
+        // Until the accept loop stops handing out connections (shutdown).
+        while let Some((stream, client, slot)) = accepted.recv().await {
             let _ = stream.set_nodelay(true);
-            let io = match UringStream::new(stream) {
+            let io = match UringStream::new(stream, opts.send_timeout) {
                 Ok(io) => io,
                 Err(e) => {
                     tracing::warn!(%client, error = %e, "cannot move a connection to io_uring");
@@ -167,14 +204,7 @@ impl<S: CounterStore> Worker<S> {
                 }
             };
             let session = Session::new(
-                &self.proxy,
-                client,
-                false,
-                slot,
-                &builder,
-                &self.stopped,
-                limits,
-                &self.metrics,
+                &proxy, client, false, slot, &builder, &stopped, limits, &metrics,
             );
             tokio_uring::spawn(async move {
                 if let Err(e) = serve_connection(session, io).await {
@@ -184,11 +214,6 @@ impl<S: CounterStore> Worker<S> {
         }
         // Open connections run on this thread's runtime until the drain is over; the drain
         // waits for every holder of `stopped`, this worker's too.
-        let Self {
-            stopped,
-            mut drained,
-            ..
-        } = self;
         drop(stopped);
         let _ = drained.wait_for(|drained| *drained).await;
         handing_off.abort();
@@ -220,14 +245,18 @@ type Op<T> = Pin<Box<dyn Future<Output = (io::Result<T>, Vec<u8>)>>>;
 /// A client connection as tokio's `AsyncRead`/`AsyncWrite`, over io_uring operations that own
 /// their buffers. Reads complete into a buffer of the stream's own and are copied out. A write
 /// is copied, submitted and reported written at once; the next write, a shutdown or the
-/// handoff waits for it to complete (and reports its error). So a response's write and the
-/// read of the next request go to the kernel in the same batch.
+/// handoff waits for it to complete (and reports its error), and each read drives it (a short
+/// write's rest is submitted from there). So a response's write and the read of the next
+/// request go to the kernel in the same batch.
 struct UringStream {
     socket: Rc<tokio_uring::net::TcpStream>,
     /// The same socket (a second descriptor), handed to tokio if hyper takes over.
     duplicate: Option<std::net::TcpStream>,
     reading: Reading,
     writing: Writing,
+    /// How long a client may take to accept bytes (`--send-timeout`): bounds the wait for a
+    /// write at the handoff and after the stream is dropped.
+    send_timeout: std::time::Duration,
 }
 
 enum Reading {
@@ -246,7 +275,7 @@ enum Writing {
 
 impl UringStream {
     /// The connection on io_uring, and a duplicate of its socket for a handoff.
-    fn new(socket: tokio::net::TcpStream) -> io::Result<Self> {
+    fn new(socket: tokio::net::TcpStream, send_timeout: std::time::Duration) -> io::Result<Self> {
         let socket = socket.into_std()?;
         let duplicate = socket.try_clone()?;
         // Blocking mode: io_uring then waits for data itself instead of failing with EAGAIN.
@@ -256,10 +285,12 @@ impl UringStream {
             duplicate: Some(duplicate),
             reading: Reading::Idle(Vec::with_capacity(READ_SIZE)),
             writing: Writing::Idle(Vec::with_capacity(READ_SIZE)),
+            send_timeout,
         })
     }
 
-    /// Waits for the write in flight, if any; its error, if it failed.
+    /// Waits for the write in flight, if any; its error, if it failed (or a failed write's
+    /// error that a read found first).
     fn poll_written(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.writing {
             Writing::InFlight(op) => {
@@ -279,7 +310,15 @@ impl UringStream {
     /// The connection back on tokio's epoll driver (for hyper), with the bytes read from the
     /// socket and not yet taken. The io_uring socket closes; its duplicate stays open.
     async fn into_tokio(mut self) -> io::Result<(Bytes, tokio::net::TcpStream)> {
-        std::future::poll_fn(|cx| self.poll_written(cx)).await?;
+        let limit = self.send_timeout;
+        tokio::time::timeout(limit, std::future::poll_fn(|cx| self.poll_written(cx)))
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client accepted no response bytes within the send timeout",
+                )
+            })??;
         let unread = match std::mem::replace(&mut self.reading, Reading::Taken) {
             Reading::Filled { buf, at } => Bytes::copy_from_slice(&buf[at..]),
             Reading::Idle(_) => Bytes::new(),
@@ -298,10 +337,23 @@ impl UringStream {
 impl Drop for UringStream {
     /// An operation in flight holds the socket open until it completes, and a read on an idle
     /// connection never would: shutting the socket down ends it, so a connection the engine
-    /// closes (a timeout, shutdown) is closed for the client too. Not after a handoff: tokio
-    /// serves the same socket.
+    /// closes (a timeout, shutdown) is closed for the client too. A write in flight (the end of
+    /// the last response) still goes out: only reading is shut down, the socket closes when
+    /// the write completes, and the kernel gives up on a client that accepts nothing for the
+    /// send timeout (TCP_USER_TIMEOUT). Not after a handoff: tokio serves the same socket.
     fn drop(&mut self) {
-        if self.duplicate.is_some() {
+        let Some(duplicate) = &self.duplicate else {
+            return;
+        };
+        if matches!(self.writing, Writing::InFlight(_)) {
+            let ms = u32::try_from(self.send_timeout.as_millis()).unwrap_or(u32::MAX);
+            let _ = nix::sys::socket::setsockopt(
+                duplicate,
+                nix::sys::socket::sockopt::TcpUserTimeout,
+                &ms,
+            );
+            let _ = self.socket.shutdown(std::net::Shutdown::Read);
+        } else {
             let _ = self.socket.shutdown(std::net::Shutdown::Both);
         }
     }
@@ -314,6 +366,16 @@ impl AsyncRead for UringStream {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        // A write in flight makes progress only when polled (the rest of a short write is
+        // submitted from its future): drive it here too, the engine's next wait being a read.
+        if let Writing::InFlight(op) = &mut this.writing
+            && let Poll::Ready((result, buf)) = op.as_mut().poll(cx)
+        {
+            this.writing = match result {
+                Ok(()) => Writing::Idle(buf),
+                Err(e) => Writing::Failed(e),
+            };
+        }
         loop {
             match &mut this.reading {
                 Reading::Filled { buf, at } => {
