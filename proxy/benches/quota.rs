@@ -3,7 +3,6 @@
 //! `cargo bench -p tollgate-proxy --bench quota`
 
 use std::hint::black_box;
-use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use tollgate_crds::synthetic::synthetic;
@@ -14,7 +13,7 @@ use tollgate_proxy::quota::{CounterStore, MemoryStore, Metered, Subject};
 fn admission(c: &mut Criterion) {
     let world = synthetic("bench", 10_000, 1_000);
     let compiled = tollgate_crds::compile(&world.objects());
-    let config = ProxyConfig::build(1, Arc::new(compiled.snapshot));
+    let config = ProxyConfig::build(1, compiled.snapshot);
     let tenants: Vec<_> = config.tenants_by_key.values().cloned().collect();
     let subjects: Vec<_> = tenants
         .iter()

@@ -200,7 +200,7 @@ async fn serve_with<S: CounterStore>(
                     version,
                     "serving the persisted configuration until the operator answers"
                 );
-                proxy.apply(ProxyConfig::build(version, Arc::new(snapshot)));
+                proxy.apply(ProxyConfig::build(version, snapshot));
                 ready.store(true, Ordering::Release);
             }
             Ok(None) => {
@@ -379,7 +379,7 @@ fn reload<S: CounterStore>(
         .config_rejected_objects
         .set(i64::try_from(load.compiled.diagnostics.len()).unwrap_or(i64::MAX));
     let v = version.fetch_add(1, Ordering::AcqRel) + 1;
-    let snapshot = Arc::new(load.compiled.snapshot);
+    let snapshot = load.compiled.snapshot;
     tracing::info!(
         version = v,
         routes = snapshot.routes.len(),

@@ -841,7 +841,7 @@ async fn a_slice_held_when_the_period_ends_goes_back_to_that_period() {
     let world = tollgate_crds::synthetic::synthetic("shop", 10, 1);
     let config = tollgate_proxy::config::ProxyConfig::build(
         1,
-        std::sync::Arc::new(tollgate_crds::compile(&world.objects()).snapshot),
+        tollgate_crds::compile(&world.objects()).snapshot,
     );
     // plan-9: a monthly quota of 10,000 (UTC), so a slice is 10,000 / 64 = 156 units.
     let tenant = config

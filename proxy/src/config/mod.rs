@@ -23,8 +23,6 @@ pub use tenant::TenantEntry;
 pub struct ProxyConfig {
     /// Configuration version (increases with every applied snapshot).
     pub version: u64,
-    /// The snapshot this was built from (for persistence and `/usage`).
-    pub snapshot: Arc<Snapshot>,
     /// Routes by host and path.
     pub routes: RouteTable,
     /// Tenants by the SHA-256 of their keys.
@@ -37,36 +35,42 @@ pub struct ProxyConfig {
 }
 
 impl ProxyConfig {
-    /// Indexes `snapshot`.
-    pub fn build(version: u64, snapshot: Arc<Snapshot>) -> Self {
-        let plans: HashMap<ObjectKey, Arc<PlanEntry>> = snapshot
-            .plans
-            .iter()
-            .map(|p| (p.key.clone(), Arc::new(PlanEntry::new(p.clone()))))
+    /// Indexes `snapshot`, taking its parts: nothing of it is held twice (the entries are the
+    /// snapshot, and a reload's peak holds one copy of the old world and one of the new).
+    pub fn build(version: u64, snapshot: Snapshot) -> Self {
+        let Snapshot {
+            routes,
+            tenants,
+            plans,
+            workload_tenant: workload_key,
+        } = snapshot;
+        let plans: HashMap<ObjectKey, Arc<PlanEntry>> = plans
+            .into_iter()
+            .map(|p| (p.key.clone(), Arc::new(PlanEntry::new(p))))
             .collect();
         let routes = RouteTable::new(
-            snapshot
-                .routes
-                .iter()
-                .map(|r| Arc::new(RouteEntry::new(r.clone())))
+            routes
+                .into_iter()
+                .map(|r| Arc::new(RouteEntry::new(r)))
                 .collect(),
         );
         let mut tenants_by_key = FastMap::default();
+        tenants_by_key.reserve(tenants.iter().map(|t| t.key_digests.len()).sum());
         let mut workload_tenant = None;
-        for tenant in &snapshot.tenants {
-            let entry = Arc::new(TenantEntry::new(tenant.clone(), &plans));
-            if snapshot.workload_tenant.as_ref() == Some(&tenant.key) {
+        for tenant in tenants {
+            let digests: Vec<[u8; 32]> =
+                tenant.key_digests.iter().filter_map(digest_bytes).collect();
+            let is_workload = workload_key.as_ref() == Some(&tenant.key);
+            let entry = Arc::new(TenantEntry::new(tenant, &plans));
+            if is_workload {
                 workload_tenant = Some(entry.clone());
             }
-            for digest in &tenant.key_digests {
-                if let Some(raw) = digest_bytes(digest) {
-                    tenants_by_key.insert(raw, entry.clone());
-                }
+            for raw in digests {
+                tenants_by_key.insert(raw, entry.clone());
             }
         }
         Self {
             version,
-            snapshot,
             routes,
             tenants_by_key,
             plans,
@@ -90,7 +94,7 @@ impl ProxyConfig {
 
     /// An empty configuration (before the first snapshot): every request is 404.
     pub fn empty() -> Self {
-        Self::build(0, Arc::new(Snapshot::default()))
+        Self::build(0, Snapshot::default())
     }
 }
 

@@ -178,7 +178,7 @@ mod tests {
             ..Default::default()
         };
         snapshot.sort_routes();
-        ProxyConfig::build(1, Arc::new(snapshot))
+        ProxyConfig::build(1, snapshot)
     }
 
     fn matched(c: &ProxyConfig, host: &str, path: &str, method: http::Method) -> Option<String> {

@@ -393,6 +393,7 @@ mod tests {
     use serde_json::json;
     use tollgate_crds::compile::{Objects, compile};
     use tollgate_crds::resources::{ApiRoute, QuotaPolicy, Tenant};
+    use tollgate_crds::snapshot::Snapshot;
 
     use super::*;
     use crate::quota::PlanEntry;
@@ -437,6 +438,10 @@ mod tests {
     }
 
     fn world(now: Timestamp) -> ProxyConfig {
+        ProxyConfig::build(1, world_snapshot(now))
+    }
+
+    fn world_snapshot(now: Timestamp) -> Snapshot {
         let plans: Vec<QuotaPolicy> = ["shop", "elsewhere"]
             .iter()
             .map(|ns| object(json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "QuotaPolicy",
@@ -521,7 +526,7 @@ mod tests {
             "{:?}",
             compiled.diagnostics
         );
-        ProxyConfig::build(1, Arc::new(compiled.snapshot))
+        compiled.snapshot
     }
 
     struct Case {
@@ -738,9 +743,8 @@ mod tests {
     #[test]
     fn an_egress_sidecars_requests_are_its_workloads_tenants_on_loopback_only() {
         let now = Timestamp::now();
-        let mut snapshot = (*world(now).snapshot).clone();
+        let mut snapshot = world_snapshot(now);
         snapshot.workload_tenant = Some(tollgate_crds::snapshot::ObjectKey::new("shop", "paying"));
-        let snapshot = Arc::new(snapshot);
         let request = |key: Option<&str>| {
             let mut req = Request::builder()
                 .uri("/v1/open")

@@ -253,7 +253,9 @@ impl ControlPlane {
                     }
                 };
                 let (version, snapshot) = next.clone();
-                proxy.apply(ProxyConfig::build(version, snapshot.clone()));
+                // The proxy's entries are a copy: this one stays for the next delta and to
+                // persist.
+                proxy.apply(ProxyConfig::build(version, Snapshot::clone(&snapshot)));
                 metrics.config_reloads.with_label_values(&["success"]).inc();
                 ready.store(true, Ordering::Release);
                 *backoff = Duration::from_millis(250);
