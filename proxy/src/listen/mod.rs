@@ -113,17 +113,8 @@ pub async fn serve<S: CounterStore>(
         let Some(slot) = gate.admit(shutdown.as_mut()).await else {
             break;
         };
-        let (stream, client) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
+        let Some((stream, client)) = accept(&listener, shutdown.as_mut()).await else {
+            break;
         };
         let _ = stream.set_nodelay(true);
         let session = Session::new(
@@ -163,6 +154,26 @@ pub async fn serve<S: CounterStore>(
     drop(listener);
     drop(stopped);
     drain(stop, opts.drain_timeout).await;
+}
+
+/// The next connection, or `None` once `shutdown` resolves. A failed accept (EMFILE and
+/// friends) is logged and retried after a pause instead of spinning.
+async fn accept(
+    listener: &TcpListener,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => return Some(accepted),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = shutdown.as_mut() => return None,
+        }
+    }
 }
 
 /// Tells every connection to finish (`stop`) and waits until the last has closed, for at most

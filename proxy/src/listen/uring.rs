@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{Gate, ServerOptions, Session, builder, drain, h1};
+use super::{Gate, ServerOptions, Session, accept, builder, drain, h1};
 use crate::pipeline::Proxy;
 use crate::quota::CounterStore;
 use crate::telemetry::access_log;
@@ -77,16 +77,8 @@ pub async fn serve<S: CounterStore>(
         let Some(slot) = gate.admit(shutdown.as_mut()).await else {
             break;
         };
-        let (stream, client) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.as_mut() => break,
+        let Some((stream, client)) = accept(&listener, shutdown.as_mut()).await else {
+            break;
         };
         if hand_to[next].send((stream, client, slot)).is_err() {
             served = Err(io::Error::other(format!(
