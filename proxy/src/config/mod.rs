@@ -35,8 +35,9 @@ pub struct ProxyConfig {
 }
 
 impl ProxyConfig {
-    /// Indexes `snapshot`, taking its parts: nothing of it is held twice (the entries are the
-    /// snapshot, and a reload's peak holds one copy of the old world and one of the new).
+    /// Indexes `snapshot`, taking its parts: the entries are the snapshot, not a copy of it
+    /// (a standalone reload's peak holds one old world and one new). A fleet proxy keeps its
+    /// decoded snapshot for the next delta and passes a copy.
     pub fn build(version: u64, snapshot: Snapshot) -> Self {
         let Snapshot {
             routes,
