@@ -96,16 +96,10 @@ pub async fn serve<S: CounterStore>(
     opts: ServerOptions,
     shutdown: impl Future<Output = ()>,
 ) {
-    let builder = Arc::new(builder(&opts));
     // Every connection, whichever engine serves it, watches `stop` and holds a receiver:
     // `stop.closed()` resolves when the last one has closed.
     let (stop, stopped) = watch::channel(false);
-    let limits = h1::Limits {
-        max_head: opts.max_header_bytes,
-        header_timeout: opts.header_timeout,
-        idle_timeout: opts.idle_timeout,
-        send_timeout: opts.send_timeout,
-    };
+    let sessions = Sessions::new(proxy, &opts, stopped, metrics.clone());
     let handshake_timeout = opts.header_timeout;
     let gate = Gate::new(opts.max_connections, metrics.clone());
     tokio::pin!(shutdown);
@@ -117,16 +111,7 @@ pub async fn serve<S: CounterStore>(
             break;
         };
         let _ = stream.set_nodelay(true);
-        let session = Session::new(
-            &proxy,
-            client,
-            tls.is_some(),
-            slot,
-            &builder,
-            &stopped,
-            limits,
-            &metrics,
-        );
+        let session = sessions.open(client, tls.is_some(), slot);
         let metrics = metrics.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
@@ -152,7 +137,7 @@ pub async fn serve<S: CounterStore>(
         });
     }
     drop(listener);
-    drop(stopped);
+    drop(sessions);
     drain(stop, opts.drain_timeout).await;
 }
 
@@ -268,33 +253,61 @@ struct Session<S> {
     metrics: ProxyMetrics,
 }
 
-impl<S: CounterStore> Session<S> {
-    #[allow(clippy::too_many_arguments)]
+/// What a listener's connections share; opens a [`Session`] for each one accepted. Holds a
+/// receiver of the drain's `stop` channel: drop it when the listener stops accepting.
+struct Sessions<S> {
+    proxy: Arc<Proxy<S>>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stopped: watch::Receiver<bool>,
+    limits: h1::Limits,
+    metrics: ProxyMetrics,
+}
+
+impl<S: CounterStore> Sessions<S> {
     fn new(
-        proxy: &Arc<Proxy<S>>,
-        client: std::net::SocketAddr,
-        tls: bool,
-        slot: OwnedSemaphorePermit,
-        builder: &Arc<auto::Builder<TokioExecutor>>,
-        stopped: &watch::Receiver<bool>,
-        limits: h1::Limits,
-        metrics: &ProxyMetrics,
+        proxy: Arc<Proxy<S>>,
+        opts: &ServerOptions,
+        stopped: watch::Receiver<bool>,
+        metrics: ProxyMetrics,
     ) -> Self {
-        let place = Arc::new(Place::new(slot, metrics.active_connections.clone()));
         Self {
-            proxy: proxy.clone(),
-            conn: Arc::new(
-                ClientConn::new(client, tls)
-                    .watching(stopped.clone())
-                    .holding(place),
-            ),
-            builder: builder.clone(),
-            stopped: stopped.clone(),
-            limits,
-            metrics: metrics.clone(),
+            proxy,
+            builder: Arc::new(builder(opts)),
+            stopped,
+            limits: h1::Limits {
+                max_head: opts.max_header_bytes,
+                header_timeout: opts.header_timeout,
+                idle_timeout: opts.idle_timeout,
+                send_timeout: opts.send_timeout,
+            },
+            metrics,
         }
     }
 
+    /// The session of a connection just accepted from `client`, holding its place (`slot`).
+    fn open(
+        &self,
+        client: std::net::SocketAddr,
+        tls: bool,
+        slot: OwnedSemaphorePermit,
+    ) -> Session<S> {
+        let place = Arc::new(Place::new(slot, self.metrics.active_connections.clone()));
+        Session {
+            proxy: self.proxy.clone(),
+            conn: Arc::new(
+                ClientConn::new(client, tls)
+                    .watching(self.stopped.clone())
+                    .holding(place),
+            ),
+            builder: self.builder.clone(),
+            stopped: self.stopped.clone(),
+            limits: self.limits,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+impl<S: CounterStore> Session<S> {
     async fn run<T>(self, io: T) -> Result<(), ConnError>
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{Gate, ServerOptions, Session, accept, builder, drain, h1};
+use super::{Gate, ServerOptions, Session, Sessions, accept, drain, h1};
 use crate::pipeline::Proxy;
 use crate::quota::CounterStore;
 use crate::telemetry::access_log;
@@ -168,13 +168,7 @@ impl<S: CounterStore> Worker<S> {
             stopped,
             mut drained,
         } = self;
-        let builder = Arc::new(builder(&opts));
-        let limits = h1::Limits {
-            max_head: opts.max_header_bytes,
-            header_timeout: opts.header_timeout,
-            idle_timeout: opts.idle_timeout,
-            send_timeout: opts.send_timeout,
-        };
+        let sessions = Sessions::new(proxy, &opts, stopped, metrics);
         // tokio-uring's runtime keeps its park hook for its own submissions, so this thread
         // hands its access-log lines to the writer on a timer instead of when it idles.
         let handing_off = tokio_uring::spawn(async {
@@ -195,9 +189,7 @@ impl<S: CounterStore> Worker<S> {
                     continue;
                 }
             };
-            let session = Session::new(
-                &proxy, client, false, slot, &builder, &stopped, limits, &metrics,
-            );
+            let session = sessions.open(client, false, slot);
             tokio_uring::spawn(async move {
                 if let Err(e) = serve_connection(session, io).await {
                     tracing::debug!(%client, error = %e, "connection ended with an error");
@@ -206,7 +198,7 @@ impl<S: CounterStore> Worker<S> {
         }
         // Open connections run on this thread's runtime until the drain is over; the drain
         // waits for every holder of `stopped`, this worker's too.
-        drop(stopped);
+        drop(sessions);
         let _ = drained.wait_for(|drained| *drained).await;
         handing_off.abort();
         access_log::hand_off_pending();
